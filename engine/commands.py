@@ -1,0 +1,193 @@
+"""Commands into the core: everything that changes state is one of these (DESIGN rule 1).
+
+Trader commands carry the acting ``user`` and its ``agent`` (resolved and authenticated at
+the gateway) and a client ``req_id`` echoed in the answer.  Operator commands come from the
+market operator, the calendar or the sync job.  Time is not in the command: the sequencer
+stamps it and passes it to :meth:`engine.engine.Engine.apply`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.model import BasketType, Exec, Side, Validity
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    """R46.1: contract, unit, side, price, quantity and conditions; ``peak`` > 0 makes it an
+    iceberg (A1§3.4) with an optional price increment ``incr`` (A1§3.4.1)."""
+
+    user: str
+    agent: str
+    unit: str
+    contract: str
+    side: Side
+    price: int
+    qty: int
+    exec: Exec = Exec.NON
+    validity: Validity = Validity.GFS
+    expiry: int | None = None
+    peak: int = 0
+    incr: int = 0
+    client_order_id: str | None = None
+    req_id: str | None = None
+    hibernated: bool = False  # enter it inactive (protocol: initial state)
+
+
+@dataclass(frozen=True, slots=True)
+class EnterBasket:
+    """R46.2.10, A1§5: several orders processed together under one basket condition."""
+
+    user: str
+    agent: str
+    basket: BasketType
+    orders: tuple[NewOrder, ...]
+    req_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModifyOrder:
+    """R46.2.6.1: new price, quantity (open quantity) and conditions of a resting order.
+    ``revision`` must be the order's current revision: a stale one is refused."""
+
+    user: str
+    agent: str
+    order_id: int
+    revision: int
+    price: int
+    qty: int
+    exec: Exec = Exec.NON
+    validity: Validity = Validity.GFS
+    expiry: int | None = None
+    peak: int = 0
+    incr: int = 0
+    req_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    """R46.2.6.2: cancel one order, active or hibernated."""
+
+    user: str
+    agent: str
+    order_id: int
+    req_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAll:
+    """R46.2.6.2: every order of the user (``scope='user'``) or of its agent
+    (``scope='agent'``), optionally of one contract."""
+
+    user: str
+    agent: str
+    scope: str = "user"
+    contract: str | None = None
+    req_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deactivate:
+    """The owner hibernates one order, a list, or all its active orders (R46.2.7)."""
+
+    user: str
+    agent: str
+    order_ids: tuple[int, ...] | None = None  # None: all of the agent's active orders
+    contract: str | None = None
+    req_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Activate:
+    """The owner reactivates one order, a list, or all its hibernated orders (R46.2.7):
+    in order of arrival, baskets kept in order, each whole or rejected."""
+
+    user: str
+    agent: str
+    order_ids: tuple[int, ...] | None = None  # None: all of the agent's hibernated orders
+    contract: str | None = None
+    req_id: str | None = None
+
+
+# --- operator, calendar and sync commands -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateContract:
+    """Create a contract in UPC; ``close_at`` is its gate closure (A1§2)."""
+
+    contract: str
+    close_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenContracts:
+    """UPC -> TRADE (R45.f)."""
+
+    contracts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseContracts:
+    """-> FIN at gate closure: closes the current round (R45.g) and cancels every order
+    left on these contracts (GFS, A1§4.1)."""
+
+    contracts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptContracts:
+    """TRADE -> INT (R48.b; auction pause R46.2.7); the contracts' active orders are
+    hibernated."""
+
+    contracts: tuple[str, ...]
+    reason: str = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeContracts:
+    """INT -> TRADE.  Orders stay hibernated until reactivated."""
+
+    contracts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HibernateOrders:
+    """The platform hibernates active orders (R46.2.7): of a contract, an agent or a user
+    (at least one selector)."""
+
+    contract: str | None = None
+    agent: str | None = None
+    user: str | None = None
+    reason: str = "hibernated by the platform"
+
+
+@dataclass(frozen=True, slots=True)
+class ReactivateOrders:
+    """The platform reactivates hibernated orders on the agents' behalf (after an auction,
+    R46.2.7), in arrival order; ``agents`` None means every agent."""
+
+    contracts: tuple[str, ...]
+    agents: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAgentOrders:
+    """The operator cancels every order of an agent (deregistration, exclusion,
+    suspension: R46.2.6.2)."""
+
+    agent: str
+    reason: str = "cancelled by the operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passes: GTD orders whose instant has come expire (A1§4.2)."""
+
+
+Command = (
+    NewOrder | EnterBasket | ModifyOrder | CancelOrder | CancelAll | Deactivate | Activate
+    | CreateContract | OpenContracts | CloseContracts | InterruptContracts | ResumeContracts
+    | HibernateOrders | ReactivateOrders | CancelAgentOrders | Tick
+)

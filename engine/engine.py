@@ -1,0 +1,1180 @@
+"""The matching engine: contracts, one order book per contract, every order condition.
+
+Pure, synchronous and deterministic (DESIGN rules 2 and 3): :meth:`Engine.apply` takes a
+command and the instant the sequencer stamped on it, and returns the events it caused.  It
+reads no clock and does no I/O.  A trader's mistake is a :class:`~engine.events.Reject`
+event, never an exception.
+
+Book layout: per side a ``SortedDict`` of price levels (bids keyed by −price so that the
+first key is the best on both sides); a level is a deque of order instantiations in time
+priority.  Removal is lazy: a cancelled, modified or hibernated instantiation is marked
+dead (``live = False``) and skipped when it reaches the front; a level whose live count
+falls to zero is dropped at once, and a level that accumulates many dead entries is
+compacted, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from heapq import heappop, heappush
+from typing import Any
+
+from sortedcontainers import SortedDict
+
+from engine.commands import (
+    Activate,
+    CancelAgentOrders,
+    CancelAll,
+    CancelOrder,
+    CloseContracts,
+    CreateContract,
+    Deactivate,
+    EnterBasket,
+    HibernateOrders,
+    InterruptContracts,
+    ModifyOrder,
+    NewOrder,
+    OpenContracts,
+    ReactivateOrders,
+    ResumeContracts,
+    Tick,
+)
+from engine.config import EngineConfig, fmt_price, fmt_qty
+from engine.contracts import ContractSpec, local_day_of, local_midnight_utc
+from engine.errors import Code, EngineMisuse, IllegalTransition, InvalidIdentifier
+from engine.events import (
+    Ack,
+    BookChange,
+    ContractStateChanged,
+    OrderReport,
+    PublicTrade,
+    Reject,
+    RoundClosed,
+    Trade,
+)
+from engine.guard import Guard
+from engine.model import (
+    ACTIVE,
+    BUY,
+    HIBERNATED,
+    INACTIVE,
+    SELL,
+    BasketType,
+    Exec,
+    Order,
+    Side,
+    Validity,
+)
+from engine.states import ContractState, check_contract_transition
+
+NON = Exec.NON
+IOC = Exec.IOC
+FOK = Exec.FOK
+GTD = Validity.GTD
+TRADE = ContractState.TRADE
+INT = ContractState.INT
+
+ADDED = "ADDED"
+MODIFIED = "MODIFIED"
+PARTIALLY_FILLED = "PARTIALLY_FILLED"
+FILLED = "FILLED"
+REFILLED = "REFILLED"
+HIBERNATED_A = "HIBERNATED"
+ACTIVATED = "ACTIVATED"
+CANCELLED = "CANCELLED"
+EXPIRED = "EXPIRED"
+REJECTED = "REJECTED"
+
+_ADD = "ADD"
+_UPDATE = "UPDATE"
+_REMOVE = "REMOVE"
+
+
+class Level:
+    """One price level of one side: instantiations in time priority (lazy removal)."""
+
+    __slots__ = ("live", "orders", "price")
+
+    def __init__(self, price: int) -> None:
+        self.price = price
+        self.orders: deque[Order] = deque()
+        self.live = 0
+
+
+class Book:
+    """The order book of one contract: bids and asks, and the public sequence numbers."""
+
+    __slots__ = ("asks", "bids", "contract", "entry_seq", "pub_seq")
+
+    def __init__(self, contract: str) -> None:
+        self.contract = contract
+        self.bids: SortedDict = SortedDict()  # key: -price
+        self.asks: SortedDict = SortedDict()  # key: price
+        self.pub_seq = 0  # sequence of public events of this contract
+        self.entry_seq = 0  # public entry ids
+
+    def side(self, side: Side) -> SortedDict:
+        return self.bids if side is BUY else self.asks
+
+    def levels(self, side: Side) -> Iterable[Level]:
+        return self.side(side).values()
+
+    def resting(self, side: Side) -> list[Order]:
+        """Live instantiations of one side in priority order (best price, then time)."""
+        return [o for lvl in self.levels(side) for o in lvl.orders if o.live]
+
+    def best(self, side: Side) -> int | None:
+        d = self.side(side)
+        if not d:
+            return None
+        lvl: Level = d.peekitem(0)[1]
+        return lvl.price
+
+
+class Contract:
+    """A contract's mutable state: R45.f state, gate closure and its book."""
+
+    __slots__ = ("book", "close_at", "id", "reason", "spec", "state")
+
+    def __init__(self, spec: ContractSpec, close_at: int) -> None:
+        self.spec = spec
+        self.id = spec.id
+        self.close_at = close_at
+        self.state = ContractState.UPC
+        self.reason: str | None = None
+        self.book = Book(self.id)
+
+
+Handler = Callable[[Any, int], None]
+
+
+class Engine:
+    """Commands in, events out.  See the module docstring."""
+
+    def __init__(self, config: EngineConfig | None = None, guard: Guard | None = None) -> None:
+        self.cfg = config or EngineConfig()
+        self.guard = guard
+        self.now = 0
+        self.round = 1
+        self.contracts: dict[str, Contract] = {}
+        self.orders: dict[int, Order] = {}  # ACTIVE and HIBERNATED orders by id
+        self.by_agent: dict[str, dict[int, Order]] = {}
+        self.next_order = 1
+        self.next_seq = 1
+        self.next_trade = 1
+        self.next_basket = 1
+        self._gtd: list[tuple[int, int, int]] = []  # (expiry, seq, order id), lazy
+        self._coids: set[tuple[str, str]] = set()
+        self._coid_day_end = 0
+        self._out: list[Any] = []
+        self._handlers: dict[type, Handler] = {
+            NewOrder: self._on_new,
+            EnterBasket: self._on_basket,
+            ModifyOrder: self._on_modify,
+            CancelOrder: self._on_cancel,
+            CancelAll: self._on_cancel_all,
+            Deactivate: self._on_deactivate,
+            Activate: self._on_activate,
+            CreateContract: self._on_create,
+            OpenContracts: self._on_open,
+            CloseContracts: self._on_close,
+            InterruptContracts: self._on_interrupt,
+            ResumeContracts: self._on_resume,
+            HibernateOrders: self._on_hibernate,
+            ReactivateOrders: self._on_reactivate,
+            CancelAgentOrders: self._on_cancel_agent,
+            Tick: self._on_tick,
+        }
+
+    # ------------------------------------------------------------------ entry point
+
+    def register(self, command_type: type, handler: Handler) -> None:
+        """Let a module of the core (``risk/``) handle its own command types here, so that
+        one ``apply`` drives the whole core from one journal."""
+        if command_type in self._handlers:
+            raise EngineMisuse(f"{command_type.__name__} already has a handler")
+        self._handlers[command_type] = handler
+
+    def emit(self, event: Any) -> None:
+        """Append an event to the current command's output (for registered handlers)."""
+        self._out.append(event)
+
+    def apply(self, cmd: Any, ts: int) -> list[Any]:
+        """Apply one command at instant ``ts`` (ms UTC, never decreasing); return its events.
+
+        GTD orders whose instant has come expire first (A1§4.2), so that no command ever
+        sees an order past its validity, whether or not a :class:`Tick` arrived.
+        """
+        if ts < self.now:
+            raise EngineMisuse(f"time went backwards: {ts} < {self.now}")
+        self.now = ts
+        out: list[Any] = []
+        self._out = out
+        gtd = self._gtd
+        if gtd and gtd[0][0] <= ts:
+            self._expire(ts)
+        handler = self._handlers.get(type(cmd))
+        if handler is None:
+            raise EngineMisuse(f"no handler for command {type(cmd).__name__}")
+        handler(cmd, ts)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def _reject(
+        self,
+        ts: int,
+        user: str,
+        agent: str,
+        req_id: str | None,
+        code: str,
+        reason: str,
+        coid: str | None = None,
+        order_id: int | None = None,
+    ) -> None:
+        self._out.append(Reject(ts, user, agent, req_id, coid, order_id, code, reason))
+
+    def _report(
+        self,
+        o: Order,
+        ts: int,
+        action: str,
+        req_id: str | None = None,
+        code: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        vis = o.visible
+        self._out.append(
+            OrderReport(
+                ts, o.id, o.coid, req_id, o.contract, o.user, o.agent, o.unit, o.side,
+                action, o.status, o.price, vis, o.remaining - vis, o.filled, o.exec,
+                o.validity, o.expiry, o.peak, o.incr, o.revision, o.basket, code, reason,
+            )
+        )
+
+    def _index(self, o: Order) -> None:
+        self.orders[o.id] = o
+        d = self.by_agent.get(o.agent)
+        if d is None:
+            d = self.by_agent[o.agent] = {}
+        d[o.id] = o
+
+    def _unindex(self, o: Order) -> None:
+        del self.orders[o.id]
+        d = self.by_agent[o.agent]
+        del d[o.id]
+        if not d:
+            del self.by_agent[o.agent]
+
+    def _coid_seen(self, user: str, coid: str, ts: int) -> bool:
+        """Client order ids are unique per user and local trading day (protocol)."""
+        if ts >= self._coid_day_end:
+            self._coids.clear()
+            self._coid_day_end = local_midnight_utc(local_day_of(ts) + timedelta(days=1))
+        return (user, coid) in self._coids
+
+    def _validate(
+        self,
+        c: Contract | None,
+        contract_id: str,
+        side: Side,
+        price: int,
+        qty: int,
+        exec: Exec,
+        validity: Validity,
+        expiry: int | None,
+        peak: int,
+        incr: int,
+        ts: int,
+    ) -> tuple[str, str] | None:
+        """The engine's acceptance checks (R46.2.2 contract state, R46.2.1 bounds, A1§3.4
+        iceberg, A1§4 validity).  Returns (code, reason) or None."""
+        cfg = self.cfg
+        if c is None:
+            return Code.CONTRACT_UNKNOWN, f"contract {contract_id} does not exist"
+        if c.state is not TRADE:
+            return (
+                Code.CONTRACT_NOT_TRADING,
+                f"contract {contract_id} is {c.state.value}; orders are accepted only in TRADE"
+                " (R46.2.2)",
+            )
+        if price < cfg.price_min or price > cfg.price_max:
+            return (
+                Code.PRICE_OUT_OF_RANGE,
+                f"price {fmt_price(price)} €/MWh outside [{fmt_price(cfg.price_min)},"
+                f" {fmt_price(cfg.price_max)}] (R46.2.1)",
+            )
+        if qty < cfg.qty_min or qty > cfg.qty_max:
+            return (
+                Code.QTY_OUT_OF_RANGE,
+                f"quantity {fmt_qty(qty)} MWh outside [{fmt_qty(cfg.qty_min)},"
+                f" {fmt_qty(cfg.qty_max)}] (R46.2.1)",
+            )
+        if peak:
+            if exec is not NON:
+                return (
+                    Code.ICEBERG_NOT_RESTING,
+                    f"an iceberg must be able to rest in the book; {exec.value} never rests"
+                    " (A1§3.4)",
+                )
+            if peak < cfg.qty_min:
+                return (
+                    Code.ICEBERG_PEAK_OUT_OF_RANGE,
+                    f"iceberg peak {fmt_qty(peak)} MWh below the minimum quantity"
+                    f" {fmt_qty(cfg.qty_min)} (A1§3.4)",
+                )
+            if peak > qty:
+                return (
+                    Code.ICEBERG_PEAK_ABOVE_TOTAL,
+                    f"iceberg peak {fmt_qty(peak)} MWh above the total quantity"
+                    f" {fmt_qty(qty)} (A1§3.4)",
+                )
+            if incr:
+                if (side is BUY and incr > 0) or (side is SELL and incr < 0):
+                    return (
+                        Code.ICEBERG_INCREMENT_SIGN,
+                        f"price increment {fmt_price(incr)}: a buy iceberg takes only a"
+                        " negative increment, a sell iceberg only a positive one (A1§3.4.1)",
+                    )
+                last = price + incr * ((qty + peak - 1) // peak - 1)
+                if last < cfg.price_min or last > cfg.price_max:
+                    return (
+                        Code.ICEBERG_PRICE_OUT_OF_RANGE,
+                        f"the last instantiation's price {fmt_price(last)} €/MWh would be"
+                        f" outside [{fmt_price(cfg.price_min)}, {fmt_price(cfg.price_max)}]"
+                        " (R46.2.1, A1§3.4.1)",
+                    )
+        elif incr:
+            return (
+                Code.ICEBERG_INCREMENT_WITHOUT_PEAK,
+                "a price increment needs an iceberg peak (A1§3.4.1)",
+            )
+        if validity is GTD:
+            if expiry is None:
+                return Code.GTD_EXPIRY_MISSING, "a GTD order needs its expiry instant (A1§4.2)"
+            if expiry <= ts:
+                return (
+                    Code.GTD_EXPIRY_NOT_FUTURE,
+                    f"GTD expiry {expiry} is not after the current instant {ts} (A1§4.2)",
+                )
+            if expiry >= c.close_at:
+                return (
+                    Code.GTD_EXPIRY_AFTER_CLOSE,
+                    f"GTD expiry {expiry} is not before the contract's close {c.close_at}"
+                    " (A1§4.2)",
+                )
+        elif expiry is not None:
+            return Code.EXPIRY_WITHOUT_GTD, "an expiry instant is only allowed with GTD"
+        return None
+
+    def _make(self, cmd: NewOrder, ts: int, basket: int) -> Order:
+        oid = self.next_order
+        self.next_order = oid + 1
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        return Order(
+            oid, cmd.client_order_id, cmd.contract, cmd.user, cmd.agent, cmd.unit, cmd.side,
+            cmd.price, cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry, 1,
+            seq, basket, ts,
+        )
+
+    # ------------------------------------------------------------------ book operations
+
+    def _rest(self, o: Order, book: Book, ts: int) -> None:
+        """Put ``o`` at the back of its price level with a new time priority."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        o.seq = seq
+        price = o.price
+        if o.side is BUY:
+            d = book.bids
+            key = -price
+        else:
+            d = book.asks
+            key = price
+        lvl = d.get(key)
+        if lvl is None:
+            lvl = Level(price)
+            d[key] = lvl
+        lvl.orders.append(o)
+        lvl.live += 1
+        o.live = True
+        o.level = lvl
+        e = book.entry_seq + 1
+        book.entry_seq = e
+        o.pub = e
+        s = book.pub_seq + 1
+        book.pub_seq = s
+        self._out.append(BookChange(ts, book.contract, s, _ADD, e, o.side, price, o.visible))
+
+    def _unlink(self, o: Order, book: Book, ts: int) -> None:
+        """Take a live instantiation out of the book (lazily) and publish its removal."""
+        lvl: Level = o.level  # type: ignore[assignment]
+        o.live = False
+        o.level = None
+        lvl.live -= 1
+        if lvl.live == 0:
+            if o.side is BUY:
+                del book.bids[-lvl.price]
+            else:
+                del book.asks[lvl.price]
+        elif len(lvl.orders) > 2 * lvl.live + 32:
+            lvl.orders = deque(x for x in lvl.orders if x.live)
+        s = book.pub_seq + 1
+        book.pub_seq = s
+        self._out.append(BookChange(ts, book.contract, s, _REMOVE, o.pub, o.side, o.price, 0))
+
+    def _execute(self, o: Order, ts: int, req_id: str | None, action: str) -> None:
+        """Run a new instantiation against the book, then rest it, fill it or kill it
+        according to its execution condition (A1§3)."""
+        book = self.contracts[o.contract].book
+        if o.exec is FOK and self._available(book, o.side, o.price, o.remaining) < o.remaining:
+            # A1§3.3: not fillable in full at acceptable prices: nothing happens at all
+            self._finish(o, ts, CANCELLED, req_id, Code.FOK_NOT_FILLABLE,
+                         f"fill or kill: {fmt_qty(o.remaining)} MWh not available at"
+                         f" {fmt_price(o.price)} €/MWh or better (A1§3.3)")
+            return
+        if o.side is BUY:
+            opp = book.asks
+            if opp and opp.peekitem(0)[1].price <= o.price:
+                self._match(o, book, opp, ts)
+        else:
+            opp = book.bids
+            if opp and opp.peekitem(0)[1].price >= o.price:
+                self._match(o, book, opp, ts)
+        if o.remaining == 0:
+            o.status = INACTIVE
+            o.visible = 0
+            self._report(o, ts, FILLED, req_id)
+            return
+        if o.exec is NON:
+            if o.peak:
+                # A1§3.4: an iceberg shows at most one peak, whatever it matched
+                o.visible = o.peak if o.remaining > o.peak else o.remaining
+            else:
+                o.visible = o.remaining
+            self._index(o)
+            if o.validity is GTD:
+                heappush(self._gtd, (o.expiry, o.arrival, o.id))  # type: ignore[arg-type]
+            self._rest(o, book, ts)
+            self._report(o, ts, action, req_id)
+        else:
+            # A1§3.2: the unmatched rest of an IoC is removed
+            self._finish(o, ts, CANCELLED, req_id, Code.IOC_REMAINDER,
+                         f"immediate or cancel: unmatched {fmt_qty(o.remaining)} MWh removed"
+                         " (A1§3.2)")
+
+    def _finish(
+        self, o: Order, ts: int, action: str, req_id: str | None, code: str, reason: str
+    ) -> None:
+        """An instantiation that never rested leaves: release its open quantity."""
+        g = self.guard
+        if g is not None and o.remaining:
+            g.released(o, o.remaining)
+        o.status = INACTIVE
+        o.remaining = 0
+        o.visible = 0
+        self._report(o, ts, action, req_id, code, reason)
+
+    def _match(self, o: Order, book: Book, opp: SortedDict, ts: int) -> None:
+        """R47.1: price-time priority; every trade at the resting order's price.  The
+        incoming order uses its whole open quantity, one trade per resting instantiation
+        (A1§3.4 for an aggressive iceberg); a resting iceberg whose peak is consumed is
+        refilled at the back of its level (new creation time, price + increment) and may
+        trade again, one trade per instantiation (A1§3.4, A1§3.4.1)."""
+        out = self._out
+        g = self.guard
+        buy = o.side is BUY
+        limit = o.price
+        remaining = o.remaining
+        contract = o.contract
+        rnd = self.round
+        aggressor = o.side
+        while remaining and opp:
+            lvl: Level = opp.peekitem(0)[1]
+            lp = lvl.price
+            if (lp > limit) if buy else (lp < limit):
+                break
+            dq = lvl.orders
+            while remaining and dq:
+                r = dq[0]
+                if not r.live:
+                    dq.popleft()
+                    continue
+                vis = r.visible
+                q = remaining if remaining < vis else vis
+                remaining -= q
+                vis -= q
+                r.visible = vis
+                r.remaining -= q
+                r.filled += q
+                tid = self.next_trade
+                self.next_trade = tid + 1
+                if buy:
+                    out.append(Trade(ts, tid, contract, rnd, lp, q, aggressor, o.id, o.user,
+                                     o.agent, o.unit, r.id, r.user, r.agent, r.unit))
+                else:
+                    out.append(Trade(ts, tid, contract, rnd, lp, q, aggressor, r.id, r.user,
+                                     r.agent, r.unit, o.id, o.user, o.agent, o.unit))
+                s = book.pub_seq + 1
+                out.append(PublicTrade(ts, contract, s, tid, lp, q, aggressor))
+                if g is not None:
+                    g.filled(o, q, lp)
+                    g.filled(r, q, lp)
+                if vis:
+                    book.pub_seq = s + 1
+                    out.append(BookChange(ts, contract, s + 1, _UPDATE, r.pub, r.side, lp, vis))
+                    self._report(r, ts, PARTIALLY_FILLED)
+                    continue
+                # the visible part is gone
+                dq.popleft()
+                book.pub_seq = s + 1
+                out.append(BookChange(ts, contract, s + 1, _REMOVE, r.pub, r.side, lp, 0))
+                if r.remaining == 0:
+                    r.live = False
+                    r.level = None
+                    r.status = INACTIVE
+                    lvl.live -= 1
+                    self._unindex(r)
+                    self._report(r, ts, FILLED)
+                    continue
+                # A1§3.4: iceberg refill with a new creation time (and price, A1§3.4.1)
+                self._report(r, ts, PARTIALLY_FILLED)
+                pk = r.peak
+                r.visible = pk if r.remaining > pk else r.remaining
+                if r.incr:
+                    r.live = False
+                    lvl.live -= 1
+                    r.price += r.incr
+                    self._rest(r, book, ts)
+                else:
+                    seq = self.next_seq
+                    self.next_seq = seq + 1
+                    r.seq = seq
+                    dq.append(r)
+                    e = book.entry_seq + 1
+                    book.entry_seq = e
+                    r.pub = e
+                    s = book.pub_seq + 1
+                    book.pub_seq = s
+                    out.append(BookChange(ts, contract, s, _ADD, e, r.side, lp, r.visible))
+                self._report(r, ts, REFILLED)
+            if lvl.live == 0:
+                del opp[-lp if opp is book.bids else lp]
+        o.filled += o.remaining - remaining
+        o.remaining = remaining
+
+    def _available(self, book: Book, side: Side, limit: int, needed: int) -> int:
+        """Quantity the opposite side offers at ``limit`` or better, counting every
+        instantiation of resting icebergs at its own price; stops once ``needed`` is
+        reached.  Matching consumes exactly this liquidity (best price first), so an order
+        is fillable in full iff this reaches its quantity (A1§3.3)."""
+        total = 0
+        for price, qty in self._liquidity(book, side, limit):
+            total += qty
+            if total >= needed:
+                break
+        return total
+
+    def _liquidity(self, book: Book, side: Side, limit: int) -> Iterable[tuple[int, int]]:
+        """(price, quantity) chunks acceptable to a ``side`` order at ``limit``, by level."""
+        buy = side is BUY
+        opp = book.asks if buy else book.bids
+        for lvl in opp.values():
+            lp = lvl.price
+            if (lp > limit) if buy else (lp < limit):
+                return
+            for r in lvl.orders:
+                if not r.live:
+                    continue
+                yield lp, r.visible
+                hidden = r.remaining - r.visible
+                if hidden:
+                    if not r.incr:
+                        yield lp, hidden
+                        continue
+                    p = lp
+                    pk = r.peak
+                    while hidden:
+                        p += r.incr
+                        if (p > limit) if buy else (p < limit):
+                            break
+                        q = pk if hidden > pk else hidden
+                        yield p, q
+                        hidden -= q
+
+    # ------------------------------------------------------------------ order entry
+
+    def _on_new(self, cmd: NewOrder, ts: int) -> None:
+        rej = self._check_new(cmd, ts)
+        if rej is not None:
+            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1],
+                         cmd.client_order_id)
+            return
+        o = self._make(cmd, ts, 0)
+        g = self.guard
+        if g is not None:
+            rej = g.admit(o, ts, None)
+            if rej is not None:
+                self.next_order -= 1
+                self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1],
+                             cmd.client_order_id)
+                return
+        if cmd.client_order_id is not None:
+            self._coids.add((cmd.user, cmd.client_order_id))
+        self._enter(o, cmd, ts)
+        self._out.append(Ack(ts, cmd.user, cmd.req_id, "order_entry", (o.id,)))
+
+    def _check_new(self, cmd: NewOrder, ts: int) -> tuple[str, str] | None:
+        rej = self._validate(
+            self.contracts.get(cmd.contract), cmd.contract, cmd.side, cmd.price, cmd.qty,
+            cmd.exec, cmd.validity, cmd.expiry, cmd.peak, cmd.incr, ts,
+        )
+        if rej is not None:
+            return rej
+        if cmd.hibernated and cmd.exec is not NON:
+            return (Code.HIBERNATED_ENTRY_NOT_RESTING,
+                    f"an order entered hibernated must be able to rest; {cmd.exec.value} cannot")
+        coid = cmd.client_order_id
+        if coid is not None and self._coid_seen(cmd.user, coid, ts):
+            return (Code.DUPLICATE_CLIENT_ORDER_ID,
+                    f"client order id {coid!r} already used by {cmd.user} today")
+        return None
+
+    def _enter(self, o: Order, cmd: NewOrder, ts: int) -> None:
+        if cmd.hibernated:
+            self._store_hibernated(o, ts, cmd.req_id)
+        else:
+            self._execute(o, ts, cmd.req_id, ADDED)
+
+    def _store_hibernated(self, o: Order, ts: int, req_id: str | None) -> None:
+        """An order entered in the inactive state: valid now, kept out of the book."""
+        g = self.guard
+        if g is not None:
+            g.released(o, o.remaining)
+        o.status = HIBERNATED
+        o.visible = o.peak if o.peak and o.remaining > o.peak else o.remaining
+        self._index(o)
+        if o.validity is GTD:
+            heappush(self._gtd, (o.expiry, o.arrival, o.id))  # type: ignore[arg-type]
+        self._report(o, ts, ADDED, req_id)
+
+    def _on_basket(self, cmd: EnterBasket, ts: int) -> None:
+        """R46.2.10, A1§5: NONE (independent), VALID (all valid or all rejected), LINKED
+        (all FoK, all filled or none, decided and executed atomically)."""
+        members = cmd.orders
+        u, a, rq = cmd.user, cmd.agent, cmd.req_id
+        if not members:
+            self._reject(ts, u, a, rq, Code.BASKET_EMPTY, "a basket needs at least one order")
+            return
+        if len(members) > self.cfg.max_basket:
+            self._reject(ts, u, a, rq, Code.BASKET_TOO_LARGE,
+                         f"{len(members)} orders in a basket; at most {self.cfg.max_basket}")
+            return
+        kind = cmd.basket
+        bid = self.next_basket
+        self.next_basket = bid + 1
+        if kind is BasketType.NONE:
+            ids: list[int] = []
+            for m in members:
+                n_before = self.next_order
+                self._on_new_member(m, ts, bid)
+                if self.next_order > n_before:
+                    ids.append(n_before)
+            self._out.append(Ack(ts, u, rq, "basket_entry", tuple(ids)))
+            return
+        # VALID and LINKED: every member must pass, or the whole basket is rejected
+        errors: list[tuple[int, str, str]] = []
+        seen: set[str] = set()
+        for i, m in enumerate(members):
+            rej = self._check_new(m, ts)
+            if rej is None and kind is BasketType.LINKED and m.exec is not FOK:
+                rej = (Code.LINKED_MEMBER_NOT_FOK,
+                       "every order of a linked basket carries FoK (A1§5.3)")
+            if rej is None and m.client_order_id is not None:
+                if m.client_order_id in seen:
+                    rej = (Code.DUPLICATE_CLIENT_ORDER_ID,
+                           f"client order id {m.client_order_id!r} repeated in the basket")
+                seen.add(m.client_order_id)
+            if rej is not None:
+                errors.append((i, rej[0], rej[1]))
+        admitted: list[Order] = []
+        first_id = self.next_order
+        if not errors:
+            g = self.guard
+            for i, m in enumerate(members):
+                o = self._make(m, ts, bid)
+                if g is not None:
+                    rej = g.admit(o, ts, None)
+                    if rej is not None:
+                        errors.append((i, rej[0], rej[1]))
+                        break
+                admitted.append(o)
+            if errors:
+                for o in admitted:
+                    if g is not None:
+                        g.released(o, o.remaining)
+                admitted.clear()
+                self.next_order = first_id
+        if errors:
+            bad = {i: (c, r) for i, c, r in errors}
+            first_bad = errors[0][0]
+            for i, m in enumerate(members):
+                if i in bad:
+                    code, reason = bad[i]
+                else:
+                    code = Code.BASKET_MEMBER_INVALID
+                    reason = (f"basket {kind.value}: rejected with order {first_bad + 1},"
+                              f" which failed with {errors[0][1]} (A1§5)")
+                self._reject(ts, u, a, rq, code, reason, m.client_order_id)
+            self._reject(ts, u, a, rq, Code.BASKET_MEMBER_INVALID,
+                         f"basket {kind.value} rejected: order {first_bad + 1} failed with"
+                         f" {errors[0][1]}: {errors[0][2]}")
+            return
+        for m in members:
+            if m.client_order_id is not None:
+                self._coids.add((m.user, m.client_order_id))
+        if kind is BasketType.LINKED and not self._linked_fillable(admitted):
+            for o in admitted:
+                self._finish(o, ts, CANCELLED, rq, Code.LINKED_NOT_FILLABLE,
+                             "linked basket: not every order can be filled in full, so none"
+                             " is (A1§5.3)")
+        else:
+            for o, m in zip(admitted, members, strict=True):
+                self._enter(o, m, ts)
+        self._out.append(Ack(ts, u, rq, "basket_entry", tuple(o.id for o in admitted)))
+
+    def _on_new_member(self, cmd: NewOrder, ts: int, basket: int) -> None:
+        rej = self._check_new(cmd, ts)
+        if rej is None:
+            o = self._make(cmd, ts, basket)
+            g = self.guard
+            if g is not None:
+                rej = g.admit(o, ts, None)
+                if rej is not None:
+                    self.next_order -= 1
+        if rej is not None:
+            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1],
+                         cmd.client_order_id)
+            return
+        if cmd.client_order_id is not None:
+            self._coids.add((cmd.user, cmd.client_order_id))
+        self._enter(o, cmd, ts)
+
+    def _linked_fillable(self, orders: list[Order]) -> bool:
+        """A1§5.3: would every order of the linked basket fill in full, executed one after
+        the other?  Orders on the same contract and side compete for the same liquidity,
+        which matching consumes best price first: simulate that per group."""
+        groups: dict[tuple[str, Side], list[Order]] = {}
+        for o in orders:
+            groups.setdefault((o.contract, o.side), []).append(o)
+        for (contract, side), group in groups.items():
+            book = self.contracts[contract].book
+            if len(group) == 1:
+                o = group[0]
+                if self._available(book, side, o.price, o.remaining) < o.remaining:
+                    return False
+                continue
+            loosest = max(o.price for o in group) if side is BUY else min(
+                o.price for o in group)
+            depth: dict[int, int] = {}
+            for p, q in self._liquidity(book, side, loosest):
+                depth[p] = depth.get(p, 0) + q
+            prices = sorted(depth, reverse=side is SELL)
+            for o in group:
+                need = o.remaining
+                for p in prices:
+                    if need == 0 or ((p > o.price) if side is BUY else (p < o.price)):
+                        break
+                    take = min(need, depth[p])
+                    depth[p] -= take
+                    need -= take
+                if need:
+                    return False
+        return True
+
+    # ------------------------------------------------------------------ modify and cancel
+
+    def _owned(self, order_id: int, agent: str) -> Order | None:
+        """An order is visible only to its agent: others get ORDER_UNKNOWN (R46.2.12)."""
+        o = self.orders.get(order_id)
+        if o is None or o.agent != agent:
+            return None
+        return o
+
+    def _on_modify(self, cmd: ModifyOrder, ts: int) -> None:
+        """R46.2.6.1: a modification is a cancellation plus a new order: it passes every
+        check again and loses time priority.  A refused modification leaves the order as
+        it was."""
+        u, a, rq = cmd.user, cmd.agent, cmd.req_id
+        o = self._owned(cmd.order_id, a)
+        if o is None:
+            self._reject(ts, u, a, rq, Code.ORDER_UNKNOWN,
+                         f"no live order {cmd.order_id} of agent {a}", order_id=cmd.order_id)
+            return
+        if o.status is not ACTIVE:
+            self._reject(ts, u, a, rq, Code.ORDER_NOT_ACTIVE,
+                         f"order {o.id} is {o.status.value}; only an order resting in the book"
+                         " can be modified (R46.2.6.1)", o.coid, o.id)
+            return
+        if cmd.revision != o.revision:
+            self._reject(ts, u, a, rq, Code.STALE_REVISION,
+                         f"revision {cmd.revision} is stale; order {o.id} is at revision"
+                         f" {o.revision}", o.coid, o.id)
+            return
+        c = self.contracts[o.contract]
+        rej = self._validate(c, o.contract, o.side, cmd.price, cmd.qty, cmd.exec,
+                             cmd.validity, cmd.expiry, cmd.peak, cmd.incr, ts)
+        if rej is not None:
+            self._reject(ts, u, a, rq, rej[0], rej[1], o.coid, o.id)
+            return
+        n = Order(o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side, cmd.price,
+                  cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
+                  o.revision + 1, self.next_seq, o.basket, ts)
+        self.next_seq += 1
+        n.filled = o.filled
+        g = self.guard
+        if g is not None:
+            rej = g.admit(n, ts, o)
+            if rej is not None:
+                self._reject(ts, u, a, rq, rej[0], rej[1], o.coid, o.id)
+                return
+        book = c.book
+        self._unlink(o, book, ts)
+        o.status = INACTIVE
+        self._unindex(o)
+        self._execute(n, ts, rq, MODIFIED)
+        self._out.append(Ack(ts, u, rq, "order_modify", (o.id,)))
+
+    def _remove(
+        self, o: Order, ts: int, action: str, req_id: str | None, code: str | None,
+        reason: str | None,
+    ) -> None:
+        """Take a live or hibernated order away for good (cancel, expiry, close)."""
+        if o.live:
+            self._unlink(o, self.contracts[o.contract].book, ts)
+            g = self.guard
+            if g is not None:
+                g.released(o, o.remaining)
+        o.status = INACTIVE
+        o.remaining = 0
+        o.visible = 0
+        self._unindex(o)
+        self._report(o, ts, action, req_id, code, reason)
+
+    def _cancellable(self, o: Order) -> tuple[str, str] | None:
+        st = self.contracts[o.contract].state
+        if st is TRADE or st is INT:
+            return None
+        return (Code.CONTRACT_CLOSED,
+                f"contract {o.contract} is {st.value}; orders cannot be cancelled (R46.2.6.2)")
+
+    def _on_cancel(self, cmd: CancelOrder, ts: int) -> None:
+        u, a, rq = cmd.user, cmd.agent, cmd.req_id
+        o = self._owned(cmd.order_id, a)
+        if o is None:
+            self._reject(ts, u, a, rq, Code.ORDER_UNKNOWN,
+                         f"no live order {cmd.order_id} of agent {a}", order_id=cmd.order_id)
+            return
+        rej = self._cancellable(o)
+        if rej is not None:
+            self._reject(ts, u, a, rq, rej[0], rej[1], o.coid, o.id)
+            return
+        self._remove(o, ts, CANCELLED, rq, None, None)
+        self._out.append(Ack(ts, u, rq, "order_cancel", (o.id,)))
+
+    def _select(
+        self, agent: str, user: str | None, contract: str | None, status: Any | None
+    ) -> list[Order]:
+        """Orders of an agent (optionally of one user, one contract, one status), in
+        arrival order (R46.2.7)."""
+        d = self.by_agent.get(agent)
+        if not d:
+            return []
+        sel = [
+            o for o in d.values()
+            if (user is None or o.user == user)
+            and (contract is None or o.contract == contract)
+            and (status is None or o.status is status)
+        ]
+        sel.sort(key=_arrival_key)
+        return sel
+
+    def _on_cancel_all(self, cmd: CancelAll, ts: int) -> None:
+        """R46.2.6.2: every order of the user or of the agent, optionally of one contract;
+        active and hibernated."""
+        u, a, rq = cmd.user, cmd.agent, cmd.req_id
+        if cmd.scope not in ("user", "agent"):
+            self._reject(ts, u, a, rq, Code.NOTHING_TO_DO,
+                         f"scope {cmd.scope!r} is neither 'user' nor 'agent'")
+            return
+        sel = self._select(a, u if cmd.scope == "user" else None, cmd.contract, None)
+        done = []
+        for o in sel:
+            if self._cancellable(o) is None:
+                self._remove(o, ts, CANCELLED, rq, None, None)
+                done.append(o.id)
+        self._out.append(Ack(ts, u, rq, "cancel_all", tuple(done)))
+
+    # ------------------------------------------------------------------ hibernation
+
+    def _hibernate(self, o: Order, ts: int, req_id: str | None, reason: str | None) -> None:
+        """R46.2.7: the order leaves the book, is inactive and cannot match; its value is
+        released at once."""
+        self._unlink(o, self.contracts[o.contract].book, ts)
+        g = self.guard
+        if g is not None:
+            g.released(o, o.remaining)
+        o.status = HIBERNATED
+        o.visible = o.peak if o.peak and o.remaining > o.peak else o.remaining
+        self._report(o, ts, HIBERNATED_A, req_id, None, reason)
+
+    def _reactivate(self, o: Order, ts: int, req_id: str | None) -> None:
+        """R46.2.7: a reactivated order is validated exactly as a new order and behaves as
+        one (new priority, may match at once); it comes back whole or is rejected."""
+        n = o.clone(o.revision + 1, ts)
+        n.status = ACTIVE
+        c = self.contracts[o.contract]
+        rej = self._validate(c, o.contract, o.side, o.price, o.remaining, o.exec, o.validity,
+                             o.expiry, o.peak if o.peak <= o.remaining else o.remaining,
+                             o.incr, ts)
+        if rej is None and self.guard is not None:
+            rej = self.guard.admit(n, ts, None)
+        if rej is not None:
+            o.status = INACTIVE
+            o.remaining = 0
+            o.visible = 0
+            self._unindex(o)
+            self._report(o, ts, REJECTED, req_id, rej[0], rej[1])
+            return
+        self._unindex(o)
+        self._execute(n, ts, req_id, ACTIVATED)
+
+    def _on_deactivate(self, cmd: Deactivate, ts: int) -> None:
+        u, a, rq = cmd.user, cmd.agent, cmd.req_id
+        if cmd.order_ids is None:
+            sel = self._select(a, None, cmd.contract, ACTIVE)
+        else:
+            sel = []
+            for oid in cmd.order_ids:
+                o = self._owned(oid, a)
+                if o is None:
+                    self._reject(ts, u, a, rq, Code.ORDER_UNKNOWN,
+                                 f"no live order {oid} of agent {a}", order_id=oid)
+                    return
+                if o.status is not ACTIVE:
+                    self._reject(ts, u, a, rq, Code.ORDER_NOT_ACTIVE,
+                                 f"order {oid} is {o.status.value}, not ACTIVE", o.coid, oid)
+                    return
+                sel.append(o)
+            sel = sorted(set(sel), key=_arrival_key)
+        for o in sel:
+            self._hibernate(o, ts, rq, "deactivated by its owner")
+        self._out.append(Ack(ts, u, rq, "order_deactivate", tuple(o.id for o in sel)))
+
+    def _on_activate(self, cmd: Activate, ts: int) -> None:
+        """R46.2.7: the owner reactivates one order, a list, or all its hibernated orders:
+        in arrival order, baskets kept in order, each whole or rejected."""
+        u, a, rq = cmd.user, cmd.agent, cmd.req_id
+        if cmd.order_ids is None:
+            sel = [o for o in self._select(a, None, cmd.contract, HIBERNATED)
+                   if self.contracts[o.contract].state is TRADE]
+        else:
+            sel = []
+            for oid in cmd.order_ids:
+                o = self._owned(oid, a)
+                if o is None:
+                    self._reject(ts, u, a, rq, Code.ORDER_UNKNOWN,
+                                 f"no live order {oid} of agent {a}", order_id=oid)
+                    return
+                if o.status is not HIBERNATED:
+                    self._reject(ts, u, a, rq, Code.ORDER_NOT_HIBERNATED,
+                                 f"order {oid} is {o.status.value}, not HIBERNATED",
+                                 o.coid, oid)
+                    return
+                st = self.contracts[o.contract].state
+                if st is not TRADE:
+                    self._reject(ts, u, a, rq, Code.CONTRACT_NOT_TRADING,
+                                 f"contract {o.contract} is {st.value}; orders can be"
+                                 " reactivated only in TRADE", o.coid, oid)
+                    return
+                sel.append(o)
+            sel = sorted(set(sel), key=_arrival_key)
+        for o in sel:
+            self._reactivate(o, ts, rq)
+        self._out.append(Ack(ts, u, rq, "order_activate", tuple(o.id for o in sel)))
+
+    # ------------------------------------------------------------------ time
+
+    def _expire(self, ts: int) -> None:
+        """A1§4.2: GTD orders are valid until their instant; active and hibernated alike."""
+        gtd = self._gtd
+        orders = self.orders
+        while gtd and gtd[0][0] <= ts:
+            exp, _, oid = heappop(gtd)
+            o = orders.get(oid)
+            if o is not None and o.validity is GTD and o.expiry == exp:
+                self._remove(o, ts, EXPIRED, None, Code.GTD_EXPIRED,
+                             f"good till {exp}: validity ended (A1§4.2)")
+
+    def _on_tick(self, cmd: Tick, ts: int) -> None:
+        return None  # expiries already ran in apply()
+
+    # ------------------------------------------------------------------ contracts
+
+    def _op_reject(self, ts: int, code: str, reason: str) -> None:
+        self._reject(ts, "operator", "", None, code, reason)
+
+    def _contracts_for(self, ids: tuple[str, ...], target: ContractState, ts: int
+                       ) -> list[Contract] | None:
+        """Look up and check every contract first, so a bad list changes nothing."""
+        if not ids:
+            self._op_reject(ts, Code.NOTHING_TO_DO, "no contracts given")
+            return None
+        found = []
+        for cid in ids:
+            c = self.contracts.get(cid)
+            if c is None:
+                self._op_reject(ts, Code.CONTRACT_UNKNOWN, f"contract {cid} does not exist")
+                return None
+            try:
+                check_contract_transition(c.state, target)
+            except IllegalTransition as exc:
+                self._op_reject(ts, "ILLEGAL_TRANSITION", f"{cid}: {exc} (R45.f)")
+                return None
+            found.append(c)
+        if len(set(ids)) != len(ids):
+            self._op_reject(ts, Code.NOTHING_TO_DO, "a contract is listed twice")
+            return None
+        return found
+
+    def _set_state(self, c: Contract, target: ContractState, ts: int, reason: str | None
+                   ) -> None:
+        prev = c.state
+        check_contract_transition(prev, target)
+        c.state = target
+        c.reason = reason
+        self._out.append(ContractStateChanged(ts, c.id, target.value, prev.value, c.close_at,
+                                              reason))
+
+    def _on_create(self, cmd: CreateContract, ts: int) -> None:
+        try:
+            spec = ContractSpec.parse(cmd.contract)
+        except InvalidIdentifier as exc:
+            self._op_reject(ts, Code.CONTRACT_UNKNOWN, str(exc))
+            return
+        if spec.id in self.contracts:
+            self._op_reject(ts, Code.NOTHING_TO_DO, f"contract {spec.id} already exists")
+            return
+        c = Contract(spec, cmd.close_at)
+        self.contracts[c.id] = c
+        self._out.append(ContractStateChanged(ts, c.id, c.state.value, None, c.close_at, None))
+
+    def _on_open(self, cmd: OpenContracts, ts: int) -> None:
+        for c in self._contracts_for(cmd.contracts, TRADE, ts) or ():
+            self._set_state(c, TRADE, ts, None)
+
+    def _on_close(self, cmd: CloseContracts, ts: int) -> None:
+        """R45.g: closing contracts closes the round; A1§4.1: what is left is cancelled."""
+        found = self._contracts_for(cmd.contracts, ContractState.FIN, ts)
+        if found is None:
+            return
+        ids = {c.id for c in found}
+        left = sorted((o for o in self.orders.values() if o.contract in ids), key=_arrival_key)
+        for o in left:
+            self._remove(o, ts, CANCELLED, None, Code.CONTRACT_CLOSE,
+                         f"contract {o.contract} closed (A1§4.1)")
+        for c in found:
+            self._set_state(c, ContractState.FIN, ts, "closed")
+        self._out.append(RoundClosed(ts, self.round, tuple(c.id for c in found)))
+        self.round += 1
+
+    def _on_interrupt(self, cmd: InterruptContracts, ts: int) -> None:
+        """R48.b, R46.2.7: trading stops and the contracts' active orders are hibernated."""
+        found = self._contracts_for(cmd.contracts, INT, ts)
+        if found is None:
+            return
+        ids = {c.id for c in found}
+        for c in found:
+            self._set_state(c, INT, ts, cmd.reason)
+        act = sorted((o for o in self.orders.values() if o.contract in ids and o.live),
+                     key=_arrival_key)
+        for o in act:
+            self._hibernate(o, ts, None, cmd.reason)
+
+    def _on_resume(self, cmd: ResumeContracts, ts: int) -> None:
+        for c in self._contracts_for(cmd.contracts, TRADE, ts) or ():
+            self._set_state(c, TRADE, ts, None)
+
+    def _on_hibernate(self, cmd: HibernateOrders, ts: int) -> None:
+        if cmd.contract is None and cmd.agent is None and cmd.user is None:
+            self._op_reject(ts, Code.NOTHING_TO_DO, "hibernate needs a contract, agent or user")
+            return
+        sel = sorted(
+            (o for o in self.orders.values()
+             if o.live
+             and (cmd.contract is None or o.contract == cmd.contract)
+             and (cmd.agent is None or o.agent == cmd.agent)
+             and (cmd.user is None or o.user == cmd.user)),
+            key=_arrival_key,
+        )
+        for o in sel:
+            self._hibernate(o, ts, None, cmd.reason)
+
+    def _on_reactivate(self, cmd: ReactivateOrders, ts: int) -> None:
+        """R46.2.7: after an auction, the hibernated orders of the agents that asked for it
+        come back in arrival order, each re-validated, whole or rejected."""
+        ids = set(cmd.contracts)
+        agents = None if cmd.agents is None else set(cmd.agents)
+        sel = sorted(
+            (o for o in self.orders.values()
+             if o.status is HIBERNATED and o.contract in ids
+             and self.contracts[o.contract].state is TRADE
+             and (agents is None or o.agent in agents)),
+            key=_arrival_key,
+        )
+        for o in sel:
+            self._reactivate(o, ts, None)
+
+    def _on_cancel_agent(self, cmd: CancelAgentOrders, ts: int) -> None:
+        """R46.2.6.2: deregistration, exclusion or suspension cancels all the agent's orders."""
+        for o in self._select(cmd.agent, None, None, None):
+            self._remove(o, ts, CANCELLED, None, Code.OPERATOR_CANCEL, cmd.reason)
+
+    # ------------------------------------------------------------------ inspection
+
+    def state_hash(self) -> str:
+        """SHA-256 over a canonical rendering of the whole state: contracts, round,
+        counters, every order with every field, the priority order of every level, and the
+        guard's state.  Equal hashes mean equal states (DESIGN rule 3)."""
+        h = hashlib.sha256()
+        h.update(repr((self.now, self.round, self.next_order, self.next_seq,
+                       self.next_trade, self.next_basket, self._coid_day_end,
+                       sorted(self._coids))).encode())
+        for cid in sorted(self.contracts):
+            c = self.contracts[cid]
+            b = c.book
+            h.update(repr((cid, c.state.value, c.close_at, c.reason, b.pub_seq,
+                           b.entry_seq)).encode())
+            for side in (BUY, SELL):
+                for lvl in b.levels(side):
+                    h.update(repr((side.value, lvl.price,
+                                   [o.id for o in lvl.orders if o.live])).encode())
+        for oid in sorted(self.orders):
+            o = self.orders[oid]
+            h.update(repr((o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side.value,
+                           o.price, o.qty, o.remaining, o.visible, o.peak, o.incr,
+                           o.exec.value, o.validity.value, o.expiry, o.status.value,
+                           o.revision, o.seq, o.arrival, o.basket, o.filled, o.live,
+                           o.entered, o.pub)).encode())
+        h.update(repr(sorted(self._gtd)).encode())
+        if self.guard is not None:
+            h.update(self.guard.digest())
+        return h.hexdigest()
+
+
+def _arrival_key(o: Order) -> tuple[int, int]:
+    return (o.arrival, o.id)

@@ -1,0 +1,38 @@
+"""The pre-trade extension point of the engine.
+
+Every order that is about to become live (a new order, a basket member, a modification,
+a reactivation) goes through :meth:`Guard.admit`, the same acceptance path in every case
+(R46.2.2, R46.2.6.1, R46.2.7).  The engine then tells the guard, synchronously and within
+the same command, about every quantity that executes (:meth:`Guard.filled`) and every
+quantity that stops being live without executing (:meth:`Guard.released`: cancel, expiry,
+hibernation, the unfilled rest of an IoC or FoK, contract close).  That is what lets
+``risk/`` keep the operative limit exact at every instant (R49.1.4.3).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from engine.model import Order
+
+
+class Guard(Protocol):
+    def admit(
+        self, order: Order, ts: int, replaces: Order | None
+    ) -> tuple[str, str] | None:
+        """Check ``order``; on success count its open quantity as live (and stop counting
+        ``replaces``, the instantiation a modification replaces) and return None; on
+        failure change nothing and return ``(code, reason)``."""
+        ...
+
+    def filled(self, order: Order, qty: int, price: int) -> None:
+        """``qty`` of ``order`` executed at ``price``."""
+        ...
+
+    def released(self, order: Order, qty: int) -> None:
+        """``qty`` of ``order`` is no longer live and did not execute."""
+        ...
+
+    def digest(self) -> bytes:
+        """Canonical bytes of the guard's state, folded into the engine's state hash."""
+        ...

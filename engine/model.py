@@ -1,0 +1,136 @@
+"""Orders and their conditions, in integer ticks (DESIGN rule 4).
+
+Prices are integer cents of €/MWh; quantities are integer tenths of MWh (R46.1: one decimal
+of MWh, two decimals of €/MWh).  Value = price × quantity is therefore in thousandths of a
+euro.  Instants are integer milliseconds since the Unix epoch, UTC.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from engine.states import OrderStatus
+
+PRICE_SCALE = 100  # ticks per €/MWh
+QTY_SCALE = 10  # ticks per MWh
+
+
+class Side(StrEnum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class Exec(StrEnum):
+    """Execution conditions, A1§3.1–3.3 (the iceberg, A1§3.4, is a NON order with a peak)."""
+
+    NON = "NON"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+class Validity(StrEnum):
+    """Validity conditions, A1§4: good for session (default) or good till date."""
+
+    GFS = "GFS"
+    GTD = "GTD"
+
+
+class BasketType(StrEnum):
+    """Basket conditions, R46.2.10 and A1§5."""
+
+    NONE = "NONE"
+    VALID = "VALID"
+    LINKED = "LINKED"
+
+
+BUY = Side.BUY
+SELL = Side.SELL
+ACTIVE = OrderStatus.ACTIVE
+HIBERNATED = OrderStatus.HIBERNATED
+INACTIVE = OrderStatus.INACTIVE
+
+
+class Order:
+    """One instantiation of an order in the engine.
+
+    The order id is stable for the life of the order; the *object* is an instantiation:
+    a modification (R46.2.6.1: cancel + new) or a reactivation (R46.2.7: behaves as a new
+    order) replaces it with a fresh object, so a stale entry left lazily in a price level can
+    always be recognised by ``live`` being false.  An iceberg refill (A1§3.4) keeps the object
+    but gives it a new priority ``seq``, a new public entry id and possibly a new price.
+    """
+
+    __slots__ = (
+        "id", "coid", "contract", "user", "agent", "unit", "side", "price", "qty",
+        "remaining", "visible", "peak", "incr", "exec", "validity", "expiry", "status",
+        "revision", "seq", "arrival", "basket", "filled", "live", "entered", "pub", "level",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        coid: str | None,
+        contract: str,
+        user: str,
+        agent: str,
+        unit: str,
+        side: Side,
+        price: int,
+        qty: int,
+        peak: int,
+        incr: int,
+        exec: Exec,
+        validity: Validity,
+        expiry: int | None,
+        revision: int,
+        arrival: int,
+        basket: int,
+        entered: int,
+    ) -> None:
+        self.id = id
+        self.coid = coid
+        self.contract = contract
+        self.user = user
+        self.agent = agent
+        self.unit = unit
+        self.side = side
+        self.price = price  # price of the current instantiation
+        self.qty = qty  # total quantity of this instantiation when it was entered
+        self.remaining = qty  # open quantity, visible + hidden
+        self.visible = qty  # shown quantity (the current peak for an iceberg)
+        self.peak = peak  # 0 unless iceberg
+        self.incr = incr  # iceberg price increment (A1§3.4.1), 0 if none
+        self.exec = exec
+        self.validity = validity
+        self.expiry = expiry  # GTD instant, else None
+        self.status = ACTIVE
+        self.revision = revision
+        self.seq = 0  # time priority: lower is earlier
+        self.arrival = arrival  # first arrival on the platform (R46.2.7 reactivation order)
+        self.basket = basket  # basket id, 0 if none
+        self.filled = 0  # executed quantity over the life of the order id
+        self.live = False  # true exactly while it stands in a price level
+        self.entered = entered  # instant of this instantiation
+        self.pub = 0  # public (anonymous) id of the current book entry
+        self.level: object = None
+
+    @property
+    def hidden(self) -> int:
+        return self.remaining - self.visible
+
+    def clone(self, id_revision: int, entered: int) -> Order:
+        """A fresh instantiation with the same identity (used by modify and reactivation)."""
+        o = Order(
+            self.id, self.coid, self.contract, self.user, self.agent, self.unit, self.side,
+            self.price, self.remaining, self.peak, self.incr, self.exec, self.validity,
+            self.expiry, id_revision, self.arrival, self.basket, entered,
+        )
+        o.filled = self.filled
+        o.status = self.status
+        return o
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return (
+            f"Order(id={self.id}, {self.side} {self.remaining}@{self.price} vis={self.visible}"
+            f" {self.status} rev={self.revision} seq={self.seq} live={self.live})"
+        )
