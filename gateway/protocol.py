@@ -1,0 +1,396 @@
+"""The wire protocol's requests as pydantic models, and their conversion to core commands.
+
+This is the edge where decimals become integer ticks (DESIGN rule 4): on JSON, prices and
+quantities are decimal strings (``"45.10"``, ``"12.5"``) and instants ISO-8601 strings
+with an offset; with the ``ticks`` validation context (msgpack), they are integer ticks and
+integer milliseconds.  A value with more decimals than the tick allows, a float, a bool, a
+non-number, NaN or an out-of-range value is refused with an error that names the field;
+nothing is ever rounded.
+
+The same models serve the gateway (WebSocket, AMQP) and the replay tool.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+)
+
+from engine import commands as c
+from engine.config import fmt_price
+from engine.model import BasketType, Exec, Side, Validity
+
+__all__ = [
+    "OPERATOR_ADAPTER",
+    "REQUEST_ADAPTER",
+    "ProtocolError",
+    "ValidationError",
+    "parse_instant",
+    "parse_operator",
+    "parse_request",
+    "to_command",
+    "to_operator_command",
+]
+
+# Bounds that keep hostile input cheap; the market's own bounds are checked by the engine
+# with the configured profile (R46.2.1), so a value inside these but outside the market's
+# range gets PRICE_OUT_OF_RANGE with the limit, as a rejection event.
+_MAX_PRICE_TICKS = 10**9
+_MAX_QTY_TICKS = 10**9
+_MAX_ID = 2**63 - 1
+_DEC_RE = re.compile(r"^(-?)(\d{1,12})(?:\.(\d{1,12}))?$")
+
+
+class ProtocolError(ValueError):
+    """A request that does not follow the protocol: ``field`` says where, ``reason`` why."""
+
+    def __init__(self, field: str, reason: str, code: str = "INVALID_FIELD") -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+        self.code = code
+
+
+def _ticks_mode(info: ValidationInfo) -> bool:
+    ctx = info.context
+    return bool(ctx and ctx.get("ticks"))
+
+
+def _decimal_to_ticks(v: Any, decimals: int, unit: str, info: ValidationInfo) -> int:
+    if _ticks_mode(info):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"must be an integer number of ticks, got {type(v).__name__}")
+        return v
+    if not isinstance(v, str):
+        raise ValueError(
+            f"must be a decimal string such as {'45.10' if decimals == 2 else '12.5'!r}"
+            f" ({unit}), got {type(v).__name__}"
+        )
+    m = _DEC_RE.match(v)
+    if m is None:
+        raise ValueError(f"{v!r} is not a decimal number")
+    sign, whole, frac = m.group(1), m.group(2), m.group(3) or ""
+    if len(frac) > decimals:
+        # refused, never rounded (DESIGN rule 4)
+        raise ValueError(
+            f"{v!r} has {len(frac)} decimals; at most {decimals} are allowed ({unit})"
+        )
+    ticks = int(whole) * 10**decimals + int(frac.ljust(decimals, "0") or "0")
+    return -ticks if sign else ticks
+
+
+def _price(v: Any, info: ValidationInfo) -> int:
+    t = _decimal_to_ticks(v, 2, "€/MWh, 0.01 tick", info)
+    if abs(t) > _MAX_PRICE_TICKS:
+        raise ValueError(f"{fmt_price(t)} is out of any possible price range")
+    return t
+
+
+def _qty(v: Any, info: ValidationInfo) -> int:
+    t = _decimal_to_ticks(v, 1, "MWh, 0.1 tick", info)
+    if t <= 0:
+        raise ValueError("must be positive")
+    if t > _MAX_QTY_TICKS:
+        raise ValueError("is out of any possible quantity range")
+    return t
+
+
+def parse_instant(v: Any) -> int:
+    """ISO-8601 with an explicit offset (``2027-01-15T09:00:00.000Z``) to ms UTC."""
+    if not isinstance(v, str):
+        raise ValueError(f"must be an ISO-8601 instant string, got {type(v).__name__}")
+    if len(v) > 40:
+        raise ValueError("is too long for an instant")
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not an ISO-8601 instant") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"{v!r} has no UTC offset; write it with Z or +01:00")
+    if dt.microsecond % 1000:
+        raise ValueError(f"{v!r} is more precise than a millisecond")
+    return int(dt.timestamp() * 1000) if dt.microsecond == 0 else (
+        int(dt.replace(microsecond=0).timestamp()) * 1000 + dt.microsecond // 1000
+    )
+
+
+def _instant(v: Any, info: ValidationInfo) -> int:
+    if _ticks_mode(info):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("must be an integer of milliseconds since the epoch (UTC)")
+        return v
+    return parse_instant(v)
+
+
+Price = Annotated[int, BeforeValidator(_price)]
+Qty = Annotated[int, BeforeValidator(_qty)]
+Instant = Annotated[int, BeforeValidator(_instant)]
+Id = Annotated[int, Field(strict=True, gt=0, le=_MAX_ID)]
+Revision = Annotated[int, Field(strict=True, gt=0, le=_MAX_ID)]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+ReqId = Annotated[str, Field(min_length=1, max_length=64)]
+ClientOrderId = Annotated[str, Field(min_length=1, max_length=40)]
+ContractId = Annotated[str, Field(pattern=r"^(PH-\d{8}-\d{2}|QH-\d{8}-\d{3})$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class Iceberg(_Model):
+    """A1§3.4: the visible peak; A1§3.4.1: optional price increment per instantiation."""
+
+    peak: Qty
+    price_increment: Price = 0
+
+
+class OrderFields(_Model):
+    contract: ContractId
+    unit: Name
+    side: Side
+    price: Price
+    quantity: Qty
+    exec: Exec = Exec.NON
+    validity: Validity = Validity.GFS
+    expiry: Instant | None = None
+    iceberg: Iceberg | None = None
+    state: Literal["ACTIVE", "HIBERNATED"] = "ACTIVE"
+    client_order_id: ClientOrderId | None = None
+
+
+class _Request(_Model):
+    req_id: ReqId | None = None
+
+
+class OrderEntry(_Request, OrderFields):
+    type: Literal["order_entry"]
+
+
+class BasketEntry(_Request):
+    type: Literal["basket_entry"]
+    basket: BasketType
+    orders: Annotated[list[OrderFields], Field(min_length=1, max_length=1000)]
+
+
+class OrderModify(_Request):
+    type: Literal["order_modify"]
+    order_id: Id
+    revision: Revision
+    price: Price
+    quantity: Qty
+    exec: Exec = Exec.NON
+    validity: Validity = Validity.GFS
+    expiry: Instant | None = None
+    iceberg: Iceberg | None = None
+
+
+class OrderCancel(_Request):
+    type: Literal["order_cancel"]
+    order_id: Id
+
+
+class OrderDeactivate(_Request):
+    type: Literal["order_deactivate"]
+    order_ids: Annotated[list[Id], Field(min_length=1, max_length=10_000)] | None = None
+    contract: ContractId | None = None
+
+
+class OrderActivate(_Request):
+    type: Literal["order_activate"]
+    order_ids: Annotated[list[Id], Field(min_length=1, max_length=10_000)] | None = None
+    contract: ContractId | None = None
+
+
+class CancelAllRequest(_Request):
+    type: Literal["cancel_all"]
+    scope: Literal["user", "agent"] = "user"
+    contract: ContractId | None = None
+
+
+TradingRequest = Annotated[
+    OrderEntry | BasketEntry | OrderModify | OrderCancel | OrderDeactivate | OrderActivate
+    | CancelAllRequest,
+    Field(discriminator="type"),
+]
+REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(TradingRequest)
+
+# --- operator commands (market operator, calendar, sync) -----------------------------------
+
+
+class ContractCreate(_Model):
+    type: Literal["contract_create"]
+    contract: ContractId
+    close_at: Instant
+
+
+class ContractList(_Model):
+    contracts: Annotated[list[ContractId], Field(min_length=1, max_length=1000)]
+
+
+class ContractOpen(ContractList):
+    type: Literal["contract_open"]
+
+
+class ContractClose(ContractList):
+    type: Literal["contract_close"]
+
+
+class ContractInterrupt(ContractList):
+    type: Literal["contract_interrupt"]
+    reason: Annotated[str, Field(min_length=1, max_length=200)] = "interrupted"
+
+
+class ContractResume(ContractList):
+    type: Literal["contract_resume"]
+
+
+class Hibernate(_Model):
+    type: Literal["hibernate"]
+    contract: ContractId | None = None
+    agent: Name | None = None
+    user: Name | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=200)] = "hibernated by the platform"
+
+
+class Reactivate(ContractList):
+    type: Literal["reactivate"]
+    agents: list[Name] | None = None
+
+
+class CancelAgentOrders(_Model):
+    type: Literal["cancel_agent_orders"]
+    agent: Name
+    reason: Annotated[str, Field(min_length=1, max_length=200)] = "cancelled by the operator"
+
+
+class TimeTick(_Model):
+    type: Literal["time"]
+
+
+OperatorRequest = Annotated[
+    ContractCreate | ContractOpen | ContractClose | ContractInterrupt | ContractResume
+    | Hibernate | Reactivate | CancelAgentOrders | TimeTick,
+    Field(discriminator="type"),
+]
+OPERATOR_ADAPTER: TypeAdapter[Any] = TypeAdapter(OperatorRequest)
+
+
+def _first_error(exc: ValidationError) -> ProtocolError:
+    """Turn pydantic's error list into one error naming the field (dotted path)."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    # drop the discriminator tag pydantic puts first (e.g. 'order_entry')
+    if loc and loc[0] in _TAGS:
+        loc = loc[1:]
+    field = ".".join(loc) or "message"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] == "union_tag_invalid":
+        field = "type"
+        msg = f"unknown message type {err.get('input', {}).get('type')!r}"
+    elif err["type"] == "union_tag_not_found":
+        field = "type"
+        msg = "missing message type"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return ProtocolError(field, msg)
+
+
+_TAGS = {
+    "order_entry", "basket_entry", "order_modify", "order_cancel", "order_deactivate",
+    "order_activate", "cancel_all", "contract_create", "contract_open", "contract_close",
+    "contract_interrupt", "contract_resume", "hibernate", "reactivate",
+    "cancel_agent_orders", "time",
+}
+
+
+def parse_request(data: Any, ticks: bool = False) -> Any:
+    """Validate a decoded trading request; raise :class:`ProtocolError` naming the field."""
+    if not isinstance(data, dict):
+        raise ProtocolError("message", f"must be an object, got {type(data).__name__}")
+    try:
+        return REQUEST_ADAPTER.validate_python(data, context={"ticks": ticks})
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def parse_operator(data: Any, ticks: bool = False) -> Any:
+    if not isinstance(data, dict):
+        raise ProtocolError("message", f"must be an object, got {type(data).__name__}")
+    try:
+        return OPERATOR_ADAPTER.validate_python(data, context={"ticks": ticks})
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def _new_order(f: OrderFields, user: str, agent: str, req_id: str | None) -> c.NewOrder:
+    ice = f.iceberg
+    return c.NewOrder(
+        user=user, agent=agent, unit=f.unit, contract=f.contract, side=f.side,
+        price=f.price, qty=f.quantity, exec=f.exec, validity=f.validity, expiry=f.expiry,
+        peak=ice.peak if ice else 0, incr=ice.price_increment if ice else 0,
+        client_order_id=f.client_order_id, req_id=req_id,
+        hibernated=f.state == "HIBERNATED",
+    )
+
+
+def to_command(req: Any, user: str, agent: str) -> Any:
+    """The core command for a validated trading request of ``user`` acting for ``agent``."""
+    rq = req.req_id
+    if isinstance(req, OrderEntry):
+        return _new_order(req, user, agent, rq)
+    if isinstance(req, BasketEntry):
+        return c.EnterBasket(user, agent, req.basket,
+                             tuple(_new_order(f, user, agent, rq) for f in req.orders), rq)
+    if isinstance(req, OrderModify):
+        ice = req.iceberg
+        return c.ModifyOrder(
+            user, agent, req.order_id, req.revision, req.price, req.quantity, req.exec,
+            req.validity, req.expiry, ice.peak if ice else 0,
+            ice.price_increment if ice else 0, rq,
+        )
+    if isinstance(req, OrderCancel):
+        return c.CancelOrder(user, agent, req.order_id, rq)
+    if isinstance(req, OrderDeactivate):
+        ids = None if req.order_ids is None else tuple(req.order_ids)
+        return c.Deactivate(user, agent, ids, req.contract, rq)
+    if isinstance(req, OrderActivate):
+        ids = None if req.order_ids is None else tuple(req.order_ids)
+        return c.Activate(user, agent, ids, req.contract, rq)
+    if isinstance(req, CancelAllRequest):
+        return c.CancelAll(user, agent, req.scope, req.contract, rq)
+    raise TypeError(f"not a trading request: {type(req).__name__}")
+
+
+def to_operator_command(req: Any) -> Any:
+    if isinstance(req, ContractCreate):
+        return c.CreateContract(req.contract, req.close_at)
+    if isinstance(req, ContractOpen):
+        return c.OpenContracts(tuple(req.contracts))
+    if isinstance(req, ContractClose):
+        return c.CloseContracts(tuple(req.contracts))
+    if isinstance(req, ContractInterrupt):
+        return c.InterruptContracts(tuple(req.contracts), req.reason)
+    if isinstance(req, ContractResume):
+        return c.ResumeContracts(tuple(req.contracts))
+    if isinstance(req, Hibernate):
+        return c.HibernateOrders(req.contract, req.agent, req.user, req.reason)
+    if isinstance(req, Reactivate):
+        return c.ReactivateOrders(tuple(req.contracts),
+                                  None if req.agents is None else tuple(req.agents))
+    if isinstance(req, CancelAgentOrders):
+        return c.CancelAgentOrders(req.agent, req.reason)
+    if isinstance(req, TimeTick):
+        return c.Tick()
+    raise TypeError(f"not an operator request: {type(req).__name__}")

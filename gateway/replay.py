@@ -1,0 +1,113 @@
+"""The replay tool: a scenario (JSONL) in, events (JSONL) out, byte for byte repeatable.
+
+One command per line (documented in ``docs/replay.md``)::
+
+    {"at": "2027-01-15T09:00:00.000Z", "user": "trader1", "agent": "AG1", "request": {...}}
+    {"at": "2027-01-15T09:00:00.000Z", "operator": {"type": "contract_open", ...}}
+
+``request`` is a protocol trading request (the gateway's pydantic models); ``operator`` is
+an operator command.  ``agent`` defaults to the user (until reference data say otherwise).
+Times must not decrease.  Output: one event per line as JSON, then a final line
+``{"type": "state_hash", ...}``.  A malformed line stops the replay with an error naming
+the line and the field: continuing would produce a different history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from engine.config import EngineConfig
+from engine.engine import Engine
+from gateway.protocol import (
+    ProtocolError,
+    parse_instant,
+    parse_operator,
+    parse_request,
+    to_command,
+    to_operator_command,
+)
+from gateway.wire import event_to_wire
+
+_LINE_KEYS = {"at", "user", "agent", "request", "operator"}
+
+
+class ScenarioError(ValueError):
+    def __init__(self, line: int, field: str, reason: str) -> None:
+        super().__init__(f"line {line}: {field}: {reason}")
+        self.line = line
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    line: int
+    at: int
+    user: str | None
+    command: Any
+
+
+def parse_line(raw: bytes | str, lineno: int) -> Step | None:
+    """One scenario line to a :class:`Step` (None for blank lines and ``#`` comments)."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if not text.strip() or text.lstrip().startswith("#"):
+        return None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ScenarioError(lineno, "line", f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ScenarioError(lineno, "line", "must be a JSON object")
+    extra = set(obj) - _LINE_KEYS
+    if extra:
+        raise ScenarioError(lineno, sorted(extra)[0], "unknown field")
+    try:
+        at = parse_instant(obj.get("at"))
+    except ValueError as exc:
+        raise ScenarioError(lineno, "at", str(exc)) from None
+    has_req, has_op = "request" in obj, "operator" in obj
+    if has_req == has_op:
+        raise ScenarioError(lineno, "line", "needs exactly one of 'request' or 'operator'")
+    try:
+        if has_req:
+            user = obj.get("user")
+            if not isinstance(user, str) or not user:
+                raise ProtocolError("user", "a request needs the user who sends it")
+            agent = obj.get("agent", user)
+            if not isinstance(agent, str) or not agent:
+                raise ProtocolError("agent", "must be a non-empty string")
+            req = parse_request(obj["request"])
+            return Step(lineno, at, user, to_command(req, user, agent))
+        op = parse_operator(obj["operator"])
+        return Step(lineno, at, None, to_operator_command(op))
+    except ProtocolError as exc:
+        prefix = "request" if has_req and exc.field not in ("user", "agent") else (
+            "" if has_req else "operator")
+        field = f"{prefix}.{exc.field}" if prefix else exc.field
+        raise ScenarioError(lineno, field, exc.reason) from None
+
+
+def read_scenario(lines: Iterable[bytes | str]) -> Iterator[Step]:
+    last = None
+    for n, raw in enumerate(lines, 1):
+        step = parse_line(raw, n)
+        if step is None:
+            continue
+        if last is not None and step.at < last:
+            raise ScenarioError(n, "at", "time goes backwards from the previous command")
+        last = step.at
+        yield step
+
+
+def replay(lines: Iterable[bytes | str], config: EngineConfig | None = None,
+           engine: Engine | None = None) -> Iterator[bytes]:
+    """Run a scenario; yield each output line (JSON, without newline)."""
+    eng = engine or Engine(config)
+    for step in read_scenario(lines):
+        for ev in eng.apply(step.command, step.at):
+            yield orjson.dumps(event_to_wire(ev))
+    yield orjson.dumps({"type": "state_hash", "hash": eng.state_hash()})

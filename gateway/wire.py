@@ -1,0 +1,53 @@
+"""Events to wire dictionaries: the one place where ticks become decimal strings again.
+
+JSON carries prices and quantities as decimal strings and instants as ISO-8601 UTC
+strings with milliseconds; msgpack (``ticks=True``) carries the integers unchanged.
+Field names follow the protocol (``quantity``, ``price_increment``) rather than the
+engine's short names.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from engine.config import fmt_price, fmt_qty
+from engine.events import EVENT_NAMES
+
+_RENAME = {"qty": "quantity", "incr": "price_increment"}
+_PRICES = frozenset({"price", "incr"})
+_QTYS = frozenset({"qty", "visible", "hidden", "filled", "peak"})
+_INSTANTS = frozenset({"ts", "expiry", "close_at"})
+
+
+def fmt_instant(ms: int) -> str:
+    """ms UTC -> ``2027-01-15T09:00:00.000Z``."""
+    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+def _plan(cls: type) -> list[tuple[str, str, int]]:
+    plan = []
+    for f in cls._fields:  # type: ignore[attr-defined]
+        kind = 1 if f in _PRICES else 2 if f in _QTYS else 3 if f in _INSTANTS else 0
+        plan.append((f, _RENAME.get(f, f), kind))
+    return plan
+
+
+_PLANS = {cls: (name, _plan(cls)) for cls, name in EVENT_NAMES.items()}
+
+
+def event_to_wire(ev: Any, ticks: bool = False) -> dict[str, Any]:
+    """One event as the protocol's dictionary: ``{"type": ..., fields...}``."""
+    name, plan = _PLANS[type(ev)]
+    d: dict[str, Any] = {"type": name}
+    for (field, key, kind), v in zip(plan, ev, strict=True):
+        if v is None or ticks or kind == 0:
+            d[key] = v.value if hasattr(v, "value") else v
+        elif kind == 1:
+            d[key] = fmt_price(v)
+        elif kind == 2:
+            d[key] = fmt_qty(v)
+        else:
+            d[key] = fmt_instant(v)
+    return d
