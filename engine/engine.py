@@ -5,8 +5,8 @@ command and the instant the sequencer stamped on it, and returns the events it c
 reads no clock and does no I/O.  A trader's mistake is a :class:`~engine.events.Reject`
 event, never an exception.
 
-Book layout: per side a ``SortedDict`` of price levels (bids keyed by −price so that the
-first key is the best on both sides); a level is a deque of order instantiations in time
+Book layout: per side a sorted array of level ranks with the best level last and a dict of
+levels by rank (see :class:`BookSide`); a level is a deque of order instantiations in time
 priority.  Removal is lazy: a cancelled, modified or hibernated instantiation is marked
 dead (``live = False``) and skipped when it reaches the front; a level whose live count
 falls to zero is dropped at once, and a level that accumulates many dead entries is
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from heapq import heappop, heappush
 from typing import Any
-
-from sortedcontainers import SortedDict
 
 from engine.commands import (
     Activate,
@@ -70,10 +69,15 @@ from engine.model import (
 )
 from engine.states import ContractState, check_contract_transition
 
+# Events are built with tuple.__new__, skipping the named tuples' Python-level __new__:
+# half the cost per event, and several events are emitted per fill.
+_new = tuple.__new__
+
 NON = Exec.NON
 IOC = Exec.IOC
 FOK = Exec.FOK
 GTD = Validity.GTD
+GFS = Validity.GFS
 TRADE = ContractState.TRADE
 INT = ContractState.INT
 
@@ -104,6 +108,55 @@ class Level:
         self.live = 0
 
 
+class BookSide:
+    """The levels of one side.  ``ranks`` is sorted ascending with the best level last
+    (rank = price for bids, −price for asks), so the best level is read and dropped in
+    O(1); a level is found by rank in ``levels``.  Creating or dropping a level elsewhere
+    is a binary search and a short memmove, several times cheaper than a balanced tree at
+    the depths a contract's book has."""
+
+    __slots__ = ("buy", "levels", "ranks")
+
+    def __init__(self, buy: bool) -> None:
+        self.buy = buy
+        self.ranks: list[int] = []
+        self.levels: dict[int, Level] = {}
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+    def __bool__(self) -> bool:
+        return bool(self.ranks)
+
+    def best(self) -> Level | None:
+        r = self.ranks
+        return self.levels[r[-1]] if r else None
+
+    def in_order(self) -> Iterator[Level]:
+        """Levels best first."""
+        lv = self.levels
+        for r in reversed(self.ranks):
+            yield lv[r]
+
+    def add_level(self, rank: int, price: int) -> Level:
+        lvl = Level(price)
+        self.levels[rank] = lvl
+        ranks = self.ranks
+        if not ranks or rank > ranks[-1]:
+            ranks.append(rank)
+        else:
+            insort(ranks, rank)
+        return lvl
+
+    def drop_level(self, rank: int) -> None:
+        del self.levels[rank]
+        ranks = self.ranks
+        if ranks[-1] == rank:
+            ranks.pop()
+        else:
+            del ranks[bisect_left(ranks, rank)]
+
+
 class Book:
     """The order book of one contract: bids and asks, and the public sequence numbers."""
 
@@ -111,27 +164,25 @@ class Book:
 
     def __init__(self, contract: str) -> None:
         self.contract = contract
-        self.bids: SortedDict = SortedDict()  # key: -price
-        self.asks: SortedDict = SortedDict()  # key: price
+        self.bids = BookSide(True)
+        self.asks = BookSide(False)
         self.pub_seq = 0  # sequence of public events of this contract
         self.entry_seq = 0  # public entry ids
 
-    def side(self, side: Side) -> SortedDict:
+    def side(self, side: Side) -> BookSide:
         return self.bids if side is BUY else self.asks
 
     def levels(self, side: Side) -> Iterable[Level]:
-        return self.side(side).values()
+        """Levels of one side, best first."""
+        return self.side(side).in_order()
 
     def resting(self, side: Side) -> list[Order]:
         """Live instantiations of one side in priority order (best price, then time)."""
         return [o for lvl in self.levels(side) for o in lvl.orders if o.live]
 
     def best(self, side: Side) -> int | None:
-        d = self.side(side)
-        if not d:
-            return None
-        lvl: Level = d.peekitem(0)[1]
-        return lvl.price
+        lvl = self.side(side).best()
+        return None if lvl is None else lvl.price
 
 
 class Contract:
@@ -235,7 +286,7 @@ class Engine:
         coid: str | None = None,
         order_id: int | None = None,
     ) -> None:
-        self._out.append(Reject(ts, user, agent, req_id, coid, order_id, code, reason))
+        self._out.append(_new(Reject, (ts, user, agent, req_id, coid, order_id, code, reason)))
 
     def _report(
         self,
@@ -248,11 +299,11 @@ class Engine:
     ) -> None:
         vis = o.visible
         self._out.append(
-            OrderReport(
+            _new(OrderReport, (
                 ts, o.id, o.coid, req_id, o.contract, o.user, o.agent, o.unit, o.side,
                 action, o.status, o.price, vis, o.remaining - vis, o.filled, o.exec,
                 o.validity, o.expiry, o.peak, o.incr, o.revision, o.basket, code, reason,
-            )
+            ))
         )
 
     def _index(self, o: Order) -> None:
@@ -390,15 +441,14 @@ class Engine:
         o.seq = seq
         price = o.price
         if o.side is BUY:
-            d = book.bids
-            key = -price
+            bs = book.bids
+            rank = price
         else:
-            d = book.asks
-            key = price
-        lvl = d.get(key)
+            bs = book.asks
+            rank = -price
+        lvl = bs.levels.get(rank)
         if lvl is None:
-            lvl = Level(price)
-            d[key] = lvl
+            lvl = bs.add_level(rank, price)
         lvl.orders.append(o)
         lvl.live += 1
         o.live = True
@@ -408,7 +458,7 @@ class Engine:
         o.pub = e
         s = book.pub_seq + 1
         book.pub_seq = s
-        self._out.append(BookChange(ts, book.contract, s, _ADD, e, o.side, price, o.visible))
+        self._out.append(_new(BookChange, (ts, book.contract, s, _ADD, e, o.side, price, o.visible)))
 
     def _unlink(self, o: Order, book: Book, ts: int) -> None:
         """Take a live instantiation out of the book (lazily) and publish its removal."""
@@ -418,20 +468,22 @@ class Engine:
         lvl.live -= 1
         if lvl.live == 0:
             if o.side is BUY:
-                del book.bids[-lvl.price]
+                book.bids.drop_level(lvl.price)
             else:
-                del book.asks[lvl.price]
+                book.asks.drop_level(-lvl.price)
         elif len(lvl.orders) > 2 * lvl.live + 32:
             lvl.orders = deque(x for x in lvl.orders if x.live)
         s = book.pub_seq + 1
         book.pub_seq = s
-        self._out.append(BookChange(ts, book.contract, s, _REMOVE, o.pub, o.side, o.price, 0))
+        self._out.append(_new(BookChange, (ts, book.contract, s, _REMOVE, o.pub, o.side, o.price, 0)))
 
     def _execute(self, o: Order, ts: int, req_id: str | None, action: str) -> None:
         """Run a new instantiation against the book, then rest it, fill it or kill it
-        according to its execution condition (A1§3)."""
+        according to its execution condition (A1§3).  The order report that ends this
+        method is the answer to the request that caused it (it carries ``req_id``)."""
         book = self.contracts[o.contract].book
-        if o.exec is FOK and self._available(book, o.side, o.price, o.remaining) < o.remaining:
+        ex = o.exec
+        if ex is FOK and self._available(book, o.side, o.price, o.remaining) < o.remaining:
             # A1§3.3: not fillable in full at acceptable prices: nothing happens at all
             self._finish(o, ts, CANCELLED, req_id, Code.FOK_NOT_FILLABLE,
                          f"fill or kill: {fmt_qty(o.remaining)} MWh not available at"
@@ -439,32 +491,69 @@ class Engine:
             return
         if o.side is BUY:
             opp = book.asks
-            if opp and opp.peekitem(0)[1].price <= o.price:
+            ranks = opp.ranks
+            if ranks and -ranks[-1] <= o.price:
                 self._match(o, book, opp, ts)
         else:
             opp = book.bids
-            if opp and opp.peekitem(0)[1].price >= o.price:
+            ranks = opp.ranks
+            if ranks and ranks[-1] >= o.price:
                 self._match(o, book, opp, ts)
-        if o.remaining == 0:
+        rem = o.remaining
+        if rem == 0:
             o.status = INACTIVE
             o.visible = 0
-            self._report(o, ts, FILLED, req_id)
+            self._out.append(_new(OrderReport, (
+                ts, o.id, o.coid, req_id, o.contract, o.user, o.agent, o.unit, o.side,
+                FILLED, INACTIVE, o.price, 0, 0, o.filled, ex, o.validity, o.expiry, o.peak,
+                o.incr, o.revision, o.basket, None, None)))
             return
-        if o.exec is NON:
-            if o.peak:
-                # A1§3.4: an iceberg shows at most one peak, whatever it matched
-                o.visible = o.peak if o.remaining > o.peak else o.remaining
-            else:
-                o.visible = o.remaining
-            self._index(o)
+        if ex is NON:
+            pk = o.peak
+            # A1§3.4: an iceberg shows at most one peak, whatever it matched
+            vis = pk if pk and rem > pk else rem
+            o.visible = vis
+            oid = o.id
+            self.orders[oid] = o
+            d = self.by_agent.get(o.agent)
+            if d is None:
+                d = self.by_agent[o.agent] = {}
+            d[oid] = o
             if o.validity is GTD:
-                heappush(self._gtd, (o.expiry, o.arrival, o.id))  # type: ignore[arg-type]
-            self._rest(o, book, ts)
-            self._report(o, ts, action, req_id)
+                heappush(self._gtd, (o.expiry, o.arrival, oid))  # type: ignore[arg-type]
+            # _rest inlined (hot path): back of its level, new time priority
+            seq = self.next_seq
+            self.next_seq = seq + 1
+            o.seq = seq
+            price = o.price
+            if o.side is BUY:
+                bs = book.bids
+                rank = price
+            else:
+                bs = book.asks
+                rank = -price
+            lvl = bs.levels.get(rank)
+            if lvl is None:
+                lvl = bs.add_level(rank, price)
+            lvl.orders.append(o)
+            lvl.live += 1
+            o.live = True
+            o.level = lvl
+            e = book.entry_seq + 1
+            book.entry_seq = e
+            o.pub = e
+            s = book.pub_seq + 1
+            book.pub_seq = s
+            out = self._out
+            out.append(_new(BookChange, (ts, book.contract, s, _ADD, e, o.side, price, vis)))
+            out.append(_new(OrderReport, (
+                ts, oid, o.coid, req_id, o.contract, o.user, o.agent, o.unit, o.side,
+                action, ACTIVE, o.price, vis, rem - vis, o.filled, ex, o.validity, o.expiry,
+                pk, o.incr, o.revision, o.basket, None, None)))
         else:
             # A1§3.2: the unmatched rest of an IoC is removed
             self._finish(o, ts, CANCELLED, req_id, Code.IOC_REMAINDER,
-                         f"immediate or cancel: unmatched {fmt_qty(o.remaining)} MWh removed"
+                         f"immediate or cancel: unmatched {fmt_qty(rem)} MWh removed"
                          " (A1§3.2)")
 
     def _finish(
@@ -479,13 +568,16 @@ class Engine:
         o.visible = 0
         self._report(o, ts, action, req_id, code, reason)
 
-    def _match(self, o: Order, book: Book, opp: SortedDict, ts: int) -> None:
+    def _match(self, o: Order, book: Book, opp: BookSide, ts: int) -> None:
         """R47.1: price-time priority; every trade at the resting order's price.  The
         incoming order uses its whole open quantity, one trade per resting instantiation
         (A1§3.4 for an aggressive iceberg); a resting iceberg whose peak is consumed is
         refilled at the back of its level (new creation time, price + increment) and may
-        trade again, one trade per instantiation (A1§3.4, A1§3.4.1)."""
-        out = self._out
+        trade again, one trade per instantiation (A1§3.4, A1§3.4.1).
+
+        The hot loop of the engine: counters live in locals and are written back before
+        anything else reads them (the iceberg refill path)."""
+        append = self._out.append
         g = self.guard
         buy = o.side is BUY
         limit = o.price
@@ -493,8 +585,16 @@ class Engine:
         contract = o.contract
         rnd = self.round
         aggressor = o.side
-        while remaining and opp:
-            lvl: Level = opp.peekitem(0)[1]
+        oid, ouser, oagent, ounit = o.id, o.user, o.agent, o.unit
+        ranks = opp.ranks
+        levels = opp.levels
+        orders = self.orders
+        by_agent = self.by_agent
+        tid = self.next_trade
+        pseq = book.pub_seq
+        while remaining and ranks:
+            rank = ranks[-1]
+            lvl = levels[rank]
             lp = lvl.price
             if (lp > limit) if buy else (lp < limit):
                 break
@@ -509,42 +609,53 @@ class Engine:
                 remaining -= q
                 vis -= q
                 r.visible = vis
-                r.remaining -= q
-                r.filled += q
-                tid = self.next_trade
-                self.next_trade = tid + 1
+                rrem = r.remaining - q
+                r.remaining = rrem
+                rfilled = r.filled + q
+                r.filled = rfilled
                 if buy:
-                    out.append(Trade(ts, tid, contract, rnd, lp, q, aggressor, o.id, o.user,
-                                     o.agent, o.unit, r.id, r.user, r.agent, r.unit))
+                    append(_new(Trade, (ts, tid, contract, rnd, lp, q, aggressor, oid, ouser,
+                                        oagent, ounit, r.id, r.user, r.agent, r.unit)))
                 else:
-                    out.append(Trade(ts, tid, contract, rnd, lp, q, aggressor, r.id, r.user,
-                                     r.agent, r.unit, o.id, o.user, o.agent, o.unit))
-                s = book.pub_seq + 1
-                out.append(PublicTrade(ts, contract, s, tid, lp, q, aggressor))
+                    append(_new(Trade, (ts, tid, contract, rnd, lp, q, aggressor, r.id,
+                                        r.user, r.agent, r.unit, oid, ouser, oagent, ounit)))
+                pseq += 1
+                append(_new(PublicTrade, (ts, contract, pseq, tid, lp, q, aggressor, r.pub,
+                                          vis)))
+                tid += 1
                 if g is not None:
                     g.filled(o, q, lp)
                     g.filled(r, q, lp)
                 if vis:
-                    book.pub_seq = s + 1
-                    out.append(BookChange(ts, contract, s + 1, _UPDATE, r.pub, r.side, lp, vis))
-                    self._report(r, ts, PARTIALLY_FILLED)
+                    append(_new(OrderReport, (
+                        ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
+                        PARTIALLY_FILLED, ACTIVE, lp, vis, rrem - vis, rfilled, r.exec,
+                        r.validity, r.expiry, r.peak, r.incr, r.revision, r.basket, None,
+                        None)))
                     continue
                 # the visible part is gone
                 dq.popleft()
-                book.pub_seq = s + 1
-                out.append(BookChange(ts, contract, s + 1, _REMOVE, r.pub, r.side, lp, 0))
-                if r.remaining == 0:
+                if rrem == 0:
                     r.live = False
                     r.level = None
                     r.status = INACTIVE
                     lvl.live -= 1
-                    self._unindex(r)
-                    self._report(r, ts, FILLED)
+                    rid = r.id
+                    del orders[rid]
+                    d = by_agent[r.agent]
+                    del d[rid]
+                    if not d:
+                        del by_agent[r.agent]
+                    append(_new(OrderReport, (
+                        ts, rid, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
+                        FILLED, INACTIVE, lp, 0, 0, rfilled, r.exec, r.validity, r.expiry,
+                        r.peak, r.incr, r.revision, r.basket, None, None)))
                     continue
                 # A1§3.4: iceberg refill with a new creation time (and price, A1§3.4.1)
+                book.pub_seq = pseq
                 self._report(r, ts, PARTIALLY_FILLED)
                 pk = r.peak
-                r.visible = pk if r.remaining > pk else r.remaining
+                r.visible = pk if rrem > pk else rrem
                 if r.incr:
                     r.live = False
                     lvl.live -= 1
@@ -558,12 +669,15 @@ class Engine:
                     e = book.entry_seq + 1
                     book.entry_seq = e
                     r.pub = e
-                    s = book.pub_seq + 1
-                    book.pub_seq = s
-                    out.append(BookChange(ts, contract, s, _ADD, e, r.side, lp, r.visible))
+                    book.pub_seq += 1
+                    append(_new(BookChange, (ts, contract, book.pub_seq, _ADD, e, r.side, lp,
+                                             r.visible)))
                 self._report(r, ts, REFILLED)
+                pseq = book.pub_seq
             if lvl.live == 0:
-                del opp[-lp if opp is book.bids else lp]
+                opp.drop_level(rank)
+        self.next_trade = tid
+        book.pub_seq = pseq
         o.filled += o.remaining - remaining
         o.remaining = remaining
 
@@ -573,17 +687,17 @@ class Engine:
         reached.  Matching consumes exactly this liquidity (best price first), so an order
         is fillable in full iff this reaches its quantity (A1§3.3)."""
         total = 0
-        for price, qty in self._liquidity(book, side, limit):
+        for _price, qty in self._liquidity(book, side, limit):
             total += qty
             if total >= needed:
                 break
         return total
 
-    def _liquidity(self, book: Book, side: Side, limit: int) -> Iterable[tuple[int, int]]:
+    def _liquidity(self, book: Book, side: Side, limit: int) -> Iterator[tuple[int, int]]:
         """(price, quantity) chunks acceptable to a ``side`` order at ``limit``, by level."""
         buy = side is BUY
         opp = book.asks if buy else book.bids
-        for lvl in opp.values():
+        for lvl in opp.in_order():
             lp = lvl.price
             if (lp > limit) if buy else (lp < limit):
                 return
@@ -609,12 +723,30 @@ class Engine:
     # ------------------------------------------------------------------ order entry
 
     def _on_new(self, cmd: NewOrder, ts: int) -> None:
-        rej = self._check_new(cmd, ts)
-        if rej is not None:
-            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1],
-                         cmd.client_order_id)
-            return
-        o = self._make(cmd, ts, 0)
+        c = self.contracts.get(cmd.contract)
+        price = cmd.price
+        qty = cmd.qty
+        cfg = self.cfg
+        if (
+            c is not None and c.state is TRADE and not cmd.peak and not cmd.incr
+            and cmd.expiry is None and cmd.validity is GFS and not cmd.hibernated
+            and cmd.client_order_id is None
+            and cfg.price_min <= price <= cfg.price_max and cfg.qty_min <= qty <= cfg.qty_max
+        ):
+            pass  # the common case: a plain valid order; every check is in _check_new
+        else:
+            rej = self._check_new(cmd, ts)
+            if rej is not None:
+                self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1],
+                             cmd.client_order_id)
+                return
+        oid = self.next_order
+        self.next_order = oid + 1
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        o = Order(oid, cmd.client_order_id, cmd.contract, cmd.user, cmd.agent, cmd.unit,
+                  cmd.side, price, qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity,
+                  cmd.expiry, 1, seq, 0, ts)
         g = self.guard
         if g is not None:
             rej = g.admit(o, ts, None)
@@ -625,8 +757,10 @@ class Engine:
                 return
         if cmd.client_order_id is not None:
             self._coids.add((cmd.user, cmd.client_order_id))
-        self._enter(o, cmd, ts)
-        self._out.append(Ack(ts, cmd.user, cmd.req_id, "order_entry", (o.id,)))
+        if cmd.hibernated:
+            self._store_hibernated(o, ts, cmd.req_id)
+        else:
+            self._execute(o, ts, cmd.req_id, ADDED)
 
     def _check_new(self, cmd: NewOrder, ts: int) -> tuple[str, str] | None:
         rej = self._validate(
@@ -684,7 +818,7 @@ class Engine:
                 self._on_new_member(m, ts, bid)
                 if self.next_order > n_before:
                     ids.append(n_before)
-            self._out.append(Ack(ts, u, rq, "basket_entry", tuple(ids)))
+            self._out.append(_new(Ack, (ts, u, rq, "basket_entry", tuple(ids))))
             return
         # VALID and LINKED: every member must pass, or the whole basket is rejected
         errors: list[tuple[int, str, str]] = []
@@ -745,7 +879,7 @@ class Engine:
         else:
             for o, m in zip(admitted, members, strict=True):
                 self._enter(o, m, ts)
-        self._out.append(Ack(ts, u, rq, "basket_entry", tuple(o.id for o in admitted)))
+        self._out.append(_new(Ack, (ts, u, rq, "basket_entry", tuple(o.id for o in admitted))))
 
     def _on_new_member(self, cmd: NewOrder, ts: int, basket: int) -> None:
         rej = self._check_new(cmd, ts)
@@ -847,7 +981,6 @@ class Engine:
         o.status = INACTIVE
         self._unindex(o)
         self._execute(n, ts, rq, MODIFIED)
-        self._out.append(Ack(ts, u, rq, "order_modify", (o.id,)))
 
     def _remove(
         self, o: Order, ts: int, action: str, req_id: str | None, code: str | None,
@@ -873,18 +1006,53 @@ class Engine:
                 f"contract {o.contract} is {st.value}; orders cannot be cancelled (R46.2.6.2)")
 
     def _on_cancel(self, cmd: CancelOrder, ts: int) -> None:
-        u, a, rq = cmd.user, cmd.agent, cmd.req_id
-        o = self._owned(cmd.order_id, a)
-        if o is None:
-            self._reject(ts, u, a, rq, Code.ORDER_UNKNOWN,
-                         f"no live order {cmd.order_id} of agent {a}", order_id=cmd.order_id)
+        o = self.orders.get(cmd.order_id)
+        if o is None or o.agent != cmd.agent:
+            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, Code.ORDER_UNKNOWN,
+                         f"no live order {cmd.order_id} of agent {cmd.agent}",
+                         order_id=cmd.order_id)
             return
-        rej = self._cancellable(o)
-        if rej is not None:
-            self._reject(ts, u, a, rq, rej[0], rej[1], o.coid, o.id)
+        c = self.contracts[o.contract]
+        st = c.state
+        if st is not TRADE and st is not INT:
+            rej = self._cancellable(o)
+            assert rej is not None
+            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1], o.coid, o.id)
             return
-        self._remove(o, ts, CANCELLED, rq, None, None)
-        self._out.append(Ack(ts, u, rq, "order_cancel", (o.id,)))
+        if o.live:
+            # _unlink inlined: this is a hot path
+            book = c.book
+            lvl: Level = o.level  # type: ignore[assignment]
+            o.live = False
+            o.level = None
+            lvl.live -= 1
+            if lvl.live == 0:
+                if o.side is BUY:
+                    book.bids.drop_level(lvl.price)
+                else:
+                    book.asks.drop_level(-lvl.price)
+            elif len(lvl.orders) > 2 * lvl.live + 32:
+                lvl.orders = deque(x for x in lvl.orders if x.live)
+            s = book.pub_seq + 1
+            book.pub_seq = s
+            self._out.append(_new(BookChange, (ts, book.contract, s, _REMOVE, o.pub, o.side, o.price,
+                                        0)))
+            g = self.guard
+            if g is not None:
+                g.released(o, o.remaining)
+        o.status = INACTIVE
+        o.remaining = 0
+        o.visible = 0
+        oid = o.id
+        del self.orders[oid]
+        d = self.by_agent[o.agent]
+        del d[oid]
+        if not d:
+            del self.by_agent[o.agent]
+        self._out.append(_new(OrderReport, (
+            ts, oid, o.coid, cmd.req_id, o.contract, o.user, o.agent, o.unit, o.side,
+            CANCELLED, INACTIVE, o.price, 0, 0, o.filled, o.exec, o.validity, o.expiry, o.peak,
+            o.incr, o.revision, o.basket, None, None)))
 
     def _select(
         self, agent: str, user: str | None, contract: str | None, status: Any | None
@@ -917,7 +1085,7 @@ class Engine:
             if self._cancellable(o) is None:
                 self._remove(o, ts, CANCELLED, rq, None, None)
                 done.append(o.id)
-        self._out.append(Ack(ts, u, rq, "cancel_all", tuple(done)))
+        self._out.append(_new(Ack, (ts, u, rq, "cancel_all", tuple(done))))
 
     # ------------------------------------------------------------------ hibernation
 
@@ -973,7 +1141,7 @@ class Engine:
             sel = sorted(set(sel), key=_arrival_key)
         for o in sel:
             self._hibernate(o, ts, rq, "deactivated by its owner")
-        self._out.append(Ack(ts, u, rq, "order_deactivate", tuple(o.id for o in sel)))
+        self._out.append(_new(Ack, (ts, u, rq, "order_deactivate", tuple(o.id for o in sel))))
 
     def _on_activate(self, cmd: Activate, ts: int) -> None:
         """R46.2.7: the owner reactivates one order, a list, or all its hibernated orders:
@@ -1005,7 +1173,7 @@ class Engine:
             sel = sorted(set(sel), key=_arrival_key)
         for o in sel:
             self._reactivate(o, ts, rq)
-        self._out.append(Ack(ts, u, rq, "order_activate", tuple(o.id for o in sel)))
+        self._out.append(_new(Ack, (ts, u, rq, "order_activate", tuple(o.id for o in sel))))
 
     # ------------------------------------------------------------------ time
 
@@ -1057,8 +1225,8 @@ class Engine:
         check_contract_transition(prev, target)
         c.state = target
         c.reason = reason
-        self._out.append(ContractStateChanged(ts, c.id, target.value, prev.value, c.close_at,
-                                              reason))
+        self._out.append(_new(ContractStateChanged, (ts, c.id, target.value, prev.value, c.close_at,
+                                              reason)))
 
     def _on_create(self, cmd: CreateContract, ts: int) -> None:
         try:
@@ -1071,7 +1239,7 @@ class Engine:
             return
         c = Contract(spec, cmd.close_at)
         self.contracts[c.id] = c
-        self._out.append(ContractStateChanged(ts, c.id, c.state.value, None, c.close_at, None))
+        self._out.append(_new(ContractStateChanged, (ts, c.id, c.state.value, None, c.close_at, None)))
 
     def _on_open(self, cmd: OpenContracts, ts: int) -> None:
         for c in self._contracts_for(cmd.contracts, TRADE, ts) or ():
@@ -1089,7 +1257,7 @@ class Engine:
                          f"contract {o.contract} closed (A1§4.1)")
         for c in found:
             self._set_state(c, ContractState.FIN, ts, "closed")
-        self._out.append(RoundClosed(ts, self.round, tuple(c.id for c in found)))
+        self._out.append(_new(RoundClosed, (ts, self.round, tuple(c.id for c in found))))
         self.round += 1
 
     def _on_interrupt(self, cmd: InterruptContracts, ts: int) -> None:

@@ -68,7 +68,12 @@ class Trade(NamedTuple):
 
 
 class PublicTrade(NamedTuple):
-    """A trade as everyone sees it: no parties (R46.2.12)."""
+    """A trade as everyone sees it: no parties (R46.2.12).
+
+    It is also the book delta of the resting entry it hit: ``entry`` now shows ``left``
+    (0: the entry is gone).  The book stream and the trades of a contract share one
+    sequence, so a client keeping the local order list applies both in order; no separate
+    :class:`BookChange` is sent for a fill."""
 
     ts: int
     contract: str
@@ -77,6 +82,8 @@ class PublicTrade(NamedTuple):
     price: int
     qty: int
     aggressor: str
+    entry: int
+    left: int
 
 
 class BookChange(NamedTuple):

@@ -1,0 +1,719 @@
+"""Property tests: random command streams through the engine and the reference model.
+
+Every command goes to :class:`engine.engine.Engine` and to the naive
+:class:`reference_model.ReferenceModel`; after every command the two must agree on the
+trades, the rejections, the orders that ended, every live order (remaining, visible, status,
+price, revision, ...), the priority order of every side of every book, contract states and
+the round.  The engine is also checked on its own after every command: book not crossed,
+time priority inside each level, quantities conserved, trades at the resting order's price,
+every change of an order reported, anonymous public events with consecutive sequence
+numbers per contract, a public book (rebuilt from the deltas) equal to the real one, and the
+same events and state hashes when the stream is replayed into a fresh engine (DESIGN rule 3).
+
+Default run: a few hundred examples, well under a minute.  Longer run::
+
+    RONDA_HYPOTHESIS_PROFILE=long pytest tests/test_engine_property.py
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from reference_model import ReferenceModel
+
+from engine.commands import (
+    Activate,
+    CancelAgentOrders,
+    CancelAll,
+    CancelOrder,
+    CloseContracts,
+    CreateContract,
+    Deactivate,
+    EnterBasket,
+    HibernateOrders,
+    InterruptContracts,
+    ModifyOrder,
+    NewOrder,
+    OpenContracts,
+    ReactivateOrders,
+    ResumeContracts,
+    Tick,
+)
+from engine.config import EngineConfig
+from engine.engine import Engine
+from engine.events import (
+    BookChange,
+    ContractStateChanged,
+    OrderReport,
+    PublicTrade,
+    Reject,
+    RoundClosed,
+    Trade,
+)
+from engine.model import BasketType, Exec, Side, Validity
+from engine.states import OrderStatus
+
+BUY, SELL = Side.BUY, Side.SELL
+NON, IOC, FOK = Exec.NON, Exec.IOC, Exec.FOK
+GFS, GTD = Validity.GFS, Validity.GTD
+
+# ---------------------------------------------------------------------------- settings
+
+PROFILE = os.environ.get("RONDA_HYPOTHESIS_PROFILE", "default")
+if PROFILE == "long":
+    MAX_EXAMPLES, MAX_STEPS = 5_000, 120
+elif PROFILE == "ci":
+    MAX_EXAMPLES, MAX_STEPS = 1_000, 80
+else:
+    MAX_EXAMPLES, MAX_STEPS = 250, 50
+SETTINGS = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+# ---------------------------------------------------------------------------- the market
+
+T0 = 1_800_000_000_000  # 2027-01-15 09:00 local time
+CONTRACTS = ("PH-20270115-20", "PH-20270115-21", "PH-20270115-22")
+CLOSE_AT = {c: T0 + 2_000 + 500 * i for i, c in enumerate(CONTRACTS)}
+AGENTS = ("agent-1", "agent-2", "agent-3", "agent-4")
+USERS = {a: (f"{a}-user-a", f"{a}-user-b") for a in AGENTS}
+UNITS = {a: f"{a}-unit" for a in AGENTS}
+PRIVATE_NAMES = set(AGENTS) | {u for us in USERS.values() for u in us} | set(UNITS.values())
+CFG = EngineConfig(
+    name="property", price_min=95, price_max=105, qty_min=1, qty_max=20, max_basket=4
+)
+PUBLIC_EVENTS = (BookChange, PublicTrade, ContractStateChanged, RoundClosed)
+
+
+def new_model() -> ReferenceModel:
+    return ReferenceModel(CFG.price_min, CFG.price_max, CFG.qty_min, CFG.qty_max,
+                          CFG.max_basket)
+
+
+def engine_order_state(o: Any) -> tuple[Any, ...]:
+    return (
+        o.contract, o.agent, o.user, o.unit, o.side.value, o.status.value, o.price,
+        o.remaining, o.visible, o.revision, o.filled, o.peak, o.incr, o.exec.value,
+        o.validity.value, o.expiry, o.basket, o.coid,
+    )
+
+
+def model_order_state(o: Any) -> tuple[Any, ...]:
+    return (
+        o.contract, o.agent, o.user, o.unit, o.side.value, o.status, o.price,
+        o.remaining, o.visible, o.revision, o.filled, o.peak, o.incr, o.exec.value,
+        o.validity.value, o.expiry, o.basket, o.coid,
+    )
+
+
+def engine_change_key(o: Any) -> tuple[Any, ...]:
+    """What, if it changes, must be reported to the owner (R46.2.12)."""
+    return (o.status, o.price, o.remaining, o.visible, o.revision, o.filled, o.seq)
+
+
+# ---------------------------------------------------------------------------- the harness
+
+
+class Harness:
+    """Drives one command stream through both, checking everything after every command."""
+
+    def __init__(self) -> None:
+        self.engine = Engine(CFG)
+        self.model = new_model()
+        self.ts = T0
+        self.log: list[tuple[Any, int]] = []
+        self.outputs: list[list[Any]] = []
+        self.hashes: list[str] = []
+        self.pub_seq: dict[str, int] = {}
+        self.pub_book: dict[str, dict[int, tuple[str, int, int]]] = {}
+        self.entered: dict[int, int] = {}  # filled so far + open quantity it was given
+        self.traded: dict[int, int] = {}
+        self.final_filled: dict[int, int] = {}
+        self.side_of: dict[int, str] = {}
+        self.resting_price: dict[int, int] = {}  # from the order reports
+        self.coids = 0
+        self.last_coid: str | None = None
+        self.first = 0
+
+    def setup(self) -> None:
+        for c in CONTRACTS:
+            self.step(CreateContract(c, CLOSE_AT[c]))
+        self.step(OpenContracts(CONTRACTS[:2]))
+
+    def run(self, commands: list[tuple[Any, int]]) -> None:
+        self.setup()
+        self.first = len(self.log)
+        for cmd, dt in commands:
+            self.step(cmd, dt)
+        self.check_replay()
+
+    def step(self, cmd: Any, dt: int = 0) -> None:
+        self.ts += dt
+        ts = self.ts
+        e = self.engine
+        before = {oid: engine_change_key(o) for oid, o in e.orders.items()}
+        pre_remaining = {oid: o.remaining for oid, o in e.orders.items()}
+        first_new_id = e.next_order
+        events = e.apply(cmd, ts)
+        out = self.model.apply(cmd, ts)
+        self.log.append((cmd, ts))
+        self.outputs.append(list(events))
+        self.hashes.append(e.state_hash())
+        ctx = f"step {len(self.log)}: {cmd!r} at T0+{ts - T0}\nevents: {events!r}"
+        self.compare(events, out, ctx)
+        self.check_events(cmd, events, before, pre_remaining, first_new_id, ctx)
+        self.check_books(ctx)
+
+    # -- engine against the reference model
+
+    def compare(self, events: list[Any], out: Any, ctx: str) -> None:
+        e, m = self.engine, self.model
+        trades_e = [
+            (t.contract, t.round, t.price, t.qty, t.buy_order, t.sell_order, t.aggressor)
+            for t in events if isinstance(t, Trade)
+        ]
+        trades_m = [
+            (t.contract, t.round, t.price, t.qty, t.buy_order, t.sell_order, t.aggressor)
+            for t in out.trades
+        ]
+        assert trades_e == trades_m, f"trades differ\n{ctx}"
+        codes = [r.code for r in events if isinstance(r, Reject)]
+        assert len(codes) == len(out.rejects) and all(
+            c in ok for c, ok in zip(codes, out.rejects, strict=True)
+        ), f"rejections differ: engine {codes}, reference {out.rejects}\n{ctx}"
+        finished_e: dict[int, tuple[str, str | None]] = {}
+        for r in events:
+            if isinstance(r, OrderReport) and r.status == "INACTIVE":
+                finished_e[r.order_id] = (r.action, r.code)
+        assert finished_e == out.finished, (
+            f"ended orders differ: engine {finished_e}, reference {out.finished}\n{ctx}"
+        )
+        live_e = {oid: engine_order_state(o) for oid, o in e.orders.items()}
+        live_m = {oid: model_order_state(o) for oid, o in m.orders.items()}
+        if live_e != live_m:
+            diff = {
+                oid: (live_e.get(oid), live_m.get(oid))
+                for oid in live_e.keys() | live_m.keys() if live_e.get(oid) != live_m.get(oid)
+            }
+            raise AssertionError(f"live orders differ (engine, reference): {diff}\n{ctx}")
+        assert e.contracts.keys() == m.contracts.keys(), ctx
+        for cid in e.contracts:
+            for side in (BUY, SELL):
+                be = [o.id for o in e.contracts[cid].book.resting(side)]
+                bm = m.book_ids(cid, side)
+                assert be == bm, f"{cid} {side} priority: engine {be}, reference {bm}\n{ctx}"
+            assert e.contracts[cid].state.value == m.contracts[cid].state, ctx
+        assert e.round == m.round, ctx
+        assert e.next_order == m.next_id, f"order ids: {e.next_order} != {m.next_id}\n{ctx}"
+
+    # -- the engine's events on their own
+
+    def check_events(
+        self,
+        cmd: Any,
+        events: list[Any],
+        before: dict[int, tuple[Any, ...]],
+        pre_remaining: dict[int, int],
+        first_new_id: int,
+        ctx: str,
+    ) -> None:
+        e = self.engine
+        reports: dict[int, OrderReport] = {}
+        trades: dict[int, Trade] = {}
+        first_report: dict[int, OrderReport] = {}
+        rejected = False
+        for ev in events:
+            if isinstance(ev, PUBLIC_EVENTS):
+                # DESIGN rule 8: no agent, user or unit in public data
+                assert not any(
+                    f in ("user", "agent", "unit") or f.endswith(("_user", "_agent", "_unit"))
+                    for f in type(ev)._fields
+                ), ctx
+                assert not any(isinstance(v, str) and v in PRIVATE_NAMES for v in ev), (
+                    f"private name in a public event {ev!r}\n{ctx}"
+                )
+            if isinstance(ev, (BookChange, PublicTrade)):
+                n = self.pub_seq.get(ev.contract, 0) + 1
+                assert ev.seq == n, f"public seq of {ev.contract}: {ev.seq}, expected {n}\n{ctx}"
+                self.pub_seq[ev.contract] = n
+            if isinstance(ev, BookChange):
+                pb = self.pub_book.setdefault(ev.contract, {})
+                if ev.action == "ADD":
+                    assert ev.entry not in pb and ev.qty > 0, ctx
+                    pb[ev.entry] = (ev.side, ev.price, ev.qty)
+                elif ev.action == "UPDATE":
+                    side, price, _ = pb[ev.entry]
+                    assert (side, price) == (ev.side, ev.price) and ev.qty > 0, ctx
+                    pb[ev.entry] = (side, price, ev.qty)
+                else:
+                    assert ev.action == "REMOVE" and ev.entry in pb, ctx
+                    del pb[ev.entry]
+            elif isinstance(ev, Trade):
+                assert ev.qty > 0, ctx
+                assert ev.buy_agent != "" and ev.sell_agent != "", ctx
+                passive = ev.sell_order if ev.aggressor == "BUY" else ev.buy_order
+                # R47.1: every trade at the price of the resting order
+                assert self.resting_price.get(passive) == ev.price, (
+                    f"trade {ev!r} not at the resting order's price"
+                    f" {self.resting_price.get(passive)}\n{ctx}"
+                )
+                for oid, side in ((ev.buy_order, "BUY"), (ev.sell_order, "SELL")):
+                    self.traded[oid] = self.traded.get(oid, 0) + ev.qty
+                    assert self.side_of.setdefault(oid, side) == side, ctx
+                trades[ev.trade_id] = ev
+            elif isinstance(ev, PublicTrade):
+                t = trades[ev.trade_id]
+                assert (t.contract, t.price, t.qty, t.aggressor) == (
+                    ev.contract, ev.price, ev.qty, ev.aggressor), ctx
+            elif isinstance(ev, OrderReport):
+                reports[ev.order_id] = ev
+                first_report.setdefault(ev.order_id, ev)
+                if ev.status == "ACTIVE":
+                    self.resting_price[ev.order_id] = ev.price
+                else:
+                    self.resting_price.pop(ev.order_id, None)
+            elif isinstance(ev, Reject):
+                rejected = True
+        # quantity ledger: what each order id was given to execute.  New order ids are
+        # told apart by their client order ids (unique inside a command by construction).
+        new_ids = list(range(first_new_id, e.next_order))
+        members: list[NewOrder] = []
+        if isinstance(cmd, NewOrder):
+            members = [cmd]
+        elif isinstance(cmd, EnterBasket):
+            members = list(cmd.orders)
+        by_coid = {m.client_order_id: m for m in members}
+        for oid in new_ids:
+            assert oid in first_report, f"order {oid} unreported\n{ctx}"
+        if len(by_coid) == len(members) and None not in by_coid:
+            for oid in new_ids:
+                self.entered[oid] = by_coid[first_report[oid].client_order_id].qty
+        elif new_ids:
+            assert len(new_ids) == len(members), f"give the orders client order ids\n{ctx}"
+            for oid, m in zip(new_ids, members, strict=True):
+                self.entered[oid] = m.qty
+        if isinstance(cmd, ModifyOrder) and not rejected:
+            oid = cmd.order_id
+            self.entered[oid] += cmd.qty - pre_remaining[oid]
+        # every new order id is reported; every change of an order is reported (R46.2.12)
+        after = {oid: engine_change_key(o) for oid, o in e.orders.items()}
+        for oid in before.keys() | after.keys():
+            if before.get(oid) != after.get(oid):
+                assert oid in reports, f"order {oid} changed without a report\n{ctx}"
+        for oid, rep in reports.items():
+            o = e.orders.get(oid)
+            if o is not None:
+                assert (rep.status, rep.price, rep.visible, rep.hidden, rep.filled,
+                        rep.revision) == (o.status.value, o.price, o.visible,
+                                          o.remaining - o.visible, o.filled, o.revision), (
+                    f"last report of {oid} is not its state: {rep!r} vs {o!r}\n{ctx}")
+            else:
+                # an order that ended: quantity conserved, nothing left open
+                assert rep.status == "INACTIVE" and rep.visible == rep.hidden == 0, ctx
+                traded = self.traded.get(oid, 0)
+                assert rep.filled == traded, ctx
+                left = self.entered[oid] - traded
+                if rep.action == "FILLED":
+                    assert left == 0, f"order {oid} FILLED with {left} left\n{ctx}"
+                else:
+                    assert left > 0, f"order {oid} {rep.action} with {left} left\n{ctx}"
+                self.final_filled[oid] = rep.filled
+                self.side_of.setdefault(oid, rep.side)
+        # quantity conserved for live orders: given = filled + remaining
+        for oid, o in e.orders.items():
+            self.side_of.setdefault(oid, o.side.value)
+            assert o.filled == self.traded.get(oid, 0), ctx
+            assert self.entered[oid] == o.filled + o.remaining, (
+                f"order {oid}: given {self.entered[oid]} != filled {o.filled} + remaining"
+                f" {o.remaining}\n{ctx}")
+        filled = dict(self.final_filled)
+        filled.update({oid: o.filled for oid, o in e.orders.items()})
+        bought = sum(q for oid, q in filled.items() if self.side_of[oid] == "BUY")
+        sold = sum(q for oid, q in filled.items() if self.side_of[oid] == "SELL")
+        assert bought == sold == sum(self.traded.values()) // 2, ctx
+
+    def check_books(self, ctx: str) -> None:
+        e = self.engine
+        resting_ids: list[int] = []
+        for cid, c in e.contracts.items():
+            book = c.book
+            bids, asks = book.resting(BUY), book.resting(SELL)
+            if bids and asks:
+                assert bids[0].price < asks[0].price, f"{cid} crossed at rest\n{ctx}"
+            for side, rows in ((BUY, bids), (SELL, asks)):
+                assert book.best(side) == (rows[0].price if rows else None), ctx
+                for a, b in zip(rows, rows[1:], strict=False):
+                    better = a.price > b.price if side is BUY else a.price < b.price
+                    # price priority, then time priority inside the level
+                    assert better or (a.price == b.price and a.seq < b.seq), (
+                        f"{cid} {side}: {a!r} before {b!r}\n{ctx}")
+                for o in rows:
+                    assert o.live and o.status is OrderStatus.ACTIVE, ctx
+                    assert o.contract == cid and o.side is side, ctx
+                    assert 0 < o.visible <= o.remaining, ctx
+                    if o.peak:
+                        assert o.visible <= o.peak, ctx
+                    else:
+                        assert o.visible == o.remaining, ctx
+                    assert CFG.price_min <= o.price <= CFG.price_max, ctx
+                    assert e.orders.get(o.id) is o, ctx
+                    resting_ids.append(o.id)
+            public = {
+                o.pub: (o.side.value, o.price, o.visible) for o in bids + asks
+            }
+            assert self.pub_book.get(cid, {}) == public, (
+                f"{cid}: public book {self.pub_book.get(cid)} != {public}\n{ctx}")
+        assert len(resting_ids) == len(set(resting_ids)), ctx
+        active = {oid for oid, o in e.orders.items() if o.status is OrderStatus.ACTIVE}
+        assert set(resting_ids) == active, ctx
+        for o in e.orders.values():
+            if o.status is OrderStatus.HIBERNATED:
+                assert not o.live, ctx
+
+    def check_replay(self) -> None:
+        """DESIGN rule 3: the same commands give the same events and states."""
+        fresh = Engine(CFG)
+        for i, ((cmd, ts), events, h) in enumerate(
+            zip(self.log, self.outputs, self.hashes, strict=True)
+        ):
+            assert fresh.apply(cmd, ts) == events, f"replay: events differ at step {i + 1}"
+            assert fresh.state_hash() == h, f"replay: state hash differs at step {i + 1}"
+
+
+# ---------------------------------------------------------------------------- strategies
+
+
+def rare(draw: Any, tenths: int) -> bool:
+    """True with probability tenths/10; shrinks to False."""
+    return bool(draw(st.integers(0, 9)) >= 10 - tenths)
+
+
+def very_rare(draw: Any) -> bool:
+    """True one time in twenty; shrinks to False."""
+    return bool(draw(st.integers(0, 19)) == 19)
+
+
+def draw_contract(draw: Any, h: Harness, states: tuple[str, ...]) -> str:
+    """A contract, usually one in one of ``states`` (so that most commands do something)."""
+    fitting = [c for c in CONTRACTS if h.model.contracts[c].state in states]
+    if fitting and not very_rare(draw):
+        return str(draw(st.sampled_from(fitting)))
+    return str(draw(st.sampled_from(CONTRACTS)))
+
+
+def draw_contracts(draw: Any, h: Harness, states: tuple[str, ...]) -> tuple[str, ...]:
+    first = draw_contract(draw, h, states)
+    if very_rare(draw):
+        return (first, draw(st.sampled_from([c for c in CONTRACTS if c != first])))
+    return (first,)
+
+
+def draw_params(draw: Any, side: Side, contract: str, now: int, fok: bool = False
+                ) -> dict[str, Any]:
+    """Price, quantity and conditions of an order; mostly valid, sometimes not."""
+    price = draw(st.integers(97, 103))
+    if very_rare(draw):
+        price = draw(st.sampled_from([94, 95, 105, 106]))
+    qty = draw(st.integers(1, 6))
+    if very_rare(draw):
+        qty = draw(st.sampled_from([0, 20, 21]))
+    peak = incr = 0
+    kind = draw(st.integers(0, 9))
+    if kind >= 6:  # iceberg (A1§3.4)
+        peak = draw(st.integers(1, 3))
+        if very_rare(draw):
+            peak = qty + 1
+        if kind >= 8:  # with a price increment (A1§3.4.1)
+            incr = draw(st.integers(1, 2)) * (-1 if side is BUY else 1)
+            if very_rare(draw):
+                incr = -incr
+    elif very_rare(draw):
+        incr = 1
+    x = draw(st.integers(0, 9))
+    exec_ = NON if x < 5 else IOC if x < 7 else FOK
+    if peak and not very_rare(draw):
+        exec_ = NON
+    if fok:
+        exec_ = FOK if not very_rare(draw) else NON
+    validity, expiry = GFS, None
+    if rare(draw, 3):
+        validity = GTD
+        expiry = now + draw(st.sampled_from([1, 2, 5, 10, 30, 80, 200]))
+        if very_rare(draw):
+            expiry = draw(st.sampled_from(
+                [None, now, now - 1, CLOSE_AT[contract], CLOSE_AT[contract] - 1]))
+    elif very_rare(draw):
+        expiry = now + 10
+    return dict(price=price, qty=qty, exec=exec_, validity=validity, expiry=expiry,
+                peak=peak, incr=incr)
+
+
+def draw_new(draw: Any, h: Harness, now: int, agent: str, user: str, fok: bool = False
+             ) -> NewOrder:
+    contract = draw_contract(draw, h, ("TRADE",))
+    side = draw(st.sampled_from([BUY, SELL]))
+    p = draw_params(draw, side, contract, now, fok)
+    hibernated = very_rare(draw)
+    if h.last_coid is not None and very_rare(draw):
+        coid = h.last_coid
+    else:
+        h.coids += 1
+        coid = f"c{h.coids}"
+    h.last_coid = coid
+    return NewOrder(user, agent, UNITS[agent], contract, side, client_order_id=coid,
+                    hibernated=hibernated, **p)
+
+
+def draw_order_ref(draw: Any, h: Harness, statuses: tuple[str, ...] = ("ACTIVE", "HIBERNATED")
+                   ) -> tuple[int, str]:
+    """An order id and the agent that acts on it: usually a live order and its owner."""
+    m = h.model
+    live = sorted(oid for oid, o in m.orders.items() if o.status in statuses)
+    if not live:
+        live = sorted(m.orders)
+    x = draw(st.integers(0, 19))
+    if live and x < 18:
+        oid = draw(st.sampled_from(live))
+        agent = m.orders[oid].agent
+        if very_rare(draw):
+            agent = draw(st.sampled_from(AGENTS))
+        return oid, agent
+    if m.next_id > 1 and x < 19:
+        return draw(st.integers(1, m.next_id - 1)), draw(st.sampled_from(AGENTS))
+    return 999, draw(st.sampled_from(AGENTS))
+
+
+def draw_agent(draw: Any, h: Harness, status: str) -> str:
+    """An agent, usually one that has orders in ``status``."""
+    having = sorted({o.agent for o in h.model.orders.values() if o.status == status})
+    if having and not very_rare(draw):
+        return str(draw(st.sampled_from(having)))
+    return str(draw(st.sampled_from(AGENTS)))
+
+
+@st.composite
+def commands(draw: Any, h: Harness) -> tuple[Any, int]:
+    """One command of any kind, drawn with the reference model's state at hand."""
+    dt = draw(st.sampled_from([0, 0, 1, 3, 10, 25]))
+    now = h.ts + dt
+    agent = draw(st.sampled_from(AGENTS))
+    user = draw(st.sampled_from(USERS[agent]))
+    k = draw(st.integers(0, 99))
+    cmd: Any
+    if k < 38:
+        cmd = draw_new(draw, h, now, agent, user)
+    elif k < 46:
+        kind = draw(st.sampled_from([BasketType.NONE, BasketType.VALID, BasketType.LINKED]))
+        size = draw(st.integers(1, 3))
+        if very_rare(draw):
+            size = draw(st.sampled_from([0, 4, 5]))
+        members = tuple(
+            draw_new(draw, h, now, agent, user, fok=kind is BasketType.LINKED)
+            for _ in range(size)
+        )
+        if kind is BasketType.NONE:
+            # keep client order ids unique inside a NONE basket, so that the test can
+            # tell its members apart in the engine's answer
+            seen: set[str | None] = set()
+            fixed = []
+            for mb in members:
+                if mb.client_order_id in seen:
+                    h.coids += 1
+                    mb = NewOrder(**{**_fields_of(mb), "client_order_id": f"c{h.coids}"})
+                seen.add(mb.client_order_id)
+                fixed.append(mb)
+            members = tuple(fixed)
+        cmd = EnterBasket(user, agent, kind, members)
+    elif k < 58:
+        oid, agent = draw_order_ref(draw, h, ("ACTIVE",) if not very_rare(draw)
+                                    else ("HIBERNATED",))
+        o = h.model.orders.get(oid)
+        side = o.side if o is not None else BUY
+        contract = o.contract if o is not None else CONTRACTS[0]
+        rev = o.revision if o is not None else 1
+        if very_rare(draw):
+            rev += draw(st.sampled_from([-1, 1]))
+        p = draw_params(draw, side, contract, now)
+        cmd = ModifyOrder(draw(st.sampled_from(USERS[agent])), agent, oid, rev, **p)
+    elif k < 64:
+        oid, agent = draw_order_ref(draw, h)
+        cmd = CancelOrder(USERS[agent][0], agent, oid)
+    elif k < 66:
+        scope = draw(st.sampled_from(["user", "agent"]))
+        if very_rare(draw):
+            scope = "everything"
+        contract = draw(st.sampled_from([None, *CONTRACTS]))
+        cmd = CancelAll(user, agent, scope, contract)
+    elif k < 72:
+        if rare(draw, 5):
+            ids = []
+            for _ in range(draw(st.integers(1, 2))):
+                oid, agent = draw_order_ref(draw, h, ("ACTIVE",))
+                ids.append(oid)
+            cmd = Deactivate(USERS[agent][0], agent, tuple(ids))
+        else:
+            agent = draw_agent(draw, h, "ACTIVE")
+            cmd = Deactivate(USERS[agent][1], agent, None,
+                             draw(st.sampled_from([None, None, *CONTRACTS])))
+    elif k < 80:
+        if rare(draw, 4):
+            ids = []
+            for _ in range(draw(st.integers(1, 2))):
+                oid, agent = draw_order_ref(draw, h, ("HIBERNATED",))
+                ids.append(oid)
+            cmd = Activate(USERS[agent][0], agent, tuple(ids))
+        else:
+            agent = draw_agent(draw, h, "HIBERNATED")
+            cmd = Activate(USERS[agent][1], agent, None,
+                           draw(st.sampled_from([None, None, *CONTRACTS])))
+    elif k < 83:
+        cmd = InterruptContracts(draw_contracts(draw, h, ("TRADE",)))
+    elif k < 87:
+        cmd = ResumeContracts(draw_contracts(draw, h, ("INT",)))
+    elif k < 88:
+        cmd = CloseContracts(draw_contracts(draw, h, ("UPC", "TRADE", "INT")))
+    elif k < 90:
+        cmd = OpenContracts(draw_contracts(draw, h, ("UPC",)))
+    elif k < 95:
+        cmd = Tick()
+        dt += draw(st.sampled_from([10, 50, 200]))
+    elif k < 97:
+        contract = draw(st.sampled_from([None, *CONTRACTS]))
+        who = draw(st.sampled_from([None, *AGENTS]))
+        cmd = HibernateOrders(contract=contract, agent=who)
+    elif k < 99:
+        agents = None if rare(draw, 6) else (draw_agent(draw, h, "HIBERNATED"),)
+        cmd = ReactivateOrders(draw_contracts(draw, h, ("TRADE",)), agents)
+    else:
+        cmd = CancelAgentOrders(agent)
+    return cmd, dt
+
+
+def _fields_of(cmd: NewOrder) -> dict[str, Any]:
+    return {f: getattr(cmd, f) for f in NewOrder.__dataclass_fields__}
+
+
+# ---------------------------------------------------------------------------- the property
+
+
+@SETTINGS
+@given(st.data())
+def test_engine_agrees_with_reference_model(data: st.DataObject) -> None:
+    h = Harness()
+    h.setup()
+    n = data.draw(st.integers(1, MAX_STEPS), label="steps")
+    for i in range(n):
+        cmd, dt = data.draw(commands(h), label=f"command {i + 1}")
+        note(f"({cmd!r}, {dt}),")
+        h.step(cmd, dt)
+    h.check_replay()
+
+
+# ---------------------------------------------------------------------------- scenarios
+# Hand-checked scenarios: they pin the reference model to the rules (and check the engine).
+
+C0, C1 = CONTRACTS[0], CONTRACTS[1]
+A1, A2, A3 = AGENTS[0], AGENTS[1], AGENTS[2]
+
+
+def order(agent: str, side: Side, price: int, qty: int, contract: str = C0, **kw: Any
+          ) -> NewOrder:
+    return NewOrder(USERS[agent][0], agent, UNITS[agent], contract, side, price, qty, **kw)
+
+
+def trades_of(h: Harness, step: int = -1) -> list[tuple[int, int, int, int]]:
+    """(price, qty, buy order, sell order) of the trades of one command of ``run``."""
+    events = h.outputs[h.first + step] if step >= 0 else h.outputs[step]
+    return [(t.price, t.qty, t.buy_order, t.sell_order)
+            for t in events if isinstance(t, Trade)]
+
+
+def test_resting_iceberg_refills_and_trades_again() -> None:
+    """A1§3.4: one trade per instantiation; the refill goes behind the level."""
+    h = Harness()
+    h.run([
+        (order(A1, SELL, 100, 5, peak=2), 0),  # 1: iceberg 2 of 5
+        (order(A2, SELL, 100, 1), 0),  # 2
+        (order(A3, BUY, 100, 6), 0),  # 3
+    ])
+    # 2 from the first peak, then the plain order, then the refilled peak, then 1 more
+    assert trades_of(h) == [(100, 2, 3, 1), (100, 1, 3, 2), (100, 2, 3, 1), (100, 1, 3, 1)]
+    assert h.engine.orders == {}
+
+
+def test_iceberg_increment_refills_at_a_new_price() -> None:
+    """A1§3.4.1: each instantiation at the previous price plus the increment."""
+    h = Harness()
+    h.run([
+        (order(A1, SELL, 100, 5, peak=2, incr=1), 0),  # 1: 2@100, 2@101, 1@102
+        (order(A2, BUY, 101, 5), 0),  # 2
+    ])
+    assert trades_of(h) == [(100, 2, 2, 1), (101, 2, 2, 1)]
+    o = h.engine.orders[1]
+    assert (o.price, o.remaining, o.visible) == (102, 1, 1)
+    assert h.engine.orders[2].remaining == 1
+
+
+def test_aggressive_iceberg_shows_one_peak() -> None:
+    h = Harness()
+    h.run([
+        (order(A1, SELL, 100, 3), 0),
+        (order(A2, BUY, 100, 10, peak=4), 0),
+    ])
+    o = h.engine.orders[2]
+    assert (o.remaining, o.visible) == (7, 4)
+
+
+def test_fok_counts_hidden_iceberg_quantity() -> None:
+    h = Harness()
+    h.run([
+        (order(A1, SELL, 100, 6, peak=2, incr=1), 0),  # 2@100, 2@101, 2@102
+        (order(A2, BUY, 101, 5, exec=FOK), 0),  # only 4 up to 101: killed
+        (order(A2, BUY, 102, 5, exec=FOK), 0),  # fills
+    ])
+    assert trades_of(h, -2) == []
+    assert trades_of(h) == [(100, 2, 3, 1), (101, 2, 3, 1), (102, 1, 3, 1)]
+
+
+def test_linked_basket_all_or_nothing() -> None:
+    h = Harness()
+    h.run([
+        (order(A1, SELL, 100, 3), 0),
+        (order(A1, SELL, 100, 3, contract=C1), 0),
+        (EnterBasket(USERS[A2][0], A2, BasketType.LINKED, (
+            order(A2, BUY, 100, 3, exec=FOK), order(A2, BUY, 100, 4, contract=C1, exec=FOK),
+        )), 0),
+        (EnterBasket(USERS[A2][0], A2, BasketType.LINKED, (
+            order(A2, BUY, 100, 2, exec=FOK), order(A2, BUY, 100, 2, exec=FOK),
+            order(A2, BUY, 100, 3, contract=C1, exec=FOK),
+        )), 0),  # the two on C0 need 4 of 3: none
+        (EnterBasket(USERS[A2][0], A2, BasketType.LINKED, (
+            order(A2, BUY, 100, 2, exec=FOK), order(A2, BUY, 100, 1, exec=FOK),
+            order(A2, BUY, 100, 3, contract=C1, exec=FOK),
+        )), 0),
+    ])
+    assert trades_of(h, -3) == trades_of(h, -2) == []
+    assert trades_of(h) == [(100, 2, 8, 1), (100, 1, 9, 1), (100, 3, 10, 2)]
+
+
+def test_reactivation_is_a_new_order_in_arrival_order() -> None:
+    """R46.2.7: reactivated in arrival order; a reactivated order may match at once."""
+    h = Harness()
+    h.run([
+        (order(A1, BUY, 101, 2), 0),  # 1
+        (order(A1, SELL, 99, 2, contract=C0), 0),  # 2 crosses 1
+        (order(A1, BUY, 100, 2), 0),  # 3
+        (InterruptContracts((C0,)), 1),
+        (order(A1, SELL, 100, 1), 0),  # refused: INT
+        (ResumeContracts((C0,)), 1),
+        (order(A2, SELL, 100, 1), 0),  # 4 rests
+        (Activate(USERS[A1][0], A1, None), 1),  # 3 comes back and buys 4 at 100
+    ])
+    assert trades_of(h, 1) == [(101, 2, 1, 2)]
+    assert trades_of(h) == [(100, 1, 3, 4)]
+    assert h.engine.orders[3].revision == 2

@@ -1,0 +1,161 @@
+"""The wire protocol's edge: decimals to ticks exactly, every bad input named (DESIGN rule 4)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.commands import EnterBasket, ModifyOrder, NewOrder
+from engine.model import BasketType, Exec, Side, Validity
+from gateway.protocol import ProtocolError, parse_instant, parse_request, to_command
+
+BASE = {
+    "type": "order_entry",
+    "req_id": "r1",
+    "contract": "PH-20270115-10",
+    "unit": "UNIT1",
+    "side": "BUY",
+    "price": "45.10",
+    "quantity": "12.5",
+}
+
+
+def entry(**kw: object) -> dict[str, object]:
+    d = dict(BASE)
+    d.update(kw)
+    return {k: v for k, v in d.items() if v is not ...}
+
+
+def test_decimal_strings_become_exact_ticks() -> None:
+    cmd = to_command(parse_request(entry()), "u1", "A1")
+    assert isinstance(cmd, NewOrder)
+    assert (cmd.price, cmd.qty) == (4510, 125)
+    assert (cmd.user, cmd.agent, cmd.side, cmd.exec, cmd.validity) == (
+        "u1", "A1", Side.BUY, Exec.NON, Validity.GFS)
+
+
+@pytest.mark.parametrize(
+    ("price", "ticks"),
+    [("0", 0), ("-9999.00", -999_900), ("45.1", 4510), ("-0.01", -1), ("180.30", 18_030)],
+)
+def test_prices_parse_to_cents(price: str, ticks: int) -> None:
+    assert parse_request(entry(price=price)).price == ticks
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("price", "45.101", "at most 2"),  # never rounded
+        ("price", 45.1, "decimal string"),  # a JSON number is refused
+        ("price", "NaN", "not a decimal"),
+        ("price", "1e3", "not a decimal"),
+        ("price", True, "decimal string"),
+        ("price", "", "not a decimal"),
+        ("price", " 45.10", "not a decimal"),
+        ("quantity", "12.55", "at most 1"),
+        ("quantity", "0", "positive"),
+        ("quantity", "-1.0", "positive"),
+        ("side", "HOLD", ""),
+        ("contract", "PH-2027-01", "pattern"),
+        ("unit", "x" * 65, "at most 64"),
+        ("exec", "GTC", ""),
+        ("client_order_id", "c" * 41, "at most 40"),
+        ("expiry", "2027-01-15T09:00:00", "no UTC offset"),
+        ("expiry", "2027-01-15T09:00:00.0001Z", "more precise than a millisecond"),
+    ],
+)
+def test_bad_fields_are_named_and_refused(field: str, value: object, why: str) -> None:
+    with pytest.raises(ProtocolError) as ei:
+        parse_request(entry(**{field: value}))
+    assert ei.value.field == field
+    assert why.lower() in ei.value.reason.lower()
+
+
+def test_missing_and_unknown_fields_and_types() -> None:
+    with pytest.raises(ProtocolError) as ei:
+        parse_request(entry(price=...))
+    assert (ei.value.field, ei.value.reason) == ("price", "Field required")
+    with pytest.raises(ProtocolError) as ei:
+        parse_request(entry(colour="red"))
+    assert (ei.value.field, ei.value.reason) == ("colour", "unknown field")
+    with pytest.raises(ProtocolError) as ei:
+        parse_request(entry(type="order_teleport"))
+    assert ei.value.field == "type" and "order_teleport" in ei.value.reason
+    with pytest.raises(ProtocolError) as ei:
+        parse_request(entry(type=...))
+    assert ei.value.field == "type"
+    with pytest.raises(ProtocolError) as ei:
+        parse_request([1, 2])
+    assert ei.value.field == "message"
+
+
+def test_nested_fields_are_named_with_their_path() -> None:
+    with pytest.raises(ProtocolError) as ei:
+        parse_request({"type": "basket_entry", "basket": "LINKED",
+                       "orders": [entry(type=..., req_id=...),
+                                  entry(type=..., req_id=..., price="1.001")]})
+    assert ei.value.field == "orders.1.price"
+    with pytest.raises(ProtocolError) as ei:
+        parse_request(entry(iceberg={"peak": "1.25"}))
+    assert ei.value.field == "iceberg.peak"
+
+
+def test_ids_are_strict_integers() -> None:
+    with pytest.raises(ProtocolError) as ei:
+        parse_request({"type": "order_cancel", "order_id": "7"})
+    assert ei.value.field == "order_id"
+    with pytest.raises(ProtocolError):
+        parse_request({"type": "order_cancel", "order_id": 0})
+    with pytest.raises(ProtocolError):
+        parse_request({"type": "order_cancel", "order_id": 2**70})
+
+
+def test_msgpack_mode_takes_integer_ticks_only() -> None:
+    req = parse_request(entry(price=4510, quantity=125, expiry=1_800_000_000_000,
+                              validity="GTD"), ticks=True)
+    assert (req.price, req.quantity, req.expiry) == (4510, 125, 1_800_000_000_000)
+    with pytest.raises(ProtocolError) as ei:
+        parse_request(entry(price="45.10"), ticks=True)
+    assert ei.value.field == "price"
+
+
+def test_every_request_converts_to_its_command() -> None:
+    b = parse_request({"type": "basket_entry", "basket": "LINKED", "req_id": "b",
+                       "orders": [entry(type=..., req_id=..., exec="FOK",
+                                        iceberg=None)]})
+    cmd = to_command(b, "u", "A")
+    assert isinstance(cmd, EnterBasket) and cmd.basket is BasketType.LINKED
+    assert cmd.orders[0].exec is Exec.FOK and cmd.orders[0].req_id == "b"
+    m = to_command(parse_request({"type": "order_modify", "order_id": 3, "revision": 2,
+                                  "price": "1.00", "quantity": "1.0",
+                                  "iceberg": {"peak": "0.5", "price_increment": "-0.10"}}),
+                   "u", "A")
+    assert isinstance(m, ModifyOrder) and (m.peak, m.incr, m.revision) == (5, -10, 2)
+
+
+def test_instants() -> None:
+    import calendar
+    ref = calendar.timegm((2027, 1, 15, 9, 0, 0)) * 1000
+    assert parse_instant("2027-01-15T09:00:00Z") == ref
+    assert parse_instant("2027-01-15T10:00:00+01:00") == ref
+    assert parse_instant("2027-01-15T09:00:00.123Z") == ref + 123
+    assert parse_instant("2027-01-15T09:00:00.999+00:00") == ref + 999
+
+
+@given(st.integers(min_value=-999_900, max_value=999_900))
+def test_price_round_trip_through_the_wire(ticks: int) -> None:
+    from engine.config import fmt_price
+    assert parse_request(entry(price=fmt_price(ticks))).price == ticks
+
+
+@given(st.one_of(st.text(max_size=20), st.floats(), st.integers(), st.none(),
+                 st.lists(st.integers(), max_size=3)))
+def test_arbitrary_price_values_never_crash(value: object) -> None:
+    """Hostile input: either a valid price or a ProtocolError naming the field."""
+    try:
+        req = parse_request(entry(price=value))
+    except ProtocolError as exc:
+        assert exc.field == "price"
+    else:
+        assert isinstance(req.price, int)

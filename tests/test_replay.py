@@ -1,0 +1,97 @@
+"""The replay tool (DESIGN rule 3): same scenario in, byte-identical events out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.replay import ScenarioError, replay
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo.jsonl"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT,
+                          capture_output=True, timeout=60, check=False)
+
+
+def test_replay_is_byte_identical_across_processes() -> None:
+    a = run_cli("replay", str(DEMO))
+    b = run_cli("replay", str(DEMO))
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout
+    last = orjson.loads(a.stdout.splitlines()[-1])
+    assert last["type"] == "state_hash" and len(last["hash"]) == 64
+
+
+def test_demo_exercises_every_order_condition() -> None:
+    events = [orjson.loads(x) for x in replay(DEMO.read_bytes().splitlines())]
+    codes = {e.get("code") for e in events}
+    actions = {e["action"] for e in events if e["type"] == "order_report"}
+    assert {"IOC_REMAINDER", "FOK_NOT_FILLABLE", "LINKED_NOT_FILLABLE", "GTD_EXPIRED",
+            "STALE_REVISION", "BASKET_MEMBER_INVALID", "CONTRACT_CLOSE",
+            "ICEBERG_INCREMENT_SIGN", "CONTRACT_NOT_TRADING"} <= codes
+    assert {"ADDED", "MODIFIED", "PARTIALLY_FILLED", "FILLED", "REFILLED", "HIBERNATED",
+            "ACTIVATED", "CANCELLED", "EXPIRED"} <= actions
+    rounds = {e["round"] for e in events if e["type"] == "trade"}
+    assert rounds == {1, 2}
+    # iceberg refills 0.50 higher each time (A1§3.4.1): 47.00, 47.50, 48.00
+    prices = [e["price"] for e in events if e["type"] == "trade" and e["sell_order"] == 6
+              and e["ts"] == "2027-01-14T21:03:10.000Z"]
+    assert prices == ["47.00", "47.50", "48.00"]
+
+
+def test_trades_only_output() -> None:
+    r = run_cli("replay", str(DEMO), "--trades")
+    kinds = {orjson.loads(x)["type"] for x in r.stdout.splitlines()}
+    assert kinds == {"trade", "state_hash"}
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "why"),
+    [
+        ("not json", "line", "invalid JSON"),
+        ("[1]", "line", "JSON object"),
+        ('{"at": "2027-01-15T00:00:00Z"}', "line", "exactly one"),
+        ('{"at": "yesterday", "operator": {"type": "time"}}', "at", "ISO-8601"),
+        ('{"at": "2027-01-15T00:00:00Z", "operator": {"type": "time"}, "x": 1}', "x",
+         "unknown"),
+        ('{"at": "2027-01-15T00:00:00Z", "request": {"type": "order_cancel", "order_id": 1}}',
+         "user", "user"),
+        ('{"at": "2027-01-15T00:00:00Z", "user": "u", "request": {"type": "order_entry",'
+         ' "contract": "PH-20270115-10", "unit": "U", "side": "BUY", "price": "1.001",'
+         ' "quantity": "1.0"}}', "request.price", "decimals"),
+        ('{"at": "2027-01-15T00:00:00Z", "operator": {"type": "contract_open",'
+         ' "contracts": []}}', "operator.contracts", "at least 1"),
+    ],
+)
+def test_malformed_lines_name_line_and_field(line: str, field: str, why: str) -> None:
+    with pytest.raises(ScenarioError) as ei:
+        list(replay(["# comment", "", line]))
+    assert ei.value.line == 3
+    assert ei.value.field == field
+    assert why.lower() in ei.value.reason.lower()
+
+
+def test_time_going_backwards_is_refused() -> None:
+    lines = ['{"at": "2027-01-15T00:00:01Z", "operator": {"type": "time"}}',
+             '{"at": "2027-01-15T00:00:00Z", "operator": {"type": "time"}}']
+    with pytest.raises(ScenarioError) as ei:
+        list(replay(lines))
+    assert (ei.value.line, ei.value.field) == (2, "at")
+
+
+def test_cli_reports_bad_scenario_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"at": "2027-01-15T00:00:00Z", "operator": {"type": "warp"}}\n')
+    r = run_cli("replay", str(bad))
+    assert r.returncode == 2
+    assert b"line 1: operator.type: unknown message type 'warp'" in r.stderr
+    assert b"Traceback" not in r.stderr
+    r = run_cli("replay", str(tmp_path / "missing.jsonl"))
+    assert r.returncode == 2 and b"cannot read" in r.stderr
