@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 
 from engine.errors import InvalidIdentifier
@@ -80,7 +80,7 @@ def summer_time_utc(year: int) -> tuple[int, int]:
 
 def utc_offset_ms(instant_ms: int) -> int:
     """Offset of Iberian peninsular local time from UTC at ``instant_ms``: +1 h or +2 h."""
-    year = datetime.fromtimestamp(instant_ms / 1000, tz=timezone.utc).year
+    year = datetime.fromtimestamp(instant_ms / 1000, tz=UTC).year
     start, end = summer_time_utc(year)
     return 2 * HOUR_MS if start <= instant_ms < end else HOUR_MS
 

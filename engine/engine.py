@@ -16,8 +16,8 @@ compacted, so memory stays bounded.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from heapq import heappop, heappush
@@ -320,6 +320,11 @@ class Engine:
         if not d:
             del self.by_agent[o.agent]
 
+    def _push_gtd(self, o: Order) -> None:
+        exp = o.expiry
+        assert exp is not None  # validated: a GTD order has its expiry (A1§4.2)
+        heappush(self._gtd, (exp, o.arrival, o.id))
+
     def _coid_seen(self, user: str, coid: str, ts: int) -> bool:
         """Client order ids are unique per user and local trading day (protocol)."""
         if ts >= self._coid_day_end:
@@ -458,7 +463,8 @@ class Engine:
         o.pub = e
         s = book.pub_seq + 1
         book.pub_seq = s
-        self._out.append(_new(BookChange, (ts, book.contract, s, _ADD, e, o.side, price, o.visible)))
+        self._out.append(
+            _new(BookChange, (ts, book.contract, s, _ADD, e, o.side, price, o.visible)))
 
     def _unlink(self, o: Order, book: Book, ts: int) -> None:
         """Take a live instantiation out of the book (lazily) and publish its removal."""
@@ -475,7 +481,8 @@ class Engine:
             lvl.orders = deque(x for x in lvl.orders if x.live)
         s = book.pub_seq + 1
         book.pub_seq = s
-        self._out.append(_new(BookChange, (ts, book.contract, s, _REMOVE, o.pub, o.side, o.price, 0)))
+        self._out.append(
+            _new(BookChange, (ts, book.contract, s, _REMOVE, o.pub, o.side, o.price, 0)))
 
     def _execute(self, o: Order, ts: int, req_id: str | None, action: str) -> None:
         """Run a new instantiation against the book, then rest it, fill it or kill it
@@ -520,7 +527,7 @@ class Engine:
                 d = self.by_agent[o.agent] = {}
             d[oid] = o
             if o.validity is GTD:
-                heappush(self._gtd, (o.expiry, o.arrival, oid))  # type: ignore[arg-type]
+                self._push_gtd(o)
             # _rest inlined (hot path): back of its level, new time priority
             seq = self.next_seq
             self.next_seq = seq + 1
@@ -793,7 +800,7 @@ class Engine:
         o.visible = o.peak if o.peak and o.remaining > o.peak else o.remaining
         self._index(o)
         if o.validity is GTD:
-            heappush(self._gtd, (o.expiry, o.arrival, o.id))  # type: ignore[arg-type]
+            self._push_gtd(o)
         self._report(o, ts, ADDED, req_id)
 
     def _on_basket(self, cmd: EnterBasket, ts: int) -> None:
@@ -1035,8 +1042,8 @@ class Engine:
                 lvl.orders = deque(x for x in lvl.orders if x.live)
             s = book.pub_seq + 1
             book.pub_seq = s
-            self._out.append(_new(BookChange, (ts, book.contract, s, _REMOVE, o.pub, o.side, o.price,
-                                        0)))
+            self._out.append(_new(BookChange, (ts, book.contract, s, _REMOVE, o.pub, o.side,
+                                               o.price, 0)))
             g = self.guard
             if g is not None:
                 g.released(o, o.remaining)
@@ -1239,7 +1246,8 @@ class Engine:
             return
         c = Contract(spec, cmd.close_at)
         self.contracts[c.id] = c
-        self._out.append(_new(ContractStateChanged, (ts, c.id, c.state.value, None, c.close_at, None)))
+        self._out.append(
+            _new(ContractStateChanged, (ts, c.id, c.state.value, None, c.close_at, None)))
 
     def _on_open(self, cmd: OpenContracts, ts: int) -> None:
         for c in self._contracts_for(cmd.contracts, TRADE, ts) or ():

@@ -61,9 +61,32 @@ class Order:
     """
 
     __slots__ = (
-        "id", "coid", "contract", "user", "agent", "unit", "side", "price", "qty",
-        "remaining", "visible", "peak", "incr", "exec", "validity", "expiry", "status",
-        "revision", "seq", "arrival", "basket", "filled", "live", "entered", "pub", "level",
+        "agent",
+        "arrival",
+        "basket",
+        "coid",
+        "contract",
+        "entered",
+        "exec",
+        "expiry",
+        "filled",
+        "id",
+        "incr",
+        "level",
+        "live",
+        "peak",
+        "price",
+        "pub",
+        "qty",
+        "remaining",
+        "revision",
+        "seq",
+        "side",
+        "status",
+        "unit",
+        "user",
+        "validity",
+        "visible",
     )
 
     def __init__(

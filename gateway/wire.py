@@ -8,7 +8,7 @@ engine's short names.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.config import fmt_price, fmt_qty
@@ -22,7 +22,7 @@ _INSTANTS = frozenset({"ts", "expiry", "close_at"})
 
 def fmt_instant(ms: int) -> str:
     """ms UTC -> ``2027-01-15T09:00:00.000Z``."""
-    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
     return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
 
 
@@ -41,7 +41,7 @@ def event_to_wire(ev: Any, ticks: bool = False) -> dict[str, Any]:
     """One event as the protocol's dictionary: ``{"type": ..., fields...}``."""
     name, plan = _PLANS[type(ev)]
     d: dict[str, Any] = {"type": name}
-    for (field, key, kind), v in zip(plan, ev, strict=True):
+    for (_field, key, kind), v in zip(plan, ev, strict=True):
         if v is None or ticks or kind == 0:
             d[key] = v.value if hasattr(v, "value") else v
         elif kind == 1:

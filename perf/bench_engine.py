@@ -34,18 +34,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sortedcontainers import SortedDict  # noqa: E402
+from sortedcontainers import SortedDict
 
-from engine.commands import (  # noqa: E402
+from engine.commands import (
     CancelOrder,
     CreateContract,
     ModifyOrder,
     NewOrder,
     OpenContracts,
 )
-from engine.engine import Engine  # noqa: E402
-from engine.events import Trade  # noqa: E402
-from engine.model import Exec, Side  # noqa: E402
+from engine.engine import Engine
+from engine.events import Trade
+from engine.model import Exec, Side
 
 T0 = 1_800_000_000_000
 CONTRACTS = ["PH-20270115-10", "PH-20270115-11", "PH-20270115-12", "PH-20270115-13"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from engine.events import EVENT_NAMES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
-import bench_engine as bench  # noqa: E402
+import bench_engine as bench
 
 
 def test_engine_leaves_no_cyclic_garbage() -> None:
