@@ -40,6 +40,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from gateway.protocol import json_schema
+
+    sys.stdout.buffer.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ronda", description="Continuous intraday trading engine")
     sub = p.add_subparsers(dest="command", required=True)
@@ -51,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print only the trades and the final state hash")
     r.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
     r.set_defaults(func=_cmd_replay)
+    s = sub.add_parser("schema", help="print the JSON Schema of the wire protocol's requests")
+    s.set_defaults(func=_cmd_schema)
     return p
 
 

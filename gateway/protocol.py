@@ -24,6 +24,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
 )
 
 from engine import commands as c
@@ -35,6 +36,7 @@ __all__ = [
     "REQUEST_ADAPTER",
     "ProtocolError",
     "ValidationError",
+    "json_schema",
     "parse_instant",
     "parse_operator",
     "parse_request",
@@ -132,9 +134,15 @@ def _instant(v: Any, info: ValidationInfo) -> int:
     return parse_instant(v)
 
 
-Price = Annotated[int, BeforeValidator(_price)]
-Qty = Annotated[int, BeforeValidator(_qty)]
-Instant = Annotated[int, BeforeValidator(_instant)]
+Price = Annotated[int, BeforeValidator(_price), WithJsonSchema({
+    "type": "string", "pattern": r"^-?\d{1,12}(\.\d{1,2})?$",
+    "description": "€/MWh as a decimal string, at most 2 decimals (msgpack: integer cents)"})]
+Qty = Annotated[int, BeforeValidator(_qty), WithJsonSchema({
+    "type": "string", "pattern": r"^\d{1,12}(\.\d)?$",
+    "description": "MWh as a decimal string, at most 1 decimal (msgpack: integer tenths)"})]
+Instant = Annotated[int, BeforeValidator(_instant), WithJsonSchema({
+    "type": "string", "format": "date-time",
+    "description": "ISO-8601 with offset, at most ms precision (msgpack: integer ms UTC)"})]
 Id = Annotated[int, Field(strict=True, gt=0, le=_MAX_ID)]
 Revision = Annotated[int, Field(strict=True, gt=0, le=_MAX_ID)]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
@@ -283,6 +291,14 @@ OperatorRequest = Annotated[
     Field(discriminator="type"),
 ]
 OPERATOR_ADAPTER: TypeAdapter[Any] = TypeAdapter(OperatorRequest)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of every request (docs/protocol-schema.json is generated from this)."""
+    return {
+        "trading_requests": REQUEST_ADAPTER.json_schema(),
+        "operator_requests": OPERATOR_ADAPTER.json_schema(),
+    }
 
 
 def _first_error(exc: ValidationError) -> ProtocolError:

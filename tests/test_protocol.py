@@ -159,3 +159,16 @@ def test_arbitrary_price_values_never_crash(value: object) -> None:
         assert exc.field == "price"
     else:
         assert isinstance(req.price, int)
+
+
+def test_published_json_schema_is_current() -> None:
+    """docs/protocol-schema.json is generated from the models (./run.sh schema)."""
+    from pathlib import Path
+
+    import orjson
+
+    from gateway.protocol import json_schema
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "protocol-schema.json"
+    assert orjson.loads(path.read_bytes()) == orjson.loads(orjson.dumps(json_schema())), (
+        "regenerate with: ./run.sh schema > docs/protocol-schema.json")
