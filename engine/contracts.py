@@ -110,7 +110,7 @@ def local_day_of(instant_ms: int) -> date:
     return _EPOCH + timedelta(days=(instant_ms + utc_offset_ms(instant_ms)) // 86_400_000)
 
 
-_ID_RE = re.compile(r"^(PH|QH)-(\d{4})(\d{2})(\d{2})-(\d{2,3})$")
+_ID_RE = re.compile(r"(PH|QH)-([0-9]{4})([0-9]{2})([0-9]{2})-([0-9]{2,3})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +140,7 @@ class ContractSpec:
 
     @classmethod
     def parse(cls, contract_id: str) -> ContractSpec:
-        m = _ID_RE.match(contract_id)
+        m = _ID_RE.fullmatch(contract_id)
         if m is None:
             raise InvalidIdentifier(
                 f"contract id {contract_id!r} does not match PH-YYYYMMDD-NN or QH-YYYYMMDD-NNN"

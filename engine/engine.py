@@ -249,6 +249,11 @@ class Engine:
             raise EngineMisuse(f"{command_type.__name__} already has a handler")
         self._handlers[command_type] = handler
 
+    def reject(self, ts: int, user: str, agent: str, req_id: str | None, code: str,
+               reason: str) -> None:
+        """Emit a rejection into the current command's output (for registered handlers)."""
+        self._reject(ts, user, agent, req_id, code, reason)
+
     def emit(self, event: Any) -> None:
         """Append an event to the current command's output (for registered handlers)."""
         self._out.append(event)
@@ -270,8 +275,22 @@ class Engine:
         handler = self._handlers.get(type(cmd))
         if handler is None:
             raise EngineMisuse(f"no handler for command {type(cmd).__name__}")
+        g = self.guard
+        if g is not None and type(cmd) in _TRADER_COMMANDS:
+            rej = g.gate(cmd, ts)
+            if rej is not None:
+                self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1],
+                             getattr(cmd, "client_order_id", None),
+                             getattr(cmd, "order_id", None))
+                return out
         handler(cmd, ts)
         return out
+
+    def dispatch(self, cmd: Any, ts: int) -> None:
+        """Run a command inside the current one (for registered handlers that trigger
+        engine actions, e.g. a suspension cancelling an agent's orders); its events join
+        the current command's output."""
+        self._handlers[type(cmd)](cmd, ts)
 
     # ------------------------------------------------------------------ helpers
 
@@ -667,6 +686,8 @@ class Engine:
                     r.live = False
                     lvl.live -= 1
                     r.price += r.incr
+                    if g is not None:
+                        g.repriced(r, lp)
                     self._rest(r, book, ts)
                 else:
                     seq = self.next_seq
@@ -974,8 +995,7 @@ class Engine:
             return
         n = Order(o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side, cmd.price,
                   cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
-                  o.revision + 1, self.next_seq, o.basket, ts)
-        self.next_seq += 1
+                  o.revision + 1, o.arrival, o.basket, ts)
         n.filled = o.filled
         g = self.guard
         if g is not None:
@@ -1006,11 +1026,15 @@ class Engine:
         self._report(o, ts, action, req_id, code, reason)
 
     def _cancellable(self, o: Order) -> tuple[str, str] | None:
+        """A1§3.1, R46.2.6.2: cancellation while the contract allows sending orders (TRADE);
+        hibernated orders too, «en los momentos que el mercado permita la anulación»
+        (R46.2.7)."""
         st = self.contracts[o.contract].state
-        if st is TRADE or st is INT:
+        if st is TRADE:
             return None
-        return (Code.CONTRACT_CLOSED,
-                f"contract {o.contract} is {st.value}; orders cannot be cancelled (R46.2.6.2)")
+        return (Code.CONTRACT_NOT_TRADING,
+                f"contract {o.contract} is {st.value}; orders can be cancelled only while it"
+                " is in TRADE (A1§3.1, R46.2.6.2)")
 
     def _on_cancel(self, cmd: CancelOrder, ts: int) -> None:
         o = self.orders.get(cmd.order_id)
@@ -1020,8 +1044,7 @@ class Engine:
                          order_id=cmd.order_id)
             return
         c = self.contracts[o.contract]
-        st = c.state
-        if st is not TRADE and st is not INT:
+        if c.state is not TRADE:
             rej = self._cancellable(o)
             assert rej is not None
             self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1], o.coid, o.id)
@@ -1218,7 +1241,7 @@ class Engine:
             try:
                 check_contract_transition(c.state, target)
             except IllegalTransition as exc:
-                self._op_reject(ts, "ILLEGAL_TRANSITION", f"{cid}: {exc} (R45.f)")
+                self._op_reject(ts, Code.ILLEGAL_TRANSITION, f"{cid}: {exc} (R45.f)")
                 return None
             found.append(c)
         if len(set(ids)) != len(ids):
@@ -1266,6 +1289,8 @@ class Engine:
         for c in found:
             self._set_state(c, ContractState.FIN, ts, "closed")
         self._out.append(_new(RoundClosed, (ts, self.round, tuple(c.id for c in found))))
+        if self.guard is not None:
+            self.guard.round_closed(self.round, ts)
         self.round += 1
 
     def _on_interrupt(self, cmd: InterruptContracts, ts: int) -> None:
@@ -1350,6 +1375,10 @@ class Engine:
         if self.guard is not None:
             h.update(self.guard.digest())
         return h.hexdigest()
+
+
+_TRADER_COMMANDS = frozenset(
+    {NewOrder, EnterBasket, ModifyOrder, CancelOrder, CancelAll, Deactivate, Activate})
 
 
 def _arrival_key(o: Order) -> tuple[int, int]:

@@ -7,6 +7,11 @@ the same command, about every quantity that executes (:meth:`Guard.filled`) and 
 quantity that stops being live without executing (:meth:`Guard.released`: cancel, expiry,
 hibernation, the unfilled rest of an IoC or FoK, contract close).  That is what lets
 ``risk/`` keep the operative limit exact at every instant (R49.1.4.3).
+
+The quantities passed to :meth:`Guard.filled` and :meth:`Guard.released` are the only
+source of truth a guard should use: an order's ``remaining`` may be updated before or after
+the call.  ``Order.ext`` is free for the guard's per-order state; a new instantiation
+(modification, reactivation) starts with ``ext`` None and goes through :meth:`Guard.admit`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,19 @@ class Guard(Protocol):
 
     def released(self, order: Order, qty: int) -> None:
         """``qty`` of ``order`` is no longer live and did not execute."""
+        ...
+
+    def repriced(self, order: Order, old_price: int) -> None:
+        """An iceberg's new instantiation has a new price (A1§3.4.1)."""
+        ...
+
+    def round_closed(self, round_no: int, ts: int) -> None:
+        """Round ``round_no`` closed at ``ts``; the next round starts now (R45.g)."""
+        ...
+
+    def gate(self, cmd: object, ts: int) -> tuple[str, str] | None:
+        """Called before every trader command (rate limits, R48.c): a (code, reason) refuses
+        the command before it does anything."""
         ...
 
     def digest(self) -> bytes:

@@ -69,6 +69,7 @@ class Order:
         "entered",
         "exec",
         "expiry",
+        "ext",
         "filled",
         "id",
         "incr",
@@ -136,6 +137,7 @@ class Order:
         self.entered = entered  # instant of this instantiation
         self.pub = 0  # public (anonymous) id of the current book entry
         self.level: object = None
+        self.ext: object = None  # the guard's own state for this instantiation (risk/)
 
     @property
     def hidden(self) -> int:

@@ -12,9 +12,18 @@ from engine.config import PROFILES
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from gateway.refdata_file import read_and_validate
     from gateway.replay import ScenarioError, replay
+    from risk.refdata import RefDataError
 
     cfg = PROFILES[args.profile]
+    refdata_json = None
+    if args.refdata:
+        try:
+            refdata_json, _ = read_and_validate(args.refdata)
+        except RefDataError as exc:
+            print(f"ronda replay: {exc}", file=sys.stderr)
+            return 2
     path = Path(args.scenario)
     try:
         fh = path.open("rb")
@@ -24,7 +33,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
     try:
         with fh:
-            for line in replay(fh, cfg):
+            for line in replay(fh, cfg, refdata_json):
                 if args.trades:
                     kind = orjson.loads(line)["type"]
                     if kind not in ("trade", "state_hash"):
@@ -57,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trades", action="store_true",
                    help="print only the trades and the final state hash")
     r.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
+    r.add_argument("--refdata", metavar="FILE",
+                   help="reference data (TOML or JSON, docs/refdata.md): turns the risk"
+                        " checks on; without it every user is its own agent, unchecked")
     r.set_defaults(func=_cmd_replay)
     s = sub.add_parser("schema", help="print the JSON Schema of the wire protocol's requests")
     s.set_defaults(func=_cmd_schema)

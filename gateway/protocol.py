@@ -225,9 +225,126 @@ class CancelAllRequest(_Request):
     contract: ContractId | None = None
 
 
+def _money(v: Any, info: ValidationInfo) -> int:
+    t = _decimal_to_ticks(v, 2, "€, 0.01", info)
+    if abs(t) > 10**15:
+        raise ValueError("is out of any possible amount range")
+    return t
+
+
+def _energy(v: Any, info: ValidationInfo) -> int:
+    t = _decimal_to_ticks(v, 1, "MWh, 0.1", info)
+    if t < 0:
+        raise ValueError("must not be negative")
+    if t > _MAX_QTY_TICKS:
+        raise ValueError("is out of any possible energy range")
+    return t
+
+
+Money = Annotated[int, BeforeValidator(_money), WithJsonSchema({
+    "type": "string", "pattern": r"^-?\d{1,13}(\.\d{1,2})?$",
+    "description": "€ as a decimal string, at most 2 decimals (msgpack: integer cents)"})]
+Energy = Annotated[int, BeforeValidator(_energy), WithJsonSchema({
+    "type": "string", "pattern": r"^\d{1,12}(\.\d)?$",
+    "description": "MWh in the period, at most 1 decimal (msgpack: integer tenths)"})]
+Reason = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class GuaranteeRequestReq(_Request):
+    """A trader asks to increase or reduce its agent's reserved guarantees (R49.1.4.4)."""
+
+    type: Literal["guarantee_request"]
+    change: Literal["increase", "reduction"]
+    amount: Money
+
+
+class BreachActionReq(_Request):
+    """A trader's own choice: hibernate my orders if I breach my rate limit (R48.c)."""
+
+    type: Literal["set_breach_action"]
+    hibernate_on_breach: bool
+
+
+class SetGuaranteesReq(_Request):
+    type: Literal["set_guarantees"]
+    agent: Name
+    amount: Money
+
+
+class DecideRequestReq(_Request):
+    type: Literal["decide_guarantee_request"]
+    request_id: Id
+    accept: bool
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+class SuspendAgentReq(_Request):
+    type: Literal["suspend_agent"]
+    agent: Name
+    reason: Reason = "suspended"
+
+
+class ReinstateAgentReq(_Request):
+    type: Literal["reinstate_agent"]
+    agent: Name
+
+
+class RateRule(_Model):
+    window_ms: Annotated[int, Field(strict=True, ge=1, le=86_400_000)]
+    max: Annotated[int, Field(strict=True, ge=1, le=10_000_000)]
+
+
+class SetRateLimitsReq(_Request):
+    type: Literal["set_rate_limits"]
+    user: Name | None = None
+    rules: Annotated[list[RateRule], Field(min_length=1, max_length=10)]
+    warning_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    hibernate_on_breach: bool = False
+
+
+class InterruptContractReq(_Request):
+    """A risk officer or the operator interrupts trading of contracts (R48.b)."""
+
+    type: Literal["interrupt_contracts"]
+    contracts: Annotated[list[ContractId], Field(min_length=1, max_length=1000)]
+    reason: Reason = "interrupted by the operator"
+
+
+class ResumeContractReq(_Request):
+    type: Literal["resume_contracts"]
+    contracts: Annotated[list[ContractId], Field(min_length=1, max_length=1000)]
+
+
+class SetProgramReq(_Request):
+    """System operator / settlement side: a unit's program in one period (R50)."""
+
+    type: Literal["set_program"]
+    unit: Name
+    period: ContractId
+    energy: Energy
+
+
+class SetUnavailabilityReq(_Request):
+    type: Literal["set_unavailability"]
+    unit: Name
+    period: ContractId
+    unavailable: Energy
+
+
+class SetLimitationReq(_Request):
+    type: Literal["set_limitation"]
+    unit: Name
+    period: ContractId
+    min_energy: Energy | None = None
+    max_energy: Energy | None = None
+
+
 TradingRequest = Annotated[
     OrderEntry | BasketEntry | OrderModify | OrderCancel | OrderDeactivate | OrderActivate
-    | CancelAllRequest,
+    | CancelAllRequest | GuaranteeRequestReq | BreachActionReq | SetGuaranteesReq
+    | DecideRequestReq | SuspendAgentReq | ReinstateAgentReq | SetRateLimitsReq
+    | InterruptContractReq | ResumeContractReq | SetProgramReq | SetUnavailabilityReq
+    | SetLimitationReq,
     Field(discriminator="type"),
 ]
 REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(TradingRequest)
@@ -327,7 +444,10 @@ _TAGS = {
     "order_entry", "basket_entry", "order_modify", "order_cancel", "order_deactivate",
     "order_activate", "cancel_all", "contract_create", "contract_open", "contract_close",
     "contract_interrupt", "contract_resume", "hibernate", "reactivate",
-    "cancel_agent_orders", "time",
+    "cancel_agent_orders", "time", "guarantee_request", "set_breach_action",
+    "set_guarantees", "decide_guarantee_request", "suspend_agent", "reinstate_agent",
+    "set_rate_limits", "interrupt_contracts", "resume_contracts", "set_program",
+    "set_unavailability", "set_limitation",
 }
 
 
@@ -386,6 +506,38 @@ def to_command(req: Any, user: str, agent: str) -> Any:
         return c.Activate(user, agent, ids, req.contract, rq)
     if isinstance(req, CancelAllRequest):
         return c.CancelAll(user, agent, req.scope, req.contract, rq)
+    return _risk_command(req, user, agent)
+
+
+def _risk_command(req: Any, user: str, agent: str) -> Any:
+    from risk import commands as r
+
+    rq = req.req_id
+    if isinstance(req, GuaranteeRequestReq):
+        return r.RequestGuaranteeChange(user, agent, req.change == "increase", req.amount, rq)
+    if isinstance(req, BreachActionReq):
+        return r.SetBreachAction(user, req.hibernate_on_breach, rq)
+    if isinstance(req, SetGuaranteesReq):
+        return r.SetGuarantees(user, req.agent, req.amount, rq)
+    if isinstance(req, DecideRequestReq):
+        return r.DecideGuaranteeRequest(user, req.request_id, req.accept, req.reason, rq)
+    if isinstance(req, SuspendAgentReq):
+        return r.SuspendAgent(user, req.agent, req.reason, rq)
+    if isinstance(req, ReinstateAgentReq):
+        return r.ReinstateAgent(user, req.agent, rq)
+    if isinstance(req, SetRateLimitsReq):
+        return r.SetRateLimits(user, req.user, tuple((x.window_ms, x.max) for x in req.rules),
+                               req.warning_ratio, req.hibernate_on_breach, rq)
+    if isinstance(req, InterruptContractReq):
+        return c.InterruptContracts(tuple(req.contracts), req.reason)
+    if isinstance(req, ResumeContractReq):
+        return c.ResumeContracts(tuple(req.contracts))
+    if isinstance(req, SetProgramReq):
+        return r.SetProgram(user, req.unit, req.period, req.energy)
+    if isinstance(req, SetUnavailabilityReq):
+        return r.SetUnavailability(user, req.unit, req.period, req.unavailable)
+    if isinstance(req, SetLimitationReq):
+        return r.SetLimitation(user, req.unit, req.period, req.min_energy, req.max_energy)
     raise TypeError(f"not a trading request: {type(req).__name__}")
 
 

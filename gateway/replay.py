@@ -14,7 +14,7 @@ the line and the field: continuing would produce a different history.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,9 @@ from gateway.protocol import (
     to_operator_command,
 )
 from gateway.wire import event_to_wire
+from risk.commands import LoadReferenceData
+from risk.guard import RiskGuard
+from risk.refdata import RefData
 
 _LINE_KEYS = {"at", "user", "agent", "request", "operator"}
 
@@ -51,7 +54,11 @@ class Step:
     command: Any
 
 
-def parse_line(raw: bytes | str, lineno: int) -> Step | None:
+AgentOf = Callable[[str], str | None]
+
+
+def parse_line(raw: bytes | str, lineno: int, agent_of: AgentOf | None = None
+               ) -> Step | None:
     """One scenario line to a :class:`Step` (None for blank lines and ``#`` comments)."""
     text = raw.decode() if isinstance(raw, bytes) else raw
     if not text.strip() or text.lstrip().startswith("#"):
@@ -77,7 +84,15 @@ def parse_line(raw: bytes | str, lineno: int) -> Step | None:
             user = obj.get("user")
             if not isinstance(user, str) or not user:
                 raise ProtocolError("user", "a request needs the user who sends it")
-            agent = obj.get("agent", user)
+            if agent_of is None:
+                agent = obj.get("agent", user)
+            else:
+                # with reference data, the user's agent is what the data say
+                agent = agent_of(user)
+                if agent is None:
+                    raise ProtocolError("user", f"user {user!r} is not in the reference data")
+                if obj.get("agent", agent) != agent:
+                    raise ProtocolError("agent", f"user {user!r} belongs to agent {agent!r}")
             if not isinstance(agent, str) or not agent:
                 raise ProtocolError("agent", "must be a non-empty string")
             req = parse_request(obj["request"])
@@ -91,10 +106,11 @@ def parse_line(raw: bytes | str, lineno: int) -> Step | None:
         raise ScenarioError(lineno, field, exc.reason) from None
 
 
-def read_scenario(lines: Iterable[bytes | str]) -> Iterator[Step]:
+def read_scenario(lines: Iterable[bytes | str], agent_of: AgentOf | None = None
+                  ) -> Iterator[Step]:
     last = None
     for n, raw in enumerate(lines, 1):
-        step = parse_line(raw, n)
+        step = parse_line(raw, n, agent_of)
         if step is None:
             continue
         if last is not None and step.at < last:
@@ -104,10 +120,29 @@ def read_scenario(lines: Iterable[bytes | str]) -> Iterator[Step]:
 
 
 def replay(lines: Iterable[bytes | str], config: EngineConfig | None = None,
-           engine: Engine | None = None) -> Iterator[bytes]:
-    """Run a scenario; yield each output line (JSON, without newline)."""
-    eng = engine or Engine(config)
-    for step in read_scenario(lines):
+           refdata_json: str | None = None) -> Iterator[bytes]:
+    """Run a scenario; yield each output line (JSON, without newline).
+
+    With ``refdata_json`` the risk module is on: the reference data are loaded by a
+    :class:`LoadReferenceData` command at the instant of the first line (as the server's
+    journal starts), and each request's agent is the user's agent in those data."""
+    eng = Engine(config)
+    agent_of: AgentOf | None = None
+    guard: RiskGuard | None = None
+    if refdata_json is not None:
+        guard = RiskGuard.install(eng, RefData())
+        g = guard
+
+        def agent_of(user: str) -> str | None:
+            u = g.ref.users.get(user)
+            return None if u is None else u.agent
+
+    loaded = False
+    for step in read_scenario(lines, agent_of):
+        if guard is not None and not loaded:
+            loaded = True
+            for ev in eng.apply(LoadReferenceData(refdata_json or ""), step.at):
+                yield orjson.dumps(event_to_wire(ev))
         for ev in eng.apply(step.command, step.at):
             yield orjson.dumps(event_to_wire(ev))
     yield orjson.dumps({"type": "state_hash", "hash": eng.state_hash()})

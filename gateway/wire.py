@@ -18,6 +18,7 @@ _RENAME = {"qty": "quantity", "incr": "price_increment"}
 _PRICES = frozenset({"price", "incr"})
 _QTYS = frozenset({"qty", "visible", "hidden", "filled", "peak"})
 _INSTANTS = frozenset({"ts", "expiry", "close_at"})
+_MONEY = frozenset({"amount"})  # cents of €, rendered like prices
 
 
 def fmt_instant(ms: int) -> str:
@@ -29,17 +30,22 @@ def fmt_instant(ms: int) -> str:
 def _plan(cls: type) -> list[tuple[str, str, int]]:
     plan = []
     for f in cls._fields:  # type: ignore[attr-defined]
-        kind = 1 if f in _PRICES else 2 if f in _QTYS else 3 if f in _INSTANTS else 0
+        kind = (1 if f in _PRICES else 2 if f in _QTYS else 3 if f in _INSTANTS
+                else 1 if f in _MONEY else 0)
         plan.append((f, _RENAME.get(f, f), kind))
     return plan
 
 
-_PLANS = {cls: (name, _plan(cls)) for cls, name in EVENT_NAMES.items()}
+_PLANS: dict[type, tuple[str, list[tuple[str, str, int]]]] = {}
 
 
 def event_to_wire(ev: Any, ticks: bool = False) -> dict[str, Any]:
     """One event as the protocol's dictionary: ``{"type": ..., fields...}``."""
-    name, plan = _PLANS[type(ev)]
+    cls = type(ev)
+    entry = _PLANS.get(cls)
+    if entry is None:  # event types register themselves (engine, risk, ...)
+        entry = _PLANS[cls] = (EVENT_NAMES[cls], _plan(cls))
+    name, plan = entry
     d: dict[str, Any] = {"type": name}
     for (_field, key, kind), v in zip(plan, ev, strict=True):
         if v is None or ticks or kind == 0:

@@ -223,13 +223,24 @@ class Market:
         return rs[-1]
 
     def public_book(self, contract: str = CID) -> dict[int, tuple[str, int, int]]:
-        """Rebuild the anonymous book from the BookChange stream: entry -> (side, price, qty)."""
+        """Rebuild the anonymous book from the public stream, as a subscriber would: entry ->
+        (side, price, qty).  ``BookChange`` adds, updates and removes entries; a
+        ``PublicTrade`` is the delta of the entry it hit, which now shows ``left``
+        (docs/protocol.md)."""
         entries: dict[int, tuple[str, int, int]] = {}
-        for b in book_changes(self.log, contract):
-            if b.action == "REMOVE":
-                del entries[b.entry]
-            else:
-                entries[b.entry] = (b.side, b.price, b.qty)
+        for e in self.log:
+            if isinstance(e, BookChange) and e.contract == contract:
+                if e.action == "REMOVE":
+                    del entries[e.entry]
+                else:
+                    entries[e.entry] = (e.side, e.price, e.qty)
+            elif isinstance(e, PublicTrade) and e.contract == contract:
+                side, price, _ = entries[e.entry]
+                assert price == e.price, (e, entries[e.entry])
+                if e.left:
+                    entries[e.entry] = (side, price, e.left)
+                else:
+                    del entries[e.entry]
         return entries
 
     def public_levels(self, side: Side, contract: str = CID) -> list[tuple[int, int]]:

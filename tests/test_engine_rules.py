@@ -80,6 +80,15 @@ class RefusingGuard:
     def released(self, order: Order, qty: int) -> None:
         pass
 
+    def repriced(self, order: Order, old_price: int) -> None:
+        pass
+
+    def round_closed(self, round_no: int, ts: int) -> None:
+        pass
+
+    def gate(self, cmd: object, ts: int) -> tuple[str, str] | None:
+        return None
+
     def digest(self) -> bytes:
         return b""
 
@@ -1156,7 +1165,8 @@ def test_R46_2_12_an_order_of_another_agent_is_invisible() -> None:
 
 PUBLIC_FIELDS = {
     BookChange: ("ts", "contract", "seq", "action", "entry", "side", "price", "qty"),
-    PublicTrade: ("ts", "contract", "seq", "trade_id", "price", "qty", "aggressor"),
+    PublicTrade: ("ts", "contract", "seq", "trade_id", "price", "qty", "aggressor", "entry",
+                  "left"),
 }
 
 
@@ -1240,31 +1250,34 @@ def test_R46_2_8_public_book_rebuilt_from_events_equals_the_engines_book() -> No
 
 
 @pytest.mark.parametrize(
-    ("first", "same_day", "next_day"),
+    ("contract", "first", "same_day", "next_day"),
     [
         # winter (CET): local midnight of 15 Jan 2027 is 23:00 UTC on the 14th;
         # 00:30 UTC on the 15th is a new UTC day but the same local day
-        (utc_ms(2027, 1, 14, 23, 30), utc_ms(2027, 1, 15, 0, 30), utc_ms(2027, 1, 15, 23)),
+        ("PH-20270116-10",
+         utc_ms(2027, 1, 14, 23, 30), utc_ms(2027, 1, 15, 0, 30), utc_ms(2027, 1, 15, 23)),
         # summer (CEST): local midnight of 15 Jul 2027 is 22:00 UTC on the 14th
-        (utc_ms(2027, 7, 14, 21, 30), utc_ms(2027, 7, 14, 21, 59), utc_ms(2027, 7, 14, 22)),
+        ("PH-20270716-10",
+         utc_ms(2027, 7, 14, 21, 30), utc_ms(2027, 7, 14, 21, 59), utc_ms(2027, 7, 14, 22)),
     ],
     ids=["winter", "summer"],
 )
 def test_duplicate_client_order_id_rejected_same_local_day_accepted_next(
-    first: int, same_day: int, next_day: int
+    contract: str, first: int, same_day: int, next_day: int
 ) -> None:
-    """Protocol (engine/engine.py): «Client order ids are unique per user and local trading
-    day» - the day is the Iberian local day (A1§2 local time), not the UTC day."""
-    m = Market(CID, start=first - SECOND)
-    m.engine.contracts[CID].close_at = next_day + 3_600_000  # keep it open for the test
-    x = order("alice", BUY, 4000, 10, client_order_id="X-1")
+    """Protocol (docs/protocol.md): client order ids are «unique per user and local trading
+    day: a repeat is refused with DUPLICATE_CLIENT_ORDER_ID» - the day is the Iberian local
+    day (A1§2 local time), not the UTC day."""
+    m = Market(contract, start=first - SECOND)
+    assert next_day < gate_closure(contract)
+    x = order("alice", BUY, 4000, 10, contract, client_order_id="X-1")
     m.send(x, at=first)
     assert rejects(m.last) == []
     ev = m.send(x, at=same_day)
     (rj,) = rejects(ev)
     assert (rj.code, rj.client_order_id) == (Code.DUPLICATE_CLIENT_ORDER_ID, "X-1")
     # another user may use the same id
-    assert rejects(m.send(order("bob", BUY, 4000, 10, client_order_id="X-1"),
+    assert rejects(m.send(order("bob", BUY, 4000, 10, contract, client_order_id="X-1"),
                           at=same_day)) == []
     ev = m.send(x, at=next_day)
     assert rejects(ev) == [] and len(m.created) == 1

@@ -1,0 +1,863 @@
+"""Pre-trade risk: acceptance checks, energy checks and the operative limit, exact at every
+instant (R46.2.2, R46.2.4, R46.2.5, R48.c, R49.1.4.3).
+
+:class:`RiskGuard` plugs into the engine as its :class:`~engine.guard.Guard` (every order
+that becomes live passes :meth:`RiskGuard.admit`; every fill and release is reported back
+within the same command) and registers handlers for the risk commands, so that one journal
+drives the whole core.  Like the engine it is pure: no clock, no I/O.
+
+Money is held in integer cents of €.  The value of an order is |price| × open quantity
+(cents of €/MWh × tenths of MWh / 10); an iceberg is valued on its total open quantity at
+the price of its current instantiation.  Only *debtor* orders count: buys at positive
+prices and sells at negative prices (R49.1.4.3 c); their value is charged with the taxes of
+each owner (IEE and VAT: ``value × (1 + iee) × (1 + vat)``, rounded up to the cent) and in
+proportion to each owner's share of the unit (R46.2.2).  The charge of an order is always
+recomputed from its open quantity with the same formula, and what is released is the
+difference, so charges never drift and an order that leaves releases exactly what it held.
+
+Energy is held per unit and quarter-hour as average power in tenths of MW: an hourly
+order of q tenths of MWh weighs q in each of its four quarters, a 15-minute order 4q in
+its quarter.  So hourly and 15-minute contracts of the same unit check against the same
+program (hourly programs, unavailabilities and limitations apply to all four quarters; a
+quarter-hour value to its quarter), and a 15-minute order is checked against the hourly
+program of its hour as the rules describe (R46.2.4, R46.2.5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from engine.commands import (
+    CancelAgentOrders,
+    HibernateOrders,
+)
+from engine.contracts import ContractSpec, local_day_of, local_midnight_utc
+from engine.engine import Engine
+from engine.errors import Code, InvalidIdentifier
+from engine.model import BUY, Order
+from risk.commands import (
+    DecideGuaranteeRequest,
+    LoadReferenceData,
+    ReinstateAgent,
+    ReleaseObligations,
+    RequestGuaranteeChange,
+    SetBreachAction,
+    SetGuarantees,
+    SetLimitation,
+    SetProgram,
+    SetRateLimits,
+    SetSyncReduction,
+    SetUnavailability,
+    SuspendAgent,
+)
+from risk.events import RiskNotice, ThrottlingStatus
+from risk.refdata import Agent, RateLimit, RefData, RefDataError, Unit, load
+
+QUARTER_MS = 15 * 60_000
+A1_6_NOTICE_MS = 5 * 60_000  # A1§6: five minutes before the round starts
+_new = tuple.__new__
+
+
+def fmt_money(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    a = abs(cents)
+    return f"{sign}{a // 100}.{a % 100:02d} €"
+
+
+class Account:
+    """An agent's guarantee account on the platform (R49.1.4.3)."""
+
+    __slots__ = ("agent", "by_round", "debtor", "gmic", "increases", "obligations",
+                 "reduction", "reductions")
+
+    def __init__(self, agent: str, gmic: int) -> None:
+        self.agent = agent
+        self.gmic = gmic  # a) reserved guarantees
+        self.obligations = 0  # b) payment obligations of unsynchronised trades, with taxes
+        self.by_round: dict[int, int] = {}  # the same, by round
+        self.debtor = 0  # c) value of resting debtor orders, with taxes
+        self.reduction = 0  # d) reduction communicated after the last synchronisation
+        self.reductions = 0  # e) reductions requested by the agent, accepted
+        self.increases = 0  # f) increases requested by the agent, accepted
+
+    def limit(self) -> int:
+        """The operative limit, R49.1.4.3 a) to f)."""
+        return (self.gmic - self.obligations - self.debtor - self.reduction
+                - self.reductions + self.increases)
+
+    def breakdown(self) -> dict[str, int]:
+        return {
+            "reserved": self.gmic, "obligations": self.obligations,
+            "debtor_orders": self.debtor, "sync_reduction": self.reduction,
+            "requested_reductions": self.reductions, "requested_increases": self.increases,
+            "operative_limit": self.limit(),
+        }
+
+
+class Slot:
+    """One unit's energy in one quarter-hour (tenths of MW).  ``cap`` and ``floor`` are
+    the bounds of R46.2.4/R46.2.5, recomputed whenever an unavailability or limitation
+    takes effect: cap = min(unit max, max − unavailable, limitation max), floor = max(unit
+    min, limitation min)."""
+
+    __slots__ = ("bought", "cap", "floor", "lmax", "lmin", "max", "min", "prog", "rb", "rs",
+                 "sold", "unavail")
+
+    def __init__(self, unit_max: int, unit_min: int) -> None:
+        self.max = unit_max
+        self.min = unit_min
+        self.cap = unit_max
+        self.floor = unit_min
+        self.prog = 0  # program (R50)
+        self.sold = 0  # continuous trades not yet in the program
+        self.bought = 0
+        self.rs = 0  # resting sells
+        self.rb = 0  # resting buys
+        self.unavail = 0  # R46.2.3.1
+        self.lmin: int | None = None  # R46.2.3.2
+        self.lmax: int | None = None
+
+    def rebound(self) -> None:
+        cap = self.max - self.unavail
+        if self.lmax is not None and self.lmax < cap:
+            cap = self.lmax
+        self.cap = cap
+        floor = self.min
+        if self.lmin is not None and self.lmin > floor:
+            floor = self.lmin
+        self.floor = floor
+
+
+class OrderRisk:
+    """The guard's state for one order instantiation (``Order.ext``)."""
+
+    __slots__ = ("charges", "debtor", "k", "owners", "price", "rem", "sell", "slots")
+
+    def __init__(self, rem: int, price: int, debtor: bool, sell: bool,
+                 owners: tuple[tuple[Account, int, int], ...], charges: list[int],
+                 slots: tuple[Slot, ...], k: int) -> None:
+        self.rem = rem  # open quantity the guard counts
+        self.price = price
+        self.debtor = debtor
+        self.sell = sell
+        self.owners = owners  # (account, num, den) per owner
+        self.charges = charges  # cents held per owner
+        self.slots = slots
+        self.k = k
+
+
+@dataclass(slots=True)
+class GuaranteeRequest:
+    id: int
+    agent: str
+    increase: bool
+    amount: int
+    state: str  # PENDING ACCEPTED REFUSED
+
+
+class Throttle:
+    """Fixed windows per rule (aligned to multiples of the window): O(1) per request."""
+
+    __slots__ = ("counts", "limit", "maxs", "starts", "state", "warns", "wins")
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self.wins = [w for w, _ in limit.rules]
+        self.maxs = [m for _, m in limit.rules]
+        self.warns = [m * limit.warning_ratio for _, m in limit.rules]
+        self.starts = [-1] * len(limit.rules)
+        self.counts = [0] * len(limit.rules)
+        self.state = "OK"
+
+
+_TRADER_ONLY = Code.USER_NOT_TRADER
+_FAR_FUTURE = 2**62
+
+
+class _Pass:
+    """The static R46.2.2 checks passed: the unit, and the window [start, end) in ms UTC
+    in which both the agent's registration and the unit are current."""
+
+    __slots__ = ("end", "k", "owners", "single", "slots", "start", "unit")
+
+    def __init__(self, unit: Unit, start: int, end: int,
+                 owners: tuple[tuple[Account, int, int], ...], slots: tuple[Slot, ...],
+                 k: int) -> None:
+        self.unit = unit
+        self.start = start
+        self.end = end
+        self.owners = owners
+        self.single = len(owners) == 1
+        self.slots = slots
+        self.k = k
+
+
+def _window(first: date, last: date | None) -> tuple[int, int]:
+    """[start, end) in ms UTC of the local days first..last (inclusive)."""
+    start = local_midnight_utc(first)
+    end = _FAR_FUTURE if last is None else local_midnight_utc(last + timedelta(days=1))
+    return start, end
+
+
+class RiskGuard:
+    """See the module docstring.  ``install`` wires it into an engine."""
+
+    def __init__(self, engine: Engine, ref: RefData) -> None:
+        self.engine = engine
+        self.ref = ref
+        self.accounts: dict[str, Account] = {
+            a.code: Account(a.code, a.guarantees) for a in ref.agents.values()}
+        self.suspended: set[str] = {a.code for a in ref.agents.values() if a.suspended}
+        self.slots: dict[tuple[str, int], Slot] = {}
+        self._periods: dict[str, tuple[tuple[int, ...], int]] = {}
+        self.requests: dict[int, GuaranteeRequest] = {}
+        self.next_request = 1
+        self.throttles: dict[str, Throttle] = {}
+        self.breach_hibernate: dict[str, bool] = {}
+        self.pending: list[tuple[int, int, Any]] = []  # (received, seq, command) A1§6
+        self._pending_seq = 0
+        self._owners_cache: dict[str, tuple[tuple[Account, int, int], ...]] = {}
+        self._static: dict[tuple[str, str, str, str], Any] = {}  # R46.2.2 static checks
+
+    # ------------------------------------------------------------------ installation
+
+    @classmethod
+    def install(cls, engine: Engine, ref: RefData) -> RiskGuard:
+        g = cls(engine, ref)
+        engine.guard = g
+        handlers: dict[type, Callable[[Any, int], None]] = {
+            LoadReferenceData: g._on_load,
+            SetGuarantees: g._on_set_guarantees,
+            RequestGuaranteeChange: g._on_request,
+            DecideGuaranteeRequest: g._on_decide,
+            SetSyncReduction: g._on_sync_reduction,
+            ReleaseObligations: g._on_release,
+            SuspendAgent: g._on_suspend,
+            ReinstateAgent: g._on_reinstate,
+            SetRateLimits: g._on_rate_limits,
+            SetBreachAction: g._on_breach_action,
+            SetProgram: g._on_program,
+            SetUnavailability: g._on_unavailability,
+            SetLimitation: g._on_limitation,
+        }
+        for t, h in handlers.items():
+            engine.register(t, h)
+        return g
+
+    # ------------------------------------------------------------------ helpers
+
+    def _notice(self, ts: int, kind: str, agent: str | None, by: str, detail: str,
+                amount: int | None = None, request_id: int | None = None) -> None:
+        self.engine.emit(_new(RiskNotice, (ts, kind, agent, by, request_id, amount, detail)))
+
+    def _deny(self, ts: int, by: str, req_id: str | None, code: str, reason: str) -> None:
+        self.engine.reject(ts, by, self._agent_of(by), req_id, code, reason)
+
+    def _agent_of(self, user: str) -> str:
+        u = self.ref.users.get(user)
+        return u.agent if u is not None else ""
+
+    def _has_role(self, user: str, *roles: str) -> bool:
+        u = self.ref.users.get(user)
+        return u is not None and not u.roles.isdisjoint(roles)
+
+    def _period(self, contract: str) -> tuple[tuple[int, ...], int]:
+        """Quarter starts of a contract and the weight k of its orders (1 hourly, 4 QH)."""
+        p = self._periods.get(contract)
+        if p is None:
+            spec = ContractSpec.parse(contract)
+            quarters = tuple(range(spec.start, spec.end, QUARTER_MS))
+            p = (quarters, 4 if spec.product.minutes == 15 else 1)
+            self._periods[contract] = p
+        return p
+
+    def _slot(self, unit: Unit, quarter: int) -> Slot:
+        key = (unit.code, quarter)
+        s = self.slots.get(key)
+        if s is None:
+            s = self.slots[key] = Slot(unit.max_energy, unit.min_energy)
+        return s
+
+    def _slots_for(self, unit: Unit, contract: str) -> tuple[tuple[Slot, ...], int]:
+        quarters, k = self._period(contract)
+        return tuple(self._slot(unit, q) for q in quarters), k
+
+    def _owners(self, unit: Unit) -> tuple[tuple[Account, int, int], ...]:
+        """(account, numerator, denominator) per owner: charge = ceil(cents*qty*num/den)
+        with cents × tenths / 10 = cents of €, the owner's taxes and its share."""
+        v = self._owners_cache.get(unit.code)
+        if v is None:
+            out = []
+            for agent, bp in unit.owners:
+                a = self.ref.agents[agent]
+                out.append((self.accounts[agent], a.tax_num * bp, a.tax_den * 10_000 * 10))
+            v = tuple(out)
+            self._owners_cache[unit.code] = v
+        return v
+
+    # ------------------------------------------------------------------ Guard protocol
+
+    def gate(self, cmd: Any, ts: int) -> tuple[str, str] | None:
+        """R48.c: per-user request limits in fixed windows (aligned to multiples of the
+        window), counting accepted requests; one pass, O(rules)."""
+        user = cmd.user
+        th = self.throttles.get(user)
+        if th is None:
+            lim = self.ref.user_rate_limits.get(user, self.ref.rate_limit)
+            th = self.throttles[user] = Throttle(lim)
+        starts, counts, maxs, warns = th.starts, th.counts, th.maxs, th.warns
+        warn = False
+        for i, win in enumerate(th.wins):
+            start = ts - ts % win
+            if starts[i] != start:
+                starts[i] = start
+                counts[i] = 0
+            c = counts[i]
+            if c >= maxs[i]:
+                for j in range(i):  # this request does not count
+                    counts[j] -= 1
+                return self._breach(th, user, i, ts)
+            c += 1
+            counts[i] = c
+            if c >= warns[i]:
+                warn = True
+        if warn:
+            if th.state != "WARNING":
+                self._throttle_state(th, user, "WARNING", ts)
+        elif th.state != "OK":
+            self._throttle_state(th, user, "OK", ts)
+        return None
+
+    def _breach(self, th: Throttle, user: str, i: int, ts: int) -> tuple[str, str]:
+        if th.state != "BREACHED":
+            self._throttle_state(th, user, "BREACHED", ts)
+        if self.breach_hibernate.get(user, th.limit.hibernate_on_breach):
+            self.engine.dispatch(
+                HibernateOrders(user=user, reason="rate limit breached (R48.c)"), ts)
+        win, mx = th.wins[i], th.maxs[i]
+        return (Code.RATE_LIMIT,
+                f"rate limit: {mx} requests per {win} ms reached; the window ends at"
+                f" {ts - ts % win + win} (R48.c)")
+
+    def _throttle_state(self, th: Throttle, user: str, state: str, ts: int) -> None:
+        th.state = state
+        self.engine.emit(_new(ThrottlingStatus, (
+            ts, user, state, tuple(th.counts), tuple(r[1] for r in th.limit.rules),
+            tuple(r[0] for r in th.limit.rules))))
+
+    def throttling(self, user: str, ts: int) -> dict[str, Any]:
+        """The throttling status a user can query (ThrottlingStatusReq)."""
+        th = self.throttles.get(user)
+        lim = th.limit if th else self.ref.user_rate_limits.get(user, self.ref.rate_limit)
+        rules = []
+        for i, (win, mx) in enumerate(lim.rules):
+            start = ts - ts % win
+            used = th.counts[i] if th and th.starts[i] == start else 0
+            rules.append({"window_ms": win, "max": mx, "used": used,
+                          "resets_at": start + win})
+        return {"user": user, "state": th.state if th else "OK", "rules": rules,
+                "hibernate_on_breach": self.breach_hibernate.get(
+                    user, lim.hibernate_on_breach)}
+
+    def admit(self, o: Order, ts: int, replaces: Order | None) -> tuple[str, str] | None:
+        """R46.2.2 in order (the contract state and the bounds are checked by the engine
+        first), then the energy checks of R46.2.4 and R46.2.5; reserve on success."""
+        key = (o.user, o.agent, o.unit, o.contract)
+        static = self._static.get(key)
+        if static is None:
+            static = self._static[key] = self._static_checks(*key)
+        if type(static) is not _Pass:
+            return static  # type: ignore[no-any-return]  # a (code, reason) refusal
+        un = static.unit
+        # -- R46.2.2, the parts that change with time and with officers' actions
+        if o.agent in self.suspended:
+            return Code.AGENT_SUSPENDED, f"agent {o.agent} is suspended (R46.2.6.2)"
+        if not static.start <= ts < static.end:
+            return self._dated_reject(o, ts)
+        # -- the operative limit of every owner for its share (R46.2.2, R49.1.4.3)
+        price = o.price
+        sell = o.side is not BUY
+        rem = o.remaining
+        debtor = price < 0 if sell else price > 0
+        owners = static.owners
+        prev: OrderRisk | None = None if replaces is None else replaces.ext  # type: ignore[assignment]
+        charges: list[int] = []
+        if debtor:
+            ap = -price if price < 0 else price
+            for i, (acct, num, den) in enumerate(owners):
+                c = -(-ap * rem * num // den)
+                avail = (acct.gmic - acct.obligations - acct.debtor - acct.reduction
+                         - acct.reductions + acct.increases)
+                if prev is not None and prev.debtor:
+                    avail += prev.charges[i]
+                if c > avail:
+                    return (Code.OPERATIVE_LIMIT,
+                            f"order value {fmt_money(c)} (with taxes"
+                            f"{'' if static.single else ', for its share'}) exceeds the"
+                            f" operative limit {fmt_money(avail)} of agent {acct.agent}"
+                            " (R49.1.4.3)")
+                charges.append(c)
+        # -- energy (R46.2.4, R46.2.5), every quarter of the contract
+        slots = static.slots
+        k = static.k
+        e = k * rem
+        pe = 0 if prev is None else k * prev.rem  # the replaced order's own energy
+        if un.sells:
+            if sell:  # R46.2.4: order + program + resting sells <= cap
+                for s in slots:
+                    total = s.prog + s.sold - s.bought + s.rs - pe + e
+                    if total > s.cap:
+                        return self._energy_reject(Code.ENERGY_MAX, o, total, s.cap, "R46.2.4")
+            else:  # R46.2.5: program - resting buys - order >= floor
+                for s in slots:
+                    total = s.prog + s.sold - s.bought - (s.rb - pe) - e
+                    if total < s.floor:
+                        return self._energy_reject(Code.ENERGY_MIN, o, total, s.floor,
+                                                   "R46.2.5")
+        elif sell:  # R46.2.4: program - resting sells - order >= floor
+            for s in slots:
+                total = s.prog + s.bought - s.sold - (s.rs - pe) - e
+                if total < s.floor:
+                    return self._energy_reject(Code.ENERGY_MIN, o, total, s.floor, "R46.2.4")
+        else:  # R46.2.5: order + program + resting buys <= cap
+            for s in slots:
+                total = s.prog + s.bought - s.sold + s.rb - pe + e
+                if total > s.cap:
+                    return self._energy_reject(Code.ENERGY_MAX, o, total, s.cap, "R46.2.5")
+        # -- accepted: reserve
+        if prev is not None:
+            self._drop(prev)
+        if debtor:
+            for (acct, _, _), c in zip(owners, charges, strict=True):
+                acct.debtor += c
+        if sell:
+            for s in slots:
+                s.rs += e
+        else:
+            for s in slots:
+                s.rb += e
+        o.ext = OrderRisk(rem, price, debtor, sell, owners, charges, slots, k)
+        return None
+
+    def _static_checks(self, user: str, agent: str, unit: str, contract: str) -> Any:
+        """R46.2.2 checks that depend only on reference data: a (code, reason) refusal, or
+        (unit, start, end) with the window [start, end) (ms UTC) in which both the agent's
+        registration and the unit are current."""
+        ref = self.ref
+        product = contract[:2]
+        ag: Agent | None = ref.agents.get(agent)
+        if ag is None:
+            return Code.AGENT_UNKNOWN, f"agent {agent} is not registered (R46.2.2)"
+        u = ref.users.get(user)
+        if u is None:
+            return Code.USER_UNKNOWN, f"user {user} is not registered"
+        if "trader" not in u.roles or u.agent != agent:
+            return (_TRADER_ONLY, f"user {user} is not a trader of agent {agent} (R46.2.2)")
+        if product not in ag.products:
+            return (Code.AGENT_NOT_AUTHORISED,
+                    f"agent {agent} is not authorised to trade {product} contracts (R46.2.2)")
+        un: Unit | None = ref.units.get(unit)
+        if un is None:
+            return Code.UNIT_UNKNOWN, f"unit {unit} does not exist (R46.2.2)"
+        if un.responsible != agent:
+            return (Code.UNIT_NOT_RESPONSIBLE,
+                    f"agent {agent} is not responsible for the offers of unit {unit}"
+                    " (R46.2.2)")
+        a0, a1 = _window(ag.registered_from, ag.registered_to)
+        u0, u1 = _window(un.valid_from, un.valid_to)
+        slots, k = self._slots_for(un, contract)
+        return _Pass(un, max(a0, u0), min(a1, u1), self._owners(un), slots, k)
+
+    def _dated_reject(self, o: Order, ts: int) -> tuple[str, str]:
+        ag = self.ref.agents[o.agent]
+        a0, a1 = _window(ag.registered_from, ag.registered_to)
+        if not a0 <= ts < a1:
+            return (Code.AGENT_NOT_CURRENT,
+                    f"agent {o.agent} is registered from {ag.registered_from}"
+                    f"{f' to {ag.registered_to}' if ag.registered_to else ''}, not on"
+                    f" {local_day_of(ts)} (R46.2.2)")
+        un = self.ref.units[o.unit]
+        return (Code.UNIT_NOT_CURRENT,
+                f"unit {o.unit} is valid from {un.valid_from}"
+                f"{f' to {un.valid_to}' if un.valid_to else ''}, not on {local_day_of(ts)}"
+                " (R46.2.2)")
+
+    def _energy_reject(self, code: str, o: Order, total: int, bound: int, rule: str
+                       ) -> tuple[str, str]:
+        word = "maximum" if code == Code.ENERGY_MAX else "minimum"
+        return (code,
+                f"unit {o.unit}: with this order its energy in a quarter-hour of {o.contract}"
+                f" would be {total / 10:.1f} MW, beyond its {word} {bound / 10:.1f} MW"
+                f" (program, traded and resting orders counted; {rule})")
+
+    def _drop(self, x: OrderRisk) -> None:
+        """Release everything an instantiation holds (it is being replaced)."""
+        if x.debtor:
+            for (acct, _, _), c in zip(x.owners, x.charges, strict=True):
+                acct.debtor -= c
+            x.charges = [0] * len(x.charges)
+        e = x.k * x.rem
+        if x.sell:
+            for s in x.slots:
+                s.rs -= e
+        else:
+            for s in x.slots:
+                s.rb -= e
+        x.rem = 0
+
+    def _recharge(self, x: OrderRisk) -> None:
+        ap = -x.price if x.price < 0 else x.price
+        rem = x.rem
+        charges = x.charges
+        for i, (acct, num, den) in enumerate(x.owners):
+            c = -(-ap * rem * num // den)
+            acct.debtor += c - charges[i]
+            charges[i] = c
+
+    def filled(self, o: Order, qty: int, price: int) -> None:
+        x: OrderRisk | None = o.ext  # type: ignore[assignment]
+        if x is None:
+            return
+        x.rem -= qty
+        if x.debtor:
+            self._recharge(x)
+        # R49.1.4.3 b): a payment obligation (buy at a positive price, sell at a negative)
+        if (price < 0) if x.sell else (price > 0):
+            ap = -price if price < 0 else price
+            rnd = self.engine.round
+            for acct, num, den in x.owners:
+                ob = -(-ap * qty * num // den)
+                acct.obligations += ob
+                br = acct.by_round
+                br[rnd] = br.get(rnd, 0) + ob
+        e = x.k * qty
+        if x.sell:
+            for s in x.slots:
+                s.rs -= e
+                s.sold += e
+        else:
+            for s in x.slots:
+                s.rb -= e
+                s.bought += e
+
+    def released(self, o: Order, qty: int) -> None:
+        x: OrderRisk | None = o.ext  # type: ignore[assignment]
+        if x is None:
+            return
+        x.rem -= qty
+        if x.debtor:
+            self._recharge(x)
+        e = x.k * qty
+        if x.sell:
+            for s in x.slots:
+                s.rs -= e
+        else:
+            for s in x.slots:
+                s.rb -= e
+
+    def repriced(self, o: Order, old_price: int) -> None:
+        x: OrderRisk | None = o.ext  # type: ignore[assignment]
+        if x is None:
+            return
+        x.price = o.price
+        was = x.debtor
+        x.debtor = o.price < 0 if x.sell else o.price > 0
+        if was and not x.debtor:
+            for (acct, _, _), c in zip(x.owners, x.charges, strict=True):
+                acct.debtor -= c
+            x.charges = [0] * len(x.owners)
+        elif x.debtor:
+            if not was:
+                x.charges = [0] * len(x.owners)
+            self._recharge(x)
+
+    def round_closed(self, round_no: int, ts: int) -> None:
+        """A new round starts at ``ts``: unavailabilities and limitations received at least
+        five minutes earlier take effect (A1§6)."""
+        if not self.pending:
+            return
+        due = [p for p in self.pending if p[0] <= ts - A1_6_NOTICE_MS]
+        if not due:
+            return
+        self.pending = [p for p in self.pending if p[0] > ts - A1_6_NOTICE_MS]
+        for received, _, cmd in sorted(due, key=lambda p: (p[0], p[1])):
+            self._apply_so(cmd)
+            self._notice(ts, "LIMITATION_EFFECTIVE", None, cmd.by,
+                         f"{type(cmd).__name__} for {cmd.unit} {cmd.period} received at"
+                         f" {received} is effective from round {round_no + 1} (A1§6)")
+
+    def digest(self) -> bytes:
+        h = hashlib.sha256()
+        for code in sorted(self.accounts):
+            a = self.accounts[code]
+            h.update(repr((code, a.gmic, a.obligations, sorted(a.by_round.items()), a.debtor,
+                           a.reduction, a.reductions, a.increases)).encode())
+        for key in sorted(self.slots):
+            s = self.slots[key]
+            h.update(repr((key, s.prog, s.sold, s.bought, s.rs, s.rb, s.unavail, s.lmin,
+                           s.lmax)).encode())
+        h.update(repr((sorted(self.suspended), self.next_request,
+                       [(r.id, r.agent, r.increase, r.amount, r.state)
+                        for r in self.requests.values()],
+                       sorted(self.breach_hibernate.items()),
+                       sorted((u, t.starts, t.counts, t.state)
+                              for u, t in self.throttles.items()),
+                       [(p[0], p[1], repr(p[2])) for p in self.pending])).encode())
+        return h.digest()
+
+    # ------------------------------------------------------------------ queries
+
+    def account(self, agent: str) -> dict[str, Any]:
+        """An agent's guarantee account with the breakdown of its operative limit."""
+        a = self.accounts[agent]
+        d: dict[str, Any] = {"agent": agent, **a.breakdown()}
+        d["obligations_by_round"] = dict(sorted(a.by_round.items()))
+        d["pending_requests"] = [
+            {"id": r.id, "increase": r.increase, "amount": r.amount}
+            for r in self.requests.values() if r.agent == agent and r.state == "PENDING"]
+        d["suspended"] = agent in self.suspended
+        return d
+
+    def recompute(self, agent: str) -> dict[str, int]:
+        """The debtor value and obligations of an agent recomputed from scratch from the
+        engine's live orders and this guard's per-round obligations (for tests and audits:
+        must equal the running totals)."""
+        debtor = 0
+        for o in self.engine.orders.values():
+            x: OrderRisk | None = o.ext  # type: ignore[assignment]
+            if x is None or o.status.value != "ACTIVE" or not x.debtor:
+                continue
+            un = self.ref.units[o.unit]
+            for (acct, num, den), (ag, _) in zip(self._owners(un), un.owners, strict=True):
+                if ag == agent:
+                    ap = abs(o.price)
+                    debtor += -(-ap * o.remaining * num // den)
+                    assert acct.agent == agent
+        return {"debtor_orders": debtor,
+                "obligations": sum(self.accounts[agent].by_round.values())}
+
+    # ------------------------------------------------------------------ command handlers
+
+    def _on_load(self, cmd: LoadReferenceData, ts: int) -> None:
+        if cmd.by not in ("operator", "system") and not self._has_role(cmd.by,
+                                                                       "market_operator"):
+            self._deny(ts, cmd.by, None, Code.NOT_PERMITTED,
+                       "only the market operator loads reference data")
+            return
+        try:
+            ref = load(json.loads(cmd.document_json))
+        except (RefDataError, ValueError) as exc:
+            self._deny(ts, cmd.by, None, Code.REFERENCE_DATA_INVALID, str(exc))
+            return
+        self.ref = ref
+        for a in ref.agents.values():
+            acct = self.accounts.get(a.code)
+            if acct is None:
+                self.accounts[a.code] = Account(a.code, a.guarantees)
+            if a.suspended:
+                self.suspended.add(a.code)
+        self._owners_cache.clear()
+        self._static.clear()
+        self.throttles.clear()
+        self._notice(ts, "REFERENCE_DATA_LOADED", None, cmd.by,
+                     f"{len(ref.agents)} agents, {len(ref.users)} users, {len(ref.units)} units")
+
+    def _officer(self, ts: int, by: str, req_id: str | None, agent: str | None) -> bool:
+        if not self._has_role(by, "risk_officer", "market_operator"):
+            self._deny(ts, by, req_id, Code.NOT_PERMITTED,
+                       f"user {by} is not a risk officer")
+            return False
+        if agent is not None and agent not in self.accounts:
+            self._deny(ts, by, req_id, Code.AGENT_UNKNOWN, f"agent {agent} is not registered")
+            return False
+        return True
+
+    def _on_set_guarantees(self, cmd: SetGuarantees, ts: int) -> None:
+        if not self._officer(ts, cmd.by, cmd.req_id, cmd.agent):
+            return
+        if cmd.amount < 0:
+            self._deny(ts, cmd.by, cmd.req_id, Code.INVALID_AMOUNT, "guarantees cannot be negative")
+            return
+        self.accounts[cmd.agent].gmic = cmd.amount
+        self._notice(ts, "GUARANTEES_SET", cmd.agent, cmd.by,
+                     f"reserved guarantees set to {fmt_money(cmd.amount)} (R49.1.4.1)",
+                     cmd.amount)
+
+    def _on_request(self, cmd: RequestGuaranteeChange, ts: int) -> None:
+        u = self.ref.users.get(cmd.by)
+        if u is None or (u.agent != cmd.agent and not self._has_role(cmd.by, "risk_officer")):
+            self._deny(ts, cmd.by, cmd.req_id, Code.NOT_PERMITTED,
+                       f"user {cmd.by} cannot ask for agent {cmd.agent}")
+            return
+        if cmd.agent not in self.accounts:
+            self._deny(ts, cmd.by, cmd.req_id, Code.AGENT_UNKNOWN,
+                       f"agent {cmd.agent} is not registered")
+            return
+        if cmd.amount <= 0:
+            self._deny(ts, cmd.by, cmd.req_id, Code.INVALID_AMOUNT, "the amount must be positive")
+            return
+        rid = self.next_request
+        self.next_request += 1
+        self.requests[rid] = GuaranteeRequest(rid, cmd.agent, cmd.increase, cmd.amount,
+                                              "PENDING")
+        self._notice(ts, "REQUEST_PENDING", cmd.agent, cmd.by,
+                     f"{'increase' if cmd.increase else 'reduction'} of"
+                     f" {fmt_money(cmd.amount)} requested (R49.1.4.4)", cmd.amount, rid)
+
+    def _on_decide(self, cmd: DecideGuaranteeRequest, ts: int) -> None:
+        if not self._has_role(cmd.by, "risk_officer", "market_operator") and cmd.by != "sync":
+            self._deny(ts, cmd.by, cmd.req_id, Code.NOT_PERMITTED,
+                       f"user {cmd.by} is not a risk officer")
+            return
+        r = self.requests.get(cmd.request_id)
+        if r is None or r.state != "PENDING":
+            self._deny(ts, cmd.by, cmd.req_id, Code.REQUEST_UNKNOWN,
+                       f"no pending guarantee request {cmd.request_id}")
+            return
+        acct = self.accounts[r.agent]
+        if cmd.accept and not r.increase and r.amount > acct.limit():
+            # R49.1.4.4: a reduction committed to obligations or orders is refused
+            r.state = "REFUSED"
+            self._notice(ts, "REQUEST_REFUSED", r.agent, cmd.by,
+                         f"reduction of {fmt_money(r.amount)} refused: only"
+                         f" {fmt_money(max(acct.limit(), 0))} is not committed (R49.1.4.4)",
+                         r.amount, r.id)
+            return
+        r.state = "ACCEPTED" if cmd.accept else "REFUSED"
+        if cmd.accept:
+            if r.increase:
+                acct.increases += r.amount
+            else:
+                acct.reductions += r.amount
+        self._notice(ts, "REQUEST_ACCEPTED" if cmd.accept else "REQUEST_REFUSED", r.agent,
+                     cmd.by, cmd.reason or ("accepted" if cmd.accept else "refused"),
+                     r.amount, r.id)
+
+    def _on_sync_reduction(self, cmd: SetSyncReduction, ts: int) -> None:
+        if cmd.agent not in self.accounts or cmd.amount < 0:
+            self._deny(ts, cmd.by, None, Code.AGENT_UNKNOWN,
+                       f"agent {cmd.agent} unknown or negative amount")
+            return
+        self.accounts[cmd.agent].reduction = cmd.amount
+        self._notice(ts, "SYNC_REDUCTION", cmd.agent, cmd.by,
+                     f"reduction of {fmt_money(cmd.amount)} for the next round (R49.1.4.2)",
+                     cmd.amount)
+
+    def _on_release(self, cmd: ReleaseObligations, ts: int) -> None:
+        for acct in self.accounts.values():
+            done = [r for r in acct.by_round if r <= cmd.through_round]
+            if not done:
+                continue
+            amount = sum(acct.by_round.pop(r) for r in done)
+            acct.obligations -= amount
+            self._notice(ts, "OBLIGATIONS_RELEASED", acct.agent, cmd.by,
+                         f"obligations of rounds up to {cmd.through_round} synchronised"
+                         " (R49.1.4.2)", amount)
+
+    def _on_suspend(self, cmd: SuspendAgent, ts: int) -> None:
+        if not self._officer(ts, cmd.by, cmd.req_id, cmd.agent):
+            return
+        self.suspended.add(cmd.agent)
+        self._notice(ts, "AGENT_SUSPENDED", cmd.agent, cmd.by, cmd.reason)
+        self.engine.dispatch(CancelAgentOrders(cmd.agent, f"agent suspended: {cmd.reason}"),
+                             ts)
+
+    def _on_reinstate(self, cmd: ReinstateAgent, ts: int) -> None:
+        if not self._officer(ts, cmd.by, cmd.req_id, cmd.agent):
+            return
+        self.suspended.discard(cmd.agent)
+        self._notice(ts, "AGENT_REINSTATED", cmd.agent, cmd.by, "reinstated")
+
+    def _on_rate_limits(self, cmd: SetRateLimits, ts: int) -> None:
+        if not self._officer(ts, cmd.by, cmd.req_id, None):
+            return
+        if not cmd.rules or any(w < 1 or m < 1 for w, m in cmd.rules) or not (
+                0 < cmd.warning_ratio <= 1):
+            self._deny(ts, cmd.by, cmd.req_id, Code.INVALID_RATE_LIMITS,
+                       "rules need positive windows and maxima, and 0 < warning_ratio <= 1")
+            return
+        lim = RateLimit(tuple(cmd.rules), cmd.warning_ratio, cmd.hibernate_on_breach)
+        if cmd.user is None:
+            self.ref.rate_limit = lim
+            self.throttles.clear()
+        else:
+            if cmd.user not in self.ref.users:
+                self._deny(ts, cmd.by, cmd.req_id, Code.USER_UNKNOWN,
+                           f"user {cmd.user} is not registered")
+                return
+            self.ref.user_rate_limits[cmd.user] = lim
+            self.throttles.pop(cmd.user, None)
+        self._notice(ts, "RATE_LIMITS_SET", None, cmd.by,
+                     f"{cmd.user or 'default'}: " + ", ".join(
+                         f"{m} per {w} ms" for w, m in cmd.rules))
+
+    def _on_breach_action(self, cmd: SetBreachAction, ts: int) -> None:
+        if cmd.by not in self.ref.users:
+            self._deny(ts, cmd.by, cmd.req_id, Code.USER_UNKNOWN, f"user {cmd.by} unknown")
+            return
+        self.breach_hibernate[cmd.by] = cmd.hibernate_on_breach
+
+    def _so_check(self, ts: int, cmd: Any) -> bool:
+        if cmd.by not in ("sync", "auction", "system") and not self._has_role(
+                cmd.by, "system_operator", "market_operator"):
+            self._deny(ts, cmd.by, None, Code.NOT_PERMITTED,
+                       f"user {cmd.by} is not a system operator")
+            return False
+        if cmd.unit not in self.ref.units:
+            self._deny(ts, cmd.by, None, Code.UNIT_UNKNOWN, f"unit {cmd.unit} does not exist")
+            return False
+        try:
+            self._period(cmd.period)
+        except InvalidIdentifier as exc:
+            self._deny(ts, cmd.by, None, Code.PERIOD_INVALID, str(exc))
+            return False
+        return True
+
+    def _on_program(self, cmd: SetProgram, ts: int) -> None:
+        """R50: programs apply at once (they are the result of auctions and rounds)."""
+        if not self._so_check(ts, cmd):
+            return
+        quarters, k = self._period(cmd.period)
+        unit = self.ref.units[cmd.unit]
+        for q in quarters:
+            s = self._slot(unit, q)
+            s.prog = cmd.energy * k
+            if cmd.through_round is not None:
+                s.sold = 0
+                s.bought = 0
+        self._notice(ts, "PROGRAM_SET", None, cmd.by,
+                     f"program of {cmd.unit} in {cmd.period}: {cmd.energy / 10:.1f} MWh")
+
+    def _on_unavailability(self, cmd: SetUnavailability, ts: int) -> None:
+        if self._so_check(ts, cmd):
+            self._pend(cmd, ts)
+
+    def _on_limitation(self, cmd: SetLimitation, ts: int) -> None:
+        if self._so_check(ts, cmd):
+            self._pend(cmd, ts)
+
+    def _pend(self, cmd: Any, ts: int) -> None:
+        """A1§6: effective for a round only if received five minutes before it starts."""
+        self._pending_seq += 1
+        self.pending.append((ts, self._pending_seq, cmd))
+        self._notice(ts, "UNAVAILABILITY_SET" if isinstance(cmd, SetUnavailability)
+                     else "LIMITATION_SET", None, cmd.by,
+                     f"{cmd.unit} {cmd.period}: effective from the first round starting"
+                     " five minutes from now or later (A1§6)")
+
+    def _apply_so(self, cmd: Any) -> None:
+        quarters, k = self._period(cmd.period)
+        unit = self.ref.units[cmd.unit]
+        for q in quarters:
+            s = self._slot(unit, q)
+            if isinstance(cmd, SetUnavailability):
+                s.unavail = cmd.unavailable * k
+            else:
+                s.lmin = None if cmd.min_energy is None else cmd.min_energy * k
+                s.lmax = None if cmd.max_energy is None else cmd.max_energy * k
+            s.rebound()
