@@ -39,6 +39,6 @@ setup ""
 if [ $# -eq 0 ]; then
   # The main job with the embedded default: replay the shipped demo scenario and print its
   # trades (until `ronda serve` lands with the gateway).
-  exec .venv/bin/ronda replay examples/demo.jsonl --trades
+  exec .venv/bin/ronda replay examples/demo.jsonl --refdata examples/refdata.toml --trades
 fi
 exec .venv/bin/ronda "$@"

@@ -341,8 +341,8 @@ class RiskGuard:
                 HibernateOrders(user=user, reason="rate limit breached (R48.c)"), ts)
         win, mx = th.wins[i], th.maxs[i]
         return (Code.RATE_LIMIT,
-                f"rate limit: {mx} requests per {win} ms reached; the window ends at"
-                f" {ts - ts % win + win} (R48.c)")
+                f"rate limit: {mx} requests per {win} ms reached; the window ends in"
+                f" {ts - ts % win + win - ts} ms (R48.c)")
 
     def _throttle_state(self, th: Throttle, user: str, state: str, ts: int) -> None:
         th.state = state

@@ -95,3 +95,35 @@ def test_cli_reports_bad_scenario_without_traceback(tmp_path: Path) -> None:
     assert b"Traceback" not in r.stderr
     r = run_cli("replay", str(tmp_path / "missing.jsonl"))
     assert r.returncode == 2 and b"cannot read" in r.stderr
+
+
+def test_risk_demo_refuses_what_the_rules_refuse() -> None:
+    """examples/risk-demo.jsonl with the demo reference data: each request's outcome."""
+    from gateway.refdata_file import read_and_validate
+
+    text, _ = read_and_validate(ROOT / "examples" / "refdata.toml")
+    scenario = (ROOT / "examples" / "risk-demo.jsonl").read_bytes().splitlines()
+    events = [orjson.loads(x) for x in replay(scenario, refdata_json=text)]
+    rejected = {e["req_id"]: e["code"] for e in events if e["type"] == "reject"}
+    assert rejected == {
+        "b2": "OPERATIVE_LIMIT",  # misses the limit by 0.01 € (R49.1.4.3)
+        "a1": "UNIT_NOT_RESPONSIBLE",  # R46.2.2
+        "a3": "ENERGY_MAX",  # 150 + 60 > 200 MWh (R46.2.4)
+        "a4": "ENERGY_MAX",  # 150 MW + 4 x 20 MW in the quarter > 200 MW
+        "a5": "ENERGY_MIN",  # a selling unit buying below its program (R46.2.5)
+        "s1": "OPERATIVE_LIMIT",  # AG3's 60 % share of a debtor sell
+        "s3": "AGENT_SUSPENDED",
+        "c1": "NOT_PERMITTED",
+        "r4": "RATE_LIMIT",
+    }
+    added = {e["req_id"] for e in events
+             if e["type"] == "order_report" and e["action"] == "ADDED"}
+    assert {"b1", "b3", "b5", "a2", "s2", "r1", "r2", "r3"} <= added
+    # the suspension cancelled AG3's resting order; the breach hibernated carlos's orders
+    assert any(e["type"] == "order_report" and e["agent"] == "AG3"
+               and e["action"] == "CANCELLED" and e["code"] == "OPERATOR_CANCEL"
+               for e in events)
+    hib = [e for e in events if e["type"] == "order_report" and e["action"] == "HIBERNATED"]
+    assert hib and {e["user"] for e in hib} == {"carlos"}
+    states = [e["state"] for e in events if e["type"] == "throttling"]
+    assert states == ["WARNING", "BREACHED"]
