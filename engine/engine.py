@@ -286,6 +286,11 @@ class Engine:
         handler(cmd, ts)
         return out
 
+    def next_expiry(self) -> int | None:
+        """The earliest GTD expiry pending (possibly of an order already gone: then a Tick
+        at that instant does nothing)."""
+        return self._gtd[0][0] if self._gtd else None
+
     def dispatch(self, cmd: Any, ts: int) -> None:
         """Run a command inside the current one (for registered handlers that trigger
         engine actions, e.g. a suspension cancelling an agent's orders); its events join

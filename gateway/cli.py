@@ -56,6 +56,74 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from auctions.calendar import Calendar
+    from engine.contracts import Product
+    from gateway.server import Config, Server
+    from risk.refdata import RefDataError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    products = tuple(Product.from_code(p) for p in args.products.split(","))
+    cfg = Config(
+        data_dir=Path(args.data_dir), host=args.host, port=args.port,
+        refdata=Path(args.refdata), profile=args.profile, fsync=not args.no_fsync,
+        calendar=None if args.no_calendar else Calendar(products, args.gate_closure),
+        amqp_url=args.amqp_url, depth=args.depth,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
+    )
+
+    async def run() -> None:
+        server = Server(cfg)
+        await server.start()
+        print(f"ronda: serving on http://{cfg.host}:{server.port} (WebSocket: /ws);"
+              f" journal {cfg.data_dir / 'journal'}; recovered {server.recovered} commands",
+              flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except RefDataError as exc:
+        print(f"ronda serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ronda serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_journal_export(args: argparse.Namespace) -> int:
+    from gateway.codec import encode
+    from gateway.journal import Journal, JournalError
+    from gateway.wire import fmt_instant
+
+    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+    try:
+        with Journal(Path(args.journal), fsync=False) as j:
+            for rec in j.records():
+                out.write(orjson.dumps({"at": fmt_instant(rec.ts), "origin": rec.origin,
+                                        "command": encode(rec.command)}) + b"\n")
+    except JournalError as exc:
+        print(f"ronda journal export: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ronda", description="Continuous intraday trading engine")
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,6 +140,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_replay)
     s = sub.add_parser("schema", help="print the JSON Schema of the wire protocol's requests")
     s.set_defaults(func=_cmd_schema)
+
+    from gateway.server import DEFAULT_REFDATA
+
+    v = sub.add_parser("serve", help="run the trading platform (WebSocket, web screen, AMQP)")
+    v.add_argument("--data-dir", default="data", help="journal and stores (default: ./data)")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--refdata", default=str(DEFAULT_REFDATA),
+                   help="reference data file (default: the demo, examples/refdata.toml)")
+    v.add_argument("--profile", choices=sorted(PROFILES), default="harmonised")
+    v.add_argument("--products", default="PH", help="traded products: PH, QH or PH,QH")
+    v.add_argument("--gate-closure", type=int, default=60, help="minutes before delivery")
+    v.add_argument("--depth", type=int, default=20, help="local order list entries per side")
+    v.add_argument("--no-calendar", action="store_true",
+                   help="do not open and close contracts by the calendar")
+    v.add_argument("--no-fsync", action="store_true",
+                   help="journal without fsync (loses durability on a machine crash)")
+    v.add_argument("--amqp-url", help="also serve AMQP through this RabbitMQ broker")
+    v.add_argument("--tls-cert", help="serve wss:// with this certificate (PEM)")
+    v.add_argument("--tls-key", help="the certificate's key (PEM)")
+    v.add_argument("--tls-client-ca", help="require client certificates from this CA;"
+                   " the certificate's CN is the user")
+    v.set_defaults(func=_cmd_serve)
+
+    jn = sub.add_parser("journal", help="journal tools")
+    jsub = jn.add_subparsers(dest="journal_command", required=True)
+    je = jsub.add_parser("export", help="write a journal as a replay scenario (JSONL)")
+    je.add_argument("journal", help="the journal folder (DATA_DIR/journal)")
+    je.add_argument("-o", "--output", default="-")
+    je.set_defaults(func=_cmd_journal_export)
     return p
 
 

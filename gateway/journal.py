@@ -78,7 +78,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, NamedTuple
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from gateway.codec import Codec, CodecError, default_codec
 
@@ -175,7 +175,7 @@ def _read_frame(buf: Any, off: int, size: int, seq: int) -> tuple[int, list[Any]
                            f"({left - FRAME_SIZE} bytes left)", True)
     payload = buf[off + FRAME_SIZE:end]
     if zlib.crc32(payload) != crc:
-        raise _Defect(off, "CRC mismatch", True)
+        raise _Defect(off, "CRC mismatch", end == size)  # torn only if it is the last frame
     try:
         obj = msgpack.unpackb(payload)
     except Exception as exc:  # any msgpack failure on bytes whose CRC matched
@@ -235,7 +235,11 @@ class Journal:
         """
         if self._lock_fd is not None:
             raise JournalError(f"{self.path}: already open")
+        missing = [d for d in (self.path, *self.path.parents) if not d.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
+        if self.fsync:
+            for d in reversed(missing):  # a new directory's entry is durable in its parent
+                _fsync_dir(d.parent)
         lock_fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -243,9 +247,11 @@ class Journal:
             os.close(lock_fd)
             raise JournalError(f"{self.path}: locked by another writer") from None
         self._lock_fd = lock_fd
+        self._failed = None
+        self.recovered_tail_bytes = 0
+        self._segments = []
+        self._next_seq = 1
         try:
-            self._failed = None
-            self.recovered_tail_bytes = 0
             self._segments = self._scan()
             if not self._segments:
                 self._segments = [self._create_segment(1, 1)]
@@ -268,7 +274,7 @@ class Journal:
             self._lock_fd = None
 
     def __enter__(self) -> Journal:
-        return self.open()
+        return self if self.is_open else self.open()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -499,8 +505,7 @@ class Journal:
               from_seq: int) -> Iterator[Record]:
         decode = self.codec.decode
         for path, first, count, size in snapshot:
-            with open(path, "rb") as f, \
-                    mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+            with _map(path, size) as mm:
                 self._check_header(path, mm, first)
                 off, seq, stop = HEADER_SIZE, first, first + count
                 while seq < from_seq:  # skip by the frames alone: seqs are consecutive
@@ -520,6 +525,15 @@ class Journal:
                     yield Record(seq, ts, origin, cmd)
                     off = end
                     seq += 1
+
+
+def _map(path: Path, size: int) -> mmap.mmap:
+    """A read-only map of the first ``size`` bytes of a segment the journal already knows."""
+    try:
+        with open(path, "rb") as f:
+            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)  # outlives the fd
+    except (OSError, ValueError) as exc:
+        raise JournalCorrupt(path, 0, f"segment vanished or shrank: {exc}") from None
 
 
 def _write_all(fd: int, data: bytes) -> None:

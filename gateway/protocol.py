@@ -81,13 +81,16 @@ def _decimal_to_ticks(v: Any, decimals: int, unit: str, info: ValidationInfo) ->
     m = _DEC_RE.match(v)
     if m is None:
         raise ValueError(f"{v!r} is not a decimal number")
-    sign, whole, frac = m.group(1), m.group(2), m.group(3) or ""
+    sign: str = m.group(1)
+    whole: str = m.group(2)
+    frac: str = m.group(3) or ""
     if len(frac) > decimals:
         # refused, never rounded (DESIGN rule 4)
         raise ValueError(
             f"{v!r} has {len(frac)} decimals; at most {decimals} are allowed ({unit})"
         )
-    ticks = int(whole) * 10**decimals + int(frac.ljust(decimals, "0") or "0")
+    scale: int = 10**decimals
+    ticks = int(whole) * scale + int(frac.ljust(decimals, "0") or "0")
     return -ticks if sign else ticks
 
 

@@ -35,7 +35,7 @@ from risk.commands import LoadReferenceData
 from risk.guard import RiskGuard
 from risk.refdata import RefData
 
-_LINE_KEYS = {"at", "user", "agent", "request", "operator"}
+_LINE_KEYS = {"at", "user", "agent", "request", "operator", "origin", "command"}
 
 
 class ScenarioError(ValueError):
@@ -76,9 +76,20 @@ def parse_line(raw: bytes | str, lineno: int, agent_of: AgentOf | None = None
         at = parse_instant(obj.get("at"))
     except ValueError as exc:
         raise ScenarioError(lineno, "at", str(exc)) from None
+    if "command" in obj:  # a core command as the journal keeps it (ronda journal export)
+        from gateway.codec import CodecError, decode
+
+        origin = obj.get("origin", "operator")
+        if not isinstance(origin, str):
+            raise ScenarioError(lineno, "origin", "must be a string")
+        try:
+            return Step(lineno, at, origin, decode(obj["command"]))
+        except CodecError as exc:
+            raise ScenarioError(lineno, "command", str(exc)) from None
     has_req, has_op = "request" in obj, "operator" in obj
     if has_req == has_op:
-        raise ScenarioError(lineno, "line", "needs exactly one of 'request' or 'operator'")
+        raise ScenarioError(lineno, "line",
+                            "needs exactly one of 'request', 'operator' or 'command'")
     try:
         if has_req:
             user = obj.get("user")
@@ -143,6 +154,10 @@ def replay(lines: Iterable[bytes | str], config: EngineConfig | None = None,
             loaded = True
             for ev in eng.apply(LoadReferenceData(refdata_json or ""), step.at):
                 yield orjson.dumps(event_to_wire(ev))
+        if guard is None and isinstance(step.command, LoadReferenceData):
+            # an exported journal carries its own reference data: risk is on, as it was
+            guard = RiskGuard.install(eng, RefData())
+            loaded = True
         for ev in eng.apply(step.command, step.at):
             yield orjson.dumps(event_to_wire(ev))
     yield orjson.dumps({"type": "state_hash", "hash": eng.state_hash()})

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = [
+    "DecideGuaranteeRequest", "LoadReferenceData", "ReinstateAgent", "ReleaseObligations",
+    "RequestGuaranteeChange", "SetBreachAction", "SetGuarantees", "SetLimitation",
+    "SetProgram", "SetRateLimits", "SetSyncReduction", "SetUnavailability", "SuspendAgent",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class LoadReferenceData:

@@ -223,6 +223,7 @@ class RiskGuard:
         self._pending_seq = 0
         self._owners_cache: dict[str, tuple[tuple[Account, int, int], ...]] = {}
         self._static: dict[tuple[str, str, str, str], Any] = {}  # R46.2.2 static checks
+        self.loaded_json: str | None = None  # the last LoadReferenceData document
 
     # ------------------------------------------------------------------ installation
 
@@ -655,6 +656,7 @@ class RiskGuard:
             self._deny(ts, cmd.by, None, Code.REFERENCE_DATA_INVALID, str(exc))
             return
         self.ref = ref
+        self.loaded_json = cmd.document_json
         for a in ref.agents.values():
             acct = self.accounts.get(a.code)
             if acct is None:

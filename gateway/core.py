@@ -1,0 +1,101 @@
+"""The core as the gateway runs it: engine + risk, one ``apply``, and read-only views.
+
+The same object runs live (under the sequencer), in recovery (replaying the journal) and in
+tests; it does no I/O.  A command whose application raises (a bug) is caught here, in the
+same way live and in replay, so a replay reproduces the live state exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.engine import Engine
+from engine.model import Order
+from engine.states import OrderStatus
+from gateway.codec import default_codec
+from risk import commands as risk_commands
+from risk.guard import RiskGuard
+from risk.refdata import RefData
+
+log = logging.getLogger("ronda.core")
+
+
+def _register_risk_commands() -> None:
+    """The journal stores risk commands too: give each a stable snake_case name."""
+    codec = default_codec()
+    known = set(codec.registered().values())
+    for name in risk_commands.__all__:
+        cls = getattr(risk_commands, name)
+        if cls not in known:
+            codec.register(cls, re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower())
+
+
+_register_risk_commands()
+
+
+class Core:
+    def __init__(self, config: EngineConfig | None = None, risk: bool = True) -> None:
+        self.engine = Engine(config)
+        self.risk: RiskGuard | None = RiskGuard.install(self.engine, RefData()) if risk else None
+        self.failures = 0
+
+    def apply(self, cmd: Any, ts: int) -> list[Any]:
+        try:
+            return self.engine.apply(cmd, ts)
+        except Exception:  # a bug: keep the single writer alive, identically in replay
+            self.failures += 1
+            log.exception("command %r at %d failed", cmd, ts)
+            return []
+
+    def state_hash(self) -> str:
+        return self.engine.state_hash()
+
+    # ------------------------------------------------------------------ views (read-only)
+
+    @property
+    def ref(self) -> RefData:
+        return self.risk.ref if self.risk is not None else RefData()
+
+    def contracts(self) -> list[dict[str, Any]]:
+        return [
+            {"contract": c.id, "state": c.state.value, "close_at": c.close_at,
+             "delivery_start": c.spec.start, "delivery_end": c.spec.end, "reason": c.reason}
+            for c in sorted(self.engine.contracts.values(), key=lambda c: (c.spec.start, c.id))
+        ]
+
+    def orders_of(self, agent: str) -> list[Order]:
+        d = self.engine.by_agent.get(agent, {})
+        return sorted(d.values(), key=lambda o: o.id)
+
+    def order_view(self, o: Order) -> dict[str, Any]:
+        vis = o.visible
+        return {
+            "order_id": o.id, "client_order_id": o.coid, "contract": o.contract,
+            "user": o.user, "agent": o.agent, "unit": o.unit, "side": o.side.value,
+            "status": o.status.value, "price": o.price, "visible": vis,
+            "hidden": o.remaining - vis, "filled": o.filled, "exec": o.exec.value,
+            "validity": o.validity.value, "expiry": o.expiry, "peak": o.peak,
+            "price_increment": o.incr, "revision": o.revision, "basket": o.basket,
+            "active": o.status is OrderStatus.ACTIVE,
+        }
+
+    def account(self, agent: str) -> dict[str, Any] | None:
+        if self.risk is None or agent not in self.risk.accounts:
+            return None
+        return self.risk.account(agent)
+
+    def throttling(self, user: str, ts: int) -> dict[str, Any] | None:
+        return None if self.risk is None else self.risk.throttling(user, ts)
+
+    def next_deadline(self) -> int | None:
+        """The earliest instant at which time alone changes the state: a GTD expiry or a
+        contract's gate closure (for the timekeeper)."""
+        e = self.engine
+        best = e.next_expiry()
+        for c in e.contracts.values():
+            if c.state.value in ("TRADE", "INT", "UPC") and (best is None or c.close_at < best):
+                best = c.close_at
+        return best

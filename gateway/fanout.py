@@ -1,0 +1,294 @@
+"""Market-data fan-out: the core's events become the protocol's streams.
+
+* ``book`` — the anonymous local order list of a contract (R46.2.8), limited to ``depth``
+  entries per side: a snapshot, then deltas (``ADD``/``UPDATE``/``REMOVE`` of entries within
+  the limit, including entries that enter or leave the limit because others came or went).
+  One sequence per contract, the same for every subscriber: a gap tells a client to ask for a
+  snapshot.
+* ``trades`` — public trades of a contract, one sequence per contract.
+* ``states`` — contract states and round closures, one sequence.
+* ``private`` — per agent: order reports, the agent's side of its trades, rejections, risk
+  notices, throttling, account updates; one sequence per agent.
+
+Public messages are built only from the public events' fields, which carry no agent, user or
+unit (DESIGN rule 8).  This module does no I/O: it turns a batch of events into messages and
+hands them to subscribers (:class:`Hub`); transports decide how to send them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from engine.events import (
+    BookChange,
+    ContractStateChanged,
+    OrderReport,
+    PublicTrade,
+    Reject,
+    RoundClosed,
+    Trade,
+)
+from gateway.core import Core
+from gateway.wire import event_to_wire, fmt_instant
+from risk.events import RiskNotice, ThrottlingStatus
+
+Message = dict[str, Any]
+Deliver = Callable[[Message], None]
+
+
+class BookMirror:
+    """The public book of one contract as the public events describe it, and the deltas of
+    its depth-limited view."""
+
+    def __init__(self, contract: str, depth: int) -> None:
+        self.contract = contract
+        self.depth = depth
+        self.seq = 0
+        # entry -> (side, price, qty); priority keys per side: best first
+        self.entries: dict[int, tuple[str, int, int]] = {}
+        self.sides = {"BUY": SortedList(), "SELL": SortedList()}
+
+    @staticmethod
+    def _key(side: str, price: int, entry: int) -> tuple[int, int]:
+        # best price first, then time priority (entry ids grow with each instantiation)
+        return (-price if side == "BUY" else price, entry)
+
+    def _rank(self, side: str, key: tuple[int, int]) -> int:
+        idx: int = self.sides[side].index(key)
+        return idx
+
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for side in ("BUY", "SELL"):
+            lst = []
+            for _, entry in self.sides[side][: self.depth]:
+                _, price, qty = self.entries[entry]
+                lst.append({"entry": entry, "price": price, "quantity": qty})
+            out["bids" if side == "BUY" else "asks"] = lst
+        return out
+
+    def apply(self, action: str, entry: int, side: str, price: int, qty: int
+              ) -> list[tuple[str, int, str, int, int]]:
+        """Apply one public change; return the deltas of the limited view as
+        (action, entry, side, price, qty)."""
+        sl = self.sides[side]
+        d = self.depth
+        out: list[tuple[str, int, str, int, int]] = []
+        if action == "ADD":
+            key = self._key(side, price, entry)
+            sl.add(key)
+            self.entries[entry] = (side, price, qty)
+            rank = sl.index(key)
+            if rank < d:
+                out.append(("ADD", entry, side, price, qty))
+                if len(sl) > d:  # the one pushed out of the view
+                    _, out_entry = sl[d]
+                    _, p2, _ = self.entries[out_entry]
+                    out.append(("REMOVE", out_entry, side, p2, 0))
+            return out
+        old = self.entries.get(entry)
+        if old is None:
+            return out
+        _, oprice, _ = old
+        key = self._key(side, oprice, entry)
+        rank = sl.index(key)
+        if action == "UPDATE" and qty > 0:
+            self.entries[entry] = (side, oprice, qty)
+            if rank < d:
+                out.append(("UPDATE", entry, side, oprice, qty))
+            return out
+        # REMOVE (or a trade that left nothing)
+        sl.remove(key)
+        del self.entries[entry]
+        if rank < d:
+            out.append(("REMOVE", entry, side, oprice, 0))
+            if len(sl) >= d:  # the next one enters the view
+                _, in_entry = sl[d - 1]
+                _, p2, q2 = self.entries[in_entry]
+                out.append(("ADD", in_entry, side, p2, q2))
+        return out
+
+
+class Hub:
+    """Routes each batch of events to the subscribers of each stream."""
+
+    def __init__(self, core: Core, depth: int = 20) -> None:
+        self.core = core
+        self.depth = depth
+        self.books: dict[str, BookMirror] = {}
+        self.trade_seq: dict[str, int] = defaultdict(int)
+        self.state_seq = 0
+        self.private_seq: dict[str, int] = defaultdict(int)
+        self.book_subs: dict[str, set[Any]] = defaultdict(set)
+        self.trade_subs: dict[str, set[Any]] = defaultdict(set)
+        self.state_subs: set[Any] = set()
+        self.private_subs: dict[str, set[Any]] = defaultdict(set)  # agent -> sessions
+        self.officer_subs: set[Any] = set()  # sessions seeing every agent's private stream
+        self.trades_by_agent: dict[str, list[Message]] = defaultdict(list)
+
+    def book(self, contract: str) -> BookMirror:
+        b = self.books.get(contract)
+        if b is None:
+            b = self.books[contract] = BookMirror(contract, self.depth)
+        return b
+
+    def rebuild(self, core: Core) -> None:
+        """Mirror the engine's books as they are (after recovery)."""
+        from engine.model import BUY, SELL
+
+        self.books.clear()
+        for cid, c in core.engine.contracts.items():
+            b = self.book(cid)
+            for side in (BUY, SELL):
+                for o in c.book.resting(side):
+                    b.apply("ADD", o.pub, side.value, o.price, o.visible)
+            b.seq = 0
+
+    def book_snapshot(self, contract: str) -> Message:
+        b = self.book(contract)
+        return {"type": "book", "stream": f"book:{contract}", "contract": contract,
+                "snapshot": True, "seq": b.seq, **_prices(b.snapshot())}
+
+    # ------------------------------------------------------------------ routing
+
+    def _private(self, agent: str, msg: Message) -> None:
+        self.private_seq[agent] += 1
+        msg["stream"] = f"private:{agent}"
+        msg["seq"] = self.private_seq[agent]
+        for s in self.private_subs.get(agent, ()):
+            s.deliver(msg)
+        for s in self.officer_subs:
+            s.deliver(msg)
+
+    def publish(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
+        """The sequencer's listener: every event of every command of a batch."""
+        touched: set[str] = set()
+        for _cmd, _origin, events in batch:
+            for ev in events:
+                t = type(ev)
+                if t is BookChange:
+                    self._book_delta(ev.contract, ev.ts, ev.action, ev.entry, ev.side.value
+                                     if hasattr(ev.side, "value") else ev.side, ev.price,
+                                     ev.qty)
+                elif t is PublicTrade:
+                    self._public_trade(ev)
+                elif t is OrderReport:
+                    touched.add(ev.agent)
+                    self._private(ev.agent, event_to_wire(ev))
+                elif t is Trade:
+                    for side in ("buy", "sell"):
+                        agent = getattr(ev, f"{side}_agent")
+                        touched.add(agent)
+                        msg = _own_trade(ev, side)
+                        self.trades_by_agent[agent].append(msg)
+                        self._private(agent, dict(msg))
+                elif t is Reject:
+                    if ev.agent:
+                        self._private(ev.agent, event_to_wire(ev))
+                elif t is ContractStateChanged or t is RoundClosed:
+                    self.state_seq += 1
+                    msg = event_to_wire(ev)
+                    msg["stream"] = "states"
+                    msg["seq"] = self.state_seq
+                    for s in self.state_subs:
+                        s.deliver(msg)
+                elif t is RiskNotice:
+                    msg = event_to_wire(ev)
+                    if ev.agent:
+                        touched.add(ev.agent)
+                        self._private(ev.agent, msg)
+                    else:
+                        for s in self.officer_subs:
+                            s.deliver(msg)
+                elif t is ThrottlingStatus:
+                    u = self.core.ref.users.get(ev.user)
+                    if u is not None:
+                        self._private(u.agent, event_to_wire(ev))
+        for agent in sorted(touched):
+            acct = self.core.account(agent)
+            if acct is not None:
+                self._private(agent, account_message(acct))
+
+    def _book_delta(self, contract: str, ts: int, action: str, entry: int, side: str,
+                    price: int, qty: int) -> None:
+        b = self.book(contract)
+        subs = self.book_subs.get(contract)
+        for act, e, sd, p, q in b.apply(action, entry, side, price, qty):
+            b.seq += 1
+            if subs:
+                msg = {"type": "book", "stream": f"book:{contract}", "contract": contract,
+                       "snapshot": False, "seq": b.seq, "ts": fmt_instant(ts),
+                       "action": act, "entry": e, "side": sd, "price": _p(p),
+                       "quantity": _q(q)}
+                for s in subs:
+                    s.deliver_book(contract, msg)
+
+    def _public_trade(self, ev: PublicTrade) -> None:
+        side = "SELL" if ev.aggressor == "BUY" else "BUY"  # the resting entry's side
+        self._book_delta(ev.contract, ev.ts, "UPDATE" if ev.left else "REMOVE", ev.entry,
+                         side, 0, ev.left)
+        self.trade_seq[ev.contract] += 1
+        subs = self.trade_subs.get(ev.contract)
+        if subs:
+            msg = event_to_wire(ev)
+            del msg["entry"], msg["left"]
+            msg["stream"] = f"trades:{ev.contract}"
+            msg["seq"] = self.trade_seq[ev.contract]
+            for s in subs:
+                s.deliver(msg)
+
+    def unsubscribe_all(self, session: Any) -> None:
+        for subs in (*self.book_subs.values(), *self.trade_subs.values(),
+                     *self.private_subs.values()):
+            subs.discard(session)
+        self.state_subs.discard(session)
+        self.officer_subs.discard(session)
+
+
+def _p(v: int) -> str:
+    from engine.config import fmt_price
+
+    return fmt_price(v)
+
+
+def _q(v: int) -> str:
+    from engine.config import fmt_qty
+
+    return fmt_qty(v)
+
+
+def _prices(snap: dict[str, Any]) -> dict[str, Any]:
+    return {k: [{"entry": x["entry"], "price": _p(x["price"]), "quantity": _q(x["quantity"])}
+                for x in v] for k, v in snap.items()}
+
+
+def _own_trade(ev: Trade, side: str) -> Message:
+    """A party's view of its trade: its own order, unit and user; no counterparty."""
+    return {
+        "type": "trade", "ts": fmt_instant(ev.ts), "trade_id": ev.trade_id,
+        "contract": ev.contract, "round": ev.round, "side": side.upper(),
+        "price": _p(ev.price), "quantity": _q(ev.qty),
+        "aggressor": ev.aggressor.value if hasattr(ev.aggressor, "value") else ev.aggressor,
+        "order_id": getattr(ev, f"{side}_order"), "user": getattr(ev, f"{side}_user"),
+        "agent": getattr(ev, f"{side}_agent"), "unit": getattr(ev, f"{side}_unit"),
+    }
+
+
+def account_message(acct: dict[str, Any]) -> Message:
+    """The guarantee account (R46.2.12): reserved, used, free, and the breakdown."""
+    used = acct["obligations"] + acct["debtor_orders"]
+    money = ("reserved", "obligations", "debtor_orders", "sync_reduction",
+             "requested_reductions", "requested_increases", "operative_limit")
+    msg: Message = {"type": "account", "agent": acct["agent"]}
+    for k in money:
+        msg[k] = _p(acct[k])
+    msg["used"] = _p(used)
+    msg["free"] = _p(acct["operative_limit"])
+    msg["suspended"] = acct["suspended"]
+    msg["pending_requests"] = [{"id": r["id"], "increase": r["increase"],
+                                "amount": _p(r["amount"])} for r in acct["pending_requests"]]
+    return msg

@@ -1,0 +1,162 @@
+"""The single writer (DESIGN rules 1, 3 and 7).
+
+One asyncio task owns the core.  Every state change — traders' requests, officers' actions,
+the timekeeper, the sync job, the calendar — is submitted here, gets a sequence number and
+a timestamp, is appended to the journal and made durable (one fsync per batch: group
+commit), and only then applied to the core; the submitter's future resolves with the
+events its command caused, and every event of the batch goes to the listeners (fan-out).
+
+While one batch is being written and fsynced (in a worker thread, so the event loop keeps
+reading sockets), the next batch forms in the queue: throughput grows with load while each
+command waits for at most one fsync in front of its own.
+
+Recovery is :meth:`Sequencer.recover`: the journal is replayed into a fresh core, and the
+state is exactly the state before the crash, minus at most the batch that was being written
+(never acknowledged).  Durability guarantee: a command whose submitter got an answer is in
+the journal, fsynced, and is replayed after any crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gateway.codec import Codec, default_codec
+from gateway.core import Core
+from gateway.journal import Journal, Record
+
+log = logging.getLogger("ronda.sequencer")
+
+Listener = Callable[[list[tuple[Any, str, list[Any]]]], None]
+
+
+class Clock:
+    """Milliseconds since the epoch, UTC, never going backwards."""
+
+    def __init__(self, now: Callable[[], int] | None = None) -> None:
+        self._now = now or (lambda: time.time_ns() // 1_000_000)
+        self.last = 0
+
+    def now(self) -> int:
+        t = self._now()
+        if t < self.last:
+            t = self.last
+        self.last = t
+        return t
+
+
+class SequencerStopped(RuntimeError):
+    """The sequencer is not running (shutting down, or its journal failed)."""
+
+
+class Sequencer:
+    def __init__(self, core: Core, journal: Journal, clock: Clock | None = None,
+                 max_batch: int = 1024, codec: Codec | None = None) -> None:
+        self.core = core
+        self.journal = journal
+        self.clock = clock or Clock()
+        self.max_batch = max_batch
+        self.codec = codec or default_codec()
+        self.listeners: list[Listener] = []
+        self._queue: asyncio.Queue[tuple[Any, str, asyncio.Future[list[Any]]]] = (
+            asyncio.Queue())
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.failed: BaseException | None = None
+        self.applied = 0
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self) -> int:
+        """Replay the journal into the core; return the number of commands replayed."""
+        n = 0
+        for rec in self.journal.records():
+            self.core.apply(rec.command, rec.ts)
+            if rec.ts > self.clock.last:
+                self.clock.last = rec.ts
+            n += 1
+        self.applied = n
+        return n
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sequencer")
+
+    async def stop(self) -> None:
+        """Finish what was submitted, then stop."""
+        self._stopping = True
+        if self._task is not None:
+            await self._queue.join()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._writer.shutdown(wait=True)
+
+    def submit_nowait(self, cmd: Any, origin: str) -> asyncio.Future[list[Any]]:
+        if self._stopping or self.failed is not None:
+            raise SequencerStopped("the sequencer is not accepting commands")
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((cmd, origin, fut))
+        return fut
+
+    async def submit(self, cmd: Any, origin: str) -> list[Any]:
+        """Journal ``cmd`` durably, apply it, and return the events it caused."""
+        return await self.submit_nowait(cmd, origin)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        q = self._queue
+        while True:
+            first = await q.get()
+            batch = [first]
+            while len(batch) < self.max_batch and not q.empty():
+                batch.append(q.get_nowait())
+            try:
+                await self._commit(loop, batch)
+            except Exception as exc:  # the journal failed: nothing more may be acknowledged
+                self.failed = exc
+                log.critical("journal append failed; the sequencer stops: %s", exc)
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(SequencerStopped(f"journal failed: {exc}"))
+                for _ in batch:
+                    q.task_done()
+                while not q.empty():
+                    _, _, fut = q.get_nowait()
+                    fut.set_exception(SequencerStopped(f"journal failed: {exc}"))
+                    q.task_done()
+                return
+            for _ in batch:
+                q.task_done()
+
+    async def _commit(self, loop: asyncio.AbstractEventLoop,
+                      batch: list[tuple[Any, str, asyncio.Future[list[Any]]]]) -> None:
+        seq = self.journal.next_seq
+        stamped = []
+        records = []
+        for cmd, origin, fut in batch:
+            ts = self.clock.now()
+            records.append(Record(seq, ts, origin, cmd))
+            stamped.append((cmd, origin, fut, ts))
+            seq += 1
+        # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile
+        await loop.run_in_executor(self._writer, self.journal.append, records)
+        applied: list[tuple[Any, str, list[Any]]] = []
+        for cmd, origin, fut, ts in stamped:
+            events = self.core.apply(cmd, ts)
+            self.applied += 1
+            applied.append((cmd, origin, events))
+            if not fut.done():  # the submitter may have gone away
+                fut.set_result(events)
+        for listener in self.listeners:
+            try:
+                listener(applied)
+            except Exception:
+                log.exception("event listener failed")

@@ -1,0 +1,194 @@
+"""``ronda serve``: the trading platform in one process (the embedded default).
+
+Composition: the core (engine + risk) under the sequencer with its journal in the data
+folder; recovery by replaying the journal; the timekeeper (contracts opened and closed by
+the calendar, GTD expiries); the fan-out hub; the WebSocket server (and, when configured,
+the AMQP adapter).  Every state change goes through the sequencer (DESIGN rule 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auctions.calendar import Calendar
+from engine.commands import CloseContracts, CreateContract, OpenContracts, Tick
+from engine.config import PROFILES
+from engine.states import ContractState
+from gateway.core import Core
+from gateway.fanout import Hub
+from gateway.journal import Journal
+from gateway.refdata_file import read_and_validate
+from gateway.sequencer import Clock, Sequencer, SequencerStopped
+from gateway.session import Session
+from risk.commands import LoadReferenceData
+
+log = logging.getLogger("ronda.server")
+
+DEFAULT_REFDATA = Path(__file__).resolve().parents[1] / "examples" / "refdata.toml"
+
+
+@dataclass
+class Config:
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    refdata: Path = DEFAULT_REFDATA
+    profile: str = "harmonised"
+    depth: int = 20  # entries per side of the local order list (R46.2.8)
+    fsync: bool = True
+    heartbeat_s: float = 5.0
+    max_message_bytes: int = 64 * 1024  # larger messages get an error, the session lives
+    max_frame_bytes: int = 1024 * 1024  # larger frames close the connection (1009)
+    max_queue: int = 2000  # outbound messages per connection
+    max_errors_per_10s: int = 50
+    calendar: Calendar | None = field(default_factory=Calendar)
+    amqp_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    web_root: Path | None = None
+
+
+class Server:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.core = Core(PROFILES[config.profile])
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(config.data_dir / "journal", fsync=config.fsync)
+        self.sequencer = Sequencer(self.core, self.journal, clock)
+        self.hub = Hub(self.core, config.depth)
+        self.sequencer.listeners.append(self.hub.publish)
+        self.sessions_of: dict[str, set[Session]] = defaultdict(set)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._kick = asyncio.Event()
+        self.recovered = 0
+        self.ws_server: Any = None
+        self.amqp: Any = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        self.journal.open()
+        if self.journal.recovered_tail_bytes:
+            log.warning("journal: cut a torn tail of %d bytes", self.journal.recovered_tail_bytes)
+        self.recovered = self.sequencer.recover()
+        self.hub.rebuild(self.core)
+        log.info("recovered %d commands; state %s", self.recovered, self.core.state_hash())
+        # the core creates no reference cycles: freeze what start-up built, and let the
+        # collector only look at young objects (docs/performance.md)
+        gc.collect()
+        gc.freeze()
+        self.sequencer.start()
+        text, _ = read_and_validate(self.config.refdata)
+        risk = self.core.risk
+        loaded = None if risk is None or risk.loaded_json is None else json.loads(
+            risk.loaded_json)
+        if loaded != json.loads(text):  # first start, or the file changed: journal it
+            await self.sequencer.submit(LoadReferenceData(text), "operator")
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._timekeeper(), name="timekeeper"))
+        self._tasks.append(loop.create_task(self._heartbeats(), name="heartbeats"))
+        from gateway.ws import serve_ws
+
+        self.ws_server = await serve_ws(self)
+        if self.config.amqp_url:
+            from gateway.amqp import AmqpAdapter
+
+            self.amqp = AmqpAdapter(self, self.config.amqp_url)
+            self._tasks.append(loop.create_task(self.amqp.run(), name="amqp"))
+
+    @property
+    def port(self) -> int:
+        sock = next(iter(self.ws_server.sockets))
+        p: int = sock.getsockname()[1]
+        return p
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.amqp is not None:
+            await self.amqp.close()
+        if self.ws_server is not None:
+            self.ws_server.close()
+            await self.ws_server.wait_closed()
+        await self.sequencer.stop()
+        self.journal.close()
+
+    # ------------------------------------------------------------------ time
+
+    def kick(self) -> None:
+        """Something changed deadlines (a new contract, a GTD order): recompute them."""
+        self._kick.set()
+
+    async def _timekeeper(self) -> None:
+        """Time-driven commands, all through the sequencer: the calendar's contracts are
+        created and opened (A1§2) and closed at gate closure, closing the round (R45.g);
+        GTD orders expire (A1§4.2)."""
+        seq = self.sequencer
+        while True:
+            now = seq.clock.now()
+            try:
+                for cmd in self.due_commands(now):
+                    await seq.submit(cmd, "calendar")
+            except SequencerStopped:
+                return
+            now = seq.clock.now()
+            nxt = self.next_deadline(now)
+            delay = 1.0 if nxt is None else min(1.0, max(0.0, (nxt - now) / 1000))
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), delay)
+
+    def due_commands(self, now: int) -> list[Any]:
+        eng = self.core.engine
+        cmds: list[Any] = []
+        cal = self.config.calendar
+        if cal is not None:
+            opening = []
+            for ct in cal.window(now):
+                c = eng.contracts.get(ct.spec.id)
+                if c is None:
+                    cmds.append(CreateContract(ct.spec.id, ct.close_at))
+                if ct.open_at <= now and (c is None or c.state is ContractState.UPC):
+                    opening.append(ct.spec.id)
+            if opening:
+                cmds.append(OpenContracts(tuple(opening)))
+        closing = tuple(sorted(c.id for c in eng.contracts.values()
+                               if c.state is not ContractState.FIN and c.close_at <= now))
+        if closing:
+            cmds.append(CloseContracts(closing))
+        nxt = eng.next_expiry()
+        if nxt is not None and nxt <= now:
+            cmds.append(Tick())
+        return cmds
+
+    def next_deadline(self, now: int) -> int | None:
+        best = self.core.next_deadline()
+        cal = self.config.calendar
+        if cal is not None:
+            for ct in cal.window(now):
+                if ct.open_at > now and (best is None or ct.open_at < best):
+                    best = ct.open_at
+        return best
+
+    async def _heartbeats(self) -> None:
+        """Liveness on every connection (SYSTEM_ALIVE)."""
+        from gateway.wire import fmt_instant
+
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            msg = {"type": "heartbeat", "server_time": fmt_instant(self.sequencer.clock.now())}
+            for sessions in list(self.sessions_of.values()):
+                for s in list(sessions):
+                    s.send(dict(msg))

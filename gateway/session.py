@@ -1,0 +1,481 @@
+"""A client session, independent of the transport (WebSocket or AMQP).
+
+It logs a user in, authorises every request by role and ownership, turns requests into
+commands for the sequencer, answers each request exactly once (``ack``, ``reject`` or
+``error``), serves queries and subscriptions, and owns the bounded outbound queue of the
+connection:
+
+* a slow consumer's book streams are conflated: pending book deltas are dropped and a fresh
+  snapshot is sent once the queue has room again;
+* if other messages cannot be queued (the queue is full of them), the consumer is
+  disconnected with a reason.  Memory never grows without bound.
+
+Malformed input gets an ``error`` naming the field; a client that keeps sending malformed
+messages is throttled and then disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from engine.events import Ack, OrderReport, Reject
+from gateway.fanout import account_message
+from gateway.protocol import (
+    ProtocolError,
+    parse_operator,
+    parse_request,
+    to_command,
+    to_operator_command,
+)
+from gateway.sequencer import SequencerStopped
+from gateway.wire import event_to_wire, fmt_instant
+
+if TYPE_CHECKING:
+    from gateway.server import Server
+
+log = logging.getLogger("ronda.session")
+
+TRADER = "trader"
+OFFICER = "risk_officer"
+MARKET = "market_operator"
+AUCTION = "auction_operator"
+SYSTEM = "system_operator"
+
+# which roles may send which request (everything else is refused with NOT_PERMITTED)
+ROLES: dict[str, frozenset[str]] = {
+    **{t: frozenset({TRADER}) for t in (
+        "order_entry", "basket_entry", "order_modify", "order_cancel", "order_deactivate",
+        "order_activate", "cancel_all", "guarantee_request", "set_breach_action")},
+    **{t: frozenset({OFFICER}) for t in (
+        "set_guarantees", "decide_guarantee_request", "suspend_agent", "reinstate_agent",
+        "set_rate_limits")},
+    "interrupt_contracts": frozenset({OFFICER, MARKET}),
+    "resume_contracts": frozenset({OFFICER, MARKET}),
+    **{t: frozenset({SYSTEM}) for t in ("set_program", "set_unavailability",
+                                        "set_limitation")},
+    **{t: frozenset({MARKET, AUCTION}) for t in (
+        "contract_create", "contract_open", "contract_close", "contract_interrupt",
+        "contract_resume", "hibernate", "reactivate", "time")},
+    "cancel_agent_orders": frozenset({MARKET, OFFICER}),
+}
+OPERATOR_TYPES = frozenset({"contract_create", "contract_open", "contract_close",
+                            "contract_interrupt", "contract_resume", "hibernate",
+                            "reactivate", "cancel_agent_orders", "time"})
+STAFF = frozenset({OFFICER, MARKET, AUCTION, SYSTEM})
+SESSION_TYPES = frozenset({"login", "logout", "subscribe", "unsubscribe", "heartbeat",
+                           "query_contracts", "query_orders", "query_trades",
+                           "query_account", "query_book", "query_throttling", "query_me"})
+
+
+class Transport(Protocol):
+    async def send(self, msg: dict[str, Any]) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Session:
+    def __init__(self, server: Server, transport: Transport, cert_user: str | None = None,
+                 max_queue: int = 2000) -> None:
+        self.server = server
+        self.transport = transport
+        self.cert_user = cert_user
+        self.user: str | None = None
+        self.agent: str | None = None
+        self.roles: frozenset[str] = frozenset()
+        self.on_disconnect = "none"
+        self.max_queue = max_queue
+        self._out: deque[dict[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._stale_books: set[str] = set()
+        self._closing: str | None = None
+        self._errors: deque[float] = deque()
+        self._failed_logins = 0
+        self.sent = 0
+        self.dropped_book_messages = 0
+
+    # ------------------------------------------------------------------ outbound
+
+    def _push(self, msg: dict[str, Any]) -> bool:
+        if self._closing:
+            return False
+        if len(self._out) >= self.max_queue:
+            return False
+        self._out.append(msg)
+        self._wake.set()
+        return True
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Queue a message that must not be lost (answers, private stream...)."""
+        if not self._push(msg) and not self._closing:
+            self._closing = "slow consumer: outbound queue full"
+            self._wake.set()
+
+    def deliver(self, msg: dict[str, Any]) -> None:
+        self.send(msg)
+
+    def deliver_book(self, contract: str, msg: dict[str, Any]) -> None:
+        """Book deltas of a slow consumer are conflated into a fresh snapshot later."""
+        if contract in self._stale_books:
+            self.dropped_book_messages += 1
+            return
+        if len(self._out) >= self.max_queue * 3 // 4 or not self._push(msg):
+            self._stale_books.add(contract)
+            self.dropped_book_messages += 1
+
+    async def writer(self) -> None:
+        """Drain the outbound queue into the transport (one task per connection)."""
+        try:
+            while True:
+                while not self._out and not self._closing:
+                    self._wake.clear()
+                    if self._stale_books and len(self._out) < self.max_queue // 2:
+                        self._refresh_books()
+                        continue
+                    await self._wake.wait()
+                if self._closing and not self._out:
+                    await self.transport.close(1008, self._closing)
+                    return
+                if self._closing:  # say why, then go
+                    await self.transport.send({"type": "error", "code": "DISCONNECTED",
+                                               "reason": self._closing})
+                    await self.transport.close(1008, self._closing)
+                    return
+                msg = self._out.popleft()
+                await self.transport.send(msg)
+                self.sent += 1
+                if self._stale_books and len(self._out) < self.max_queue // 2:
+                    self._refresh_books()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the connection went away
+            return
+
+    def _refresh_books(self) -> None:
+        for contract in sorted(self._stale_books):
+            if len(self._out) >= self.max_queue // 2:
+                return
+            self._stale_books.discard(contract)
+            snap = self.server.hub.book_snapshot(contract)
+            snap["conflated"] = True
+            self._push(snap)
+
+    # ------------------------------------------------------------------ inbound
+
+    def error(self, field: str, reason: str, req_id: Any = None, code: str = "INVALID_FIELD"
+              ) -> None:
+        msg: dict[str, Any] = {"type": "error", "code": code, "field": field, "reason": reason}
+        if isinstance(req_id, str):
+            msg["req_id"] = req_id
+        self.send(msg)
+        self._count_error()
+
+    def _count_error(self) -> None:
+        """A client flooding malformed input is throttled, then disconnected."""
+        now = asyncio.get_running_loop().time()
+        self._errors.append(now)
+        while self._errors and self._errors[0] < now - 10:
+            self._errors.popleft()
+        n = len(self._errors)
+        if n > self.server.config.max_errors_per_10s:
+            self._closing = f"too many malformed messages ({n} in 10 s)"
+            self._wake.set()
+
+    def throttled(self) -> bool:
+        return len(self._errors) > self.server.config.max_errors_per_10s // 2
+
+    def reject(self, req_id: Any, code: str, reason: str, **extra: Any) -> None:
+        msg: dict[str, Any] = {"type": "reject", "code": code, "reason": reason}
+        if isinstance(req_id, str):
+            msg["req_id"] = req_id
+        msg.update(extra)
+        self.send(msg)
+
+    def handle(self, data: Any) -> None:
+        """One decoded message.  Never raises for bad input."""
+        if self._closing:
+            return
+        if not isinstance(data, dict):
+            self.error("message", f"must be an object, got {type(data).__name__}")
+            return
+        req_id = data.get("req_id")
+        if self.throttled():
+            self.error("message", "too many malformed messages; slow down", req_id,
+                       code="THROTTLED")
+            return
+        typ = data.get("type")
+        if not isinstance(typ, str):
+            self.error("type", "missing message type", req_id)
+            return
+        if typ == "login":
+            self._login(data)
+            return
+        if self.user is None:
+            self.reject(req_id, "NOT_LOGGED_IN", "log in first")
+            return
+        if typ in SESSION_TYPES:
+            self._session_request(typ, data, req_id)
+            return
+        self._command(typ, data, req_id)
+
+    # ------------------------------------------------------------------ login
+
+    def _login(self, data: dict[str, Any]) -> None:
+        req_id = data.get("req_id")
+        if self.user is not None:
+            self.reject(req_id, "ALREADY_LOGGED_IN", f"already logged in as {self.user}")
+            return
+        extra = set(data) - {"type", "req_id", "user", "token", "on_disconnect"}
+        if extra:
+            self.error(sorted(extra)[0], "unknown field", req_id)
+            return
+        user = data.get("user", self.cert_user)
+        token = data.get("token")
+        on_disc = data.get("on_disconnect", "none")
+        if not isinstance(user, str) or not user or len(user) > 64:
+            self.error("user", "must be a user id", req_id)
+            return
+        if on_disc not in ("none", "hibernate"):
+            self.error("on_disconnect", "must be 'none' or 'hibernate'", req_id)
+            return
+        ref = self.server.core.ref
+        u = ref.users.get(user)
+        ok = False
+        if u is not None:
+            if self.cert_user is not None:
+                ok = self.cert_user == user  # TLS client certificate (CN = user id)
+            elif isinstance(token, str) and u.token_sha256 is not None:
+                ok = hmac.compare_digest(token_hash(token), u.token_sha256)
+        if not ok:
+            self._failed_logins += 1
+            self.reject(req_id, "LOGIN_FAILED", "unknown user or wrong credentials")
+            if self._failed_logins >= 3:
+                self._closing = "too many failed logins"
+                self._wake.set()
+            return
+        assert u is not None
+        self.user = user
+        self.agent = u.agent
+        self.roles = u.roles
+        self.on_disconnect = on_disc
+        self.server.sessions_of[user].add(self)
+        self.send({"type": "ack", "kind": "login", "req_id": req_id, "user": user,
+                   "agent": u.agent, "roles": sorted(u.roles),
+                   "server_time": fmt_instant(self.server.sequencer.clock.now())})
+
+    async def closed(self) -> None:
+        """The connection is gone: unsubscribe; hibernate the user's orders if asked."""
+        hub = self.server.hub
+        hub.unsubscribe_all(self)
+        if self.user is not None:
+            self.server.sessions_of[self.user].discard(self)
+            if self.on_disconnect == "hibernate" and TRADER in self.roles:
+                from engine.commands import HibernateOrders
+
+                with contextlib.suppress(SequencerStopped):
+                    await self.server.sequencer.submit(
+                        HibernateOrders(user=self.user,
+                                        reason="disconnected (login option: hibernate)"),
+                        self.user)
+
+    # ------------------------------------------------------------------ commands
+
+    def _command(self, typ: str, data: dict[str, Any], req_id: Any) -> None:
+        allowed = ROLES.get(typ)
+        if allowed is None:
+            self.error("type", f"unknown message type {typ!r}", req_id)
+            return
+        if self.roles.isdisjoint(allowed):
+            self.reject(req_id, "NOT_PERMITTED",
+                        f"{typ} needs the role {' or '.join(sorted(allowed))}")
+            return
+        try:
+            if typ in OPERATOR_TYPES:
+                cmd = to_operator_command(parse_operator(data))
+            else:
+                assert self.user is not None and self.agent is not None
+                cmd = to_command(parse_request(data), self.user, self.agent)
+        except ProtocolError as exc:
+            self.error(exc.field, exc.reason, req_id)
+            return
+        try:
+            fut = self.server.sequencer.submit_nowait(cmd, self.user or "?")
+        except SequencerStopped as exc:
+            self.reject(req_id, "UNAVAILABLE", str(exc))
+            return
+        fut.add_done_callback(lambda f: self._answer(typ, req_id, f))
+
+    def _answer(self, typ: str, req_id: Any, fut: asyncio.Future[list[Any]]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.reject(req_id, "UNAVAILABLE", f"not processed: {exc}")
+            return
+        self.send(answer(typ, req_id, self.user, fut.result()))
+
+    # ------------------------------------------------------------------ session requests
+
+    def _session_request(self, typ: str, data: dict[str, Any], req_id: Any) -> None:
+        srv = self.server
+        core = srv.core
+        if typ == "heartbeat":
+            self.send({"type": "heartbeat", "req_id": req_id,
+                       "server_time": fmt_instant(srv.sequencer.clock.now())})
+        elif typ == "logout":
+            self.send({"type": "ack", "kind": "logout", "req_id": req_id})
+            self._closing = "logged out"
+            self._wake.set()
+        elif typ == "query_me":
+            self.send({"type": "me", "req_id": req_id, "user": self.user, "agent": self.agent,
+                       "roles": sorted(self.roles)})
+        elif typ == "query_contracts":
+            rows = [{**c, "close_at": fmt_instant(c["close_at"]),
+                     "delivery_start": fmt_instant(c["delivery_start"]),
+                     "delivery_end": fmt_instant(c["delivery_end"])} for c in core.contracts()]
+            self.send({"type": "contracts", "req_id": req_id, "contracts": rows})
+        elif typ in ("query_orders", "query_trades", "query_account"):
+            agent = self._agent_param(data, req_id)
+            if agent is None:
+                return
+            if typ == "query_orders":
+                orders = [_order_wire(core.order_view(o)) for o in core.orders_of(agent)]
+                self.send({"type": "orders", "req_id": req_id, "agent": agent,
+                           "orders": orders})
+            elif typ == "query_trades":
+                self.send({"type": "trades", "req_id": req_id, "agent": agent,
+                           "trades": list(srv.hub.trades_by_agent.get(agent, []))})
+            else:
+                acct = core.account(agent)
+                if acct is None:
+                    self.reject(req_id, "AGENT_UNKNOWN", f"no account for agent {agent}")
+                    return
+                msg = account_message(acct)
+                msg["req_id"] = req_id
+                self.send(msg)
+        elif typ == "query_book":
+            contract = data.get("contract")
+            if not isinstance(contract, str) or contract not in core.engine.contracts:
+                self.error("contract", "unknown contract", req_id)
+                return
+            snap = srv.hub.book_snapshot(contract)
+            snap["req_id"] = req_id
+            self.send(snap)
+        elif typ == "query_throttling":
+            user = data.get("user", self.user)
+            if user != self.user and OFFICER not in self.roles:
+                self.reject(req_id, "NOT_PERMITTED", "only your own throttling status")
+                return
+            st = core.throttling(str(user), srv.sequencer.clock.now())
+            self.send({"type": "throttling", "req_id": req_id, **(st or {"user": user})})
+        elif typ in ("subscribe", "unsubscribe"):
+            self._subscribe(typ == "subscribe", data, req_id)
+
+    def _agent_param(self, data: dict[str, Any], req_id: Any) -> str | None:
+        agent = data.get("agent", self.agent)
+        if not isinstance(agent, str):
+            self.error("agent", "must be an agent code", req_id)
+            return None
+        if agent != self.agent and OFFICER not in self.roles and MARKET not in self.roles:
+            # a trader sees only its own agent's data (R46.2.12)
+            self.reject(req_id, "NOT_PERMITTED", "you can see only your own agent's data")
+            return None
+        return agent
+
+    def _subscribe(self, on: bool, data: dict[str, Any], req_id: Any) -> None:
+        hub = self.server.hub
+        stream = data.get("stream")
+        if stream not in ("book", "trades", "states", "private"):
+            self.error("stream", "must be one of book, trades, states, private", req_id)
+            return
+        if stream in ("book", "trades"):
+            contract = data.get("contract")
+            if not isinstance(contract, str) or contract not in self.server.core.engine.contracts:
+                self.error("contract", "unknown contract", req_id)
+                return
+            subs = (hub.book_subs if stream == "book" else hub.trade_subs)[contract]
+            if on:
+                subs.add(self)
+            else:
+                subs.discard(self)
+            self.send({"type": "ack", "kind": "subscribe" if on else "unsubscribe",
+                       "req_id": req_id, "stream": f"{stream}:{contract}"})
+            if on and stream == "book":
+                self._stale_books.discard(contract)
+                self.send(hub.book_snapshot(contract))
+            return
+        if stream == "states":
+            (hub.state_subs.add if on else hub.state_subs.discard)(self)
+            self.send({"type": "ack", "kind": "subscribe" if on else "unsubscribe",
+                       "req_id": req_id, "stream": "states", "seq": hub.state_seq})
+            return
+        agent = data.get("agent", self.agent)
+        if agent == "*":
+            if OFFICER not in self.roles and MARKET not in self.roles:
+                self.reject(req_id, "NOT_PERMITTED", "only officers see every agent")
+                return
+            (hub.officer_subs.add if on else hub.officer_subs.discard)(self)
+            self.send({"type": "ack", "kind": "subscribe" if on else "unsubscribe",
+                       "req_id": req_id, "stream": "private:*"})
+            return
+        agent = self._agent_param({"agent": agent}, req_id)
+        if agent is None:
+            return
+        subs = hub.private_subs[agent]
+        (subs.add if on else subs.discard)(self)
+        self.send({"type": "ack", "kind": "subscribe" if on else "unsubscribe",
+                   "req_id": req_id, "stream": f"private:{agent}",
+                   "seq": hub.private_seq[agent]})
+
+
+def _order_wire(v: dict[str, Any]) -> dict[str, Any]:
+    from engine.config import fmt_price, fmt_qty
+
+    out = dict(v)
+    for k in ("price", "price_increment"):
+        out[k] = fmt_price(out[k])
+    for k in ("visible", "hidden", "filled", "peak"):
+        out[k] = fmt_qty(out[k])
+    if out["expiry"] is not None:
+        out["expiry"] = fmt_instant(out["expiry"])
+    return out
+
+
+def answer(typ: str, req_id: Any, user: str | None, events: list[Any]) -> dict[str, Any]:
+    """The one answer to a request, from the events its command caused."""
+    rejects = [e for e in events if type(e) is Reject and e.user == user]
+    reports = [e for e in events if type(e) is OrderReport and e.user == user
+               and e.req_id == (req_id if isinstance(req_id, str) else None)]
+    acks = [e for e in events if type(e) is Ack]
+    rid = req_id if isinstance(req_id, str) else None
+    if rejects and not reports and not acks:
+        last = rejects[-1]
+        msg: dict[str, Any] = {"type": "reject", "req_id": rid, "kind": typ,
+                               "code": last.code, "reason": last.reason}
+        if last.order_id is not None:
+            msg["order_id"] = last.order_id
+        if len(rejects) > 1:
+            msg["details"] = [{"client_order_id": r.client_order_id, "code": r.code,
+                               "reason": r.reason} for r in rejects[:-1]]
+        return msg
+    ids: list[int] = []
+    for a in acks:
+        ids.extend(a.order_ids)
+    for r in reports:
+        if r.order_id not in ids:
+            ids.append(r.order_id)
+    msg = {"type": "ack", "req_id": rid, "kind": typ, "order_ids": ids,
+           "reports": [event_to_wire(r) for r in reports]}
+    if rejects:  # e.g. some orders of a NONE basket refused
+        msg["rejects"] = [{"client_order_id": r.client_order_id, "code": r.code,
+                           "reason": r.reason} for r in rejects]
+    return msg

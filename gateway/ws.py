@@ -1,0 +1,158 @@
+"""The WebSocket transport (websockets on uvloop), and the static files of the web screens.
+
+Subprotocols: ``ronda.json`` (the default, also when none is asked for) and
+``ronda.msgpack`` (the same objects as msgpack binary frames).  One port serves both the
+WebSocket API (path ``/ws``) and, to plain HTTP requests, the static files of the web
+screens (``clients/web``), shipped in the package: nothing is loaded from the internet.
+
+Message size: a message above ``max_message_bytes`` gets an ``error`` naming the limit and
+the connection stays open; a frame above ``max_frame_bytes`` is refused by the WebSocket
+layer itself (close code 1009), which is what keeps a hostile peer from making the server
+buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import mimetypes
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import orjson
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from gateway.session import Session
+
+if TYPE_CHECKING:
+    from gateway.server import Server
+
+log = logging.getLogger("ronda.ws")
+
+JSON = "ronda.json"
+MSGPACK = "ronda.msgpack"
+WEB_ROOT = Path(__file__).resolve().parents[1] / "clients" / "web"
+
+
+class WsTransport:
+    def __init__(self, ws: ServerConnection, binary: bool) -> None:
+        self.ws = ws
+        self.binary = binary
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        if self.binary:
+            await self.ws.send(msgpack.packb(msg, use_bin_type=True))
+        else:
+            await self.ws.send(orjson.dumps(msg).decode())
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code, reason[:120])
+
+
+def _cert_user(ws: ServerConnection) -> str | None:
+    """The user a verified TLS client certificate names (its subject CN)."""
+    transport = getattr(ws, "transport", None)
+    if transport is None:
+        return None
+    cert = transport.get_extra_info("peercert")
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+async def _handler(server: Server, ws: ServerConnection) -> None:
+    binary = ws.subprotocol == MSGPACK
+    session = Session(server, WsTransport(ws, binary), _cert_user(ws),
+                      max_queue=server.config.max_queue)
+    writer = asyncio.get_running_loop().create_task(session.writer())
+    limit = server.config.max_message_bytes
+    try:
+        async for raw in ws:
+            if len(raw) > limit:
+                session.error("message", f"{len(raw)} bytes; at most {limit} per message",
+                              code="TOO_LARGE")
+                continue
+            try:
+                if isinstance(raw, bytes):
+                    data = msgpack.unpackb(raw, raw=False, strict_map_key=True) if binary \
+                        else orjson.loads(raw)
+                else:
+                    data = orjson.loads(raw)
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError,
+                    msgpack.StackError) as exc:
+                session.error("message", f"cannot decode: {exc}", code="INVALID_ENCODING")
+                continue
+            session.handle(data)
+            if writer.done():
+                break
+    except ConnectionClosed:
+        pass
+    finally:
+        await session.closed()
+        if not writer.done():
+            # let queued answers go out briefly, then stop
+            session._closing = session._closing or "closed"
+            session._wake.set()
+            try:
+                await asyncio.wait_for(writer, 1.0)
+            except (TimeoutError, asyncio.CancelledError):
+                writer.cancel()
+
+
+def _static(root: Path, request: Request) -> Response:
+    path = request.path.split("?", 1)[0]
+    if path in ("", "/"):
+        path = "/index.html"
+    target = (root / path.lstrip("/")).resolve()
+    if root.resolve() not in target.parents or not target.is_file():
+        return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]),
+                        b"not found\n")
+    ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    if ctype.startswith("text/") or ctype in ("application/javascript",):
+        ctype += "; charset=utf-8"
+    body = target.read_bytes()
+    return Response(200, "OK", Headers([("Content-Type", ctype),
+                                        ("Cache-Control", "no-cache"),
+                                        ("Content-Length", str(len(body)))]), body)
+
+
+async def serve_ws(server: Server) -> Any:
+    cfg = server.config
+    root = cfg.web_root or WEB_ROOT
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        if request.path.startswith("/ws"):
+            return connection.respond(http.HTTPStatus.UPGRADE_REQUIRED,
+                                      "WebSocket only\n")
+        return _static(root, request)
+
+    ctx = None
+    if cfg.tls_cert is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        if cfg.tls_client_ca is not None:
+            ctx.load_verify_locations(cfg.tls_client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+
+    async def handler(ws: ServerConnection) -> None:
+        await _handler(server, ws)
+
+    return await serve(
+        handler, cfg.host, cfg.port, subprotocols=[JSON, MSGPACK],  # type: ignore[list-item]
+        select_subprotocol=lambda conn, offered: next(  # the client's first supported choice
+            (p for p in offered if p in (JSON, MSGPACK)), None),
+        process_request=process_request, max_size=cfg.max_frame_bytes,
+        ping_interval=20, ping_timeout=20, ssl=ctx, compression=None,
+    )
