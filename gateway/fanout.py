@@ -171,9 +171,9 @@ class Hub:
             for ev in events:
                 t = type(ev)
                 if t is BookChange:
-                    self._book_delta(ev.contract, ev.ts, ev.action, ev.entry, ev.side.value
-                                     if hasattr(ev.side, "value") else ev.side, ev.price,
-                                     ev.qty)
+                    # sides are string enums whose names equal their values
+                    self._book_delta(ev.contract, ev.ts, ev.action, ev.entry, ev.side,
+                                     ev.price, ev.qty)
                 elif t is PublicTrade:
                     self._public_trade(ev)
                 elif t is OrderReport:
@@ -272,7 +272,7 @@ def _own_trade(ev: Trade, side: str) -> Message:
         "type": "trade", "ts": fmt_instant(ev.ts), "trade_id": ev.trade_id,
         "contract": ev.contract, "round": ev.round, "side": side.upper(),
         "price": _p(ev.price), "quantity": _q(ev.qty),
-        "aggressor": ev.aggressor.value if hasattr(ev.aggressor, "value") else ev.aggressor,
+        "aggressor": ev.aggressor,
         "order_id": getattr(ev, f"{side}_order"), "user": getattr(ev, f"{side}_user"),
         "agent": getattr(ev, f"{side}_agent"), "unit": getattr(ev, f"{side}_unit"),
     }

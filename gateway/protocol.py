@@ -355,13 +355,13 @@ REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(TradingRequest)
 # --- operator commands (market operator, calendar, sync) -----------------------------------
 
 
-class ContractCreate(_Model):
+class ContractCreate(_Request):
     type: Literal["contract_create"]
     contract: ContractId
     close_at: Instant
 
 
-class ContractList(_Model):
+class ContractList(_Request):
     contracts: Annotated[list[ContractId], Field(min_length=1, max_length=1000)]
 
 
@@ -382,7 +382,7 @@ class ContractResume(ContractList):
     type: Literal["contract_resume"]
 
 
-class Hibernate(_Model):
+class Hibernate(_Request):
     type: Literal["hibernate"]
     contract: ContractId | None = None
     agent: Name | None = None
@@ -395,13 +395,13 @@ class Reactivate(ContractList):
     agents: list[Name] | None = None
 
 
-class CancelAgentOrders(_Model):
+class CancelAgentOrders(_Request):
     type: Literal["cancel_agent_orders"]
     agent: Name
     reason: Annotated[str, Field(min_length=1, max_length=200)] = "cancelled by the operator"
 
 
-class TimeTick(_Model):
+class TimeTick(_Request):
     type: Literal["time"]
 
 

@@ -1,59 +1,79 @@
 """Events to wire dictionaries: the one place where ticks become decimal strings again.
 
 JSON carries prices and quantities as decimal strings and instants as ISO-8601 UTC
-strings with milliseconds; msgpack (``ticks=True``) carries the integers unchanged.
-Field names follow the protocol (``quantity``, ``price_increment``) rather than the
-engine's short names.
+strings with milliseconds; with ``ticks=True`` the integers are kept.  Field names follow
+the protocol (``quantity``, ``price_increment``) rather than the engine's short names.
+
+This runs for every event sent to a client, so one converter function is generated per
+event type (a dictionary display over the tuple's positions, no loop, no attribute lookup).
+String enums need no conversion: they are ``str`` and encode as their value.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from engine.config import fmt_price, fmt_qty
 from engine.events import EVENT_NAMES
 
 _RENAME = {"qty": "quantity", "incr": "price_increment"}
-_PRICES = frozenset({"price", "incr"})
+_PRICES = frozenset({"price", "incr", "amount"})  # amount: cents of €, rendered like prices
 _QTYS = frozenset({"qty", "visible", "hidden", "filled", "peak"})
 _INSTANTS = frozenset({"ts", "expiry", "close_at"})
-_MONEY = frozenset({"amount"})  # cents of €, rendered like prices
+
+_sec_cache: list[Any] = [None, ""]
 
 
 def fmt_instant(ms: int) -> str:
-    """ms UTC -> ``2027-01-15T09:00:00.000Z``."""
-    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    """ms UTC -> ``2027-01-15T09:00:00.000Z`` (the second's text is cached)."""
+    sec, milli = divmod(ms, 1000)
+    if _sec_cache[0] != sec:
+        _sec_cache[0] = sec
+        _sec_cache[1] = datetime.fromtimestamp(sec, tz=timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S")
+    return f"{_sec_cache[1]}.{milli:03d}Z"
 
 
-def _plan(cls: type) -> list[tuple[str, str, int]]:
-    plan = []
-    for f in cls._fields:  # type: ignore[attr-defined]
-        kind = (1 if f in _PRICES else 2 if f in _QTYS else 3 if f in _INSTANTS
-                else 1 if f in _MONEY else 0)
-        plan.append((f, _RENAME.get(f, f), kind))
-    return plan
+def _opt(f: Callable[[int], str]) -> Callable[[int | None], str | None]:
+    def g(v: int | None) -> str | None:
+        return None if v is None else f(v)
+    return g
 
 
-_PLANS: dict[type, tuple[str, list[tuple[str, str, int]]]] = {}
+_ENV = {"P": _opt(fmt_price), "Q": _opt(fmt_qty), "T": _opt(fmt_instant)}
+
+
+def _compile(cls: type, name: str, ticks: bool) -> Callable[[Any], dict[str, Any]]:
+    items = [f"'type': {name!r}"]
+    for i, f in enumerate(cls._fields):  # type: ignore[attr-defined]
+        key = _RENAME.get(f, f)
+        if ticks:
+            expr = f"e[{i}]"
+        elif f in _PRICES:
+            expr = f"P(e[{i}])"
+        elif f in _QTYS:
+            expr = f"Q(e[{i}])"
+        elif f in _INSTANTS:
+            expr = f"T(e[{i}])"
+        else:
+            expr = f"e[{i}]"
+        items.append(f"{key!r}: {expr}")
+    src = f"def conv(e):\n    return {{{', '.join(items)}}}\n"
+    ns: dict[str, Any] = dict(_ENV)
+    exec(compile(src, f"<wire {name}>", "exec"), ns)
+    fn: Callable[[Any], dict[str, Any]] = ns["conv"]
+    return fn
+
+
+_CONV: dict[tuple[type, bool], Callable[[Any], dict[str, Any]]] = {}
 
 
 def event_to_wire(ev: Any, ticks: bool = False) -> dict[str, Any]:
     """One event as the protocol's dictionary: ``{"type": ..., fields...}``."""
-    cls = type(ev)
-    entry = _PLANS.get(cls)
-    if entry is None:  # event types register themselves (engine, risk, ...)
-        entry = _PLANS[cls] = (EVENT_NAMES[cls], _plan(cls))
-    name, plan = entry
-    d: dict[str, Any] = {"type": name}
-    for (_field, key, kind), v in zip(plan, ev, strict=True):
-        if v is None or ticks or kind == 0:
-            d[key] = v.value if hasattr(v, "value") else v
-        elif kind == 1:
-            d[key] = fmt_price(v)
-        elif kind == 2:
-            d[key] = fmt_qty(v)
-        else:
-            d[key] = fmt_instant(v)
-    return d
+    key = (type(ev), ticks)
+    conv = _CONV.get(key)
+    if conv is None:  # event types register themselves (engine, risk, ...)
+        conv = _CONV[key] = _compile(type(ev), EVENT_NAMES[type(ev)], ticks)
+    return conv(ev)

@@ -1,0 +1,275 @@
+"""WebSocket benchmark: open-loop order load against ``ronda serve``, and a raw echo baseline.
+
+* The server runs as a separate process (``ronda serve``, journal fsynced per batch, risk on),
+  the load generator in this one; both share the machine, as the target says.
+* **Open loop**: every request has a scheduled send time (rate R over C connections); its
+  latency is measured from the *scheduled* time to the answer, so a stalled server is charged
+  for the requests it delayed (no coordinated omission).  Percentiles come from an HDR
+  histogram (µs resolution, 3 significant digits).
+* The flow: orders that rest (no crossing, risk checks in full) and cancels of acknowledged
+  ones, so the book stays at a stationary size.
+* **Baseline, same run**: a raw echo server on the same stack (websockets + uvloop, JSON
+  decode and encode of each message) at the same rate, and both at saturation (a fixed number
+  of requests in flight per connection) for the throughput ratio.
+
+Last line: one JSON object.
+
+    python perf/bench_ws.py [--rate 5000] [--seconds 10] [--connections 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from hdrh.histogram import HdrHistogram
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+CONTRACT = "PH-20991231-12"
+ECHO_SERVER = """
+import asyncio, sys, orjson, uvloop
+from websockets.asyncio.server import serve
+async def echo(ws):
+    async for m in ws:
+        d = orjson.loads(m)
+        await ws.send(orjson.dumps({"type": "ack", "req_id": d.get("req_id")}).decode())
+async def main():
+    async with serve(echo, "127.0.0.1", int(sys.argv[1]), compression=None):
+        print("ready", flush=True)
+        await asyncio.Future()
+uvloop.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def bench_refdata(path: Path, users: int) -> None:
+    """Traders with ample guarantees, energy and request limits: every order is checked
+    in full and accepted."""
+    lines = ['[rate_limits]', 'rules = [{ window_ms = 1000, max = 1000000 }]', '']
+    lines += ['[[agents]]', 'code = "OMIE"', 'name = "operator"',
+              'registered_from = 2020-01-01', 'products = []', '',
+              '[[users]]', 'id = "op"', 'agent = "OMIE"', 'roles = ["market_operator"]',
+              f'token_sha256 = "{_sha("op")}"', '']
+    for i in range(users):
+        lines += [
+            '[[agents]]', f'code = "B{i}"', f'name = "bench {i}"',
+            'registered_from = 2020-01-01', 'guarantees = "900000000000.00"',
+            'tax = { electricity_tax = "5.11269632", vat = "21" }', '',
+            '[[users]]', f'id = "u{i}"', f'agent = "B{i}"', 'roles = ["trader"]',
+            f'token_sha256 = "{_sha(f"u{i}")}"', '',
+            '[[units]]', f'code = "U{i}"', 'kind = "buy"', 'area = "ES"',
+            'max_energy = "99999999.0"', f'responsible = "B{i}"',
+            f'owners = [{{ agent = "B{i}", share = "100" }}]', 'valid_from = 2020-01-01', '']
+    path.write_text("\n".join(lines))
+
+
+def _sha(s: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+async def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+async def login(url: str, user: str) -> ClientConnection:
+    ws = await connect(url, subprotocols=["ronda.json"], compression=None, max_size=2**24)  # type: ignore[list-item]
+    await ws.send(orjson.dumps({"type": "login", "req_id": "l", "user": user,
+                                "token": user}).decode())
+    ans = orjson.loads(await ws.recv())
+    if ans.get("type") != "ack":
+        raise RuntimeError(f"login failed: {ans}")
+    return ws
+
+
+class Load:
+    """One connection's open-loop load: entries that rest, then cancels of them."""
+
+    def __init__(self, ws: ClientConnection, unit: str, echo: bool) -> None:
+        self.ws = ws
+        self.unit = unit
+        self.echo = echo
+        self.sched: dict[str, float] = {}
+        self.hist = HdrHistogram(1, 60_000_000, 3)
+        self.acked: list[int] = []
+        self.answers = 0
+        self.rejects = 0
+        self.done = asyncio.Event()
+        self.expected = 0
+
+    def request(self, i: int) -> dict[str, Any]:
+        rid = str(i)
+        if self.echo or i % 2 == 0 or not self.acked:
+            price = f"{40 + (i % 500) / 100:.2f}"
+            return {"type": "order_entry", "req_id": rid, "contract": CONTRACT,
+                    "unit": self.unit, "side": "BUY", "price": price, "quantity": "1.0"}
+        return {"type": "order_cancel", "req_id": rid, "order_id": self.acked.pop()}
+
+    async def reader(self) -> None:
+        clock = time.perf_counter
+        async for raw in self.ws:
+            m = orjson.loads(raw)
+            rid = m.get("req_id")
+            t0 = self.sched.pop(rid, None) if rid is not None else None
+            if t0 is None:
+                continue
+            self.hist.record_value(max(1, int((clock() - t0) * 1e6)))
+            self.answers += 1
+            if m["type"] == "ack":
+                if m.get("kind") == "order_entry" and m.get("order_ids"):
+                    self.acked.append(m["order_ids"][0])
+            else:
+                self.rejects += 1
+            if self.answers >= self.expected:
+                self.done.set()
+
+    async def open_loop(self, rate: float, n: int, start: float) -> None:
+        """Send n requests at ``rate`` per second from ``start`` (scheduled times)."""
+        clock = time.perf_counter
+        self.expected = n
+        for i in range(n):
+            t = start + i / rate
+            d = t - clock()
+            if d > 0:
+                await asyncio.sleep(d)
+            self.sched[str(i)] = t
+            await self.ws.send(orjson.dumps(self.request(i)).decode())
+
+    async def closed_loop(self, inflight: int, seconds: float, base: int) -> int:
+        """Keep ``inflight`` requests outstanding for ``seconds``; return answers."""
+        clock = time.perf_counter
+        end = clock() + seconds
+        i = base
+        sent0 = self.answers
+        while clock() < end:
+            while len(self.sched) < inflight:
+                self.sched[str(i)] = clock()
+                await self.ws.send(orjson.dumps(self.request(i)).decode())
+                i += 1
+            await asyncio.sleep(0)
+        return self.answers - sent0
+
+
+async def run_target(url: str, users: list[str], echo: bool, rate: float, seconds: float
+                     ) -> dict[str, Any]:
+    conns = [await login(url, u) if not echo else await connect(
+        url, compression=None) for u in users]
+    loads = [Load(ws, f"U{u[1:]}" if not echo else "X", echo) for ws, u in zip(conns, users,
+                                                                              strict=True)]
+    readers = [asyncio.create_task(ld.reader()) for ld in loads]
+    per = rate / len(loads)
+    n = int(per * seconds)
+    start = time.perf_counter() + 0.2
+    await asyncio.gather(*(ld.open_loop(per, n, start) for ld in loads))
+    await asyncio.wait_for(asyncio.gather(*(ld.done.wait() for ld in loads)), 30)
+    elapsed = time.perf_counter() - start
+    hist = HdrHistogram(1, 60_000_000, 3)
+    for ld in loads:
+        hist.add(ld.hist)
+    rejects = sum(ld.rejects for ld in loads)
+    # saturation: 32 requests in flight per connection for 3 s
+    counts = await asyncio.gather(*(ld.closed_loop(32, 3.0, 10_000_000) for ld in loads))
+    await asyncio.sleep(0.5)
+    for ws in conns:
+        await ws.close()
+    for r in readers:
+        r.cancel()
+    return {
+        "achieved_rate": round(len(loads) * n / elapsed),
+        "p50_us": hist.get_value_at_percentile(50),
+        "p99_us": hist.get_value_at_percentile(99),
+        "p999_us": hist.get_value_at_percentile(99.9),
+        "max_us": hist.get_max_value(),
+        "rejects": rejects,
+        "saturated_per_s": round(sum(counts) / 3.0),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        refdata = Path(tmp) / "refdata.toml"
+        users = [f"u{i}" for i in range(args.connections)]
+        bench_refdata(refdata, args.connections)
+        port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        srv = subprocess.Popen(
+            [PY, "-m", "gateway.cli", "serve", "--data-dir", str(Path(tmp) / "data"),
+             "--port", str(port), "--refdata", str(refdata), "--no-calendar"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        eport = free_port()
+        echo = subprocess.Popen([PY, "-c", ECHO_SERVER, str(eport)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            await wait_port(port, srv)
+            await wait_port(eport, echo)
+            url = f"ws://127.0.0.1:{port}/ws"
+            op = await login(url, "op")
+            for m in ({"type": "contract_create", "req_id": "c", "contract": CONTRACT,
+                       "close_at": "2099-12-31T09:00:00Z"},
+                      {"type": "contract_open", "req_id": "o", "contracts": [CONTRACT]}):
+                await op.send(json.dumps(m))
+                ans = orjson.loads(await op.recv())
+                if ans["type"] != "ack":
+                    raise RuntimeError(f"setup failed: {ans}")
+            await op.close()
+            ronda = await run_target(url, users, False, args.rate, args.seconds)
+            base = await run_target(f"ws://127.0.0.1:{eport}", users, True, args.rate,
+                                    args.seconds)
+        finally:
+            for p in (srv, echo):
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    return {
+        "benchmark": "ws", "rate": args.rate, "seconds": args.seconds,
+        "connections": args.connections,
+        **{f"ronda_{k}": v for k, v in ronda.items()},
+        **{f"echo_{k}": v for k, v in base.items()},
+        "throughput_ratio": round(ronda["saturated_per_s"] / base["saturated_per_s"], 3),
+        "fsync": True,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=5000)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--connections", type=int, default=4)
+    args = ap.parse_args()
+    import uvloop
+
+    print(json.dumps(uvloop.run(main_async(args))))
+
+
+if __name__ == "__main__":
+    main()
