@@ -12,7 +12,7 @@ String enums need no conversion: they are ``str`` and encode as their value.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.config import fmt_price, fmt_qty
@@ -31,7 +31,7 @@ def fmt_instant(ms: int) -> str:
     sec, milli = divmod(ms, 1000)
     if _sec_cache[0] != sec:
         _sec_cache[0] = sec
-        _sec_cache[1] = datetime.fromtimestamp(sec, tz=timezone.utc).strftime(
+        _sec_cache[1] = datetime.fromtimestamp(sec, tz=UTC).strftime(
             "%Y-%m-%dT%H:%M:%S")
     return f"{_sec_cache[1]}.{milli:03d}Z"
 

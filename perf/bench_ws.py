@@ -90,7 +90,8 @@ def _sha(s: str) -> str:
 async def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     for _ in range(200):
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"server exited: {err}")
         try:
             _, w = await asyncio.open_connection("127.0.0.1", port)
             w.close()

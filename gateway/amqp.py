@@ -1,0 +1,835 @@
+"""The AMQP transport for algorithmic traders (RabbitMQ), laid out as M7 users expect.
+
+Layout (the reference is ``docs/amqp.md``)::
+
+    client --publish--> exchange ronda.requests (direct, durable)
+                          --"request"--> queue ronda.requests (durable) --> this adapter
+    this adapter --reply_to / correlation_id--> the client's reply queue
+    this adapter --publish--> exchange ronda.broadcast (topic, durable)
+                          --private.<user>, user.<user>, book.<c>, trades.<c>, states-->
+                          queue ronda.bcast.<user> (durable, one per user) --> the client
+
+Identity: a request must carry the AMQP ``user_id`` property.  RabbitMQ validates it against
+the user of the publishing connection (a mismatch closes the publisher's channel and the
+message never gets here), so the platform user of the same id is logged in without a
+token: the broker authenticated it.  One :class:`AmqpSession` (the shared
+:class:`gateway.session.Session` logic) serves all AMQP connections of a user; it lives
+from the user's first request until ``logout`` and is recorded in the data folder
+(``amqp-sessions.json``) so that its subscriptions survive client reconnects and server
+restarts.
+
+Acknowledgement: a request is acked to the broker only after its answer exists, and a
+command's answer exists only after the command is durable in the journal (the sequencer's
+future; DESIGN rule 7).  The answer is published to ``reply_to`` before the ack on the same
+channel.  If the server or the connection dies first, the broker redelivers the request.
+Redeliveries and client resends are made harmless by ``message_id``: the answers of the
+last :attr:`AmqpAdapter.remember` requests are kept per ``(user, message_id)`` and sent
+again instead of executing the request again; a request still in progress collects the
+duplicate and answers both.  A repeat the map does not know (after a server restart) is
+processed again: the engine refuses a repeated ``client_order_id`` with
+``DUPLICATE_CLIENT_ORDER_ID``, a stale ``revision`` with ``STALE_REVISION``, a cancelled
+order with ``ORDER_UNKNOWN``/``ORDER_NOT_ACTIVE``.
+
+Everything leaving the adapter (replies, acks, bindings, broadcast messages) goes through
+one FIFO drained by one task on one channel, so a queue receives what concerns it in the
+order the server produced it: a subscription's binding, then its snapshot, then the deltas
+that follow.  While the broker is away nothing is queued: broadcast messages are dropped
+(the per-stream sequence header shows the gap; a ``resync`` message and fresh book
+snapshots follow each reconnection), unanswered requests are redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections import OrderedDict, defaultdict, deque
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import msgpack
+import orjson
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+)
+from yarl import URL
+
+from gateway.session import Session
+from gateway.wire import fmt_instant
+
+if TYPE_CHECKING:
+    from gateway.server import Server
+
+log = logging.getLogger("ronda.amqp")
+
+REQUEST_EXCHANGE = "ronda.requests"
+REQUEST_QUEUE = "ronda.requests"
+REQUEST_KEY = "request"
+BROADCAST_EXCHANGE = "ronda.broadcast"
+BCAST_PREFIX = "ronda.bcast."
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+SEQ_HEADER = "x-ronda-seq"
+STREAM_HEADER = "x-ronda-stream"
+REPLAYED_HEADER = "x-ronda-replayed"
+# a user's broadcast queue keeps at most this many messages (the oldest go first)
+BCAST_MAX_LENGTH = 100_000
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+DEFAULT_HEARTBEAT_S = 10  # AMQP connection heartbeat, unless the URL sets one
+DRAIN_TIMEOUT_S = 5.0
+BLOCK_S = 10.0  # a user disconnected for flooding malformed messages waits this long
+SESSIONS_FILE = "amqp-sessions.json"
+
+PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+TRANSIENT = aio_pika.DeliveryMode.NOT_PERSISTENT
+
+Message = dict[str, Any]
+
+
+def bcast_queue(user: str) -> str:
+    """The name of ``user``'s broadcast queue."""
+    return BCAST_PREFIX + user
+
+
+def routing_key(stream: str) -> str:
+    """``book:PH-20270115-10`` -> ``book.PH-20270115-10``; ``states`` -> ``states``."""
+    return stream.replace(":", ".", 1)
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+@dataclass(eq=False)
+class _Request:
+    """One request being processed, and every delivery of it (broker redeliveries and
+    client resends with the same ``message_id`` that arrived meanwhile)."""
+
+    session: AmqpSession
+    key: tuple[str, str] | None
+    deliveries: list[tuple[int, AbstractIncomingMessage]] = field(default_factory=list)
+    internal: bool = False  # the adapter's own request (implicit login, restore)
+    pending: bool = False  # a command is in the sequencer: the answer comes later
+    answered: bool = False
+    answer: Message | None = None
+
+
+# The request being handled.  The session answers a command from a callback of the
+# sequencer's future; asyncio runs that callback in the context that was current when it
+# was added (inside ``Session.handle``), so the answer finds its request here as well.
+_CURRENT: ContextVar[_Request | None] = ContextVar("ronda_amqp_request", default=None)
+
+
+# ---------------------------------------------------------------------------- outbox
+
+
+@dataclass(slots=True)
+class _Publish:
+    exchange: str  # "" (default exchange: reply queues) or BROADCAST_EXCHANGE
+    routing_key: str
+    message: aio_pika.Message
+
+
+@dataclass(slots=True)
+class _Ack:
+    gen: int  # the connection the delivery came through
+    delivery: AbstractIncomingMessage
+
+
+@dataclass(slots=True)
+class _Bind:
+    user: str
+    key: str
+    on: bool
+
+
+@dataclass(slots=True)
+class _Declare:
+    user: str
+
+
+_Op = _Publish | _Ack | _Bind | _Declare
+
+
+@dataclass(eq=False)
+class _Link:
+    """One live connection to the broker."""
+
+    gen: int
+    connection: AbstractConnection
+    channel: AbstractChannel
+    broadcast: AbstractExchange
+    declared: set[str] = field(default_factory=set)
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+class AmqpTransport:
+    """The session's transport: messages that are not answers (the private stream,
+    heartbeats, notices) go to the user's broadcast queue."""
+
+    def __init__(self, adapter: AmqpAdapter, user: str) -> None:
+        self.adapter = adapter
+        self.user = user
+        self.session: AmqpSession | None = None
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        self.adapter.to_user(self.user, msg)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.session is not None:
+            self.adapter.end_session(self.session, reason)
+
+
+class AmqpSession(Session):
+    """A :class:`Session` whose answers go to the request's ``reply_to`` and whose public
+    subscriptions are bindings of the user's broadcast queue."""
+
+    def __init__(self, adapter: AmqpAdapter, user: str) -> None:
+        transport = AmqpTransport(adapter, user)
+        # the broker authenticated ``user``: it logs in like a verified client certificate
+        super().__init__(adapter.server, transport, cert_user=user,
+                         max_queue=adapter.server.config.max_queue)
+        transport.session = self
+        self.adapter = adapter
+        self.public: set[str] = set()  # "book:<c>", "trades:<c>", "states"
+        self.login_ack: Message = {}
+
+    def send(self, msg: dict[str, Any]) -> None:
+        req = _CURRENT.get()
+        if req is not None and req.session is self and not req.answered:
+            self.adapter.complete(req, msg)
+            return
+        super().send(msg)
+
+    def _command(self, typ: str, data: dict[str, Any], req_id: Any) -> None:
+        req = _CURRENT.get()
+        if req is not None and req.session is self:
+            req.pending = True  # answered now (refused) or when the command is durable
+        super()._command(typ, data, req_id)
+
+    def _login(self, data: dict[str, Any]) -> None:
+        if self.user is None:  # the implicit login (the adapter's own request)
+            super()._login(data)
+            return
+        req_id = data.get("req_id")
+        extra = set(data) - {"type", "req_id", "user", "token", "on_disconnect"}
+        if extra:
+            self.error(sorted(extra)[0], "unknown field", req_id)
+            return
+        if data.get("user", self.user) != self.user:
+            self.reject(req_id, "LOGIN_FAILED",
+                        f"this AMQP user is {self.user!r} (the broker vouches for it)")
+            return
+        if data.get("on_disconnect", "none") != "none":
+            self.error("on_disconnect", "not available over AMQP: the session is not bound "
+                       "to a connection (use order_deactivate to hibernate orders)", req_id)
+            return
+        now = fmt_instant(self.server.sequencer.clock.now())
+        self.send({**self.login_ack, "req_id": req_id, "server_time": now})
+
+    def _subscribe(self, on: bool, data: dict[str, Any], req_id: Any) -> None:
+        stream = data.get("stream")
+        if stream not in ("book", "trades", "states"):
+            super()._subscribe(on, data, req_id)  # private: this session is the subscriber
+            self.adapter.save()
+            return
+        hub = self.server.hub
+        contract = ""
+        if stream == "states":
+            name, seq = "states", hub.state_seq
+        else:
+            c = data.get("contract")
+            if not isinstance(c, str) or c not in self.server.core.engine.contracts:
+                self.error("contract", "unknown contract", req_id)
+                return
+            contract = c
+            name = f"{stream}:{contract}"
+            seq = hub.book(contract).seq if stream == "book" else hub.trade_seq[contract]
+        self.adapter.set_public(self, name, on)
+        self.send({"type": "ack", "kind": "subscribe" if on else "unsubscribe",
+                   "req_id": req_id, "stream": name, "seq": seq})
+        if on and stream == "book" and self.user is not None:
+            # after the binding, before any later delta: the queue gets them in order
+            self.adapter.to_user(self.user, hub.book_snapshot(contract))
+        self.adapter.save()
+
+
+class _PublicFeed:
+    """The adapter's single subscriber to a public stream: each message is published once,
+    and the broker copies it to every queue bound to its routing key."""
+
+    def __init__(self, adapter: AmqpAdapter) -> None:
+        self.adapter = adapter
+
+    def deliver(self, msg: dict[str, Any]) -> None:
+        self.adapter.to_public(msg)
+
+    def deliver_book(self, contract: str, msg: dict[str, Any]) -> None:
+        self.adapter.to_public(msg)
+
+
+def _subscribe_request(name: str) -> Message:
+    kind, _, rest = name.partition(":")
+    if kind == "private":
+        return {"type": "subscribe", "stream": "private", **({"agent": rest} if rest else {})}
+    if kind == "states":
+        return {"type": "subscribe", "stream": "states"}
+    return {"type": "subscribe", "stream": kind, "contract": rest}
+
+
+def _decode(body: bytes, content_type: str) -> Any:
+    if content_type == MSGPACK:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+    return orjson.loads(body)
+
+
+def _error(field_: str, reason: str, code: str = "INVALID_FIELD") -> Message:
+    return {"type": "error", "code": code, "field": field_, "reason": reason}
+
+
+# ---------------------------------------------------------------------------- adapter
+
+
+class AmqpAdapter:
+    """Connects the server to RabbitMQ: consumes requests, publishes answers and streams,
+    reconnects with exponential back-off when the broker goes away."""
+
+    def __init__(self, server: Server, url: str, *, prefetch: int = 256,
+                 remember: int = 20_000, max_outbox: int = 100_000) -> None:
+        self.server = server
+        u = URL(url)
+        if "heartbeat" not in u.query:
+            u = u.update_query(heartbeat=DEFAULT_HEARTBEAT_S)
+        self.url = u
+        self.prefetch = prefetch
+        self.remember = remember
+        self.max_outbox = max_outbox
+        self.sessions: dict[str, AmqpSession] = {}
+        self.connected = asyncio.Event()
+        self.connections = 0  # successful connections so far
+        self.stats: dict[str, int] = defaultdict(int)
+        self._writers: dict[str, asyncio.Task[None]] = {}
+        self._done: OrderedDict[tuple[str, str], Message] = OrderedDict()
+        self._inflight: dict[tuple[str, str], _Request] = {}
+        self._pending: set[_Request] = set()
+        self._public_users: dict[str, set[str]] = defaultdict(set)  # stream -> users
+        self._feed = _PublicFeed(self)
+        self._user_seq: dict[str, int] = defaultdict(int)
+        self._blocked: dict[str, float] = {}
+        self._outbox: deque[_Op] = deque()
+        self._wake = asyncio.Event()
+        self._link: _Link | None = None
+        self._gen = 0
+        self._restoring = False
+        self._closed = False
+        self._sessions_file = server.config.data_dir / SESSIONS_FILE
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def run(self) -> None:
+        """Connect, declare, consume; reconnect with back-off (0.1 s doubling to 5 s) when
+        the broker goes away.  Returns only when cancelled (or closed)."""
+        self._restore()
+        delay = BACKOFF_MIN
+        while not self._closed:
+            try:
+                conn = await aio_pika.connect(
+                    self.url, timeout=5,
+                    client_properties={"connection_name": "ronda gateway"})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats["connect_failures"] += 1
+                log.warning("AMQP: cannot connect (%s); again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            ready = False
+            try:
+                ready = await self._serve(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("AMQP: connection lost (%s)", exc)
+            finally:
+                self._disconnected()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(conn.close(), 2)
+            if ready:
+                delay = BACKOFF_MIN
+            if not self._closed:
+                log.warning("AMQP: reconnecting in %.1f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def close(self) -> None:
+        """Stop: no new requests; the writers stop; the connection closes (the broker
+        requeues whatever was not acknowledged)."""
+        self._closed = True
+        writers = list(self._writers.values())
+        for w in writers:
+            w.cancel()
+        for w in writers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await w
+        self._writers.clear()
+        link = self._link
+        self._disconnected()
+        if link is not None and not link.connection.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(link.connection.close(), 2)
+        self.server.hub.unsubscribe_all(self._feed)
+
+    async def _serve(self, conn: AbstractConnection) -> bool:
+        """One connection: declare the layout, consume, pump the outbox until the
+        connection or the channel closes.  On cancellation (server stop) finish the
+        requests in progress first, so that their answers and acks go out."""
+        lost = asyncio.Event()
+
+        def on_close(*_: Any) -> None:
+            lost.set()
+
+        conn.close_callbacks.add(on_close)
+        ch = await conn.channel(publisher_confirms=False)
+        ch.close_callbacks.add(on_close)
+        await ch.set_qos(prefetch_count=self.prefetch)
+        req_ex = await ch.declare_exchange(REQUEST_EXCHANGE, aio_pika.ExchangeType.DIRECT,
+                                           durable=True)
+        bc_ex = await ch.declare_exchange(BROADCAST_EXCHANGE, aio_pika.ExchangeType.TOPIC,
+                                          durable=True)
+        queue = await ch.declare_queue(REQUEST_QUEUE, durable=True)
+        await queue.bind(req_ex, REQUEST_KEY)
+        self._gen += 1
+        link = _Link(self._gen, conn, ch, bc_ex)
+        # every platform user gets its queue at once, so a client can consume before its
+        # first request; then the bindings of the current subscriptions
+        for user in sorted(set(self.server.core.ref.users) | set(self.sessions)):
+            await self._declare(link, user)
+        for name, users in sorted(self._public_users.items()):
+            for user in sorted(users):
+                await (await ch.get_queue(bcast_queue(user), ensure=False)).bind(
+                    bc_ex, routing_key(name))
+        self._outbox.clear()
+        self._link = link
+        self._resync()
+        pump = asyncio.get_running_loop().create_task(self._pump(link), name="amqp-pump")
+        waiter = asyncio.get_running_loop().create_task(lost.wait())
+        gen = link.gen
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            self.receive(message, gen)
+
+        tag = await queue.consume(on_message)
+        self.connections += 1
+        self.connected.set()
+        log.info("AMQP: connected to %s (connection %d)", self.url.host, self.connections)
+        try:
+            done, _ = await asyncio.wait({pump, waiter},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if pump in done:
+                pump.result()  # raises what broke the channel
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(queue.cancel(tag), 1)
+            await self._drain(pump, waiter)
+            raise
+        finally:
+            waiter.cancel()
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+        return True
+
+    async def _drain(self, pump: asyncio.Task[None], lost: asyncio.Task[Any]) -> None:
+        """Let the requests in progress get their answers out (bounded wait)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        while ((self._pending or self._outbox) and loop.time() < deadline
+               and not pump.done() and not lost.done()):
+            await asyncio.sleep(0.01)
+
+    def _disconnected(self) -> None:
+        if self._link is not None:
+            log.warning("AMQP: disconnected; %d outbound operations dropped",
+                        len(self._outbox))
+        self._link = None
+        self.connected.clear()
+        self._outbox.clear()
+
+    async def _declare(self, link: _Link, user: str) -> None:
+        if user in link.declared:
+            return
+        q = await link.channel.declare_queue(
+            bcast_queue(user), durable=True,
+            arguments={"x-max-length": BCAST_MAX_LENGTH, "x-overflow": "drop-head"})
+        await q.bind(link.broadcast, f"private.{user}")
+        await q.bind(link.broadcast, f"user.{user}")
+        link.declared.add(user)
+
+    # ------------------------------------------------------------------ outbox
+
+    def _enqueue(self, op: _Op) -> bool:
+        if self._link is None:
+            return False
+        self._outbox.append(op)
+        self._wake.set()
+        return True
+
+    async def _pump(self, link: _Link) -> None:
+        box = self._outbox
+        while True:
+            if not box:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            op = box.popleft()
+            if type(op) is _Publish:
+                ex = link.channel.default_exchange if op.exchange == "" else link.broadcast
+                await ex.publish(op.message, op.routing_key)
+            elif type(op) is _Ack:
+                if op.gen == link.gen:  # a delivery of an older connection is redelivered
+                    await op.delivery.ack()
+            elif type(op) is _Bind:
+                await self._declare(link, op.user)
+                q = await link.channel.get_queue(bcast_queue(op.user), ensure=False)
+                if op.on:
+                    await q.bind(link.broadcast, op.key)
+                else:
+                    await q.unbind(link.broadcast, op.key)
+            elif type(op) is _Declare:
+                await self._declare(link, op.user)
+
+    def _broadcast(self, key: str, msg: Message, stream: str, seq: int | None,
+                   persistent: bool, expiration: float | None = None) -> None:
+        if self._link is None or len(self._outbox) >= self.max_outbox:
+            self.stats["dropped"] += 1
+            return
+        headers: dict[str, Any] = {STREAM_HEADER: stream}
+        if seq is not None:
+            headers[SEQ_HEADER] = seq
+        m = aio_pika.Message(orjson.dumps(msg), content_type=JSON, headers=headers,
+                             delivery_mode=PERSISTENT if persistent else TRANSIENT,
+                             type=str(msg.get("type", "")), app_id="ronda",
+                             expiration=expiration)
+        self._enqueue(_Publish(BROADCAST_EXCHANGE, key, m))
+
+    def to_user(self, user: str, msg: Message) -> None:
+        """A message for one user's queue: its private stream (``private.<user>``), or
+        anything else addressed to it alone (``user.<user>``)."""
+        stream = msg.get("stream")
+        if isinstance(stream, str):
+            key = f"private.{user}" if stream.startswith("private:") else f"user.{user}"
+            seq = msg.get("seq")
+            self._broadcast(key, msg, stream, seq if isinstance(seq, int) else None, True)
+            return
+        self._user_seq[user] += 1
+        hb = msg.get("type") == "heartbeat"
+        self._broadcast(f"user.{user}", msg, f"user:{user}", self._user_seq[user],
+                        persistent=not hb,
+                        expiration=3 * self.server.config.heartbeat_s if hb else None)
+
+    def to_public(self, msg: Message) -> None:
+        stream = str(msg["stream"])
+        seq = msg.get("seq")
+        self._broadcast(routing_key(stream), msg, stream, seq if isinstance(seq, int) else None,
+                        persistent=False)
+
+    def _resync(self) -> None:
+        """After (re)connecting: tell every session's user where its streams stand and
+        send fresh book snapshots, since messages may have been dropped meanwhile."""
+        hub = self.server.hub
+        for user, s in sorted(self.sessions.items()):
+            seqs: list[dict[str, Any]] = []
+            for name in self.streams_of(s):
+                kind, _, rest = name.partition(":")
+                seq: int | None = None
+                if kind == "private" and rest != "*":
+                    seq = hub.private_seq[rest]
+                elif kind == "states":
+                    seq = hub.state_seq
+                elif kind == "trades":
+                    seq = hub.trade_seq[rest]
+                elif kind == "book":
+                    seq = hub.book(rest).seq
+                seqs.append({"stream": name, "seq": seq})
+            self.to_user(user, {"type": "resync", "reason": "the gateway (re)connected to "
+                                "the broker; messages may have been lost meanwhile",
+                                "streams": seqs})
+            for name in sorted(s.public):
+                if name.startswith("book:"):
+                    self.to_user(user, hub.book_snapshot(name[5:]))
+
+    # ------------------------------------------------------------------ requests
+
+    def receive(self, message: AbstractIncomingMessage, gen: int) -> None:
+        """One request from the broker.  Synchronous up to ``Session.handle`` so that
+        requests are handled in the order they arrive."""
+        self.stats["received"] += 1
+        user = message.user_id
+        if not user:
+            self._answer_now(gen, message, None, _error(
+                "user_id", "the AMQP user_id property is required: set it to your broker "
+                "user name (the broker checks it)"))
+            return
+        cfg = self.server.config
+        loop = asyncio.get_running_loop()
+        until = self._blocked.get(user)
+        if until is not None:
+            if loop.time() < until:
+                self._answer_now(gen, message, user, _error(
+                    "message", "too many malformed messages; wait and slow down",
+                    "THROTTLED"))
+                return
+            del self._blocked[user]
+        body = message.body
+        if len(body) > cfg.max_message_bytes:
+            self._answer_now(gen, message, user, _error(
+                "message", f"{len(body)} bytes; at most {cfg.max_message_bytes} per message",
+                "TOO_LARGE"))
+            return
+        ctype = (message.content_type or JSON).lower()
+        if ctype not in (JSON, MSGPACK):
+            self._answer_now(gen, message, user, _error(
+                "content_type", f"must be {JSON} or {MSGPACK}, got {ctype!r}"))
+            return
+        try:
+            data = _decode(body, ctype)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError,
+                msgpack.StackError) as exc:
+            self._answer_now(gen, message, user, _error(
+                "message", f"cannot decode: {exc}", "INVALID_ENCODING"))
+            return
+        key = (user, message.message_id) if message.message_id else None
+        if key is not None:
+            done = self._done.get(key)
+            if done is not None:  # processed already: the same answer again
+                self._done.move_to_end(key)
+                self.stats["replayed"] += 1
+                self._reply(gen, message, user, done, replayed=True)
+                self._enqueue(_Ack(gen, message))
+                return
+            running = self._inflight.get(key)
+            if running is not None:  # still in progress: answer both when done
+                running.deliveries.append((gen, message))
+                return
+        if message.redelivered:
+            # not answered before (or answered by an earlier server process): process it;
+            # the engine refuses a repeated client_order_id (DUPLICATE_CLIENT_ORDER_ID)
+            self.stats["redelivered_unknown"] += 1
+            log.info("AMQP: redelivered request %s of %s is processed again",
+                     message.message_id, user)
+        session = self.sessions.get(user)
+        if session is None:
+            session, refusal = self._open_session(user)
+            if session is None:
+                self._answer_now(gen, message, user, refusal)
+                return
+        req = _Request(session, key, [(gen, message)])
+        if key is not None:
+            self._inflight[key] = req
+        self._pending.add(req)
+        token = _CURRENT.set(req)
+        try:
+            session.handle(data)
+        finally:
+            _CURRENT.reset(token)
+        if not req.answered and not req.pending:  # the session dropped it (closing)
+            self.complete(req, {"type": "error", "code": "UNAVAILABLE",
+                                "reason": "the session is closing; send the request again"})
+        if session._closing:
+            self.end_session(session, session._closing)
+
+    def complete(self, req: _Request, msg: Message) -> None:
+        """The session answered ``req``: reply to every delivery, then ack them."""
+        req.answered = True
+        req.answer = msg
+        self._pending.discard(req)
+        if req.key is not None:
+            self._inflight.pop(req.key, None)
+        if req.internal:
+            return
+        if req.pending and msg.get("type") == "reject" and msg.get("code") == "UNAVAILABLE":
+            # the sequencer is stopping or its journal failed: the command was not
+            # executed; leave the request unacknowledged for the broker to redeliver
+            log.warning("AMQP: request of %s not executed (%s); left to the broker",
+                        req.session.user, msg.get("reason"))
+            return
+        user = req.session.user
+        if req.key is not None:
+            self._done[req.key] = msg
+            while len(self._done) > self.remember:
+                self._done.popitem(last=False)
+        for gen, delivery in req.deliveries:
+            self._reply(gen, delivery, user, msg)
+            self._enqueue(_Ack(gen, delivery))
+
+    def _answer_now(self, gen: int, message: AbstractIncomingMessage, user: str | None,
+                    msg: Message) -> None:
+        """An answer that needs no session (the request cannot be processed)."""
+        if isinstance(msg, dict) and msg.get("type") == "error":
+            self.stats["errors"] += 1
+        self._reply(gen, message, user, msg)
+        self._enqueue(_Ack(gen, message))
+
+    def _reply(self, gen: int, delivery: AbstractIncomingMessage, user: str | None,
+               msg: Message, replayed: bool = False) -> None:
+        self.stats["answers"] += 1
+        ctype = (delivery.content_type or JSON).lower()
+        if ctype == MSGPACK:
+            body = msgpack.packb(msg, use_bin_type=True)
+        else:
+            ctype = JSON
+            body = orjson.dumps(msg)
+        headers: dict[str, Any] = {}
+        if replayed:
+            headers[REPLAYED_HEADER] = True
+        corr = delivery.correlation_id or delivery.message_id
+        m = aio_pika.Message(body, content_type=ctype, correlation_id=corr,
+                             headers=headers or None, type=str(msg.get("type", "")),
+                             app_id="ronda", delivery_mode=TRANSIENT)
+        if delivery.reply_to:
+            self._enqueue(_Publish("", delivery.reply_to, m))
+        elif user is not None:  # no reply_to: the answer goes to the user's own queue
+            self._user_seq[user] += 1
+            m.headers = {**headers, STREAM_HEADER: f"user:{user}",
+                         SEQ_HEADER: self._user_seq[user]}
+            m.delivery_mode = PERSISTENT
+            self._enqueue(_Publish(BROADCAST_EXCHANGE, f"user.{user}", m))
+
+    # ------------------------------------------------------------------ sessions
+
+    def _internal(self, session: AmqpSession, data: Message) -> Message | None:
+        """Handle one of the adapter's own requests on behalf of ``session``."""
+        req = _Request(session, None, internal=True)
+        token = _CURRENT.set(req)
+        try:
+            session.handle(data)
+        finally:
+            _CURRENT.reset(token)
+        return req.answer
+
+    def _open_session(self, user: str, streams: list[str] | None = None
+                      ) -> tuple[AmqpSession | None, Message]:
+        """The session of an AMQP user, logged in as the platform user of the same id.
+        A new session subscribes to its agent's private stream; a restored one to what
+        it had."""
+        session = AmqpSession(self, user)
+        ans = self._internal(session, {"type": "login", "user": user})
+        if ans is None or ans.get("type") != "ack":
+            return None, {"type": "reject", "code": "LOGIN_FAILED",
+                          "reason": f"the AMQP user {user!r} is not a platform user"}
+        session.login_ack = {k: v for k, v in ans.items() if k not in ("req_id",)}
+        self.sessions[user] = session
+        self._writers[user] = asyncio.get_running_loop().create_task(
+            session.writer(), name=f"amqp-writer-{user}")
+        self._enqueue(_Declare(user))
+        for name in streams if streams is not None else ["private"]:
+            self._internal(session, _subscribe_request(name))
+        self.save()
+        log.info("AMQP: session of %s opened", user)
+        return session, ans
+
+    def end_session(self, session: AmqpSession, reason: str) -> None:
+        """Logout, or a session closed for misbehaviour: forget its subscriptions."""
+        user = session.user or ""
+        if self.sessions.get(user) is not session:
+            return
+        del self.sessions[user]
+        for name in sorted(session.public):
+            self.set_public(session, name, False)
+        hub = self.server.hub
+        hub.unsubscribe_all(session)
+        self.server.sessions_of[user].discard(session)
+        session._closing = session._closing or reason
+        w = self._writers.pop(user, None)
+        if w is not None:
+            w.cancel()
+        if reason.startswith("too many"):
+            self._blocked[user] = asyncio.get_running_loop().time() + BLOCK_S
+        self.save()
+        log.info("AMQP: session of %s ended: %s", user, reason)
+
+    def set_public(self, session: AmqpSession, name: str, on: bool) -> None:
+        """Bind or unbind the user's queue for a public stream; the feed subscribes to the
+        hub while at least one AMQP user wants the stream."""
+        user = session.user
+        assert user is not None
+        users = self._public_users[name]
+        if on:
+            session.public.add(name)
+            if user in users:
+                return
+            if not users:
+                self._feed_subs(name).add(self._feed)
+            users.add(user)
+        else:
+            session.public.discard(name)
+            if user not in users:
+                return
+            users.discard(user)
+            if not users:
+                self._feed_subs(name).discard(self._feed)
+                del self._public_users[name]
+        self._enqueue(_Bind(user, routing_key(name), on))
+
+    def _feed_subs(self, name: str) -> set[Any]:
+        hub = self.server.hub
+        kind, _, contract = name.partition(":")
+        if kind == "book":
+            return hub.book_subs[contract]
+        if kind == "trades":
+            return hub.trade_subs[contract]
+        return hub.state_subs
+
+    def streams_of(self, session: AmqpSession) -> list[str]:
+        hub = self.server.hub
+        out = sorted(session.public)
+        if session in hub.officer_subs:
+            out.append("private:*")
+        out.extend(f"private:{agent}" for agent, subs in sorted(hub.private_subs.items())
+                   if session in subs)
+        return out
+
+    def save(self) -> None:
+        """Record the sessions and their subscriptions (restored at the next start)."""
+        if self._restoring:
+            return
+        state = {"version": 1, "sessions": {u: self.streams_of(s)
+                                            for u, s in sorted(self.sessions.items())}}
+        tmp = self._sessions_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(state, indent=1) + "\n")
+            os.replace(tmp, self._sessions_file)
+        except OSError as exc:
+            log.warning("AMQP: cannot record the sessions in %s: %s", self._sessions_file, exc)
+
+    def _restore(self) -> None:
+        try:
+            state = json.loads(self._sessions_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("AMQP: cannot read %s (%s); no session restored",
+                        self._sessions_file, exc)
+            return
+        sessions = state.get("sessions") if isinstance(state, dict) else None
+        if not isinstance(sessions, dict):
+            return
+        self._restoring = True
+        try:
+            for user, streams in sorted(sessions.items()):
+                if not isinstance(streams, list) or user in self.sessions:
+                    continue
+                self._open_session(str(user), [str(s) for s in streams])
+        finally:
+            self._restoring = False
+        self.save()
