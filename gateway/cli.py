@@ -72,7 +72,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir), host=args.host, port=args.port,
         refdata=Path(args.refdata), profile=args.profile, fsync=not args.no_fsync,
         calendar=None if args.no_calendar else Calendar(products, args.gate_closure),
-        amqp_url=args.amqp_url, depth=args.depth,
+        amqp_url=args.amqp_url, depth=args.depth, settlement_url=args.settlement_url,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
@@ -124,6 +124,39 @@ def _cmd_journal_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_settlement_report(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import date
+
+    from sync.report import report, to_csv
+    from sync.store import open_store
+
+    try:
+        date.fromisoformat(args.day)
+    except ValueError:
+        print(f"ronda settlement report: --day {args.day!r} is not YYYY-MM-DD", file=sys.stderr)
+        return 2
+    path = Path(args.data_dir) / "settlement.sqlite"
+    if not args.store and not path.exists():
+        print(f"ronda settlement report: no settlement store at {path}", file=sys.stderr)
+        return 2
+
+    async def run() -> dict:  # type: ignore[type-arg]
+        store = open_store(args.store, Path(args.data_dir))
+        await store.open()
+        try:
+            return await report(store, args.agent, args.day)
+        finally:
+            await store.close()
+
+    rep = asyncio.run(run())
+    if args.format == "csv":
+        sys.stdout.write(to_csv(rep))
+    else:
+        sys.stdout.buffer.write(orjson.dumps(rep, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ronda", description="Continuous intraday trading engine")
     sub = p.add_subparsers(dest="command", required=True)
@@ -158,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-fsync", action="store_true",
                    help="journal without fsync (loses durability on a machine crash)")
     v.add_argument("--amqp-url", help="also serve AMQP through this RabbitMQ broker")
+    v.add_argument("--settlement-url",
+                   help="postgresql://… for the settlement store (default: SQLite in the"
+                        " data folder)")
     v.add_argument("--tls-cert", help="serve wss:// with this certificate (PEM)")
     v.add_argument("--tls-key", help="the certificate's key (PEM)")
     v.add_argument("--tls-client-ca", help="require client certificates from this CA;"
@@ -170,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     je.add_argument("journal", help="the journal folder (DATA_DIR/journal)")
     je.add_argument("-o", "--output", default="-")
     je.set_defaults(func=_cmd_journal_export)
+
+    st = sub.add_parser("settlement", help="settlement store tools")
+    ssub = st.add_subparsers(dest="settlement_command", required=True)
+    sr = ssub.add_parser("report", help="an agent's entries, totals, balance and programs")
+    sr.add_argument("--agent", required=True)
+    sr.add_argument("--day", required=True, help="delivery day, YYYY-MM-DD")
+    sr.add_argument("--format", choices=("json", "csv"), default="json")
+    sr.add_argument("--data-dir", default="data", help="where settlement.sqlite is")
+    sr.add_argument("--store", help="postgresql://… (default: SQLite in the data folder)")
+    sr.set_defaults(func=_cmd_settlement_report)
     return p
 
 

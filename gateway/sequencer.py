@@ -73,11 +73,17 @@ class Sequencer:
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self) -> int:
-        """Replay the journal into the core; return the number of commands replayed."""
+    def recover(self, listeners: list[Listener] | None = None) -> int:
+        """Replay the journal into the core; return the number of commands replayed.
+        ``listeners`` see every replayed command's events (e.g. the sync job, which rebuilds
+        the trades of unsynchronised rounds)."""
         n = 0
         for rec in self.journal.records():
-            self.core.apply(rec.command, rec.ts)
+            events = self.core.apply(rec.command, rec.ts)
+            if listeners:
+                one = [(rec.command, rec.origin, events)]
+                for listener in listeners:
+                    listener(one)
             if rec.ts > self.clock.last:
                 self.clock.last = rec.ts
             n += 1

@@ -55,6 +55,7 @@ class Config:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     web_root: Path | None = None
+    settlement_url: str | None = None  # None: SQLite in the data folder
 
 
 class Server:
@@ -79,7 +80,15 @@ class Server:
         self.journal.open()
         if self.journal.recovered_tail_bytes:
             log.warning("journal: cut a torn tail of %d bytes", self.journal.recovered_tail_bytes)
-        self.recovered = self.sequencer.recover()
+        from sync.job import SyncJob
+        from sync.store import open_store
+
+        self.store = open_store(self.config.settlement_url, self.config.data_dir)
+        await self.store.open()
+        self.sync = SyncJob(self.core, self.store, self.sequencer.submit)
+        await self.sync.open()
+        self.recovered = self.sequencer.recover([self.sync.observe])
+        self.sequencer.listeners.append(self.sync.observe)
         self.hub.rebuild(self.core)
         log.info("recovered %d commands; state %s", self.recovered, self.core.state_hash())
         # the core creates no reference cycles: freeze what start-up built, and let the
@@ -96,6 +105,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._timekeeper(), name="timekeeper"))
         self._tasks.append(loop.create_task(self._heartbeats(), name="heartbeats"))
+        self._tasks.append(loop.create_task(self.sync.run(), name="sync"))
         from gateway.ws import serve_ws
 
         self.ws_server = await serve_ws(self)
@@ -124,6 +134,7 @@ class Server:
             await self.ws_server.wait_closed()
         await self.sequencer.stop()
         self.journal.close()
+        await self.store.close()
 
     # ------------------------------------------------------------------ time
 

@@ -70,7 +70,8 @@ OPERATOR_TYPES = frozenset({"contract_create", "contract_open", "contract_close"
 STAFF = frozenset({OFFICER, MARKET, AUCTION, SYSTEM})
 SESSION_TYPES = frozenset({"login", "logout", "subscribe", "unsubscribe", "heartbeat",
                            "query_contracts", "query_orders", "query_trades",
-                           "query_account", "query_book", "query_throttling", "query_me"})
+                           "query_account", "query_book", "query_throttling", "query_me",
+                           "query_settlement"})
 
 
 class Transport(Protocol):
@@ -379,6 +380,25 @@ class Session:
             self.send({"type": "throttling", "req_id": req_id, **(st or {"user": user})})
         elif typ in ("subscribe", "unsubscribe"):
             self._subscribe(typ == "subscribe", data, req_id)
+        elif typ == "query_settlement":
+            agent = self._agent_param(data, req_id)
+            day = data.get("day")
+            if agent is None:
+                return
+            try:
+                date.fromisoformat(day) if isinstance(day, str) else None
+            except ValueError:
+                day = None
+            if not isinstance(day, str) or day is None:
+                self.error("day", "must be a delivery day YYYY-MM-DD", req_id)
+                return
+            asyncio.get_running_loop().create_task(self._settlement(agent, day, req_id))
+
+    async def _settlement(self, agent: str, day: str, req_id: Any) -> None:
+        from sync.report import report
+
+        rep = await report(self.server.store, agent, day)
+        self.send({"type": "settlement", "req_id": req_id, **rep})
 
     def _agent_param(self, data: dict[str, Any], req_id: Any) -> str | None:
         agent = data.get("agent", self.agent)

@@ -116,15 +116,15 @@ class SetBreachAction:
 
 @dataclass(frozen=True, slots=True)
 class SetProgram:
-    """R50: a unit's program for one delivery period (``period``: a contract id, PH- or
-    QH-).  ``through_round``: the program includes the continuous trades of rounds up to it
-    (set by the sync job), so those are no longer counted on top."""
+    """R50: a unit's base program for one delivery period (``period``: a contract id, PH- or
+    QH-): the program before continuous trading (the daily market's, then each intraday
+    auction's PHF).  The energy checks add the unit's continuous trades to it themselves, at
+    the instant each trade happens, so this never includes them (no double count)."""
 
     by: str
     unit: str
     period: str
     energy: int
-    through_round: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

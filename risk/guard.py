@@ -113,8 +113,8 @@ class Slot:
         self.min = unit_min
         self.cap = unit_max
         self.floor = unit_min
-        self.prog = 0  # program (R50)
-        self.sold = 0  # continuous trades not yet in the program
+        self.prog = 0  # base program (R50: PHF), without continuous trades
+        self.sold = 0  # continuous trades of the unit in this quarter, counted at once
         self.bought = 0
         self.rs = 0  # resting sells
         self.rb = 0  # resting buys
@@ -722,7 +722,9 @@ class RiskGuard:
                        f"no pending guarantee request {cmd.request_id}")
             return
         acct = self.accounts[r.agent]
-        if cmd.accept and not r.increase and r.amount > acct.limit():
+        if cmd.accept and not r.increase and r.amount > acct.limit() and cmd.by != "sync":
+            # an officer's approval is checked here; the settlement side decided with the
+            # platform's figures at the round close and is authoritative (R49.1.4.4)
             # R49.1.4.4: a reduction committed to obligations or orders is refused
             r.state = "REFUSED"
             self._notice(ts, "REQUEST_REFUSED", r.agent, cmd.by,
@@ -741,6 +743,9 @@ class RiskGuard:
                      r.amount, r.id)
 
     def _on_sync_reduction(self, cmd: SetSyncReduction, ts: int) -> None:
+        if cmd.by != "sync" and not self._has_role(cmd.by, "market_operator"):
+            self._deny(ts, cmd.by, None, Code.NOT_PERMITTED, "only the settlement side")
+            return
         if cmd.agent not in self.accounts or cmd.amount < 0:
             self._deny(ts, cmd.by, None, Code.AGENT_UNKNOWN,
                        f"agent {cmd.agent} unknown or negative amount")
@@ -751,6 +756,9 @@ class RiskGuard:
                      cmd.amount)
 
     def _on_release(self, cmd: ReleaseObligations, ts: int) -> None:
+        if cmd.by != "sync" and not self._has_role(cmd.by, "market_operator"):
+            self._deny(ts, cmd.by, None, Code.NOT_PERMITTED, "only the settlement side")
+            return
         for acct in self.accounts.values():
             done = [r for r in acct.by_round if r <= cmd.through_round]
             if not done:
@@ -829,9 +837,6 @@ class RiskGuard:
         for q in quarters:
             s = self._slot(unit, q)
             s.prog = cmd.energy * k
-            if cmd.through_round is not None:
-                s.sold = 0
-                s.bought = 0
         self._notice(ts, "PROGRAM_SET", None, cmd.by,
                      f"program of {cmd.unit} in {cmd.period}: {cmd.energy / 10:.1f} MWh")
 

@@ -78,10 +78,13 @@ class AgentDoc(_M):
     represents: list[Code] = Field(default_factory=list)
     tax: TaxDoc = Field(default_factory=TaxDoc)
     guarantees: str = "0"  # GMIC reserved for continuous trading, € (R49.1.4.1)
+    deposited: str | None = None  # guarantees deposited with the settlement side (default: GMIC)
 
-    @field_validator("guarantees", mode="before")
+    @field_validator("guarantees", "deposited", mode="before")
     @classmethod
-    def _money(cls, v: Any) -> str:
+    def _money(cls, v: Any) -> str | None:
+        if v is None:
+            return None
         return _dec_str(v, _MONEY_RE, "an amount in € with at most 2 decimals")
 
 
@@ -177,6 +180,9 @@ class Agent:
     tax_num: int  # obligations are charged ceil(value * tax_num / tax_den) (both taxes)
     tax_den: int
     guarantees: int  # GMIC in cents of €
+    deposited: int  # guarantees deposited with the settlement side, cents of €
+    tax_iee: str  # the rates as written (percent), for the settlement entries
+    tax_vat: str
 
 
 @dataclass(slots=True)
@@ -245,6 +251,8 @@ def load(document: Any) -> RefData:
                 errors.append(f"{kind}.{i}: duplicate {c!r}")
             seen.add(c)
     for i, a in enumerate(doc.agents):
+        if a.deposited is not None and _cents(a.deposited) < _cents(a.guarantees):
+            errors.append(f"agents.{i}.guarantees: more than the deposited {a.deposited} €")
         if a.registered_to is not None and a.registered_to < a.registered_from:
             errors.append(f"agents.{i}.registered_to: before registered_from")
         for j, r in enumerate(a.represents):
@@ -299,7 +307,9 @@ def load(document: Any) -> RefData:
         rd.agents[a.code] = Agent(
             a.code, a.name, a.registered_from, a.registered_to, a.status == "suspended",
             frozenset(a.products), frozenset(a.represents), n1 * n2, d1 * d2,
-            _cents(a.guarantees))
+            _cents(a.guarantees),
+            _cents(a.deposited) if a.deposited is not None else _cents(a.guarantees),
+            a.tax.electricity_tax, a.tax.vat)
     for u in doc.users:
         rd.users[u.id] = User(u.id, u.agent, frozenset(u.roles), u.token_sha256)
     for un in doc.units:

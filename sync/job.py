@@ -1,0 +1,171 @@
+"""The round-sync job (R49.1.4.2): after each round closes, the trades of every closed,
+unsynchronised round go to the settlement side; its results come back as commands.
+
+**Inputs, captured in the event stream.** The job listens to every applied command — live,
+and during the replay that rebuilds the core after a restart.  It keeps the trades of
+unsynchronised rounds and, at each round close (the ``round_closed`` event), a snapshot of
+what the settlement side needs from the platform at that instant: each agent's uncommitted
+amount (its operative limit, for R49.1.4.4 reductions) and the pending guarantee requests.
+A synchronisation's inputs therefore depend only on the journal, so a recomputation after a
+crash gives exactly the same result.
+
+**Exactly once.** Sync id = the last round it covers.  The store commits its entries,
+balances, history, decisions, programs, the feedback commands and the sync's completion in
+one transaction, and refuses a sync id it already has.  The feedback is then submitted through
+the sequencer in order — the reduction per agent (R49.1.4.2 step 2), the request decisions
+(R49.1.4.4), and last the release of the synchronised obligations (step 3), which marks the
+feedback as complete.  Every feedback command is idempotent (an absolute value, a decision
+on a request that is no longer pending is refused harmlessly, a release by round), so after a
+crash at any point the job: skips what the store has, recomputes what it has not, and
+re-sends the stored feedback of the last sync if the journal does not show its release.
+
+Fault injection (tests): ``fault(point)`` is called at ``before_commit``, ``during_commit``
+(inside the transaction), ``after_commit`` and ``feedback_N``; raising there simulates a
+crash at that point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.events import RoundClosed, Trade
+from gateway.codec import decode, encode
+from gateway.core import Core
+from risk.commands import DecideGuaranteeRequest, ReleaseObligations, SetSyncReduction
+from sync.settle import PendingRequest, SyncResult, settle
+from sync.store import Store
+
+log = logging.getLogger("ronda.sync")
+
+ORIGIN = "sync"
+Fault = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSnapshot:
+    round: int
+    ts: int
+    uncommitted: dict[str, int]  # cents
+    requests: tuple[PendingRequest, ...]
+
+
+class SyncJob:
+    def __init__(self, core: Core, store: Store, submit: Callable[[Any, str], Any] | None
+                 = None, fault: Fault | None = None) -> None:
+        self.core = core
+        self.store = store
+        self.submit = submit  # async (command, origin) -> events: the sequencer's submit
+        self.fault = fault
+        self.trades: dict[int, list[Trade]] = defaultdict(list)
+        self.closes: dict[int, CloseSnapshot] = {}
+        self.released_seen: set[int] = set()
+        self.last_synced = 0
+        self.syncs_done = 0
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Before the replay: learn what the store already has."""
+        self.last_synced = await self.store.last_sync()
+
+    # ------------------------------------------------------------------ listening
+
+    def observe(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
+        """A sequencer listener (live and during replay)."""
+        for cmd, origin, events in batch:
+            if origin == ORIGIN and isinstance(cmd, ReleaseObligations):
+                self.released_seen.add(cmd.through_round)
+            for ev in events:
+                t = type(ev)
+                if t is Trade:
+                    if ev.round > self.last_synced:
+                        self.trades[ev.round].append(ev)
+                elif t is RoundClosed:
+                    if ev.round > self.last_synced:
+                        self.closes[ev.round] = self._snapshot(ev.round, ev.ts)
+                    self._wake.set()
+
+    def _snapshot(self, rnd: int, ts: int) -> CloseSnapshot:
+        risk = self.core.risk
+        if risk is None:
+            return CloseSnapshot(rnd, ts, {}, ())
+        unc = {a: acct.limit() for a, acct in risk.accounts.items()}
+        reqs = tuple(PendingRequest(r.id, r.agent, r.increase, r.amount)
+                     for r in risk.requests.values() if r.state == "PENDING")
+        return CloseSnapshot(rnd, ts, unc, reqs)
+
+    # ------------------------------------------------------------------ syncing
+
+    async def run(self) -> None:
+        """Catch up, then synchronise after every round close."""
+        await self.catch_up()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.sync_pending()
+
+    async def catch_up(self) -> None:
+        """After a restart: re-send the last sync's feedback if it may not have been
+        applied, then synchronise every closed round the store does not have."""
+        async with self._lock:
+            last = self.last_synced
+            if last and last not in self.released_seen and self.submit is not None:
+                await self._feed(last, await self.store.feedback(last))
+        await self.sync_pending()
+
+    async def sync_pending(self) -> SyncResult | None:
+        async with self._lock:
+            closed = [r for r in self.closes if r > self.last_synced]
+            if not closed:
+                return None
+            target = max(closed)
+            snap = self.closes[target]
+            first = self.last_synced + 1
+            trades = [t for r in range(first, target + 1) for t in self.trades.get(r, ())]
+            balances = await self.store.balances()
+            ref = self.core.ref
+            res = settle(target, first, trades, ref, balances, snap.requests,
+                         snap.uncommitted)
+            feedback = [json.dumps(encode(c)) for c in self._feedback(res, balances)]
+            self._fault("before_commit")
+            await self.store.commit(res, feedback, snap.ts, self.fault)
+            self._fault("after_commit")
+            self.last_synced = target
+            self.syncs_done += 1
+            for r in [r for r in self.trades if r <= target]:
+                del self.trades[r]
+            for r in [r for r in self.closes if r <= target]:
+                del self.closes[r]
+            if self.submit is not None:
+                await self._feed(target, feedback)
+            log.info("sync %d: rounds %d-%d, %d trades, %d entries", target, first, target,
+                     res.trades, len(res.entries))
+            return res
+
+    def _feedback(self, res: SyncResult, before: dict[str, Any]) -> list[Any]:
+        cmds: list[Any] = []
+        for agent, cents in sorted(res.reductions.items()):
+            prev = before.get(agent)
+            # communicate every reduction, and a return to zero after a reduction
+            if cents or (prev is not None and prev.balance < 0):
+                cmds.append(SetSyncReduction(ORIGIN, agent, cents))
+        for d in res.decisions:
+            cmds.append(DecideGuaranteeRequest(ORIGIN, d.request_id, d.accept, d.reason))
+        cmds.append(ReleaseObligations(ORIGIN, res.sync_id))  # last: marks completion
+        return cmds
+
+    async def _feed(self, sync_id: int, feedback: list[str]) -> None:
+        assert self.submit is not None
+        for i, text in enumerate(feedback):
+            await self.submit(decode(json.loads(text)), ORIGIN)
+            self._fault(f"feedback_{i}")
+
+    def _fault(self, point: str) -> None:
+        if self.fault is not None:
+            self.fault(point)

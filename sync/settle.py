@@ -1,0 +1,220 @@
+"""The settlement of one synchronisation, computed purely (R49.1.1, R49.1.2, R49.1.4.2,
+R49.1.4.4, R50).
+
+Amounts are integer milli-euros: energy (tenths of MWh) × price (cents of €/MWh) is exact
+at that resolution, so no base amount is ever rounded.  Taxes are rounded half up to the
+milli-euro; a shared unit's base amount is split by the owners' shares with the largest
+remainder method, so the parts add up to the whole exactly.
+
+Per trade and side (R49.1.1, R49.1.2): a sell at a positive price and a buy at a negative
+price are a collection right (DCIC); a buy at a positive price and a sell at a negative price
+are a payment obligation (OPIC); the amount is energy × |price|.  Each owner's entry carries
+its own taxes (its profile's electricity tax IEE and VAT: ``iee = base × IEE``,
+``vat = (base + iee) × VAT``), shown separately.
+
+The settlement side's guarantee balance of an agent (R55.7.2): deposited guarantees − the
+amount reserved for continuous trading + every synchronised right − every synchronised
+obligation, taxes included.  After adding a synchronisation's entries:
+
+1. pending requests are settled (R49.1.4.4), in order: an increase is accepted if the balance
+   has that surplus (it moves to the reserved amount); a reduction is accepted if the amount
+   is not committed on the platform (it is within the operative limit) — otherwise it is
+   refused and not retried;
+2. if the balance is negative, the reserved amount must be reduced by that much for the next
+   round (R49.1.4.2 step 2): the reduction communicated to the platform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from engine.contracts import ContractSpec
+from engine.events import Trade
+from risk.refdata import RefData
+
+
+def rate(percent: str) -> Fraction:
+    return Fraction(percent) / 100
+
+
+def round_half_up(x: Fraction) -> int:
+    """To the nearest integer, halves away from zero."""
+    n, d = x.numerator, x.denominator
+    q, r = divmod(abs(n), d)
+    if 2 * r >= d:
+        q += 1
+    return q if n >= 0 else -q
+
+
+def split(total: int, shares: list[int]) -> list[int]:
+    """``total`` split by basis points, summing exactly to ``total`` (largest remainder;
+    ties to the earlier owner)."""
+    raw = [(total * bp, i) for i, bp in enumerate(shares)]
+    parts = [r // 10_000 for r, _ in raw]
+    left = total - sum(parts)
+    order = sorted(range(len(shares)), key=lambda i: (-(raw[i][0] % 10_000), i))
+    for i in order[:left]:
+        parts[i] += 1
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One settlement entry: one owner's part of one side of one trade."""
+
+    trade_id: int
+    side: str  # BUY / SELL
+    agent: str  # the owner charged or credited
+    unit: str
+    contract: str
+    day: str  # delivery day, YYYY-MM-DD
+    round: int
+    kind: str  # DCIC (collection right) / OPIC (payment obligation)
+    energy: int  # tenths of MWh (the whole trade)
+    price: int  # cents of €/MWh (signed, as traded)
+    share_bp: int
+    base: int  # milli-euros
+    iee: int
+    vat: int
+
+    @property
+    def total(self) -> int:
+        return self.base + self.iee + self.vat
+
+    @property
+    def signed(self) -> int:
+        """What it does to the guarantee balance: + right, − obligation."""
+        return self.total if self.kind == "DCIC" else -self.total
+
+
+@dataclass(slots=True)
+class Balance:
+    """The settlement side's view of an agent (milli-euros)."""
+
+    deposited: int
+    reserved: int
+    balance: int  # deposited − reserved + synchronised rights − obligations
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    id: int
+    agent: str
+    increase: bool
+    amount: int  # cents of €
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    request_id: int
+    agent: str
+    accept: bool
+    reason: str
+
+
+@dataclass(slots=True)
+class SyncResult:
+    sync_id: int  # = the last round synchronised
+    from_round: int  # first round included
+    trades: int
+    entries: list[Entry] = field(default_factory=list)
+    balances: dict[str, Balance] = field(default_factory=dict)  # after
+    history: list[tuple[str, int, str, int]] = field(default_factory=list)
+    # (agent, delta milli-euros, reason, balance after)
+    reductions: dict[str, int] = field(default_factory=dict)  # agent -> cents
+    decisions: list[Decision] = field(default_factory=list)
+    programs: dict[tuple[str, str], int] = field(default_factory=dict)  # (unit, period) -> Δ
+
+
+def entries_of(trade: Trade, ref: RefData) -> list[Entry]:
+    """R49.1.1, R49.1.2: the entries of one trade, per side and owner."""
+    out: list[Entry] = []
+    day = ContractSpec.parse(trade.contract).day.isoformat()
+    ap = abs(trade.price)
+    base_total = trade.qty * ap  # tenths × cents = milli-euros
+    for side, unit_code in (("BUY", trade.buy_unit), ("SELL", trade.sell_unit)):
+        obligation = (trade.price > 0) if side == "BUY" else (trade.price < 0)
+        kind = "OPIC" if obligation else "DCIC"
+        unit = ref.units.get(unit_code)
+        if unit is None:  # a unit no longer in the reference data: its responsible agent
+            agent = trade.buy_agent if side == "BUY" else trade.sell_agent
+            owners: tuple[tuple[str, int], ...] = ((agent, 10_000),)
+        else:
+            owners = unit.owners
+        parts = split(base_total, [bp for _, bp in owners])
+        for (agent, bp), base in zip(owners, parts, strict=True):
+            a = ref.agents.get(agent)
+            iee_r = rate(a.tax_iee) if a is not None else Fraction(0)
+            vat_r = rate(a.tax_vat) if a is not None else Fraction(0)
+            iee = round_half_up(base * iee_r)
+            vat = round_half_up((base + iee) * vat_r)
+            out.append(Entry(trade.trade_id, side, agent, unit_code, trade.contract, day,
+                             trade.round, kind, trade.qty, trade.price, bp, base, iee, vat))
+    return out
+
+
+def settle(sync_id: int, from_round: int, trades: Iterable[Trade], ref: RefData,
+           balances: Mapping[str, Balance], requests: Iterable[PendingRequest],
+           uncommitted: Mapping[str, int]) -> SyncResult:
+    """One synchronisation: ``trades`` of rounds ``from_round..sync_id``; ``balances`` as
+    they stand; ``uncommitted`` each agent's operative limit on the platform (cents)."""
+    tl = sorted(trades, key=lambda t: t.trade_id)
+    res = SyncResult(sync_id, from_round, len(tl))
+    bal = {k: Balance(v.deposited, v.reserved, v.balance) for k, v in balances.items()}
+    for code, a in ref.agents.items():
+        if code not in bal:
+            bal[code] = Balance(a.deposited * 10, a.guarantees * 10,
+                                (a.deposited - a.guarantees) * 10)
+    delta: dict[str, int] = {}
+    for t in tl:
+        for e in entries_of(t, ref):
+            res.entries.append(e)
+            delta[e.agent] = delta.get(e.agent, 0) + e.signed
+        for side, unit_code in (("BUY", t.buy_unit), ("SELL", t.sell_unit)):
+            unit = ref.units.get(unit_code)
+            sells = unit.sells if unit is not None else side == "SELL"
+            # R50: a selling unit's program grows with its sells, a buying unit's with buys
+            sign = 1 if (side == "SELL") == sells else -1
+            key = (unit_code, t.contract)
+            res.programs[key] = res.programs.get(key, 0) + sign * t.qty
+    for agent in sorted(delta):
+        b = bal.setdefault(agent, Balance(0, 0, 0))
+        b.balance += delta[agent]
+        res.history.append((agent, delta[agent],
+                            f"sync {sync_id}: rounds {from_round}-{sync_id}", b.balance))
+    for r in sorted(requests, key=lambda r: r.id):
+        b = bal.setdefault(r.agent, Balance(0, 0, 0))
+        m = r.amount * 10
+        if r.increase:
+            if b.balance >= m:
+                b.balance -= m
+                b.reserved += m
+                res.decisions.append(Decision(r.id, r.agent, True,
+                                              "increase accepted: surplus available"))
+                res.history.append((r.agent, -m, f"increase {r.id} accepted", b.balance))
+            else:
+                res.decisions.append(Decision(
+                    r.id, r.agent, False,
+                    f"increase refused: surplus {b.balance / 1000:.2f} € below"
+                    f" {m / 1000:.2f} € (R49.1.4.4)"))
+        else:
+            free = uncommitted.get(r.agent, 0)
+            if r.amount <= free:
+                b.balance += m
+                b.reserved -= m
+                res.decisions.append(Decision(r.id, r.agent, True,
+                                              "reduction accepted: not committed"))
+                res.history.append((r.agent, m, f"reduction {r.id} accepted", b.balance))
+            else:
+                res.decisions.append(Decision(
+                    r.id, r.agent, False,
+                    f"reduction refused: only {max(free, 0) / 100:.2f} € is not committed to"
+                    " obligations on the platform; not retried (R49.1.4.4)"))
+    for agent in sorted(bal):
+        b = bal[agent]
+        # R49.1.4.2 step 2: reduce the reserved amount so that the balance is not negative
+        res.reductions[agent] = -(b.balance // 10) if b.balance < 0 else 0
+    res.balances = bal
+    return res

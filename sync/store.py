@@ -1,0 +1,265 @@
+"""The settlement store: SQLite by default, PostgreSQL (asyncpg) when given a URL.
+
+One schema for both, versioned migrations in ``sync/migrations/NNN_name.sql`` applied in
+order and recorded in ``schema_version``.  A synchronisation is committed in ONE transaction
+(:meth:`Store.commit`): its row in ``syncs``, its entries, the balances and their history,
+the request decisions, the programs and the feedback commands — so a crash before the
+commit leaves nothing and a crash after it leaves everything; a sync already stored is
+never stored twice (its id is the primary key, checked inside the transaction).
+
+SQLite runs in one worker thread (its calls block); PostgreSQL through an asyncpg pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from sync.settle import Balance, SyncResult
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+Fault = Callable[[str], None]
+
+
+def migrations() -> list[tuple[int, str]]:
+    out = []
+    for p in sorted(MIGRATIONS.glob("*.sql")):
+        out.append((int(p.name.split("_", 1)[0]), p.read_text()))
+    return out
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    text = "\n".join(ln.split("--", 1)[0] for ln in lines)
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def _rows(res: SyncResult, at: int) -> dict[str, list[tuple[Any, ...]]]:
+    sid = res.sync_id
+    return {
+        "entries": [(sid, e.trade_id, e.side, e.agent, e.unit, e.contract, e.day, e.round,
+                     e.kind, e.energy, e.price, e.share_bp, e.base, e.iee, e.vat, e.total)
+                    for e in res.entries],
+        "history": [(sid, n, a, d, r, b, at) for n, (a, d, r, b) in enumerate(res.history)],
+        "decisions": [(d.request_id, sid, d.agent, int(d.accept), d.reason)
+                      for d in res.decisions],
+        "programs": [(u, p, e, sid) for (u, p), e in sorted(res.programs.items())],
+        "balances": [(a, b.deposited, b.reserved, b.balance, res.reductions.get(a, 0))
+                     for a, b in sorted(res.balances.items())],
+    }
+
+
+INSERT_SYNC = "INSERT INTO syncs (sync_id, from_round, trades, completed_at) VALUES (?, ?, ?, ?)"
+INSERT_ENTRY = ("INSERT INTO entries (sync_id, trade_id, side, agent, unit, contract, day,"
+                " round, kind, energy, price, share_bp, base, iee, vat, total)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_HISTORY = ("INSERT INTO balance_history (sync_id, n, agent, delta, reason,"
+                  " balance_after, at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+INSERT_DECISION = ("INSERT INTO decisions (request_id, sync_id, agent, accept, reason)"
+                   " VALUES (?, ?, ?, ?, ?)")
+UPSERT_PROGRAM = ("INSERT INTO programs (unit, period, energy, sync_id) VALUES (?, ?, ?, ?)"
+                  " ON CONFLICT (unit, period) DO UPDATE SET"
+                  " energy = programs.energy + excluded.energy, sync_id = excluded.sync_id")
+UPSERT_BALANCE = ("INSERT INTO balances (agent, deposited, reserved, balance, reduction)"
+                  " VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET"
+                  " deposited = excluded.deposited, reserved = excluded.reserved,"
+                  " balance = excluded.balance, reduction = excluded.reduction")
+INSERT_FEEDBACK = "INSERT INTO feedback (sync_id, n, command) VALUES (?, ?, ?)"
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def last_sync(self) -> int: ...
+    async def balances(self) -> dict[str, Balance]: ...
+    async def commit(self, res: SyncResult, feedback: list[str], at: int,
+                     fault: Fault | None = None) -> bool: ...
+    async def feedback(self, sync_id: int) -> list[str]: ...
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+
+
+class SqliteStore:
+    """SQLite in WAL mode, one connection in one worker thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._x = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._x, fn, *args)
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        have = {r[0] for r in db.execute("SELECT version FROM schema_version")}
+        for version, sql in migrations():
+            if version in have:
+                continue
+            db.execute("BEGIN")
+            for stmt in _statements(sql):
+                db.execute(stmt)
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            db.execute("COMMIT")
+        self._db = db
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._x.shutdown(wait=True)
+
+    def _q(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        assert self._db is not None
+        cur = self._db.execute(sql, tuple(params))
+        cols = [c[0] for c in cur.description or ()]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self._run(self._q, sql, params)
+        return rows
+
+    async def last_sync(self) -> int:
+        rows = await self.query("SELECT MAX(sync_id) AS m FROM syncs")
+        return int(rows[0]["m"] or 0)
+
+    async def balances(self) -> dict[str, Balance]:
+        rows = await self.query("SELECT agent, deposited, reserved, balance FROM balances")
+        return {r["agent"]: Balance(r["deposited"], r["reserved"], r["balance"]) for r in rows}
+
+    async def feedback(self, sync_id: int) -> list[str]:
+        rows = await self.query("SELECT command FROM feedback WHERE sync_id = ? ORDER BY n",
+                                (sync_id,))
+        return [r["command"] for r in rows]
+
+    def _commit(self, res: SyncResult, feedback: list[str], at: int, fault: Fault | None
+                ) -> bool:
+        db = self._db
+        assert db is not None
+        rows = _rows(res, at)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM syncs WHERE sync_id = ?",
+                          (res.sync_id,)).fetchone():
+                db.execute("ROLLBACK")
+                return False
+            db.execute(INSERT_SYNC, (res.sync_id, res.from_round, res.trades, at))
+            db.executemany(INSERT_ENTRY, rows["entries"])
+            if fault:
+                fault("during_commit")
+            db.executemany(INSERT_HISTORY, rows["history"])
+            db.executemany(INSERT_DECISION, rows["decisions"])
+            db.executemany(UPSERT_PROGRAM, rows["programs"])
+            db.executemany(UPSERT_BALANCE, rows["balances"])
+            db.executemany(INSERT_FEEDBACK, [(res.sync_id, n, c)
+                                             for n, c in enumerate(feedback)])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return True
+
+    async def commit(self, res: SyncResult, feedback: list[str], at: int,
+                     fault: Fault | None = None) -> bool:
+        done: bool = await self._run(self._commit, res, feedback, at, fault)
+        return done
+
+
+def _pg(sql: str) -> str:
+    """``?`` placeholders to PostgreSQL's ``$n``."""
+    out, n = [], 0
+    for ch in sql:
+        if ch == "?":
+            n += 1
+            out.append(f"${n}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class PostgresStore:
+    """PostgreSQL through an asyncpg pool; the same schema and statements."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
+        async with self._pool.acquire() as con, con.transaction():
+            await con.execute("SELECT pg_advisory_xact_lock(727011)")
+            await con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            have = {r["version"] for r in await con.fetch("SELECT version FROM schema_version")}
+            for version, sql in migrations():
+                if version in have:
+                    continue
+                for stmt in _statements(sql):
+                    await con.execute(stmt)
+                await con.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        async with self._pool.acquire() as con:
+            return [dict(r) for r in await con.fetch(_pg(sql), *params)]
+
+    async def last_sync(self) -> int:
+        rows = await self.query("SELECT MAX(sync_id) AS m FROM syncs")
+        return int(rows[0]["m"] or 0)
+
+    async def balances(self) -> dict[str, Balance]:
+        rows = await self.query("SELECT agent, deposited, reserved, balance FROM balances")
+        return {r["agent"]: Balance(r["deposited"], r["reserved"], r["balance"]) for r in rows}
+
+    async def feedback(self, sync_id: int) -> list[str]:
+        rows = await self.query("SELECT command FROM feedback WHERE sync_id = ? ORDER BY n",
+                                (sync_id,))
+        return [r["command"] for r in rows]
+
+    async def commit(self, res: SyncResult, feedback: list[str], at: int,
+                     fault: Fault | None = None) -> bool:
+        rows = _rows(res, at)
+        async with self._pool.acquire() as con, con.transaction():
+            if await con.fetchval("SELECT 1 FROM syncs WHERE sync_id = $1 FOR UPDATE",
+                                  res.sync_id):
+                return False
+            await con.execute(_pg(INSERT_SYNC), res.sync_id, res.from_round, res.trades, at)
+            await con.copy_records_to_table(
+                "entries", records=rows["entries"],
+                columns=["sync_id", "trade_id", "side", "agent", "unit", "contract", "day",
+                         "round", "kind", "energy", "price", "share_bp", "base", "iee", "vat",
+                         "total"])
+            if fault:
+                fault("during_commit")
+            await con.executemany(_pg(INSERT_HISTORY), rows["history"])
+            await con.executemany(_pg(INSERT_DECISION), rows["decisions"])
+            await con.executemany(_pg(UPSERT_PROGRAM), rows["programs"])
+            await con.executemany(_pg(UPSERT_BALANCE), rows["balances"])
+            await con.executemany(_pg(INSERT_FEEDBACK),
+                                  [(res.sync_id, n, c) for n, c in enumerate(feedback)])
+        return True
+
+
+def open_store(url: str | None, data_dir: Path) -> Store:
+    """``postgresql://…`` → PostgreSQL; otherwise SQLite at the path (default: the data
+    folder's ``settlement.sqlite``)."""
+    if url and url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    path = Path(url.removeprefix("sqlite:///")) if url else data_dir / "settlement.sqlite"
+    return SqliteStore(path)
