@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import logging
 from collections import deque
+from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.events import Ack, OrderReport, Reject
@@ -386,10 +387,10 @@ class Session:
             if agent is None:
                 return
             try:
-                date.fromisoformat(day) if isinstance(day, str) else None
+                ok = isinstance(day, str) and bool(date.fromisoformat(day))
             except ValueError:
-                day = None
-            if not isinstance(day, str) or day is None:
+                ok = False
+            if not ok:
                 self.error("day", "must be a delivery day YYYY-MM-DD", req_id)
                 return
             asyncio.get_running_loop().create_task(self._settlement(agent, day, req_id))
