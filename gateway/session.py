@@ -393,7 +393,7 @@ class Session:
             if not ok:
                 self.error("day", "must be a delivery day YYYY-MM-DD", req_id)
                 return
-            asyncio.get_running_loop().create_task(self._settlement(agent, day, req_id))
+            asyncio.get_running_loop().create_task(self._settlement(agent, str(day), req_id))
 
     async def _settlement(self, agent: str, day: str, req_id: Any) -> None:
         from sync.report import report
