@@ -221,6 +221,7 @@ class Engine:
         self._coids: set[tuple[str, str]] = set()
         self._coid_day_end = 0
         self._out: list[Any] = []
+        self._digests: list[Callable[[], bytes]] = []
         self._handlers: dict[type, Handler] = {
             NewOrder: self._on_new,
             EnterBasket: self._on_basket,
@@ -253,6 +254,14 @@ class Engine:
                reason: str) -> None:
         """Emit a rejection into the current command's output (for registered handlers)."""
         self._reject(ts, user, agent, req_id, code, reason)
+
+    def add_digest(self, fn: Callable[[], bytes]) -> None:
+        """A registered module's state joins the state hash."""
+        self._digests.append(fn)
+
+    def reactivate(self, o: Order, ts: int, req_id: str | None = None) -> None:
+        """R46.2.7 reactivation of one hibernated order (for registered modules)."""
+        self._reactivate(o, ts, req_id)
 
     def emit(self, event: Any) -> None:
         """Append an event to the current command's output (for registered handlers)."""
@@ -1379,6 +1388,8 @@ class Engine:
         h.update(repr(sorted(self._gtd)).encode())
         if self.guard is not None:
             h.update(self.guard.digest())
+        for fn in self._digests:
+            h.update(fn())
         return h.hexdigest()
 
 
@@ -1386,5 +1397,9 @@ _TRADER_COMMANDS = frozenset(
     {NewOrder, EnterBasket, ModifyOrder, CancelOrder, CancelAll, Deactivate, Activate})
 
 
-def _arrival_key(o: Order) -> tuple[int, int]:
+def arrival_key(o: Order) -> tuple[int, int]:
+    """R46.2.7: order of arrival on the platform (then id)."""
     return (o.arrival, o.id)
+
+
+_arrival_key = arrival_key

@@ -540,6 +540,7 @@ class AmqpAdapter:
     def to_public(self, msg: Message) -> None:
         stream = str(msg["stream"])
         seq = msg.get("seq")
+        self.stats["public:" + stream.partition(":")[0]] += 1
         self._broadcast(routing_key(stream), msg, stream, seq if isinstance(seq, int) else None,
                         persistent=False)
 
@@ -608,6 +609,8 @@ class AmqpAdapter:
             self._answer_now(gen, message, user, _error(
                 "message", f"cannot decode: {exc}", "INVALID_ENCODING"))
             return
+        if message.redelivered:
+            self.stats["redelivered"] += 1
         key = (user, message.message_id) if message.message_id else None
         if key is not None:
             done = self._done.get(key)

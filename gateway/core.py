@@ -36,10 +36,26 @@ def _register_risk_commands() -> None:
 _register_risk_commands()
 
 
+def _register_auction_commands() -> None:
+    from auctions import session as au
+
+    codec = default_codec()
+    known = set(codec.registered().values())
+    for cls in au.AUCTION_COMMANDS:
+        if cls not in known:
+            codec.register(cls, re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower())
+
+
+_register_auction_commands()
+
+
 class Core:
     def __init__(self, config: EngineConfig | None = None, risk: bool = True) -> None:
         self.engine = Engine(config)
         self.risk: RiskGuard | None = RiskGuard.install(self.engine, RefData()) if risk else None
+        from auctions.session import Auctions
+
+        self.auctions = Auctions.install(self.engine, self.risk)
         self.failures = 0
 
     def apply(self, cmd: Any, ts: int) -> list[Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
+from auctions.session import AuctionAllocation, AuctionPrice, AuctionState
 from engine.events import (
     BookChange,
     ContractStateChanged,
@@ -37,6 +38,8 @@ from gateway.wire import event_to_wire, fmt_instant
 from risk.events import RiskNotice, ThrottlingStatus
 
 Message = dict[str, Any]
+_AUCTION_PUBLIC = (AuctionState, AuctionPrice)
+_AUCTION_PRIVATE = AuctionAllocation
 Deliver = Callable[[Message], None]
 
 
@@ -204,6 +207,16 @@ class Hub:
                     else:
                         for s in self.officer_subs:
                             s.deliver(msg)
+                elif t in _AUCTION_PUBLIC:
+                    self.state_seq += 1
+                    msg = event_to_wire(ev)
+                    msg["stream"] = "states"
+                    msg["seq"] = self.state_seq
+                    for s in self.state_subs:
+                        s.deliver(msg)
+                elif t is _AUCTION_PRIVATE:
+                    touched.add(ev.agent)
+                    self._private(ev.agent, event_to_wire(ev))
                 elif t is ThrottlingStatus:
                     u = self.core.ref.users.get(ev.user)
                     if u is not None:

@@ -342,12 +342,65 @@ class SetLimitationReq(_Request):
     max_energy: Energy | None = None
 
 
+SessionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class AuctionStep(_Model):
+    price: Price
+    quantity: Qty
+
+
+class AuctionBidReq(_Request):
+    """A simple bid of a unit for one period of an intraday auction session (R39)."""
+
+    type: Literal["auction_bid"]
+    session: SessionId
+    unit: Name
+    contract: ContractId
+    side: Side
+    steps: Annotated[list[AuctionStep], Field(min_length=1, max_length=25)]
+
+
+class AuctionBidCancelReq(_Request):
+    type: Literal["auction_bid_cancel"]
+    session: SessionId
+    bid_id: Id
+
+
+class SetReactivationReq(_Request):
+    """Reactivate my hibernated orders after each auction (R46.2.7)."""
+
+    type: Literal["set_reactivation"]
+    reactivate: bool
+
+
+class AuctionRunReq(_Request):
+    """The auction operator runs a session's next step now (open, close, clear, reopen)."""
+
+    type: Literal["auction_run"]
+    session: SessionId
+    step: Literal["open", "close", "clear", "reopen"]
+
+
+class AuctionDelayReq(_Request):
+    type: Literal["auction_delay"]
+    session: SessionId
+    delay_s: Annotated[int, Field(strict=True, gt=0, le=86_400)]
+
+
+class AuctionCancelReq(_Request):
+    type: Literal["auction_cancel"]
+    session: SessionId
+    reason: Reason = "cancelled by the auction operator"
+
+
 TradingRequest = Annotated[
     OrderEntry | BasketEntry | OrderModify | OrderCancel | OrderDeactivate | OrderActivate
     | CancelAllRequest | GuaranteeRequestReq | BreachActionReq | SetGuaranteesReq
     | DecideRequestReq | SuspendAgentReq | ReinstateAgentReq | SetRateLimitsReq
     | InterruptContractReq | ResumeContractReq | SetProgramReq | SetUnavailabilityReq
-    | SetLimitationReq,
+    | SetLimitationReq | AuctionBidReq | AuctionBidCancelReq | SetReactivationReq
+    | AuctionRunReq | AuctionDelayReq | AuctionCancelReq,
     Field(discriminator="type"),
 ]
 REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(TradingRequest)
@@ -450,7 +503,8 @@ _TAGS = {
     "cancel_agent_orders", "time", "guarantee_request", "set_breach_action",
     "set_guarantees", "decide_guarantee_request", "suspend_agent", "reinstate_agent",
     "set_rate_limits", "interrupt_contracts", "resume_contracts", "set_program",
-    "set_unavailability", "set_limitation",
+    "set_unavailability", "set_limitation", "auction_bid", "auction_bid_cancel",
+    "set_reactivation", "auction_run", "auction_delay", "auction_cancel",
 }
 
 
@@ -541,6 +595,29 @@ def _risk_command(req: Any, user: str, agent: str) -> Any:
         return r.SetUnavailability(user, req.unit, req.period, req.unavailable)
     if isinstance(req, SetLimitationReq):
         return r.SetLimitation(user, req.unit, req.period, req.min_energy, req.max_energy)
+    return _auction_command(req, user, agent)
+
+
+def _auction_command(req: Any, user: str, agent: str) -> Any:
+    from auctions import session as au
+
+    rq = req.req_id
+    if isinstance(req, AuctionBidReq):
+        return au.SubmitAuctionBid(user, agent, req.session, req.unit, req.contract,
+                                   req.side.value,
+                                   tuple((s.price, s.quantity) for s in req.steps), rq)
+    if isinstance(req, AuctionBidCancelReq):
+        return au.CancelAuctionBid(user, agent, req.session, req.bid_id, rq)
+    if isinstance(req, SetReactivationReq):
+        return au.SetReactivation(user, agent, req.reactivate, rq)
+    if isinstance(req, AuctionRunReq):
+        cls = {"open": au.OpenAuction, "close": au.CloseAuction, "clear": au.ClearAuction,
+               "reopen": au.ReopenAfterAuction}[req.step]
+        return cls(req.session, user)
+    if isinstance(req, AuctionDelayReq):
+        return au.DelayAuction(req.session, req.delay_s * 1000, user)
+    if isinstance(req, AuctionCancelReq):
+        return au.CancelAuction(req.session, req.reason, user)
     raise TypeError(f"not a trading request: {type(req).__name__}")
 
 

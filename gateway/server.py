@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from auctions.calendar import Calendar
-from engine.commands import CloseContracts, CreateContract, OpenContracts, Tick
 from engine.config import PROFILES
-from engine.states import ContractState
 from gateway.core import Core
 from gateway.fanout import Hub
 from gateway.journal import Journal
@@ -156,42 +154,21 @@ class Server:
                 return
             now = seq.clock.now()
             nxt = self.next_deadline(now)
-            delay = 1.0 if nxt is None else min(1.0, max(0.0, (nxt - now) / 1000))
+            speed = seq.clock.speed
+            delay = 1.0 if nxt is None else min(1.0, max(0.0, (nxt - now) / 1000 / speed))
             self._kick.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), delay)
 
     def due_commands(self, now: int) -> list[Any]:
-        eng = self.core.engine
-        cmds: list[Any] = []
-        cal = self.config.calendar
-        if cal is not None:
-            opening = []
-            for ct in cal.window(now):
-                c = eng.contracts.get(ct.spec.id)
-                if c is None:
-                    cmds.append(CreateContract(ct.spec.id, ct.close_at))
-                if ct.open_at <= now and (c is None or c.state is ContractState.UPC):
-                    opening.append(ct.spec.id)
-            if opening:
-                cmds.append(OpenContracts(tuple(opening)))
-        closing = tuple(sorted(c.id for c in eng.contracts.values()
-                               if c.state is not ContractState.FIN and c.close_at <= now))
-        if closing:
-            cmds.append(CloseContracts(closing))
-        nxt = eng.next_expiry()
-        if nxt is not None and nxt <= now:
-            cmds.append(Tick())
-        return cmds
+        from auctions.scheduler import due
+
+        return due(self.core, self.config.calendar, now)
 
     def next_deadline(self, now: int) -> int | None:
-        best = self.core.next_deadline()
-        cal = self.config.calendar
-        if cal is not None:
-            for ct in cal.window(now):
-                if ct.open_at > now and (best is None or ct.open_at < best):
-                    best = ct.open_at
-        return best
+        from auctions.scheduler import next_deadline
+
+        return next_deadline(self.core, self.config.calendar, now)
 
     async def _heartbeats(self) -> None:
         """Liveness on every connection (SYSTEM_ALIVE)."""

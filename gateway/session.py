@@ -52,7 +52,10 @@ SYSTEM = "system_operator"
 ROLES: dict[str, frozenset[str]] = {
     **{t: frozenset({TRADER}) for t in (
         "order_entry", "basket_entry", "order_modify", "order_cancel", "order_deactivate",
-        "order_activate", "cancel_all", "guarantee_request", "set_breach_action")},
+        "order_activate", "cancel_all", "guarantee_request", "set_breach_action",
+        "auction_bid", "auction_bid_cancel", "set_reactivation")},
+    **{t: frozenset({AUCTION, MARKET}) for t in ("auction_run", "auction_delay",
+                                                 "auction_cancel")},
     **{t: frozenset({OFFICER}) for t in (
         "set_guarantees", "decide_guarantee_request", "suspend_agent", "reinstate_agent",
         "set_rate_limits")},

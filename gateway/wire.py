@@ -21,7 +21,7 @@ from engine.events import EVENT_NAMES
 _RENAME = {"qty": "quantity", "incr": "price_increment"}
 _PRICES = frozenset({"price", "incr", "amount"})  # amount: cents of €, rendered like prices
 _QTYS = frozenset({"qty", "visible", "hidden", "filled", "peak"})
-_INSTANTS = frozenset({"ts", "expiry", "close_at"})
+_INSTANTS = frozenset({"ts", "expiry", "close_at", "opens_at", "closes_at", "publish_at"})
 
 _sec_cache: list[Any] = [None, ""]
 

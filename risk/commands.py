@@ -8,9 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "DecideGuaranteeRequest", "LoadReferenceData", "ReinstateAgent", "ReleaseObligations",
-    "RequestGuaranteeChange", "SetBreachAction", "SetGuarantees", "SetLimitation",
-    "SetProgram", "SetRateLimits", "SetSyncReduction", "SetUnavailability", "SuspendAgent",
+    "AdjustProgram",
+    "DecideGuaranteeRequest",
+    "LoadReferenceData",
+    "ReinstateAgent",
+    "ReleaseObligations",
+    "RequestGuaranteeChange",
+    "SetBreachAction",
+    "SetGuarantees",
+    "SetLimitation",
+    "SetProgram",
+    "SetRateLimits",
+    "SetSyncReduction",
+    "SetUnavailability",
+    "SuspendAgent",
 ]
 
 
@@ -128,6 +139,17 @@ class SetProgram:
 
 
 @dataclass(frozen=True, slots=True)
+class AdjustProgram:
+    """R50: an intraday auction's result changes a unit's base program (PHF) in a period by
+    ``delta`` tenths of MWh (positive: more energy for a selling unit / buying unit)."""
+
+    by: str
+    unit: str
+    period: str
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
 class SetUnavailability:
     """R46.2.3.1: MW unavailable in a period; effective from the first round that starts at
     least five minutes after it was received (A1§6)."""
@@ -153,5 +175,5 @@ class SetLimitation:
 RiskCommand = (
     LoadReferenceData | SetGuarantees | RequestGuaranteeChange | DecideGuaranteeRequest
     | SetSyncReduction | ReleaseObligations | SuspendAgent | ReinstateAgent | SetRateLimits
-    | SetBreachAction | SetProgram | SetUnavailability | SetLimitation
+    | SetBreachAction | SetProgram | AdjustProgram | SetUnavailability | SetLimitation
 )

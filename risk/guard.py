@@ -41,6 +41,7 @@ from engine.engine import Engine
 from engine.errors import Code, InvalidIdentifier
 from engine.model import BUY, Order
 from risk.commands import (
+    AdjustProgram,
     DecideGuaranteeRequest,
     LoadReferenceData,
     ReinstateAgent,
@@ -179,6 +180,16 @@ _TRADER_ONLY = Code.USER_NOT_TRADER
 _FAR_FUTURE = 2**62
 
 
+class _Named:
+    """What an energy message needs to name: a unit and a contract."""
+
+    __slots__ = ("contract", "unit")
+
+    def __init__(self, unit: str, contract: str) -> None:
+        self.unit = unit
+        self.contract = contract
+
+
 class _Pass:
     """The static R46.2.2 checks passed: the unit, and the window [start, end) in ms UTC
     in which both the agent's registration and the unit are current."""
@@ -243,6 +254,7 @@ class RiskGuard:
             SetRateLimits: g._on_rate_limits,
             SetBreachAction: g._on_breach_action,
             SetProgram: g._on_program,
+            AdjustProgram: g._on_adjust_program,
             SetUnavailability: g._on_unavailability,
             SetLimitation: g._on_limitation,
         }
@@ -445,6 +457,52 @@ class RiskGuard:
         o.ext = OrderRisk(rem, price, debtor, sell, owners, charges, slots, k)
         return None
 
+    def auction_check(self, user: str, agent: str, unit: str, contract: str, side: str,
+                      steps: tuple[tuple[int, int], ...], ts: int, already_bid: int
+                      ) -> tuple[str, str] | None:
+        """Validation of an auction bid (R39): the R46.2.2 checks of the agent and the unit;
+        the guarantees (the value of its debtor steps, with taxes and shares, within each
+        owner's operative limit; nothing is reserved); and the energy: the whole bid, with the
+        unit's other bids of the session, against the unit's program and limits in every
+        quarter (as R46.2.4/R46.2.5, without continuous resting orders, which are paused)."""
+        static = self._static.get((user, agent, unit, contract))
+        if static is None:
+            static = self._static[(user, agent, unit, contract)] = self._static_checks(
+                user, agent, unit, contract)
+        if type(static) is not _Pass:
+            return static  # type: ignore[no-any-return]
+        if agent in self.suspended:
+            return Code.AGENT_SUSPENDED, f"agent {agent} is suspended (R46.2.6.2)"
+        if not static.start <= ts < static.end:
+            return Code.AGENT_NOT_CURRENT, f"agent {agent} or unit {unit} not current"
+        sell = side == "SELL"
+        for acct, num, den in static.owners:
+            value = 0
+            for price, qty in steps:
+                if (price < 0) if sell else (price > 0):
+                    value += -(-abs(price) * qty * num // den)
+            avail = acct.limit()
+            if value > avail:
+                return (Code.OPERATIVE_LIMIT,
+                        f"bid value {fmt_money(value)} (with taxes) exceeds the operative"
+                        f" limit {fmt_money(avail)} of agent {acct.agent} (R49.1.4.3)")
+        un = static.unit
+        e = static.k * (sum(q for _, q in steps) + already_bid)
+        for s in static.slots:
+            if un.sells:
+                prog = s.prog + s.sold - s.bought
+                total = prog + e if sell else prog - e
+            else:
+                prog = s.prog + s.bought - s.sold
+                total = prog - e if sell else prog + e
+            if total > s.cap:
+                return self._energy_reject(Code.ENERGY_MAX, _Named(unit, contract), total,
+                                           s.cap, "R39")
+            if total < s.floor:
+                return self._energy_reject(Code.ENERGY_MIN, _Named(unit, contract), total,
+                                           s.floor, "R39")
+        return None
+
     def _static_checks(self, user: str, agent: str, unit: str, contract: str) -> Any:
         """R46.2.2 checks that depend only on reference data: a (code, reason) refusal, or
         (unit, start, end) with the window [start, end) (ms UTC) in which both the agent's
@@ -488,7 +546,7 @@ class RiskGuard:
                 f"{f' to {un.valid_to}' if un.valid_to else ''}, not on {local_day_of(ts)}"
                 " (R46.2.2)")
 
-    def _energy_reject(self, code: str, o: Order, total: int, bound: int, rule: str
+    def _energy_reject(self, code: str, o: Order | _Named, total: int, bound: int, rule: str
                        ) -> tuple[str, str]:
         word = "maximum" if code == Code.ENERGY_MAX else "minimum"
         return (code,
@@ -839,6 +897,18 @@ class RiskGuard:
             s.prog = cmd.energy * k
         self._notice(ts, "PROGRAM_SET", None, cmd.by,
                      f"program of {cmd.unit} in {cmd.period}: {cmd.energy / 10:.1f} MWh")
+
+    def _on_adjust_program(self, cmd: AdjustProgram, ts: int) -> None:
+        """R50: an auction's result added to the base program (PHF) at once."""
+        if not self._so_check(ts, cmd):
+            return
+        quarters, k = self._period(cmd.period)
+        unit = self.ref.units[cmd.unit]
+        for q in quarters:
+            self._slot(unit, q).prog += cmd.delta * k
+        self._notice(ts, "PROGRAM_SET", None, cmd.by,
+                     f"program of {cmd.unit} in {cmd.period} changed by"
+                     f" {cmd.delta / 10:.1f} MWh (auction result, R50)")
 
     def _on_unavailability(self, cmd: SetUnavailability, ts: int) -> None:
         if self._so_check(ts, cmd):

@@ -34,11 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from auctions.session import AuctionCleared
 from engine.events import RoundClosed, Trade
 from gateway.codec import decode, encode
 from gateway.core import Core
 from risk.commands import DecideGuaranteeRequest, ReleaseObligations, SetSyncReduction
-from sync.settle import PendingRequest, SyncResult, settle
+from sync.settle import PendingRequest, SyncResult, auction_entries, settle
 from sync.store import Store
 
 log = logging.getLogger("ronda.sync")
@@ -67,6 +68,7 @@ class SyncJob:
         self.released_seen: set[int] = set()
         self.last_synced = 0
         self.syncs_done = 0
+        self.auctions: list[tuple[str, int, tuple[Any, ...]]] = []  # cleared, to settle
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -89,6 +91,10 @@ class SyncJob:
                 elif t is RoundClosed:
                     if ev.round > self.last_synced:
                         self.closes[ev.round] = self._snapshot(ev.round, ev.ts)
+                    self._wake.set()
+                elif t is AuctionCleared:
+                    # R44: settled at the marginal price (the store keeps each session once)
+                    self.auctions.append((ev.session, ev.ts, ev.allocations))
                     self._wake.set()
 
     def _snapshot(self, rnd: int, ts: int) -> CloseSnapshot:
@@ -119,7 +125,20 @@ class SyncJob:
                 await self._feed(last, await self.store.feedback(last))
         await self.sync_pending()
 
+    async def settle_auctions(self) -> int:
+        """R44: store the entries of every cleared auction not stored yet."""
+        n = 0
+        async with self._lock:
+            while self.auctions:
+                session, ts, allocations = self.auctions[0]
+                entries = auction_entries(allocations, self.core.ref)
+                if await self.store.commit_auction(session, entries, ts):
+                    n += 1
+                self.auctions.pop(0)
+        return n
+
     async def sync_pending(self) -> SyncResult | None:
+        await self.settle_auctions()
         async with self._lock:
             closed = [r for r in self.closes if r > self.last_synced]
             if not closed:

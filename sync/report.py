@@ -37,6 +37,10 @@ async def report(store: Store, agent: str, day: str) -> dict[str, Any]:
         programs += await store.query(
             "SELECT unit, period, energy, sync_id FROM programs WHERE unit = ?"
             " ORDER BY period", (u,))
+    auction = await store.query(
+        "SELECT session, contract, unit, side, kind, energy, price, share_bp, base, iee, vat,"
+        " total FROM auction_entries WHERE agent = ? AND day = ? ORDER BY session, contract,"
+        " unit, side", (agent, day))
     rights = sum(e["total"] for e in entries if e["kind"] == "DCIC")
     obligations = sum(e["total"] for e in entries if e["kind"] == "OPIC")
     return {
@@ -51,6 +55,8 @@ async def report(store: Store, agent: str, day: str) -> dict[str, Any]:
                                         "energy_mwh": v["energy"] / 10}
                                     for k, v in sorted(t.items())}
                       for dim, t in totals.items()}},
+        "auction_entries": [{**e, "price": e["price"] / 100, "energy": e["energy"] / 10,
+                             "total_eur": _eur(e["total"])} for e in auction],
         "balance_history": [{**h, "delta_eur": _eur(h["delta"]),
                              "balance_after_eur": _eur(h["balance_after"])} for h in history],
         "programs": [{**p, "energy_mwh": p["energy"] / 10} for p in programs],

@@ -128,6 +128,37 @@ class SyncResult:
     programs: dict[tuple[str, str], int] = field(default_factory=dict)  # (unit, period) -> Δ
 
 
+def _owner_entries(trade_id: int, side: str, unit_code: str, fallback_agent: str,
+                   contract: str, day: str, rnd: int, price: int, qty: int, ref: RefData
+                   ) -> list[Entry]:
+    obligation = (price > 0) if side == "BUY" else (price < 0)
+    kind = "OPIC" if obligation else "DCIC"
+    unit = ref.units.get(unit_code)
+    owners = ((fallback_agent, 10_000),) if unit is None else unit.owners
+    parts = split(qty * abs(price), [bp for _, bp in owners])
+    out = []
+    for (agent, bp), base in zip(owners, parts, strict=True):
+        a = ref.agents.get(agent)
+        iee_r = rate(a.tax_iee) if a is not None else Fraction(0)
+        vat_r = rate(a.tax_vat) if a is not None else Fraction(0)
+        iee = round_half_up(base * iee_r)
+        vat = round_half_up((base + iee) * vat_r)
+        out.append(Entry(trade_id, side, agent, unit_code, contract, day, rnd, kind, qty,
+                         price, bp, base, iee, vat))
+    return out
+
+
+def auction_entries(allocations: Iterable[tuple[str, str, str, str, int, int]],
+                    ref: RefData) -> list[Entry]:
+    """R44: an auction's allocations settled at the marginal price, as R49.1.1–2 do for
+    trades: (contract, unit, agent, side, price, tenths) → entries per owner (trade id 0)."""
+    out: list[Entry] = []
+    for contract, unit, agent, side, price, qty in allocations:
+        day = ContractSpec.parse(contract).day.isoformat()
+        out += _owner_entries(0, side, unit, agent, contract, day, 0, price, qty, ref)
+    return out
+
+
 def entries_of(trade: Trade, ref: RefData) -> list[Entry]:
     """R49.1.1, R49.1.2: the entries of one trade, per side and owner."""
     out: list[Entry] = []

@@ -72,6 +72,18 @@ UPSERT_BALANCE = ("INSERT INTO balances (agent, deposited, reserved, balance, re
 INSERT_FEEDBACK = "INSERT INTO feedback (sync_id, n, command) VALUES (?, ?, ?)"
 
 
+INSERT_AUCTION = "INSERT INTO auction_sessions (session, completed_at) VALUES (?, ?)"
+INSERT_AUCTION_ENTRY = (
+    "INSERT INTO auction_entries (session, contract, unit, agent, side, day, kind, energy,"
+    " price, share_bp, base, iee, vat, total)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _auction_rows(session: str, entries: list[Any]) -> list[tuple[Any, ...]]:
+    return [(session, e.contract, e.unit, e.agent, e.side, e.day, e.kind, e.energy, e.price,
+             e.share_bp, e.base, e.iee, e.vat, e.total) for e in entries]
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -81,6 +93,7 @@ class Store(Protocol):
                      fault: Fault | None = None) -> bool: ...
     async def feedback(self, sync_id: int) -> list[str]: ...
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+    async def commit_auction(self, session: str, entries: list[Any], at: int) -> bool: ...
 
 
 class SqliteStore:
@@ -174,6 +187,28 @@ class SqliteStore:
         done: bool = await self._run(self._commit, res, feedback, at, fault)
         return done
 
+    def _commit_auction(self, session: str, entries: list[Any], at: int) -> bool:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM auction_sessions WHERE session = ?",
+                          (session,)).fetchone():
+                db.execute("ROLLBACK")
+                return False
+            db.execute(INSERT_AUCTION, (session, at))
+            db.executemany(INSERT_AUCTION_ENTRY, _auction_rows(session, entries))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return True
+
+    async def commit_auction(self, session: str, entries: list[Any], at: int) -> bool:
+        """R44: one auction session's entries, in one transaction, once."""
+        done: bool = await self._run(self._commit_auction, session, entries, at)
+        return done
+
 
 def _pg(sql: str) -> str:
     """``?`` placeholders to PostgreSQL's ``$n``."""
@@ -253,6 +288,15 @@ class PostgresStore:
             await con.executemany(_pg(UPSERT_BALANCE), rows["balances"])
             await con.executemany(_pg(INSERT_FEEDBACK),
                                   [(res.sync_id, n, c) for n, c in enumerate(feedback)])
+        return True
+
+    async def commit_auction(self, session: str, entries: list[Any], at: int) -> bool:
+        async with self._pool.acquire() as con, con.transaction():
+            if await con.fetchval("SELECT 1 FROM auction_sessions WHERE session = $1",
+                                  session):
+                return False
+            await con.execute(_pg(INSERT_AUCTION), session, at)
+            await con.executemany(_pg(INSERT_AUCTION_ENTRY), _auction_rows(session, entries))
         return True
 
 

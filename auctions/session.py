@@ -1,0 +1,493 @@
+"""Intraday auction sessions in the core (R38–R44, R46.2.7, R56, A1§1–2).
+
+Pure and deterministic like the engine and risk, and driven the same way: by journaled
+commands (from the calendar's scheduler, the auction operator, and agents' bids), with events
+out.  A session goes through one table of states:
+
+    SCHEDULED ──open──▶ OPEN ──close──▶ CLOSED ──clear──▶ CLEARED ──reopen──▶ DONE
+        │                 │                │
+        └────────────── cancel ────────────┴──────────────────────────────▶ CANCELLED
+
+1. **Reception** (OPEN): simple bids per unit and period (price-quantity steps), validated
+   against price limits, the unit (responsibility, validity), its energy and program, and the
+   agent's guarantees (:meth:`risk.guard.RiskGuard.auction_check`).
+2. **Close** (CLOSED): continuous trading stops for the contracts of the session's horizon that
+   are trading: they go to INT and their orders are hibernated (R46.2.7, R56).
+3. **Clear** (CLEARED): every period by the simple method of R40.2 (:mod:`auctions.clearing`);
+   results per unit to each agent (``auction_allocation``), public prices and volumes
+   (``auction_price``); programs move (PHF, R50: ``AdjustProgram``); the settlement side
+   settles the results at the marginal price (R44) from the ``auction_cleared`` event.
+4. **Reopen** (DONE): the hibernated orders of the agents that asked for it are reactivated in
+   arrival order, baskets kept in order, each re-validated against the updated programs and
+   current limits, failures rejected with the reason (R46.2.7); then the contracts reopen.
+   A cancelled session reopens the same way, with no results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from auctions.clearing import PeriodResult, Step, clear
+from engine.commands import InterruptContracts, ResumeContracts
+from engine.config import fmt_price, fmt_qty
+from engine.engine import Engine, arrival_key
+from engine.errors import Code, IllegalTransition
+from engine.events import EVENT_NAMES, EVENT_TYPES, Ack
+from engine.model import HIBERNATED
+from engine.states import ContractState
+from risk.commands import AdjustProgram
+from risk.guard import RiskGuard
+
+# --- states -------------------------------------------------------------------------------
+
+SCHEDULED, OPEN, CLOSED, CLEARED, DONE, CANCELLED = (
+    "SCHEDULED", "OPEN", "CLOSED", "CLEARED", "DONE", "CANCELLED")
+TRANSITIONS: dict[str, frozenset[str]] = {
+    SCHEDULED: frozenset({OPEN, CANCELLED}),
+    OPEN: frozenset({CLOSED, CANCELLED}),
+    CLOSED: frozenset({CLEARED, CANCELLED}),
+    CLEARED: frozenset({DONE}),
+    DONE: frozenset(),
+    CANCELLED: frozenset(),
+}
+
+
+def check_transition(current: str, target: str) -> None:
+    if target not in TRANSITIONS[current]:
+        raise IllegalTransition("auction session", current, target)
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleAuction:
+    """A session of the calendar: its horizon and its times (ms UTC)."""
+
+    session: str
+    contracts: tuple[str, ...]
+    opens_at: int
+    closes_at: int
+    publish_at: int
+    by: str = "calendar"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAuction:
+    session: str
+    by: str = "calendar"
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAuction:
+    """Reception closes; the horizon's trading contracts pause (R46.2.7)."""
+
+    session: str
+    by: str = "calendar"
+
+
+@dataclass(frozen=True, slots=True)
+class ClearAuction:
+    session: str
+    by: str = "calendar"
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenAfterAuction:
+    session: str
+    by: str = "calendar"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAuction:
+    """The auction operator cancels a session: contracts reopen, orders reactivated as
+    requested, no results."""
+
+    session: str
+    reason: str
+    by: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class DelayAuction:
+    """The auction operator moves a session's remaining times later by ``delay_ms``."""
+
+    session: str
+    delay_ms: int
+    by: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitAuctionBid:
+    """A simple bid of a unit for one period: price-quantity steps (R39)."""
+
+    user: str
+    agent: str
+    session: str
+    unit: str
+    contract: str
+    side: str  # BUY / SELL
+    steps: tuple[tuple[int, int], ...]  # (price cents, quantity tenths)
+    req_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAuctionBid:
+    user: str
+    agent: str
+    session: str
+    bid_id: int
+    req_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetReactivation:
+    """An agent's choice: reactivate my hibernated orders after each auction (R46.2.7)."""
+
+    user: str
+    agent: str
+    reactivate: bool
+    req_id: str | None = None
+
+
+AUCTION_COMMANDS = (ScheduleAuction, OpenAuction, CloseAuction, ClearAuction,
+                    ReopenAfterAuction, CancelAuction, DelayAuction, SubmitAuctionBid,
+                    CancelAuctionBid, SetReactivation)
+
+# --- events -------------------------------------------------------------------------------
+
+
+class AuctionState(NamedTuple):
+    ts: int
+    session: str
+    state: str
+    previous: str | None
+    contracts: tuple[str, ...]
+    opens_at: int
+    closes_at: int
+    publish_at: int
+    reason: str | None
+
+
+class AuctionPrice(NamedTuple):
+    """Public result of one period: marginal price (None: no crossing) and volume."""
+
+    ts: int
+    session: str
+    contract: str
+    price: int | None
+    qty: int
+    case: str
+
+
+class AuctionAllocation(NamedTuple):
+    """Private result of one bid: what it was allocated at the marginal price."""
+
+    ts: int
+    session: str
+    contract: str
+    bid_id: int
+    user: str
+    agent: str
+    unit: str
+    side: str
+    price: int
+    qty: int
+
+
+class AuctionCleared(NamedTuple):
+    """For the settlement side (R44): the allocations of a session, per unit and period."""
+
+    ts: int
+    session: str
+    allocations: tuple[tuple[str, str, str, str, int, int], ...]
+    # (contract, unit, agent, side, marginal price, tenths)
+
+
+for _c, _n in ((AuctionState, "auction_state"), (AuctionPrice, "auction_price"),
+               (AuctionAllocation, "auction_allocation"), (AuctionCleared, "auction_cleared")):
+    EVENT_TYPES[_n] = _c
+    EVENT_NAMES[_c] = _n
+
+
+# --- the module ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Bid:
+    id: int
+    user: str
+    agent: str
+    unit: str
+    contract: str
+    side: str
+    steps: tuple[tuple[int, int], ...]
+    order: int
+    live: bool = True
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    contracts: tuple[str, ...]
+    opens_at: int
+    closes_at: int
+    publish_at: int
+    state: str = SCHEDULED
+    bids: dict[int, Bid] = field(default_factory=dict)
+    paused: tuple[str, ...] = ()
+    results: dict[str, PeriodResult] = field(default_factory=dict)
+    reason: str | None = None
+
+
+class Auctions:
+    def __init__(self, engine: Engine, risk: RiskGuard | None) -> None:
+        self.engine = engine
+        self.risk = risk
+        self.sessions: dict[str, Session] = {}
+        self.reactivate: dict[str, bool] = {}
+        self.next_bid = 1
+
+    @classmethod
+    def install(cls, engine: Engine, risk: RiskGuard | None) -> Auctions:
+        a = cls(engine, risk)
+        handlers: dict[type, Callable[[Any, int], None]] = {
+            ScheduleAuction: a._on_schedule, OpenAuction: a._on_open,
+            CloseAuction: a._on_close, ClearAuction: a._on_clear,
+            ReopenAfterAuction: a._on_reopen, CancelAuction: a._on_cancel,
+            DelayAuction: a._on_delay, SubmitAuctionBid: a._on_bid,
+            CancelAuctionBid: a._on_cancel_bid, SetReactivation: a._on_reactivation,
+        }
+        for t, h in handlers.items():
+            engine.register(t, h)
+        engine.add_digest(a.state_digest)
+        return a
+
+    # ------------------------------------------------------------------ helpers
+
+    def _reject(self, ts: int, user: str, agent: str, req_id: str | None, code: str,
+                reason: str) -> None:
+        self.engine.reject(ts, user, agent, req_id, code, reason)
+
+    def _set(self, s: Session, target: str, ts: int, reason: str | None = None) -> None:
+        prev = s.state
+        check_transition(prev, target)
+        s.state = target
+        s.reason = reason
+        self.engine.emit(AuctionState(ts, s.id, target, prev, s.contracts, s.opens_at,
+                                      s.closes_at, s.publish_at, reason))
+
+    def _session(self, sid: str, ts: int, by: str, target: str) -> Session | None:
+        s = self.sessions.get(sid)
+        if s is None:
+            self._reject(ts, by, "", None, "AUCTION_UNKNOWN", f"no auction session {sid}")
+            return None
+        if target not in TRANSITIONS[s.state]:
+            self._reject(ts, by, "", None, Code.ILLEGAL_TRANSITION,
+                         f"auction session {sid} is {s.state}; cannot go to {target}")
+            return None
+        return s
+
+    def state_digest(self) -> bytes:
+        h = hashlib.sha256()
+        for sid in sorted(self.sessions):
+            s = self.sessions[sid]
+            h.update(repr((sid, s.contracts, s.opens_at, s.closes_at, s.publish_at, s.state,
+                           s.paused, s.reason,
+                           [(b.id, b.unit, b.contract, b.side, b.steps, b.live)
+                            for b in s.bids.values()],
+                           sorted((c, r.price, r.volume, sorted(r.allocations.items()))
+                                  for c, r in s.results.items()))).encode())
+        h.update(repr((sorted(self.reactivate.items()), self.next_bid)).encode())
+        return h.digest()
+
+    # ------------------------------------------------------------------ life cycle
+
+    def _on_schedule(self, cmd: ScheduleAuction, ts: int) -> None:
+        if cmd.session in self.sessions:
+            return  # the calendar may schedule again after a restart: idempotent
+        if not (cmd.opens_at <= cmd.closes_at <= cmd.publish_at) or not cmd.contracts:
+            self._reject(ts, cmd.by, "", None, "AUCTION_INVALID",
+                         "a session needs contracts and opens <= closes <= publishes")
+            return
+        s = Session(cmd.session, cmd.contracts, cmd.opens_at, cmd.closes_at, cmd.publish_at)
+        self.sessions[s.id] = s
+        self.engine.emit(AuctionState(ts, s.id, SCHEDULED, None, s.contracts, s.opens_at,
+                                      s.closes_at, s.publish_at, None))
+
+    def _on_open(self, cmd: OpenAuction, ts: int) -> None:
+        s = self._session(cmd.session, ts, cmd.by, OPEN)
+        if s is not None:
+            self._set(s, OPEN, ts)
+
+    def _on_close(self, cmd: CloseAuction, ts: int) -> None:
+        """R46.2.7, R56: the horizon's trading contracts pause; their orders hibernate."""
+        s = self._session(cmd.session, ts, cmd.by, CLOSED)
+        if s is None:
+            return
+        self._set(s, CLOSED, ts)
+        eng = self.engine
+        trading = tuple(c for c in s.contracts
+                        if c in eng.contracts and eng.contracts[c].state is ContractState.TRADE)
+        s.paused = trading
+        if trading:
+            eng.dispatch(InterruptContracts(trading, f"intraday auction {s.id}"), ts)
+
+    def _on_clear(self, cmd: ClearAuction, ts: int) -> None:
+        """R40.2 per period; results out; programs (R50); settlement input (R44)."""
+        s = self._session(cmd.session, ts, cmd.by, CLEARED)
+        if s is None:
+            return
+        by_contract: dict[str, list[Step]] = {}
+        for b in s.bids.values():
+            if not b.live:
+                continue
+            for n, (price, qty) in enumerate(b.steps):
+                by_contract.setdefault(b.contract, []).append(
+                    Step(b.id, n, b.side, price, qty, b.order, b.unit))
+        self._set(s, CLEARED, ts)
+        cleared: list[tuple[str, str, str, str, int, int]] = []
+        net: dict[tuple[str, str], int] = {}
+        for contract in s.contracts:
+            res = clear(by_contract.get(contract, []))
+            s.results[contract] = res
+            self.engine.emit(AuctionPrice(ts, s.id, contract, res.price, res.volume,
+                                          res.case))
+            if res.price is None:
+                continue
+            per_bid: dict[int, int] = {}
+            for (bid_id, _n), q in res.allocations.items():
+                per_bid[bid_id] = per_bid.get(bid_id, 0) + q
+            for bid_id in sorted(per_bid):
+                b = s.bids[bid_id]
+                q = per_bid[bid_id]
+                self.engine.emit(AuctionAllocation(ts, s.id, contract, bid_id, b.user,
+                                                   b.agent, b.unit, b.side, res.price, q))
+                cleared.append((contract, b.unit, b.agent, b.side, res.price, q))
+                unit = self.risk.ref.units.get(b.unit) if self.risk else None
+                sells = unit.sells if unit is not None else b.side == "SELL"
+                sign = 1 if (b.side == "SELL") == sells else -1
+                key = (b.unit, contract)
+                net[key] = net.get(key, 0) + sign * q
+        for (unit_code, contract), delta in sorted(net.items()):
+            if delta and self.risk is not None:
+                self.engine.dispatch(AdjustProgram("auction", unit_code, contract, delta), ts)
+        self.engine.emit(AuctionCleared(ts, s.id, tuple(cleared)))
+
+    def _reopen(self, s: Session, ts: int) -> None:
+        """R46.2.7: reopen the paused contracts with the requested reactivations, in one
+        command so no order can slip in between."""
+        eng = self.engine
+        paused = tuple(c for c in s.paused
+                       if c in eng.contracts and eng.contracts[c].state is ContractState.INT)
+        if not paused:
+            return
+        eng.dispatch(ResumeContracts(paused), ts)
+        agents = {a for a, yes in self.reactivate.items() if yes}
+        ids = set(paused)
+        sel = sorted((o for o in eng.orders.values()
+                      if o.status is HIBERNATED and o.contract in ids and o.agent in agents),
+                     key=arrival_key)
+        for o in sel:
+            eng.reactivate(o, ts, None)
+
+    def _on_reopen(self, cmd: ReopenAfterAuction, ts: int) -> None:
+        s = self._session(cmd.session, ts, cmd.by, DONE)
+        if s is None:
+            return
+        self._reopen(s, ts)
+        self._set(s, DONE, ts)
+
+    def _on_cancel(self, cmd: CancelAuction, ts: int) -> None:
+        s = self._session(cmd.session, ts, cmd.by, CANCELLED)
+        if s is None:
+            return
+        was_closed = s.state == CLOSED
+        self._set(s, CANCELLED, ts, cmd.reason)
+        if was_closed:
+            self._reopen(s, ts)
+
+    def _on_delay(self, cmd: DelayAuction, ts: int) -> None:
+        s = self.sessions.get(cmd.session)
+        if s is None or s.state not in (SCHEDULED, OPEN, CLOSED) or cmd.delay_ms <= 0:
+            self._reject(ts, cmd.by, "", None, "AUCTION_INVALID",
+                         f"session {cmd.session} cannot be delayed"
+                         f" ({'unknown' if s is None else s.state})")
+            return
+        d = cmd.delay_ms
+        if s.state == SCHEDULED:
+            s.opens_at += d
+        if s.state in (SCHEDULED, OPEN):
+            s.closes_at += d
+        s.publish_at += d
+        self.engine.emit(AuctionState(ts, s.id, s.state, s.state, s.contracts, s.opens_at,
+                                      s.closes_at, s.publish_at, f"delayed by {d // 1000} s"))
+
+    # ------------------------------------------------------------------ bids
+
+    def _on_bid(self, cmd: SubmitAuctionBid, ts: int) -> None:
+        u, a, rq = cmd.user, cmd.agent, cmd.req_id
+        s = self.sessions.get(cmd.session)
+        if s is None or s.state != OPEN:
+            self._reject(ts, u, a, rq, "AUCTION_NOT_OPEN",
+                         f"session {cmd.session} is "
+                         f"{'unknown' if s is None else s.state}; bids only while OPEN")
+            return
+        if cmd.contract not in s.contracts:
+            self._reject(ts, u, a, rq, "AUCTION_PERIOD_NOT_IN_HORIZON",
+                         f"{cmd.contract} is not in the horizon of session {s.id}")
+            return
+        if cmd.side not in ("BUY", "SELL") or not cmd.steps or len(cmd.steps) > 25:
+            self._reject(ts, u, a, rq, "AUCTION_BID_INVALID",
+                         "a bid has a side and 1 to 25 price-quantity steps")
+            return
+        cfg = self.engine.cfg
+        for price, qty in cmd.steps:
+            if not cfg.price_min <= price <= cfg.price_max:
+                self._reject(ts, u, a, rq, Code.PRICE_OUT_OF_RANGE,
+                             f"step price {fmt_price(price)} €/MWh outside"
+                             f" [{fmt_price(cfg.price_min)}, {fmt_price(cfg.price_max)}]")
+                return
+            if not cfg.qty_min <= qty <= cfg.qty_max:
+                self._reject(ts, u, a, rq, Code.QTY_OUT_OF_RANGE,
+                             f"step quantity {fmt_qty(qty)} MWh outside"
+                             f" [{fmt_qty(cfg.qty_min)}, {fmt_qty(cfg.qty_max)}]")
+                return
+        if self.risk is not None:
+            rej = self.risk.auction_check(u, a, cmd.unit, cmd.contract, cmd.side, cmd.steps,
+                                          ts, self._bid_energy(s, cmd.unit, cmd.contract,
+                                                               cmd.side))
+            if rej is not None:
+                self._reject(ts, u, a, rq, rej[0], rej[1])
+                return
+        bid = Bid(self.next_bid, u, a, cmd.unit, cmd.contract, cmd.side, cmd.steps,
+                  self.next_bid)
+        self.next_bid += 1
+        s.bids[bid.id] = bid
+        self.engine.emit(Ack(ts, u, rq, "auction_bid", (bid.id,)))
+
+    def _bid_energy(self, s: Session, unit: str, contract: str, side: str) -> int:
+        """Energy already bid by the unit, same side and period, in this session."""
+        return sum(sum(q for _, q in b.steps) for b in s.bids.values()
+                   if b.live and b.unit == unit and b.contract == contract and b.side == side)
+
+    def _on_cancel_bid(self, cmd: CancelAuctionBid, ts: int) -> None:
+        s = self.sessions.get(cmd.session)
+        b = s.bids.get(cmd.bid_id) if s is not None else None
+        if s is None or b is None or b.agent != cmd.agent or not b.live:
+            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, "AUCTION_BID_UNKNOWN",
+                         f"no live bid {cmd.bid_id} of agent {cmd.agent} in {cmd.session}")
+            return
+        if s.state != OPEN:
+            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, "AUCTION_NOT_OPEN",
+                         f"session {s.id} is {s.state}; bids can be cancelled only while OPEN")
+            return
+        b.live = False
+        self.engine.emit(Ack(ts, cmd.user, cmd.req_id, "auction_bid_cancel", (b.id,)))
+
+    def _on_reactivation(self, cmd: SetReactivation, ts: int) -> None:
+        self.reactivate[cmd.agent] = cmd.reactivate
+        self.engine.emit(Ack(ts, cmd.user, cmd.req_id, "set_reactivation", ()))
