@@ -57,11 +57,16 @@ from risk.commands import (
     SuspendAgent,
 )
 from risk.events import RiskNotice, ThrottlingStatus
-from risk.refdata import Agent, RateLimit, RefData, RefDataError, Unit, load
+from risk.refdata import RateLimit, RefData, RefDataError, Unit, load
 
 QUARTER_MS = 15 * 60_000
 A1_6_NOTICE_MS = 5 * 60_000  # A1§6: five minutes before the round starts
 _new = tuple.__new__
+
+
+def fmt_units(units: int) -> str:
+    """An exact amount, shown in € (charges up to the cent)."""
+    return fmt_money(to_cents_up(units))
 
 
 def fmt_money(cents: int) -> str:
@@ -70,15 +75,32 @@ def fmt_money(cents: int) -> str:
     return f"{sign}{a // 100}.{a % 100:02d} €"
 
 
+SCALE = 10**25  # internal units per cent of €: every charge is an exact integer (see below)
+
+
+def to_cents_up(units: int) -> int:
+    return -(-units // SCALE)
+
+
+def to_cents_down(units: int) -> int:
+    return units // SCALE
+
+
 class Account:
-    """An agent's guarantee account on the platform (R49.1.4.3)."""
+    """An agent's guarantee account on the platform (R49.1.4.3), held *exactly*.
+
+    Amounts are integers of 1/``SCALE`` of a cent.  A charge is |price| × quantity × the
+    owner's tax factor × its share, and tax rates have at most 8 decimals, so with
+    ``SCALE = 10**25`` every charge is an exact integer: nothing is rounded, so what a fill,
+    a cancel or a release gives back is exactly what was charged, and the limit never drifts.
+    Cents appear only for display (charges rounded up, the limit rounded down)."""
 
     __slots__ = ("agent", "by_round", "debtor", "gmic", "increases", "obligations",
                  "reduction", "reductions")
 
-    def __init__(self, agent: str, gmic: int) -> None:
+    def __init__(self, agent: str, gmic_cents: int) -> None:
         self.agent = agent
-        self.gmic = gmic  # a) reserved guarantees
+        self.gmic = gmic_cents * SCALE  # a) reserved guarantees
         self.obligations = 0  # b) payment obligations of unsynchronised trades, with taxes
         self.by_round: dict[int, int] = {}  # the same, by round
         self.debtor = 0  # c) value of resting debtor orders, with taxes
@@ -91,12 +113,18 @@ class Account:
         return (self.gmic - self.obligations - self.debtor - self.reduction
                 - self.reductions + self.increases)
 
+    def limit_cents(self) -> int:
+        return to_cents_down(self.limit())
+
     def breakdown(self) -> dict[str, int]:
+        """In cents: charges rounded up, the limit rounded down."""
         return {
-            "reserved": self.gmic, "obligations": self.obligations,
-            "debtor_orders": self.debtor, "sync_reduction": self.reduction,
-            "requested_reductions": self.reductions, "requested_increases": self.increases,
-            "operative_limit": self.limit(),
+            "reserved": to_cents_down(self.gmic), "obligations": to_cents_up(self.obligations),
+            "debtor_orders": to_cents_up(self.debtor),
+            "sync_reduction": to_cents_up(self.reduction),
+            "requested_reductions": to_cents_up(self.reductions),
+            "requested_increases": to_cents_down(self.increases),
+            "operative_limit": self.limit_cents(),
         }
 
 
@@ -194,7 +222,7 @@ class _Pass:
     """The static R46.2.2 checks passed: the unit, and the window [start, end) in ms UTC
     in which both the agent's registration and the unit are current."""
 
-    __slots__ = ("end", "k", "owners", "single", "slots", "start", "unit")
+    __slots__ = ("end", "k", "owner_codes", "owners", "single", "slots", "start", "unit")
 
     def __init__(self, unit: Unit, start: int, end: int,
                  owners: tuple[tuple[Account, int, int], ...], slots: tuple[Slot, ...],
@@ -203,6 +231,7 @@ class _Pass:
         self.start = start
         self.end = end
         self.owners = owners
+        self.owner_codes = frozenset(a.agent for a, _, _ in owners)
         self.single = len(owners) == 1
         self.slots = slots
         self.k = k
@@ -233,7 +262,7 @@ class RiskGuard:
         self.pending: list[tuple[int, int, Any]] = []  # (received, seq, command) A1§6
         self._pending_seq = 0
         self._owners_cache: dict[str, tuple[tuple[Account, int, int], ...]] = {}
-        self._static: dict[tuple[str, str, str, str], Any] = {}  # R46.2.2 static checks
+        self._static: dict[tuple[str, str, str, str], _Pass | None] = {}  # R46.2.2
         self.loaded_json: str | None = None  # the last LoadReferenceData document
 
     # ------------------------------------------------------------------ installation
@@ -301,14 +330,17 @@ class RiskGuard:
         return tuple(self._slot(unit, q) for q in quarters), k
 
     def _owners(self, unit: Unit) -> tuple[tuple[Account, int, int], ...]:
-        """(account, numerator, denominator) per owner: charge = ceil(cents*qty*num/den)
-        with cents × tenths / 10 = cents of €, the owner's taxes and its share."""
+        """(account, multiplier, 0) per owner: the exact charge of |price| cents × qty
+        tenths is ``|price| × qty × multiplier`` internal units, the multiplier being
+        SCALE × tax factor × share / 10 (cents × tenths / 10 = cents of €)."""
         v = self._owners_cache.get(unit.code)
         if v is None:
             out = []
             for agent, bp in unit.owners:
                 a = self.ref.agents[agent]
-                out.append((self.accounts[agent], a.tax_num * bp, a.tax_den * 10_000 * 10))
+                per, rem = divmod(SCALE, a.tax_den * 10_000 * 10)
+                assert rem == 0, "tax rates with more than 8 decimals"
+                out.append((self.accounts[agent], a.tax_num * bp * per, 0))
             v = tuple(out)
             self._owners_cache[unit.code] = v
         return v
@@ -384,14 +416,13 @@ class RiskGuard:
         static = self._static.get(key)
         if static is None:
             static = self._static[key] = self._static_checks(*key)
-        if type(static) is not _Pass:
-            return static  # type: ignore[no-any-return]  # a (code, reason) refusal
+        if (static is None or not static.start <= ts < static.end
+                or (self.suspended and (o.agent in self.suspended
+                                        or not self.suspended.isdisjoint(static.owner_codes)))):
+            rej = self._refusal(o.user, o.agent, o.unit, o.contract, ts)
+            assert rej is not None, "the fast path and R46.2.2's order disagree"
+            return rej
         un = static.unit
-        # -- R46.2.2, the parts that change with time and with officers' actions
-        if o.agent in self.suspended:
-            return Code.AGENT_SUSPENDED, f"agent {o.agent} is suspended (R46.2.6.2)"
-        if not static.start <= ts < static.end:
-            return self._dated_reject(o, ts)
         # -- the operative limit of every owner for its share (R46.2.2, R49.1.4.3)
         price = o.price
         sell = o.side is not BUY
@@ -402,18 +433,18 @@ class RiskGuard:
         charges: list[int] = []
         if debtor:
             ap = -price if price < 0 else price
-            for i, (acct, num, den) in enumerate(owners):
-                c = -(-ap * rem * num // den)
+            for i, (acct, mul, _) in enumerate(owners):
+                c = ap * rem * mul
                 avail = (acct.gmic - acct.obligations - acct.debtor - acct.reduction
                          - acct.reductions + acct.increases)
                 if prev is not None and prev.debtor:
                     avail += prev.charges[i]
                 if c > avail:
                     return (Code.OPERATIVE_LIMIT,
-                            f"order value {fmt_money(c)} (with taxes"
+                            f"order value {fmt_units(c)} (with taxes"
                             f"{'' if static.single else ', for its share'}) exceeds the"
-                            f" operative limit {fmt_money(avail)} of agent {acct.agent}"
-                            " (R49.1.4.3)")
+                            f" operative limit {fmt_money(to_cents_down(avail))} of agent"
+                            f" {acct.agent} (R49.1.4.3)")
                 charges.append(c)
         # -- energy (R46.2.4, R46.2.5), every quarter of the contract
         slots = static.slots
@@ -465,27 +496,26 @@ class RiskGuard:
         owner's operative limit; nothing is reserved); and the energy: the whole bid, with the
         unit's other bids of the session, against the unit's program and limits in every
         quarter (as R46.2.4/R46.2.5, without continuous resting orders, which are paused)."""
+        rej = self._refusal(user, agent, unit, contract, ts)
+        if rej is not None:
+            return rej
         static = self._static.get((user, agent, unit, contract))
         if static is None:
             static = self._static[(user, agent, unit, contract)] = self._static_checks(
                 user, agent, unit, contract)
-        if type(static) is not _Pass:
-            return static  # type: ignore[no-any-return]
-        if agent in self.suspended:
-            return Code.AGENT_SUSPENDED, f"agent {agent} is suspended (R46.2.6.2)"
-        if not static.start <= ts < static.end:
-            return Code.AGENT_NOT_CURRENT, f"agent {agent} or unit {unit} not current"
+        assert static is not None
         sell = side == "SELL"
-        for acct, num, den in static.owners:
+        for acct, mul, _ in static.owners:
             value = 0
             for price, qty in steps:
                 if (price < 0) if sell else (price > 0):
-                    value += -(-abs(price) * qty * num // den)
+                    value += abs(price) * qty * mul
             avail = acct.limit()
             if value > avail:
                 return (Code.OPERATIVE_LIMIT,
-                        f"bid value {fmt_money(value)} (with taxes) exceeds the operative"
-                        f" limit {fmt_money(avail)} of agent {acct.agent} (R49.1.4.3)")
+                        f"bid value {fmt_units(value)} (with taxes) exceeds the operative"
+                        f" limit {fmt_money(to_cents_down(avail))} of agent {acct.agent}"
+                        " (R49.1.4.3)")
         un = static.unit
         e = static.k * (sum(q for _, q in steps) + already_bid)
         for s in static.slots:
@@ -503,13 +533,30 @@ class RiskGuard:
                                            s.floor, "R39")
         return None
 
-    def _static_checks(self, user: str, agent: str, unit: str, contract: str) -> Any:
-        """R46.2.2 checks that depend only on reference data: a (code, reason) refusal, or
-        (unit, start, end) with the window [start, end) (ms UTC) in which both the agent's
-        registration and the unit are current."""
+    def _static_checks(self, user: str, agent: str, unit: str, contract: str
+                       ) -> _Pass | None:
+        """The R46.2.2 checks that depend only on reference data, for the fast path: a
+        :class:`_Pass` (cached), or None when any fails (then :meth:`_refusal` says which,
+        in the rule's order)."""
         ref = self.ref
-        product = contract[:2]
-        ag: Agent | None = ref.agents.get(agent)
+        ag = ref.agents.get(agent)
+        u = ref.users.get(user)
+        un = ref.units.get(unit)
+        if (ag is None or u is None or "trader" not in u.roles or u.agent != agent
+                or contract[:2] not in ag.products or un is None or un.responsible != agent):
+            return None
+        a0, a1 = _window(ag.registered_from, ag.registered_to)
+        u0, u1 = _window(un.valid_from, un.valid_to)
+        slots, k = self._slots_for(un, contract)
+        return _Pass(un, max(a0, u0), min(a1, u1), self._owners(un), slots, k)
+
+    def _refusal(self, user: str, agent: str, unit: str, contract: str, ts: int
+                 ) -> tuple[str, str] | None:
+        """R46.2.2 in the rule's order: the agent is authorised for the contract at this
+        moment (its user a trader of it, not suspended, the product), registered on this
+        date; the unit is valid, current, and the agent responsible for its offers."""
+        ref = self.ref
+        ag = ref.agents.get(agent)
         if ag is None:
             return Code.AGENT_UNKNOWN, f"agent {agent} is not registered (R46.2.2)"
         u = ref.users.get(user)
@@ -517,34 +564,36 @@ class RiskGuard:
             return Code.USER_UNKNOWN, f"user {user} is not registered"
         if "trader" not in u.roles or u.agent != agent:
             return (_TRADER_ONLY, f"user {user} is not a trader of agent {agent} (R46.2.2)")
+        if agent in self.suspended:
+            return Code.AGENT_SUSPENDED, f"agent {agent} is suspended (R46.2.6.2)"
+        product = contract[:2]
         if product not in ag.products:
             return (Code.AGENT_NOT_AUTHORISED,
                     f"agent {agent} is not authorised to trade {product} contracts (R46.2.2)")
-        un: Unit | None = ref.units.get(unit)
+        a0, a1 = _window(ag.registered_from, ag.registered_to)
+        if not a0 <= ts < a1:
+            return (Code.AGENT_NOT_CURRENT,
+                    f"agent {agent} is registered from {ag.registered_from}"
+                    f"{f' to {ag.registered_to}' if ag.registered_to else ''}, not on"
+                    f" {local_day_of(ts)} (R46.2.2)")
+        un = ref.units.get(unit)
         if un is None:
             return Code.UNIT_UNKNOWN, f"unit {unit} does not exist (R46.2.2)"
+        u0, u1 = _window(un.valid_from, un.valid_to)
+        if not u0 <= ts < u1:
+            return (Code.UNIT_NOT_CURRENT,
+                    f"unit {unit} is valid from {un.valid_from}"
+                    f"{f' to {un.valid_to}' if un.valid_to else ''}, not on"
+                    f" {local_day_of(ts)} (R46.2.2)")
         if un.responsible != agent:
             return (Code.UNIT_NOT_RESPONSIBLE,
                     f"agent {agent} is not responsible for the offers of unit {unit}"
                     " (R46.2.2)")
-        a0, a1 = _window(ag.registered_from, ag.registered_to)
-        u0, u1 = _window(un.valid_from, un.valid_to)
-        slots, k = self._slots_for(un, contract)
-        return _Pass(un, max(a0, u0), min(a1, u1), self._owners(un), slots, k)
-
-    def _dated_reject(self, o: Order, ts: int) -> tuple[str, str]:
-        ag = self.ref.agents[o.agent]
-        a0, a1 = _window(ag.registered_from, ag.registered_to)
-        if not a0 <= ts < a1:
-            return (Code.AGENT_NOT_CURRENT,
-                    f"agent {o.agent} is registered from {ag.registered_from}"
-                    f"{f' to {ag.registered_to}' if ag.registered_to else ''}, not on"
-                    f" {local_day_of(ts)} (R46.2.2)")
-        un = self.ref.units[o.unit]
-        return (Code.UNIT_NOT_CURRENT,
-                f"unit {o.unit} is valid from {un.valid_from}"
-                f"{f' to {un.valid_to}' if un.valid_to else ''}, not on {local_day_of(ts)}"
-                " (R46.2.2)")
+        for owner, _ in un.owners:
+            if owner in self.suspended:
+                return (Code.AGENT_SUSPENDED,
+                        f"agent {owner}, an owner of unit {unit}, is suspended (R46.2.6.2)")
+        return None
 
     def _energy_reject(self, code: str, o: Order | _Named, total: int, bound: int, rule: str
                        ) -> tuple[str, str]:
@@ -573,8 +622,8 @@ class RiskGuard:
         ap = -x.price if x.price < 0 else x.price
         rem = x.rem
         charges = x.charges
-        for i, (acct, num, den) in enumerate(x.owners):
-            c = -(-ap * rem * num // den)
+        for i, (acct, mul, _) in enumerate(x.owners):
+            c = ap * rem * mul
             acct.debtor += c - charges[i]
             charges[i] = c
 
@@ -589,8 +638,8 @@ class RiskGuard:
         if (price < 0) if x.sell else (price > 0):
             ap = -price if price < 0 else price
             rnd = self.engine.round
-            for acct, num, den in x.owners:
-                ob = -(-ap * qty * num // den)
+            for acct, mul, _ in x.owners:
+                ob = ap * qty * mul
                 acct.obligations += ob
                 br = acct.by_round
                 br[rnd] = br.get(rnd, 0) + ob
@@ -675,7 +724,7 @@ class RiskGuard:
         """An agent's guarantee account with the breakdown of its operative limit."""
         a = self.accounts[agent]
         d: dict[str, Any] = {"agent": agent, **a.breakdown()}
-        d["obligations_by_round"] = dict(sorted(a.by_round.items()))
+        d["obligations_by_round"] = {r: to_cents_up(v) for r, v in sorted(a.by_round.items())}
         d["pending_requests"] = [
             {"id": r.id, "increase": r.increase, "amount": r.amount}
             for r in self.requests.values() if r.agent == agent and r.state == "PENDING"]
@@ -692,13 +741,12 @@ class RiskGuard:
             if x is None or o.status.value != "ACTIVE" or not x.debtor:
                 continue
             un = self.ref.units[o.unit]
-            for (acct, num, den), (ag, _) in zip(self._owners(un), un.owners, strict=True):
+            for (acct, mul, _), (ag, _) in zip(self._owners(un), un.owners, strict=True):
                 if ag == agent:
-                    ap = abs(o.price)
-                    debtor += -(-ap * o.remaining * num // den)
+                    debtor += abs(o.price) * o.remaining * mul
                     assert acct.agent == agent
-        return {"debtor_orders": debtor,
-                "obligations": sum(self.accounts[agent].by_round.values())}
+        return {"debtor_orders": to_cents_up(debtor),
+                "obligations": to_cents_up(sum(self.accounts[agent].by_round.values()))}
 
     # ------------------------------------------------------------------ command handlers
 
@@ -743,7 +791,7 @@ class RiskGuard:
         if cmd.amount < 0:
             self._deny(ts, cmd.by, cmd.req_id, Code.INVALID_AMOUNT, "guarantees cannot be negative")
             return
-        self.accounts[cmd.agent].gmic = cmd.amount
+        self.accounts[cmd.agent].gmic = cmd.amount * SCALE
         self._notice(ts, "GUARANTEES_SET", cmd.agent, cmd.by,
                      f"reserved guarantees set to {fmt_money(cmd.amount)} (R49.1.4.1)",
                      cmd.amount)
@@ -780,22 +828,24 @@ class RiskGuard:
                        f"no pending guarantee request {cmd.request_id}")
             return
         acct = self.accounts[r.agent]
-        if cmd.accept and not r.increase and r.amount > acct.limit() and cmd.by != "sync":
+        if (cmd.accept and not r.increase and r.amount * SCALE > acct.limit()
+                and cmd.by != "sync"):
             # an officer's approval is checked here; the settlement side decided with the
             # platform's figures at the round close and is authoritative (R49.1.4.4)
             # R49.1.4.4: a reduction committed to obligations or orders is refused
             r.state = "REFUSED"
             self._notice(ts, "REQUEST_REFUSED", r.agent, cmd.by,
                          f"reduction of {fmt_money(r.amount)} refused: only"
-                         f" {fmt_money(max(acct.limit(), 0))} is not committed (R49.1.4.4)",
+                         f" {fmt_money(max(acct.limit_cents(), 0))} is not committed"
+                         " (R49.1.4.4)",
                          r.amount, r.id)
             return
         r.state = "ACCEPTED" if cmd.accept else "REFUSED"
         if cmd.accept:
             if r.increase:
-                acct.increases += r.amount
+                acct.increases += r.amount * SCALE
             else:
-                acct.reductions += r.amount
+                acct.reductions += r.amount * SCALE
         self._notice(ts, "REQUEST_ACCEPTED" if cmd.accept else "REQUEST_REFUSED", r.agent,
                      cmd.by, cmd.reason or ("accepted" if cmd.accept else "refused"),
                      r.amount, r.id)
@@ -808,7 +858,7 @@ class RiskGuard:
             self._deny(ts, cmd.by, None, Code.AGENT_UNKNOWN,
                        f"agent {cmd.agent} unknown or negative amount")
             return
-        self.accounts[cmd.agent].reduction = cmd.amount
+        self.accounts[cmd.agent].reduction = cmd.amount * SCALE
         self._notice(ts, "SYNC_REDUCTION", cmd.agent, cmd.by,
                      f"reduction of {fmt_money(cmd.amount)} for the next round (R49.1.4.2)",
                      cmd.amount)
@@ -825,7 +875,7 @@ class RiskGuard:
             acct.obligations -= amount
             self._notice(ts, "OBLIGATIONS_RELEASED", acct.agent, cmd.by,
                          f"obligations of rounds up to {cmd.through_round} synchronised"
-                         " (R49.1.4.2)", amount)
+                         " (R49.1.4.2)", to_cents_up(amount))
 
     def _on_suspend(self, cmd: SuspendAgent, ts: int) -> None:
         if not self._officer(ts, cmd.by, cmd.req_id, cmd.agent):

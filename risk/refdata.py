@@ -13,6 +13,7 @@ tax rates are percentages with up to eight decimals, held exactly as a rational 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -228,29 +229,29 @@ def _rate(doc: RateLimitDoc) -> RateLimit:
                      doc.hibernate_on_breach)
 
 
-def load(document: Any) -> RefData:
-    """Validate a reference-data document (already parsed from TOML or JSON) and build the
-    objects; raise :class:`RefDataError` listing every problem by path."""
-    try:
-        doc = RefDataDoc.model_validate(document)
-    except ValidationError as exc:
-        errs = []
-        for e in exc.errors(include_url=False):
-            path = ".".join(str(p) for p in e["loc"]) or "document"
-            msg = e["msg"].removeprefix("Value error, ")
-            errs.append(f"{path}: {'unknown field' if e['type'] == 'extra_forbidden' else msg}")
-        raise RefDataError(errs) from None
+def _codes(doc: Any, key: str, field: str) -> list[tuple[int, str]]:
+    """(index, code) of every entry of ``doc[key]`` whose ``field`` is a string, valid or
+    not otherwise: references to it are not "unknown", duplicates of it are duplicates."""
+    raw = doc.get(key) if isinstance(doc, dict) else None
+    return [(i, e[field]) for i, e in enumerate(raw if isinstance(raw, list) else [])
+            if isinstance(e, dict) and isinstance(e.get(field), str)]
+
+
+def _cross_checks(doc: Any, agent_list: list[tuple[int, AgentDoc]],
+                  user_list: list[tuple[int, UserDoc]], unit_list: list[tuple[int, UnitDoc]],
+                  rate_users: list[str]) -> list[str]:
+    """Errors between entries: duplicates, unknown references, shares, representation."""
     errors: list[str] = []
-    agents = {a.code for a in doc.agents}
-    for kind, codes in (("agents", [a.code for a in doc.agents]),
-                        ("users", [u.id for u in doc.users]),
-                        ("units", [u.code for u in doc.units])):
+    agents = {c for _, c in _codes(doc, "agents", "code")}
+    for kind, codes in (("agents", _codes(doc, "agents", "code")),
+                        ("users", _codes(doc, "users", "id")),
+                        ("units", _codes(doc, "units", "code"))):
         seen: set[str] = set()
-        for i, c in enumerate(codes):
+        for i, c in codes:
             if c in seen:
                 errors.append(f"{kind}.{i}: duplicate {c!r}")
             seen.add(c)
-    for i, a in enumerate(doc.agents):
+    for i, a in agent_list:
         if a.deposited is not None and _cents(a.deposited) < _cents(a.guarantees):
             errors.append(f"agents.{i}.guarantees: more than the deposited {a.deposited} €")
         if a.registered_to is not None and a.registered_to < a.registered_from:
@@ -260,11 +261,11 @@ def load(document: Any) -> RefData:
                 errors.append(f"agents.{i}.represents.{j}: unknown agent {r!r}")
             elif r == a.code:
                 errors.append(f"agents.{i}.represents.{j}: an agent cannot represent itself")
-    for i, u in enumerate(doc.users):
+    for i, u in user_list:
         if u.agent not in agents:
             errors.append(f"users.{i}.agent: unknown agent {u.agent!r}")
-    by_code = {a.code: a for a in doc.agents}
-    for i, un in enumerate(doc.units):
+    by_code = {a.code: a for _, a in agent_list}
+    for i, un in unit_list:
         if un.valid_to is not None and un.valid_to < un.valid_from:
             errors.append(f"units.{i}.valid_to: before valid_from")
         if _tenths(un.min_energy) > _tenths(un.max_energy):
@@ -295,9 +296,42 @@ def load(document: Any) -> RefData:
                 errors.append(
                     f"units.{i}.responsible: {resp.code} neither owns nor represents"
                     f" {', '.join(strangers)}")
-    for uid in doc.user_rate_limits:
-        if uid not in {u.id for u in doc.users}:
+    for uid in rate_users:
+        if uid not in {c for _, c in _codes(doc, "users", "id")}:
             errors.append(f"user_rate_limits.{uid}: unknown user")
+    return errors
+
+
+def _each(doc: Any, key: str, model: type[_M]) -> list[tuple[int, Any]]:
+    """The entries of ``doc[key]`` that are valid on their own, with their indices."""
+    raw = doc.get(key) if isinstance(doc, dict) else None
+    out = []
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        with contextlib.suppress(ValidationError):
+            out.append((i, model.model_validate(item)))
+    return out
+
+
+def load(document: Any) -> RefData:
+    """Validate a reference-data document (already parsed from TOML or JSON) and build the
+    objects; raise :class:`RefDataError` listing every problem by path — the format errors
+    and, for the entries that are well formed, every cross-reference error too."""
+    try:
+        doc = RefDataDoc.model_validate(document)
+    except ValidationError as exc:
+        errs = []
+        for e in exc.errors(include_url=False):
+            path = ".".join(str(p) for p in e["loc"]) or "document"
+            msg = e["msg"].removeprefix("Value error, ")
+            errs.append(f"{path}: {'unknown field' if e['type'] == 'extra_forbidden' else msg}")
+        urls = document.get("user_rate_limits") if isinstance(document, dict) else None
+        errs += _cross_checks(document, _each(document, "agents", AgentDoc),
+                              _each(document, "users", UserDoc),
+                              _each(document, "units", UnitDoc),
+                              list(urls) if isinstance(urls, dict) else [])
+        raise RefDataError(errs) from None
+    errors = _cross_checks(document, list(enumerate(doc.agents)), list(enumerate(doc.users)),
+                           list(enumerate(doc.units)), list(doc.user_rate_limits))
     if errors:
         raise RefDataError(errors)
     rd = RefData()

@@ -106,7 +106,7 @@ def test_risk_demo_refuses_what_the_rules_refuse() -> None:
     events = [orjson.loads(x) for x in replay(scenario, refdata_json=text)]
     rejected = {e["req_id"]: e["code"] for e in events if e["type"] == "reject"}
     assert rejected == {
-        "b2": "OPERATIVE_LIMIT",  # misses the limit by 0.01 € (R49.1.4.3)
+        "b2": "OPERATIVE_LIMIT",  # misses the exact remaining limit (R49.1.4.3)
         "a1": "UNIT_NOT_RESPONSIBLE",  # R46.2.2
         "a3": "ENERGY_MAX",  # 150 + 60 > 200 MWh (R46.2.4)
         "a4": "ENERGY_MAX",  # 150 MW + 4 x 20 MW in the quarter > 200 MW
