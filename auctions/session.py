@@ -283,7 +283,7 @@ class Auctions:
     def _session(self, sid: str, ts: int, by: str, target: str) -> Session | None:
         s = self.sessions.get(sid)
         if s is None:
-            self._reject(ts, by, "", None, "AUCTION_UNKNOWN", f"no auction session {sid}")
+            self._reject(ts, by, "", None, Code.AUCTION_UNKNOWN, f"no auction session {sid}")
             return None
         if target not in TRANSITIONS[s.state]:
             self._reject(ts, by, "", None, Code.ILLEGAL_TRANSITION,
@@ -310,7 +310,7 @@ class Auctions:
         if cmd.session in self.sessions:
             return  # the calendar may schedule again after a restart: idempotent
         if not (cmd.opens_at <= cmd.closes_at <= cmd.publish_at) or not cmd.contracts:
-            self._reject(ts, cmd.by, "", None, "AUCTION_INVALID",
+            self._reject(ts, cmd.by, "", None, Code.AUCTION_INVALID,
                          "a session needs contracts and opens <= closes <= publishes")
             return
         s = Session(cmd.session, cmd.contracts, cmd.opens_at, cmd.closes_at, cmd.publish_at)
@@ -413,7 +413,7 @@ class Auctions:
     def _on_delay(self, cmd: DelayAuction, ts: int) -> None:
         s = self.sessions.get(cmd.session)
         if s is None or s.state not in (SCHEDULED, OPEN, CLOSED) or cmd.delay_ms <= 0:
-            self._reject(ts, cmd.by, "", None, "AUCTION_INVALID",
+            self._reject(ts, cmd.by, "", None, Code.AUCTION_INVALID,
                          f"session {cmd.session} cannot be delayed"
                          f" ({'unknown' if s is None else s.state})")
             return
@@ -432,16 +432,16 @@ class Auctions:
         u, a, rq = cmd.user, cmd.agent, cmd.req_id
         s = self.sessions.get(cmd.session)
         if s is None or s.state != OPEN:
-            self._reject(ts, u, a, rq, "AUCTION_NOT_OPEN",
+            self._reject(ts, u, a, rq, Code.AUCTION_NOT_OPEN,
                          f"session {cmd.session} is "
                          f"{'unknown' if s is None else s.state}; bids only while OPEN")
             return
         if cmd.contract not in s.contracts:
-            self._reject(ts, u, a, rq, "AUCTION_PERIOD_NOT_IN_HORIZON",
+            self._reject(ts, u, a, rq, Code.AUCTION_PERIOD_NOT_IN_HORIZON,
                          f"{cmd.contract} is not in the horizon of session {s.id}")
             return
         if cmd.side not in ("BUY", "SELL") or not cmd.steps or len(cmd.steps) > 25:
-            self._reject(ts, u, a, rq, "AUCTION_BID_INVALID",
+            self._reject(ts, u, a, rq, Code.AUCTION_BID_INVALID,
                          "a bid has a side and 1 to 25 price-quantity steps")
             return
         cfg = self.engine.cfg
@@ -478,11 +478,11 @@ class Auctions:
         s = self.sessions.get(cmd.session)
         b = s.bids.get(cmd.bid_id) if s is not None else None
         if s is None or b is None or b.agent != cmd.agent or not b.live:
-            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, "AUCTION_BID_UNKNOWN",
+            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, Code.AUCTION_BID_UNKNOWN,
                          f"no live bid {cmd.bid_id} of agent {cmd.agent} in {cmd.session}")
             return
         if s.state != OPEN:
-            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, "AUCTION_NOT_OPEN",
+            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, Code.AUCTION_NOT_OPEN,
                          f"session {s.id} is {s.state}; bids can be cancelled only while OPEN")
             return
         b.live = False

@@ -46,7 +46,7 @@ import json
 import logging
 import os
 from collections import OrderedDict, defaultdict, deque
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -185,6 +185,9 @@ class AmqpTransport:
         self.adapter.to_user(self.user, msg)
 
     async def close(self, code: int, reason: str) -> None:
+        self.abort(reason)
+
+    def abort(self, reason: str = "closed") -> None:
         if self.session is not None:
             self.adapter.end_session(self.session, reason)
 
@@ -237,6 +240,10 @@ class AmqpSession(Session):
         self.send({**self.login_ack, "req_id": req_id, "server_time": now})
 
     def _subscribe(self, on: bool, data: dict[str, Any], req_id: Any) -> None:
+        extra = set(data) - {"type", "req_id", "stream", "contract", "agent"}
+        if extra:  # unknown fields are refused, not ignored (docs/protocol.md)
+            self.error(sorted(extra)[0], "unknown field", req_id)
+            return
         stream = data.get("stream")
         if stream not in ("book", "trades", "states"):
             super()._subscribe(on, data, req_id)  # private: this session is the subscriber
@@ -353,9 +360,9 @@ class AmqpAdapter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
-            ready = False
+            before = self.connections
             try:
-                ready = await self._serve(conn)
+                await self._serve(conn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -364,7 +371,7 @@ class AmqpAdapter:
                 self._disconnected()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(conn.close(), 2)
-            if ready:
+            if self.connections > before:  # it worked for a while: start over
                 delay = BACKOFF_MIN
             if not self._closed:
                 log.warning("AMQP: reconnecting in %.1f s", delay)
@@ -389,7 +396,7 @@ class AmqpAdapter:
                 await asyncio.wait_for(link.connection.close(), 2)
         self.server.hub.unsubscribe_all(self._feed)
 
-    async def _serve(self, conn: AbstractConnection) -> bool:
+    async def _serve(self, conn: AbstractConnection) -> None:
         """One connection: declare the layout, consume, pump the outbox until the
         connection or the channel closes.  On cancellation (server stop) finish the
         requests in progress first, so that their answers and acks go out."""
@@ -437,7 +444,8 @@ class AmqpAdapter:
                                          return_when=asyncio.FIRST_COMPLETED)
             if pump in done:
                 pump.result()  # raises what broke the channel
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the server stops
+            self._closed = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(queue.cancel(tag), 1)
             await self._drain(pump, waiter)
@@ -447,7 +455,6 @@ class AmqpAdapter:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
-        return True
 
     async def _drain(self, pump: asyncio.Task[None], lost: asyncio.Task[Any]) -> None:
         """Let the requests in progress get their answers out (bounded wait)."""
@@ -459,8 +466,8 @@ class AmqpAdapter:
 
     def _disconnected(self) -> None:
         if self._link is not None:
-            log.warning("AMQP: disconnected; %d outbound operations dropped",
-                        len(self._outbox))
+            log.log(logging.INFO if self._closed else logging.WARNING,
+                    "AMQP: disconnected; %d outbound operations dropped", len(self._outbox))
         self._link = None
         self.connected.clear()
         self._outbox.clear()
@@ -574,6 +581,8 @@ class AmqpAdapter:
     def receive(self, message: AbstractIncomingMessage, gen: int) -> None:
         """One request from the broker.  Synchronous up to ``Session.handle`` so that
         requests are handled in the order they arrive."""
+        if self._closed:  # stopping: left unacknowledged, the broker requeues it
+            return
         self.stats["received"] += 1
         user = message.user_id
         if not user:
@@ -640,6 +649,8 @@ class AmqpAdapter:
         if key is not None:
             self._inflight[key] = req
         self._pending.add(req)
+        # msgpack requests carry integer ticks, as on the WebSocket's ronda.msgpack
+        session.ticks = ctype == MSGPACK
         token = _CURRENT.set(req)
         try:
             session.handle(data)
@@ -733,7 +744,7 @@ class AmqpAdapter:
         session.login_ack = {k: v for k, v in ans.items() if k not in ("req_id",)}
         self.sessions[user] = session
         self._writers[user] = asyncio.get_running_loop().create_task(
-            session.writer(), name=f"amqp-writer-{user}")
+            session.writer(), name=f"amqp-writer-{user}", context=Context())
         self._enqueue(_Declare(user))
         for name in streams if streams is not None else ["private"]:
             self._internal(session, _subscribe_request(name))

@@ -58,20 +58,29 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
+    import dataclasses
     import logging
     import signal
 
-    from auctions.calendar import Calendar
-    from engine.contracts import Product
+    from auctions.calendar import PROFILES as CALENDARS
+    from gateway.protocol import parse_instant
+    from gateway.sequencer import Clock
     from gateway.server import Config, Server
     from risk.refdata import RefDataError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    products = tuple(Product.from_code(p) for p in args.products.split(","))
+    cal = None if args.no_calendar else dataclasses.replace(
+        CALENDARS[args.calendar], gate_closure_min=args.gate_closure)
+    try:
+        start = parse_instant(args.start) if args.start else None
+    except ValueError as exc:
+        print(f"ronda serve: --start: {exc}", file=sys.stderr)
+        return 2
+    clock = Clock(speed=args.speed, start=start) if (args.speed != 1 or start) else None
     cfg = Config(
         data_dir=Path(args.data_dir), host=args.host, port=args.port,
         refdata=Path(args.refdata), profile=args.profile, fsync=not args.no_fsync,
-        calendar=None if args.no_calendar else Calendar(products, args.gate_closure),
+        calendar=cal,
         amqp_url=args.amqp_url, depth=args.depth, settlement_url=args.settlement_url,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
@@ -79,7 +88,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
 
     async def run() -> None:
-        server = Server(cfg)
+        server = Server(cfg, clock)
         await server.start()
         print(f"ronda: serving on http://{cfg.host}:{server.port} (WebSocket: /ws);"
               f" journal {cfg.data_dir / 'journal'}; recovered {server.recovered} commands",
@@ -88,7 +97,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        bots = None
+        if args.bots:
+            from clients.bots import run_demo_bots
+
+            url = f"ws://{cfg.host}:{server.port}/ws"
+            contracts = [c["contract"] for c in server.core.contracts()
+                         if c["state"] == "TRADE"][:4]
+            bots = loop.create_task(run_demo_bots(url, contracts, stop))
+            print(f"ronda demo: bots trading {', '.join(contracts)};"
+                  f" open http://{cfg.host}:{server.port}/ and log in as ana / ana-demo-token",
+                  flush=True)
         await stop.wait()
+        if bots is not None:
+            bots.cancel()
         await server.stop()
 
     try:
@@ -102,6 +124,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"ronda serve: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """``ronda demo``: a fresh demo data folder, the simulated clock, and bots (market makers,
+    aggressive takers, an iceberg, a linked basket), so that the web screen shows a living
+    market within seconds."""
+    import shutil
+
+    shutil.rmtree(args.data_dir, ignore_errors=True)
+    ns = build_parser().parse_args([
+        "serve", "--data-dir", args.data_dir, "--port", str(args.port), "--speed",
+        str(args.speed), "--bots", "--no-fsync", "--calendar", "omie-2018"])
+    rc: int = ns.func(ns)
+    return rc
 
 
 def _cmd_journal_export(args: argparse.Namespace) -> int:
@@ -183,8 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--refdata", default=str(DEFAULT_REFDATA),
                    help="reference data file (default: the demo, examples/refdata.toml)")
     v.add_argument("--profile", choices=sorted(PROFILES), default="harmonised")
-    v.add_argument("--products", default="PH", help="traded products: PH, QH or PH,QH")
+    from auctions.calendar import PROFILES as CALENDARS
+
+    v.add_argument("--calendar", choices=sorted(CALENDARS), default="omie-2018",
+                   help="trading calendar: contracts, gate closures, auctions (docs/auctions.md)")
     v.add_argument("--gate-closure", type=int, default=60, help="minutes before delivery")
+    v.add_argument("--speed", type=float, default=1.0,
+                   help="simulated clock: this many times faster than real time")
+    v.add_argument("--start", help="simulated clock: the instant it starts at (ISO-8601)")
+    v.add_argument("--bots", action="store_true", help="run the simulated traders too")
     v.add_argument("--depth", type=int, default=20, help="local order list entries per side")
     v.add_argument("--no-calendar", action="store_true",
                    help="do not open and close contracts by the calendar")
@@ -199,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tls-client-ca", help="require client certificates from this CA;"
                    " the certificate's CN is the user")
     v.set_defaults(func=_cmd_serve)
+
+    d = sub.add_parser("demo", help="the embedded platform on a simulated clock with bots")
+    d.add_argument("--data-dir", default="data-demo")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--speed", type=float, default=60.0,
+                   help="simulated minutes per real second (default 60)")
+    d.set_defaults(func=_cmd_demo)
 
     jn = sub.add_parser("journal", help="journal tools")
     jsub = jn.add_subparsers(dest="journal_command", required=True)

@@ -17,7 +17,7 @@ hands them to subscribers (:class:`Hub`); transports decide how to send them.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +38,7 @@ from gateway.wire import event_to_wire, fmt_instant
 from risk.events import RiskNotice, ThrottlingStatus
 
 Message = dict[str, Any]
+TRADES_KEPT = 10_000  # per agent, for query_trades
 _AUCTION_PUBLIC = (AuctionState, AuctionPrice)
 _AUCTION_PRIVATE = AuctionAllocation
 Deliver = Callable[[Message], None]
@@ -131,13 +132,24 @@ class Hub:
         self.state_subs: set[Any] = set()
         self.private_subs: dict[str, set[Any]] = defaultdict(set)  # agent -> sessions
         self.officer_subs: set[Any] = set()  # sessions seeing every agent's private stream
-        self.trades_by_agent: dict[str, list[Message]] = defaultdict(list)
+        # each agent's latest trades (query_trades), kept across restarts by the replay
+        self.trades_by_agent: dict[str, deque[Message]] = defaultdict(
+            lambda: deque(maxlen=TRADES_KEPT))
 
     def book(self, contract: str) -> BookMirror:
         b = self.books.get(contract)
         if b is None:
             b = self.books[contract] = BookMirror(contract, self.depth)
         return b
+
+    def observe_replay(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
+        """During recovery: the agents' trades of the journal (for query_trades)."""
+        for _cmd, _origin, events in batch:
+            for ev in events:
+                if type(ev) is Trade:
+                    for side in ("buy", "sell"):
+                        agent = getattr(ev, f"{side}_agent")
+                        self.trades_by_agent[agent].append(_own_trade(ev, side))
 
     def rebuild(self, core: Core) -> None:
         """Mirror the engine's books as they are (after recovery)."""

@@ -2,8 +2,8 @@
 
 This is the edge where decimals become integer ticks (DESIGN rule 4): on JSON, prices and
 quantities are decimal strings (``"45.10"``, ``"12.5"``) and instants ISO-8601 strings
-with an offset; with the ``ticks`` validation context (msgpack), they are integer ticks and
-integer milliseconds.  A value with more decimals than the tick allows, a float, a bool, a
+with an offset; with the ``ticks`` validation context (msgpack), they may also be integer
+ticks and integer milliseconds.  A value with more decimals than the tick allows, a float, a bool, a
 non-number, NaN or an out-of-range value is refused with an error that names the field;
 nothing is ever rounded.
 
@@ -69,9 +69,11 @@ def _ticks_mode(info: ValidationInfo) -> bool:
 
 
 def _decimal_to_ticks(v: Any, decimals: int, unit: str, info: ValidationInfo) -> int:
-    if _ticks_mode(info):
+    if _ticks_mode(info) and not isinstance(v, str):
+        # msgpack: an integer number of ticks, or the decimal string as on JSON
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"must be an integer number of ticks, got {type(v).__name__}")
+            raise ValueError(f"must be an integer number of ticks or a decimal string, got"
+                             f" {type(v).__name__}")
         return v
     if not isinstance(v, str):
         raise ValueError(
@@ -130,7 +132,7 @@ def parse_instant(v: Any) -> int:
 
 
 def _instant(v: Any, info: ValidationInfo) -> int:
-    if _ticks_mode(info):
+    if _ticks_mode(info) and not isinstance(v, str):
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError("must be an integer of milliseconds since the epoch (UTC)")
         return v

@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 
 from engine.config import EngineConfig
-from engine.engine import Engine
 from gateway.protocol import (
     ProtocolError,
     parse_instant,
@@ -32,8 +31,6 @@ from gateway.protocol import (
 )
 from gateway.wire import event_to_wire
 from risk.commands import LoadReferenceData
-from risk.guard import RiskGuard
-from risk.refdata import RefData
 
 _LINE_KEYS = {"at", "user", "agent", "request", "operator", "origin", "command"}
 
@@ -134,30 +131,43 @@ def replay(lines: Iterable[bytes | str], config: EngineConfig | None = None,
            refdata_json: str | None = None) -> Iterator[bytes]:
     """Run a scenario; yield each output line (JSON, without newline).
 
-    With ``refdata_json`` the risk module is on: the reference data are loaded by a
-    :class:`LoadReferenceData` command at the instant of the first line (as the server's
-    journal starts), and each request's agent is the user's agent in those data."""
-    eng = Engine(config)
-    agent_of: AgentOf | None = None
-    guard: RiskGuard | None = None
-    if refdata_json is not None:
-        guard = RiskGuard.install(eng, RefData())
-        g = guard
+    The core is the server's (:class:`gateway.core.Core`: engine, risk, auctions), so an
+    exported journal replays to the server's state hash.  Risk is on when ``refdata_json``
+    is given — loaded by a :class:`LoadReferenceData` command at the instant of the first
+    line, as the server's journal starts, each request's agent then being the user's agent
+    in those data — or when the scenario carries its own (an exported journal)."""
+    from gateway.core import Core
 
+    steps_iter = read_scenario(lines, None)
+    first: list[Step] = []
+    risk = refdata_json is not None
+    if not risk:
+        # an exported journal starts with its reference data: look at the first step
+        for step in steps_iter:
+            first.append(step)
+            risk = isinstance(step.command, LoadReferenceData)
+            break
+    core = Core(config, risk=risk)
+    agent_of: AgentOf | None = None
+    if refdata_json is not None:
         def agent_of(user: str) -> str | None:
-            u = g.ref.users.get(user)
+            u = core.ref.users.get(user)
             return None if u is None else u.agent
 
-    loaded = False
-    for step in read_scenario(lines, agent_of):
-        if guard is not None and not loaded:
+    def steps() -> Iterator[Step]:
+        yield from first
+        if refdata_json is None:
+            yield from steps_iter
+        else:
+            yield from read_scenario(lines_rest, agent_of)
+
+    lines_rest = lines
+    loaded = refdata_json is None
+    for step in steps():
+        if not loaded:
             loaded = True
-            for ev in eng.apply(LoadReferenceData(refdata_json or ""), step.at):
+            for ev in core.engine.apply(LoadReferenceData(refdata_json or ""), step.at):
                 yield orjson.dumps(event_to_wire(ev))
-        if guard is None and isinstance(step.command, LoadReferenceData):
-            # an exported journal carries its own reference data: risk is on, as it was
-            guard = RiskGuard.install(eng, RefData())
-            loaded = True
-        for ev in eng.apply(step.command, step.at):
+        for ev in core.engine.apply(step.command, step.at):
             yield orjson.dumps(event_to_wire(ev))
-    yield orjson.dumps({"type": "state_hash", "hash": eng.state_hash()})
+    yield orjson.dumps({"type": "state_hash", "hash": core.state_hash()})

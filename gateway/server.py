@@ -85,7 +85,7 @@ class Server:
         await self.store.open()
         self.sync = SyncJob(self.core, self.store, self.sequencer.submit)
         await self.sync.open()
-        self.recovered = self.sequencer.recover([self.sync.observe])
+        self.recovered = self.sequencer.recover([self.sync.observe, self.hub.observe_replay])
         self.sequencer.listeners.append(self.sync.observe)
         self.hub.rebuild(self.core)
         log.info("recovered %d commands; state %s", self.recovered, self.core.state_hash())

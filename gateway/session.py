@@ -78,10 +78,24 @@ SESSION_TYPES = frozenset({"login", "logout", "subscribe", "unsubscribe", "heart
                            "query_settlement"})
 
 
+_BASE = frozenset({"type", "req_id"})
+SESSION_FIELDS: dict[str, frozenset[str]] = {
+    "login": _BASE | {"user", "token", "on_disconnect"},
+    "logout": _BASE, "heartbeat": _BASE, "query_me": _BASE, "query_contracts": _BASE,
+    "subscribe": _BASE | {"stream", "contract", "agent"},
+    "unsubscribe": _BASE | {"stream", "contract", "agent"},
+    "query_orders": _BASE | {"agent"}, "query_trades": _BASE | {"agent"},
+    "query_account": _BASE | {"agent"}, "query_book": _BASE | {"contract"},
+    "query_throttling": _BASE | {"user"}, "query_settlement": _BASE | {"agent", "day"},
+}
+
+
 class Transport(Protocol):
     async def send(self, msg: dict[str, Any]) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 def token_hash(token: str) -> str:
@@ -90,8 +104,9 @@ def token_hash(token: str) -> str:
 
 class Session:
     def __init__(self, server: Server, transport: Transport, cert_user: str | None = None,
-                 max_queue: int = 2000) -> None:
+                 max_queue: int = 2000, ticks: bool = False) -> None:
         self.server = server
+        self.ticks = ticks  # msgpack: prices and quantities may come as integer ticks
         self.transport = transport
         self.cert_user = cert_user
         self.user: str | None = None
@@ -103,6 +118,8 @@ class Session:
         self._wake = asyncio.Event()
         self._stale_books: set[str] = set()
         self._closing: str | None = None
+        self._flush_first = True
+        self.writer_task: asyncio.Task[None] | None = None
         self._errors: deque[float] = deque()
         self._failed_logins = 0
         self.sent = 0
@@ -122,8 +139,37 @@ class Session:
     def send(self, msg: dict[str, Any]) -> None:
         """Queue a message that must not be lost (answers, private stream...)."""
         if not self._push(msg) and not self._closing:
-            self._closing = "slow consumer: outbound queue full"
+            self._drop("slow consumer: outbound queue full")
+
+    def _close_after_flush(self, reason: str) -> None:
+        """Close once what is queued has gone out (logout, failed logins, flood): the
+        answers that explain the close are sent first."""
+        if self._closing is None:
+            self._closing = reason
+            self._flush_first = True
             self._wake.set()
+
+    def _drop(self, reason: str) -> None:
+        """A consumer that cannot keep up: stop feeding it at once, tell it if the socket
+        still takes a message, and cut the connection — without waiting for it to read."""
+        self._closing = reason
+        self._flush_first = False
+        self._out.clear()
+        self.server.hub.unsubscribe_all(self)
+        if self.user is not None:
+            self.server.sessions_of[self.user].discard(self)
+        self._wake.set()
+        asyncio.get_running_loop().create_task(self._kill(reason))
+
+    async def _kill(self, reason: str) -> None:
+        if self.writer_task is not None:
+            self.writer_task.cancel()
+        try:
+            await asyncio.wait_for(self.transport.send(
+                {"type": "error", "code": "DISCONNECTED", "reason": reason}), 0.5)
+            await asyncio.wait_for(self.transport.close(1008, reason), 1.0)
+        except (TimeoutError, Exception):
+            self.transport.abort()
 
     def deliver(self, msg: dict[str, Any]) -> None:
         self.send(msg)
@@ -147,12 +193,10 @@ class Session:
                         self._refresh_books()
                         continue
                     await self._wake.wait()
-                if self._closing and not self._out:
-                    await self.transport.close(1008, self._closing)
-                    return
-                if self._closing:  # say why, then go
-                    await self.transport.send({"type": "error", "code": "DISCONNECTED",
-                                               "reason": self._closing})
+                if self._closing and (not self._out or not self._flush_first):
+                    if self._flush_first:  # say why, then go
+                        await self.transport.send({"type": "error", "code": "DISCONNECTED",
+                                                   "reason": self._closing})
                     await self.transport.close(1008, self._closing)
                     return
                 msg = self._out.popleft()
@@ -192,8 +236,7 @@ class Session:
             self._errors.popleft()
         n = len(self._errors)
         if n > self.server.config.max_errors_per_10s:
-            self._closing = f"too many malformed messages ({n} in 10 s)"
-            self._wake.set()
+            self._close_after_flush(f"too many malformed messages ({n} in 10 s)")
 
     def throttled(self) -> bool:
         return len(self._errors) > self.server.config.max_errors_per_10s // 2
@@ -212,7 +255,13 @@ class Session:
         if not isinstance(data, dict):
             self.error("message", f"must be an object, got {type(data).__name__}")
             return
+        if not all(isinstance(k, str) for k in data):
+            self.error("message", "every field name must be a string")
+            return
         req_id = data.get("req_id")
+        if req_id is not None and (not isinstance(req_id, str) or not 1 <= len(req_id) <= 64):
+            self.error("req_id", "must be a string of 1 to 64 characters")
+            return
         if self.throttled():
             self.error("message", "too many malformed messages; slow down", req_id,
                        code="THROTTLED")
@@ -224,10 +273,17 @@ class Session:
         if typ == "login":
             self._login(data)
             return
+        if typ == "heartbeat" and set(data) <= SESSION_FIELDS["heartbeat"]:
+            self._session_request(typ, data, req_id)  # liveness, logged in or not
+            return
         if self.user is None:
             self.reject(req_id, "NOT_LOGGED_IN", "log in first")
             return
         if typ in SESSION_TYPES:
+            extra = set(data) - SESSION_FIELDS[typ]
+            if extra:
+                self.error(sorted(extra)[0], "unknown field", req_id)
+                return
             self._session_request(typ, data, req_id)
             return
         self._command(typ, data, req_id)
@@ -239,9 +295,9 @@ class Session:
         if self.user is not None:
             self.reject(req_id, "ALREADY_LOGGED_IN", f"already logged in as {self.user}")
             return
-        extra = set(data) - {"type", "req_id", "user", "token", "on_disconnect"}
+        extra = set(data) - SESSION_FIELDS["login"]
         if extra:
-            self.error(sorted(extra)[0], "unknown field", req_id)
+            self.error(sorted(map(str, extra))[0], "unknown field", req_id)
             return
         user = data.get("user", self.cert_user)
         token = data.get("token")
@@ -264,8 +320,7 @@ class Session:
             self._failed_logins += 1
             self.reject(req_id, "LOGIN_FAILED", "unknown user or wrong credentials")
             if self._failed_logins >= 3:
-                self._closing = "too many failed logins"
-                self._wake.set()
+                self._close_after_flush("too many failed logins")
             return
         assert u is not None
         self.user = user
@@ -282,8 +337,9 @@ class Session:
         hub = self.server.hub
         hub.unsubscribe_all(self)
         if self.user is not None:
-            self.server.sessions_of[self.user].discard(self)
-            if self.on_disconnect == "hibernate" and TRADER in self.roles:
+            others = self.server.sessions_of[self.user]
+            others.discard(self)
+            if self.on_disconnect == "hibernate" and TRADER in self.roles and not others:
                 from engine.commands import HibernateOrders
 
                 with contextlib.suppress(SequencerStopped):
@@ -305,10 +361,10 @@ class Session:
             return
         try:
             if typ in OPERATOR_TYPES:
-                cmd = to_operator_command(parse_operator(data))
+                cmd = to_operator_command(parse_operator(data, self.ticks))
             else:
                 assert self.user is not None and self.agent is not None
-                cmd = to_command(parse_request(data), self.user, self.agent)
+                cmd = to_command(parse_request(data, self.ticks), self.user, self.agent)
         except ProtocolError as exc:
             self.error(exc.field, exc.reason, req_id)
             return
@@ -338,8 +394,7 @@ class Session:
                        "server_time": fmt_instant(srv.sequencer.clock.now())})
         elif typ == "logout":
             self.send({"type": "ack", "kind": "logout", "req_id": req_id})
-            self._closing = "logged out"
-            self._wake.set()
+            self._close_after_flush("logged out")
         elif typ == "query_me":
             self.send({"type": "me", "req_id": req_id, "user": self.user, "agent": self.agent,
                        "roles": sorted(self.roles)})
@@ -431,8 +486,11 @@ class Session:
                 subs.add(self)
             else:
                 subs.discard(self)
-            self.send({"type": "ack", "kind": "subscribe" if on else "unsubscribe",
-                       "req_id": req_id, "stream": f"{stream}:{contract}"})
+            ack: dict[str, Any] = {"type": "ack", "kind": "subscribe" if on else "unsubscribe",
+                                   "req_id": req_id, "stream": f"{stream}:{contract}"}
+            if stream == "trades":
+                ack["seq"] = hub.trade_seq[contract]
+            self.send(ack)
             if on and stream == "book":
                 self._stale_books.discard(contract)
                 self.send(hub.book_snapshot(contract))
@@ -476,7 +534,7 @@ def _order_wire(v: dict[str, Any]) -> dict[str, Any]:
 
 def answer(typ: str, req_id: Any, user: str | None, events: list[Any]) -> dict[str, Any]:
     """The one answer to a request, from the events its command caused."""
-    rejects = [e for e in events if type(e) is Reject and e.user == user]
+    rejects = [e for e in events if type(e) is Reject]  # all of them are this command's
     reports = [e for e in events if type(e) is OrderReport and e.user == user
                and e.req_id == (req_id if isinstance(req_id, str) else None)]
     acks = [e for e in events if type(e) is Ack]

@@ -77,3 +77,48 @@ def event_to_wire(ev: Any, ticks: bool = False) -> dict[str, Any]:
     if conv is None:  # event types register themselves (engine, risk, ...)
         conv = _CONV[key] = _compile(type(ev), EVENT_NAMES[type(ev)], ticks)
     return conv(ev)
+
+
+# --- msgpack: the same messages with integer ticks and milliseconds (DESIGN rule 4) -------
+
+_TICK_PRICES = frozenset({
+    "price", "price_increment", "amount", "reserved", "obligations", "debtor_orders",
+    "sync_reduction", "requested_reductions", "requested_increases", "operative_limit",
+    "used", "free"})
+_TICK_QTYS = frozenset({"quantity", "visible", "hidden", "filled", "peak", "left"})
+_TICK_INSTANTS = frozenset({"ts", "expiry", "close_at", "opens_at", "closes_at",
+                            "publish_at", "server_time", "delivery_start", "delivery_end"})
+
+
+def _dec(v: str, decimals: int) -> int:
+    neg = v.startswith("-")
+    whole, _, frac = v.lstrip("-").partition(".")
+    n = int(whole) * 10**decimals + int((frac + "0" * decimals)[:decimals] or "0")
+    return -n if neg else n
+
+
+def _ms(v: str) -> int:
+    dt = datetime.fromisoformat(v)
+    return int(dt.replace(microsecond=0).timestamp()) * 1000 + dt.microsecond // 1000
+
+
+def to_ticks(msg: Any) -> Any:
+    """A message as msgpack carries it: every price and amount in cents, every quantity in
+    tenths of MWh, every instant in ms UTC (recursively; other fields unchanged)."""
+    if isinstance(msg, dict):
+        out = {}
+        for k, v in msg.items():
+            if isinstance(v, str):
+                if k in _TICK_PRICES:
+                    v = _dec(v, 2)
+                elif k in _TICK_QTYS:
+                    v = _dec(v, 1)
+                elif k in _TICK_INSTANTS:
+                    v = _ms(v)
+            elif isinstance(v, (dict, list)):
+                v = to_ticks(v)
+            out[k] = v
+        return out
+    if isinstance(msg, list):
+        return [to_ticks(x) for x in msg]
+    return msg

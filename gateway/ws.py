@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from gateway.session import Session
+from gateway.wire import to_ticks
 
 if TYPE_CHECKING:
     from gateway.server import Server
@@ -47,12 +48,17 @@ class WsTransport:
 
     async def send(self, msg: dict[str, Any]) -> None:
         if self.binary:
-            await self.ws.send(msgpack.packb(msg, use_bin_type=True))
+            await self.ws.send(msgpack.packb(to_ticks(msg), use_bin_type=True))
         else:
             await self.ws.send(orjson.dumps(msg).decode())
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code, reason[:120])
+
+    def abort(self) -> None:
+        transport = getattr(self.ws, "transport", None)
+        if transport is not None:
+            transport.abort()
 
 
 def _cert_user(ws: ServerConnection) -> str | None:
@@ -73,13 +79,17 @@ def _cert_user(ws: ServerConnection) -> str | None:
 async def _handler(server: Server, ws: ServerConnection) -> None:
     binary = ws.subprotocol == MSGPACK
     session = Session(server, WsTransport(ws, binary), _cert_user(ws),
-                      max_queue=server.config.max_queue)
+                      max_queue=server.config.max_queue, ticks=binary)
     writer = asyncio.get_running_loop().create_task(session.writer())
+    session.writer_task = writer
     limit = server.config.max_message_bytes
     try:
         async for raw in ws:
-            if len(raw) > limit:
-                session.error("message", f"{len(raw)} bytes; at most {limit} per message",
+            size = len(raw)
+            if isinstance(raw, str) and size * 4 > limit:
+                size = len(raw.encode())  # the limit is in bytes, not characters
+            if size > limit:
+                session.error("message", f"{size} bytes; at most {limit} per message",
                               code="TOO_LARGE")
                 continue
             try:

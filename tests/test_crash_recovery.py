@@ -1,0 +1,398 @@
+"""Crash recovery of ``ronda serve`` (DESIGN rules 3 and 7): the server runs as a
+subprocess; traders send crossing orders continuously and record every acknowledged order
+and every trade they are told about; the server is SIGKILLed at random (seeded) instants
+and restarted on the same data folder, several times.
+
+After each crash:
+
+* the journal, exported with ``ronda journal export`` and replayed with ``ronda replay``,
+  gives the same final ``state_hash`` as a fresh in-process :class:`gateway.core.Core` fed
+  the journal's records (the records the server replays on start);
+* every acknowledged order and every trade a trader was told about is in that replay;
+* the restarted server recovered exactly those records and reached that state: its logged
+  state hash, its live orders (``query_orders``) and its books (``query_book``) equal the
+  replay's.
+
+Set ``RONDA_CRASH_SEED`` to replay one particular schedule of crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from wsclient import Client, connect_as, contract_id, iso, now_ms, order
+
+from engine.config import PROFILES
+from engine.events import OrderReport, Trade
+from gateway.core import Core
+from gateway.fanout import Hub
+from gateway.journal import Journal
+from gateway.session import _order_wire
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = int(os.environ.get("RONDA_CRASH_SEED", "20261123"))
+CONTRACTS = [contract_id(h) for h in (14, 15, 16, 17)]
+AGENTS = ("AG1", "AG2", "AG3")
+# who sends what: user -> [(unit, side, lowest price, highest price)]
+FLOW = {
+    "ana": [("SELLU1", "SELL", 4500, 5200)],
+    "carlos": [("BUYU2", "BUY", 4800, 5500)],
+    "bea": [("SELLU3", "SELL", 4600, 5300), ("PTBUY4", "BUY", 4700, 5400)],
+}
+
+
+# ---------------------------------------------------------------------- the server process
+
+
+class ServerProcess:
+    """``python -m gateway.cli serve`` on a data folder; output in a log file."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.recovered = -1
+        self.state_hash = ""
+
+    async def start(self) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve", "--data-dir",
+                 str(self.data_dir), "--port", "0", "--no-calendar"],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            text = self.log.read_bytes()[offset:].decode(errors="replace")
+            m = re.search(r"serving on http://127\.0\.0\.1:(\d+) .*recovered (\d+) commands",
+                          text)
+            if m:
+                break
+            assert self.proc.poll() is None, f"the server died:\n{text}"
+            assert time.monotonic() < deadline, f"the server did not start:\n{text}"
+            await asyncio.sleep(0.05)
+        self.port, self.recovered = int(m.group(1)), int(m.group(2))
+        logged = re.search(r"recovered (\d+) commands; state (\w+)", text)
+        assert logged is not None, text
+        assert int(logged.group(1)) == self.recovered
+        self.state_hash = logged.group(2)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a hung shutdown
+                self.proc.kill()
+                self.proc.wait(10)
+                raise
+        self.proc = None
+
+
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[list[ServerProcess]]:
+    made: list[ServerProcess] = []
+    try:
+        yield made
+    finally:
+        for s in made:
+            s.kill()
+
+
+def cli(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT,
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+# ---------------------------------------------------------------------- the replay
+
+
+@dataclass
+class Replay:
+    """The journal replayed in-process, and what it says happened."""
+
+    core: Core
+    records: int
+    orders: dict[int, tuple[str, str, str, int, int]] = field(default_factory=dict)
+    filled: dict[int, int] = field(default_factory=dict)
+    trades: dict[int, tuple[str, int, int, int, int]] = field(default_factory=dict)
+
+
+def replay_journal(data_dir: Path) -> Replay:
+    """Open the journal as the server does on start (cutting a torn tail), feed its records
+    to a fresh Core; the journal is closed again afterwards."""
+    core = Core(PROFILES["harmonised"])
+    rp = Replay(core, 0)
+    with Journal(data_dir / "journal") as j:
+        for rec in j.records():
+            rp.records += 1
+            for ev in core.apply(rec.command, rec.ts):
+                if type(ev) is OrderReport:
+                    if ev.order_id not in rp.orders:  # first report: as entered
+                        rp.orders[ev.order_id] = (ev.user, ev.contract, ev.side, ev.price,
+                                                  ev.visible + ev.hidden + ev.filled)
+                    rp.filled[ev.order_id] = ev.filled
+                elif type(ev) is Trade:
+                    rp.trades[ev.trade_id] = (ev.contract, ev.buy_order, ev.sell_order,
+                                              ev.price, ev.qty)
+    assert core.failures == 0
+    return rp
+
+
+def replay_tool_hash(data_dir: Path, out: Path) -> str:
+    """``ronda journal export`` then ``ronda replay``: the state hash it prints last."""
+    cli("journal", "export", str(data_dir / "journal"), "-o", str(out))
+    last = cli("replay", str(out)).strip().splitlines()[-1]
+    msg = orjson.loads(last)
+    assert msg["type"] == "state_hash"
+    return str(msg["hash"])
+
+
+# ---------------------------------------------------------------------- the traders
+
+
+def ticks(text: str, scale: int) -> int:
+    whole, _, frac = text.partition(".")
+    sign = -1 if whole.startswith("-") else 1
+    return sign * (abs(int(whole)) * scale + int((frac or "0").ljust(len(str(scale)) - 1, "0")))
+
+
+@dataclass
+class Told:
+    """What the traders were told, over all rounds."""
+
+    acked: dict[int, tuple[str, str, str, int, int]] = field(default_factory=dict)
+    filled: dict[int, int] = field(default_factory=dict)
+    trades: dict[tuple[int, str], tuple[str, int, int, int]] = field(default_factory=dict)
+
+    def order(self, oid: int, entry: tuple[str, str, str, int, int]) -> None:
+        old = self.acked.setdefault(oid, entry)
+        assert old == entry, f"order id {oid} given twice: {old} and {entry}"
+
+    def report(self, r: dict[str, Any]) -> None:
+        f = ticks(r["filled"], 10)
+        self.filled[r["order_id"]] = max(self.filled.get(r["order_id"], 0), f)
+
+    def trade(self, t: dict[str, Any]) -> None:
+        key = (t["trade_id"], t["side"])
+        entry = (t["contract"], t["order_id"], ticks(t["price"], 100),
+                 ticks(t["quantity"], 10))
+        old = self.trades.setdefault(key, entry)
+        assert old == entry, f"trade {key} told twice differently: {old} and {entry}"
+
+
+async def trader(c: Client, user: str, rng: random.Random, told: Told) -> None:
+    """Crossing orders, one after the other, until the connection goes."""
+    flow = FLOW[user]
+    while True:
+        unit, side, lo, hi = rng.choice(flow)
+        cid = rng.choice(CONTRACTS)
+        price = rng.randrange(lo, hi, 5)
+        qty = rng.randint(1, 5)
+        msg = order(cid, unit, side, f"{price / 100:.2f}", f"{qty / 10:.1f}")
+        try:
+            ans = await c.request(msg, timeout=5)
+        except (ConnectionError, TimeoutError):
+            return
+        if ans["type"] == "ack":
+            (oid,) = ans["order_ids"]
+            told.order(oid, (user, cid, side, price, qty))
+            for r in ans["reports"]:
+                told.report(r)
+        else:
+            assert ans["type"] == "reject", ans
+        await asyncio.sleep(rng.uniform(0, 0.01))
+
+
+def collect_private(c: Client, told: Told) -> None:
+    for m in c.stream(f"private:{c.agent}"):
+        if m["type"] == "trade":
+            told.trade(m)
+        elif m["type"] == "order_report":
+            told.report(m)
+
+
+async def trading_round(port: int, rng: random.Random, told: Told,
+                        kill_after: float, kill: Any) -> int:
+    """Traders trade until the server is SIGKILLed under them; returns the orders sent."""
+    clients = []
+    try:
+        for user in FLOW:
+            c = await connect_as(port, user)
+            assert (await c.request({"type": "subscribe", "stream": "private"}))[
+                "type"] == "ack"
+            clients.append(c)
+        tasks = [asyncio.create_task(trader(c, c.user or "", random.Random(rng.random()),
+                                            told))
+                 for c in clients for _ in range(2)]
+        await asyncio.sleep(kill_after)
+        kill()
+        done, pending = await asyncio.wait(tasks, timeout=10)
+        assert not pending
+        for t in done:
+            t.result()
+        for c in clients:
+            await c.wait_closed()
+            collect_private(c, told)
+        return sum(len(c.sent_req_ids) for c in clients)
+    finally:
+        for c in clients:
+            await c.close()
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def check_durable(rp: Replay, told: Told) -> None:
+    """Everything acknowledged or told is in the journal."""
+    for oid, (user, cid, side, price, qty) in told.acked.items():
+        assert oid in rp.orders, f"acknowledged order {oid} lost"
+        assert rp.orders[oid] == (user, cid, side, price, qty), oid
+    for oid, f in told.filled.items():
+        assert rp.filled.get(oid, 0) >= f, f"order {oid}: told filled {f}, journal less"
+    for (tid, side), (cid, oid, price, qty) in told.trades.items():
+        assert tid in rp.trades, f"trade {tid} lost"
+        t_cid, buy, sell, t_price, t_qty = rp.trades[tid]
+        assert (t_cid, buy if side == "BUY" else sell, t_price, t_qty) == (
+            cid, oid, price, qty), tid
+    live = rp.core.engine.orders
+    for oid, (*_, qty) in told.acked.items():
+        if oid not in live:  # only GFS NON orders were sent: gone means filled
+            assert rp.filled[oid] == qty, f"order {oid} neither live nor filled"
+
+
+async def check_server_equals_replay(srv: ServerProcess, rp: Replay) -> None:
+    assert srv.recovered == rp.records
+    assert srv.state_hash == rp.core.state_hash()
+    hub = Hub(rp.core)
+    hub.rebuild(rp.core)
+    rita = await connect_as(srv.port, "rita")
+    try:
+        for agent in AGENTS:
+            ans = await rita.request({"type": "query_orders", "agent": agent})
+            want = [_order_wire(rp.core.order_view(o)) for o in rp.core.orders_of(agent)]
+            assert ans["orders"] == orjson.loads(orjson.dumps(want)), agent
+        for cid in CONTRACTS:
+            ans = await rita.request({"type": "query_book", "contract": cid})
+            want_book = hub.book_snapshot(cid)
+            assert (ans["bids"], ans["asks"]) == (want_book["bids"], want_book["asks"]), cid
+    finally:
+        await rita.close()
+
+
+async def open_market(port: int) -> None:
+    marta = await connect_as(port, "marta")
+    rita = await connect_as(port, "rita")
+    try:
+        close_at = iso(now_ms() + 3_600_000)
+        for cid in CONTRACTS:
+            ans = await marta.request({"type": "contract_create", "contract": cid,
+                                       "close_at": close_at})
+            assert ans["type"] == "ack", ans
+        ans = await marta.request({"type": "contract_open", "contracts": CONTRACTS})
+        assert ans["type"] == "ack", ans
+        lim = await rita.request({"type": "set_rate_limits",
+                                  "rules": [{"window_ms": 1000, "max": 1_000_000}]})
+        assert lim["type"] == "ack", lim
+        cs = await marta.request({"type": "query_contracts"})
+        assert {c["contract"]: c["state"] for c in cs["contracts"]} == dict.fromkeys(
+            CONTRACTS, "TRADE")
+    finally:
+        await marta.close()
+        await rita.close()
+
+
+# ---------------------------------------------------------------------- the tests
+
+
+async def test_sigkill_at_random_points_loses_nothing_acknowledged(
+        tmp_path: Path, servers: list[ServerProcess]) -> None:
+    rng = random.Random(SEED)
+    print(f"RONDA_CRASH_SEED={SEED}")
+    data = tmp_path / "data"
+    srv = ServerProcess(data)
+    servers.append(srv)
+    await srv.start()
+    assert srv.recovered == 0
+    await open_market(srv.port)
+    told = Told()
+    sent = 0
+    hashes: list[tuple[str, str, str]] = []  # (when, replay tool, in-process Core)
+    for rnd in range(4):
+        sent += await trading_round(srv.port, rng, told, rng.uniform(0.6, 2.0), srv.kill)
+        # the server is down: the journal as it was left
+        rp = replay_journal(data)
+        hashes.append((f"after crash {rnd}",
+                       replay_tool_hash(data, tmp_path / f"export-{rnd}.jsonl"),
+                       rp.core.state_hash()))
+        check_durable(rp, told)
+        await srv.start()
+        await check_server_equals_replay(srv, rp)
+    print(f"sent {sent} orders, {len(told.acked)} acknowledged, told of {len(told.trades)}"
+          f" trade sides; journal {rp.records} records")
+    assert sent > 200 and len(told.acked) > 100
+    assert len(told.trades) > 50  # the orders crossed
+    # a clean stop at the end: the same once more
+    srv.terminate()
+    rp = replay_journal(data)
+    check_durable(rp, told)
+    hashes.append(("after the clean stop",
+                   replay_tool_hash(data, tmp_path / "export-final.jsonl"),
+                   rp.core.state_hash()))
+    # `ronda journal export` + `ronda replay` reach the state the server recovers to
+    assert [h for h in hashes if h[1] != h[2]] == []
+
+
+async def test_trades_of_the_day_survive_a_restart(tmp_path: Path,
+                                                   servers: list[ServerProcess]) -> None:
+    """query_trades («trades of the day, own side», docs/protocol.md) after a crash still
+    lists the trades from before it: they are in the journal."""
+    data = tmp_path / "data"
+    srv = ServerProcess(data)
+    servers.append(srv)
+    await srv.start()
+    await open_market(srv.port)
+    ana = await connect_as(srv.port, "ana")
+    carlos = await connect_as(srv.port, "carlos")
+    try:
+        assert (await ana.request(order(CONTRACTS[0], "SELLU1", "SELL", "50.00", "1.0")))[
+            "type"] == "ack"
+        assert (await carlos.request(order(CONTRACTS[0], "BUYU2", "BUY", "50.00", "1.0")))[
+            "reports"][0]["action"] == "FILLED"
+        before = (await ana.request({"type": "query_trades"}))["trades"]
+        assert len(before) == 1
+    finally:
+        await ana.close()
+        await carlos.close()
+    srv.kill()
+    await srv.start()
+    ana = await connect_as(srv.port, "ana")
+    try:
+        after = (await ana.request({"type": "query_trades"}))["trades"]
+        assert [t["trade_id"] for t in after] == [t["trade_id"] for t in before]
+    finally:
+        await ana.close()
+    srv.terminate()
+
