@@ -35,10 +35,16 @@ if [ "${1:-}" = "--setup" ]; then
   setup "${2:-}"
   exit 0
 fi
+if [ "${1:-}" = "--apt" ]; then
+  shift
+  apt_install "$@"
+  exit 0
+fi
 setup ""
 if [ $# -eq 0 ]; then
-  # The main job with the embedded default: replay the shipped demo scenario and print its
-  # trades (until `ronda serve` lands with the gateway).
-  exec .venv/bin/ronda replay examples/demo.jsonl --refdata examples/refdata.toml --trades
+  # The main job with the embedded default: the trading platform on 127.0.0.1:8080 (the web
+  # screen at http://127.0.0.1:8080/), demo reference data, journal and settlement store in
+  # ./data, contracts opened and closed by the omie-2018 calendar on the real clock.
+  exec .venv/bin/ronda serve
 fi
 exec .venv/bin/ronda "$@"
