@@ -62,7 +62,7 @@ from aio_pika.abc import (
 from yarl import URL
 
 from gateway.session import Session
-from gateway.wire import fmt_instant
+from gateway.wire import fmt_instant, to_ticks
 
 if TYPE_CHECKING:
     from gateway.server import Server
@@ -240,11 +240,7 @@ class AmqpSession(Session):
         self.send({**self.login_ack, "req_id": req_id, "server_time": now})
 
     def _subscribe(self, on: bool, data: dict[str, Any], req_id: Any) -> None:
-        extra = set(data) - {"type", "req_id", "stream", "contract", "agent"}
-        if extra:  # unknown fields are refused, not ignored (docs/protocol.md)
-            self.error(sorted(extra)[0], "unknown field", req_id)
-            return
-        stream = data.get("stream")
+        stream = data.get("stream")  # (unknown fields were refused by Session.handle)
         if stream not in ("book", "trades", "states"):
             super()._subscribe(on, data, req_id)  # private: this session is the subscriber
             self.adapter.save()
@@ -291,6 +287,11 @@ def _subscribe_request(name: str) -> Message:
     if kind == "states":
         return {"type": "subscribe", "stream": "states"}
     return {"type": "subscribe", "stream": kind, "contract": rest}
+
+
+def _media_type(content_type: str | None) -> str:
+    """``application/json; charset=utf-8`` -> ``application/json``; none means JSON."""
+    return (content_type or JSON).split(";", 1)[0].strip().lower()
 
 
 def _decode(body: bytes, content_type: str) -> Any:
@@ -606,7 +607,7 @@ class AmqpAdapter:
                 "message", f"{len(body)} bytes; at most {cfg.max_message_bytes} per message",
                 "TOO_LARGE"))
             return
-        ctype = (message.content_type or JSON).lower()
+        ctype = _media_type(message.content_type)
         if ctype not in (JSON, MSGPACK):
             self._answer_now(gen, message, user, _error(
                 "content_type", f"must be {JSON} or {MSGPACK}, got {ctype!r}"))
@@ -689,7 +690,7 @@ class AmqpAdapter:
     def _answer_now(self, gen: int, message: AbstractIncomingMessage, user: str | None,
                     msg: Message) -> None:
         """An answer that needs no session (the request cannot be processed)."""
-        if isinstance(msg, dict) and msg.get("type") == "error":
+        if msg.get("type") == "error":
             self.stats["errors"] += 1
         self._reply(gen, message, user, msg)
         self._enqueue(_Ack(gen, message))
@@ -697,9 +698,9 @@ class AmqpAdapter:
     def _reply(self, gen: int, delivery: AbstractIncomingMessage, user: str | None,
                msg: Message, replayed: bool = False) -> None:
         self.stats["answers"] += 1
-        ctype = (delivery.content_type or JSON).lower()
-        if ctype == MSGPACK:
-            body = msgpack.packb(msg, use_bin_type=True)
+        ctype = _media_type(delivery.content_type)
+        if ctype == MSGPACK:  # integer ticks and ms, as the WebSocket's ronda.msgpack
+            body = msgpack.packb(to_ticks(msg), use_bin_type=True)
         else:
             ctype = JSON
             body = orjson.dumps(msg)

@@ -76,7 +76,10 @@ class Sequencer:
         self.clock = clock or Clock()
         self.max_batch = max_batch
         self.codec = codec or default_codec()
-        self.listeners: list[Listener] = []
+        self.listeners: list[Listener] = []  # per batch, after it is applied (fan-out)
+        # per command, right after it is applied: for listeners that must see the core as it
+        # is at that command, live as in replay (the sync job's round-close snapshot)
+        self.command_listeners: list[Listener] = []
         self._queue: asyncio.Queue[tuple[Any, str, asyncio.Future[list[Any]]]] = (
             asyncio.Queue())
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
@@ -172,7 +175,13 @@ class Sequencer:
         for cmd, origin, fut, ts in stamped:
             events = self.core.apply(cmd, ts)
             self.applied += 1
-            applied.append((cmd, origin, events))
+            one = (cmd, origin, events)
+            applied.append(one)
+            for cl in self.command_listeners:
+                try:
+                    cl([one])
+                except Exception:
+                    log.exception("command listener failed")
             if not fut.done():  # the submitter may have gone away
                 fut.set_result(events)
         for listener in self.listeners:

@@ -86,7 +86,7 @@ class Server:
         self.sync = SyncJob(self.core, self.store, self.sequencer.submit)
         await self.sync.open()
         self.recovered = self.sequencer.recover([self.sync.observe, self.hub.observe_replay])
-        self.sequencer.listeners.append(self.sync.observe)
+        self.sequencer.command_listeners.append(self.sync.observe)
         self.hub.rebuild(self.core)
         log.info("recovered %d commands; state %s", self.recovered, self.core.state_hash())
         # the core creates no reference cycles: freeze what start-up built, and let the

@@ -93,7 +93,8 @@ _TICK_INSTANTS = frozenset({"ts", "expiry", "close_at", "opens_at", "closes_at",
 def _dec(v: str, decimals: int) -> int:
     neg = v.startswith("-")
     whole, _, frac = v.lstrip("-").partition(".")
-    n = int(whole) * 10**decimals + int((frac + "0" * decimals)[:decimals] or "0")
+    scale: int = 10**decimals
+    n = int(whole) * scale + int((frac + "0" * decimals)[:decimals] or "0")
     return -n if neg else n
 
 

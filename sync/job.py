@@ -68,6 +68,7 @@ class SyncJob:
         self.released_seen: set[int] = set()
         self.last_synced = 0
         self.syncs_done = 0
+        self.failures = 0
         self.auctions: list[tuple[str, int, tuple[Any, ...]]] = []  # cleared, to settle
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -101,7 +102,7 @@ class SyncJob:
         risk = self.core.risk
         if risk is None:
             return CloseSnapshot(rnd, ts, {}, ())
-        unc = {a: acct.limit() for a, acct in risk.accounts.items()}
+        unc = {a: acct.limit_cents() for a, acct in risk.accounts.items()}
         reqs = tuple(PendingRequest(r.id, r.agent, r.increase, r.amount)
                      for r in risk.requests.values() if r.state == "PENDING")
         return CloseSnapshot(rnd, ts, unc, reqs)
@@ -109,12 +110,29 @@ class SyncJob:
     # ------------------------------------------------------------------ syncing
 
     async def run(self) -> None:
-        """Catch up, then synchronise after every round close."""
-        await self.catch_up()
+        """Catch up, then synchronise after every round close.  A failed attempt (the store
+        unreachable, say) is logged and retried with back-off; nothing is lost meanwhile,
+        since the inputs stay in memory and in the journal."""
+        delay = 0.5
+        caught_up = False
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self.sync_pending()
+            try:
+                if not caught_up:
+                    await self.catch_up()
+                    caught_up = True
+                else:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    await self.sync_pending()
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sync failed; retrying in %.1f s", delay)
+                self.failures += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                self._wake.set()
 
     async def catch_up(self) -> None:
         """After a restart: re-send the last sync's feedback if it may not have been
@@ -153,7 +171,18 @@ class SyncJob:
                          snap.uncommitted)
             feedback = [json.dumps(encode(c)) for c in self._feedback(res, balances)]
             self._fault("before_commit")
-            await self.store.commit(res, feedback, snap.ts, self.fault)
+            if not await self.store.commit(res, feedback, snap.ts, self.fault):
+                # the store already has it (another job, or a stale view): never feed back a
+                # recomputation; catch up from what the store says instead
+                self.last_synced = await self.store.last_sync()
+                for r in [r for r in self.trades if r <= self.last_synced]:
+                    del self.trades[r]
+                for r in [r for r in self.closes if r <= self.last_synced]:
+                    del self.closes[r]
+                last = self.last_synced
+                if self.submit is not None and last not in self.released_seen:
+                    await self._feed(last, await self.store.feedback(last))
+                return None
             self._fault("after_commit")
             self.last_synced = target
             self.syncs_done += 1

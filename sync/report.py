@@ -34,9 +34,10 @@ async def report(store: Store, agent: str, day: str) -> dict[str, Any]:
     units = sorted({e["unit"] for e in entries})
     programs = []
     for u in units:
+        # the periods of that delivery day: contract ids carry it (PH-YYYYMMDD-NN)
         programs += await store.query(
             "SELECT unit, period, energy, sync_id FROM programs WHERE unit = ?"
-            " ORDER BY period", (u,))
+            " AND substr(period, 4, 8) = ? ORDER BY period", (u, day.replace("-", "")))
     auction = await store.query(
         "SELECT session, contract, unit, side, kind, energy, price, share_bp, base, iee, vat,"
         " total FROM auction_entries WHERE agent = ? AND day = ? ORDER BY session, contract,"

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import NamedTuple
 
 from engine.contracts import ContractSpec
 from engine.events import Trade
@@ -60,8 +61,7 @@ def split(total: int, shares: list[int]) -> list[int]:
     return parts
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One settlement entry: one owner's part of one side of one trade."""
 
     trade_id: int
@@ -128,61 +128,95 @@ class SyncResult:
     programs: dict[tuple[str, str], int] = field(default_factory=dict)  # (unit, period) -> Δ
 
 
-def _owner_entries(trade_id: int, side: str, unit_code: str, fallback_agent: str,
-                   contract: str, day: str, rnd: int, price: int, qty: int, ref: RefData
-                   ) -> list[Entry]:
-    obligation = (price > 0) if side == "BUY" else (price < 0)
-    kind = "OPIC" if obligation else "DCIC"
-    unit = ref.units.get(unit_code)
-    owners = ((fallback_agent, 10_000),) if unit is None else unit.owners
-    parts = split(qty * abs(price), [bp for _, bp in owners])
-    out = []
-    for (agent, bp), base in zip(owners, parts, strict=True):
-        a = ref.agents.get(agent)
-        iee_r = rate(a.tax_iee) if a is not None else Fraction(0)
-        vat_r = rate(a.tax_vat) if a is not None else Fraction(0)
-        iee = round_half_up(base * iee_r)
-        vat = round_half_up((base + iee) * vat_r)
-        out.append(Entry(trade_id, side, agent, unit_code, contract, day, rnd, kind, qty,
-                         price, bp, base, iee, vat))
-    return out
+def _rate_int(percent: str) -> tuple[int, int]:
+    """'5.11269632' -> (511269632, 10**10): the rate as an exact integer fraction."""
+    whole, _, dec = percent.partition(".")
+    return int(whole + dec), 100 * 10 ** len(dec)
+
+
+def _half_up(x: int, n: int, d: int) -> int:
+    """round(x × n / d), halves up, for x ≥ 0 (integers only)."""
+    return (2 * x * n + d) // (2 * d)
+
+
+class _Ctx:
+    """Per-settlement caches: each agent's taxes as integers, each contract's delivery day,
+    each unit's owners with their taxes (the hot loop does integer arithmetic only)."""
+
+    def __init__(self, ref: RefData) -> None:
+        self.ref = ref
+        self.taxes: dict[str, tuple[int, int, int, int]] = {}
+        for code, a in ref.agents.items():
+            self.taxes[code] = (*_rate_int(a.tax_iee), *_rate_int(a.tax_vat))
+        self.days: dict[str, str] = {}
+        self.units: dict[tuple[str, str], tuple[bool, tuple[tuple[str, int, int, int, int, int],
+                                                              ...], list[int]]] = {}
+
+    def day(self, contract: str) -> str:
+        d = self.days.get(contract)
+        if d is None:
+            d = self.days[contract] = ContractSpec.parse(contract).day.isoformat()
+        return d
+
+    def unit(self, code: str, fallback_agent: str, side: str
+             ) -> tuple[bool, tuple[tuple[str, int, int, int, int, int], ...], list[int]]:
+        key = (code, fallback_agent)
+        v = self.units.get(key)
+        if v is None:
+            u = self.ref.units.get(code)
+            owners = ((fallback_agent, 10_000),) if u is None else u.owners
+            sells = (side == "SELL") if u is None else u.sells
+            v = self.units[key] = (
+                sells,
+                tuple((a, bp, *self.taxes.get(a, (0, 1, 0, 1))) for a, bp in owners),
+                [bp for _, bp in owners])
+        return v
+
+    def entries(self, out: list[Entry], trade_id: int, side: str, code: str, fallback: str,
+                contract: str, rnd: int, price: int, qty: int) -> int:
+        """Append one side's entries; return their effect on the owners' balances summed
+        per owner into ``self.delta``."""
+        _sells, owners, bps = self.unit(code, fallback, side)
+        obligation = (price > 0) if side == "BUY" else (price < 0)
+        kind = "OPIC" if obligation else "DCIC"
+        total_base = qty * (-price if price < 0 else price)
+        parts = (total_base,) if len(owners) == 1 else split(total_base, bps)
+        day = self.day(contract)
+        new = tuple.__new__
+        delta = self.delta
+        for (agent, bp, n1, d1, n2, d2), base in zip(owners, parts, strict=True):
+            iee = _half_up(base, n1, d1) if n1 else 0
+            vat = _half_up(base + iee, n2, d2) if n2 else 0
+            out.append(new(Entry, (trade_id, side, agent, code, contract, day, rnd, kind, qty,
+                                   price, bp, base, iee, vat)))
+            tot = base + iee + vat
+            delta[agent] = delta.get(agent, 0) + (-tot if obligation else tot)
+        return len(owners)
+
+    delta: dict[str, int]
 
 
 def auction_entries(allocations: Iterable[tuple[str, str, str, str, int, int]],
                     ref: RefData) -> list[Entry]:
     """R44: an auction's allocations settled at the marginal price, as R49.1.1–2 do for
     trades: (contract, unit, agent, side, price, tenths) → entries per owner (trade id 0)."""
+    ctx = _Ctx(ref)
+    ctx.delta = {}
     out: list[Entry] = []
     for contract, unit, agent, side, price, qty in allocations:
-        day = ContractSpec.parse(contract).day.isoformat()
-        out += _owner_entries(0, side, unit, agent, contract, day, 0, price, qty, ref)
+        ctx.entries(out, 0, side, unit, agent, contract, 0, price, qty)
     return out
 
 
 def entries_of(trade: Trade, ref: RefData) -> list[Entry]:
     """R49.1.1, R49.1.2: the entries of one trade, per side and owner."""
+    ctx = _Ctx(ref)
+    ctx.delta = {}
     out: list[Entry] = []
-    day = ContractSpec.parse(trade.contract).day.isoformat()
-    ap = abs(trade.price)
-    base_total = trade.qty * ap  # tenths × cents = milli-euros
-    for side, unit_code in (("BUY", trade.buy_unit), ("SELL", trade.sell_unit)):
-        obligation = (trade.price > 0) if side == "BUY" else (trade.price < 0)
-        kind = "OPIC" if obligation else "DCIC"
-        unit = ref.units.get(unit_code)
-        if unit is None:  # a unit no longer in the reference data: its responsible agent
-            agent = trade.buy_agent if side == "BUY" else trade.sell_agent
-            owners: tuple[tuple[str, int], ...] = ((agent, 10_000),)
-        else:
-            owners = unit.owners
-        parts = split(base_total, [bp for _, bp in owners])
-        for (agent, bp), base in zip(owners, parts, strict=True):
-            a = ref.agents.get(agent)
-            iee_r = rate(a.tax_iee) if a is not None else Fraction(0)
-            vat_r = rate(a.tax_vat) if a is not None else Fraction(0)
-            iee = round_half_up(base * iee_r)
-            vat = round_half_up((base + iee) * vat_r)
-            out.append(Entry(trade.trade_id, side, agent, unit_code, trade.contract, day,
-                             trade.round, kind, trade.qty, trade.price, bp, base, iee, vat))
+    for side, unit, agent in (("BUY", trade.buy_unit, trade.buy_agent),
+                              ("SELL", trade.sell_unit, trade.sell_agent)):
+        ctx.entries(out, trade.trade_id, side, unit, agent, trade.contract, trade.round,
+                    trade.price, trade.qty)
     return out
 
 
@@ -198,23 +232,27 @@ def settle(sync_id: int, from_round: int, trades: Iterable[Trade], ref: RefData,
         if code not in bal:
             bal[code] = Balance(a.deposited * 10, a.guarantees * 10,
                                 (a.deposited - a.guarantees) * 10)
+    ctx = _Ctx(ref)
     delta: dict[str, int] = {}
+    ctx.delta = delta
+    out = res.entries
+    programs = res.programs
     for t in tl:
-        for e in entries_of(t, ref):
-            res.entries.append(e)
-            delta[e.agent] = delta.get(e.agent, 0) + e.signed
-        for side, unit_code in (("BUY", t.buy_unit), ("SELL", t.sell_unit)):
-            unit = ref.units.get(unit_code)
-            sells = unit.sells if unit is not None else side == "SELL"
+        for side, unit_code, agent in (("BUY", t.buy_unit, t.buy_agent),
+                                       ("SELL", t.sell_unit, t.sell_agent)):
+            ctx.entries(out, t.trade_id, side, unit_code, agent, t.contract, t.round, t.price,
+                        t.qty)
+            sells = ctx.units[(unit_code, agent)][0]
             # R50: a selling unit's program grows with its sells, a buying unit's with buys
-            sign = 1 if (side == "SELL") == sells else -1
             key = (unit_code, t.contract)
-            res.programs[key] = res.programs.get(key, 0) + sign * t.qty
+            programs[key] = programs.get(key, 0) + (t.qty if (side == "SELL") == sells
+                                                    else -t.qty)
     for agent in sorted(delta):
         b = bal.setdefault(agent, Balance(0, 0, 0))
         b.balance += delta[agent]
         res.history.append((agent, delta[agent],
                             f"sync {sync_id}: rounds {from_round}-{sync_id}", b.balance))
+    free_left = dict(uncommitted)
     for r in sorted(requests, key=lambda r: r.id):
         b = bal.setdefault(r.agent, Balance(0, 0, 0))
         m = r.amount * 10
@@ -231,8 +269,9 @@ def settle(sync_id: int, from_round: int, trades: Iterable[Trade], ref: RefData,
                     f"increase refused: surplus {b.balance / 1000:.2f} € below"
                     f" {m / 1000:.2f} € (R49.1.4.4)"))
         else:
-            free = uncommitted.get(r.agent, 0)
+            free = free_left.get(r.agent, 0)
             if r.amount <= free:
+                free_left[r.agent] = free - r.amount  # what one reduction takes is gone
                 b.balance += m
                 b.reserved -= m
                 res.decisions.append(Decision(r.id, r.agent, True,

@@ -1,7 +1,8 @@
 """The settlement store: SQLite by default, PostgreSQL (asyncpg) when given a URL.
 
 One schema for both, versioned migrations in ``sync/migrations/NNN_name.sql`` applied in
-order and recorded in ``schema_version``.  A synchronisation is committed in ONE transaction
+order and recorded in ``schema_version`` (the one SQLite-only clause, the ``WITHOUT ROWID``
+storage hint, is dropped for PostgreSQL).  A synchronisation is committed in ONE transaction
 (:meth:`Store.commit`): its row in ``syncs``, its entries, the balances and their history,
 the request decisions, the programs and the feedback commands — so a crash before the
 commit leaves nothing and a crash after it leaves everything; a sync already stored is
@@ -111,6 +112,8 @@ class SqliteStore:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        # checkpoints run after a commit has returned (see commit), not inside it
+        db.execute("PRAGMA wal_autocheckpoint=0")
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         have = {r[0] for r in db.execute("SELECT version FROM schema_version")}
         for version, sql in migrations():
@@ -185,7 +188,14 @@ class SqliteStore:
     async def commit(self, res: SyncResult, feedback: list[str], at: int,
                      fault: Fault | None = None) -> bool:
         done: bool = await self._run(self._commit, res, feedback, at, fault)
+        # the WAL is folded back into the database in the store's thread afterwards: the
+        # next store call waits for it, the commit does not
+        self._x.submit(self._checkpoint)
         return done
+
+    def _checkpoint(self) -> None:
+        if self._db is not None:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _commit_auction(self, session: str, entries: list[Any], at: int) -> bool:
         db = self._db
@@ -242,7 +252,8 @@ class PostgresStore:
                 if version in have:
                     continue
                 for stmt in _statements(sql):
-                    await con.execute(stmt)
+                    # the one SQLite-only clause of the shared schema (a storage hint)
+                    await con.execute(stmt.replace(") WITHOUT ROWID", ")"))
                 await con.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
     async def close(self) -> None:
@@ -271,10 +282,13 @@ class PostgresStore:
                      fault: Fault | None = None) -> bool:
         rows = _rows(res, at)
         async with self._pool.acquire() as con, con.transaction():
-            if await con.fetchval("SELECT 1 FROM syncs WHERE sync_id = $1 FOR UPDATE",
-                                  res.sync_id):
+            # claim the sync id first: a concurrent commit of the same id waits on it, then
+            # finds it taken
+            status = await con.execute(
+                _pg(INSERT_SYNC) + " ON CONFLICT (sync_id) DO NOTHING",
+                res.sync_id, res.from_round, res.trades, at)
+            if status.endswith(" 0"):
                 return False
-            await con.execute(_pg(INSERT_SYNC), res.sync_id, res.from_round, res.trades, at)
             await con.copy_records_to_table(
                 "entries", records=rows["entries"],
                 columns=["sync_id", "trade_id", "side", "agent", "unit", "contract", "day",
@@ -292,10 +306,10 @@ class PostgresStore:
 
     async def commit_auction(self, session: str, entries: list[Any], at: int) -> bool:
         async with self._pool.acquire() as con, con.transaction():
-            if await con.fetchval("SELECT 1 FROM auction_sessions WHERE session = $1",
-                                  session):
+            status = await con.execute(_pg(INSERT_AUCTION) + " ON CONFLICT (session) DO NOTHING",
+                                       session, at)
+            if status.endswith(" 0"):
                 return False
-            await con.execute(_pg(INSERT_AUCTION), session, at)
             await con.executemany(_pg(INSERT_AUCTION_ENTRY), _auction_rows(session, entries))
         return True
 

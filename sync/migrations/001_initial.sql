@@ -24,7 +24,7 @@ CREATE TABLE entries (
     vat BIGINT NOT NULL,
     total BIGINT NOT NULL,
     PRIMARY KEY (trade_id, side, agent)
-);
+) WITHOUT ROWID;
 CREATE INDEX entries_agent_day ON entries (agent, day);
 CREATE TABLE balances (
     agent TEXT PRIMARY KEY,

@@ -1,0 +1,731 @@
+"""The round-sync job (sync/job.py) end to end: a core (engine + risk guard) driven
+in-process, the SyncJob and a SQLite store — the guarantee cycle of R49.1.4 over several
+rounds, a crash at every fault point followed by a restart that replays the same command
+history, and a real server with ``ronda settlement report``.
+
+Driving (the sequencer's role): ``Market.submit`` applies a command to the core at the
+market's clock and gives the (command, origin, events) to ``job.observe``, as the sequencer's
+listener does; the history of (command, origin, instant) is the journal.  The clock is set by
+each step of the scenario (``T0 + step × 10 s``, +1 ms per command), so a run that crashed
+and re-sent some feedback still closes every later round at the same instants.
+
+The scenario (demo reference data, four hourly contracts of 2027-01-15 open at once; each
+close is a round).  Money: platform figures in cents, settlement figures in milli-euros
+(m€).  Tax factors on the platform (ceil, per owner): AG2 1.0511269632 × 1.21 =
+1.271863625472; AG3 1.21; AG4 1.23.
+
+Round 1: SELLU1 (AG1) sells 6.0 MWh at 45.10 to BUYU2 (AG2); SELLU3 (AG3 60 %, AG4 40 %)
+  sells 2.0 MWh at −10.00 to BUYU2.
+Sync 1: balances AG1 10 327 426, AG2 49 681 272, AG3 −14 520, AG4 −9 840 m€ ->
+  reductions AG3 1 452 c, AG4 984 c; obligations of round 1 released.
+Round 2: the reduction bites (a PTBUY4 buy that fits 20 000 € but not 20 000 − 9.84 € is
+  refused); SELLU3 sells 5.0 MWh at 50.00 to BUYU2; requests 1 AG2 +1 000 €, 2 AG1
+  +11 000 €, 3 AG3 −29 990 €, 4 AG2 −500 €.
+Sync 2: 1 accepted, 2 refused (no surplus), 3 refused (committed), 4 accepted; AG3/AG4
+  back to positive -> their reductions return to 0.
+Round 3: SELLU3 sells 10.0 MWh at −100.00 and 0.7 MWh at −0.01 to BUYU2.
+Sync 3: AG3 −559 025 m€ -> 55 903 c (rounded up), AG4 −378 844 m€ -> 37 885 c.
+Round 4: nothing traded; sync 4 repeats the reductions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.commands import CancelOrder, CloseContracts, CreateContract, NewOrder, OpenContracts
+from engine.events import OrderReport, Reject, Trade
+from engine.model import Side
+from gateway.codec import decode
+from gateway.core import Core
+from gateway.journal import Journal
+from gateway.refdata_file import read_and_validate
+from gateway.sequencer import Sequencer
+from risk.commands import (
+    DecideGuaranteeRequest,
+    LoadReferenceData,
+    ReleaseObligations,
+    RequestGuaranteeChange,
+    SetSyncReduction,
+)
+from sync.job import SyncJob
+from sync.settle import Balance, SyncResult
+from sync.store import SqliteStore, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+REFDATA_TEXT = read_and_validate(ROOT / "examples" / "refdata.toml")[0]
+T0 = 1_800_000_000_000  # 2027-01-15 08:00 UTC
+STEP_MS = 10_000
+C1, C2, C3, C4 = (f"PH-20270115-{h}" for h in (10, 11, 12, 13))
+DAY = "2027-01-15"
+BUY, SELL = Side.BUY, Side.SELL
+AGENTS = ("AG1", "AG2", "AG3", "AG4")
+
+
+class Crash(Exception):
+    """Raised by a fault hook: the process dies at that point."""
+
+
+class Market:
+    """A core and its sync job, driven in-process (see the module docstring)."""
+
+    def __init__(self, store: Store, fault: Callable[[str], None] | None = None) -> None:
+        self.core = Core()
+        self.store = store
+        self.history: list[tuple[Any, str, int]] = []
+        self.now = T0
+        self.step = -1
+        self.job = SyncJob(self.core, store, self.submit, fault)
+
+    def at(self, step: int, offset: int = 0) -> None:
+        self.step = step
+        self.now = T0 + step * STEP_MS + offset
+
+    def apply(self, cmd: Any, origin: str, ts: int) -> list[Any]:
+        events = self.core.apply(cmd, ts)
+        self.history.append((cmd, origin, ts))
+        self.job.observe([(cmd, origin, events)])
+        return events
+
+    async def submit(self, cmd: Any, origin: str) -> list[Any]:
+        self.now += 1
+        return self.apply(cmd, origin, self.now)
+
+    def replay(self, history: list[tuple[Any, str, int]]) -> None:
+        for cmd, origin, ts in history:
+            self.apply(cmd, origin, ts)
+
+    async def order(self, user: str, agent: str, unit: str, contract: str, side: Side,
+                    price: int, qty: int) -> list[Any]:
+        return await self.submit(NewOrder(user, agent, unit, contract, side, price, qty), user)
+
+    def account(self, agent: str) -> dict[str, Any]:
+        assert self.core.risk is not None
+        return self.core.risk.account(agent)
+
+    def limit(self, agent: str) -> int:
+        return int(self.account(agent)["operative_limit"])
+
+    def accounts(self) -> dict[str, Any]:
+        """Everything the platform keeps about guarantees: accounts and requests."""
+        risk = self.core.risk
+        assert risk is not None
+        return {"accounts": {a: risk.account(a) for a in sorted(risk.accounts)},
+                "requests": sorted((r.id, r.agent, r.increase, r.amount, r.state)
+                                   for r in risk.requests.values()),
+                "orders": sorted((o.id, o.status.value, o.remaining)
+                                 for o in self.core.engine.orders.values())}
+
+
+def trades(events: list[Any]) -> list[Trade]:
+    return [e for e in events if type(e) is Trade]
+
+
+def rejects(events: list[Any]) -> list[Any]:
+    return [e for e in events if type(e) is Reject
+            or (type(e) is OrderReport and e.action == "REJECTED")]
+
+
+# ------------------------------------------------------------------ the scenario
+
+
+async def s0_setup(m: Market) -> None:
+    await m.submit(LoadReferenceData(REFDATA_TEXT), "operator")
+    for c in (C1, C2, C3, C4):
+        await m.submit(CreateContract(c, T0 + 10**7), "calendar")
+    await m.submit(OpenContracts((C1, C2, C3, C4)), "calendar")
+
+
+async def s1_round1(m: Market) -> None:
+    await m.order("ana", "AG1", "SELLU1", C1, SELL, 4510, 100)
+    assert len(trades(await m.order("carlos", "AG2", "BUYU2", C1, BUY, 4600, 60))) == 1
+    await m.order("bea", "AG3", "SELLU3", C1, SELL, -1000, 20)
+    assert len(trades(await m.order("carlos", "AG2", "BUYU2", C1, BUY, -500, 20))) == 1
+
+
+async def close_and_sync(m: Market, contract: str) -> None:
+    await m.submit(CloseContracts((contract,)), "calendar")
+    await m.job.sync_pending()
+
+
+async def s2_sync1(m: Market) -> None:
+    await close_and_sync(m, C1)
+
+
+async def s3_round2(m: Market) -> None:
+    # AG4's limit is 2 000 000 − 984 = 1 999 016 c.  A PTBUY4 (AG4 100 %) buy of 80.0 MWh:
+    # at 203.16 €: 20 316 × 800 / 10 × 1.23 = 1 999 094.4 -> 1 999 095 c: refused;
+    # at 203.15 €: 20 315 × 80 × 1.23 = 1 998 996 c: fits (then cancelled).
+    ev = await m.order("bea", "AG3", "PTBUY4", C2, BUY, 20316, 800)
+    assert [e.code for e in rejects(ev)][:1] == ["OPERATIVE_LIMIT"]
+    ev = await m.order("bea", "AG3", "PTBUY4", C2, BUY, 20315, 800)
+    assert not rejects(ev)
+    oid = next(e.order_id for e in ev if type(e) is OrderReport)
+    await m.submit(CancelOrder("bea", "AG3", oid), "bea")
+    await m.order("bea", "AG3", "SELLU3", C2, SELL, 5000, 50)
+    assert len(trades(await m.order("carlos", "AG2", "BUYU2", C2, BUY, 5000, 50))) == 1
+    await m.submit(RequestGuaranteeChange("carlos", "AG2", True, 100_000), "carlos")
+    await m.submit(RequestGuaranteeChange("ana", "AG1", True, 1_100_000), "ana")
+    await m.submit(RequestGuaranteeChange("bea", "AG3", False, 2_999_000), "bea")
+    await m.submit(RequestGuaranteeChange("carlos", "AG2", False, 50_000), "carlos")
+
+
+async def s4_sync2(m: Market) -> None:
+    await close_and_sync(m, C2)
+
+
+async def s5_round3(m: Market) -> None:
+    await m.order("bea", "AG3", "SELLU3", C3, SELL, -10_000, 100)
+    assert len(trades(await m.order("carlos", "AG2", "BUYU2", C3, BUY, -9_000, 100))) == 1
+    await m.order("bea", "AG3", "SELLU3", C3, SELL, -1, 7)
+    assert len(trades(await m.order("carlos", "AG2", "BUYU2", C3, BUY, 0, 7))) == 1
+
+
+async def s6_sync3(m: Market) -> None:
+    await close_and_sync(m, C3)
+
+
+async def s7_sync4(m: Market) -> None:
+    await close_and_sync(m, C4)
+
+
+STEPS: list[Callable[[Market], Awaitable[None]]] = [
+    s0_setup, s1_round1, s2_sync1, s3_round2, s4_sync2, s5_round3, s6_sync3, s7_sync4]
+SYNC_STEPS = {1: 2, 2: 4, 3: 6, 4: 7}  # sync number -> its step
+FEEDBACK_LENGTHS = {1: 3, 2: 7, 3: 3, 4: 3}  # commands fed back by each sync
+
+
+async def run_steps(m: Market, start: int = 0, stop: int = len(STEPS)) -> None:
+    for i in range(start, stop):
+        m.at(i)
+        await STEPS[i](m)
+
+
+# ------------------------------------------------------------------ store contents
+
+
+async def tables(store: Store) -> list[str]:
+    if isinstance(store, SqliteStore):
+        rows = await store.query("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                 " AND name NOT LIKE 'sqlite_%'")
+        return sorted(r["name"] for r in rows)
+    rows = await store.query("SELECT table_name AS name FROM information_schema.tables"
+                             " WHERE table_schema = current_schema()")
+    return sorted(r["name"] for r in rows)
+
+
+async def dump(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table's rows, sorted (a canonical view of the store)."""
+    out = {}
+    for t in await tables(store):
+        rows = await store.query(f"SELECT * FROM {t}")
+        out[t] = sorted(tuple(sorted(r.items())) for r in rows)
+    return out
+
+
+async def open_sqlite(path: Path) -> SqliteStore:
+    s = SqliteStore(path)
+    await s.open()
+    return s
+
+
+async def uninterrupted(path: Path) -> tuple[dict[str, Any], dict[str, Any], Market]:
+    store = await open_sqlite(path)
+    try:
+        m = Market(store)
+        await m.job.open()
+        await run_steps(m)
+        return await dump(store), m.accounts(), m
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The uninterrupted run's store contents and platform accounts."""
+    path = tmp_path_factory.mktemp("baseline") / "settlement.sqlite"
+    store_dump, accts, _ = asyncio.run(uninterrupted(path))
+    return store_dump, accts
+
+
+# ------------------------------------------------------------------ the guarantee cycle
+
+
+async def test_guarantee_cycle_over_four_rounds(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        await _walk(Market(store), store)
+    finally:
+        await store.close()
+
+
+async def _walk(m: Market, store: Store) -> None:
+    await m.job.open()
+    await run_steps(m, 0, 2)
+    # -- round 1: obligations charged at the fill (R49.1.4.3 b)
+    # AG2: 6.0 MWh at 45.10 = 27 060 c × 1.271863625472 = 34 416.63 -> 34 417 c
+    # AG3: 2 000 c × 60 % × 1.21 = 1 452 c;  AG4: 2 000 × 40 % × 1.23 = 984 c
+    assert m.account("AG2")["obligations_by_round"] == {1: 34_417}
+    assert m.account("AG3")["obligations_by_round"] == {1: 1_452}
+    assert m.account("AG4")["obligations_by_round"] == {1: 984}
+    assert m.account("AG1")["obligations"] == 0  # a right does not count
+    assert m.limit("AG2") == 10_000_000 - 34_417
+    assert m.limit("AG3") == 3_000_000 - 1_452
+    assert m.job.last_synced == 0 and await store.last_sync() == 0
+
+    await run_steps(m, 2, 3)
+    # -- sync 1: entries into the balance, reductions, release (R49.1.4.2)
+    assert await store.last_sync() == 1
+    bal = await store.balances()
+    assert bal["AG1"] == Balance(60_000_000, 50_000_000, 10_327_426)
+    assert bal["AG2"] == Balance(150_000_000, 100_000_000, 49_681_272)
+    assert bal["AG3"] == Balance(30_000_000, 30_000_000, -14_520)
+    assert bal["AG4"] == Balance(20_000_000, 20_000_000, -9_840)
+    fb = [decode(json.loads(c)) for c in await store.feedback(1)]
+    assert fb == [SetSyncReduction("sync", "AG3", 1452), SetSyncReduction("sync", "AG4", 984),
+                  ReleaseObligations("sync", 1)]
+    # step 3: obligations released (they now live in the balance); AG2 is back to its GMIC
+    assert m.account("AG2")["obligations_by_round"] == {}
+    assert m.account("AG2")["obligations"] == 0
+    assert m.limit("AG2") == 10_000_000
+    # step 2: the reduction communicated applies during the next round (R49.1.4.3 d)
+    assert m.account("AG3")["sync_reduction"] == 1452
+    assert m.limit("AG3") == 3_000_000 - 1_452
+    assert m.limit("AG4") == 2_000_000 - 984
+    assert [r["agent"] for r in await store.query(
+        "SELECT agent FROM balances WHERE reduction > 0 ORDER BY agent")] == ["AG3", "AG4"]
+
+    await run_steps(m, 3, 4)  # round 2 (asserts the refused PTBUY4 buy itself)
+    # AG2: 5.0 MWh at 50.00 = 25 000 c × 1.271863625472 = 31 796.59 -> 31 797 c
+    assert m.account("AG2")["obligations_by_round"] == {2: 31_797}
+    assert [r["id"] for r in m.account("AG2")["pending_requests"]] == [1, 4]
+    # the reduction AG3 asks for (29 990 €) is more than its limit (29 985.48 €): committed
+    assert m.limit("AG3") == 2_998_548
+
+    await run_steps(m, 4, 5)
+    # -- sync 2.  Entries: AG3 DCIC 150 000 + vat 31 500 = 181 500; AG4 DCIC 100 000 +
+    # 23 000 = 123 000; AG2 OPIC 250 000, iee 12 781.74 -> 12 782, vat 262 782 × 0.21 =
+    # 55 184.22 -> 55 184, total 317 966.
+    # AG2: 49 681 272 − 317 966 = 49 363 306; +1 000 € accepted (1 000 000 m€ to the
+    #   reserve): 48 363 306, reserved 101 000 000; −500 € accepted (not committed: limit
+    #   10 000 000 − 31 797 c at the close): 48 863 306, reserved 100 500 000.
+    # AG1: 10 327 426 < 11 000 000: refused.  AG3: 2 999 000 c > 2 998 548 c: refused.
+    # AG3: −14 520 + 181 500 = 166 980;  AG4: −9 840 + 123 000 = 113 160: reductions to 0.
+    bal = await store.balances()
+    assert bal["AG2"] == Balance(150_000_000, 100_500_000, 48_863_306)
+    assert bal["AG1"] == Balance(60_000_000, 50_000_000, 10_327_426)
+    assert bal["AG3"].balance == 166_980 and bal["AG4"].balance == 113_160
+    decisions = await store.query(
+        "SELECT request_id, sync_id, agent, accept FROM decisions ORDER BY request_id")
+    assert [(d["request_id"], d["sync_id"], d["agent"], d["accept"]) for d in decisions] == [
+        (1, 2, "AG2", 1), (2, 2, "AG1", 0), (3, 2, "AG3", 0), (4, 2, "AG2", 1)]
+    fb = [decode(json.loads(c)) for c in await store.feedback(2)]
+    assert fb[:2] == [SetSyncReduction("sync", "AG3", 0), SetSyncReduction("sync", "AG4", 0)]
+    assert [(type(c), c.request_id, c.accept) for c in fb[2:6]] == [
+        (DecideGuaranteeRequest, 1, True), (DecideGuaranteeRequest, 2, False),
+        (DecideGuaranteeRequest, 3, False), (DecideGuaranteeRequest, 4, True)]
+    assert fb[6] == ReleaseObligations("sync", 2)
+    # the platform: +1 000 € (f), −500 € (e), obligations released, AG3's reduction gone
+    a2 = m.account("AG2")
+    assert (a2["requested_increases"], a2["requested_reductions"], a2["obligations"]) == (
+        100_000, 50_000, 0)
+    assert m.limit("AG2") == 10_000_000 + 100_000 - 50_000
+    assert m.account("AG3")["sync_reduction"] == 0 and m.limit("AG3") == 3_000_000
+    assert m.account("AG4")["sync_reduction"] == 0
+    assert m.accounts()["requests"] == [
+        (1, "AG2", True, 100_000, "ACCEPTED"), (2, "AG1", True, 1_100_000, "REFUSED"),
+        (3, "AG3", False, 2_999_000, "REFUSED"), (4, "AG2", False, 50_000, "ACCEPTED")]
+
+    await run_steps(m, 5, 6)
+    # round 3: AG3 obligations 10.0 MWh × 100 € = 100 000 c × 60 % × 1.21 = 72 600 plus
+    # 0.7 × 0.01 € × 60 % × 1.21 = 0.51 -> 1;  AG4 40 000 × 1.23 = 49 200 plus 1.
+    assert m.account("AG3")["obligations_by_round"] == {3: 72_601}
+    assert m.account("AG4")["obligations_by_round"] == {3: 49_201}
+    assert m.limit("AG3") == 3_000_000 - 72_601
+
+    await run_steps(m, 6, 7)
+    # -- sync 3.  AG3: 166 980 − (600 000 + 126 000) − (4 + 1) = −559 025 -> 55 903 c;
+    # AG4: 113 160 − (400 000 + 92 000) − (3 + 1) = −378 844 -> 37 885 c;
+    # AG2 (DCIC): 1 000 000 + iee 51 126.96 -> 51 127 + vat 1 051 127 × 0.21 = 220 736.67
+    # -> 220 737 = 1 271 864, and 7 + 0 + 1 = 8: 48 863 306 + 1 271 872 = 50 135 178.
+    # The refused requests are not retried: no decision in sync 3.
+    bal = await store.balances()
+    assert bal["AG3"].balance == -559_025 and bal["AG4"].balance == -378_844
+    assert bal["AG2"].balance == 50_135_178
+    assert await store.query("SELECT * FROM decisions WHERE sync_id = 3") == []
+    red = {r["agent"]: r["reduction"] for r in await store.query(
+        "SELECT agent, reduction FROM balances")}
+    assert (red["AG3"], red["AG4"], red["AG2"]) == (55_903, 37_885, 0)
+    assert m.account("AG3")["obligations_by_round"] == {}
+    assert m.account("AG3")["sync_reduction"] == 55_903
+    assert m.limit("AG3") == 3_000_000 - 55_903
+    assert m.limit("AG4") == 2_000_000 - 37_885
+    assert m.account("AG3")["pending_requests"] == []
+
+    await run_steps(m, 7, 8)
+    # -- sync 4: an empty round: no entries, the reductions stay communicated
+    rows = await store.query("SELECT sync_id, from_round, trades, completed_at FROM syncs"
+                             " ORDER BY sync_id")
+    assert [(r["sync_id"], r["from_round"], r["trades"]) for r in rows] == [
+        (1, 1, 2), (2, 2, 1), (3, 3, 2), (4, 4, 0)]
+    # the synchronisation instant is the round close in the journal
+    closes = [ts for cmd, _, ts in m.history if type(cmd) is CloseContracts]
+    assert [r["completed_at"] for r in rows] == closes
+    assert [len(await store.feedback(s)) for s in (1, 2, 3, 4)] == [
+        FEEDBACK_LENGTHS[s] for s in (1, 2, 3, 4)]
+    assert m.limit("AG3") == 3_000_000 - 55_903
+    # programs (R50): SELLU1 +6.0 (C1); SELLU3 +2.0, +5.0, +10.7; BUYU2 the same, bought
+    prog = {(r["unit"], r["period"]): r["energy"] for r in await store.query(
+        "SELECT unit, period, energy FROM programs")}
+    assert prog == {("SELLU1", C1): 60, ("BUYU2", C1): 80, ("SELLU3", C1): 20,
+                    ("SELLU3", C2): 50, ("BUYU2", C2): 50, ("SELLU3", C3): 107,
+                    ("BUYU2", C3): 107}
+    # the entries: one per trade side and owner; SELLU3's sides two (AG3, AG4).
+    # DCIC: AG1 (t1), AG2 (t2), AG3+AG4 (t3), AG2 (t4), AG2 (t5) = 6;
+    # OPIC: AG2 (t1), AG3+AG4 (t2), AG2 (t3), AG3+AG4 (t4), AG3+AG4 (t5) = 8
+    n = await store.query("SELECT kind, COUNT(*) AS n, SUM(base) AS b FROM entries"
+                          " GROUP BY kind ORDER BY kind")
+    assert [(r["kind"], r["n"]) for r in n] == [("DCIC", 6), ("OPIC", 8)]
+    assert n[0]["b"] == n[1]["b"]  # each amount once as a right, once as an obligation
+    # the balance history adds up to the balances
+    hist = await store.query("SELECT agent, SUM(delta) AS d FROM balance_history"
+                             " GROUP BY agent")
+    start = {"AG1": 10_000_000, "AG2": 50_000_000, "AG3": 0, "AG4": 0}
+    bal = await store.balances()
+    for h in hist:
+        assert start[h["agent"]] + h["d"] == bal[h["agent"]].balance
+
+
+async def test_feedback_is_idempotent(tmp_path: Path) -> None:
+    """Every feedback command applied twice leaves the platform as applied once."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = Market(store)
+        await m.job.open()
+        await run_steps(m)
+        once = m.accounts()
+        m.at(50)
+        for sid in (1, 2, 3, 4):
+            for text in await store.feedback(sid):
+                await m.submit(decode(json.loads(text)), "sync")
+        assert m.accounts() == once
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------ crashes
+
+
+CRASH_POINTS = [(s, p) for s in sorted(FEEDBACK_LENGTHS)
+                for p in ["before_commit", "during_commit", "after_commit",
+                          *(f"feedback_{i}" for i in range(FEEDBACK_LENGTHS[s]))]]
+
+
+@pytest.mark.parametrize(("sync_no", "point"), CRASH_POINTS,
+                         ids=[f"sync{s}-{p}" for s, p in CRASH_POINTS])
+async def test_crash_at_every_point_then_replay(
+        tmp_path: Path, baseline: tuple[dict[str, Any], dict[str, Any]], sync_no: int,
+        point: str) -> None:
+    """The job dies at ``point`` of sync ``sync_no``; a new core and job on the same store
+    replay the same history (with the feedback applied before the crash), catch up and
+    finish the scenario: the store and the accounts equal the uninterrupted run's."""
+    path = tmp_path / "s.sqlite"
+    seen: list[str] = []
+    syncs = 0
+
+    def fault(p: str) -> None:
+        nonlocal syncs
+        if p == "before_commit":
+            syncs += 1
+        if syncs == sync_no:
+            seen.append(p)
+            if p == point:
+                raise Crash(p)
+
+    store = await open_sqlite(path)
+    m = Market(store, fault)
+    try:
+        await m.job.open()
+        with pytest.raises(Crash):
+            await run_steps(m)
+    finally:
+        await store.close()
+    assert seen[-1] == point and m.step == SYNC_STEPS[sync_no]
+    stored = sync_no if point.startswith(("after", "feedback")) else sync_no - 1
+    applied = int(point.split("_")[1]) + 1 if point.startswith("feedback") else 0
+    fed = [c for c, o, _ in m.history if o == "sync"]
+    assert len(fed) == sum(FEEDBACK_LENGTHS[s] for s in range(1, sync_no)) + applied
+
+    # restart: a new core and job on the same store, the same history replayed
+    store = await open_sqlite(path)
+    try:
+        assert await store.last_sync() == stored
+        m2 = Market(store)
+        await m2.job.open()
+        m2.replay(m.history)
+        m2.at(m.step, STEP_MS // 2)
+        await m2.job.catch_up()
+        await run_steps(m2, m.step + 1)
+        want_store, want_accounts = baseline
+        assert await dump(store) == want_store
+        assert m2.accounts() == want_accounts
+    finally:
+        await store.close()
+
+
+async def test_crash_without_replaying_the_feedback_resends_it(
+        tmp_path: Path, baseline: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """After a crash between feedback commands the journal may hold only part of them:
+    the restarted job sees no release for the last sync and re-sends the stored feedback."""
+    path = tmp_path / "s.sqlite"
+
+    def fault(p: str) -> None:
+        if p == "feedback_3":
+            raise Crash(p)
+
+    store = await open_sqlite(path)
+    m = Market(store, fault)
+    try:
+        await m.job.open()
+        with pytest.raises(Crash):
+            await run_steps(m)
+    finally:
+        await store.close()
+    store = await open_sqlite(path)
+    try:
+        m2 = Market(store)
+        await m2.job.open()
+        m2.replay(m.history)
+        assert m2.job.released_seen == {1}
+        m2.at(m.step, STEP_MS // 2)
+        n = len(m2.history)
+        await m2.job.catch_up()
+        resent = [c for c, _, _ in m2.history[n:]]
+        assert [decode(json.loads(t)) for t in await store.feedback(2)] == resent
+        await run_steps(m2, m.step + 1)
+        assert await dump(store) == baseline[0]
+        assert m2.accounts() == baseline[1]
+    finally:
+        await store.close()
+
+
+async def test_store_refuses_a_sync_id_twice(tmp_path: Path) -> None:
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = Market(store)
+        await m.job.open()
+        await run_steps(m, 0, 2)
+        m.at(2)
+        await m.submit(CloseContracts((C1,)), "calendar")
+        res = await m.job.sync_pending()
+        assert isinstance(res, SyncResult) and res.sync_id == 1
+        before = await dump(store)
+        assert await store.commit(res, ["{}"], T0) is False
+        assert await dump(store) == before
+        # a different result under the same id is refused too
+        other = SyncResult(1, 1, 0)
+        assert await store.commit(other, [], T0 + 1) is False
+        assert await dump(store) == before
+    finally:
+        await store.close()
+
+
+async def test_stale_job_does_not_feed_back_a_recomputed_sync(
+        tmp_path: Path, baseline: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """A job that does not know the store already has a sync (it opened before another
+    job committed it — e.g. two processes on one PostgreSQL store — or was not opened)
+    recomputes it from the stored balances: the store refuses the commit (it returns
+    False), so nothing recomputed may reach the platform either.  sync/job.py ignores the
+    refusal and submits the recomputed feedback, whose reductions count every entry twice."""
+    path = tmp_path / "s.sqlite"
+    store_dump, accounts, m = await uninterrupted(path)
+    store = await open_sqlite(path)
+    try:
+        stale = Market(store)  # job.open() not called: last_synced stays 0
+        stale.replay(m.history)
+        assert stale.accounts() == accounts
+        stale.at(60)
+        await stale.job.sync_pending()
+        assert await dump(store) == store_dump  # the store refused it
+        # ... so the platform must be unchanged: AG3's reduction stays 55 903 c (the
+        # recomputed sync, with rounds 1-4 counted twice, says 111 805 c)
+        assert stale.account("AG3")["sync_reduction"] == 55_903
+        assert stale.account("AG4")["sync_reduction"] == 37_885
+        assert stale.accounts() == accounts
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------ through the sequencer
+
+
+async def test_round_close_snapshot_is_the_same_live_and_in_replay(tmp_path: Path) -> None:
+    """The inputs of a sync must depend only on the journal (docs/settlement.md, "Exactly
+    once"): the snapshot at a round close must not see commands that come after the close.
+    The job listens per command, live (``command_listeners``, as the server wires it) as in
+    recovery, so a request submitted in the same batch as the close, after it, is not in the
+    snapshot either way, and the live and the replayed syncs decide the same."""
+    jdir = tmp_path / "journal"
+    core = Core()
+    journal = Journal(jdir, fsync=False).open()
+    seq = Sequencer(core, journal)
+    store = await open_sqlite(tmp_path / "live.sqlite")
+    job = SyncJob(core, store, None)
+    await job.open()
+    seq.command_listeners.append(job.observe)
+    seq.start()
+    try:
+        await seq.submit(LoadReferenceData(REFDATA_TEXT), "operator")
+        close_at = seq.clock.now() + 10**8
+        await seq.submit(CreateContract(C1, close_at), "calendar")
+        await seq.submit(OpenContracts((C1,)), "calendar")
+        f1 = seq.submit_nowait(CloseContracts((C1,)), "calendar")
+        f2 = seq.submit_nowait(RequestGuaranteeChange("carlos", "AG2", True, 100), "carlos")
+        await asyncio.gather(f1, f2)
+        live = await job.sync_pending()
+    finally:
+        await seq.stop()
+        journal.close()
+        await store.close()
+    assert live is not None
+
+    core2 = Core()
+    journal2 = Journal(jdir, fsync=False).open()
+    store2 = await open_sqlite(tmp_path / "replay.sqlite")
+    try:
+        job2 = SyncJob(core2, store2, None)
+        await job2.open()
+        Sequencer(core2, journal2).recover([job2.observe])
+        replayed = await job2.sync_pending()
+    finally:
+        journal2.close()
+        await store2.close()
+    assert replayed is not None
+    assert replayed.decisions == live.decisions
+    assert replayed.balances == live.balances
+
+
+# ------------------------------------------------------------------ a real server
+
+
+async def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def _cli(*args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+                       text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+async def test_server_syncs_a_round_and_reports_it(tmp_path: Path) -> None:
+    from wsclient import contract_id, start_server
+
+    c = contract_id(10)
+    day = f"{c[3:7]}-{c[7:9]}-{c[9:11]}"
+    data = tmp_path / "srv"
+    srv = await start_server(data, (c,))
+    try:
+        sub = srv.sequencer.submit
+        await sub(NewOrder("ana", "AG1", "SELLU1", c, SELL, 4510, 100), "ana")
+        ev = await sub(NewOrder("carlos", "AG2", "BUYU2", c, BUY, 4600, 60), "carlos")
+        assert len(trades(ev)) == 1
+        await sub(NewOrder("bea", "AG3", "SELLU3", c, SELL, -1000, 20), "bea")
+        ev = await sub(NewOrder("carlos", "AG2", "BUYU2", c, BUY, -500, 20), "carlos")
+        assert len(trades(ev)) == 1
+        assert srv.core.risk.account("AG2")["obligations"] == 34_417
+        await sub(CloseContracts((c,)), "calendar")
+        await _wait(lambda: srv.core.risk.account("AG2")["obligations"] == 0
+                    and srv.core.risk.account("AG3")["sync_reduction"] == 1452)
+        assert srv.sync.syncs_done == 1
+    finally:
+        await srv.stop()
+
+    rep = json.loads(_cli("settlement", "report", "--agent", "AG2", "--day", day,
+                          "--data-dir", str(data)))
+    assert rep["agent"] == "AG2" and rep["day"] == day
+    assert [(e["side"], e["kind"], e["base"], e["iee"], e["vat"], e["total"])
+            for e in rep["entries"]] == [("BUY", "OPIC", 270_600, 13_835, 59_731, 344_166),
+                                         ("BUY", "DCIC", 20_000, 1_023, 4_415, 25_438)]
+    assert rep["entries"][0]["total_eur"] == "344.166"
+    assert rep["totals"]["collection_rights"] == "25.438"
+    assert rep["totals"]["payment_obligations"] == "344.166"
+    assert rep["totals"]["net"] == "-318.728"
+    assert rep["totals"]["by_contract"] == {c: {"DCIC": "25.438", "OPIC": "344.166",
+                                                "energy_mwh": 8.0}}
+    assert [h["balance_after"] for h in rep["balance_history"]] == [49_681_272]
+    assert rep["programs"] == [{"unit": "BUYU2", "period": c, "energy": 80, "sync_id": 1,
+                                "energy_mwh": 8.0}]
+    shared = json.loads(_cli("settlement", "report", "--agent", "AG4", "--day", day,
+                             "--data-dir", str(data)))
+    assert [(e["unit"], e["kind"], e["share"], e["base"], e["vat"]) for e in
+            shared["entries"]] == [("SELLU3", "OPIC", 40.0, 8_000, 1_840)]
+    assert shared["totals"]["net"] == "-9.840"
+
+    rows = list(csv.reader(io.StringIO(_cli("settlement", "report", "--agent", "AG2",
+                                             "--day", day, "--format", "csv",
+                                             "--data-dir", str(data)))))
+    entries = [r for r in rows if r and r[0] == "entry"]
+    assert [(r[2], r[3], r[6], r[7], r[8], r[13]) for r in entries] == [
+        ("BUY", "BUYU2", "OPIC", "6.0", "45.10", "344.166"),
+        ("BUY", "BUYU2", "DCIC", "2.0", "-10.00", "25.438")]
+    assert ["total", "", "", "", "", "", "", "", "", "", "", "", "", "net -318.728"] in rows
+    assert any(r[:1] == ["total_contract"] and r[4] == c
+               and r[-1] == "DCIC 25.438 OPIC 344.166" for r in rows)
+    assert any(r[:1] == ["balance"] and r[3] == "49681.272" for r in rows)
+    assert ["program", "BUYU2", c, "8.0", "1"] in rows
+
+    # a restart replays the journal: nothing synchronised twice, nothing re-released
+    srv = await start_server(data)
+    try:
+        await srv.sync.catch_up()  # as the job's task does at start (serialised by its lock)
+        assert srv.sync.released_seen == {1}  # seen in the journal: nothing to re-send
+        assert await srv.store.last_sync() == 1
+        assert (await srv.store.query("SELECT COUNT(*) AS n FROM entries"))[0]["n"] == 5
+        assert srv.core.risk.account("AG2")["obligations"] == 0
+        assert srv.core.risk.account("AG3")["sync_reduction"] == 1452
+    finally:
+        await srv.stop()
+
+
+async def test_server_sync_survives_a_failed_sync(tmp_path: Path) -> None:
+    """A sync that fails (here: the store is unavailable once, at the commit) must not stop
+    the synchronisation of later rounds.  sync/job.py's ``run`` has no error handling: the
+    exception ends the task, silently, and no round is synchronised again until a restart."""
+    from wsclient import contract_id, start_server
+
+    c1, c2 = contract_id(10), contract_id(11)
+    srv = await start_server(tmp_path / "srv", (c1, c2))
+    failures = []
+
+    def once(point: str) -> None:
+        if point == "before_commit" and not failures:
+            failures.append(point)
+            raise ConnectionError("settlement store unavailable")
+
+    try:
+        srv.sync.fault = once
+        sub = srv.sequencer.submit
+        await sub(NewOrder("ana", "AG1", "SELLU1", c1, SELL, 4510, 100), "ana")
+        await sub(NewOrder("carlos", "AG2", "BUYU2", c1, BUY, 4600, 60), "carlos")
+        await sub(CloseContracts((c1,)), "calendar")
+        await _wait(lambda: bool(failures))
+        await sub(CloseContracts((c2,)), "calendar")  # the next round closes
+        await _wait(lambda: srv.sync.last_synced == 2, timeout=3.0)
+        assert srv.core.risk.account("AG2")["obligations"] == 0
+    finally:
+        await srv.stop()

@@ -1,0 +1,310 @@
+"""The settlement store on SQLite and on PostgreSQL (a throwaway cluster: tests/pg.py): the
+same journal synchronised into both gives the same tables and the same reports; migrations
+are recorded in ``schema_version`` and applied once; a sync id is stored once; a failure
+inside the commit's transaction leaves nothing.
+
+The journal is the command history of the scenario of tests/test_sync_job.py (four rounds,
+taxes, a shared unit, requests, reductions), run once live into SQLite; it is then replayed
+into a fresh SQLite store and into PostgreSQL, synchronising at every round close as the live
+job did (the feedback commands are in the journal, so the replaying jobs feed nothing back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_sync_job import (
+    AGENTS,
+    DAY,
+    ROOT,
+    Crash,
+    Market,
+    dump,
+    open_sqlite,
+    run_steps,
+    tables,
+    trades,
+)
+
+from engine.commands import CloseContracts, NewOrder
+from engine.model import Side
+from gateway.core import Core
+from sync.job import SyncJob
+from sync.report import report, to_csv
+from sync.store import PostgresStore, SqliteStore, Store, migrations, open_store
+
+pytest_plugins = ["pg"]
+
+T_AT = 1_800_000_000_000
+ALL_AGENTS = (*AGENTS, "OMIE", "REE")
+DAYS = (DAY, "2027-01-16")
+EXPECTED_TABLES = sorted(["schema_version", "syncs", "entries", "balances",
+                          "balance_history", "decisions", "programs", "feedback",
+                          "auction_sessions", "auction_entries"])
+
+
+async def replay_into(store: Store, history: list[tuple[Any, str, int]]) -> Core:
+    """The journal into a fresh core; a sync at every round close, as live."""
+    core = Core()
+    job = SyncJob(core, store, None)
+    await job.open()
+    for cmd, origin, ts in history:
+        events = core.apply(cmd, ts)
+        job.observe([(cmd, origin, events)])
+        if type(cmd) is CloseContracts:
+            assert await job.sync_pending() is not None
+    return core
+
+
+async def _live(path: Path) -> tuple[list[tuple[Any, str, int]], dict[str, Any]]:
+    store = await open_sqlite(path)
+    try:
+        m = Market(store)
+        await m.job.open()
+        await run_steps(m)
+        return m.history, await dump(store)
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[list[tuple[Any, str, int]], dict[str, Any]]:
+    """The scenario run live into SQLite: its history and the store's contents."""
+    return asyncio.run(_live(tmp_path_factory.mktemp("live") / "settlement.sqlite"))
+
+
+@pytest.fixture
+async def pg_store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def all_reports(store: Store) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(a, d): await report(store, a, d) for a in ALL_AGENTS for d in DAYS}
+
+
+async def test_same_journal_same_tables_and_reports(
+        tmp_path: Path, pg_store: PostgresStore,
+        journal: tuple[list[tuple[Any, str, int]], dict[str, Any]]) -> None:
+    history, live = journal
+    lite = await open_sqlite(tmp_path / "settlement.sqlite")
+    try:
+        core_lite = await replay_into(lite, history)
+        core_pg = await replay_into(pg_store, history)
+        assert await tables(lite) == EXPECTED_TABLES
+        assert await tables(pg_store) == EXPECTED_TABLES
+        lite_rows, pg_rows = await dump(lite), await dump(pg_store)
+        # the replay stores exactly what the live run stored
+        assert lite_rows == live
+        # ... and PostgreSQL exactly the same rows, value for value (types included)
+        for t in EXPECTED_TABLES:
+            assert pg_rows[t] == lite_rows[t], t
+        assert len(pg_rows["syncs"]) == 4 and len(pg_rows["entries"]) == 14
+        assert {type(v) for row in pg_rows["entries"] for _, v in row} == {int, str}
+        reps_lite, reps_pg = await all_reports(lite), await all_reports(pg_store)
+        assert reps_pg == reps_lite
+        assert [to_csv(r) for r in reps_pg.values()] == [to_csv(r) for r in reps_lite.values()]
+        # the reports are not empty where the agents traded
+        assert len(reps_pg["AG2", DAY]["entries"]) == 5
+        assert reps_pg["AG3", DAY]["totals"]["net"] == reps_lite["AG3", DAY]["totals"]["net"]
+        assert reps_pg["AG1", "2027-01-16"]["entries"] == []
+        assert await lite.balances() == await pg_store.balances()
+        for sid in (1, 2, 3, 4):
+            assert await pg_store.feedback(sid) == await lite.feedback(sid)
+        assert await pg_store.last_sync() == await lite.last_sync() == 4
+        # replaying cores agree on the platform's side too
+        assert core_pg.state_hash() == core_lite.state_hash()
+    finally:
+        await lite.close()
+
+
+async def test_cli_report_from_postgresql_equals_sqlite(
+        tmp_path: Path, pg_url: str,
+        journal: tuple[list[tuple[Any, str, int]], dict[str, Any]]) -> None:
+    history, _ = journal
+    data = tmp_path / "data"
+    data.mkdir()
+    lite = await open_sqlite(data / "settlement.sqlite")
+    pg = PostgresStore(pg_url)
+    await pg.open()
+    try:
+        await replay_into(lite, history)
+        await replay_into(pg, history)
+    finally:
+        await lite.close()
+        await pg.close()
+
+    def cli(*where: str, fmt: str = "json") -> str:
+        r = subprocess.run([sys.executable, "-m", "gateway.cli", "settlement", "report",
+                            "--agent", "AG3", "--day", DAY, "--format", fmt, *where],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    from_pg = json.loads(cli("--store", pg_url))
+    assert from_pg == json.loads(cli("--data-dir", str(data)))
+    assert len(from_pg["entries"]) == 4  # SELLU3's 60 % of four trades
+    assert cli("--store", pg_url, fmt="csv") == cli("--data-dir", str(data), fmt="csv")
+
+
+# ------------------------------------------------------------------ store mechanics
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "settlement.sqlite")
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+async def test_migrations_recorded_and_applied_once(store_url: str, tmp_path: Path) -> None:
+    want = [v for v, _ in migrations()]
+    assert want == sorted(want) and want[:2] == [1, 2]
+    store = open_store(store_url, tmp_path)
+    assert isinstance(store, PostgresStore if store_url.startswith("postgresql") else
+                      SqliteStore)
+    await store.open()
+    try:
+        rows = await store.query("SELECT version FROM schema_version ORDER BY version")
+        assert [r["version"] for r in rows] == want
+        await store.query("INSERT INTO balances (agent, deposited, reserved, balance,"
+                          " reduction) VALUES ('AGX', 1, 2, 3, 4)")
+    finally:
+        await store.close()
+    for _ in range(2):  # re-opening applies nothing again and keeps the data
+        store = open_store(store_url, tmp_path)
+        await store.open()
+        try:
+            rows = await store.query("SELECT version FROM schema_version ORDER BY version")
+            assert [r["version"] for r in rows] == want
+            assert (await store.balances())["AGX"].balance == 3
+        finally:
+            await store.close()
+
+
+async def _one_sync(store: Store, fault: Any = None) -> Any:
+    """Round 1 of the scenario and its sync into ``store``; the result."""
+    m = Market(store)
+    m.job.fault = fault
+    await m.job.open()
+    await run_steps(m, 0, 2)
+    m.at(2)
+    await m.submit(CloseContracts(("PH-20270115-10",)), "calendar")
+    return await m.job.sync_pending()
+
+
+async def test_store_refuses_a_sync_id_twice(store_url: str, tmp_path: Path) -> None:
+    store = open_store(store_url, tmp_path)
+    await store.open()
+    try:
+        res = await _one_sync(store)
+        before = await dump(store)
+        assert len(before["entries"]) == 5
+        assert await store.commit(res, ["again"], 1) is False
+        assert await dump(store) == before
+    finally:
+        await store.close()
+
+
+async def test_failure_inside_the_commit_leaves_nothing(store_url: str, tmp_path: Path
+                                                        ) -> None:
+    def fault(point: str) -> None:
+        if point == "during_commit":
+            raise Crash(point)
+
+    store = open_store(store_url, tmp_path)
+    await store.open()
+    try:
+        with pytest.raises(Crash):
+            await _one_sync(store, fault)
+        rows = await dump(store)
+        assert all(rows[t] == [] for t in rows if t != "schema_version")
+        assert await store.last_sync() == 0
+        res = await _one_sync(store)  # the store is usable after the rollback
+        assert res is not None and await store.last_sync() == 1
+    finally:
+        await store.close()
+
+
+async def test_server_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    from wsclient import contract_id, start_server
+
+    c = contract_id(10)
+    srv = await start_server(tmp_path / "srv", (c,), settlement_url=pg_url)
+    try:
+        assert isinstance(srv.store, PostgresStore)
+        sub = srv.sequencer.submit
+        await sub(NewOrder("ana", "AG1", "SELLU1", c, Side.SELL, 4510, 100), "ana")
+        ev = await sub(NewOrder("carlos", "AG2", "BUYU2", c, Side.BUY, 4600, 60), "carlos")
+        assert len(trades(ev)) == 1
+        await sub(CloseContracts((c,)), "calendar")
+        for _ in range(500):
+            if srv.core.risk.account("AG2")["obligations"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert srv.core.risk.account("AG2")["obligations"] == 0
+        assert await srv.store.last_sync() == 1
+        rows = await srv.store.query("SELECT agent, kind, total FROM entries ORDER BY agent")
+        assert [(r["agent"], r["kind"], r["total"]) for r in rows] == [
+            ("AG1", "DCIC", 327_426), ("AG2", "OPIC", 344_166)]
+    finally:
+        await srv.stop()
+    assert not (tmp_path / "srv" / "settlement.sqlite").exists()
+
+
+async def test_concurrent_commits_of_one_sync_id_refuse_the_second(pg_url: str) -> None:
+    """Two jobs (two processes on one PostgreSQL store) commit the same sync id at once: one
+    stores it, the other must be refused (False), as a sequential second commit is.
+    PostgresStore.commit checks with ``SELECT … FOR UPDATE``, which locks nothing when the
+    row does not exist yet: both pass the check and the second INSERT fails with a
+    UniqueViolationError (that, in the job, ends the sync task)."""
+    from sync.settle import SyncResult
+
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    await a.open()
+    await b.open()
+    try:
+        res = SyncResult(1, 1, 0)
+        out = await asyncio.gather(a.commit(res, ["{}"], 1), b.commit(res, ["{}"], 1),
+                                   return_exceptions=True)
+        assert sorted(out, key=repr) == [False, True], out
+        assert await a.last_sync() == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_report_programs_are_those_of_the_day(store_url: str, tmp_path: Path) -> None:
+    """``report(agent, day)`` is the agent's settlement for one delivery day (R49.1.3): its
+    programs must be the periods of that day, not every period its units ever traded."""
+    from test_settlement import trade
+
+    from gateway.refdata_file import read_and_validate
+    from sync.settle import settle
+
+    ref = read_and_validate(ROOT / "examples" / "refdata.toml")[1]
+    res = settle(2, 1, [trade(1, 4510, 60, contract="PH-20270115-10", rnd=1),
+                        trade(2, 4000, 30, contract="PH-20270116-10", rnd=2)], ref, {}, (), {})
+    store = open_store(store_url, tmp_path)
+    await store.open()
+    try:
+        assert await store.commit(res, [], T_AT)
+        rep = await report(store, "AG1", DAY)
+        assert [e["trade_id"] for e in rep["entries"]] == [1]  # entries: that day only
+        assert [(p["unit"], p["period"], p["energy"]) for p in rep["programs"]] == [
+            ("SELLU1", "PH-20270115-10", 60)]
+    finally:
+        await store.close()
