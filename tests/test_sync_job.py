@@ -725,7 +725,7 @@ async def test_server_sync_survives_a_failed_sync(tmp_path: Path) -> None:
         await sub(CloseContracts((c1,)), "calendar")
         await _wait(lambda: bool(failures))
         await sub(CloseContracts((c2,)), "calendar")  # the next round closes
-        await _wait(lambda: srv.sync.last_synced == 2, timeout=3.0)
+        await _wait(lambda: srv.sync.last_synced == 2, timeout=15.0)
         assert srv.core.risk.account("AG2")["obligations"] == 0
     finally:
         await srv.stop()
