@@ -1,0 +1,850 @@
+"""The AMQP API against a real RabbitMQ (tests/broker.py) and a real server in-process.
+
+A WebSocket client and AMQP clients trade in the same books; identity is checked by the
+broker (validated user_id); redeliveries and resends are harmless; a broker restart under
+load loses nothing acknowledged and executes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import aiormq
+import msgpack
+import orjson
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from websockets.asyncio.client import ClientConnection, connect
+
+from engine.commands import CreateContract, OpenContracts
+from gateway.amqp import (
+    JSON,
+    MSGPACK,
+    REPLAYED_HEADER,
+    REQUEST_EXCHANGE,
+    REQUEST_KEY,
+    REQUEST_QUEUE,
+    SEQ_HEADER,
+    STREAM_HEADER,
+    bcast_queue,
+)
+from gateway.server import Config, Server
+
+if TYPE_CHECKING:
+    from broker import Broker
+
+pytest_plugins = ["broker"]
+
+DAY_MS = 86_400_000
+_ids = itertools.count(1)
+
+
+def _contract_ids() -> tuple[str, str]:
+    """Two hourly contracts the day after tomorrow (UTC date; ids are local days)."""
+    day = time.strftime("%Y%m%d", time.gmtime(time.time() + 2 * 86_400))
+    return f"PH-{day}-10", f"PH-{day}-11"
+
+
+CID, CID2 = _contract_ids()
+
+
+def order(side: str, price: str, qty: str = "1.0", contract: str = CID, **kw: Any
+          ) -> dict[str, Any]:
+    unit = {"BUY": "BUYU2", "SELL": "SELLU1"}[side]
+    return {"type": "order_entry", "contract": contract, "unit": kw.pop("unit", unit),
+            "side": side, "price": price, "quantity": qty, **kw}
+
+
+# ---------------------------------------------------------------------------- clients
+
+
+class AmqpClient:
+    """A minimal algorithmic trader: requests carry user_id, reply_to, correlation_id and
+    a message_id that stays the same when the request is resent; the broadcast queue is
+    consumed into :attr:`bcast`.  After losing the connection, :meth:`reconnect` resends
+    every request that has no answer yet."""
+
+    def __init__(self, url: str, user: str) -> None:
+        self.url = url
+        self.user = user
+        self.pending: dict[str, tuple[aio_pika.Message, asyncio.Future[dict[str, Any]]]] = {}
+        self.headers: dict[str, dict[str, Any]] = {}  # message_id -> the answer's headers
+        self.replies: Counter[str] = Counter()  # message_id -> answers received
+        self.answers: dict[str, list[dict[str, Any]]] = {}  # message_id -> every answer
+        self.bcast: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # key, headers, msg
+        self._bcast_event = asyncio.Event()
+        self.conn: aio_pika.abc.AbstractConnection | None = None
+        self.reconnects = 0
+
+    async def connect(self, consume_bcast: bool = True) -> None:
+        self.conn = await aio_pika.connect(self.url, timeout=5)
+        self.ch = await self.conn.channel()  # publisher confirms
+        self.reply_q = await self.ch.declare_queue(exclusive=True)
+        await self.reply_q.consume(self._on_reply, no_ack=True)
+        self.exchange = await self.ch.get_exchange(REQUEST_EXCHANGE, ensure=False)
+        if consume_bcast:
+            q = await self.ch.get_queue(bcast_queue(self.user))  # passive: it must exist
+            await q.consume(self._on_bcast, no_ack=True)
+
+    async def close(self) -> None:
+        if self.conn is not None and not self.conn.is_closed:
+            await self.conn.close()
+
+    async def _on_reply(self, m: AbstractIncomingMessage) -> None:
+        data = (msgpack.unpackb(m.body) if m.content_type == MSGPACK
+                else orjson.loads(m.body))
+        key = m.correlation_id or ""
+        self.headers[key] = dict(m.headers or {})
+        self.replies[key] += 1
+        self.answers.setdefault(key, []).append(data)
+        entry = self.pending.pop(key, None)
+        if entry is not None and not entry[1].done():
+            entry[1].set_result(data)
+
+    async def _on_bcast(self, m: AbstractIncomingMessage) -> None:
+        self.bcast.append((m.routing_key or "", dict(m.headers or {}), orjson.loads(m.body)))
+        self._bcast_event.set()
+
+    def message(self, msg: dict[str, Any], message_id: str | None = None,
+                content_type: str = JSON, user_id: str | None = None) -> aio_pika.Message:
+        body = (msgpack.packb(msg) if content_type == MSGPACK else orjson.dumps(msg))
+        mid = message_id or uuid.uuid4().hex
+        return aio_pika.Message(body, content_type=content_type, message_id=mid,
+                                correlation_id=mid, reply_to=self.reply_q.name,
+                                user_id=self.user if user_id is None else user_id,
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+
+    async def submit(self, msg: dict[str, Any], message_id: str | None = None,
+                     content_type: str = JSON) -> asyncio.Future[dict[str, Any]]:
+        m = self.message(msg, message_id, content_type)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[m.message_id or ""] = (m, fut)
+        await self.exchange.publish(m, REQUEST_KEY, timeout=5)
+        return fut
+
+    async def request(self, msg: dict[str, Any], message_id: str | None = None,
+                      content_type: str = JSON, timeout: float = 10) -> dict[str, Any]:
+        fut = await self.submit(msg, message_id, content_type)
+        return await asyncio.wait_for(fut, timeout)
+
+    async def reconnect(self) -> None:
+        """Connect again (back-off 0.1 s doubling to 1 s), then resend what is unanswered,
+        with the same message_id and body (so the same client_order_id)."""
+        with contextlib.suppress(Exception):
+            await self.close()
+        delay = 0.1
+        while True:
+            try:
+                await self.connect(consume_bcast=False)
+                break
+            except Exception:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self.reconnects += 1
+        for mid, (old, fut) in list(self.pending.items()):
+            m = aio_pika.Message(old.body, content_type=old.content_type, message_id=mid,
+                                 correlation_id=mid, reply_to=self.reply_q.name,
+                                 user_id=self.user,
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            self.pending[mid] = (m, fut)
+            await self.exchange.publish(m, REQUEST_KEY)
+
+    async def wait_bcast(self, pred: Callable[[str, dict[str, Any], dict[str, Any]], bool],
+                         timeout: float = 5) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for item in self.bcast:
+                if pred(*item):
+                    return item
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"no such broadcast message; got {self.bcast[-5:]}")
+            self._bcast_event.clear()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._bcast_event.wait(), left)
+
+    def stream(self, name: str) -> list[tuple[int, dict[str, Any]]]:
+        """(seq, message) of one stream, in arrival order."""
+        return [(h[SEQ_HEADER], m) for _, h, m in self.bcast if h.get(STREAM_HEADER) == name]
+
+
+class WsClient:
+    """A manual trader on the WebSocket API."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.stream: list[dict[str, Any]] = []
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def login(cls, port: int, user: str, token: str) -> WsClient:
+        ws = await connect(f"ws://127.0.0.1:{port}/ws")
+        c = cls(ws)
+        ans = await c.request({"type": "login", "user": user, "token": token})
+        assert ans["type"] == "ack", ans
+        return c
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            msg = orjson.loads(raw)
+            rid = msg.get("req_id")
+            answer = msg.get("type") in ("ack", "reject", "error") or "stream" not in msg \
+                or msg.get("snapshot")
+            if answer and rid in self.waiting:
+                self.waiting.pop(rid).set_result(msg)
+            else:
+                self.stream.append(msg)
+
+    async def request(self, msg: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+        rid = f"ws-{next(_ids)}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting[rid] = fut
+        await self.ws.send(orjson.dumps({**msg, "req_id": rid}).decode())
+        return await asyncio.wait_for(fut, timeout)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(Exception):
+            await self._reader
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+async def _reset_broker(broker: Broker) -> None:
+    """Each test starts with empty queues and no bindings left by an earlier test."""
+    conn = await aio_pika.connect(broker.url, timeout=5)
+    try:
+        ch = await conn.channel()
+        for name in [REQUEST_QUEUE, *(bcast_queue(u) for u in
+                                      ("ana", "carlos", "bea", "rita", "marta", "sofia"))]:
+            await ch.queue_delete(name)
+    finally:
+        await conn.close()
+
+
+async def _start_server(broker: Broker, data: Path) -> Server:
+    srv = Server(Config(data_dir=data, calendar=None, fsync=False, port=0,
+                        amqp_url=broker.url, heartbeat_s=1.0))
+    await srv.start()
+    await asyncio.wait_for(srv.amqp.connected.wait(), 10)
+    return srv
+
+
+async def _start_market(broker: Broker, data: Path) -> Server:
+    """A fresh broker layout, a server, and two contracts open for trading."""
+    await _reset_broker(broker)
+    srv = await _start_server(broker, data)
+    close_at = int(time.time() * 1000) + DAY_MS
+    for cid in (CID, CID2):
+        await srv.sequencer.submit(CreateContract(cid, close_at), "operator")
+    await srv.sequencer.submit(OpenContracts((CID, CID2)), "operator")
+    return srv
+
+
+@pytest.fixture
+async def server(rabbitmq: Broker, tmp_path: Path) -> AsyncIterator[Server]:
+    srv = await _start_market(rabbitmq, tmp_path / "data")
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+@pytest.fixture
+async def carlos(rabbitmq: Broker, server: Server) -> AsyncIterator[AmqpClient]:
+    c = AmqpClient(rabbitmq.url_for("carlos"), "carlos")
+    await c.connect()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+async def ana_ws(server: Server) -> AsyncIterator[WsClient]:
+    c = await WsClient.login(server.port, "ana", "ana-demo-token")
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def live_orders(server: Server, agent: str) -> list[dict[str, Any]]:
+    return [server.core.order_view(o) for o in server.core.orders_of(agent)]
+
+
+def assert_contiguous(seqs: list[int]) -> None:
+    assert seqs, "no messages"
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+
+
+# ---------------------------------------------------------------------------- trading
+
+
+async def test_order_entry_modify_cancel_and_private_stream(carlos: AmqpClient,
+                                                            server: Server) -> None:
+    ans = await carlos.request(order("BUY", "40.00", client_order_id="c-1", req_id="r1"))
+    assert ans["type"] == "ack" and ans["kind"] == "order_entry" and ans["req_id"] == "r1"
+    (oid,) = ans["order_ids"]
+    rep = ans["reports"][0]
+    assert (rep["action"], rep["client_order_id"], rep["price"]) == ("ADDED", "c-1", "40.00")
+
+    ans = await carlos.request({"type": "order_modify", "order_id": oid,
+                                "revision": rep["revision"], "price": "41.50",
+                                "quantity": "2.0"})
+    assert ans["type"] == "ack", ans
+    mod = ans["reports"][0]
+    assert (mod["action"], mod["price"], mod["visible"]) == ("MODIFIED", "41.50", "2.0")
+    assert mod["revision"] == rep["revision"] + 1
+
+    stale = await carlos.request({"type": "order_modify", "order_id": oid,
+                                  "revision": rep["revision"], "price": "42.00",
+                                  "quantity": "2.0"})
+    assert (stale["type"], stale["code"]) == ("reject", "STALE_REVISION")
+
+    (view,) = live_orders(server, "AG2")
+    assert (view["order_id"], view["price"], view["revision"]) == (oid, 4150, mod["revision"])
+
+    ans = await carlos.request({"type": "order_cancel", "order_id": oid})
+    assert ans["type"] == "ack" and ans["reports"][0]["action"] == "CANCELLED"
+    assert live_orders(server, "AG2") == []
+
+    # the private stream (subscribed automatically) went to private.carlos, in sequence
+    await carlos.wait_bcast(lambda k, h, m: m.get("action") == "CANCELLED")
+    private = carlos.stream("private:AG2")
+    assert_contiguous([s for s, _ in private])
+    actions = [m["action"] for _, m in private if m["type"] == "order_report"]
+    assert actions == ["ADDED", "MODIFIED", "CANCELLED"]
+    assert {k for k, h, _ in carlos.bcast if h[STREAM_HEADER] == "private:AG2"} == {
+        "private.carlos"}
+
+
+async def test_basket_deactivate_and_reactivate(carlos: AmqpClient, server: Server) -> None:
+    ans = await carlos.request({"type": "basket_entry", "basket": "NONE", "orders": [
+        {k: v for k, v in order("BUY", p, client_order_id=f"b-{i}").items() if k != "type"}
+        for i, p in enumerate(("30.00", "31.00", "32.00"))]})
+    assert ans["type"] == "ack" and len(ans["order_ids"]) == 3, ans
+    ids = ans["order_ids"]
+
+    ans = await carlos.request({"type": "order_deactivate"})
+    assert ans["type"] == "ack", ans
+    assert {v["status"] for v in live_orders(server, "AG2")} == {"HIBERNATED"}
+
+    ans = await carlos.request({"type": "order_activate", "order_ids": [ids[2], ids[0]]})
+    assert ans["type"] == "ack", ans
+    status = {v["order_id"]: v["status"] for v in live_orders(server, "AG2")}
+    assert status == {ids[0]: "ACTIVE", ids[1]: "HIBERNATED", ids[2]: "ACTIVE"}
+
+    # a LINKED basket with a member that is not FOK is refused as a whole
+    ans = await carlos.request({"type": "basket_entry", "basket": "LINKED", "orders": [
+        {k: v for k, v in order("BUY", "20.00").items() if k != "type"}]})
+    assert ans["type"] == "reject", ans
+
+    ans = await carlos.request({"type": "cancel_all"})
+    assert ans["type"] == "ack" and sorted(ans["order_ids"]) == sorted(ids)
+    assert live_orders(server, "AG2") == []
+
+
+async def test_queries_login_and_heartbeat(carlos: AmqpClient, server: Server) -> None:
+    me = await carlos.request({"type": "query_me", "req_id": "q"})
+    assert (me["type"], me["user"], me["agent"], me["req_id"]) == ("me", "carlos", "AG2", "q")
+    login = await carlos.request({"type": "login"})
+    assert (login["type"], login["kind"], login["user"]) == ("ack", "login", "carlos")
+    other = await carlos.request({"type": "login", "user": "ana", "token": "ana-demo-token"})
+    assert (other["type"], other["code"]) == ("reject", "LOGIN_FAILED")
+    hib = await carlos.request({"type": "login", "on_disconnect": "hibernate"})
+    assert (hib["type"], hib["field"]) == ("error", "on_disconnect")
+
+    contracts = await carlos.request({"type": "query_contracts"})
+    assert [c["contract"] for c in contracts["contracts"]] == [CID, CID2]
+    assert {c["state"] for c in contracts["contracts"]} == {"TRADE"}
+    acct = await carlos.request({"type": "query_account"})
+    assert (acct["type"], acct["agent"]) == ("account", "AG2")
+    await carlos.request(order("BUY", "12.34"))
+    book = await carlos.request({"type": "query_book", "contract": CID})
+    assert [(b["price"], b["quantity"]) for b in book["bids"]] == [("12.34", "1.0")]
+    orders = await carlos.request({"type": "query_orders"})
+    assert [o["price"] for o in orders["orders"]] == ["12.34"]
+    thr = await carlos.request({"type": "query_throttling"})
+    assert thr["type"] == "throttling"
+    hb = await carlos.request({"type": "heartbeat", "req_id": "h"})
+    assert (hb["type"], hb["req_id"]) == ("heartbeat", "h")
+    # without reply_to, the answer goes to the user's own broadcast queue
+    m = carlos.message({"type": "query_me", "req_id": "no-reply-to"})
+    m.reply_to = None
+    await carlos.exchange.publish(m, REQUEST_KEY)
+    k, h, ans = await carlos.wait_bcast(lambda k, h, m: m.get("req_id") == "no-reply-to")
+    assert (k, ans["type"], h[STREAM_HEADER]) == ("user.carlos", "me", "user:carlos")
+    # msgpack in, msgpack out; on msgpack, prices and quantities are integer ticks
+    mp = await carlos.request({"type": "query_me"}, content_type=MSGPACK)
+    assert mp["user"] == "carlos"
+    mp = await carlos.request({**order("BUY", "0"), "price": 1111, "quantity": 15},
+                              content_type=MSGPACK)
+    assert mp["type"] == "ack", mp
+    assert (mp["reports"][0]["price"], mp["reports"][0]["visible"]) == (1111, 15)
+    mp = await carlos.request({**order("BUY", "0"), "price": 11.11}, content_type=MSGPACK)
+    assert (mp["type"], mp["field"]) == ("error", "price")
+    js = await carlos.request({**order("BUY", "0"), "price": 1111})  # JSON: decimal strings
+    assert (js["type"], js["field"]) == ("error", "price")
+    # the session's own heartbeats reach the broadcast queue, with their own sequence
+    _, h, _ = await carlos.wait_bcast(lambda k, h, m: m["type"] == "heartbeat", timeout=5)
+    assert h[STREAM_HEADER] == "user:carlos" and h[SEQ_HEADER] >= 1
+
+
+async def test_ws_and_amqp_trade_in_one_book(carlos: AmqpClient, ana_ws: WsClient,
+                                             server: Server) -> None:
+    for stream in ("book", "trades"):
+        ack = await carlos.request({"type": "subscribe", "stream": stream, "contract": CID})
+        assert (ack["type"], ack["stream"]) == ("ack", f"{stream}:{CID}")
+    ack = await carlos.request({"type": "subscribe", "stream": "states"})
+    assert ack["type"] == "ack"
+    await ana_ws.request({"type": "subscribe", "stream": "book", "contract": CID})
+    await ana_ws.request({"type": "subscribe", "stream": "private"})
+
+    # ana (WebSocket) offers; carlos (AMQP) sees it in the book and lifts it
+    ans = await ana_ws.request(order("SELL", "50.00", "2.0", client_order_id="a-1"))
+    assert ans["type"] == "ack", ans
+    await carlos.wait_bcast(lambda k, h, m: m["type"] == "book" and not m["snapshot"]
+                            and m["price"] == "50.00")
+    ans = await carlos.request(order("BUY", "50.00", "1.5", client_order_id="c-1"))
+    assert ans["type"] == "ack" and ans["reports"][0]["action"] == "FILLED", ans
+
+    _, h, trade = await carlos.wait_bcast(lambda k, h, m: m["type"] == "public_trade")
+    assert (trade["price"], trade["quantity"]) == ("50.00", "1.5")
+    assert h[STREAM_HEADER] == f"trades:{CID}" and h[SEQ_HEADER] == 1
+    _, _, own = await carlos.wait_bcast(lambda k, h, m: m["type"] == "trade")
+    assert (own["side"], own["quantity"], own["agent"]) == ("BUY", "1.5", "AG2")
+    for _ in range(100):  # ana's side of the same trade, on the WebSocket
+        if any(m["type"] == "trade" for m in ana_ws.stream):
+            break
+        await asyncio.sleep(0.02)
+    ws_trade = next(m for m in ana_ws.stream if m["type"] == "trade")
+    assert (ws_trade["side"], ws_trade["trade_id"]) == ("SELL", own["trade_id"])
+
+    # one book, whoever looks: AMQP and WebSocket queries agree, and the AMQP book stream
+    # (snapshot + deltas, gap-free sequence) rebuilds it
+    q_amqp = await carlos.request({"type": "query_book", "contract": CID})
+    q_ws = await ana_ws.request({"type": "query_book", "contract": CID})
+    assert q_amqp["asks"] == q_ws["asks"] == [
+        {"entry": q_ws["asks"][0]["entry"], "price": "50.00", "quantity": "0.5"}]
+    await carlos.wait_bcast(lambda k, h, m: m["type"] == "book" and m.get("quantity") == "0.5")
+    book = carlos.stream(f"book:{CID}")
+    snap_seq, snap = book[0]
+    assert snap["snapshot"] and snap_seq == snap["seq"]
+    deltas = [(s, m) for s, m in book[1:]]
+    assert_contiguous([snap_seq, *(s for s, _ in deltas)])
+    asks: dict[int, str] = {a["entry"]: a["quantity"] for a in snap["asks"]}
+    for _, d in deltas:
+        if d["side"] == "SELL":
+            if d["action"] == "REMOVE":
+                asks.pop(d["entry"], None)
+            else:
+                asks[d["entry"]] = d["quantity"]
+    assert asks == {a["entry"]: a["quantity"] for a in q_amqp["asks"]}
+    # routing keys per stream; no public message carries a party
+    keys = {h[STREAM_HEADER]: k for k, h, _ in carlos.bcast}
+    assert keys[f"book:{CID}"] in ("user.carlos", f"book.{CID}")
+    assert keys[f"trades:{CID}"] == f"trades.{CID}"
+    for k, _, m in carlos.bcast:
+        if k.startswith(("book.", "trades.")):
+            assert not {"user", "agent", "unit"} & set(m), m
+
+
+async def test_public_stream_is_published_once_for_many_subscribers(
+        rabbitmq: Broker, carlos: AmqpClient, server: Server) -> None:
+    bea = AmqpClient(rabbitmq.url_for("bea"), "bea")
+    await bea.connect()
+    try:
+        for c in (carlos, bea):
+            ack = await c.request({"type": "subscribe", "stream": "book", "contract": CID2})
+            assert ack["type"] == "ack"
+        before = server.amqp.stats["public:book"]
+        await carlos.request(order("BUY", "10.00", contract=CID2))
+        for c in (carlos, bea):
+            await c.wait_bcast(lambda k, h, m: k == f"book.{CID2}" and m["price"] == "10.00")
+        assert server.amqp.stats["public:book"] == before + 1  # one publish, two queues
+        # bea unsubscribes: her queue is unbound, carlos still gets the stream
+        assert (await bea.request({"type": "unsubscribe", "stream": "book",
+                                   "contract": CID2}))["type"] == "ack"
+        await carlos.request(order("BUY", "11.00", contract=CID2))
+        await carlos.wait_bcast(lambda k, h, m: k == f"book.{CID2}" and m["price"] == "11.00")
+        await asyncio.sleep(0.2)
+        assert not [m for k, _, m in bea.bcast if k == f"book.{CID2}"
+                    and m.get("price") == "11.00"]
+    finally:
+        await bea.close()
+
+
+# ---------------------------------------------------------------------------- identity
+
+
+async def test_forged_user_id_never_reaches_the_server(carlos: AmqpClient,
+                                                       server: Server) -> None:
+    received = server.amqp.stats["received"]
+    forged = carlos.message(order("BUY", "45.00", client_order_id="forged"), user_id="ana")
+    with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+        await carlos.exchange.publish(forged, REQUEST_KEY)
+    await asyncio.sleep(0.3)
+    assert server.amqp.stats["received"] == received
+    assert live_orders(server, "AG1") == [] and live_orders(server, "AG2") == []
+    # the connection is still carlos's: a new channel works, as carlos
+    await carlos.close()
+    await carlos.connect()
+    me = await carlos.request({"type": "query_me"})
+    assert me["user"] == "carlos"
+
+
+async def test_request_without_user_id_is_refused(carlos: AmqpClient, server: Server) -> None:
+    m = carlos.message(order("BUY", "45.00"))
+    m.user_id = None
+    fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    carlos.pending[m.message_id or ""] = (m, fut)
+    await carlos.exchange.publish(m, REQUEST_KEY)
+    ans = await asyncio.wait_for(fut, 5)
+    assert (ans["type"], ans["field"]) == ("error", "user_id")
+    assert live_orders(server, "AG2") == []
+
+
+async def test_unknown_platform_user_is_refused(rabbitmq: Broker, server: Server) -> None:
+    if "zoe" not in rabbitmq.passwords:
+        rabbitmq.add_user("zoe")
+    zoe = AmqpClient(rabbitmq.url_for("zoe"), "zoe")
+    await zoe.connect(consume_bcast=False)
+    try:
+        ans = await zoe.request({"type": "query_me"})
+        assert (ans["type"], ans["code"]) == ("reject", "LOGIN_FAILED")
+        assert "zoe" not in server.amqp.sessions
+    finally:
+        await zoe.close()
+
+
+async def test_cannot_act_for_another_agent(carlos: AmqpClient, ana_ws: WsClient,
+                                            server: Server) -> None:
+    ans = await ana_ws.request(order("SELL", "60.00"))
+    (ana_order,) = ans["order_ids"]
+    cancel = await carlos.request({"type": "order_cancel", "order_id": ana_order})
+    assert (cancel["type"], cancel["code"]) == ("reject", "ORDER_UNKNOWN")
+    q = await carlos.request({"type": "query_orders", "agent": "AG1"})
+    assert (q["type"], q["code"]) == ("reject", "NOT_PERMITTED")
+    sub = await carlos.request({"type": "subscribe", "stream": "private", "agent": "AG1"})
+    assert (sub["type"], sub["code"]) == ("reject", "NOT_PERMITTED")
+    foreign_unit = await carlos.request(order("SELL", "60.00", unit="SELLU1"))
+    assert foreign_unit["type"] == "reject", foreign_unit
+    op = await carlos.request({"type": "contract_close", "contracts": [CID]})
+    assert (op["type"], op["code"]) == ("reject", "NOT_PERMITTED")
+    assert [v["order_id"] for v in live_orders(server, "AG1")] == [ana_order]
+    assert live_orders(server, "AG2") == []
+    # and the broker keeps carlos out of ana's broadcast queue
+    foreign = await carlos.ch.get_queue(bcast_queue("ana"), ensure=False)
+    with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+        await foreign.consume(carlos._on_bcast, no_ack=True)
+
+
+async def test_malformed_messages_get_an_error_naming_the_field(carlos: AmqpClient,
+                                                                server: Server) -> None:
+    bad_price = await carlos.request(order("BUY", "1.001", req_id="p"))
+    assert (bad_price["type"], bad_price["field"], bad_price["req_id"]) == (
+        "error", "price", "p")
+    assert "3 decimals" in bad_price["reason"]
+    unknown = await carlos.request({**order("BUY", "1.00"), "colour": "red"})
+    assert (unknown["type"], unknown["field"]) == ("error", "colour")
+    missing = await carlos.request({"type": "order_cancel"})
+    assert (missing["type"], missing["field"]) == ("error", "order_id")
+    no_type = await carlos.request({"contract": CID})
+    assert (no_type["type"], no_type["field"]) == ("error", "type")
+    bad_sub = await carlos.request({"type": "subscribe", "stream": "book", "contract": "X"})
+    assert (bad_sub["type"], bad_sub["field"]) == ("error", "contract")
+    extra = await carlos.request({"type": "subscribe", "stream": "states", "colour": "red"})
+    assert (extra["type"], extra["field"]) == ("error", "colour")
+    assert not server.amqp.sessions["carlos"].public
+
+    # undecodable bodies and unknown content types (built by hand)
+    for body, ctype, field in ((b"{not json", JSON, "message"),
+                               (b"\xc1", MSGPACK, "message"),
+                               (b"{}", "text/plain", "content_type")):
+        m = carlos.message({})
+        m.body, m.content_type = body, ctype
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        carlos.pending[m.message_id or ""] = (m, fut)
+        await carlos.exchange.publish(m, REQUEST_KEY)
+        ans = await asyncio.wait_for(fut, 5)
+        assert (ans["type"], ans["field"]) == ("error", field), ans
+    # the session lives on
+    assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+    assert live_orders(server, "AG2") == []
+
+
+async def test_flood_of_malformed_messages_is_throttled_then_blocked(
+        carlos: AmqpClient, server: Server) -> None:
+    limit = server.config.max_errors_per_10s
+    codes = [(await carlos.request({"type": "order_cancel"}))["code"]
+             for _ in range(limit + 5)]
+    k = codes.index("THROTTLED")
+    assert k >= 5 and set(codes[:k]) == {"INVALID_FIELD"} and set(codes[k:]) == {"THROTTLED"}
+    assert "carlos" not in server.amqp.sessions  # the session was closed
+    blocked = await carlos.request({"type": "query_me"})  # and the user waits a while
+    assert (blocked["type"], blocked["code"]) == ("error", "THROTTLED")
+
+
+# ---------------------------------------------------------------------------- idempotency
+
+
+async def test_resent_request_gets_the_same_answer_once(carlos: AmqpClient,
+                                                        server: Server) -> None:
+    req = order("BUY", "33.00", client_order_id="once")
+    first = await carlos.request(req, message_id="m-once")
+    assert first["type"] == "ack"
+    again = await carlos.request(req, message_id="m-once")
+    assert again == first
+    assert carlos.headers["m-once"].get(REPLAYED_HEADER) is True
+    # two copies in flight at once: one execution, two identical answers
+    await carlos.submit(order("BUY", "34.00", client_order_id="twice"), "m-twice")
+    f2 = await carlos.submit(order("BUY", "34.00", client_order_id="twice"), "m-twice")
+    a2 = await asyncio.wait_for(f2, 5)
+    assert a2["type"] == "ack"
+    for _ in range(100):
+        if carlos.replies["m-twice"] == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert carlos.replies["m-twice"] == 2
+    # a new message_id with the same client_order_id: the engine refuses the repeat
+    dup = await carlos.request(req, message_id="m-other")
+    assert (dup["type"], dup["code"]) == ("reject", "DUPLICATE_CLIENT_ORDER_ID")
+    coids = Counter(v["client_order_id"] for v in live_orders(server, "AG2"))
+    assert coids == {"once": 1, "twice": 1}
+
+
+async def test_server_restart_keeps_sessions_and_refuses_repeats(rabbitmq: Broker,
+                                                                 tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    srv = await _start_market(rabbitmq, data)
+    carlos = AmqpClient(rabbitmq.url_for("carlos"), "carlos")
+    running = [srv]
+    try:
+        await carlos.connect()
+        sub = await carlos.request({"type": "subscribe", "stream": "book", "contract": CID})
+        assert sub["type"] == "ack"
+        req = order("BUY", "35.00", client_order_id="persist")
+        first = await carlos.request(req, message_id="m-persist")
+        assert first["type"] == "ack"
+        running.remove(srv)
+        await srv.stop()
+
+        # a new server process on the same data: the journal brings the order back, the
+        # answer map is gone, so a resend is executed again and refused by the engine
+        srv2 = await _start_server(rabbitmq, data)
+        running.append(srv2)
+        assert "carlos" in srv2.amqp.sessions  # restored, with its subscriptions
+        _, h, resync = await carlos.wait_bcast(lambda k, h, m: m["type"] == "resync")
+        assert h[STREAM_HEADER] == "user:carlos"
+        assert {"stream": f"book:{CID}", "seq": 0} in resync["streams"]
+        assert {"stream": "private:AG2", "seq": 0} in resync["streams"]
+        again = await carlos.request(req, message_id="m-persist")
+        assert (again["type"], again["code"]) == ("reject", "DUPLICATE_CLIENT_ORDER_ID")
+        assert [v["client_order_id"] for v in live_orders(srv2, "AG2")] == ["persist"]
+        # the restored book subscription streams again
+        await carlos.request(order("BUY", "36.00"))
+        await carlos.wait_bcast(lambda k, h, m: k == f"book.{CID}" and m["price"] == "36.00")
+        # logout ends the session and forgets it
+        bye = await carlos.request({"type": "logout"})
+        assert (bye["type"], bye["kind"]) == ("ack", "logout")
+        assert "carlos" not in srv2.amqp.sessions
+        assert '"carlos"' not in (data / "amqp-sessions.json").read_text()
+    finally:
+        await carlos.close()
+        for s in running:
+            await s.stop()
+
+
+def _slow_journal(server: Server, seconds: float) -> None:
+    """Make every journal write take ``seconds`` (commands stay in progress that long)."""
+    append = server.journal.append
+
+    def slow(records: Any) -> Any:
+        time.sleep(seconds)
+        return append(records)
+
+    server.journal.append = slow  # type: ignore[method-assign]
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_redelivery_after_a_lost_connection_is_not_executed_again(
+        carlos: AmqpClient, server: Server) -> None:
+    """The server's connection drops while a command is being journaled: its ack is lost,
+    the broker redelivers the request, and the server answers it without executing it
+    again."""
+    amqp = server.amqp
+    _slow_journal(server, 0.5)
+    received = amqp.stats["received"]
+    fut = await carlos.submit(order("BUY", "37.00", client_order_id="redeliver"),
+                              message_id="m-redeliver")
+    await _until(lambda: amqp.stats["received"] > received)
+    link = amqp._link
+    assert link is not None
+    await link.connection.close()  # as if the network dropped
+    ans = await asyncio.wait_for(fut, 10)
+    assert ans["type"] == "ack", ans
+    await _until(lambda: amqp.stats["redelivered"] >= 1)
+    await _until(lambda: not amqp._pending and not amqp._inflight)
+    await asyncio.sleep(0.3)
+    # every answer the client got (one or two, depending on when the connection came
+    # back) is the original acknowledgement, never a DUPLICATE_CLIENT_ORDER_ID
+    assert carlos.answers["m-redeliver"] == [ans] * len(carlos.answers["m-redeliver"])
+    assert [v["client_order_id"] for v in live_orders(server, "AG2")] == ["redeliver"]
+    assert amqp.connections >= 2
+    # acknowledged at last: nothing is delivered again
+    seen = amqp.stats["received"]
+    await asyncio.sleep(0.3)
+    assert amqp.stats["received"] == seen
+
+
+async def test_server_stop_answers_requests_in_progress(rabbitmq: Broker,
+                                                        tmp_path: Path) -> None:
+    srv = await _start_market(rabbitmq, tmp_path / "data")
+    carlos = AmqpClient(rabbitmq.url_for("carlos"), "carlos")
+    try:
+        await carlos.connect()
+        assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+        _slow_journal(srv, 0.3)
+        futs = [await carlos.submit(order("BUY", f"2{i}.00", client_order_id=f"s-{i}"))
+                for i in range(3)]
+        await _until(lambda: len(srv.amqp._pending) == 3)
+        await srv.stop()  # waits for the three commands and sends their answers
+        answers = [await asyncio.wait_for(f, 5) for f in futs]
+        assert [a["type"] for a in answers] == ["ack"] * 3
+        # and acknowledged them: a new server gets nothing to process
+        srv = await _start_server(rabbitmq, tmp_path / "data")
+        await asyncio.sleep(0.3)
+        assert srv.amqp.stats["received"] == 0
+        assert sorted(v["client_order_id"] for v in live_orders(srv, "AG2")) == [
+            "s-0", "s-1", "s-2"]
+    finally:
+        await carlos.close()
+        await srv.stop()
+
+
+# ---------------------------------------------------------------------------- restarts
+
+
+async def test_broker_restart_under_load(rabbitmq: Broker, carlos: AmqpClient,
+                                         ana_ws: WsClient, server: Server) -> None:
+    """Orders flow while the broker application stops and starts: the server reconnects,
+    the client reconnects and resends what has no answer (same message_id, same
+    client_order_id); every order ends up in the engine exactly once."""
+    n = 80
+    answers: dict[str, dict[str, Any]] = {}
+    lost = asyncio.Event()
+
+    def on_close(*_: Any) -> None:
+        lost.set()
+
+    assert carlos.conn is not None
+    carlos.conn.close_callbacks.add(on_close)
+    connections = server.amqp.connections
+
+    async def restart_broker() -> None:
+        await asyncio.sleep(0.8)
+        await asyncio.to_thread(rabbitmq.stop_app)
+        try:
+            # the WebSocket side keeps serving while the broker is away
+            me = await ana_ws.request({"type": "query_me"})
+            assert me["user"] == "ana"
+            await asyncio.sleep(0.5)
+            assert not server.amqp.connected.is_set()
+        finally:
+            await asyncio.to_thread(rabbitmq.start_app)
+
+    restarter = asyncio.get_running_loop().create_task(restart_broker())
+    futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+    for i in range(n):
+        coid = f"load-{i}"
+        req = order("BUY", f"{10 + i % 7}.{i:02d}"[:5], client_order_id=coid)
+        try:
+            if lost.is_set():
+                raise ConnectionError("lost")
+            futures[coid] = await carlos.submit(req, message_id=f"m-{coid}")
+        except Exception:
+            # remember it unsent, reconnect, resend everything unanswered
+            m = carlos.message(req, message_id=f"m-{coid}")
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            carlos.pending[f"m-{coid}"] = (m, fut)
+            futures[coid] = fut
+            await carlos.reconnect()
+            lost.clear()
+            assert carlos.conn is not None
+            carlos.conn.close_callbacks.add(on_close)
+        await asyncio.sleep(0.03)  # ~30 orders/s: below the platform's rate limit
+    await restarter
+    if lost.is_set() or carlos.conn is None or carlos.conn.is_closed:
+        await carlos.reconnect()
+    deadline = asyncio.get_running_loop().time() + 20
+    while carlos.pending and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+        if lost.is_set():
+            lost.clear()
+            await carlos.reconnect()
+    for coid, fut in futures.items():
+        answers[coid] = await asyncio.wait_for(fut, 1)
+
+    assert server.amqp.connections > connections  # the server reconnected
+    assert carlos.reconnects >= 1  # and so did the client
+    # the server kept running, so a repeat is answered from its memory: the original ack
+    # (a server restart would answer DUPLICATE_CLIENT_ORDER_ID instead, tested above)
+    outcomes = Counter((a["type"], a.get("code")) for a in answers.values())
+    assert outcomes == {("ack", None): n}, outcomes
+    for coid in answers:
+        assert all(a == answers[coid] for a in carlos.answers[f"m-{coid}"])
+    coids = Counter(v["client_order_id"] for v in live_orders(server, "AG2"))
+    assert coids == {f"load-{i}": 1 for i in range(n)}, coids
+    # every acknowledged order is in the engine under the id the answer gave
+    by_id = {v["order_id"]: v["client_order_id"] for v in live_orders(server, "AG2")}
+    for coid, a in answers.items():
+        if a["type"] == "ack":
+            assert by_id[a["order_ids"][0]] == coid
+    assert server.amqp.connected.is_set()
+
+
+async def test_server_starts_without_the_broker_and_connects_later(rabbitmq: Broker,
+                                                                   tmp_path: Path) -> None:
+    await _reset_broker(rabbitmq)
+    await asyncio.to_thread(rabbitmq.stop_app)
+    srv: Server | None = None
+    try:
+        srv = Server(Config(data_dir=tmp_path / "data", calendar=None, fsync=False, port=0,
+                            amqp_url=rabbitmq.url))
+        await asyncio.wait_for(srv.start(), 5)  # does not wait for the broker
+        ws = await WsClient.login(srv.port, "ana", "ana-demo-token")
+        assert (await ws.request({"type": "query_me"}))["user"] == "ana"
+        await ws.close()
+        await asyncio.sleep(0.5)
+        assert not srv.amqp.connected.is_set() and srv.amqp.stats["connect_failures"] >= 2
+    finally:
+        await asyncio.to_thread(rabbitmq.start_app)
+    try:
+        await asyncio.wait_for(srv.amqp.connected.wait(), 10)
+        carlos = AmqpClient(rabbitmq.url_for("carlos"), "carlos")
+        await carlos.connect()
+        try:
+            assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+        finally:
+            await carlos.close()
+    finally:
+        await srv.stop()
