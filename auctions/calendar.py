@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import lru_cache
 
 from engine.contracts import (
     HOUR_MS,
@@ -94,6 +95,9 @@ class Calendar:
     name: str = "custom"
 
     def day(self, d: date) -> list[ContractTimes]:
+        return list(_day(self, d))
+
+    def _day_uncached(self, d: date) -> tuple[ContractTimes, ...]:
         open_at = _local(d - timedelta(days=1), self.open_hour * 60)
         out = []
         for p in self.products:
@@ -101,7 +105,7 @@ class Calendar:
                 out.append(ContractTimes(spec, open_at,
                                          spec.start - self.gate_closure_min * MINUTE_MS))
         out.sort(key=lambda c: (c.close_at, c.spec.id))
-        return out
+        return tuple(out)
 
     def window(self, now: int) -> list[ContractTimes]:
         """Contracts not yet closed at ``now`` among today's, tomorrow's and the day
@@ -114,6 +118,9 @@ class Calendar:
 
     def auctions_of(self, d: date) -> list[AuctionTimes]:
         """The auction sessions held on local day ``d``."""
+        return list(_auctions(self, d))
+
+    def _auctions_uncached(self, d: date) -> tuple[AuctionTimes, ...]:
         out = []
         for r in self.sessions:
             delivery = d + timedelta(days=r.day_offset)
@@ -128,7 +135,7 @@ class Calendar:
             out.append(AuctionTimes(f"{r.name}-{d:%Y%m%d}", tuple(sorted(set(ids))),
                                     _local(d, r.opens_min), _local(d, r.closes_min),
                                     _local(d, r.publish_min)))
-        return out
+        return tuple(out)
 
     def auction_window(self, now: int) -> list[AuctionTimes]:
         """Sessions not yet published among yesterday's to the day after tomorrow's."""
@@ -138,6 +145,18 @@ class Calendar:
             out.extend(a for a in self.auctions_of(today + timedelta(days=k))
                        if a.publish_at > now - 24 * HOUR_MS)
         return out
+
+
+# Calendars are immutable data and days are pure functions of them: cache the few days in
+# use, so the scheduler's once-a-second look at "what is due" costs microseconds.
+@lru_cache(maxsize=32)
+def _day(cal: Calendar, d: date) -> tuple[ContractTimes, ...]:
+    return cal._day_uncached(d)
+
+
+@lru_cache(maxsize=32)
+def _auctions(cal: Calendar, d: date) -> tuple[AuctionTimes, ...]:
+    return cal._auctions_uncached(d)
 
 
 def _h(hh: int, mm: int = 0) -> int:

@@ -17,8 +17,10 @@ from typing import Any
 
 from auctions.calendar import Calendar
 from auctions.session import (
+    CANCELLED,
     CLEARED,
     CLOSED,
+    DONE,
     OPEN,
     SCHEDULED,
     ClearAuction,
@@ -52,13 +54,20 @@ def due(core: Any, cal: Calendar | None, now: int) -> list[Any]:
     if closing:
         cmds.append(CloseContracts(closing))
     if cal is not None:
-        opening = []
+        # contracts in the horizon of an auction whose reception has closed wait for its
+        # results: they open with the reopening (R46.2.7, R56)
+        held: set[str] = set()
+        for s in auctions.values():
+            if s.closes_at <= now and s.state not in (DONE, CANCELLED):
+                held.update(s.contracts)
+        opening: list[str] = []
+        after_reopen: list[str] = []  # released by a session published now: open after its reopening
         for ct in cal.window(now):
             c = eng.contracts.get(ct.spec.id)
             if c is None:
                 cmds.append(CreateContract(ct.spec.id, ct.close_at))
             if ct.open_at <= now and (c is None or c.state is UPC):
-                opening.append(ct.spec.id)
+                (after_reopen if ct.spec.id in held else opening).append(ct.spec.id)
         if opening:
             cmds.append(OpenContracts(tuple(opening)))
     nxt = eng.next_expiry()
@@ -79,6 +88,16 @@ def due(core: Any, cal: Calendar | None, now: int) -> list[Any]:
                 cmds.append(ReopenAfterAuction(s.id))
             elif s.state == CLEARED:
                 cmds.append(ReopenAfterAuction(s.id))
+        if after_reopen:
+            still: set[str] = set()
+            reopening = {c.session for c in cmds if isinstance(c, ReopenAfterAuction)}
+            for s in auctions.values():
+                if (s.closes_at <= now and s.state not in (DONE, CANCELLED)
+                        and s.id not in reopening):
+                    still.update(s.contracts)
+            ready = tuple(c for c in after_reopen if c not in still)
+            if ready:
+                cmds.append(OpenContracts(ready))
     return cmds
 
 

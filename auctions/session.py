@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 from auctions.clearing import PeriodResult, Step, clear
@@ -239,8 +240,10 @@ class Session:
     state: str = SCHEDULED
     bids: dict[int, Bid] = field(default_factory=dict)
     paused: tuple[str, ...] = ()
+    hibernated: tuple[int, ...] = ()  # the orders this session's pause hibernated
     results: dict[str, PeriodResult] = field(default_factory=dict)
     reason: str | None = None
+    energy: dict[tuple[str, str, str], int] = field(default_factory=dict)  # live bids' MWh
 
 
 class Auctions:
@@ -296,7 +299,7 @@ class Auctions:
         for sid in sorted(self.sessions):
             s = self.sessions[sid]
             h.update(repr((sid, s.contracts, s.opens_at, s.closes_at, s.publish_at, s.state,
-                           s.paused, s.reason,
+                           s.paused, s.hibernated, s.reason, sorted(s.energy.items()),
                            [(b.id, b.unit, b.contract, b.side, b.steps, b.live)
                             for b in s.bids.values()],
                            sorted((c, r.price, r.volume, sorted(r.allocations.items()))
@@ -334,6 +337,10 @@ class Auctions:
                         if c in eng.contracts and eng.contracts[c].state is ContractState.TRADE)
         s.paused = trading
         if trading:
+            ids = set(trading)
+            # R46.2.7: reactivation after the auction concerns the orders it hibernated
+            s.hibernated = tuple(sorted(o.id for o in eng.orders.values()
+                                        if o.live and o.contract in ids))
             eng.dispatch(InterruptContracts(trading, f"intraday auction {s.id}"), ts)
 
     def _on_clear(self, cmd: ClearAuction, ts: int) -> None:
@@ -388,8 +395,8 @@ class Auctions:
         eng.dispatch(ResumeContracts(paused), ts)
         agents = {a for a, yes in self.reactivate.items() if yes}
         ids = set(paused)
-        sel = sorted((o for o in eng.orders.values()
-                      if o.status is HIBERNATED and o.contract in ids and o.agent in agents),
+        sel = sorted((o for o in (eng.orders.get(i) for i in s.hibernated) if o is not None
+                      and o.status is HIBERNATED and o.contract in ids and o.agent in agents),
                      key=arrival_key)
         for o in sel:
             eng.reactivate(o, ts, None)
@@ -440,9 +447,16 @@ class Auctions:
             self._reject(ts, u, a, rq, Code.AUCTION_PERIOD_NOT_IN_HORIZON,
                          f"{cmd.contract} is not in the horizon of session {s.id}")
             return
-        if cmd.side not in ("BUY", "SELL") or not cmd.steps or len(cmd.steps) > 25:
+        if cmd.side not in ("BUY", "SELL") or not 1 <= len(cmd.steps) <= 5:
             self._reject(ts, u, a, rq, Code.AUCTION_BID_INVALID,
-                         "a bid has a side and 1 to 25 price-quantity steps")
+                         "a simple bid has a side and 1 to 5 price-quantity steps (R39.1.1)")
+            return
+        prices = [p for p, _ in cmd.steps]
+        ordered = all((a > b) if cmd.side == "BUY" else (a < b) for a, b in pairwise(prices))
+        if not ordered:
+            self._reject(ts, u, a, rq, Code.AUCTION_BID_INVALID,
+                         "each step has a different price, increasing for a sell bid and"
+                         " decreasing for a buy bid (R39.1.1, R39.4)")
             return
         cfg = self.engine.cfg
         for price, qty in cmd.steps:
@@ -467,12 +481,14 @@ class Auctions:
                   self.next_bid)
         self.next_bid += 1
         s.bids[bid.id] = bid
+        key = (cmd.unit, cmd.contract, cmd.side)
+        s.energy[key] = s.energy.get(key, 0) + sum(q for _, q in cmd.steps)
         self.engine.emit(Ack(ts, u, rq, "auction_bid", (bid.id,)))
 
     def _bid_energy(self, s: Session, unit: str, contract: str, side: str) -> int:
-        """Energy already bid by the unit, same side and period, in this session."""
-        return sum(sum(q for _, q in b.steps) for b in s.bids.values()
-                   if b.live and b.unit == unit and b.contract == contract and b.side == side)
+        """Energy already bid by the unit, same side and period, in this session (a running
+        total: constant time however many bids the session has)."""
+        return s.energy.get((unit, contract, side), 0)
 
     def _on_cancel_bid(self, cmd: CancelAuctionBid, ts: int) -> None:
         s = self.sessions.get(cmd.session)
@@ -486,6 +502,8 @@ class Auctions:
                          f"session {s.id} is {s.state}; bids can be cancelled only while OPEN")
             return
         b.live = False
+        key = (b.unit, b.contract, b.side)
+        s.energy[key] -= sum(q for _, q in b.steps)
         self.engine.emit(Ack(ts, cmd.user, cmd.req_id, "auction_bid_cancel", (b.id,)))
 
     def _on_reactivation(self, cmd: SetReactivation, ts: int) -> None:

@@ -360,7 +360,7 @@ class AuctionBidReq(_Request):
     unit: Name
     contract: ContractId
     side: Side
-    steps: Annotated[list[AuctionStep], Field(min_length=1, max_length=25)]
+    steps: Annotated[list[AuctionStep], Field(min_length=1, max_length=5)]
 
 
 class AuctionBidCancelReq(_Request):

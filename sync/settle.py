@@ -202,8 +202,13 @@ def auction_entries(allocations: Iterable[tuple[str, str, str, str, int, int]],
     trades: (contract, unit, agent, side, price, tenths) → entries per owner (trade id 0)."""
     ctx = _Ctx(ref)
     ctx.delta = {}
-    out: list[Entry] = []
+    # one entry per unit, period and side: several bids of a unit add up
+    total: dict[tuple[str, str, str, str, int], int] = {}
     for contract, unit, agent, side, price, qty in allocations:
+        key = (contract, unit, agent, side, price)
+        total[key] = total.get(key, 0) + qty
+    out: list[Entry] = []
+    for (contract, unit, agent, side, price), qty in total.items():
         ctx.entries(out, 0, side, unit, agent, contract, 0, price, qty)
     return out
 
