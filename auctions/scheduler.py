@@ -61,7 +61,7 @@ def due(core: Any, cal: Calendar | None, now: int) -> list[Any]:
             if s.closes_at <= now and s.state not in (DONE, CANCELLED):
                 held.update(s.contracts)
         opening: list[str] = []
-        after_reopen: list[str] = []  # released by a session published now: open after its reopening
+        after_reopen: list[str] = []  # released by a session published now: after its reopening
         for ct in cal.window(now):
             c = eng.contracts.get(ct.spec.id)
             if c is None:

@@ -102,15 +102,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             from clients.bots import run_demo_bots
 
             url = f"ws://{cfg.host}:{server.port}/ws"
-            contracts = [c["contract"] for c in server.core.contracts()
-                         if c["state"] == "TRADE"][:4]
-            bots = loop.create_task(run_demo_bots(url, contracts, stop))
-            print(f"ronda demo: bots trading {', '.join(contracts)};"
-                  f" open http://{cfg.host}:{server.port}/ and log in as ana / ana-demo-token",
+            # the bots find the contracts trading themselves (the calendar opens them)
+            bots = loop.create_task(run_demo_bots(url, [], stop))
+            print(f"ronda demo: bots trading; open http://{cfg.host}:{server.port}/ and log"
+                  " in as ana / ana-demo-token (risk console: /console.html, rita)",
                   flush=True)
         await stop.wait()
         if bots is not None:
-            bots.cancel()
+            try:  # let the bots cancel their orders and log out
+                await asyncio.wait_for(bots, 5)
+            except (TimeoutError, Exception):
+                bots.cancel()
         await server.stop()
 
     try:

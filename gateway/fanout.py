@@ -39,6 +39,7 @@ from risk.events import RiskNotice, ThrottlingStatus
 
 Message = dict[str, Any]
 TRADES_KEPT = 10_000  # per agent, for query_trades
+PUBLIC_TRADES_KEPT = 500  # per contract, for query_public_trades (charts, last trades)
 _AUCTION_PUBLIC = (AuctionState, AuctionPrice)
 _AUCTION_PRIVATE = AuctionAllocation
 Deliver = Callable[[Message], None]
@@ -133,6 +134,7 @@ class Hub:
         self.private_subs: dict[str, set[Any]] = defaultdict(set)  # agent -> sessions
         self.officer_subs: set[Any] = set()  # sessions seeing every agent's private stream
         # each agent's latest trades (query_trades), kept across restarts by the replay
+        self.public_trades: dict[str, deque[Message]] = {}
         self.trades_by_agent: dict[str, deque[Message]] = defaultdict(
             lambda: deque(maxlen=TRADES_KEPT))
 
@@ -257,14 +259,16 @@ class Hub:
         self._book_delta(ev.contract, ev.ts, "UPDATE" if ev.left else "REMOVE", ev.entry,
                          side, 0, ev.left)
         self.trade_seq[ev.contract] += 1
-        subs = self.trade_subs.get(ev.contract)
-        if subs:
-            msg = event_to_wire(ev)
-            del msg["entry"], msg["left"]
-            msg["stream"] = f"trades:{ev.contract}"
-            msg["seq"] = self.trade_seq[ev.contract]
-            for s in subs:
-                s.deliver(msg)
+        msg = event_to_wire(ev)
+        del msg["entry"], msg["left"]
+        msg["stream"] = f"trades:{ev.contract}"
+        msg["seq"] = self.trade_seq[ev.contract]
+        recent = self.public_trades.get(ev.contract)
+        if recent is None:
+            recent = self.public_trades[ev.contract] = deque(maxlen=PUBLIC_TRADES_KEPT)
+        recent.append(msg)
+        for s in self.trade_subs.get(ev.contract, ()):
+            s.deliver(msg)
 
     def unsubscribe_all(self, session: Any) -> None:
         for subs in (*self.book_subs.values(), *self.trade_subs.values(),

@@ -75,7 +75,7 @@ STAFF = frozenset({OFFICER, MARKET, AUCTION, SYSTEM})
 SESSION_TYPES = frozenset({"login", "logout", "subscribe", "unsubscribe", "heartbeat",
                            "query_contracts", "query_orders", "query_trades",
                            "query_account", "query_book", "query_throttling", "query_me",
-                           "query_settlement"})
+                           "query_settlement", "query_agents", "query_public_trades"})
 
 
 _BASE = frozenset({"type", "req_id"})
@@ -87,6 +87,7 @@ SESSION_FIELDS: dict[str, frozenset[str]] = {
     "query_orders": _BASE | {"agent"}, "query_trades": _BASE | {"agent"},
     "query_account": _BASE | {"agent"}, "query_book": _BASE | {"contract"},
     "query_throttling": _BASE | {"user"}, "query_settlement": _BASE | {"agent", "day"},
+    "query_agents": _BASE, "query_public_trades": _BASE | {"contract"},
 }
 
 
@@ -396,8 +397,33 @@ class Session:
             self.send({"type": "ack", "kind": "logout", "req_id": req_id})
             self._close_after_flush("logged out")
         elif typ == "query_me":
+            units = sorted(u.code for u in core.ref.units.values()
+                           if u.responsible == self.agent)
             self.send({"type": "me", "req_id": req_id, "user": self.user, "agent": self.agent,
-                       "roles": sorted(self.roles)})
+                       "roles": sorted(self.roles), "units": units})
+        elif typ == "query_agents":
+            if self.roles.isdisjoint({OFFICER, MARKET}):
+                self.reject(req_id, "NOT_PERMITTED", "only officers list the agents")
+                return
+            risk = core.risk
+            agents = []
+            for a in sorted(core.ref.agents.values(), key=lambda a: a.code):
+                agents.append({
+                    "agent": a.code, "name": a.name,
+                    "suspended": risk is not None and a.code in risk.suspended,
+                    "units": sorted(u.code for u in core.ref.units.values()
+                                    if u.responsible == a.code),
+                    "users": sorted(u.id for u in core.ref.users.values()
+                                    if u.agent == a.code)})
+            self.send({"type": "agents", "req_id": req_id, "agents": agents})
+        elif typ == "query_public_trades":
+            contract = data.get("contract")
+            if not isinstance(contract, str) or contract not in core.engine.contracts:
+                self.error("contract", "unknown contract", req_id)
+                return
+            self.send({"type": "public_trades", "req_id": req_id, "contract": contract,
+                       "seq": srv.hub.trade_seq[contract],
+                       "trades": list(srv.hub.public_trades.get(contract, ()))})
         elif typ == "query_contracts":
             rows = [{**c, "close_at": fmt_instant(c["close_at"]),
                      "delivery_start": fmt_instant(c["delivery_start"]),

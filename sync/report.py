@@ -1,6 +1,7 @@
-"""Settlement reports: an agent's entries for a delivery day with totals per contract, round
-and unit, its guarantee balance history, and the programs of its units (R49.1.3: entries are
-published to each agent for the daily horizon)."""
+"""Settlement reports, in decimal strings (never floats): an agent's entries for a delivery
+day with totals per contract, round and unit, its guarantee balance history, and the
+programs of its units (R49.1.3: entries are published to each agent for the daily
+horizon)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import csv
 import io
 from typing import Any
 
+from engine.config import fmt_price, fmt_qty
 from sync.store import Store
 
 
@@ -46,21 +48,22 @@ async def report(store: Store, agent: str, day: str) -> dict[str, Any]:
     obligations = sum(e["total"] for e in entries if e["kind"] == "OPIC")
     return {
         "agent": agent, "day": day, "currency": "EUR", "amount_unit": "milli-euro",
-        "entries": [{**e, "price": e["price"] / 100, "energy": e["energy"] / 10,
-                     "share": e["share_bp"] / 100, "base_eur": _eur(e["base"]),
+        "entries": [{**e, "price": fmt_price(e["price"]), "energy": fmt_qty(e["energy"]),
+                     "share": fmt_price(e["share_bp"]), "base_eur": _eur(e["base"]),
                      "iee_eur": _eur(e["iee"]), "vat_eur": _eur(e["vat"]),
                      "total_eur": _eur(e["total"])} for e in entries],
         "totals": {"collection_rights": _eur(rights), "payment_obligations": _eur(obligations),
                    "net": _eur(rights - obligations),
                    **{f"by_{dim}": {k: {"DCIC": _eur(v["DCIC"]), "OPIC": _eur(v["OPIC"]),
-                                        "energy_mwh": v["energy"] / 10}
+                                        "energy_mwh": fmt_qty(v["energy"])}
                                     for k, v in sorted(t.items())}
                       for dim, t in totals.items()}},
-        "auction_entries": [{**e, "price": e["price"] / 100, "energy": e["energy"] / 10,
+        "auction_entries": [{**e, "price": fmt_price(e["price"]),
+                             "energy": fmt_qty(e["energy"]),
                              "total_eur": _eur(e["total"])} for e in auction],
         "balance_history": [{**h, "delta_eur": _eur(h["delta"]),
                              "balance_after_eur": _eur(h["balance_after"])} for h in history],
-        "programs": [{**p, "energy_mwh": p["energy"] / 10} for p in programs],
+        "programs": [{**p, "energy_mwh": fmt_qty(p["energy"])} for p in programs],
     }
 
 
@@ -72,13 +75,13 @@ def to_csv(rep: dict[str, Any]) -> str:
                 "total_eur"])
     for e in rep["entries"]:
         w.writerow(["entry", e["trade_id"], e["side"], e["unit"], e["contract"], e["round"],
-                    e["kind"], f"{e['energy']:.1f}", f"{e['price']:.2f}", f"{e['share']:.2f}",
+                    e["kind"], e["energy"], e["price"], e["share"],
                     e["base_eur"], e["iee_eur"], e["vat_eur"], e["total_eur"]])
     for dim in ("contract", "round", "unit"):
         for k, v in rep["totals"][f"by_{dim}"].items():
             w.writerow([f"total_{dim}", "", "", k if dim == "unit" else "",
                         k if dim == "contract" else "", k if dim == "round" else "", "",
-                        f"{v['energy_mwh']:.1f}", "", "", "", "", "",
+                        v["energy_mwh"], "", "", "", "", "",
                         f"DCIC {v['DCIC']} OPIC {v['OPIC']}"])
     w.writerow(["total", "", "", "", "", "", "", "", "", "", "", "", "",
                 f"net {rep['totals']['net']}"])
@@ -90,6 +93,6 @@ def to_csv(rep: dict[str, Any]) -> str:
     w.writerow([])
     w.writerow(["program", "unit", "period", "energy_mwh", "sync_id"])
     for p in rep["programs"]:
-        w.writerow(["program", p["unit"], p["period"], f"{p['energy_mwh']:.1f}",
+        w.writerow(["program", p["unit"], p["period"], p["energy_mwh"],
                     p["sync_id"]])
     return out.getvalue()

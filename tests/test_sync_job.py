@@ -666,14 +666,14 @@ async def test_server_syncs_a_round_and_reports_it(tmp_path: Path) -> None:
     assert rep["totals"]["payment_obligations"] == "344.166"
     assert rep["totals"]["net"] == "-318.728"
     assert rep["totals"]["by_contract"] == {c: {"DCIC": "25.438", "OPIC": "344.166",
-                                                "energy_mwh": 8.0}}
+                                                "energy_mwh": "8.0"}}
     assert [h["balance_after"] for h in rep["balance_history"]] == [49_681_272]
     assert rep["programs"] == [{"unit": "BUYU2", "period": c, "energy": 80, "sync_id": 1,
-                                "energy_mwh": 8.0}]
+                                "energy_mwh": "8.0"}]
     shared = json.loads(_cli("settlement", "report", "--agent", "AG4", "--day", day,
                              "--data-dir", str(data)))
     assert [(e["unit"], e["kind"], e["share"], e["base"], e["vat"]) for e in
-            shared["entries"]] == [("SELLU3", "OPIC", 40.0, 8_000, 1_840)]
+            shared["entries"]] == [("SELLU3", "OPIC", "40.00", 8_000, 1_840)]
     assert shared["totals"]["net"] == "-9.840"
 
     rows = list(csv.reader(io.StringIO(_cli("settlement", "report", "--agent", "AG2",

@@ -1,0 +1,820 @@
+"""The Python SDK (clients/sdk.py) against a real in-process server over WebSocket, and over
+AMQP with a private RabbitMQ (tests/broker.py).
+
+Demo reference data (examples/refdata.toml): ana trades for AG1 (sells on SELLU1), carlos for
+AG2 (buys on BUYU2), bea for AG3 (SELLU3, and PTBUY4 for AG4); marta is the market operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import pytest
+
+from clients import sdk
+from clients.sdk import (
+    Account,
+    Answer,
+    BookDelta,
+    BookSnapshot,
+    BookUpdate,
+    Client,
+    ConnectionEvent,
+    ContractInfo,
+    ContractStateEvent,
+    Heartbeat,
+    Me,
+    Order,
+    OrderReport,
+    OrderSpec,
+    PublicTrade,
+    Rejected,
+    RequestError,
+    Settlement,
+    StreamGap,
+    Throttling,
+    Trade,
+    wire_decimal,
+    wire_instant,
+)
+from engine.commands import CreateContract, OpenContracts
+from gateway.server import Config, Server
+from risk.commands import SetRateLimits
+
+if TYPE_CHECKING:
+    from broker import Broker
+
+pytest_plugins = ["broker"]
+
+TOKENS = {"ana": "ana-demo-token", "carlos": "carlos-demo-token", "bea": "bea-demo-token",
+          "rita": "rita-demo-token", "marta": "marta-demo-token"}
+
+
+def contract_id(hour: int) -> str:
+    day = datetime.now(UTC).date() + timedelta(days=2)
+    return f"PH-{day:%Y%m%d}-{hour:02d}"
+
+
+C1, C2 = contract_id(10), contract_id(11)
+
+
+class Env:
+    """One server (restartable on the same port and data folder) and the clients of a
+    test, all closed at its end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.data = tmp_path / "data"
+        self.port = 0
+        self.server: Server | None = None
+        self.clients: list[Client] = []
+        self.config: dict[str, Any] = {}
+
+    @property
+    def srv(self) -> Server:
+        assert self.server is not None
+        return self.server
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    async def start(self, **config: Any) -> Server:
+        self.config = {**self.config, **config}
+        first = self.port == 0
+        srv = Server(Config(data_dir=self.data, port=self.port, calendar=None, fsync=False,
+                            **self.config))
+        await srv.start()
+        self.server = srv
+        self.port = srv.port
+        if first:
+            close_at = int(time.time() * 1000) + 3_600_000
+            for cid in (C1, C2):
+                await srv.sequencer.submit(CreateContract(cid, close_at), "operator")
+            await srv.sequencer.submit(OpenContracts((C1, C2)), "operator")
+            # the demo allows 50 requests a second per user: lift it for the tests
+            await srv.sequencer.submit(SetRateLimits("rita", None, ((1000, 10_000_000),)),
+                                       "rita")
+        return srv
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+
+    async def client(self, user: str, **kw: Any) -> Client:
+        kw.setdefault("backoff_min", 0.02)
+        kw.setdefault("backoff_max", 0.2)
+        c = await Client.connect_ws(self.url, user, TOKENS[user], **kw)
+        self.clients.append(c)
+        return c
+
+    async def close(self) -> None:
+        for c in self.clients:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(c.close(), 5)
+        await self.stop()
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    e = Env(tmp_path)
+    await e.start()
+    try:
+        yield e
+    finally:
+        await e.close()
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def engine_coids(server: Server, agent: str) -> list[str | None]:
+    return [o.coid for o in server.core.orders_of(agent)]
+
+
+async def books_agree(local: sdk.LocalBook, reference: Client, contract: str,
+                      timeout: float = 5.0) -> BookSnapshot:
+    """Wait until the local book has caught up with a snapshot taken by another client (one
+    without a local book, so the query does not touch ``local``), and compare."""
+    deadline = time.monotonic() + timeout
+    while True:
+        q = await reference.query_book(contract)
+        if local.synced and local.seq == q.seq:
+            assert local.bids() == list(q.bids)
+            assert local.asks() == list(q.asks)
+            return q
+        if time.monotonic() > deadline:
+            raise AssertionError(f"local book {local!r} never reached {q}")
+        await asyncio.sleep(0.02)
+
+
+# ====================================================================== conversions
+
+
+def test_decimals_go_out_exactly_and_floats_are_refused() -> None:
+    assert wire_decimal(Decimal("45.1"), 2) == "45.10"
+    assert wire_decimal(Decimal("45.100"), 2) == "45.10"  # same value, no rounding
+    assert wire_decimal("-3.5", 2) == "-3.50"
+    assert wire_decimal(Decimal("1E+1"), 1) == "10.0"
+    assert wire_decimal(7, 1) == "7.0"
+    assert wire_decimal("-0", 2) == "0.00"
+    with pytest.raises(TypeError):
+        wire_decimal(45.1, 2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        wire_decimal(True, 2)
+    for bad in ("45.105", Decimal("0.05"), "NaN", "Infinity", "abc"):
+        with pytest.raises(ValueError):
+            wire_decimal(bad, 2 if bad != Decimal("0.05") else 1)
+    assert wire_instant(datetime(2027, 1, 15, 9, 0, 0, 5000, tzinfo=UTC)) == \
+        "2027-01-15T09:00:00.005Z"
+    assert wire_instant(datetime(2027, 1, 15, 10, tzinfo=timezone_plus(1))) == \
+        "2027-01-15T09:00:00.000Z"
+    with pytest.raises(ValueError):
+        wire_instant(datetime(2027, 1, 15, 9))  # naive
+    with pytest.raises(ValueError):
+        wire_instant(datetime(2027, 1, 15, 9, 0, 0, 1500, tzinfo=UTC))  # sub-millisecond
+
+
+def timezone_plus(hours: int) -> Any:
+    from datetime import timezone
+
+    return timezone(timedelta(hours=hours))
+
+
+def test_amqp_layout_matches_the_gateway() -> None:
+    from gateway import amqp
+
+    assert sdk.AMQP_REQUEST_EXCHANGE == amqp.REQUEST_EXCHANGE
+    assert sdk.AMQP_REQUEST_KEY == amqp.REQUEST_KEY
+    assert amqp.bcast_queue("ana") == sdk.AMQP_BCAST_PREFIX + "ana"
+
+
+# ====================================================================== trading
+
+
+async def test_place_modify_cancel_with_typed_results(env: Env) -> None:
+    ana = await env.client("ana")
+    assert (ana.user, ana.agent, ana.roles) == ("ana", "AG1", ("trader",))
+    ans = await ana.place(C1, "SELLU1", "SELL", Decimal("45.1"), "2.0", client_order_id="a-1")
+    assert isinstance(ans, Answer) and ans.ok and ans.kind == "order_entry"
+    r = ans.report
+    assert isinstance(r, OrderReport)
+    assert (r.action, r.status, r.client_order_id, r.order_id) == ("ADDED", "ACTIVE", "a-1",
+                                                                   ans.order_id)
+    assert r.price == Decimal("45.10") and isinstance(r.price, Decimal)
+    assert (r.visible, r.hidden, r.filled) == (Decimal("2.0"), 0, 0)
+
+    mod = await ana.modify(r.order_id, r.revision, price="46.5", quantity=Decimal(3))
+    assert mod.report is not None
+    assert (mod.report.action, mod.report.price, mod.report.visible, mod.report.revision) == (
+        "MODIFIED", Decimal("46.50"), Decimal("3.0"), r.revision + 1)
+    with pytest.raises(Rejected) as stale:
+        await ana.modify(r.order_id, r.revision, price="47.00", quantity="1.0")
+    assert stale.value.code == "STALE_REVISION" and stale.value.reason
+
+    (live,) = await ana.query_orders()
+    assert isinstance(live, Order) and (live.revision, live.client_order_id) == (2, "a-1")
+    kept = await ana.modify(live, price="47.00")  # revision and quantity from the order
+    assert kept.report is not None
+    assert (kept.report.price, kept.report.remaining) == (Decimal("47.00"), Decimal("3.0"))
+    view = env.srv.core.order_view(env.srv.core.orders_of("AG1")[0])
+    assert (view["price"], view["revision"]) == (4700, 3)
+
+    can = await ana.cancel(r.order_id)
+    assert can.report is not None
+    assert (can.report.action, can.report.status) == ("CANCELLED", "INACTIVE")
+    assert await ana.query_orders() == []
+    assert env.srv.core.orders_of("AG1") == []
+
+    # the SDK gives every order a client order id of its own
+    auto = await ana.place(C1, "SELLU1", "SELL", "45.00", "1.0")
+    assert auto.report is not None and auto.report.client_order_id
+    assert engine_coids(env.srv, "AG1") == [auto.report.client_order_id]
+    # local refusals send nothing
+    with pytest.raises(TypeError):
+        await ana.place(C1, "SELLU1", "SELL", 45.5, "1.0")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        await ana.place(C1, "SELLU1", "SELL", "45.555", "1.0")
+    assert len(env.srv.core.orders_of("AG1")) == 1
+
+
+async def test_execution_conditions_validity_iceberg_and_states(env: Env) -> None:
+    ana, carlos = await env.client("ana"), await env.client("carlos")
+    await ana.place(C1, "SELLU1", "SELL", "50.00", "1.0")
+    ioc = await carlos.place(C1, "BUYU2", "BUY", "50.00", "3.0", exec="IOC")
+    assert ioc.report is not None
+    assert (ioc.report.status, ioc.report.code, ioc.report.filled) == (
+        "INACTIVE", "IOC_REMAINDER", Decimal("1.0"))
+    fok = await carlos.place(C1, "BUYU2", "BUY", "50.00", "1.0", exec="FOK")
+    assert fok.report is not None
+    assert (fok.report.action, fok.report.code) == ("CANCELLED", "FOK_NOT_FILLABLE")
+
+    expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
+    gtd = await carlos.place(C1, "BUYU2", "BUY", "30.00", "1.0", validity="GTD",
+                             expiry=expiry)
+    assert gtd.report is not None
+    assert (gtd.report.validity, gtd.report.expiry) == ("GTD", expiry)
+    late = await carlos.place(C1, "BUYU2", "BUY", "30.00", "1.0", validity="GTD",
+                              expiry=expiry + timedelta(hours=2), raise_on_reject=False)
+    assert (late.ok, late.code) == (False, "GTD_EXPIRY_AFTER_CLOSE")
+
+    ice = await ana.place(C1, "SELLU1", "SELL", "60.00", "10.0", peak="2.0",
+                          price_increment="0.50")
+    assert ice.report is not None
+    assert (ice.report.peak, ice.report.visible, ice.report.hidden,
+            ice.report.price_increment) == (Decimal("2.0"), Decimal("2.0"), Decimal("8.0"),
+                                            Decimal("0.50"))
+    hib = await carlos.place(C1, "BUYU2", "BUY", "31.00", "1.0", state="HIBERNATED")
+    assert hib.report is not None and hib.report.status == "HIBERNATED"
+
+    assert gtd.order_id is not None and hib.order_id is not None
+    deact = await carlos.deactivate([gtd.order_id])
+    assert [r.action for r in deact.reports] == ["HIBERNATED"]
+    status = {o.order_id: o.status for o in await carlos.query_orders()}
+    assert status == {gtd.order_id: "HIBERNATED", hib.order_id: "HIBERNATED"}
+    act = await carlos.activate()  # all of them
+    assert sorted(act.order_ids) == sorted([gtd.order_id, hib.order_id])
+    assert {r.action for r in act.reports} == {"ACTIVATED"}
+    await carlos.deactivate(contract=C1)
+    assert {o.status for o in await carlos.query_orders()} == {"HIBERNATED"}
+    gone = await carlos.cancel_all()
+    assert sorted(gone.order_ids) == sorted([gtd.order_id, hib.order_id])
+    assert await carlos.query_orders() == [] and env.srv.core.orders_of("AG2") == []
+
+
+async def test_baskets_none_valid_linked(env: Env) -> None:
+    ana, carlos = await env.client("ana"), await env.client("carlos")
+    none = await carlos.basket([
+        OrderSpec(C1, "BUYU2", "BUY", "20.00", "1.0"),
+        OrderSpec(C1, "BUYU2", "BUY", "99999.00", "1.0", client_order_id="too-high"),
+        OrderSpec(C2, "BUYU2", "BUY", "21.00", "1.0"),
+    ])
+    assert none.ok and len(none.order_ids) == 2
+    assert [(r.client_order_id, r.code) for r in none.rejects] == [
+        ("too-high", "PRICE_OUT_OF_RANGE")]
+
+    bad = [OrderSpec(C1, "BUYU2", "BUY", "20.00", "1.0", client_order_id="v-1"),
+           OrderSpec(C1, "BUYU2", "BUY", "99999.00", "1.0", client_order_id="v-2")]
+    with pytest.raises(Rejected) as exc:
+        await carlos.basket(bad, "VALID")
+    assert exc.value.code == "BASKET_MEMBER_INVALID"
+    assert {(d.client_order_id, d.code) for d in exc.value.details} == {
+        ("v-1", "BASKET_MEMBER_INVALID"), ("v-2", "PRICE_OUT_OF_RANGE")}
+    res = await carlos.basket(bad, "VALID", raise_on_reject=False)
+    assert (res.ok, res.code, len(res.details)) == (False, "BASKET_MEMBER_INVALID", 2)
+
+    await ana.place(C1, "SELLU1", "SELL", "40.00", "1.0")
+    await ana.place(C2, "SELLU1", "SELL", "41.00", "2.0")
+    linked = await carlos.basket([OrderSpec(C1, "BUYU2", "BUY", "40.00", "1.0", exec="FOK"),
+                                  OrderSpec(C2, "BUYU2", "BUY", "41.00", "2.0", exec="FOK")],
+                                 "LINKED")
+    assert linked.ok and len(linked.order_ids) == 2
+    assert {r.action for r in linked.reports} == {"FILLED"}
+    missed = await carlos.basket([OrderSpec(C1, "BUYU2", "BUY", "40.00", "1.0", exec="FOK"),
+                                  OrderSpec(C2, "BUYU2", "BUY", "41.00", "1.0", exec="FOK")],
+                                 "LINKED")
+    assert {(r.action, r.code) for r in missed.reports} == {("CANCELLED",
+                                                             "LINKED_NOT_FILLABLE")}
+    with pytest.raises(Rejected) as not_fok:
+        await carlos.basket([OrderSpec(C1, "BUYU2", "BUY", "40.00", "1.0")], "LINKED")
+    assert [d.code for d in not_fok.value.details] == ["LINKED_MEMBER_NOT_FOK"]
+    trades = await carlos.query_trades()
+    assert sorted((t.contract, t.price, t.quantity) for t in trades) == [
+        (C1, Decimal("40.00"), Decimal("1.0")), (C2, Decimal("41.00"), Decimal("2.0"))]
+
+
+async def test_rejections_raise_or_return_and_malformed_requests(env: Env) -> None:
+    carlos = await env.client("carlos")
+    with pytest.raises(Rejected) as exc:
+        await carlos.cancel(987654)
+    assert (exc.value.code, type(exc.value)) == ("ORDER_UNKNOWN", Rejected)
+    assert exc.value.answer is not None and exc.value.answer.order_ids == (987654,)
+    res = await carlos.cancel(987654, raise_on_reject=False)
+    assert (res.ok, res.type, res.code) == (False, "reject", "ORDER_UNKNOWN") and res.reason
+    with pytest.raises(Rejected) as unit:
+        await carlos.place(C1, "SELLU1", "SELL", "10.00", "1.0")  # ana's unit
+    assert unit.value.code == "UNIT_NOT_RESPONSIBLE"
+
+    with pytest.raises(RequestError) as err:
+        await carlos.place("XX-1", "BUYU2", "BUY", "10.00", "1.0")
+    assert (err.value.code, err.value.field) == ("INVALID_FIELD", "contract")
+    assert isinstance(err.value, Rejected)  # one except clause catches every refusal
+    res = await carlos.place("XX-1", "BUYU2", "BUY", "10.00", "1.0", raise_on_reject=False)
+    assert (res.ok, res.type, res.field) == (False, "error", "contract")
+    # queries raise
+    with pytest.raises(Rejected) as perm:
+        await carlos.query_orders(agent="AG1")
+    assert perm.value.code == "NOT_PERMITTED"
+    with pytest.raises(RequestError):
+        await carlos.query_book("PH-20000101-01")
+    assert carlos.connected and env.srv.core.orders_of("AG2") == []
+
+
+async def test_queries_are_typed(env: Env) -> None:
+    ana, carlos = await env.client("ana"), await env.client("carlos")
+    await ana.place(C1, "SELLU1", "SELL", "45.50", "2.0")
+    await carlos.place(C1, "BUYU2", "BUY", "45.50", "0.5")
+
+    contracts = await carlos.query_contracts()
+    assert [c.contract for c in contracts] == [C1, C2]
+    assert all(isinstance(c, ContractInfo) and c.state == "TRADE" for c in contracts)
+    assert contracts[0].delivery_end - contracts[0].delivery_start == timedelta(hours=1)
+    (trade,) = await carlos.query_trades()
+    assert isinstance(trade, Trade)
+    assert (trade.side, trade.price, trade.quantity, trade.agent) == (
+        "BUY", Decimal("45.50"), Decimal("0.5"), "AG2")
+    acct = await carlos.query_account()
+    assert isinstance(acct, Account) and acct.agent == "AG2"
+    assert acct.used == acct.obligations + acct.debtor_orders > 0
+    assert acct.free == acct.operative_limit
+    book = await carlos.query_book(C1)
+    assert isinstance(book, BookSnapshot) and book.bids == ()
+    assert [(a.price, a.quantity) for a in book.asks] == [(Decimal("45.50"), Decimal("1.5"))]
+    thr = await carlos.query_throttling()
+    assert isinstance(thr, Throttling) and thr.user == "carlos" and thr.rules
+    st = await carlos.query_settlement(datetime.now(UTC).date())
+    assert isinstance(st, Settlement) and st.agent == "AG2" and st.net == Decimal(0)
+    me = await carlos.query_me()
+    assert me == Me(user="carlos", agent="AG2", roles=("trader",))
+    t = await carlos.heartbeat()
+    assert abs((t - datetime.now(UTC)).total_seconds()) < 5 and carlos.server_time == t
+
+
+# ====================================================================== streams
+
+
+async def test_streams_callbacks_iterators_and_orders_cache(env: Env) -> None:
+    ana, carlos = await env.client("ana"), await env.client("carlos")
+    marta = await env.client("marta", private=True)
+    public: list[PublicTrade] = []
+    remove = carlos.on(PublicTrade, public.append)
+    sub = await carlos.subscribe("trades", C1)
+    assert sub.stream == f"trades:{C1}"
+    states = await carlos.subscribe("states")
+    assert states.stream == "states" and isinstance(states.seq, int)
+
+    async with carlos.events(OrderReport, Trade) as private:
+        rest = await ana.place(C1, "SELLU1", "SELL", "50.00", "1.0")
+        assert rest.order_id in ana.orders or await eventually_true(
+            lambda: rest.order_id in ana.orders)
+        bid = await carlos.place(C1, "BUYU2", "BUY", "50.00", "1.0")
+        got = [await private.get(timeout=5), await private.get(timeout=5)]
+    (report,) = [e for e in got if isinstance(e, OrderReport)]
+    (own,) = [e for e in got if isinstance(e, Trade)]
+    assert report.order_id == bid.order_id
+    assert report.action == "FILLED" and report.stream == "private:AG2"
+    assert isinstance(own, Trade) and (own.side, own.price) == ("BUY", Decimal("50.00"))
+    await eventually(lambda: len(public) == 1)
+    assert (public[0].price, public[0].quantity, public[0].aggressor) == (
+        Decimal("50.00"), Decimal("1.0"), "BUY")
+    assert rest.order_id not in ana.orders  # filled: gone from the live cache
+
+    # the operator's generic request, and the states stream
+    interrupted = carlos.wait_for(ContractStateEvent, lambda e: e.contract == C2)
+    ans = await marta.request({"type": "contract_interrupt", "contracts": [C2]})
+    assert ans["type"] == "ack", ans
+    ev = await interrupted
+    assert (ev.contract, ev.state, ev.previous) == (C2, "INT", "TRADE")
+    assert (await marta.request({"type": "contract_resume", "contracts": [C2]}))["type"] == "ack"
+
+    # a resting order of carlos is in his cache, and leaves it when cancelled
+    live = await carlos.place(C1, "BUYU2", "BUY", "10.00", "1.0")
+    await eventually(lambda: live.order_id in carlos.orders)
+    assert carlos.orders[live.order_id or 0].price == Decimal("10.00")
+    await carlos.cancel(live.order_id or 0)
+    await eventually(lambda: live.order_id not in carlos.orders)
+
+    await carlos.unsubscribe("trades", C1)
+    remove()
+    await ana.place(C1, "SELLU1", "SELL", "50.00", "1.0")
+    await carlos.place(C1, "BUYU2", "BUY", "50.00", "1.0")
+    await asyncio.sleep(0.2)
+    assert len(public) == 1 and f"trades:{C1}" not in carlos.subscriptions
+
+
+async def eventually_true(cond: Callable[[], bool]) -> bool:
+    await eventually(cond)
+    return True
+
+
+async def test_local_book_equals_query_book_after_random_activity(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    await env.start(depth=5)  # a short depth: entries enter and leave the view
+    try:
+        ana, carlos = await env.client("ana"), await env.client("carlos")
+        observer = await env.client("bea", private=False)
+        updates: list[BookUpdate] = []
+        observer.on(BookUpdate, updates.append)
+        book = await observer.subscribe_book(C1)
+        rng = random.Random(20270115)
+        answers: list[Answer] = []
+        for _ in range(250):
+            # the price ranges overlap a little: most orders rest, some trade
+            c, unit, side, lo, hi = rng.choice([(ana, "SELLU1", "SELL", 4150, 4500),
+                                                (carlos, "BUYU2", "BUY", 3800, 4180)])
+            action = rng.random()
+            mine = sorted(c.orders)  # live orders, kept from the private stream
+            if action < 0.6 or not mine:
+                price = Decimal(rng.randint(lo, hi)) / 100
+                qty = Decimal(rng.randint(1, 30)) / 10
+                kw: dict[str, Any] = {}
+                if rng.random() < 0.1:
+                    kw = {"peak": "0.5"}
+                answers.append(await c.place(C1, unit, side, price, qty,
+                                             raise_on_reject=False, **kw))
+            elif action < 0.8:
+                answers.append(await c.modify(rng.choice(mine), price=Decimal(
+                    rng.randint(lo, hi)) / 100, quantity="1.0", raise_on_reject=False))
+            else:
+                answers.append(await c.cancel(rng.choice(mine), raise_on_reject=False))
+        assert sum(a.ok for a in answers) > 200
+        assert any(r.action == "PARTIALLY_FILLED" or r.action == "FILLED"
+                   for a in answers for r in a.reports)
+        await books_agree(book, ana, C1)
+        assert book.gaps == 0 and book.snapshots == 1  # deltas alone kept it
+        assert len(book.bids()) <= 5 and len(book.asks()) <= 5
+        assert len(env.srv.hub.book(C1).entries) > 10  # more than the view: depth exercised
+        deltas = [u.delta for u in updates if u.delta is not None]
+        assert {d.action for d in deltas} == {"ADD", "UPDATE", "REMOVE"}
+        assert [u.seq for u in updates] == list(range(updates[0].seq,
+                                                      updates[0].seq + len(updates)))
+    finally:
+        await env.close()
+
+
+async def test_gap_is_detected_and_the_book_re_snapshots(env: Env) -> None:
+    ana = await env.client("ana")
+    observer = await env.client("carlos")
+    book = await observer.subscribe_book(C1)
+    gaps: list[StreamGap] = []
+    observer.on(StreamGap, gaps.append)
+    for p in ("50.00", "51.00"):
+        await ana.place(C1, "SELLU1", "SELL", p, "1.0")
+    await books_agree(book, ana, C1)
+    lost: list[BookDelta] = []
+
+    def lose_one(d: BookDelta) -> bool:
+        if not lost:
+            lost.append(d)
+            return False  # as if lost in transit
+        return True
+
+    observer.delta_filter = lose_one
+    await ana.place(C1, "SELLU1", "SELL", "52.00", "1.0")  # this delta is lost
+    await eventually(lambda: bool(lost))
+    assert [a.price for a in book.asks()] == [Decimal("50.00"), Decimal("51.00")]
+    await ana.place(C1, "SELLU1", "SELL", "53.00", "1.0")  # the next one shows the gap
+    await eventually(lambda: book.snapshots == 2 and book.synced)
+    assert book.gaps == 1 and observer.stats["resyncs"] >= 1
+    assert gaps == [StreamGap(f"book:{C1}", lost[0].seq, lost[0].seq + 1)]
+    q = await books_agree(book, ana, C1)
+    assert [a.price for a in q.asks] == [Decimal(p) for p in ("50.00", "51.00", "52.00",
+                                                              "53.00")]
+    await ana.place(C1, "SELLU1", "SELL", "54.00", "1.0")  # and deltas flow on
+    await books_agree(book, ana, C1)
+    assert book.gaps == 1
+
+
+async def test_private_gap_refreshes_the_orders_cache(env: Env) -> None:
+    ana = await env.client("ana")
+    first = await ana.place(C1, "SELLU1", "SELL", "60.00", "1.0")
+    await eventually(lambda: first.order_id in ana.orders)
+    refreshed = ana.stats["orders_refreshed"]
+    stream = f"private:{ana.agent}"
+    # forget that a message arrived: the next one looks as if one had been lost
+    ana._seqs[stream] -= 1
+    gap = ana.wait_for(StreamGap, timeout=5)
+    ana.orders.clear()  # the cache is now wrong; the refresh puts it right
+    second = await ana.place(C1, "SELLU1", "SELL", "61.00", "1.0")
+    ev = await gap
+    assert ev.stream == stream and ev.received == ev.expected + 1
+    await eventually(lambda: ana.stats["orders_refreshed"] == refreshed + 1)
+    await eventually(lambda: set(ana.orders) == {first.order_id, second.order_id})
+    assert ana.orders[second.order_id or 0].price == Decimal("61.00")
+
+
+async def test_on_disconnect_hibernate(env: Env) -> None:
+    ana = await env.client("ana", on_disconnect="hibernate")
+    ans = await ana.place(C1, "SELLU1", "SELL", "60.00", "1.0")
+    await ana.drop_connection()
+    await eventually(lambda: ana.stats["reconnects"] == 1)
+    await ana.wait_connected(5)
+    (o,) = await ana.query_orders()
+    assert (o.order_id, o.status) == (ans.order_id, "HIBERNATED")
+    assert ana.orders[o.order_id].status == "HIBERNATED"  # the cache was reloaded
+    act = await ana.activate()
+    assert [(r.order_id, r.action) for r in act.reports] == [(o.order_id, "ACTIVATED")]
+
+
+# ====================================================================== reconnection
+
+
+async def test_server_restart_reconnects_resubscribes_and_sends_waiting_order_once(
+        env: Env) -> None:
+    ana, carlos = await env.client("ana"), await env.client("carlos")
+    book = await carlos.subscribe_book(C1)
+    await carlos.subscribe("trades", C1)
+    await ana.place(C1, "SELLU1", "SELL", "50.00", "1.0", client_order_id="before")
+    await books_agree(book, ana, C1)
+    conn_events = carlos.events(ConnectionEvent)
+
+    await env.stop()
+    assert (await conn_events.get(timeout=5)).state == "disconnected"
+    await eventually(lambda: not book.synced)
+    waiting = asyncio.get_running_loop().create_task(
+        carlos.place(C1, "BUYU2", "BUY", "40.00", "1.0", client_order_id="during-outage"))
+    await asyncio.sleep(0.3)
+    assert not waiting.done() and not carlos.connected
+
+    srv = await env.start()  # same data folder and port: the journal is replayed
+    ans = await asyncio.wait_for(waiting, 10)
+    assert ans.ok and ans.report is not None and ans.report.action == "ADDED"
+    assert not ans.resent  # it had never left: sent once, after the reconnection
+    assert (await conn_events.get(timeout=5)).state == "reconnected"
+    assert carlos.stats["reconnects"] == 1 and carlos.connected
+    assert engine_coids(srv, "AG2") == ["during-outage"]
+    assert engine_coids(srv, "AG1") == ["before"]  # recovered from the journal
+
+    # re-subscribed: the book came back from a fresh snapshot and follows the deltas
+    await book.wait_synced(5)
+    await ana.wait_connected(5)
+    trade = carlos.wait_for(PublicTrade, timeout=5)  # the trades stream is back too
+    await ana.place(C1, "SELLU1", "SELL", "40.00", "0.5")  # hits carlos's bid
+    assert (await trade).price == Decimal("40.00")
+    await books_agree(book, ana, C1)
+    assert [b.quantity for b in book.bids()] == [Decimal("0.5")]
+    assert carlos.orders and next(iter(carlos.orders.values())).client_order_id == \
+        "during-outage"
+    conn_events.close()
+
+
+@pytest.mark.parametrize("kind", ["order_entry", "basket_entry", "order_modify"])
+async def test_unanswered_request_is_resent_and_executed_once(env: Env, kind: str) -> None:
+    """The server executes the request but the connection drops before its answer: the SDK
+    reconnects, re-sends, and answers the call from what the engine holds."""
+    ana = await env.client("ana", private=False)  # no private stream: found by query
+    base = None
+    if kind == "order_modify":
+        base = await ana.place(C1, "SELLU1", "SELL", "55.00", "1.0", client_order_id="m-1")
+    (session,) = env.srv.sessions_of["ana"]
+    original = session.send
+
+    def send(msg: dict[str, Any]) -> None:
+        if msg.get("type") == "ack" and msg.get("kind") == kind:
+            session.send = original  # type: ignore[method-assign]
+            session._closing = "test: the connection drops before the answer"
+            session._wake.set()
+            return
+        original(msg)
+
+    session.send = send  # type: ignore[method-assign]
+    if kind == "order_entry":
+        ans = await ana.place(C1, "SELLU1", "SELL", "55.00", "1.0", client_order_id="once-1")
+        coids = ["once-1"]
+    elif kind == "basket_entry":
+        ans = await ana.basket([OrderSpec(C1, "SELLU1", "SELL", "55.00", "1.0",
+                                          client_order_id="b-1"),
+                                OrderSpec(C2, "SELLU1", "SELL", "56.00", "1.0",
+                                          client_order_id="b-2")], "VALID")
+        coids = ["b-1", "b-2"]
+    else:
+        assert base is not None and base.report is not None
+        ans = await ana.modify(base.report.order_id, base.report.revision, price="57.00",
+                               quantity="2.0")
+        coids = ["m-1"]
+    assert ans.ok and ans.resent and ans.recovered and not ans.unresolved
+    assert ana.stats["resent"] == 1 and ana.stats["reconnects"] == 1
+    engine = {o.coid: o for o in env.srv.core.orders_of("AG1")}
+    assert sorted(engine) == sorted(coids)  # each client order id exactly once
+    assert list(ans.order_ids) == [engine[c].id for c in coids]
+    assert [o.client_order_id for o in ans.recovered_orders] == coids
+    if kind == "order_modify":
+        assert (engine["m-1"].price, engine["m-1"].revision) == (5700, 2)
+        assert ans.recovered_orders[0].price == Decimal("57.00")
+    # the connection works normally again
+    assert (await ana.query_me()).user == "ana"
+
+
+async def test_heartbeats_and_a_silent_connection_is_replaced(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    await env.start(heartbeat_s=0.1)
+    try:
+        ana = await env.client("ana", idle_timeout=0.4)
+        hb = await ana.wait_for(Heartbeat, timeout=5)
+        assert abs((hb.server_time - datetime.now(UTC)).total_seconds()) < 5
+        assert ana.server_time is not None
+        await asyncio.sleep(0.6)  # heartbeats keep it alive: no probe needed
+        assert ana.stats["probes"] == 0 and ana.stats["reconnects"] == 0
+
+        (session,) = env.srv.sessions_of["ana"]
+        session.send = lambda msg: None  # type: ignore[method-assign]  # silent, socket open
+        await eventually(lambda: ana.stats["reconnects"] == 1, timeout=5)
+        assert ana.stats["probes"] >= 1 and ana.stats["idle_disconnects"] == 1
+        assert (await ana.query_me()).user == "ana"
+    finally:
+        await env.close()
+
+
+async def test_close_fails_pending_calls_and_ends_streams(env: Env) -> None:
+    ana = await env.client("ana")
+    stream = ana.events()
+    await env.stop()
+    waiting = asyncio.get_running_loop().create_task(ana.query_me())
+    never = ana.wait_for(OrderReport, timeout=None)
+    await asyncio.sleep(0.1)
+    await ana.close()
+    with pytest.raises(sdk.ConnectionLost):
+        await never
+    with pytest.raises(sdk.ConnectionLost):
+        await waiting
+    with pytest.raises(sdk.ConnectionLost):
+        await ana.query_me()
+    seen = [ev async for ev in stream]  # ends
+    assert [e.state for e in seen if isinstance(e, ConnectionEvent)][-1] == "closed"
+    assert ana.closed
+
+
+async def test_login_failure_raises(env: Env) -> None:
+    with pytest.raises(sdk.LoginFailed) as exc:
+        await Client.connect_ws(env.url, "ana", "wrong-token")
+    assert exc.value.code == "LOGIN_FAILED"
+
+
+# ====================================================================== AMQP
+
+
+async def _reset_broker(broker: Broker) -> None:
+    from gateway.amqp import REQUEST_QUEUE, bcast_queue
+
+    conn = await aio_pika.connect(broker.url, timeout=5)
+    try:
+        ch = await conn.channel()
+        for name in [REQUEST_QUEUE, *(bcast_queue(u) for u in TOKENS)]:
+            await ch.queue_delete(name)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def amqp_env(rabbitmq: Broker, tmp_path: Path) -> AsyncIterator[Env]:
+    await _reset_broker(rabbitmq)
+    e = Env(tmp_path)
+    srv = await e.start(amqp_url=rabbitmq.url, heartbeat_s=1.0)
+    await asyncio.wait_for(srv.amqp.connected.wait(), 10)
+    try:
+        yield e
+    finally:
+        await e.close()
+
+
+async def test_amqp_core_operations(rabbitmq: Broker, amqp_env: Env) -> None:
+    env = amqp_env
+    carlos = await Client.connect_amqp(rabbitmq.url_for("carlos"), backoff_min=0.05,
+                                       backoff_max=0.3)
+    env.clients.append(carlos)
+    assert (carlos.user, carlos.agent, carlos.transport) == ("carlos", "AG2", "amqp")
+    ana = await env.client("ana")  # WebSocket: one market for both transports
+    book = await carlos.subscribe_book(C1)
+    async with carlos.events(OrderReport) as reports:
+        await ana.place(C1, "SELLU1", "SELL", "50.00", "2.0")
+        hit = await carlos.place(C1, "BUYU2", "BUY", "50.00", "1.5", exec="IOC")
+        assert hit.report is not None and hit.report.action == "FILLED"
+        first = await reports.get(timeout=5)
+        assert (first.order_id, first.action) == (hit.order_id, "FILLED")
+
+    rest = await carlos.place(C1, "BUYU2", "BUY", Decimal("40.1"), "1.0",
+                              client_order_id="amqp-1")
+    assert rest.report is not None and rest.report.price == Decimal("40.10")
+    mod = await carlos.modify(rest.order_id or 0, rest.report.revision, price="41.00",
+                              quantity="2.0")
+    assert mod.report is not None and mod.report.revision == 2
+    basket = await carlos.basket([OrderSpec(C2, "BUYU2", "BUY", "20.00", "1.0"),
+                                  OrderSpec(C2, "BUYU2", "BUY", "21.00", "1.0")])
+    assert basket.ok and len(basket.order_ids) == 2
+    with pytest.raises(Rejected) as exc:
+        await carlos.cancel(424242)
+    assert exc.value.code == "ORDER_UNKNOWN"
+    res = await carlos.cancel(424242, raise_on_reject=False)
+    assert (res.ok, res.code) == (False, "ORDER_UNKNOWN")
+
+    assert [c.contract for c in await carlos.query_contracts()] == [C1, C2]
+    assert {o.client_order_id for o in await carlos.query_orders()} >= {"amqp-1"}
+    (trade,) = await carlos.query_trades()
+    assert (trade.price, trade.quantity) == (Decimal("50.00"), Decimal("1.5"))
+    assert (await carlos.query_account()).agent == "AG2"
+    assert (await carlos.query_me()).user == "carlos"
+    await eventually(lambda: {o.client_order_id for o in carlos.orders.values()} >= {"amqp-1"})
+
+    await books_agree(book, ana, C1)
+    assert [(b.price, b.quantity) for b in book.bids()] == [(Decimal("41.00"),
+                                                             Decimal("2.0"))]
+    cancelled = await carlos.cancel_all()
+    assert len(cancelled.order_ids) == 3 and env.srv.core.orders_of("AG2") == []
+    await books_agree(book, ana, C1)
+    assert book.bids() == [] and book.gaps == 0
+
+
+async def test_amqp_reconnect_sends_waiting_order_once(rabbitmq: Broker,
+                                                       amqp_env: Env) -> None:
+    env = amqp_env
+    carlos = await Client.connect_amqp(rabbitmq.url_for("carlos"), "carlos",
+                                       backoff_min=0.05, backoff_max=0.3)
+    env.clients.append(carlos)
+    ana = await env.client("ana")
+    book = await carlos.subscribe_book(C1)
+    await carlos.drop_connection()
+    assert not carlos.connected
+    ans = await carlos.place(C1, "BUYU2", "BUY", "45.00", "1.0", client_order_id="after-drop")
+    assert ans.ok and carlos.stats["reconnects"] == 1
+    assert engine_coids(env.srv, "AG2") == ["after-drop"]
+    await ana.place(C1, "SELLU1", "SELL", "46.00", "1.0")
+    await books_agree(book, ana, C1)
+    assert [b.price for b in book.bids()] == [Decimal("45.00")]
+    assert [a.price for a in book.asks()] == [Decimal("46.00")]
+
+
+# ====================================================================== bots
+
+
+async def test_demo_bots_trade_and_stop_cleanly(env: Env) -> None:
+    from clients.bots import demo_bots, run_bots
+
+    bots = demo_bots(env.url, [C1, C2], seed=7)
+    for b in bots:
+        b.cfg.interval = 0.05
+    watcher = await env.client("rita", private=False)
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(run_bots(bots, stop))
+    try:
+        trades = env.srv.hub.trades_by_agent
+        await eventually(lambda: all(b.stats["steps"] >= 5 for b in bots)
+                         and bots[3].stats["baskets_filled"] >= 1
+                         and all(trades[a] for a in ("AG1", "AG2", "AG3")), timeout=20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    maker, taker, iceberg, linked = bots
+    assert maker.stats["orders"] > 0 and maker.stats["requotes"] > 0
+    assert linked.stats["baskets_filled"] >= 1
+    assert taker.stats["filled_mwh_x10"] > 0
+    assert iceberg.stats["orders"] > 0
+    for agent in ("AG1", "AG2", "AG3"):  # trades on every agent, and the books followed
+        assert (await watcher.query_trades(agent=agent)), (agent, [b.stats for b in bots])
+    # the bots cancelled what they had placed, and closed their connections
+    assert env.srv.core.orders_of("AG1") == env.srv.core.orders_of("AG3") == []
+    assert all(b.client is not None and b.client.closed for b in bots)
+    assert not any(env.srv.sessions_of[u] for u in ("ana", "bea", "carlos"))

@@ -1,0 +1,524 @@
+"""The web screens (clients/web) in a real browser against a real server.
+
+Playwright drives Debian's chromium (tests/browser.py).  Each test runs its own server with
+the demo reference data: ana trades for AG1 (unit SELLU1), carlos for AG2 (BUYU2), bea for
+AG3 (SELLU3); rita is the risk officer and marta the market operator, who creates and opens
+three hourly contracts over WebSocket.  Every trader is a separate browser context, as if on
+another machine.  Every test also checks (through the ``screens`` fixture) that no page threw
+a JavaScript error and that nothing was loaded from outside the ronda server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import struct
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.register_assert_rewrite("browser")
+
+from browser import C1, C2, Market, Screens, expect, take_screenshots  # noqa: E402
+from wsclient import session_of  # noqa: E402
+
+pytest_plugins = ["browser"]
+
+NBSP = "\u202f"  # the screens group thousands with a narrow no-break space
+
+
+def row(page: Any, side: str, price: str) -> Any:
+    """The ladder rows of one side at one price."""
+    cls = "bid" if side == "BUY" else "ask"
+    return page.locator(f'#ladder .lrow.{cls}[data-price="{price}"]')
+
+
+def order_row(page: Any, price: str) -> Any:
+    return page.locator("#orders-table tbody tr").filter(
+        has=page.locator("td:nth-child(5)", has_text=re.compile(f"^{re.escape(price)}$")))
+
+
+async def blur(page: Any) -> None:
+    """Focus back on the page itself, where the letter shortcuts act."""
+    await page.evaluate("document.activeElement && document.activeElement.blur()")
+
+
+async def key_order(page: Any, unit: str, side: str, price: str, qty: str) -> None:
+    """Order entry with the keyboard only: side letter, P price, Q quantity, Enter."""
+    unit_box = page.locator("#t-unit")
+    if await unit_box.input_value() != unit:
+        await unit_box.fill(unit)
+    await blur(page)
+    await page.keyboard.press("b" if side == "BUY" else "s")
+    await page.keyboard.press("p")
+    await page.keyboard.type(price)
+    await page.keyboard.press("q")
+    await page.keyboard.type(qty)
+    await page.keyboard.press("Enter")
+
+
+async def ticket_ok(page: Any, text: str) -> None:
+    await expect(page.locator("#t-status")).to_have_class(re.compile(r"\bgood\b"))
+    await expect(page.locator("#t-status")).to_contain_text(text)
+
+
+# ---------------------------------------------------------------------- trading
+
+
+async def test_crossing_orders_trade_and_both_traders_see_it(screens: Screens) -> None:
+    ana = await screens.trader("ana", C1)
+    carlos = await screens.trader("carlos", C1)
+
+    await key_order(ana, "SELLU1", "SELL", "50.00", "10.0")
+    await ticket_ok(ana, "resting: SELL 10.0 @ 50.00")
+    # ana sees her own order marked; carlos sees an anonymous ask
+    await expect(row(ana, "SELL", "50.00")).to_have_class(re.compile(r"\bmine\b"))
+    await expect(row(carlos, "SELL", "50.00")).to_have_count(1)
+    await expect(row(carlos, "SELL", "50.00")).not_to_have_class(re.compile(r"\bmine\b"))
+    await expect(row(carlos, "SELL", "50.00")).to_contain_text("10.0")
+    await expect(carlos.locator("#m-ask")).to_have_text("50.00")
+
+    # carlos clicks the ask: the ticket takes it (buy, its price and quantity); Enter sends
+    await carlos.fill("#t-unit", "BUYU2")
+    await row(carlos, "SELL", "50.00").click()
+    await expect(carlos.locator("#side-buy")).to_have_class(re.compile(r"\bon\b"))
+    await expect(carlos.locator("#t-price")).to_have_value("50.00")
+    await expect(carlos.locator("#t-qty")).to_have_value("10.0")
+    await expect(carlos.locator("#t-send")).to_contain_text("Buy 10.0 @ 50.00")
+    await carlos.keyboard.press("Enter")
+    await ticket_ok(carlos, "filled 10.0")
+
+    for page, verb in ((ana, "sold"), (carlos, "bought")):
+        trade = page.locator("#trades-table tbody tr").first
+        await expect(trade).to_contain_text(verb)
+        await expect(trade).to_contain_text("50.00")
+        await expect(trade).to_contain_text("10.0")
+        await expect(page.locator("#last-trades tbody tr")).to_have_count(1)
+        await expect(page.locator("#last-trades tbody tr").first).to_contain_text("50.00")
+        await expect(page.locator("#chart")).to_have_attribute("data-points", "1")
+        await expect(page.locator(f'.crow[data-contract="{C1}"] .last')).to_have_text("50.00")
+        await expect(page.locator("#ladder .lrow[data-entry]")).to_have_count(0)
+        await expect(page.locator("#log .k-trade").first).to_contain_text(
+            f"{verb} 10.0 MWh @ 50.00")
+    await expect(ana.locator("#orders-table tbody tr")).to_have_count(0)
+    # carlos pays: his obligations are no longer zero
+    await expect(carlos.locator('#acct-breakdown dd[data-field="obligations"]')).not_to_have_text(
+        re.compile(r"^0\.00$"))
+
+
+async def test_iceberg_shows_its_peak_to_others_and_its_total_to_the_owner(
+        screens: Screens) -> None:
+    ana = await screens.trader("ana", C1)
+    carlos = await screens.trader("carlos", C1)
+
+    await ana.fill("#t-unit", "SELLU1")
+    await ana.click("#side-sell")
+    await ana.fill("#t-price", "60.00")
+    await ana.fill("#t-qty", "20.0")
+    await ana.check("#t-ice")
+    await ana.fill("#t-peak", "5.0")
+    await ana.click("#t-send")
+    await ticket_ok(ana, "resting: SELL 20.0 @ 60.00")
+
+    # carlos: one entry of 5.0, nothing of the 20
+    await expect(row(carlos, "SELL", "60.00")).to_have_count(1)
+    await expect(row(carlos, "SELL", "60.00")).to_have_attribute("data-qty", "5.0")
+    await expect(row(carlos, "SELL", "60.00")).not_to_contain_text("20")
+    await expect(row(carlos, "SELL", "60.00")).not_to_contain_text("15")
+    # ana: her entry, with the hidden part and the total in her orders
+    await expect(row(ana, "SELL", "60.00")).to_contain_text("5.0 (+15.0)")
+    mine = order_row(ana, "60.00")
+    await expect(mine.locator("td:nth-child(6)")).to_have_text("20.0")
+    await expect(mine.locator("td:nth-child(7)")).to_have_text("5.0")
+    await expect(mine.locator("td:nth-child(9)")).to_have_text("NON ice 5.0")
+
+    # carlos takes 7.0: a peak and a part of the refill; he sees the refill's rest only
+    await key_order(carlos, "BUYU2", "BUY", "60.00", "7.0")
+    await ticket_ok(carlos, "filled 7.0")
+    await expect(row(carlos, "SELL", "60.00")).to_have_attribute("data-qty", "3.0")
+    await expect(row(carlos, "SELL", "60.00")).to_have_count(1)
+    await expect(mine.locator("td:nth-child(6)")).to_have_text("13.0")
+    await expect(mine.locator("td:nth-child(8)")).to_have_text("7.0")
+    await expect(row(ana, "SELL", "60.00")).to_contain_text("3.0 (+10.0)")
+
+
+async def test_rejections_are_shown_with_code_and_reason(screens: Screens) -> None:
+    ana = await screens.trader("ana", C1)
+
+    await key_order(ana, "SELLU1", "SELL", "99999.00", "1.0")
+    status = ana.locator("#t-status")
+    await expect(status).to_have_class(re.compile(r"\bbad\b"))
+    await expect(status).to_contain_text("PRICE_OUT_OF_RANGE")
+    await expect(status).to_contain_text("outside [-9999.00, 9999.00]")
+    await expect(ana.locator("#log .k-reject").first).to_contain_text(
+        "PRICE_OUT_OF_RANGE: price 99999.00 €/MWh outside")
+    await expect(ana.locator(".toast.bad").first).to_contain_text("PRICE_OUT_OF_RANGE")
+
+    # a malformed value is refused by the gateway with the field and the reason
+    await ana.fill("#t-price", "1.001")
+    await ana.press("#t-price", "Enter")
+    await expect(status).to_contain_text("INVALID_FIELD: price: '1.001' has 3 decimals")
+
+    # a FoK that cannot fill is killed: the reason is shown too
+    await ana.fill("#t-price", "40.00")
+    await ana.keyboard.press("k")
+    await ana.press("#t-price", "Enter")
+    await expect(status).to_contain_text("CANCELLED — FOK_NOT_FILLABLE")
+    # the rejected and killed orders are not in the book nor in my orders
+    await expect(ana.locator("#orders-table tbody tr")).to_have_count(0)
+    await expect(ana.locator("#ladder .lrow[data-entry]")).to_have_count(0)
+    assert await ana.locator("#log .k-reject").count() == 2  # each refusal logged once
+
+    # log out; a wrong token is refused with the server's reason
+    await ana.click("#logout")
+    await expect(ana.locator("#login-form")).to_be_visible()
+    await expect(ana.locator("#login-user")).to_have_value("ana")
+    await ana.fill("#login-token", "not-the-token")
+    await ana.press("#login-token", "Enter")
+    await expect(ana.locator("#login-error")).to_have_text(
+        "LOGIN_FAILED: unknown user or wrong credentials")
+    await expect(ana.locator("#app")).to_be_hidden()
+
+
+async def test_auction_pause_banner_hibernated_orders_and_reactivate_all(
+        screens: Screens, market: Market) -> None:
+    ana = await screens.trader("ana", C1)
+    carlos = await screens.trader("carlos", C1)
+    await key_order(ana, "SELLU1", "SELL", "55.00", "5.0")
+    await ticket_ok(ana, "resting")
+    await key_order(ana, "SELLU1", "SELL", "56.00", "6.0")
+    await ticket_ok(ana, "resting: SELL 6.0 @ 56.00")
+    await expect(row(carlos, "SELL", "55.00")).to_have_count(1)
+
+    await market.interrupt(C1, "intraday auction")
+    for page in (ana, carlos):
+        banner = page.locator(f'.banner[data-contract="{C1}"]')
+        await expect(banner).to_contain_text("paused for an auction: intraday auction")
+        await expect(page.locator("#m-state")).to_have_text("INT")
+        await expect(page.locator("#ladder .lrow[data-entry]")).to_have_count(0)
+    await expect(ana.locator(f'.banner[data-contract="{C1}"]')).to_contain_text("(2 of yours)")
+    hib = ana.locator("#orders-table tbody tr.hib")
+    await expect(hib).to_have_count(2)
+    await expect(hib.first.locator("td.status")).to_have_text("HIBERNATED (intraday auction)")
+
+    await market.resume(C1)
+    banner = ana.locator(f'.banner[data-contract="{C1}"]')
+    await expect(banner).to_contain_text("trading again: 2 of your orders there are hibernated")
+    await expect(ana.locator("#m-state")).to_have_text("TRADE")
+    await expect(hib).to_have_count(2)  # they wait for the trader (R46.2.7)
+    await expect(carlos.locator(f'.banner[data-contract="{C1}"]')).to_have_count(0)
+
+    await banner.get_by_role("button", name="Reactivate all").click()
+    await expect(ana.locator("#orders-table tbody tr.hib")).to_have_count(0)
+    await expect(ana.locator("#orders-table tbody tr")).to_have_count(2)
+    await expect(row(ana, "SELL", "55.00")).to_have_class(re.compile(r"\bmine\b"))
+    await expect(row(carlos, "SELL", "56.00")).to_have_count(1)
+    await expect(ana.locator(".banner")).to_have_count(0)
+    await expect(ana.locator("#log .k-order").first).to_contain_text("ACTIVATED")
+
+
+async def test_order_management_keyboard_basket_modify_and_hibernation(
+        screens: Screens) -> None:
+    ana = await screens.trader("ana", C1)
+    await ana.fill("#t-unit", "SELLU1")
+    await blur(ana)
+    # two tickets into a NONE basket with Shift+Enter, then one linked basket refused
+    await ana.keyboard.press("s")
+    await ana.keyboard.press("p")
+    await ana.keyboard.type("61.00")
+    await ana.keyboard.press("q")
+    await ana.keyboard.type("2.0")
+    await ana.keyboard.press("Shift+Enter")
+    await ana.fill("#t-price", "62.00")
+    await ana.fill("#t-qty", "3.0")
+    await ana.press("#t-qty", "Shift+Enter")
+    await expect(ana.locator("#basket-table tbody tr")).to_have_count(2)
+    await ana.select_option("#b-type", "LINKED")
+    await ana.click("#b-send")
+    await expect(ana.locator("#b-status")).to_contain_text("LINKED_MEMBER_NOT_FOK")
+    await expect(ana.locator("#orders-table tbody tr")).to_have_count(0)
+    await ana.select_option("#b-type", "NONE")
+    await ana.click("#b-send")
+    await expect(ana.locator("#b-status")).to_contain_text("basket NONE: 2 order(s) accepted")
+    await expect(ana.locator("#orders-table tbody tr")).to_have_count(2)
+    await expect(ana.locator("#basket-table tbody tr")).to_have_count(0)
+
+    # modify through the ticket: new price, Enter
+    await order_row(ana, "61.00").locator('button[data-act="modify"]').click()
+    await expect(ana.locator("#ticket-title")).to_have_text(re.compile(r"Modify order #\d+"))
+    await expect(ana.locator("#t-qty")).to_have_value("2.0")
+    await ana.keyboard.press("ArrowUp")  # the price field has the focus: +0.01
+    await ana.keyboard.press("Shift+ArrowUp")  # +1.00
+    await expect(ana.locator("#t-price")).to_have_value("62.01")
+    await ana.keyboard.press("Enter")
+    await ticket_ok(ana, "modified (rev 2): 2.0 @ 62.01")
+    await expect(order_row(ana, "62.01")).to_have_count(1)
+    await expect(ana.locator("#ticket-title")).to_have_text("Order ticket")
+
+    # deactivate, activate, cancel one order
+    target = order_row(ana, "62.00")
+    await target.locator('button[data-act="deactivate"]').click()
+    await expect(target.locator("td.status")).to_have_text("HIBERNATED (deactivated by its owner)")
+    await expect(row(ana, "SELL", "62.00")).to_have_count(0)
+    await target.locator('button[data-act="activate"]').click()
+    await expect(target.locator("td.status")).to_have_text("ACTIVE")
+    await expect(row(ana, "SELL", "62.00")).to_have_count(1)
+    await target.locator('button[data-act="cancel"]').click()
+    await expect(target).to_have_count(0)
+    await expect(row(ana, "SELL", "62.00")).to_have_count(0)
+
+    # GTD with an expiry instant, entered hibernated
+    await ana.fill("#t-price", "70.00")
+    await ana.fill("#t-qty", "1.0")
+    await blur(ana)
+    await ana.keyboard.press("g")
+    await expect(ana.locator("#t-expiry")).to_be_enabled()
+    await ana.keyboard.press("h")
+    await ana.keyboard.press("Enter")
+    await ticket_ok(ana, "entered hibernated: 1.0 @ 70.00")
+    gtd = order_row(ana, "70.00")
+    await expect(gtd.locator("td:nth-child(10)")).to_have_text(re.compile(r"^GTD \d\d:\d\d:\d\d$"))
+    await expect(gtd).to_have_class(re.compile(r"\bhib\b"))
+
+    # Esc clears the ticket; "cancel all" asks for a second click
+    await ana.keyboard.press("Escape")
+    await expect(ana.locator("#t-price")).to_have_value("")
+    await ana.click("#cancel-all")
+    await expect(ana.locator("#orders-table tbody tr")).to_have_count(2)
+    await ana.click("#cancel-all")
+    await expect(ana.locator("#orders-table tbody tr")).to_have_count(0)
+
+
+async def test_book_is_updated_in_place_and_a_sequence_gap_fetches_a_snapshot(
+        screens: Screens, market: Market) -> None:
+    carlos = await screens.trader("carlos", C1)
+    await market.trade("ana", C1, "SELL", "51.00", "8.0")
+    await market.trade("bea", C1, "SELL", "52.00", "4.0")
+    await expect(row(carlos, "SELL", "51.00")).to_have_attribute("data-qty", "8.0")
+
+    # a partial fill changes the row's quantity in place: the same DOM node stays
+    await carlos.evaluate(
+        "window.__row = document.querySelector('#ladder .lrow.ask[data-price=\"51.00\"]')")
+    await market.trade("carlos", C1, "BUY", "51.00", "3.0")
+    await expect(row(carlos, "SELL", "51.00")).to_have_attribute("data-qty", "5.0")
+    assert await carlos.evaluate(
+        "window.__row.isConnected && window.__row.dataset.qty === '5.0'"
+        " && window.__row === document.querySelector('#ladder .lrow.ask[data-price=\"51.00\"]')")
+
+    # a delta that skips sequence numbers: the screen drops it and asks for a snapshot
+    bogus = await carlos.evaluate("""() => {
+        const b = window.ronda.S.book;
+        window.ronda.route({type: 'book', stream: 'book:' + b.contract, contract: b.contract,
+          snapshot: false, seq: b.seq + 3, action: 'ADD', entry: 999999, side: 'SELL',
+          price: '77.77', quantity: '9.0'});
+        return window.ronda.stats.resnapshots;
+    }""")
+    assert bogus == 1
+    await expect(carlos.locator("#book-status")).to_have_class(re.compile(r"\bok\b"))
+    await expect(row(carlos, "SELL", "77.77")).to_have_count(0)
+    await expect(row(carlos, "SELL", "52.00")).to_have_count(1)
+    await expect(carlos.locator("#log .k-info").first).to_contain_text("fresh snapshot")
+    # and it keeps following the stream afterwards
+    await market.trade("bea", C1, "SELL", "53.00", "2.0")
+    await expect(row(carlos, "SELL", "53.00")).to_have_count(1)
+    assert await carlos.evaluate("window.ronda.stats.resnapshots") == 1
+
+    # the gate-closure countdown runs
+    cd = carlos.locator(f'.crow[data-contract="{C1}"] .countdown')
+    first = await cd.inner_text()
+    assert re.fullmatch(r"\d\d:\d\d", first), first
+    await expect(cd).not_to_have_text(first, timeout=3000)
+
+
+async def test_screen_reconnects_and_catches_up_after_a_dropped_connection(
+        screens: Screens, market: Market) -> None:
+    ana = await screens.trader("ana", C1)
+    await key_order(ana, "SELLU1", "SELL", "54.00", "5.0")
+    await ticket_ok(ana, "resting")
+
+    session = session_of(market.server, "ana")
+    await session.transport.close(1012, "test: connection dropped")
+    await expect(ana.locator("#conn")).to_have_text("reconnecting")
+    await expect(ana.locator(".banner.bad")).to_contain_text("connection lost")
+    # meanwhile the market moves: ana's order is hit, bea offers
+    await market.trade("carlos", C1, "BUY", "54.00", "5.0")
+    await market.trade("bea", C1, "SELL", "55.50", "2.0")
+
+    await expect(ana.locator("#conn")).to_have_text("online", timeout=8000)
+    await expect(ana.locator(".banner.bad")).to_have_count(0)
+    await expect(ana.locator("#orders-table tbody tr")).to_have_count(0)
+    await expect(ana.locator("#trades-table tbody tr").first).to_contain_text("54.00")
+    await expect(row(ana, "SELL", "55.50")).to_have_count(1)
+    await expect(ana.locator("#book-status")).to_have_class(re.compile(r"\bok\b"))
+    # and the new session streams again
+    await market.trade("bea", C1, "SELL", "56.50", "1.0")
+    await expect(row(ana, "SELL", "56.50")).to_have_count(1)
+
+
+# ---------------------------------------------------------------------- risk console
+
+
+async def test_officer_suspends_an_agent_and_its_orders_leave_its_screen(
+        screens: Screens, market: Market) -> None:
+    ana = await screens.trader("ana", C1)
+    await key_order(ana, "SELLU1", "SELL", "57.00", "3.0")
+    await ticket_ok(ana, "resting")
+    await key_order(ana, "SELLU1", "SELL", "58.00", "4.0")
+    await ticket_ok(ana, "resting: SELL 4.0 @ 58.00")
+    carlos = await screens.trader("carlos", C1)
+    await expect(row(carlos, "SELL", "58.00")).to_have_count(1)
+
+    rita = await screens.console("rita")
+    ag1 = rita.locator('#agents-table tr[data-agent="AG1"]')
+    await expect(ag1.locator("td.active")).to_have_text("2")
+    await expect(ag1.locator("td.status")).to_have_text("active")
+    await expect(ag1.locator("td.reserved")).to_have_text(f"50{NBSP}000.00")
+    await ag1.click()
+    await expect(rita.locator("#d-agent")).to_have_text("AG1")
+    await expect(rita.locator("#d-orders tbody tr")).to_have_count(2)
+    await rita.fill("#s-reason", "margin call unanswered")
+    await rita.click("#s-suspend")
+
+    await expect(ana.locator("#orders-table tbody tr")).to_have_count(0)
+    await expect(ana.locator("#orders-empty")).to_be_visible()
+    await expect(ana.locator("#ladder .lrow[data-entry]")).to_have_count(0)
+    await expect(carlos.locator("#ladder .lrow[data-entry]")).to_have_count(0)
+    await expect(ana.locator(".banner.bad")).to_contain_text("Agent AG1 is suspended")
+    await expect(ana.locator("#log .k-notice").first).to_contain_text(
+        "AGENT_SUSPENDED AG1 by rita — margin call unanswered")
+    await expect(ag1.locator("td.status")).to_have_text("SUSPENDED")
+    await expect(ag1.locator("td.active")).to_have_text("0")
+    audit = rita.locator("#audit-table tbody tr")
+    notice = audit.filter(has_text="AGENT_SUSPENDED")
+    await expect(notice.locator("td.by")).to_have_text("rita")
+    await expect(notice).to_contain_text("margin call unanswered")
+    await expect(audit.filter(has_text="suspend_agent")).to_contain_text("accepted")
+
+    # a suspended agent's orders are refused, with the reason
+    await key_order(ana, "SELLU1", "SELL", "57.00", "1.0")
+    await expect(ana.locator("#t-status")).to_contain_text(
+        "AGENT_SUSPENDED: agent AG1 is suspended")
+
+    await rita.click("#s-reinstate")
+    await expect(ana.locator(".banner.bad")).to_have_count(0)
+    await expect(ag1.locator("td.status")).to_have_text("active")
+    await ana.keyboard.press("Enter")
+    await ticket_ok(ana, "resting: SELL 1.0 @ 57.00")
+    await expect(audit.filter(has_text="AGENT_REINSTATED").locator("td.by")).to_have_text("rita")
+
+
+async def test_console_limits_requests_contracts_rate_limits_and_role_check(
+        screens: Screens) -> None:
+    # only risk officers get in
+    intruder = await screens.console("ana")
+    await expect(intruder.locator("#denied-text")).to_contain_text(
+        "the risk console needs the role risk_officer")
+    await expect(intruder.locator("#app")).to_be_hidden()
+
+    carlos = await screens.trader("carlos", C1)
+    rita = await screens.console("rita")
+    ag2 = rita.locator('#agents-table tr[data-agent="AG2"]')
+    await expect(ag2.locator("td.free")).to_have_text(f"100{NBSP}000.00")
+
+    # carlos asks for more guarantees from his screen; rita approves it
+    await carlos.fill("#greq-amount", "1000.00")
+    await carlos.click("#greq button[type=submit]")
+    await expect(carlos.locator("#acct-pending")).to_contain_text("increase of 1" + NBSP + "000.00")
+    await expect(ag2.locator("td.nreq")).to_have_text("1")
+    await ag2.click()
+    req = rita.locator("#requests-table tbody tr").first
+    await expect(req).to_contain_text("increase")
+    await req.get_by_role("button", name="Approve").click()
+    increases = carlos.locator('#acct-breakdown dd[data-field="requested_increases"]')
+    await expect(increases).to_have_text(f"+ 1{NBSP}000.00")
+    await expect(ag2.locator("td.free")).to_have_text(f"101{NBSP}000.00")
+    accepted = rita.locator("#audit-table tbody tr").filter(has_text="REQUEST_ACCEPTED")
+    await expect(accepted).to_have_count(1)
+
+    # reserved guarantees
+    await rita.fill("#g-amount", "80000.00")
+    await rita.click("#g-set")
+    await expect(ag2.locator("td.reserved")).to_have_text(f"80{NBSP}000.00")
+    await expect(carlos.locator('#acct-breakdown dd[data-field="reserved"]')).to_have_text(
+        f"80{NBSP}000.00")
+    await expect(carlos.locator("#acct-free")).to_have_text(f"81{NBSP}000.00")
+
+    # interrupt and resume a contract
+    await rita.locator(f'#contracts-table tr[data-contract="{C2}"] input').check()
+    await rita.fill("#c-reason", "price spike under review")
+    await rita.click("#c-interrupt")
+    await expect(rita.locator(f'#contracts-table tr[data-contract="{C2}"]')).to_contain_text("INT")
+    await expect(carlos.locator(f'.banner[data-contract="{C2}"]')).to_contain_text(
+        "interrupted: price spike under review")
+    await expect(carlos.locator(f'.crow[data-contract="{C2}"] .state')).to_have_text("INT")
+    await rita.click("#c-resume")
+    await expect(carlos.locator(f'.crow[data-contract="{C2}"] .state')).to_have_text("TRADE")
+    await expect(carlos.locator(f'.banner[data-contract="{C2}"]')).to_have_count(0)
+
+    # rate limits for one user
+    await rita.fill("#r-user", "carlos")
+    await rita.click("#r-query")
+    await expect(rita.locator("#r-status")).to_contain_text("carlos: OK")
+    await rita.locator("#r-rules .r-max").first.fill("7")
+    await rita.locator("#r-rules .r-window").first.fill("1000")
+    await rita.click("#r-set")
+    await expect(rita.locator("#r-status")).to_contain_text("/ 7 per 1 s")
+    audit = rita.locator("#audit-table tbody tr")
+    for action in ("set_guarantees", "decide_guarantee_request", "interrupt_contracts",
+                   "resume_contracts", "set_rate_limits"):
+        await expect(audit.filter(has_text=action).locator("td.result")).to_have_text("accepted")
+        await expect(audit.filter(has_text=action).locator("td.by")).to_have_text("rita")
+    await expect(audit.filter(has_text="GUARANTEES_SET")).to_contain_text("AG2")
+    await expect(audit.filter(has_text="RATE_LIMITS_SET").first.locator("td.by")).to_have_text(
+        "rita")
+    # carlos's screen shows his new limit (it polls its throttling status every 5 s)
+    await expect(carlos.locator("#throttle")).to_contain_text("per 1 s", timeout=8000)
+    await expect(carlos.locator("#throttle")).to_contain_text("/ 7 per 1 s", timeout=8000)
+
+
+# ---------------------------------------------------------------------- static files, docs
+
+
+def _get(url: str) -> tuple[str, str]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode(), r.headers["Content-Type"]
+
+
+async def test_static_files_are_self_contained(market: Market) -> None:
+    web = Path(__file__).resolve().parents[1] / "clients" / "web"
+    files = sorted(p.name for p in web.iterdir() if p.is_file())
+    assert {"index.html", "console.html", "app.js", "console.js", "book.js", "conn.js",
+            "chart.js", "util.js", "style.css"} <= set(files)
+    for name in files:
+        # the server runs on this event loop: fetch from a thread
+        body, ctype = await asyncio.to_thread(_get, f"{market.url}/{name}")
+        assert body == (web / name).read_text(), name
+        if name.endswith(".js"):
+            assert "javascript" in ctype, (name, ctype)
+        # nothing from the internet: no absolute URLs in what the browser loads
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", body), name
+        assert not re.search(r"""\bimport\b[^;]*from\s*["'](https?:)?//""", body), name
+    index, ctype = await asyncio.to_thread(_get, f"{market.url}/")
+    assert "<title>ronda · trading</title>" in index and ctype.startswith("text/html")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+async def test_screenshots_of_the_main_screens(tmp_path: Path) -> None:
+    shots = await take_screenshots(tmp_path / "shots")
+    assert [p.name for p in shots] == ["trading.png", "console.png"]
+    for p in shots:
+        assert _png_size(p) == (1600, 1000)
+        assert p.stat().st_size > 30_000, p  # a real screen, not a blank page
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    text = (docs / "web.md").read_text()
+    for p in shots:
+        assert f"screenshots/{p.name}" in text
+        assert (docs / "screenshots" / p.name).is_file()
