@@ -111,12 +111,19 @@ def test_ids_are_strict_integers() -> None:
         parse_request({"type": "order_cancel", "order_id": 2**70})
 
 
-def test_msgpack_mode_takes_integer_ticks_only() -> None:
+def test_msgpack_mode_takes_integer_ticks_or_decimal_strings() -> None:
+    """DESIGN rule 4: msgpack carries integer ticks; the decimal strings are accepted too,
+    and everything else is still refused."""
     req = parse_request(entry(price=4510, quantity=125, expiry=1_800_000_000_000,
                               validity="GTD"), ticks=True)
     assert (req.price, req.quantity, req.expiry) == (4510, 125, 1_800_000_000_000)
+    assert parse_request(entry(price="45.10"), ticks=True).price == 4510
+    for bad in (45.1, True, None):
+        with pytest.raises(ProtocolError) as ei:
+            parse_request(entry(price=bad), ticks=True)
+        assert ei.value.field == "price"
     with pytest.raises(ProtocolError) as ei:
-        parse_request(entry(price="45.10"), ticks=True)
+        parse_request(entry(price="45.101"), ticks=True)
     assert ei.value.field == "price"
 
 

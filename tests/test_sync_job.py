@@ -725,7 +725,9 @@ async def test_server_sync_survives_a_failed_sync(tmp_path: Path) -> None:
         await sub(CloseContracts((c1,)), "calendar")
         await _wait(lambda: bool(failures))
         await sub(CloseContracts((c2,)), "calendar")  # the next round closes
-        await _wait(lambda: srv.sync.last_synced == 2, timeout=15.0)
-        assert srv.core.risk.account("AG2")["obligations"] == 0
+        # stored, then fed back through the sequencer: wait for the release to be applied
+        await _wait(lambda: srv.sync.last_synced == 2
+                    and srv.core.risk.account("AG2")["obligations"] == 0, timeout=15.0)
+        assert srv.sync.failures == 1
     finally:
         await srv.stop()
