@@ -60,6 +60,7 @@ from risk.events import RiskNotice, ThrottlingStatus
 from risk.refdata import RateLimit, RefData, RefDataError, Unit, load
 
 QUARTER_MS = 15 * 60_000
+HOUR_MS = 60 * 60_000
 A1_6_NOTICE_MS = 5 * 60_000  # A1§6: five minutes before the round starts
 _new = tuple.__new__
 
@@ -129,24 +130,26 @@ class Account:
 
 
 class Slot:
-    """One unit's energy in one quarter-hour (tenths of MW).  ``cap`` and ``floor`` are
-    the bounds of R46.2.4/R46.2.5, recomputed whenever an unavailability or limitation
-    takes effect: cap = min(unit max, max − unavailable, limitation max), floor = max(unit
-    min, limitation min)."""
+    """What is particular to one quarter-hour of one unit-hour (tenths of MW): the
+    quarter's own program (a 15-minute program, or an auction result), its 15-minute
+    contracts' trades and resting orders, its unavailability and limitations, and so its
+    bounds: ``cap`` = min(unit max, max − unavailable, limitation max), ``floor`` =
+    max(unit min, limitation min) (R46.2.4, R46.2.5)."""
 
-    __slots__ = ("bought", "cap", "floor", "lmax", "lmin", "max", "min", "prog", "rb", "rs",
-                 "sold", "unavail")
+    __slots__ = ("adj", "bought", "cap", "floor", "lmax", "lmin", "max", "min", "prog_set",
+                 "rb", "rs", "sold", "unavail")
 
     def __init__(self, unit_max: int, unit_min: int) -> None:
         self.max = unit_max
         self.min = unit_min
         self.cap = unit_max
         self.floor = unit_min
-        self.prog = 0  # base program (R50: PHF), without continuous trades
-        self.sold = 0  # continuous trades of the unit in this quarter, counted at once
+        self.prog_set: int | None = None  # a 15-minute program replacing the hour's
+        self.adj = 0  # 15-minute auction results (R50)
+        self.sold = 0  # this quarter's 15-minute trades, counted at once
         self.bought = 0
-        self.rs = 0  # resting sells
-        self.rb = 0  # resting buys
+        self.rs = 0  # resting sells of 15-minute contracts
+        self.rb = 0
         self.unavail = 0  # R46.2.3.1
         self.lmin: int | None = None  # R46.2.3.2
         self.lmax: int | None = None
@@ -162,21 +165,64 @@ class Slot:
         self.floor = floor
 
 
+class Hour:
+    """One unit's energy in one hour (tenths of MW): the hourly program and auction results,
+    the hourly contracts' trades and resting orders — which weigh the same in each of the
+    hour's four quarters — and, only once something is particular to a quarter, the four
+    :class:`Slot` of the quarters.  Energy in quarter q = the hour's part + q's part.  A unit
+    trading only hourly contracts thus checks and updates one object, not four."""
+
+    __slots__ = ("adj", "bought", "max", "min", "prog", "quarters", "rb", "rs", "sold")
+
+    def __init__(self, unit_max: int, unit_min: int) -> None:
+        self.max = unit_max
+        self.min = unit_min
+        self.prog = 0  # base program (R50: PHF), without continuous trades
+        self.adj = 0  # hourly auction results (R50)
+        self.sold = 0  # continuous trades of hourly contracts, counted at once
+        self.bought = 0
+        self.rs = 0  # resting sells of hourly contracts
+        self.rb = 0
+        self.quarters: tuple[Slot, Slot, Slot, Slot] | None = None
+
+    def quarter(self, i: int) -> Slot:
+        if self.quarters is None:
+            self.quarters = (Slot(self.max, self.min), Slot(self.max, self.min),
+                             Slot(self.max, self.min), Slot(self.max, self.min))
+        return self.quarters[i]
+
+    def points(self, qi: int | None) -> list[tuple[int, int, int, int, int, int, int]]:
+        """(program, sold, bought, resting sells, resting buys, cap, floor) of each quarter
+        an order checks: the four quarters of the hour for an hourly order (or the hour
+        itself while no quarter is particular), the order's quarter for a 15-minute one."""
+        hp = self.prog + self.adj
+        if self.quarters is None:
+            return [(hp, self.sold, self.bought, self.rs, self.rb, self.max, self.min)]
+        out = []
+        for i, q in enumerate(self.quarters):
+            if qi is not None and i != qi:
+                continue
+            prog = (q.prog_set if q.prog_set is not None else self.prog) + self.adj + q.adj
+            out.append((prog, self.sold + q.sold, self.bought + q.bought, self.rs + q.rs,
+                        self.rb + q.rb, q.cap, q.floor))
+        return out
+
+
 class OrderRisk:
     """The guard's state for one order instantiation (``Order.ext``)."""
 
-    __slots__ = ("charges", "debtor", "k", "owners", "price", "rem", "sell", "slots")
+    __slots__ = ("charges", "debtor", "k", "owners", "price", "rem", "sell", "tgt")
 
     def __init__(self, rem: int, price: int, debtor: bool, sell: bool,
                  owners: tuple[tuple[Account, int, int], ...], charges: list[int],
-                 slots: tuple[Slot, ...], k: int) -> None:
+                 tgt: Hour | Slot, k: int) -> None:
         self.rem = rem  # open quantity the guard counts
         self.price = price
         self.debtor = debtor
         self.sell = sell
         self.owners = owners  # (account, num, den) per owner
         self.charges = charges  # cents held per owner
-        self.slots = slots
+        self.tgt = tgt  # where its energy counts: the hour, or its quarter (15-minute)
         self.k = k
 
 
@@ -222,10 +268,11 @@ class _Pass:
     """The static R46.2.2 checks passed: the unit, and the window [start, end) in ms UTC
     in which both the agent's registration and the unit are current."""
 
-    __slots__ = ("end", "k", "owner_codes", "owners", "single", "slots", "start", "unit")
+    __slots__ = ("end", "hour", "k", "owner_codes", "owners", "qi", "single", "start",
+                 "tgt", "unit")
 
     def __init__(self, unit: Unit, start: int, end: int,
-                 owners: tuple[tuple[Account, int, int], ...], slots: tuple[Slot, ...],
+                 owners: tuple[tuple[Account, int, int], ...], hour: Hour, qi: int | None,
                  k: int) -> None:
         self.unit = unit
         self.start = start
@@ -233,7 +280,9 @@ class _Pass:
         self.owners = owners
         self.owner_codes = frozenset(a.agent for a, _, _ in owners)
         self.single = len(owners) == 1
-        self.slots = slots
+        self.hour = hour
+        self.qi = qi  # the quarter of a 15-minute contract, else None
+        self.tgt: Hour | Slot = hour if qi is None else hour.quarter(qi)
         self.k = k
 
 
@@ -253,7 +302,7 @@ class RiskGuard:
         self.accounts: dict[str, Account] = {
             a.code: Account(a.code, a.guarantees) for a in ref.agents.values()}
         self.suspended: set[str] = {a.code for a in ref.agents.values() if a.suspended}
-        self.slots: dict[tuple[str, int], Slot] = {}
+        self.hours: dict[tuple[str, int], Hour] = {}  # (unit, hour start ms)
         self._periods: dict[str, tuple[tuple[int, ...], int]] = {}
         self.requests: dict[int, GuaranteeRequest] = {}
         self.next_request = 1
@@ -318,16 +367,19 @@ class RiskGuard:
             self._periods[contract] = p
         return p
 
-    def _slot(self, unit: Unit, quarter: int) -> Slot:
-        key = (unit.code, quarter)
-        s = self.slots.get(key)
-        if s is None:
-            s = self.slots[key] = Slot(unit.max_energy, unit.min_energy)
-        return s
+    def _hour(self, unit: Unit, start: int) -> Hour:
+        key = (unit.code, start - start % HOUR_MS)
+        h = self.hours.get(key)
+        if h is None:
+            h = self.hours[key] = Hour(unit.max_energy, unit.min_energy)
+        return h
 
-    def _slots_for(self, unit: Unit, contract: str) -> tuple[tuple[Slot, ...], int]:
+    def _locate(self, unit: Unit, contract: str) -> tuple[Hour, int | None, int]:
+        """The hour of a contract, its quarter index (15-minute contracts) and its weight."""
         quarters, k = self._period(contract)
-        return tuple(self._slot(unit, q) for q in quarters), k
+        start = quarters[0]
+        qi = None if k == 1 else (start % HOUR_MS) // QUARTER_MS
+        return self._hour(unit, start), qi, k
 
     def _owners(self, unit: Unit) -> tuple[tuple[Account, int, int], ...]:
         """(account, multiplier, 0) per owner: the exact charge of |price| cents × qty
@@ -447,45 +499,79 @@ class RiskGuard:
                             f" {acct.agent} (R49.1.4.3)")
                 charges.append(c)
         # -- energy (R46.2.4, R46.2.5), every quarter of the contract
-        slots = static.slots
         k = static.k
         e = k * rem
         pe = 0 if prev is None else k * prev.rem  # the replaced order's own energy
-        if un.sells:
-            if sell:  # R46.2.4: order + program + resting sells <= cap
-                for s in slots:
-                    total = s.prog + s.sold - s.bought + s.rs - pe + e
-                    if total > s.cap:
-                        return self._energy_reject(Code.ENERGY_MAX, o, total, s.cap, "R46.2.4")
-            else:  # R46.2.5: program - resting buys - order >= floor
-                for s in slots:
-                    total = s.prog + s.sold - s.bought - (s.rb - pe) - e
-                    if total < s.floor:
-                        return self._energy_reject(Code.ENERGY_MIN, o, total, s.floor,
-                                                   "R46.2.5")
-        elif sell:  # R46.2.4: program - resting sells - order >= floor
-            for s in slots:
-                total = s.prog + s.bought - s.sold - (s.rs - pe) - e
-                if total < s.floor:
-                    return self._energy_reject(Code.ENERGY_MIN, o, total, s.floor, "R46.2.4")
-        else:  # R46.2.5: order + program + resting buys <= cap
-            for s in slots:
-                total = s.prog + s.bought - s.sold + s.rb - pe + e
-                if total > s.cap:
-                    return self._energy_reject(Code.ENERGY_MAX, o, total, s.cap, "R46.2.5")
+        rej = self._energy_check(static.hour, static.qi, un.sells, sell, e, pe, o)
+        if rej is not None:
+            return rej
         # -- accepted: reserve
         if prev is not None:
             self._drop(prev)
         if debtor:
             for (acct, _, _), c in zip(owners, charges, strict=True):
                 acct.debtor += c
+        tgt = static.tgt
         if sell:
-            for s in slots:
-                s.rs += e
+            tgt.rs += e
         else:
-            for s in slots:
-                s.rb += e
-        o.ext = OrderRisk(rem, price, debtor, sell, owners, charges, slots, k)
+            tgt.rb += e
+        o.ext = OrderRisk(rem, price, debtor, sell, owners, charges, tgt, k)
+        return None
+
+    def _energy_check(self, h: Hour, qi: int | None, unit_sells: bool, sell: bool, e: int,
+                      pe: int, o: Any) -> tuple[str, str] | None:
+        """R46.2.4/R46.2.5 for an order adding ``e`` (and replacing ``pe`` of its own) in
+        every quarter it covers."""
+        if h.quarters is None and qi is None:  # the common case: one point, inline
+            if unit_sells:
+                net = h.prog + h.adj + h.sold - h.bought
+                if sell:
+                    total = net + h.rs - pe + e
+                    if total > h.max:
+                        return self._energy_reject(Code.ENERGY_MAX, o, total, h.max,
+                                                   "R46.2.4")
+                else:
+                    total = net - (h.rb - pe) - e
+                    if total < h.min:
+                        return self._energy_reject(Code.ENERGY_MIN, o, total, h.min,
+                                                   "R46.2.5")
+            else:
+                net = h.prog + h.adj + h.bought - h.sold
+                if sell:
+                    total = net - (h.rs - pe) - e
+                    if total < h.min:
+                        return self._energy_reject(Code.ENERGY_MIN, o, total, h.min,
+                                                   "R46.2.4")
+                else:
+                    total = net + h.rb - pe + e
+                    if total > h.max:
+                        return self._energy_reject(Code.ENERGY_MAX, o, total, h.max,
+                                                   "R46.2.5")
+            return None
+        for prog, sold, bought, rs, rb, cap, floor in h.points(qi):
+            if unit_sells:
+                net = prog + sold - bought
+                if sell:
+                    total = net + rs - pe + e
+                    if total > cap:
+                        return self._energy_reject(Code.ENERGY_MAX, o, total, cap, "R46.2.4")
+                else:
+                    total = net - (rb - pe) - e
+                    if total < floor:
+                        return self._energy_reject(Code.ENERGY_MIN, o, total, floor,
+                                                   "R46.2.5")
+            else:
+                net = prog + bought - sold
+                if sell:
+                    total = net - (rs - pe) - e
+                    if total < floor:
+                        return self._energy_reject(Code.ENERGY_MIN, o, total, floor,
+                                                   "R46.2.4")
+                else:
+                    total = net + rb - pe + e
+                    if total > cap:
+                        return self._energy_reject(Code.ENERGY_MAX, o, total, cap, "R46.2.5")
         return None
 
     def auction_check(self, user: str, agent: str, unit: str, contract: str, side: str,
@@ -518,19 +604,16 @@ class RiskGuard:
                         " (R49.1.4.3)")
         un = static.unit
         e = static.k * (sum(q for _, q in steps) + already_bid)
-        for s in static.slots:
-            if un.sells:
-                prog = s.prog + s.sold - s.bought
-                total = prog + e if sell else prog - e
-            else:
-                prog = s.prog + s.bought - s.sold
-                total = prog - e if sell else prog + e
-            if total > s.cap:
+        for prog, sold, bought, rs, rb, cap, floor in static.hour.points(static.qi):
+            del rs, rb  # continuous resting orders are paused during the auction
+            net = prog + sold - bought if un.sells else prog + bought - sold
+            total = net + e if (sell == un.sells) else net - e
+            if total > cap:
                 return self._energy_reject(Code.ENERGY_MAX, _Named(unit, contract), total,
-                                           s.cap, "R39")
-            if total < s.floor:
+                                           cap, "R39")
+            if total < floor:
                 return self._energy_reject(Code.ENERGY_MIN, _Named(unit, contract), total,
-                                           s.floor, "R39")
+                                           floor, "R39")
         return None
 
     def _static_checks(self, user: str, agent: str, unit: str, contract: str
@@ -547,8 +630,8 @@ class RiskGuard:
             return None
         a0, a1 = _window(ag.registered_from, ag.registered_to)
         u0, u1 = _window(un.valid_from, un.valid_to)
-        slots, k = self._slots_for(un, contract)
-        return _Pass(un, max(a0, u0), min(a1, u1), self._owners(un), slots, k)
+        hour, qi, k = self._locate(un, contract)
+        return _Pass(un, max(a0, u0), min(a1, u1), self._owners(un), hour, qi, k)
 
     def _refusal(self, user: str, agent: str, unit: str, contract: str, ts: int
                  ) -> tuple[str, str] | None:
@@ -611,11 +694,9 @@ class RiskGuard:
             x.charges = [0] * len(x.charges)
         e = x.k * x.rem
         if x.sell:
-            for s in x.slots:
-                s.rs -= e
+            x.tgt.rs -= e
         else:
-            for s in x.slots:
-                s.rb -= e
+            x.tgt.rb -= e
         x.rem = 0
 
     def _recharge(self, x: OrderRisk) -> None:
@@ -631,42 +712,57 @@ class RiskGuard:
         x: OrderRisk | None = o.ext  # type: ignore[assignment]
         if x is None:
             return
-        x.rem -= qty
-        if x.debtor:
-            self._recharge(x)
+        rem = x.rem - qty
+        x.rem = rem
+        owners = x.owners
+        if x.debtor:  # the order's value for what is left (inlined _recharge)
+            ap = -x.price if x.price < 0 else x.price
+            charges = x.charges
+            if len(owners) == 1:
+                acct, mul, _ = owners[0]
+                c = ap * rem * mul
+                acct.debtor += c - charges[0]
+                charges[0] = c
+            else:
+                self._recharge(x)
         # R49.1.4.3 b): a payment obligation (buy at a positive price, sell at a negative)
         if (price < 0) if x.sell else (price > 0):
             ap = -price if price < 0 else price
             rnd = self.engine.round
-            for acct, mul, _ in x.owners:
+            for acct, mul, _ in owners:
                 ob = ap * qty * mul
                 acct.obligations += ob
                 br = acct.by_round
                 br[rnd] = br.get(rnd, 0) + ob
         e = x.k * qty
+        t = x.tgt
         if x.sell:
-            for s in x.slots:
-                s.rs -= e
-                s.sold += e
+            t.rs -= e
+            t.sold += e
         else:
-            for s in x.slots:
-                s.rb -= e
-                s.bought += e
+            t.rb -= e
+            t.bought += e
 
     def released(self, o: Order, qty: int) -> None:
         x: OrderRisk | None = o.ext  # type: ignore[assignment]
         if x is None:
             return
-        x.rem -= qty
+        rem = x.rem - qty
+        x.rem = rem
         if x.debtor:
-            self._recharge(x)
+            owners = x.owners
+            if len(owners) == 1:
+                acct, mul, _ = owners[0]
+                c = (-x.price if x.price < 0 else x.price) * rem * mul
+                acct.debtor += c - x.charges[0]
+                x.charges[0] = c
+            else:
+                self._recharge(x)
         e = x.k * qty
         if x.sell:
-            for s in x.slots:
-                s.rs -= e
+            x.tgt.rs -= e
         else:
-            for s in x.slots:
-                s.rb -= e
+            x.tgt.rb -= e
 
     def repriced(self, o: Order, old_price: int) -> None:
         x: OrderRisk | None = o.ext  # type: ignore[assignment]
@@ -705,10 +801,12 @@ class RiskGuard:
             a = self.accounts[code]
             h.update(repr((code, a.gmic, a.obligations, sorted(a.by_round.items()), a.debtor,
                            a.reduction, a.reductions, a.increases)).encode())
-        for key in sorted(self.slots):
-            s = self.slots[key]
-            h.update(repr((key, s.prog, s.sold, s.bought, s.rs, s.rb, s.unavail, s.lmin,
-                           s.lmax)).encode())
+        for key in sorted(self.hours):
+            hr = self.hours[key]
+            h.update(repr((key, hr.prog, hr.adj, hr.sold, hr.bought, hr.rs, hr.rb)).encode())
+            for q in hr.quarters or ():
+                h.update(repr((q.prog_set, q.adj, q.sold, q.bought, q.rs, q.rb, q.unavail,
+                               q.lmin, q.lmax)).encode())
         h.update(repr((sorted(self.suspended), self.next_request,
                        [(r.id, r.agent, r.increase, r.amount, r.state)
                         for r in self.requests.values()],
@@ -730,6 +828,14 @@ class RiskGuard:
             for r in self.requests.values() if r.agent == agent and r.state == "PENDING"]
         d["suspended"] = agent in self.suspended
         return d
+
+    def base_program(self, unit: str, contract: str) -> tuple[int, ...]:
+        """The unit's base program (R50: PHF and auction results, without continuous trades)
+        in each quarter-hour of ``contract``, in tenths of MW."""
+        un = self.ref.units[unit]
+        h, qi, _k = self._locate(un, contract)
+        return tuple(p[0] for p in h.points(qi)) * (4 if h.quarters is None and qi is None
+                                                    else 1)
 
     def recompute(self, agent: str) -> dict[str, int]:
         """The debtor value and obligations of an agent recomputed from scratch from the
@@ -940,11 +1046,12 @@ class RiskGuard:
         """R50: programs apply at once (they are the result of auctions and rounds)."""
         if not self._so_check(ts, cmd):
             return
-        quarters, k = self._period(cmd.period)
         unit = self.ref.units[cmd.unit]
-        for q in quarters:
-            s = self._slot(unit, q)
-            s.prog = cmd.energy * k
+        h, qi, k = self._locate(unit, cmd.period)
+        if qi is None:
+            h.prog = cmd.energy
+        else:
+            h.quarter(qi).prog_set = cmd.energy * k
         self._notice(ts, "PROGRAM_SET", None, cmd.by,
                      f"program of {cmd.unit} in {cmd.period}: {cmd.energy / 10:.1f} MWh")
 
@@ -952,10 +1059,12 @@ class RiskGuard:
         """R50: an auction's result added to the base program (PHF) at once."""
         if not self._so_check(ts, cmd):
             return
-        quarters, k = self._period(cmd.period)
         unit = self.ref.units[cmd.unit]
-        for q in quarters:
-            self._slot(unit, q).prog += cmd.delta * k
+        h, qi, k = self._locate(unit, cmd.period)
+        if qi is None:
+            h.adj += cmd.delta
+        else:
+            h.quarter(qi).adj += cmd.delta * k
         self._notice(ts, "PROGRAM_SET", None, cmd.by,
                      f"program of {cmd.unit} in {cmd.period} changed by"
                      f" {cmd.delta / 10:.1f} MWh (auction result, R50)")
@@ -978,10 +1087,10 @@ class RiskGuard:
                      " five minutes from now or later (A1§6)")
 
     def _apply_so(self, cmd: Any) -> None:
-        quarters, k = self._period(cmd.period)
         unit = self.ref.units[cmd.unit]
-        for q in quarters:
-            s = self._slot(unit, q)
+        h, qi, k = self._locate(unit, cmd.period)
+        for i in range(4) if qi is None else (qi,):
+            s = h.quarter(i)
             if isinstance(cmd, SetUnavailability):
                 s.unavail = cmd.unavailable * k
             else:

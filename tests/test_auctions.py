@@ -127,11 +127,9 @@ class Mkt:
 
     def prog(self, unit: str, contract: str) -> set[int]:
         """The unit's base program (R50) in each quarter-hour of the contract."""
-        spec = ContractSpec.parse(contract)
         risk = self.core.risk
         assert risk is not None
-        return {risk.slots[(unit, q)].prog if (unit, q) in risk.slots else 0
-                for q in range(spec.start, spec.end, 900_000)}
+        return set(risk.base_program(unit, contract))
 
     def status(self, oid: int) -> str:
         return self.core.engine.orders[oid].status.value
