@@ -691,9 +691,9 @@ class Engine:
                         FILLED, INACTIVE, lp, 0, 0, rfilled, r.exec, r.validity, r.expiry,
                         r.peak, r.incr, r.revision, r.basket, None, None)))
                     continue
-                # A1§3.4: iceberg refill with a new creation time (and price, A1§3.4.1)
+                # A1§3.4: iceberg refill with a new creation time (and price, A1§3.4.1);
+                # one REFILLED report tells the owner both the fill and the new peak
                 book.pub_seq = pseq
-                self._report(r, ts, PARTIALLY_FILLED)
                 pk = r.peak
                 r.visible = pk if rrem > pk else rrem
                 if r.incr:
@@ -714,7 +714,11 @@ class Engine:
                     book.pub_seq += 1
                     append(_new(BookChange, (ts, contract, book.pub_seq, _ADD, e, r.side, lp,
                                              r.visible)))
-                self._report(r, ts, REFILLED)
+                rv = r.visible
+                append(_new(OrderReport, (
+                    ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
+                    REFILLED, ACTIVE, r.price, rv, rrem - rv, rfilled, r.exec, r.validity,
+                    r.expiry, pk, r.incr, r.revision, r.basket, None, None)))
                 pseq = book.pub_seq
             if lvl.live == 0:
                 opp.drop_level(rank)

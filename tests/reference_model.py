@@ -22,11 +22,22 @@ Interpretations where the rules leave a choice (and that the engine shares):
 * an order's *arrival on the platform*, which orders a reactivation of all (R46.2.7), is the
   arrival of the order id (its first entry); a modification does not change it, so the
   orders of one basket keep their order within the basket;
-* hibernated orders may be cancelled while their contract is interrupted (R46.2.7: "they
-  can be cancelled without being reactivated");
+* an order (active or hibernated) can be cancelled by its owner only while its contract
+  is in TRADE: A1§3.1 allows modification and cancellation "while the contract is in a
+  state that allows sending orders (TRADE)", and R46.2.7 lets hibernated orders be
+  cancelled "at the moments the market allows cancellation"; the operator's cancellations
+  (contract close, an agent's suspension) apply in any state;
 * an iceberg whose price increment would take a later instantiation outside the price
   bounds is refused when it is entered (R46.2.1 applied to every instantiation);
-* an aggressive iceberg rests (what is left of it) at the price it was entered with.
+* an aggressive iceberg rests (what is left of it) at the price it was entered with;
+* a modification into a fill-or-kill that cannot fill leaves nothing: the original was
+  cancelled by the modification, the new order is killed;
+* a client order id is used only by an order that is accepted (unique per user and local
+  day), so a basket member repeating the id of an *invalid* member is no duplicate;
+* every close of contracts (even of a contract withdrawn before it opened) closes the
+  current round (R45.g);
+* the contract transitions are the table of R45.f whatever the command's name: "open" and
+  "resume" both move UPC or INT to TRADE.
 
 Rejections are reported as *sets of acceptable codes*: when several checks fail, the rules do
 not say which one to report first, so any applicable code is right.
@@ -77,7 +88,6 @@ TRANSITIONS: dict[str, set[str]] = {
     INT: {TRADE, FIN},
     FIN: set(),
 }
-ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"
 
 # final actions of an order
 FILLED = "FILLED"
@@ -503,8 +513,8 @@ class ReferenceModel:
         if o is None:
             out.rejects.append(frozenset({Code.ORDER_UNKNOWN}))
             return
-        if self.contracts[o.contract].state not in (TRADE, INT):
-            out.rejects.append(frozenset({Code.CONTRACT_CLOSED}))
+        if self.contracts[o.contract].state != TRADE:
+            out.rejects.append(frozenset({Code.CONTRACT_NOT_TRADING}))
             return
         self._drop(o, out, CANCELLED, None)
 
@@ -517,7 +527,7 @@ class ReferenceModel:
                 o.agent == cmd.agent
                 and (cmd.scope == "agent" or o.user == cmd.user)
                 and (cmd.contract is None or o.contract == cmd.contract)
-                and self.contracts[o.contract].state in (TRADE, INT)
+                and self.contracts[o.contract].state == TRADE
             ):
                 self._drop(o, out, CANCELLED, None)
 
@@ -618,7 +628,7 @@ class ReferenceModel:
                 out.rejects.append(frozenset({Code.CONTRACT_UNKNOWN}))
                 return []
             if target not in TRANSITIONS[c.state]:
-                out.rejects.append(frozenset({ILLEGAL_TRANSITION}))
+                out.rejects.append(frozenset({Code.ILLEGAL_TRANSITION}))
                 return []
         if len(set(ids)) != len(ids):
             out.rejects.append(frozenset({Code.NOTHING_TO_DO}))

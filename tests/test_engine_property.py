@@ -10,13 +10,20 @@ every change of an order reported, anonymous public events with consecutive sequ
 numbers per contract, a public book (rebuilt from the deltas) equal to the real one, and the
 same events and state hashes when the stream is replayed into a fresh engine (DESIGN rule 3).
 
-Default run: a few hundred examples, well under a minute.  Longer run::
+Default run: 400 random streams of up to 60 commands (after up to 12 resting orders), in
+10 to 20 seconds.  Longer runs::
 
-    RONDA_HYPOTHESIS_PROFILE=long pytest tests/test_engine_property.py
+    RONDA_HYPOTHESIS_PROFILE=ci pytest tests/test_engine_property.py     # 1000 x 80
+    RONDA_HYPOTHESIS_PROFILE=long pytest tests/test_engine_property.py   # 5000 x 120
+    RONDA_HYPOTHESIS_EXAMPLES=20000 RONDA_HYPOTHESIS_PROFILE=long pytest ...
+
+A failing stream is shrunk (that can take minutes); the notes printed with the failure list
+its commands, ready to paste into a regression test (see the end of this file).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -68,10 +75,12 @@ if PROFILE == "long":
 elif PROFILE == "ci":
     MAX_EXAMPLES, MAX_STEPS = 1_000, 80
 else:
-    MAX_EXAMPLES, MAX_STEPS = 250, 50
+    MAX_EXAMPLES, MAX_STEPS = 400, 60
+MAX_EXAMPLES = int(os.environ.get("RONDA_HYPOTHESIS_EXAMPLES", MAX_EXAMPLES))
 SETTINGS = settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
+    report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -80,14 +89,19 @@ SETTINGS = settings(
 T0 = 1_800_000_000_000  # 2027-01-15 09:00 local time
 CONTRACTS = ("PH-20270115-20", "PH-20270115-21", "PH-20270115-22")
 CLOSE_AT = {c: T0 + 2_000 + 500 * i for i, c in enumerate(CONTRACTS)}
-AGENTS = ("agent-1", "agent-2", "agent-3", "agent-4")
+AGENTS = ("agent-1", "agent-2", "agent-3")
 USERS = {a: (f"{a}-user-a", f"{a}-user-b") for a in AGENTS}
 UNITS = {a: f"{a}-unit" for a in AGENTS}
+AGENT_USERS = [(a, u) for a in AGENTS for u in USERS[a]]
 PRIVATE_NAMES = set(AGENTS) | {u for us in USERS.values() for u in us} | set(UNITS.values())
+# prices around 100 on two contracts and around 0 (negative prices too) on the third
+PRICE_CENTER = {CONTRACTS[0]: 100, CONTRACTS[1]: 100, CONTRACTS[2]: 0}
 CFG = EngineConfig(
-    name="property", price_min=95, price_max=105, qty_min=1, qty_max=20, max_basket=4
+    name="property", price_min=-5, price_max=105, qty_min=1, qty_max=20, max_basket=4
 )
 PUBLIC_EVENTS = (BookChange, PublicTrade, ContractStateChanged, RoundClosed)
+STEPS = st.integers(1, MAX_STEPS)
+WARM_UP = st.integers(0, 12)
 
 
 def new_model() -> ReferenceModel:
@@ -131,6 +145,7 @@ class Harness:
         self.hashes: list[str] = []
         self.pub_seq: dict[str, int] = {}
         self.pub_book: dict[str, dict[int, tuple[str, int, int]]] = {}
+        self.pub_entries: set[tuple[str, int]] = set()  # every public entry id ever shown
         self.entered: dict[int, int] = {}  # filled so far + open quantity it was given
         self.traded: dict[int, int] = {}
         self.final_filled: dict[int, int] = {}
@@ -244,7 +259,9 @@ class Harness:
             if isinstance(ev, BookChange):
                 pb = self.pub_book.setdefault(ev.contract, {})
                 if ev.action == "ADD":
-                    assert ev.entry not in pb and ev.qty > 0, ctx
+                    # a new entry id for every instantiation, never reused
+                    assert (ev.contract, ev.entry) not in self.pub_entries and ev.qty > 0, ctx
+                    self.pub_entries.add((ev.contract, ev.entry))
                     pb[ev.entry] = (ev.side, ev.price, ev.qty)
                 elif ev.action == "UPDATE":
                     side, price, _ = pb[ev.entry]
@@ -270,6 +287,15 @@ class Harness:
                 t = trades[ev.trade_id]
                 assert (t.contract, t.price, t.qty, t.aggressor) == (
                     ev.contract, ev.price, ev.qty, ev.aggressor), ctx
+                # a public trade is also the book delta of the entry it hit
+                pb = self.pub_book.setdefault(ev.contract, {})
+                side, price, shown = pb[ev.entry]
+                assert price == ev.price and shown - ev.qty == ev.left >= 0, (
+                    f"public trade {ev!r} against entry {pb[ev.entry]}\n{ctx}")
+                if ev.left:
+                    pb[ev.entry] = (side, price, ev.left)
+                else:
+                    del pb[ev.entry]
             elif isinstance(ev, OrderReport):
                 reports[ev.order_id] = ev
                 first_report.setdefault(ev.order_id, ev)
@@ -347,7 +373,7 @@ class Harness:
                 assert bids[0].price < asks[0].price, f"{cid} crossed at rest\n{ctx}"
             for side, rows in ((BUY, bids), (SELL, asks)):
                 assert book.best(side) == (rows[0].price if rows else None), ctx
-                for a, b in zip(rows, rows[1:], strict=False):
+                for a, b in itertools.pairwise(rows):
                     better = a.price > b.price if side is BUY else a.price < b.price
                     # price priority, then time priority inside the level
                     assert better or (a.price == b.price and a.seq < b.seq), (
@@ -388,78 +414,121 @@ class Harness:
 # ---------------------------------------------------------------------------- strategies
 
 
+_INTS: dict[tuple[int, int], st.SearchStrategy[int]] = {}
+
+
+def num(draw: Any, lo: int, hi: int) -> int:
+    """An integer in [lo, hi], shrinking to lo (strategies built once: drawing is the
+    cost that matters here)."""
+    s = _INTS.get((lo, hi))
+    if s is None:
+        s = _INTS[lo, hi] = st.integers(lo, hi)
+    return int(draw(s))
+
+
+def pick(draw: Any, seq: Any) -> Any:
+    """One element of a sequence, shrinking to the first."""
+    return seq[num(draw, 0, len(seq) - 1)]
+
+
 def rare(draw: Any, tenths: int) -> bool:
     """True with probability tenths/10; shrinks to False."""
-    return bool(draw(st.integers(0, 9)) >= 10 - tenths)
+    return num(draw, 0, 9) >= 10 - tenths
 
 
 def very_rare(draw: Any) -> bool:
     """True one time in twenty; shrinks to False."""
-    return bool(draw(st.integers(0, 19)) == 19)
+    return num(draw, 0, 19) == 19
 
 
 def draw_contract(draw: Any, h: Harness, states: tuple[str, ...]) -> str:
     """A contract, usually one in one of ``states`` (so that most commands do something)."""
     fitting = [c for c in CONTRACTS if h.model.contracts[c].state in states]
-    if fitting and not very_rare(draw):
-        return str(draw(st.sampled_from(fitting)))
-    return str(draw(st.sampled_from(CONTRACTS)))
+    # fitting ones 9 times in 10, the first of them twice as often (deeper books)
+    return str(pick(draw, [fitting[0], *fitting] * 3 + list(CONTRACTS) if fitting
+                     else CONTRACTS))
 
 
 def draw_contracts(draw: Any, h: Harness, states: tuple[str, ...]) -> tuple[str, ...]:
     first = draw_contract(draw, h, states)
     if very_rare(draw):
-        return (first, draw(st.sampled_from([c for c in CONTRACTS if c != first])))
+        return (first, pick(draw, [c for c in CONTRACTS if c != first]))
     return (first,)
 
 
 def draw_params(draw: Any, side: Side, contract: str, now: int, fok: bool = False
                 ) -> dict[str, Any]:
-    """Price, quantity and conditions of an order; mostly valid, sometimes not."""
-    price = draw(st.integers(97, 103))
-    if very_rare(draw):
-        price = draw(st.sampled_from([94, 95, 105, 106]))
-    qty = draw(st.integers(1, 6))
-    if very_rare(draw):
-        qty = draw(st.sampled_from([0, 20, 21]))
+    """Price, quantity and conditions of an order: valid, except now and then for one
+    defect (so that every acceptance check is exercised without drowning the book)."""
+    price = PRICE_CENTER[contract] + num(draw, -2, 2)
+    qty = num(draw, 1, 6)
     peak = incr = 0
-    kind = draw(st.integers(0, 9))
+    kind = 0 if fok else num(draw, 0, 9)
     if kind >= 6:  # iceberg (A1§3.4)
-        peak = draw(st.integers(1, 3))
-        if very_rare(draw):
-            peak = qty + 1
+        peak = min(qty, num(draw, 1, 3))
         if kind >= 8:  # with a price increment (A1§3.4.1)
-            incr = draw(st.integers(1, 2)) * (-1 if side is BUY else 1)
-            if very_rare(draw):
-                incr = -incr
-    elif very_rare(draw):
-        incr = 1
-    x = draw(st.integers(0, 9))
-    exec_ = NON if x < 5 else IOC if x < 7 else FOK
-    if peak and not very_rare(draw):
-        exec_ = NON
+            incr = num(draw, 1, 2) * (-1 if side is BUY else 1)
+    x = num(draw, 0, 9)
+    exec_ = NON if peak or x < 5 else IOC if x < 7 else FOK
     if fok:
-        exec_ = FOK if not very_rare(draw) else NON
+        exec_ = FOK
+    if fok:
+        # members of a linked basket: small and through the middle, so that whole
+        # baskets can fill (and compete for the same liquidity)
+        through = num(draw, 1, 4)
+        price = PRICE_CENTER[contract] + (through if side is BUY else -through)
+        qty = num(draw, 1, 2)
+    elif exec_ is not NON and not rare(draw, 3):
+        # immediate orders mostly aim to trade: a price through the middle, a small size
+        through = num(draw, 0, 3)
+        price = PRICE_CENTER[contract] + (through if side is BUY else -through)
+        qty = num(draw, 1, 3)
     validity, expiry = GFS, None
-    if rare(draw, 3):
+    g = num(draw, 0, 99)
+    if g >= 80:  # good till date (A1§4.2)
         validity = GTD
-        expiry = now + draw(st.sampled_from([1, 2, 5, 10, 30, 80, 200]))
-        if very_rare(draw):
-            expiry = draw(st.sampled_from(
-                [None, now, now - 1, CLOSE_AT[contract], CLOSE_AT[contract] - 1]))
-    elif very_rare(draw):
-        expiry = now + 10
+        expiry = now + pick(draw, (2, 5, 10, 30, 80, 200, 500))
+    if 10 <= g < 20:  # one defect
+        defect = num(draw, 0, 9)
+        if defect == 0:
+            price = pick(draw, (CFG.price_min - 1, CFG.price_min, CFG.price_max,
+                                CFG.price_max + 1))
+        elif defect == 1:
+            qty = pick(draw, (0, 20, 21))
+        elif defect == 2:
+            peak = qty + 1
+        elif defect == 3:
+            incr = -incr if incr else 1
+        elif defect == 4:
+            peak = peak or 1
+            exec_ = pick(draw, (IOC, FOK))
+        elif defect == 5:
+            validity = GTD
+            expiry = pick(draw, (None, now, now - 1, CLOSE_AT[contract], CLOSE_AT[contract] - 1))
+        elif defect == 6:
+            expiry = now + 10
+        elif defect == 7:
+            peak, incr = 1, (-5 if side is BUY else 5)
+        elif defect == 8:
+            exec_ = NON
+        else:
+            peak = qty
     return dict(price=price, qty=qty, exec=exec_, validity=validity, expiry=expiry,
                 peak=peak, incr=incr)
 
 
-def draw_new(draw: Any, h: Harness, now: int, agent: str, user: str, fok: bool = False
-             ) -> NewOrder:
-    contract = draw_contract(draw, h, ("TRADE",))
-    side = draw(st.sampled_from([BUY, SELL]))
+def draw_new(draw: Any, h: Harness, now: int, agent: str, user: str, fok: bool = False,
+             like: NewOrder | None = None) -> NewOrder:
+    """A new order; ``like``: on the same contract and side as that one."""
+    if like is None:
+        contract = draw_contract(draw, h, ("TRADE",))
+        side = pick(draw, (BUY, SELL))
+    else:
+        contract, side = like.contract, like.side
     p = draw_params(draw, side, contract, now, fok)
-    hibernated = very_rare(draw)
-    if h.last_coid is not None and very_rare(draw):
+    flags = num(draw, 0, 39)
+    hibernated = flags == 39  # entered inactive
+    if h.last_coid is not None and flags == 38:  # a client order id used again
         coid = h.last_coid
     else:
         h.coids += 1
@@ -476,46 +545,48 @@ def draw_order_ref(draw: Any, h: Harness, statuses: tuple[str, ...] = ("ACTIVE",
     live = sorted(oid for oid, o in m.orders.items() if o.status in statuses)
     if not live:
         live = sorted(m.orders)
-    x = draw(st.integers(0, 19))
+    x = num(draw, 0, 19)
     if live and x < 18:
-        oid = draw(st.sampled_from(live))
+        oid = pick(draw, live)
         agent = m.orders[oid].agent
         if very_rare(draw):
-            agent = draw(st.sampled_from(AGENTS))
+            agent = pick(draw, AGENTS)
         return oid, agent
     if m.next_id > 1 and x < 19:
-        return draw(st.integers(1, m.next_id - 1)), draw(st.sampled_from(AGENTS))
-    return 999, draw(st.sampled_from(AGENTS))
+        return num(draw, 1, m.next_id - 1), pick(draw, AGENTS)
+    return 999, pick(draw, AGENTS)
 
 
 def draw_agent(draw: Any, h: Harness, status: str) -> str:
     """An agent, usually one that has orders in ``status``."""
     having = sorted({o.agent for o in h.model.orders.values() if o.status == status})
     if having and not very_rare(draw):
-        return str(draw(st.sampled_from(having)))
-    return str(draw(st.sampled_from(AGENTS)))
+        return str(pick(draw, having))
+    return str(pick(draw, AGENTS))
 
 
 @st.composite
 def commands(draw: Any, h: Harness) -> tuple[Any, int]:
     """One command of any kind, drawn with the reference model's state at hand."""
-    dt = draw(st.sampled_from([0, 0, 1, 3, 10, 25]))
+    dt = pick(draw, (0, 0, 1, 3, 10, 25))
     now = h.ts + dt
-    agent = draw(st.sampled_from(AGENTS))
-    user = draw(st.sampled_from(USERS[agent]))
-    k = draw(st.integers(0, 99))
+    agent, user = pick(draw, AGENT_USERS)
+    k = num(draw, 0, 99)
     cmd: Any
-    if k < 38:
+    if k < 36:
         cmd = draw_new(draw, h, now, agent, user)
-    elif k < 46:
-        kind = draw(st.sampled_from([BasketType.NONE, BasketType.VALID, BasketType.LINKED]))
-        size = draw(st.integers(1, 3))
+    elif k < 44:
+        kind = pick(draw, (BasketType.NONE, BasketType.VALID, BasketType.LINKED))
+        size = num(draw, 1, 3)
         if very_rare(draw):
-            size = draw(st.sampled_from([0, 4, 5]))
+            size = pick(draw, (0, 4, 5))
+        fok = kind is BasketType.LINKED
+        same = rare(draw, 4)  # all on one contract and side: they compete
+        first = draw_new(draw, h, now, agent, user, fok=fok) if size else None
         members = tuple(
-            draw_new(draw, h, now, agent, user, fok=kind is BasketType.LINKED)
-            for _ in range(size)
-        )
+            [first] + [draw_new(draw, h, now, agent, user, fok=fok,
+                                like=first if same else None) for _ in range(size - 1)]
+        ) if first is not None else ()
         if kind is BasketType.NONE:
             # keep client order ids unique inside a NONE basket, so that the test can
             # tell its members apart in the engine's answer
@@ -529,7 +600,7 @@ def commands(draw: Any, h: Harness) -> tuple[Any, int]:
                 fixed.append(mb)
             members = tuple(fixed)
         cmd = EnterBasket(user, agent, kind, members)
-    elif k < 58:
+    elif k < 56:
         oid, agent = draw_order_ref(draw, h, ("ACTIVE",) if not very_rare(draw)
                                     else ("HIBERNATED",))
         o = h.model.orders.get(oid)
@@ -537,61 +608,78 @@ def commands(draw: Any, h: Harness) -> tuple[Any, int]:
         contract = o.contract if o is not None else CONTRACTS[0]
         rev = o.revision if o is not None else 1
         if very_rare(draw):
-            rev += draw(st.sampled_from([-1, 1]))
+            rev += pick(draw, (-1, 1))
         p = draw_params(draw, side, contract, now)
-        cmd = ModifyOrder(draw(st.sampled_from(USERS[agent])), agent, oid, rev, **p)
-    elif k < 64:
+        cmd = ModifyOrder(pick(draw, USERS[agent]), agent, oid, rev, **p)
+    elif k < 61:
         oid, agent = draw_order_ref(draw, h)
         cmd = CancelOrder(USERS[agent][0], agent, oid)
-    elif k < 66:
-        scope = draw(st.sampled_from(["user", "agent"]))
+    elif k < 63:
+        scope = pick(draw, ("user", "agent"))
         if very_rare(draw):
             scope = "everything"
-        contract = draw(st.sampled_from([None, *CONTRACTS]))
-        cmd = CancelAll(user, agent, scope, contract)
-    elif k < 72:
+        cmd = CancelAll(user, agent, scope, pick(draw, (None, *CONTRACTS)))
+    elif k < 69:
         if rare(draw, 5):
             ids = []
-            for _ in range(draw(st.integers(1, 2))):
+            for _ in range(num(draw, 1, 2)):
                 oid, agent = draw_order_ref(draw, h, ("ACTIVE",))
                 ids.append(oid)
             cmd = Deactivate(USERS[agent][0], agent, tuple(ids))
         else:
             agent = draw_agent(draw, h, "ACTIVE")
-            cmd = Deactivate(USERS[agent][1], agent, None,
-                             draw(st.sampled_from([None, None, *CONTRACTS])))
-    elif k < 80:
+            cmd = Deactivate(USERS[agent][1], agent, None, pick(draw, (None, None, *CONTRACTS)))
+    elif k < 77:
         if rare(draw, 4):
             ids = []
-            for _ in range(draw(st.integers(1, 2))):
+            for _ in range(num(draw, 1, 2)):
                 oid, agent = draw_order_ref(draw, h, ("HIBERNATED",))
                 ids.append(oid)
             cmd = Activate(USERS[agent][0], agent, tuple(ids))
         else:
             agent = draw_agent(draw, h, "HIBERNATED")
-            cmd = Activate(USERS[agent][1], agent, None,
-                           draw(st.sampled_from([None, None, *CONTRACTS])))
-    elif k < 83:
+            cmd = Activate(USERS[agent][1], agent, None, pick(draw, (None, None, *CONTRACTS)))
+    elif k < 81:
         cmd = InterruptContracts(draw_contracts(draw, h, ("TRADE",)))
-    elif k < 87:
+    elif k < 86:
         cmd = ResumeContracts(draw_contracts(draw, h, ("INT",)))
-    elif k < 88:
+    elif k < 87:
         cmd = CloseContracts(draw_contracts(draw, h, ("UPC", "TRADE", "INT")))
-    elif k < 90:
+    elif k < 89:
         cmd = OpenContracts(draw_contracts(draw, h, ("UPC",)))
-    elif k < 95:
+    elif k < 94:
         cmd = Tick()
-        dt += draw(st.sampled_from([10, 50, 200]))
-    elif k < 97:
-        contract = draw(st.sampled_from([None, *CONTRACTS]))
-        who = draw(st.sampled_from([None, *AGENTS]))
-        cmd = HibernateOrders(contract=contract, agent=who)
+        dt += pick(draw, (10, 50, 200))
+    elif k < 96:
+        cmd = HibernateOrders(contract=pick(draw, (None, *CONTRACTS)),
+                              agent=pick(draw, (None, *AGENTS)))
     elif k < 99:
         agents = None if rare(draw, 6) else (draw_agent(draw, h, "HIBERNATED"),)
         cmd = ReactivateOrders(draw_contracts(draw, h, ("TRADE",)), agents)
     else:
         cmd = CancelAgentOrders(agent)
     return cmd, dt
+
+
+@st.composite
+def resting_orders(draw: Any, h: Harness) -> NewOrder:
+    """A passive NON order (bids at or below the middle, asks above): builds a book deep
+    enough for fill-or-kill, linked baskets and icebergs to have something to meet."""
+    agent = pick(draw, AGENTS)
+    contract = pick(draw, CONTRACTS[:2] + CONTRACTS[:1])
+    side = pick(draw, (BUY, SELL))
+    away = num(draw, 0, 2)
+    price = PRICE_CENTER[contract] + (-away if side is BUY else away + 1)
+    qty = num(draw, 1, 6)
+    peak = incr = 0
+    kind = num(draw, 0, 9)
+    if kind >= 6:
+        peak = min(qty, num(draw, 1, 3))
+        if kind >= 8:
+            incr = num(draw, 1, 2) * (-1 if side is BUY else 1)
+    h.coids += 1
+    return NewOrder(USERS[agent][0], agent, UNITS[agent], contract, side, price, qty,
+                    peak=peak, incr=incr, client_order_id=f"c{h.coids}")
 
 
 def _fields_of(cmd: NewOrder) -> dict[str, Any]:
@@ -606,7 +694,11 @@ def _fields_of(cmd: NewOrder) -> dict[str, Any]:
 def test_engine_agrees_with_reference_model(data: st.DataObject) -> None:
     h = Harness()
     h.setup()
-    n = data.draw(st.integers(1, MAX_STEPS), label="steps")
+    for i in range(data.draw(WARM_UP, label="resting orders first")):
+        cmd = data.draw(resting_orders(h), label=f"resting order {i + 1}")
+        note(f"({cmd!r}, 0),")
+        h.step(cmd)
+    n = data.draw(STEPS, label="steps")
     for i in range(n):
         cmd, dt = data.draw(commands(h), label=f"command {i + 1}")
         note(f"({cmd!r}, {dt}),")
@@ -717,3 +809,93 @@ def test_reactivation_is_a_new_order_in_arrival_order() -> None:
     assert trades_of(h, 1) == [(101, 2, 1, 2)]
     assert trades_of(h) == [(100, 1, 3, 4)]
     assert h.engine.orders[3].revision == 2
+
+
+def test_many_dead_entries_in_one_level() -> None:
+    """Lazy removal and compaction of a level (engine internals) under the same checks."""
+    u = USERS[A1][0]
+    cmds: list[tuple[Any, int]] = [
+        (order(A1, SELL, 100, 1, client_order_id=f"s{i}"), 0) for i in range(80)
+    ]
+    cmds += [(CancelOrder(u, A1, i), 0) for i in range(1, 71) if i % 10 != 3]
+    cmds += [(ModifyOrder(u, A1, i, 1, 100, 2), 0) for i in range(73, 80, 2)]
+    cmds += [(Deactivate(u, A1, (i,)), 0) for i in (13, 33, 72, 74)]
+    cmds += [(order(A2, BUY, 100, 7), 0), (Activate(u, A1, None), 0),
+             (order(A2, BUY, 101, 20, exec=IOC), 0)]
+    h = Harness()
+    h.run(cmds)
+    assert h.engine.orders == {}
+
+
+def test_client_order_id_is_free_again_the_next_day() -> None:
+    """Client order ids are unique per user and local day (protocol)."""
+    h = Harness()
+    next_midnight = T0 + 15 * 3_600_000  # T0 is 09:00 local time (CET)
+    h.run([
+        (order(A1, BUY, 99, 1, client_order_id="x"), 0),
+        (order(A1, BUY, 99, 1, client_order_id="x"), 0),  # refused: same day
+        (order(A2, BUY, 99, 1, client_order_id="x"), 0),  # another user: fine
+        (Tick(), next_midnight - T0 - 1),
+        (order(A1, BUY, 99, 1, client_order_id="x"), 0),  # 23:59:59.999: refused
+        (Tick(), 1),
+        (order(A1, BUY, 99, 1, client_order_id="x"), 0),  # the next day: fine
+    ])
+    assert h.engine.next_order == 4
+
+
+# ---------------------------------------------------------------------------- regressions
+# Discrepancies found between the engine and the reference model, kept as plain tests.
+
+
+def test_modification_keeps_the_arrival_order_for_reactivation() -> None:
+    """Regression: a modification used to give the order a new *arrival* (not only a new
+    time priority), so a "reactivate all" brought it back after orders that arrived later
+    than it, and a modified basket member left its place in the basket (R46.2.7: by order
+    of arrival on the platform, baskets kept in order; model.py: ``arrival`` is the first
+    arrival).  Order 1 arrives first, is modified, both are hibernated and reactivated:
+    1 must come back first, so it is first in the level."""
+    u = USERS[A1][0]
+    h = Harness()
+    h.run([
+        (order(A1, BUY, 100, 1), 0),  # 1
+        (order(A1, BUY, 100, 1), 0),  # 2
+        (ModifyOrder(u, A1, 1, 1, 100, 1), 0),  # 1 goes behind 2 in the level
+        (Deactivate(u, A1, None), 0),
+        (Activate(u, A1, None), 0),  # arrival order: 1, then 2
+    ])
+    assert [o.id for o in h.engine.contracts[C0].book.resting(BUY)] == [1, 2]
+
+
+def test_modified_order_reactivated_in_arrival_order_trades_as_aggressor() -> None:
+    """The same, where the order of reactivation decides who is the aggressor and so the
+    price: 1 (buy 101) must rest first, and 2 (sell 99) then trade at 101."""
+    u = USERS[A1][0]
+    h = Harness()
+    h.run([
+        (order(A1, BUY, 101, 1), 0),  # 1 arrives first
+        (order(A1, SELL, 99, 1, hibernated=True), 0),  # 2, entered hibernated
+        (ModifyOrder(u, A1, 1, 1, 101, 1), 0),
+        (Deactivate(u, A1, (1,)), 0),
+        (Activate(u, A1, None), 0),
+    ])
+    assert trades_of(h) == [(101, 1, 1, 2)]
+
+
+def test_cancellation_only_while_the_contract_trades() -> None:
+    """A1§3.1, R46.2.7: the owner cancels (even a hibernated order) only while the contract
+    is in TRADE; the operator's close cancels in any state."""
+    u = USERS[A1][0]
+    h = Harness()
+    h.run([
+        (order(A1, BUY, 99, 1), 0),  # 1
+        (order(A1, BUY, 98, 1), 0),  # 2
+        (InterruptContracts((C0,)), 0),
+        (CancelOrder(u, A1, 1), 0),  # refused: INT
+        (CancelAll(u, A1, "agent"), 0),  # nothing to cancel in TRADE
+        (ResumeContracts((C0,)), 0),
+        (CancelOrder(u, A1, 1), 0),  # hibernated, in TRADE: cancelled
+        (CloseContracts((C0,)), 0),  # 2 cancelled by the close
+    ])
+    codes = [r.code for out in h.outputs[h.first:] for r in out if isinstance(r, Reject)]
+    assert codes == ["CONTRACT_NOT_TRADING"]
+    assert h.engine.orders == {}
