@@ -561,32 +561,8 @@ class Engine:
             d[oid] = o
             if o.validity is GTD:
                 self._push_gtd(o)
-            # _rest inlined (hot path): back of its level, new time priority
-            seq = self.next_seq
-            self.next_seq = seq + 1
-            o.seq = seq
-            price = o.price
-            if o.side is BUY:
-                bs = book.bids
-                rank = price
-            else:
-                bs = book.asks
-                rank = -price
-            lvl = bs.levels.get(rank)
-            if lvl is None:
-                lvl = bs.add_level(rank, price)
-            lvl.orders.append(o)
-            lvl.live += 1
-            o.live = True
-            o.level = lvl
-            e = book.entry_seq + 1
-            book.entry_seq = e
-            o.pub = e
-            s = book.pub_seq + 1
-            book.pub_seq = s
-            out = self._out
-            out.append(_new(BookChange, (ts, book.contract, s, _ADD, e, o.side, price, vis)))
-            out.append(_new(OrderReport, (
+            self._rest(o, book, ts)
+            self._out.append(_new(OrderReport, (
                 ts, oid, o.coid, req_id, o.contract, o.user, o.agent, o.unit, o.side,
                 action, ACTIVE, o.price, vis, rem - vis, o.filled, ex, o.validity, o.expiry,
                 pk, o.incr, o.revision, o.basket, None, None)))
@@ -1068,23 +1044,7 @@ class Engine:
             self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1], o.coid, o.id)
             return
         if o.live:
-            # _unlink inlined: this is a hot path
-            book = c.book
-            lvl: Level = o.level  # type: ignore[assignment]
-            o.live = False
-            o.level = None
-            lvl.live -= 1
-            if lvl.live == 0:
-                if o.side is BUY:
-                    book.bids.drop_level(lvl.price)
-                else:
-                    book.asks.drop_level(-lvl.price)
-            elif len(lvl.orders) > 2 * lvl.live + 32:
-                lvl.orders = deque(x for x in lvl.orders if x.live)
-            s = book.pub_seq + 1
-            book.pub_seq = s
-            self._out.append(_new(BookChange, (ts, book.contract, s, _REMOVE, o.pub, o.side,
-                                               o.price, 0)))
+            self._unlink(o, c.book, ts)
             g = self.guard
             if g is not None:
                 g.released(o, o.remaining)
