@@ -167,8 +167,8 @@ class SyncJob:
             trades = [t for r in range(first, target + 1) for t in self.trades.get(r, ())]
             balances = await self.store.balances()
             ref = self.core.ref
-            res = settle(target, first, trades, ref, balances, snap.requests,
-                         snap.uncommitted)
+            res = settle(target, first, trades, ref, balances,
+                         await self._undecided(snap.requests), snap.uncommitted)
             feedback = [json.dumps(encode(c)) for c in self._feedback(res, balances)]
             self._fault("before_commit")
             if not await self.store.commit(res, feedback, snap.ts, self.fault):
@@ -195,6 +195,20 @@ class SyncJob:
             log.info("sync %d: rounds %d-%d, %d trades, %d entries", target, first, target,
                      res.trades, len(res.entries))
             return res
+
+    async def _undecided(self, requests: tuple[PendingRequest, ...]
+                         ) -> tuple[PendingRequest, ...]:
+        """The snapshot's requests that no earlier sync has decided.  A round may close
+        after a sync has decided a request but before its decision is applied on the
+        platform; that round's snapshot still lists the request as pending, and it must not
+        be decided twice (R49.1.4.4: each request is answered once)."""
+        if not requests:
+            return requests
+        rows = await self.store.query(
+            "SELECT request_id FROM decisions WHERE request_id >= ?",
+            (min(r.id for r in requests),))
+        done = {int(r["request_id"]) for r in rows}
+        return tuple(r for r in requests if r.id not in done)
 
     def _feedback(self, res: SyncResult, before: dict[str, Any]) -> list[Any]:
         cmds: list[Any] = []

@@ -566,6 +566,42 @@ async def test_stale_job_does_not_feed_back_a_recomputed_sync(
         await store.close()
 
 
+async def test_a_round_closing_before_the_decisions_arrive_does_not_decide_them_again(
+        tmp_path: Path) -> None:
+    """R49.1.4.4: each guarantee request is answered once.  Round 3 closes while sync 2's
+    feedback is on its way (its decisions not yet applied), so round 3's snapshot still
+    lists the four requests as pending; sync 3 must not decide them again (the store
+    refuses a second decision of a request, and the job would retry that sync forever)."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    closed: list[int] = []
+
+    def fault(point: str) -> None:
+        if point == "feedback_0" and m.job.last_synced == 2 and not closed:
+            m.now += 1
+            m.apply(CloseContracts((C3,)), "calendar", m.now)  # round 3 closes now
+            closed.append(len(m.job.closes[3].requests))
+
+    try:
+        m = Market(store, fault)
+        await m.job.open()
+        await run_steps(m, 0, 4)  # round 2 ends with four guarantee requests
+        m.at(4)
+        await close_and_sync(m, C2)
+        assert closed == [4]  # round 3's snapshot saw them pending
+        res = await m.job.sync_pending()
+        assert isinstance(res, SyncResult) and res.sync_id == 3
+        assert res.decisions == []
+        rows = await store.query("SELECT request_id, sync_id FROM decisions")
+        assert sorted((r["request_id"], r["sync_id"]) for r in rows) == [
+            (1, 2), (2, 2), (3, 2), (4, 2)]
+        assert m.job.failures == 0
+        risk = m.core.risk
+        assert risk is not None
+        assert {r.state for r in risk.requests.values()} <= {"ACCEPTED", "REFUSED"}
+    finally:
+        await store.close()
+
+
 # ------------------------------------------------------------------ through the sequencer
 
 

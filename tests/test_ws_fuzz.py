@@ -502,7 +502,10 @@ class LiveProbe:
         self.n += 1
         rid = f"sentinel-{self.n}"
         try:
-            await c.request({"type": "heartbeat", "req_id": rid})
+            # The sentinel goes through the sequencer, like any command the frame may have
+            # been: answers to core commands come after journaling, in order, whereas a
+            # heartbeat is answered at once and may overtake the frame's answer.
+            await c.request({"type": "order_cancel", "order_id": 10**12, "req_id": rid})
         except ConnectionError:
             await self.ensure()  # checks that the close was a documented one
             return
