@@ -48,7 +48,7 @@ import os
 from collections import OrderedDict, defaultdict, deque
 from contextvars import Context, ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
 import msgpack
@@ -59,6 +59,8 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
 )
+from aiormq.channel import Channel as RawChannel
+from pamqp.commands import Basic
 from yarl import URL
 
 from gateway.session import Session
@@ -88,8 +90,9 @@ DRAIN_TIMEOUT_S = 5.0
 BLOCK_S = 10.0  # a user disconnected for flooding malformed messages waits this long
 SESSIONS_FILE = "amqp-sessions.json"
 
-PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
-TRANSIENT = aio_pika.DeliveryMode.NOT_PERSISTENT
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+TRANSIENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
+PUMP_BATCH = 256  # outbound operations written between two waits for the socket
 
 Message = dict[str, Any]
 
@@ -134,7 +137,8 @@ _CURRENT: ContextVar[_Request | None] = ContextVar("ronda_amqp_request", default
 class _Publish:
     exchange: str  # "" (default exchange: reply queues) or BROADCAST_EXCHANGE
     routing_key: str
-    message: aio_pika.Message
+    body: bytes
+    properties: Basic.Properties
 
 
 @dataclass(slots=True)
@@ -493,28 +497,48 @@ class AmqpAdapter:
         return True
 
     async def _pump(self, link: _Link) -> None:
+        """Write the outbox to the broker in order.  Publishes and acks go to the
+        connection's frame queue without waiting for each to reach the socket (a batch of
+        up to :data:`PUMP_BATCH` is written back to back, the last one waits: that keeps
+        the socket's buffer bounded); bindings and declarations wait for the broker's
+        answer, as the order of a subscription's binding and its snapshot requires.
+        Nothing here confirms delivery: a request is acked after its reply was written on
+        the same channel, so the broker has the reply before it forgets the request."""
         box = self._outbox
+        ch = cast(RawChannel, await link.channel.get_underlay_channel())
         while True:
             if not box:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            op = box.popleft()
-            if type(op) is _Publish:
-                ex = link.channel.default_exchange if op.exchange == "" else link.broadcast
-                await ex.publish(op.message, op.routing_key)
-            elif type(op) is _Ack:
-                if op.gen == link.gen:  # a delivery of an older connection is redelivered
-                    await op.delivery.ack()
-            elif type(op) is _Bind:
-                await self._declare(link, op.user)
-                q = await link.channel.get_queue(bcast_queue(op.user), ensure=False)
-                if op.on:
-                    await q.bind(link.broadcast, op.key)
+            n = 0
+            while box and n < PUMP_BATCH:
+                op = box.popleft()
+                n += 1
+                last = not box or n == PUMP_BATCH
+                if type(op) is _Publish:
+                    # mandatory=False: a broadcast nobody is bound to is simply dropped
+                    await ch.basic_publish(op.body, exchange=op.exchange,
+                                           routing_key=op.routing_key,
+                                           properties=op.properties, mandatory=False,
+                                           wait=last)
+                elif type(op) is _Ack:
+                    if op.gen == link.gen:  # an older connection's delivery is redelivered
+                        await ch.basic_ack(op.delivery.delivery_tag or 0, wait=last)
                 else:
-                    await q.unbind(link.broadcast, op.key)
-            elif type(op) is _Declare:
-                await self._declare(link, op.user)
+                    await self._control(link, op)
+
+    async def _control(self, link: _Link, op: _Op) -> None:
+        """A binding change or a queue declaration: waits for the broker's answer."""
+        if type(op) is _Bind:
+            await self._declare(link, op.user)
+            q = await link.channel.get_queue(bcast_queue(op.user), ensure=False)
+            if op.on:
+                await q.bind(link.broadcast, op.key)
+            else:
+                await q.unbind(link.broadcast, op.key)
+        elif type(op) is _Declare:
+            await self._declare(link, op.user)
 
     def _broadcast(self, key: str, msg: Message, stream: str, seq: int | None,
                    persistent: bool, expiration: float | None = None) -> None:
@@ -524,11 +548,13 @@ class AmqpAdapter:
         headers: dict[str, Any] = {STREAM_HEADER: stream}
         if seq is not None:
             headers[SEQ_HEADER] = seq
-        m = aio_pika.Message(orjson.dumps(msg), content_type=JSON, headers=headers,
-                             delivery_mode=PERSISTENT if persistent else TRANSIENT,
-                             type=str(msg.get("type", "")), app_id="ronda",
-                             expiration=expiration)
-        self._enqueue(_Publish(BROADCAST_EXCHANGE, key, m))
+        props = Basic.Properties(
+            content_type=JSON, headers=headers,
+            delivery_mode=PERSISTENT if persistent else TRANSIENT,
+            message_type=str(msg.get("type", "")), app_id="ronda",
+            message_id=f"{stream}:{seq}" if seq is not None else None,
+            expiration=None if expiration is None else str(int(expiration * 1000)))
+        self._enqueue(_Publish(BROADCAST_EXCHANGE, key, orjson.dumps(msg), props))
 
     def to_user(self, user: str, msg: Message) -> None:
         """A message for one user's queue: its private stream (``private.<user>``), or
@@ -708,17 +734,21 @@ class AmqpAdapter:
         if replayed:
             headers[REPLAYED_HEADER] = True
         corr = delivery.correlation_id or delivery.message_id
-        m = aio_pika.Message(body, content_type=ctype, correlation_id=corr,
-                             headers=headers or None, type=str(msg.get("type", "")),
-                             app_id="ronda", delivery_mode=TRANSIENT)
+        typ = str(msg.get("type", ""))
         if delivery.reply_to:
-            self._enqueue(_Publish("", delivery.reply_to, m))
+            props = Basic.Properties(content_type=ctype, correlation_id=corr,
+                               headers=headers or None, message_type=typ, app_id="ronda",
+                               delivery_mode=TRANSIENT)
+            self._enqueue(_Publish("", delivery.reply_to, body, props))
         elif user is not None:  # no reply_to: the answer goes to the user's own queue
             self._user_seq[user] += 1
-            m.headers = {**headers, STREAM_HEADER: f"user:{user}",
-                         SEQ_HEADER: self._user_seq[user]}
-            m.delivery_mode = PERSISTENT
-            self._enqueue(_Publish(BROADCAST_EXCHANGE, f"user.{user}", m))
+            seq = self._user_seq[user]
+            props = Basic.Properties(content_type=ctype, correlation_id=corr,
+                               headers={**headers, STREAM_HEADER: f"user:{user}",
+                                        SEQ_HEADER: seq},
+                               message_type=typ, app_id="ronda", delivery_mode=PERSISTENT,
+                               message_id=f"user:{user}:{seq}")
+            self._enqueue(_Publish(BROADCAST_EXCHANGE, f"user.{user}", body, props))
 
     # ------------------------------------------------------------------ sessions
 
