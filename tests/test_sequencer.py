@@ -1,0 +1,87 @@
+"""The single writer's group commit (gateway/sequencer.py): pipelined batches keep the
+journal order, a command is answered only once its batch is durable (DESIGN rule 7), and a
+failed journal write stops everything after it."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gateway.journal as journal_mod
+from engine.commands import Tick
+from gateway.core import Core
+from gateway.journal import Journal
+from gateway.sequencer import Sequencer, SequencerStopped
+
+
+async def test_answers_only_after_the_batch_is_durable_and_in_journal_order(
+        tmp_path: Path) -> None:
+    """DESIGN rule 7: when a submitter's future resolves, its record is in the journal
+    (fsynced); the journal holds the commands in submission order and the core applied them
+    in that order, with timestamps that never go back, even with many small batches in
+    flight behind each other."""
+    j = Journal(tmp_path / "journal").open()
+    seqr = Sequencer(Core(), j, max_batch=3)
+    seqr.start()
+    first = j.next_seq
+    seen: list[tuple[int, int]] = []  # (command index, journal.next_seq when answered)
+    futs = []
+    try:
+        for i in range(300):
+            fut = seqr.submit_nowait(Tick(), f"o{i}")
+            fut.add_done_callback(lambda _f, i=i: seen.append((i, j.next_seq)))
+            futs.append(fut)
+            if i % 7 == 0:
+                await asyncio.sleep(0)  # let batches form at different sizes
+        await asyncio.gather(*futs)
+    finally:
+        await seqr.stop()
+    assert [i for i, _ in seen] == list(range(300))  # answered in order
+    assert all(nxt > first + i for i, nxt in seen)  # ... each one already journaled
+    assert seqr.applied == 300
+    recs = list(j.records())
+    assert [r.origin for r in recs] == [f"o{i}" for i in range(300)]
+    assert [r.seq for r in recs] == list(range(first, first + 300))
+    assert all(a.ts <= b.ts for a, b in itertools.pairwise(recs))
+    j.close()
+
+
+async def test_a_failed_journal_write_stops_the_sequencer_and_answers_nothing_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up on the second write.  The first command was durable and is
+    answered; the second, the batch already handed to the journal behind it and the
+    commands still queued all fail with SequencerStopped and none is applied; new
+    submissions are refused; the journal holds only the first record."""
+    real_write = journal_mod._write_all
+    writes: list[int] = []
+
+    def write_all(fd: int, data: bytes) -> None:
+        writes.append(len(data))
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(fd, data)
+
+    j = Journal(tmp_path / "journal").open()
+    monkeypatch.setattr(journal_mod, "_write_all", write_all)  # the appends from here on
+    seqr = Sequencer(Core(), j, max_batch=1)  # one command per batch: 2 and 3 pipelined
+    seqr.start()
+    futs = [seqr.submit_nowait(Tick(), f"o{i}") for i in range(5)]
+    results: list[Any] = await asyncio.gather(*futs, return_exceptions=True)
+    assert isinstance(results[0], list)  # answered: its events
+    assert all(isinstance(r, SequencerStopped) for r in results[1:]), results
+    assert seqr.failed is not None and "No space left" in str(seqr.failed)
+    assert seqr.applied == 1
+    assert len(writes) == 2  # the batch behind the failed one was refused, not written
+    with pytest.raises(SequencerStopped):
+        seqr.submit_nowait(Tick(), "late")
+    await seqr.stop()
+    j.close()
+    monkeypatch.setattr(journal_mod, "_write_all", real_write)
+    with Journal(tmp_path / "journal") as again:
+        assert [r.origin for r in again.records()] == ["o0"]
