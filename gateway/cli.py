@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--data-dir", default="data", help="where settlement.sqlite is")
     sr.add_argument("--store", help="postgresql://… (default: SQLite in the data folder)")
     sr.set_defaults(func=_cmd_settlement_report)
+    from clients.risk_cli import add_arguments as risk_arguments
+
+    rk = sub.add_parser("risk", help="the risk officer's console for scripts (docs/risk.md)")
+    risk_arguments(rk)
     return p
 
 

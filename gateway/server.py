@@ -20,6 +20,7 @@ from typing import Any
 
 from auctions.calendar import Calendar
 from engine.config import PROFILES
+from gateway.audit import AuditLog
 from gateway.core import Core
 from gateway.fanout import Hub
 from gateway.journal import Journal
@@ -65,6 +66,8 @@ class Server:
         self.sequencer = Sequencer(self.core, self.journal, clock)
         self.hub = Hub(self.core, config.depth)
         self.sequencer.listeners.append(self.hub.publish)
+        self.audit = AuditLog(self.sequencer.codec)
+        self.sequencer.listeners.append(self.audit.observe)
         self.sessions_of: dict[str, set[Session]] = defaultdict(set)
         self._tasks: list[asyncio.Task[Any]] = []
         self._kick = asyncio.Event()
@@ -85,7 +88,8 @@ class Server:
         await self.store.open()
         self.sync = SyncJob(self.core, self.store, self.sequencer.submit)
         await self.sync.open()
-        self.recovered = self.sequencer.recover([self.sync.observe, self.hub.observe_replay])
+        self.recovered = self.sequencer.recover([self.sync.observe, self.hub.observe_replay,
+                                                 self.audit.observe])
         self.sequencer.command_listeners.append(self.sync.observe)
         self.hub.rebuild(self.core)
         log.info("recovered %d commands; state %s", self.recovered, self.core.state_hash())

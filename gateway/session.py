@@ -75,7 +75,8 @@ STAFF = frozenset({OFFICER, MARKET, AUCTION, SYSTEM})
 SESSION_TYPES = frozenset({"login", "logout", "subscribe", "unsubscribe", "heartbeat",
                            "query_contracts", "query_orders", "query_trades",
                            "query_account", "query_book", "query_throttling", "query_me",
-                           "query_settlement", "query_agents", "query_public_trades"})
+                           "query_settlement", "query_agents", "query_public_trades",
+                           "query_audit"})
 
 
 _BASE = frozenset({"type", "req_id"})
@@ -88,7 +89,9 @@ SESSION_FIELDS: dict[str, frozenset[str]] = {
     "query_account": _BASE | {"agent"}, "query_book": _BASE | {"contract"},
     "query_throttling": _BASE | {"user"}, "query_settlement": _BASE | {"agent", "day"},
     "query_agents": _BASE, "query_public_trades": _BASE | {"contract"},
+    "query_audit": _BASE | {"agent", "before", "limit"},
 }
+AUDIT_LIMIT = 1000  # entries per query_audit answer, at most
 
 
 class Transport(Protocol):
@@ -416,6 +419,8 @@ class Session:
                     "users": sorted(u.id for u in core.ref.users.values()
                                     if u.agent == a.code)})
             self.send({"type": "agents", "req_id": req_id, "agents": agents})
+        elif typ == "query_audit":
+            self._query_audit(data, req_id)
         elif typ == "query_public_trades":
             contract = data.get("contract")
             if not isinstance(contract, str) or contract not in core.engine.contracts:
@@ -484,6 +489,32 @@ class Session:
 
         rep = await report(self.server.store, agent, day)
         self.send({"type": "settlement", "req_id": req_id, **rep})
+
+    def _query_audit(self, data: dict[str, Any], req_id: Any) -> None:
+        """The audit trail (gateway/audit.py), newest first.  Officers and the market
+        operator see every entry (``agent`` filters); anyone else the entries about its own
+        agent."""
+        staff = not self.roles.isdisjoint({OFFICER, MARKET})
+        agent = data.get("agent")
+        if agent is not None and not isinstance(agent, str):
+            self.error("agent", "must be an agent code", req_id)
+            return
+        if not staff:
+            if agent is not None and agent != self.agent:
+                self.reject(req_id, "NOT_PERMITTED", "you can see only your own agent's data")
+                return
+            agent = self.agent
+        before = data.get("before")
+        if before is not None and (type(before) is not int or before < 1):
+            self.error("before", "must be an audit entry's seq (an integer >= 1)", req_id)
+            return
+        limit = data.get("limit", 200)
+        if type(limit) is not int or not 1 <= limit <= AUDIT_LIMIT:
+            self.error("limit", f"must be an integer from 1 to {AUDIT_LIMIT}", req_id)
+            return
+        audit = self.server.audit
+        self.send({"type": "audit", "req_id": req_id, "agent": agent, "last_seq": audit.seq,
+                   "entries": audit.query(agent, before, limit)})
 
     def _agent_param(self, data: dict[str, Any], req_id: Any) -> str | None:
         agent = data.get("agent", self.agent)

@@ -414,7 +414,9 @@ async def test_request_kind_by_role(world: World, role: str, kind: str) -> None:
 QUERIES = ["query_me", "query_contracts", "query_book", "query_orders_own",
            "query_orders_other", "query_trades_other", "query_account_other",
            "query_throttling_other", "subscribe_book", "subscribe_trades",
-           "subscribe_states", "subscribe_private_other", "subscribe_private_all"]
+           "subscribe_states", "subscribe_private_other", "subscribe_private_all",
+           "query_agents", "query_audit_own", "query_audit_other", "query_settlement_other",
+           "query_public_trades"]
 
 
 @pytest.mark.parametrize("query", QUERIES)
@@ -462,6 +464,38 @@ async def test_query_or_subscription_by_role(world: World, role: str, query: str
             assert (ans["type"], ans["user"]) == ("throttling", other)
         else:
             assert (ans["type"], ans["code"]) == ("reject", "NOT_PERMITTED"), ans
+    elif query == "query_agents":
+        ans = await c.request({"type": "query_agents"})
+        if sees_everyone(role):
+            assert {"AG1", "AG2"} <= {a["agent"] for a in ans["agents"]}
+        else:
+            assert (ans["type"], ans["code"]) == ("reject", "NOT_PERMITTED"), ans
+    elif query == "query_audit_own":
+        ans = await c.request({"type": "query_audit"})
+        assert ans["type"] == "audit", ans
+        if not sees_everyone(role):  # only the entries about its own agent
+            assert ans["agent"] == own
+            assert all(own in e["agents"] for e in ans["entries"])
+    elif query == "query_audit_other":
+        ans = await c.request({"type": "query_audit", "agent": victim})
+        if sees_everyone(role):
+            assert ans["type"] == "audit" and all(victim in e["agents"]
+                                                  for e in ans["entries"])
+        else:
+            assert (ans["type"], ans["code"]) == ("reject", "NOT_PERMITTED"), ans
+    elif query == "query_settlement_other":
+        ans = await c.request({"type": "query_settlement", "agent": victim,
+                               "day": C1[3:7] + "-" + C1[7:9] + "-" + C1[9:11]})
+        if sees_everyone(role):
+            assert (ans["type"], ans["agent"]) == ("settlement", victim), ans
+        else:
+            assert (ans["type"], ans["code"]) == ("reject", "NOT_PERMITTED"), ans
+            assert victim not in str(ans)
+    elif query == "query_public_trades":
+        ans = await c.request({"type": "query_public_trades", "contract": C1})
+        assert ans["type"] == "public_trades"
+        for t in ans["trades"]:  # public: no agent, user or unit
+            assert not {"agent", "user", "unit", "buy_agent", "sell_agent"} & set(t), t
     elif query in ("subscribe_book", "subscribe_trades"):
         stream = query.removeprefix("subscribe_")
         for typ in ("subscribe", "unsubscribe"):

@@ -395,6 +395,12 @@ async def test_officer_suspends_an_agent_and_its_orders_leave_its_screen(
     await expect(notice.locator("td.by")).to_have_text("rita")
     await expect(notice).to_contain_text("margin call unanswered")
     await expect(audit.filter(has_text="suspend_agent")).to_contain_text("accepted")
+    suspend = audit.filter(has_text="suspend_agent")
+    await expect(suspend.locator("td.detail")).to_contain_text("margin call unanswered")
+    await expect(suspend.locator("td.detail")).to_contain_text("2 order(s)")  # R46.2.6.2
+    # the platform's trail has the other staff's actions too: marta opened the contracts
+    await expect(audit.filter(has_text="open_contracts").first.locator("td.by")).to_have_text(
+        "marta")
 
     # a suspended agent's orders are refused, with the reason
     await key_order(ana, "SELLU1", "SELL", "57.00", "1.0")

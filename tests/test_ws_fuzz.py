@@ -54,7 +54,7 @@ AUCTION_CODES = {"AUCTION_NOT_OPEN", "AUCTION_PERIOD_NOT_IN_HORIZON", "AUCTION_B
 REJECT_CODES = {c.value for c in Code} | SESSION_CODES | AUCTION_CODES
 ERROR_CODES = {"INVALID_FIELD", "INVALID_ENCODING", "TOO_LARGE", "THROTTLED", "DISCONNECTED"}
 ANSWERS = {"ack", "reject", "error", "heartbeat", "me", "contracts", "orders", "trades",
-           "account", "book", "throttling"}
+           "account", "book", "throttling", "settlement", "agents", "public_trades", "audit"}
 STREAM_TYPES = {"order_report", "trade", "public_trade", "book", "contract_state",
                 "round_closed", "account", "risk_notice", "throttling", "reject"}
 USERS = [None, *TOKENS]  # None: not logged in
@@ -236,6 +236,14 @@ TEMPLATES: dict[str, Any] = {
     **{k: st.fixed_dictionaries({}, optional={"agent": agents})
        for k in ("query_orders", "query_trades", "query_account")},
     "query_book": st.fixed_dictionaries({"contract": contracts}),
+    "query_public_trades": st.fixed_dictionaries({"contract": contracts}),
+    "query_agents": st.just({}),
+    "query_settlement": st.fixed_dictionaries(
+        {"day": st.sampled_from(["2026-11-25", "2026-13-01", "yesterday"])},
+        optional={"agent": agents}),
+    "query_audit": st.fixed_dictionaries({}, optional={
+        "agent": agents, "before": st.integers(-1, 50) | st.just("3"),
+        "limit": st.integers(-1, 1001)}),
     "query_throttling": st.fixed_dictionaries(
         {}, optional={"user": st.sampled_from(list(TOKENS))}),
     "subscribe": st.fixed_dictionaries(

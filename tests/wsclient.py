@@ -50,7 +50,8 @@ USERS_OF = {"AG1": {"ana"}, "AG2": {"carlos"}, "AG3": {"bea"}, "AG4": set(),
 UNITS_OF = {"AG1": ("SELLU1",), "AG2": ("BUYU2",), "AG3": ("SELLU3", "PTBUY4")}
 
 ANSWER_TYPES = frozenset({"ack", "reject", "error", "heartbeat", "me", "contracts", "orders",
-                          "trades", "account", "book", "throttling"})
+                          "trades", "account", "book", "throttling", "settlement", "agents",
+                          "public_trades", "audit"})
 
 
 def now_ms() -> int:

@@ -10,7 +10,7 @@
 //   credentials and calls onReady, where the screen re-subscribes and re-queries.
 
 const ANSWERS = new Set(['ack', 'reject', 'error', 'heartbeat', 'me', 'contracts', 'orders',
-  'trades', 'account', 'book', 'throttling', 'settlement']);
+  'trades', 'account', 'book', 'throttling', 'settlement', 'agents', 'public_trades', 'audit']);
 
 export function isAnswer(msg) {
   if (!ANSWERS.has(msg.type)) return false;

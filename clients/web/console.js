@@ -1,7 +1,9 @@
 // The risk officer's console (docs/web.md): every watched agent's operative limit with its
 // breakdown, its orders and trades, live from the officers' private stream ("*"); the
-// officer's actions (guarantees, requests, suspension, contracts, rate limits); and an
-// audit of who did what and when, from risk_notice events and this console's own log.
+// officer's actions (guarantees, requests, suspension, contracts, rate limits); and the
+// audit of who did what and when: the platform's audit trail (query_audit, every officer's
+// and operator's action with its outcome, rebuilt from the journal) and the live risk_notice
+// events.
 
 import { Connection } from './conn.js';
 import {
@@ -59,10 +61,6 @@ const nowIso = () => new Date(clock.now()).toISOString();
 
 // ------------------------------------------------------------------ audit
 
-function actionsKey() {
-  return `ronda.console.actions.${location.host}.${C.user}`;
-}
-
 function addAudit(entry) {
   if (C.auditKeys.has(entry.key)) return;
   C.auditKeys.add(entry.key);
@@ -71,24 +69,46 @@ function addAudit(entry) {
   invalidate('audit');
 }
 
-function saveActions() {
-  storageSet(actionsKey(), C.audit.filter((e) => e.source === 'console').slice(-500));
+const FIELD_DETAIL = ['reason', 'request_id', 'accept', 'user', 'unit', 'period', 'energy',
+  'rules', 'warning_ratio', 'hibernate_on_breach', 'session', 'through_round'];
+
+/** An entry of the platform's audit trail as a row. */
+function platformEntry(e) {
+  const f = e.fields || {};
+  const contracts = f.contracts || (f.contract ? [f.contract] : []);
+  const target = e.agents.length ? e.agents.join(', ') : contracts.join(', ') || f.user || 'all';
+  const detail = FIELD_DETAIL.filter((k) => f[k] !== undefined && f[k] !== null && f[k] !== '')
+    .map((k) => `${k} ${Array.isArray(f[k]) ? JSON.stringify(f[k]) : f[k]}`);
+  if (e.orders_affected) detail.push(`${e.orders_affected} order(s)`);
+  return {
+    key: `s|${e.seq}`, ts: e.ts, by: e.by, action: e.action, target, amount: f.amount ?? null,
+    detail: detail.join(' · '), ok: e.outcome === 'OK',
+    result: e.outcome === 'OK' ? 'accepted' : `${e.code}: ${e.reason}`, source: 'platform',
+  };
 }
 
-/** One officer action: recorded (who, when, what) before it is sent, its result after. */
-async function act(msg, target, { amount = null, detail = '' } = {}) {
-  const entry = {
-    key: `c|${Date.now()}|${Math.random()}`, ts: nowIso(), by: C.user, action: msg.type, target,
-    amount, detail, result: 'sent…', ok: null, source: 'console',
-  };
-  addAudit(entry);
+let auditLoading = null;
+/** The newest entries of the platform's audit trail (merged: each entry once). */
+function loadAudit(limit = 500) {
+  if (auditLoading) return auditLoading;
+  auditLoading = (async () => {
+    try {
+      const a = await conn.request({ type: 'query_audit', limit });
+      if (a.type === 'audit') for (const e of a.entries) addAudit(platformEntry(e));
+      else toast('bad', `audit: ${describeProblem(a)}`);
+    } finally {
+      auditLoading = null;
+    }
+  })();
+  return auditLoading;
+}
+
+/** One officer action; the platform records it in its audit trail, shown once answered. */
+async function act(msg, target) {
   const a = await conn.request(msg);
-  entry.ok = a.type === 'ack';
-  entry.result = entry.ok ? 'accepted' : describeProblem(a);
-  saveActions();
-  invalidate('audit');
-  if (entry.ok) toast('good', `${msg.type} ${target}: accepted`, 3000);
-  else toast('bad', `${msg.type} ${target}: ${entry.result}`);
+  if (a.type === 'ack') toast('good', `${msg.type} ${target}: accepted`, 3000);
+  else toast('bad', `${msg.type} ${target}: ${describeProblem(a)}`);
+  await loadAudit(50);
   return a;
 }
 
@@ -300,7 +320,7 @@ function makeReqRow(r) {
     const accept = b.dataset.accept === '1';
     const msg = { type: 'decide_guarantee_request', request_id: r.id, accept };
     if (reason.value.trim()) msg.reason = reason.value.trim();
-    await act(msg, C.selected, { amount: r.amount, detail: `request #${r.id} ${accept ? 'approved' : 'refused'}${msg.reason ? `: ${msg.reason}` : ''}` });
+    await act(msg, C.selected);
   });
   return tr;
 }
@@ -412,8 +432,7 @@ async function setRateLimits(e) {
   const msg = { type: 'set_rate_limits', rules, warning_ratio: Number.parseFloat($('#r-warning').value),
     hibernate_on_breach: $('#r-hibernate').checked };
   if (user) msg.user = user;
-  const desc = rules.map((r) => `${r.max}/${fmtWindow(r.window_ms)}`).join(', ');
-  const a = await act(msg, user || 'default', { detail: `${desc}; warning ${msg.warning_ratio}${msg.hibernate_on_breach ? '; hibernate on breach' : ''}` });
+  const a = await act(msg, user || 'default');
   if (a.type === 'ack') queryThrottling();
 }
 
@@ -460,7 +479,7 @@ async function onReady(ans) {
   $('#app').hidden = false;
   setText($('#who'), `${C.user} · risk officer`);
   setText($('#clock'), fmtTime(nowIso()));
-  for (const e of storageGet(actionsKey(), [])) addAudit(e);
+  loadAudit();
   const params = new URLSearchParams(location.search);
   const fromUrl = params.get('agents');
   const initial = fromUrl ? fromUrl.split(',') : storageGet('ronda.console.agents', DEFAULT_AGENTS);
@@ -523,7 +542,7 @@ function init() {
     create: () => el('tr', {}, el('td'), el('td', { class: 'by' }), el('td', { class: 'action' }), el('td'),
       el('td', { class: 'num' }), el('td', { class: 'detail' }), el('td', { class: 'result' }), el('td', { class: 'muted' })),
     update: (tr, e) => {
-      setClass(tr, `src-${e.source === 'console' ? 'console' : 'notice'}${e.ok === false ? ' result-reject' : ''}`);
+      setClass(tr, `src-${e.source === 'platform' ? 'console' : 'notice'}${e.ok === false ? ' result-reject' : ''}`);
       const c = tr.children;
       setText(c[0], fmtDateTime(e.ts));
       c[0].title = e.ts;
@@ -533,7 +552,7 @@ function init() {
       setText(c[4], e.amount ? fmtMoney(e.amount) : '');
       setText(c[5], e.detail);
       setText(c[6], e.result);
-      setText(c[7], e.source === 'console' ? 'this console' : 'risk_notice');
+      setText(c[7], e.source === 'platform' ? 'audit trail' : 'risk_notice');
     },
   });
 
@@ -549,19 +568,19 @@ function init() {
   $('#g-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const amount = normDecimal($('#g-amount').value);
-    await act({ type: 'set_guarantees', agent: C.selected, amount }, C.selected, { amount, detail: 'reserved guarantees (GMIC)' });
+    await act({ type: 'set_guarantees', agent: C.selected, amount }, C.selected);
     $('#g-amount').dataset.agent = '';
   });
   $('#s-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const reason = $('#s-reason').value.trim() || 'suspended';
-    await act({ type: 'suspend_agent', agent: C.selected, reason }, C.selected, { detail: reason });
+    await act({ type: 'suspend_agent', agent: C.selected, reason }, C.selected);
   });
   $('#s-reinstate').addEventListener('click', () => act({ type: 'reinstate_agent', agent: C.selected }, C.selected));
   $('#x-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const reason = $('#x-reason').value.trim() || 'cancelled by the risk officer';
-    await act({ type: 'cancel_agent_orders', agent: C.selected, reason }, C.selected, { detail: reason });
+    await act({ type: 'cancel_agent_orders', agent: C.selected, reason }, C.selected);
   });
   $('#c-form').addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -571,7 +590,7 @@ function init() {
       return;
     }
     const reason = $('#c-reason').value.trim() || 'interrupted by the risk officer';
-    await act({ type: 'interrupt_contracts', contracts, reason }, contracts.join(', '), { detail: reason });
+    await act({ type: 'interrupt_contracts', contracts, reason }, contracts.join(', '));
   });
   $('#c-resume').addEventListener('click', async () => {
     const contracts = [...C.checked];

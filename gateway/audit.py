@@ -1,0 +1,131 @@
+"""The audit trail: every administrative action on the platform, who did it, when, on what,
+and how it ended.
+
+An *administrative action* is any command that is not a trader's own order flow: the risk
+officers' (guarantees, request decisions, suspension, rate limits, interruptions), the
+market, auction and system operators', the calendar's and the sync job's (their origin is
+``calendar`` or ``sync``), reference-data loads, and the traders' guarantee requests and
+breach settings.  Order entry, modification, cancellation, baskets, (de)activation, auction
+bids and the clock's ticks are the trading record itself (journal, private streams,
+``query_orders``/``query_trades``) and are not repeated here.
+
+The trail is built from the sequencer's applied commands, live and during the replay that
+rebuilds the core at start, so it is exactly what the journal says, survives restarts, and
+is the same on every replay.  The last :data:`AUDIT_KEPT` entries are kept in memory for
+``query_audit``; the journal keeps everything (``ronda journal export``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from auctions.session import CancelAuctionBid, SubmitAuctionBid
+from engine.commands import (
+    Activate,
+    CancelAll,
+    CancelOrder,
+    Deactivate,
+    EnterBasket,
+    ModifyOrder,
+    NewOrder,
+    Tick,
+)
+from engine.config import fmt_price, fmt_qty
+from engine.events import OrderReport, Reject
+from gateway.codec import Codec
+from gateway.wire import fmt_instant
+
+AUDIT_KEPT = 20_000
+LONG_TEXT = 200  # a longer string field (reference data) is shown by its size
+# fields shown as the wire shows them: money and prices in euros, energy in MWh, instants
+MONEY_FIELDS = frozenset({"amount", "price", "incr"})
+ENERGY_FIELDS = frozenset({"energy", "delta", "qty", "peak", "unavailable", "min_energy",
+                           "max_energy"})
+INSTANT_FIELDS = frozenset({"close_at", "expiry", "opens_at", "closes_at", "publish_at"})
+
+TRADING: frozenset[type] = frozenset({NewOrder, EnterBasket, ModifyOrder, CancelOrder,
+                                      CancelAll, Deactivate, Activate, Tick,
+                                      SubmitAuctionBid, CancelAuctionBid})
+
+Message = dict[str, Any]
+
+
+def _field(name: str, v: Any) -> Any:
+    if type(v) is int:
+        if name in MONEY_FIELDS:
+            return fmt_price(v)
+        if name in ENERGY_FIELDS:
+            return fmt_qty(v)
+        if name in INSTANT_FIELDS:
+            return fmt_instant(v)
+    return _value(v)
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, str) and len(v) > LONG_TEXT:
+        return f"<{len(v)} characters>"
+    if isinstance(v, tuple | list):
+        return [_value(x) for x in v]
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _value(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    return v
+
+
+class AuditLog:
+    """A sequencer listener keeping the last :data:`AUDIT_KEPT` administrative actions."""
+
+    def __init__(self, codec: Codec, kept: int = AUDIT_KEPT) -> None:
+        self.codec = codec
+        self.entries: deque[Message] = deque(maxlen=kept)
+        self.seq = 0
+        self.last_ts = 0
+
+    def observe(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
+        for cmd, origin, events in batch:
+            for ev in events:
+                ts = getattr(ev, "ts", None)
+                if type(ts) is int and ts > self.last_ts:
+                    self.last_ts = ts
+            if type(cmd) in TRADING:
+                continue
+            self.seq += 1
+            self.entries.append(self._entry(cmd, origin, events))
+
+    def _entry(self, cmd: Any, origin: str, events: list[Any]) -> Message:
+        fields = {f.name: _field(f.name, getattr(cmd, f.name))
+                  for f in dataclasses.fields(cmd)}
+        fields.pop("req_id", None)
+        for who in ("by", "user"):  # the issuer, already in ``by`` (a target user stays)
+            if fields.get(who) == origin:
+                del fields[who]
+        rejects = [e for e in events if type(e) is Reject
+                   or (type(e) is OrderReport and e.action == "REJECTED")]
+        outcome: Message = {"outcome": "OK"}
+        if rejects:
+            r = rejects[0]
+            outcome = {"outcome": "REJECTED", "code": r.code, "reason": r.reason}
+        agents = {a for a in (getattr(cmd, "agent", None),) if isinstance(a, str)}
+        agents.update(a for a in (getattr(cmd, "agents", None) or ()) if isinstance(a, str))
+        return {"seq": self.seq, "ts": fmt_instant(self.last_ts), "by": origin,
+                "action": self.codec.name_of(type(cmd)), "agents": sorted(agents),
+                "fields": fields, **outcome, "orders_affected": sum(
+                    1 for e in events if type(e) is OrderReport and e.action != "REJECTED")}
+
+    def query(self, agent: str | None = None, before: int | None = None,
+              limit: int = 200) -> list[Message]:
+        """The newest entries first: those about ``agent`` (or every entry), older than
+        ``before`` (an entry's ``seq``), at most ``limit``."""
+        out: list[Message] = []
+        it: Iterable[Message] = reversed(self.entries)
+        for e in it:
+            if before is not None and e["seq"] >= before:
+                continue
+            if agent is not None and agent not in e["agents"]:
+                continue
+            out.append(e)
+            if len(out) >= limit:
+                break
+        return out
