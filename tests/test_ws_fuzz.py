@@ -319,6 +319,12 @@ class Harness:
         try:
             s.handle(data)  # must not raise
             await self.settle()
+            # a few answers come from another task (query_settlement reads the store)
+            for _ in range(500):
+                if any(is_answer(m) for m in s._out):
+                    break
+                await asyncio.sleep(0.01)
+            await self.settle()  # and nothing more may follow
             out = list(s._out)
             for m in out:
                 check_message(m)
