@@ -29,6 +29,7 @@ from engine.events import Ack, OrderReport, Reject
 from gateway.fanout import account_message
 from gateway.protocol import (
     ProtocolError,
+    fast_command,
     parse_operator,
     parse_request,
     to_command,
@@ -368,7 +369,9 @@ class Session:
                 cmd = to_operator_command(parse_operator(data, self.ticks))
             else:
                 assert self.user is not None and self.agent is not None
-                cmd = to_command(parse_request(data, self.ticks), self.user, self.agent)
+                cmd = fast_command(typ, data, self.ticks, self.user, self.agent)
+                if cmd is None:  # not plainly valid: the models decide and name the field
+                    cmd = to_command(parse_request(data, self.ticks), self.user, self.agent)
         except ProtocolError as exc:
             self.error(exc.field, exc.reason, req_id)
             return

@@ -83,6 +83,7 @@ for _p in (ROOT, ROOT / "perf", ROOT / "tests"):
 
 from bench_ws import CONTRACT, bench_refdata, free_port, login, wait_port  # noqa: E402
 from broker import Broker, start_broker  # noqa: E402
+from procstat import CpuMeter  # noqa: E402
 
 from gateway.amqp import JSON, REQUEST_EXCHANGE, REQUEST_KEY, bcast_queue  # noqa: E402
 
@@ -116,29 +117,6 @@ async def main():
     await asyncio.Future()
 uvloop.run(main())
 """
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (all its threads)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU time used by each process of the run between two points: on a shared machine
-    the CPU cost per request is steadier than the wall-clock figures."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-
-    def snapshot(self) -> dict[str, float]:
-        return {k: cpu_s(p) for k, p in self.pids.items()}
-
-    def since(self, t0: dict[str, float]) -> dict[str, float]:
-        return {k: cpu_s(p) - t0[k] for k, p in self.pids.items()}
 
 
 def echo_permissions() -> tuple[str, str, str]:

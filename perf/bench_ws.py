@@ -11,6 +11,9 @@
 * **Baseline, same run**: a raw echo server on the same stack (websockets + uvloop, JSON
   decode and encode of each message) at the same rate, and both at saturation (a fixed number
   of requests in flight per connection) for the throughput ratio.
+* **CPU per request** of the server (ronda or echo) and of this load generator in each phase,
+  from /proc: steadier than wall-clock figures on a shared machine.  ``server_cpu_ratio`` is
+  the throughput ratio the servers' CPU cost alone implies (echo / ronda).
 
 Last line: one JSON object.
 
@@ -34,6 +37,9 @@ from typing import Any
 import orjson
 from hdrh.histogram import HdrHistogram
 from websockets.asyncio.client import ClientConnection, connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procstat import CpuMeter
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -179,8 +185,8 @@ class Load:
         return self.answers - sent0
 
 
-async def run_target(url: str, users: list[str], echo: bool, rate: float, seconds: float
-                     ) -> dict[str, Any]:
+async def run_target(url: str, users: list[str], echo: bool, rate: float, seconds: float,
+                     server_pid: int) -> dict[str, Any]:
     conns = [await login(url, u) if not echo else await connect(
         url, compression=None) for u in users]
     loads = [Load(ws, f"U{u[1:]}" if not echo else "X", echo) for ws, u in zip(conns, users,
@@ -188,16 +194,21 @@ async def run_target(url: str, users: list[str], echo: bool, rate: float, second
     readers = [asyncio.create_task(ld.reader()) for ld in loads]
     per = rate / len(loads)
     n = int(per * seconds)
+    cpu = CpuMeter({"server": server_pid, "client": os.getpid()})
     start = time.perf_counter() + 0.2
+    c0 = cpu.snapshot()
     await asyncio.gather(*(ld.open_loop(per, n, start) for ld in loads))
     await asyncio.wait_for(asyncio.gather(*(ld.done.wait() for ld in loads)), 30)
     elapsed = time.perf_counter() - start
+    open_cpu = cpu.since(c0)
     hist = HdrHistogram(1, 60_000_000, 3)
     for ld in loads:
         hist.add(ld.hist)
     rejects = sum(ld.rejects for ld in loads)
     # saturation: 32 requests in flight per connection for 3 s
+    c0 = cpu.snapshot()
     counts = await asyncio.gather(*(ld.closed_loop(32, 3.0, 10_000_000) for ld in loads))
+    sat_cpu = cpu.since(c0)
     await asyncio.sleep(0.5)
     for ws in conns:
         await ws.close()
@@ -211,6 +222,11 @@ async def run_target(url: str, users: list[str], echo: bool, rate: float, second
         "max_us": hist.get_max_value(),
         "rejects": rejects,
         "saturated_per_s": round(sum(counts) / 3.0),
+        # CPU per request (µs) of the server and of this load generator, from /proc
+        "cpu_us_per_request": {k: round(v * 1e6 / (len(loads) * n)) for k, v in
+                               open_cpu.items()},
+        "cpu_us_per_request_saturated": {k: round(v * 1e6 / max(1, sum(counts)))
+                                         for k, v in sat_cpu.items()},
     }
 
 
@@ -241,9 +257,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 if ans["type"] != "ack":
                     raise RuntimeError(f"setup failed: {ans}")
             await op.close()
-            ronda = await run_target(url, users, False, args.rate, args.seconds)
+            ronda = await run_target(url, users, False, args.rate, args.seconds, srv.pid)
             base = await run_target(f"ws://127.0.0.1:{eport}", users, True, args.rate,
-                                    args.seconds)
+                                    args.seconds, echo.pid)
         finally:
             for p in (srv, echo):
                 p.terminate()
@@ -257,6 +273,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         **{f"ronda_{k}": v for k, v in ronda.items()},
         **{f"echo_{k}": v for k, v in base.items()},
         "throughput_ratio": round(ronda["saturated_per_s"] / base["saturated_per_s"], 3),
+        # the throughput ratio the servers' CPU cost alone implies (echo / ronda, per request)
+        "server_cpu_ratio": round(base["cpu_us_per_request_saturated"]["server"]
+                                  / max(1, ronda["cpu_us_per_request_saturated"]["server"]), 3),
+        "loadavg_at_end": float(Path("/proc/loadavg").read_text().split()[0]),
         "fsync": True,
     }
 

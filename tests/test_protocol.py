@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 from engine.commands import EnterBasket, ModifyOrder, NewOrder
 from engine.model import BasketType, Exec, Side, Validity
-from gateway.protocol import ProtocolError, parse_instant, parse_request, to_command
+from gateway.protocol import (
+    ProtocolError,
+    fast_command,
+    parse_instant,
+    parse_request,
+    to_command,
+)
 
 BASE = {
     "type": "order_entry",
@@ -179,3 +185,78 @@ def test_published_json_schema_is_current() -> None:
     path = Path(__file__).resolve().parents[1] / "docs" / "protocol-schema.json"
     assert orjson.loads(path.read_bytes()) == orjson.loads(orjson.dumps(json_schema())), (
         "regenerate with: ./run.sh schema > docs/protocol-schema.json")
+
+
+# ------------------------------------------------------------------ the hot requests' fast path
+
+_VALUES = st.one_of(
+    st.sampled_from(["45.10", "45.1", "45", "-3.5", "0.1", "0", "0.0", "-0.0", "45.101",
+                     "1.05", "999999999999.99", "1000000000000", "45.10\n", " 45.10",
+                     "４５.10", "1e3", "NaN", "", "BUY", "SELL", "buy", "NON", "IOC", "FOK",
+                     "GFS", "GTD", "ACTIVE", "HIBERNATED", "PH-20270115-10",
+                     "QH-20270115-004", "PH-20270115-10\n", "PH-2027011５-10", "UNIT1",
+                     "UNIT 1", "U" * 64, "U" * 65, "2027-01-15T09:00:00Z",
+                     "2027-01-15T09:00:00", "2027-01-15T09:00:00.0001Z", "c" * 40,
+                     "c" * 41]),
+    st.integers(-3, 2**64), st.booleans(), st.none(), st.floats(allow_nan=True),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                         max_size=2))
+_FIELDS = ["req_id", "contract", "unit", "side", "price", "quantity", "exec", "validity",
+           "expiry", "state", "client_order_id", "order_id", "revision", "iceberg", "junk"]
+_GOOD = {
+    "order_entry": {"contract": "PH-20270115-10", "unit": "UNIT1", "side": "SELL",
+                    "price": "45.10", "quantity": "12.5"},
+    "order_modify": {"order_id": 7, "revision": 2, "price": "-3.50", "quantity": "0.1"},
+    "order_cancel": {"order_id": 7},
+}
+
+
+@given(typ=st.sampled_from(sorted(_GOOD)), ticks=st.booleans(),
+       drop=st.lists(st.sampled_from(_FIELDS), max_size=2),
+       put=st.dictionaries(st.sampled_from(_FIELDS), _VALUES, max_size=3))
+def test_fast_path_gives_the_validated_command_or_stands_aside(
+        typ: str, ticks: bool, drop: list[str], put: dict[str, object]) -> None:
+    """gateway/protocol.py ``fast_command``: for any message near a valid order entry,
+    modification or cancellation, the fast path either stands aside (None) or builds exactly
+    the command the validated path (pydantic models, then ``to_command``) builds; it never
+    accepts what the models refuse (e.g. a trailing newline, non-ASCII digits, too many
+    decimals: refused, never rounded)."""
+    data: dict[str, object] = {"type": typ, "req_id": "r9", **_GOOD[typ]}
+    for k in drop:
+        data.pop(k, None)
+    data.update(put)
+    fast = fast_command(typ, data, ticks, "ana", "AG1")
+    try:
+        slow = to_command(parse_request(data, ticks), "ana", "AG1")
+    except ProtocolError:
+        assert fast is None, (data, fast)
+        return
+    if fast is not None:
+        assert fast == slow, (data, fast, slow)
+
+
+@pytest.mark.parametrize("typ", sorted(_GOOD))
+@pytest.mark.parametrize("ticks", [False, True])
+def test_fast_path_takes_the_plain_requests(typ: str, ticks: bool) -> None:
+    """The common shapes of the hot requests do take the fast path (with the optional
+    conditions the traders use), and give the validated path's command."""
+    variants: list[dict[str, object]] = [dict(_GOOD[typ])]
+    if typ != "order_cancel":
+        variants += [{**_GOOD[typ], "exec": "FOK"},
+                     {**_GOOD[typ], "validity": "GTD", "expiry": "2027-01-15T09:00:00Z"}]
+    if typ == "order_entry":
+        variants += [{**_GOOD[typ], "client_order_id": "x-1", "state": "HIBERNATED"}]
+    for v in variants:
+        data = {"type": typ, "req_id": "r1", **v}
+        fast = fast_command(typ, data, ticks, "ana", "AG1")
+        assert fast is not None, data
+        assert fast == to_command(parse_request(data, ticks), "ana", "AG1")
+
+
+@pytest.mark.parametrize("bad", ["45.10\n", "４５.10", " 45.10", "45.10 "])
+def test_decimals_are_ascii_digits_and_nothing_else(bad: str) -> None:
+    """DESIGN rule 4: a price is a plain decimal string; a trailing newline or non-ASCII
+    digits are refused with the field named, not read as 45.10."""
+    with pytest.raises(ProtocolError) as ei:
+        parse_request(entry(price=bad))
+    assert ei.value.field == "price"
