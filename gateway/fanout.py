@@ -34,7 +34,7 @@ from engine.events import (
     Trade,
 )
 from gateway.core import Core
-from gateway.wire import event_to_wire, fmt_instant
+from gateway.wire import event_to_wire, event_to_wire_copy, fmt_instant
 from risk.events import RiskNotice, ThrottlingStatus
 
 Message = dict[str, Any]
@@ -195,7 +195,7 @@ class Hub:
                     self._public_trade(ev)
                 elif t is OrderReport:
                     touched.add(ev.agent)
-                    self._private(ev.agent, event_to_wire(ev))
+                    self._private(ev.agent, event_to_wire_copy(ev))
                 elif t is Trade:
                     for side in ("buy", "sell"):
                         agent = getattr(ev, f"{side}_agent")

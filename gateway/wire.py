@@ -79,6 +79,25 @@ def event_to_wire(ev: Any, ticks: bool = False) -> dict[str, Any]:
     return conv(ev)
 
 
+_MEMO: dict[int, tuple[Any, dict[str, Any]]] = {}
+_MEMO_MAX = 8192
+
+
+def event_to_wire_copy(ev: Any) -> dict[str, Any]:
+    """:func:`event_to_wire` (JSON form) of an event that is sent more than once — an order
+    report goes to the requester's answer and to the agent's private stream — converted
+    once and copied (a copy is a fraction of a conversion).  Keyed by the event object
+    itself (kept alive while memoised, so its id cannot be reused meanwhile)."""
+    hit = _MEMO.get(id(ev))
+    if hit is not None and hit[0] is ev:
+        return dict(hit[1])
+    msg = event_to_wire(ev)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[id(ev)] = (ev, msg)
+    return dict(msg)
+
+
 # --- msgpack: the same messages with integer ticks and milliseconds (DESIGN rule 4) -------
 
 _TICK_PRICES = frozenset({
