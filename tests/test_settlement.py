@@ -28,6 +28,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from math import ceil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -475,3 +476,113 @@ def test_property_entries_balances_and_programs(raw: list[tuple[int, int, str, s
             k = (unit, t.contract)
             prog[k] = prog.get(k, 0) + (t.qty if REF.units[unit].sells == selling else -t.qty)
     assert res.programs == prog
+
+
+# ------------------------------------------------------------------ the fast paths
+
+
+def _split_reference(total: int, shares: list[int]) -> list[int]:
+    """Largest remainder written plainly: floors, then one milli-euro each to the largest
+    remainders, ties to the earlier owner."""
+    parts = [total * bp // 10_000 for bp in shares]
+    order = sorted(range(len(shares)), key=lambda i: (-(total * shares[i] % 10_000), i))
+    for i in order[:total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
+SHARES = [[6000, 4000], [4000, 6000], [5000, 5000], [1, 9999], [9999, 1],
+          [3333, 3333, 3334], [3334, 3333, 3333], [2500, 2500, 2500, 2500], [7000, 2000, 1000]]
+
+
+@pytest.mark.parametrize("shares", SHARES)
+def test_split_is_the_largest_remainder(shares: list[int]) -> None:
+    for total in [*range(0, 20_001), 999_999_999, 10**12 + 7]:
+        assert split(total, shares) == _split_reference(total, shares), total
+
+
+def _shared_ref() -> RefData:
+    """Reference data with one selling unit per share pattern of SHARES (owners A0, A1, …
+    with different taxes) and one buying unit."""
+    from risk.refdata import load
+
+    taxes = [("5.11269632", "21"), ("0", "21"), ("0", "23"), ("0", "0")]
+    agents = [{"code": f"A{i}", "name": f"A{i}", "registered_from": "2018-01-01",
+               "guarantees": "1000.00", "deposited": "1000.00",
+               "tax": {"electricity_tax": taxes[i][0], "vat": taxes[i][1]},
+               "represents": [f"A{j}" for j in range(4) if j != i]} for i in range(4)]
+    units = [{"code": f"SU{n}", "kind": "sell", "area": "ES", "max_energy": "999.0",
+              "responsible": "A0", "valid_from": "2018-01-01",
+              "owners": [{"agent": f"A{i}", "share": f"{bp / 100:.2f}"}
+                         for i, bp in enumerate(shares)]} for n, shares in enumerate(SHARES)]
+    units.append({"code": "BU", "kind": "buy", "area": "ES", "max_energy": "999.0",
+                  "responsible": "A1", "owners": [{"agent": "A1", "share": "100"}],
+                  "valid_from": "2018-01-01"})
+    return load({"agents": agents, "units": units})
+
+
+def test_shared_units_in_settle_split_and_tax_like_the_plain_rules() -> None:
+    # settle() splits two-owner units by rounding owner 0's part half up (the same as the
+    # largest remainder when the shares make the whole) and computes the taxes with
+    # pre-doubled integer constants: check both against split() and decimal rounding
+    ref = _shared_ref()
+    trades = []
+    tid = 0
+    for n in range(len(SHARES)):
+        for price in (1, -1, 7, -13, 4510, -1000, 781_250, 0, 999_900):
+            for qty in (1, 3, 7, 11, 60, 9_990):
+                tid += 1
+                trades.append(Trade(tid, tid, C1, 1, price, qty, "BUY", tid, "u", "A1", "BU",
+                                    tid, "u", "A0", f"SU{n}"))
+    res = settle(1, 1, trades, ref, {}, (), {})
+    sells = [e for e in res.entries if e.side == "SELL"]
+    assert len(sells) == sum(len(SHARES[int(t.sell_unit[2:])]) for t in trades)
+    by_trade: dict[int, list[Entry]] = {}
+    for e in sells:
+        by_trade.setdefault(e.trade_id, []).append(e)
+    for t in trades:
+        shares = SHARES[int(t.sell_unit[2:])]
+        es = by_trade[t.trade_id]
+        assert [e.share_bp for e in es] == shares
+        assert [e.base for e in es] == _split_reference(t.qty * abs(t.price), shares)
+        for e in es:
+            a = ref.agents[e.agent]
+            assert e.iee == _tax(e.base, a.tax_iee)
+            assert e.vat == _tax(e.base + e.iee, a.tax_vat)
+    # and settle() gives what entries_of() gives trade by trade
+    assert res.entries == [e for t in trades for e in entries_of(t, ref)]
+
+
+def test_settle_pauses_the_collector_and_leaves_no_cyclic_garbage(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    import sync.settle
+
+    trades = [trade(i, p, q, sell_unit=s) for i, (p, q, s) in enumerate(
+        [(4510, 60, "SELLU1"), (-1000, 20, "SELLU3"), (0, 30, "SELLU1")] * 200, start=1)]
+    seen: list[bool] = []
+    real = sync.settle._Ctx.entries
+
+    def spy(self: sync.settle._Ctx, *args: Any) -> bool:
+        seen.append(gc.isenabled())
+        return real(self, *args)
+
+    monkeypatch.setattr(sync.settle._Ctx, "entries", spy)
+    assert gc.isenabled()
+    gc.collect()
+    fresh(*trades)
+    assert seen and not any(seen)  # off while the entries are built
+    assert gc.isenabled()  # and on again afterwards
+    with pytest.raises(AttributeError):  # also after a failure inside
+        settle(1, 1, [None, None], REF, {}, (), {})  # type: ignore[list-item]
+    assert gc.isenabled()
+    gc.disable()  # a caller that has it off keeps it off
+    try:
+        seen.clear()
+        res = fresh(*trades)
+        assert seen and not gc.isenabled()
+        del res
+        assert gc.collect() == 0, "settle() left objects in reference cycles"
+    finally:
+        gc.enable()

@@ -38,6 +38,7 @@ from engine.model import Side
 from gateway.core import Core
 from sync.job import SyncJob
 from sync.report import report, to_csv
+from sync.settle import SyncResult
 from sync.store import PostgresStore, SqliteStore, Store, migrations, open_store
 
 pytest_plugins = ["pg"]
@@ -308,3 +309,152 @@ async def test_report_programs_are_those_of_the_day(store_url: str, tmp_path: Pa
             ("SELLU1", "PH-20270115-10", 60)]
     finally:
         await store.close()
+
+
+def test_pg_placeholders() -> None:
+    from sync.store import _pg
+
+    assert _pg("INSERT INTO t (a, b) VALUES (?, ?)") == "INSERT INTO t (a, b) VALUES ($1, $2)"
+    # numbered ones keep their number (not "$1" followed by "2"); a bare one after them is
+    # one more than the largest so far, as in SQLite
+    assert _pg("?1, ?12 + ?13 + ?14, ?") == "$1, $12 + $13 + $14, $15"
+    assert _pg("? ?3 ? ?2") == "$1 $3 $4 $2"
+
+
+async def test_numbered_placeholders_on_both_stores(store_url: str, tmp_path: Path) -> None:
+    store = open_store(store_url, tmp_path)
+    await store.open()
+    try:
+        await store.query("INSERT INTO balances (agent, deposited, reserved, balance,"
+                          " reduction) VALUES (?1, ?2, ?2, ?3, 0)", ("AGX", 5, 7))
+        rows = await store.query("SELECT agent, deposited, reserved, balance FROM balances"
+                                 " WHERE balance = ?2 AND agent = ?1", ("AGX", 7))
+        assert rows == [{"agent": "AGX", "deposited": 5, "reserved": 5, "balance": 7}]
+    finally:
+        await store.close()
+
+
+def _many_entries(sync_id: int) -> SyncResult:
+    """A settlement of 59 trades (148 entries): both kinds on both sides, a shared unit, four
+    agents, two delivery days."""
+    from test_settlement import REF, trade
+
+    from sync.settle import settle
+
+    units = ["SELLU1", "SELLU3", "BUYU2", "PTBUY4"]
+    trades = [trade(i, (-1) ** i * (i * 7919 % 99_991), 1 + i * 31 % 9_990,
+                    sell_unit=units[i % 4], buy_unit=units[(i + 2) % 4],
+                    contract=("PH-20270115-10", "PH-20270116-23")[i % 2], rnd=1 + i % 3)
+              for i in range(1, 60)]
+    return settle(sync_id, 1, trades, REF, {}, (), {})
+
+
+@pytest.mark.parametrize("n", [0, 1, 49, 50, 51, 100, 137])
+async def test_entries_stored_value_for_value(store_url: str, tmp_path: Path, n: int) -> None:
+    """Every entry's row holds its fields, the sync id and base + iee + vat, as integers and
+    strings, whatever the number of entries (SQLite inserts them ENTRIES_PER_INSERT per
+    statement and the rest in one; PostgreSQL copies them)."""
+    from sync.store import ENTRIES_PER_INSERT, ENTRY_COLUMNS
+
+    assert ENTRIES_PER_INSERT == 50  # the cases above straddle it
+    res = _many_entries(7)
+    assert len(res.entries) >= 137
+    del res.entries[n:]
+    store = open_store(store_url, tmp_path)
+    await store.open()
+    try:
+        assert await store.commit(res, [], T_AT)
+        rows = await store.query(f"SELECT {', '.join(ENTRY_COLUMNS)} FROM entries"
+                                 " ORDER BY trade_id, side, agent")
+    finally:
+        await store.close()
+    want = sorted(({"sync_id": 7, **e._asdict(), "total": e.base + e.iee + e.vat}
+                   for e in res.entries), key=lambda r: (r["trade_id"], r["side"], r["agent"]))
+    assert rows == want
+    for r, w in zip(rows, want, strict=True):
+        assert [type(v) for v in r.values()] == [type(v) for v in w.values()]
+
+
+async def _entries_key(store: Store) -> tuple[list[str], list[str]]:
+    """The entries table's primary key columns, in order, and its other indexes."""
+    if isinstance(store, SqliteStore):
+        pk = await store.query("SELECT name FROM pragma_table_info('entries') WHERE pk > 0"
+                               " ORDER BY pk")
+        ix = await store.query("SELECT name FROM sqlite_master WHERE type = 'index'"
+                               " AND tbl_name = 'entries' AND name NOT LIKE 'sqlite_%'")
+    else:
+        pk = await store.query(
+            "SELECT k.column_name AS name FROM information_schema.table_constraints c"
+            " JOIN information_schema.key_column_usage k ON k.constraint_name ="
+            " c.constraint_name AND k.table_schema = c.table_schema"
+            " WHERE c.table_name = 'entries' AND c.constraint_type = 'PRIMARY KEY'"
+            " AND c.table_schema = current_schema() ORDER BY k.ordinal_position")
+        ix = await store.query("SELECT c.relname AS name FROM pg_index i JOIN pg_class c"
+                               " ON c.oid = i.indexrelid WHERE i.indrelid = 'entries'::regclass"
+                               " AND NOT i.indisprimary")
+    return [r["name"] for r in pk], sorted(r["name"] for r in ix)
+
+
+async def test_migration_3_rekeys_the_entries_of_an_existing_store(
+        store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store created at version 2 (entries keyed by trade, side and agent, plus an
+    (agent, day) index), with syncs in it: opening it with version 3 keeps every row as it
+    was, keys the entries by (agent, day, trade_id, side) without the second index, and
+    the store goes on: the reports are the same, a sync is stored once, an entry once."""
+    import sync.store
+
+    all_migrations = migrations()
+    monkeypatch.setattr(sync.store, "migrations",
+                        lambda: [m for m in all_migrations if m[0] <= 2])
+    store = open_store(store_url, tmp_path)
+    await store.open()
+    try:
+        await _one_sync(store)  # sync 1: the scenario's first round
+        assert await store.commit(_many_entries(2), ["{}"], T_AT)  # sync 2: 148 entries
+        assert await _entries_key(store) == (["trade_id", "side", "agent"],
+                                             ["entries_agent_day"])
+        before = await dump(store)
+        reports = await all_reports(store)
+    finally:
+        await store.close()
+    monkeypatch.setattr(sync.store, "migrations", lambda: all_migrations)
+    store = open_store(store_url, tmp_path)
+    await store.open()
+    try:
+        rows = await store.query("SELECT version FROM schema_version ORDER BY version")
+        assert [r["version"] for r in rows] == [v for v, _ in all_migrations]
+        assert [v for v, _ in all_migrations][:3] == [1, 2, 3]
+        assert await _entries_key(store) == (["agent", "day", "trade_id", "side"], [])
+        after = await dump(store)
+        assert len(after["entries"]) == len(before["entries"]) == 5 + 148
+        assert {t: r for t, r in after.items() if t != "schema_version"} == {
+            t: r for t, r in before.items() if t != "schema_version"}
+        assert await all_reports(store) == reports
+        assert await tables(store) == EXPECTED_TABLES
+        # the store goes on as before: a sync once, an entry once
+        assert await store.commit(_many_entries(2), [], T_AT) is False
+        again = _many_entries(3)
+        del again.entries[1:]  # an entry sync 2 stored, in another sync
+        with pytest.raises(Exception, match=r"(?i)unique|primary key"):
+            await store.commit(again, [], T_AT)
+        assert await store.last_sync() == 2
+        more = _many_entries(4)
+        more.entries[:] = [e._replace(trade_id=e.trade_id + 1000) for e in more.entries]
+        assert await store.commit(more, [], T_AT)
+        n = await store.query("SELECT COUNT(*) AS n FROM entries")
+        assert n[0]["n"] == len(after["entries"]) + len(more.entries)
+    finally:
+        await store.close()
+
+
+async def test_report_reads_an_agents_day_straight_from_the_key(tmp_path: Path) -> None:
+    """SQLite: an agent's entries of a day, in the report's order, are one range of the
+    entries' key (no other index, no sort)."""
+    store = await open_sqlite(tmp_path / "settlement.sqlite")
+    try:
+        plan = await store.query(
+            "EXPLAIN QUERY PLAN SELECT sync_id, trade_id, side, unit, total FROM entries"
+            " WHERE agent = ? AND day = ? ORDER BY trade_id, side", ("AG1", DAY))
+    finally:
+        await store.close()
+    assert [r["detail"] for r in plan] == ["SEARCH entries USING PRIMARY KEY (agent=? AND day=?)"]
