@@ -281,11 +281,12 @@ class Engine:
         gtd = self._gtd
         if gtd and gtd[0][0] <= ts:
             self._expire(ts)
-        handler = self._handlers.get(type(cmd))
+        kind = type(cmd)
+        handler = self._handlers.get(kind)
         if handler is None:
-            raise EngineMisuse(f"no handler for command {type(cmd).__name__}")
+            raise EngineMisuse(f"no handler for command {kind.__name__}")
         g = self.guard
-        if g is not None and type(cmd) in _TRADER_COMMANDS:
+        if g is not None and kind in _TRADER_COMMANDS:
             rej = g.gate(cmd, ts)
             if rej is not None:
                 self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1],
@@ -615,6 +616,7 @@ class Engine:
             if (lp > limit) if buy else (lp < limit):
                 break
             dq = lvl.orders
+            at_level = remaining
             while remaining and dq:
                 r = dq[0]
                 if not r.live:
@@ -640,7 +642,6 @@ class Engine:
                                           vis)))
                 tid += 1
                 if g is not None:
-                    g.filled(o, q, lp)
                     g.filled(r, q, lp)
                 if vis:
                     append(_new(OrderReport, (
@@ -696,6 +697,9 @@ class Engine:
                     REFILLED, ACTIVE, r.price, rv, rrem - rv, rfilled, r.exec, r.validity,
                     r.expiry, pk, r.incr, r.revision, r.basket, None, None)))
                 pseq = book.pub_seq
+            if g is not None and remaining != at_level:
+                # the aggressor's fills at this level, all at its price: one call
+                g.filled(o, at_level - remaining, lp)
             if lvl.live == 0:
                 opp.drop_level(rank)
         self.next_trade = tid

@@ -8,9 +8,13 @@ quantity that stops being live without executing (:meth:`Guard.released`: cancel
 hibernation, the unfilled rest of an IoC or FoK, contract close).  That is what lets
 ``risk/`` keep the operative limit exact at every instant (R49.1.4.3).
 
-The quantities passed to :meth:`Guard.filled` and :meth:`Guard.released` are the only
-source of truth a guard should use: an order's ``remaining`` may be updated before or after
-the call.  ``Order.ext`` is free for the guard's per-order state; a new instantiation
+The quantities passed to :meth:`Guard.filled` and :meth:`Guard.released` are what
+executes or stops being live: an order's ``remaining`` may be updated before or after those
+calls.  Between them it is current: the order that a modification replaces (``replaces``
+in :meth:`Guard.admit`) and an iceberg passed to :meth:`Guard.repriced` are live, and
+their ``remaining`` is exactly their open quantity that was admitted and not yet reported
+as filled or released.  ``Order.ext`` (an object) and ``Order.ext_v`` (an integer, unset
+until the guard sets it) are free for the guard's per-order state; a new instantiation
 (modification, reactivation) starts with ``ext`` None and goes through :meth:`Guard.admit`.
 """
 
@@ -31,7 +35,9 @@ class Guard(Protocol):
         ...
 
     def filled(self, order: Order, qty: int, price: int) -> None:
-        """``qty`` of ``order`` executed at ``price``."""
+        """``qty`` of ``order`` executed at ``price``: one execution of a resting order, or
+        the sum of an aggressive order's executions at one price level (one call per
+        level, after that level's executions)."""
         ...
 
     def released(self, order: Order, qty: int) -> None:

@@ -70,6 +70,7 @@ class Order:
         "exec",
         "expiry",
         "ext",
+        "ext_v",
         "filled",
         "id",
         "incr",
@@ -89,6 +90,10 @@ class Order:
         "validity",
         "visible",
     )
+
+    # Free for the guard too, next to ``ext`` (risk/: the order's value per unit of
+    # quantity); unset until the guard sets it, so it costs nothing without one.
+    ext_v: int
 
     def __init__(
         self,

@@ -16,11 +16,19 @@ writer never needs the cyclic collector (see docs/performance.md).
 Printed last: one JSON object with ops_per_s, latency percentiles (µs, per operation,
 measured around each call), trades, and the ratio engine/baseline throughput.
 
-    python perf/bench_engine.py [--ops N] [--seed S]
+    python perf/bench_engine.py [--ops N] [--seed S] [--chunk N | --sequential]
+    python perf/bench_engine.py --ops 20000 --only {none,baseline,engine,risk}
 
 It runs three times over the same flow: the baseline, the engine with risk off, and the
 engine with the risk guard on (every order checked in full: agent, unit, operative limit with
 taxes, energy per quarter-hour, rate limits; nothing refused, so the flows are identical).
+
+The three runs are interleaved: the flow is cut into chunks (``--chunk``, 10,000 operations)
+and each chunk runs through the three, in an order that turns round from one chunk to the
+next, each run timing only its own chunks.  So a change of the machine's load during the
+benchmark weighs on the three alike, and the ratios do not depend on which run had the quiet
+moment.  ``--sequential`` runs them one after the other instead (the whole flow through the
+baseline, then through the engine, then through the engine with risk).
 """
 
 from __future__ import annotations
@@ -275,41 +283,91 @@ def setup_engine(risk: bool = False) -> Engine:
     return e
 
 
+class EngineRun:
+    """The flow through one engine, chunk by chunk: ``run(i, j)`` applies commands i..j-1
+    and adds their time."""
+
+    def __init__(self, cmds: list[Any], e: Engine) -> None:
+        self.cmds = cmds
+        self.e = e
+        self.lat = array("q", bytes(8 * len(cmds)))
+        self.trades = 0
+        self.events = 0
+        self.elapsed_ns = 0
+
+    def run(self, i0: int, i1: int) -> None:
+        cmds, lat = self.cmds, self.lat
+        trades = 0
+        events = 0
+        apply = self.e.apply
+        clock = time.perf_counter_ns
+        ts = T0 + 1 + i0
+        start = clock()
+        for i in range(i0, i1):
+            t = clock()
+            out = apply(cmds[i], ts)
+            for ev in out:
+                if type(ev) is Trade:
+                    trades += 1
+            lat[i] = clock() - t
+            events += len(out)
+            ts += 1
+        self.elapsed_ns += clock() - start
+        self.trades += trades
+        self.events += events
+
+    def result(self) -> dict[str, Any]:
+        return {"elapsed_ns": self.elapsed_ns, "lat": self.lat, "trades": self.trades,
+                "events": self.events, "resting_at_end": len(self.e.orders)}
+
+
+class BaselineRun:
+    """The flow through the minimal book, chunk by chunk."""
+
+    def __init__(self, flow: list[tuple[Any, ...]]) -> None:
+        self.flow = flow
+        self.base = Baseline()
+        self.lat = array("q", bytes(8 * len(flow)))
+        self.trades = 0
+        self.elapsed_ns = 0
+
+    def run(self, i0: int, i1: int) -> None:
+        flow, lat = self.flow, self.lat
+        op_ = self.base.op
+        trades = 0
+        clock = time.perf_counter_ns
+        start = clock()
+        for i in range(i0, i1):
+            t = clock()
+            trades += op_(flow[i])
+            lat[i] = clock() - t
+        self.elapsed_ns += clock() - start
+        self.trades += trades
+
+    def result(self) -> dict[str, Any]:
+        return {"elapsed_ns": self.elapsed_ns, "lat": self.lat, "trades": self.trades}
+
+
 def run_engine(cmds: list[Any], e: Engine) -> dict[str, Any]:
-    lat = array("q", bytes(8 * len(cmds)))
-    trades = 0
-    events = 0
-    apply = e.apply
-    clock = time.perf_counter_ns
-    ts = T0 + 1
-    start = clock()
-    for i, cmd in enumerate(cmds):
-        t = clock()
-        out = apply(cmd, ts)
-        for ev in out:
-            if type(ev) is Trade:
-                trades += 1
-        lat[i] = clock() - t
-        events += len(out)
-        ts += 1
-    elapsed = clock() - start
-    return {"elapsed_ns": elapsed, "lat": lat, "trades": trades, "events": events,
-            "resting_at_end": len(e.orders)}
+    r = EngineRun(cmds, e)
+    r.run(0, len(cmds))
+    return r.result()
 
 
 def run_baseline(flow: list[tuple[Any, ...]]) -> dict[str, Any]:
-    base = Baseline()
-    op_ = base.op
-    lat = array("q", bytes(8 * len(flow)))
-    trades = 0
-    clock = time.perf_counter_ns
-    start = clock()
-    for i, op in enumerate(flow):
-        t = clock()
-        trades += op_(op)
-        lat[i] = clock() - t
-    elapsed = clock() - start
-    return {"elapsed_ns": elapsed, "lat": lat, "trades": trades}
+    r = BaselineRun(flow)
+    r.run(0, len(flow))
+    return r.result()
+
+
+def run_interleaved(runs: list[BaselineRun | EngineRun], n: int, chunk: int) -> None:
+    """Chunk k runs through the runs in a rotated order (ABC, BCA, CAB, ...), so that each
+    run is as often first, second and last; the collector runs between chunks."""
+    for k, i0 in enumerate(range(0, n, chunk)):
+        i1 = min(n, i0 + chunk)
+        for j in range(len(runs)):
+            runs[(k + j) % len(runs)].run(i0, i1)
+        gc.collect()
 
 
 def percentiles(lat: array) -> dict[str, float]:
@@ -326,6 +384,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ops", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=20261123)
+    ap.add_argument("--chunk", type=int, default=10_000,
+                    help="operations per chunk of the interleaved runs")
+    ap.add_argument("--sequential", action="store_true",
+                    help="the three runs one after the other, not interleaved")
+    ap.add_argument("--only", choices=("none", "baseline", "engine", "risk"),
+                    help="build the flow and the three set-ups, then run only this one (or"
+                         " none): for counting instructions, e.g. under callgrind")
     args = ap.parse_args()
 
     flow = make_flow(args.ops, args.seed)
@@ -334,12 +399,31 @@ def main() -> None:
     gc.freeze()
     gc.disable()
 
-    base = run_baseline(flow)
-    gc.collect()
-    res = run_engine(cmds, setup_engine())
-    gc.collect()
-    risk = run_engine(cmds, setup_engine(risk=True))
-    gc.collect()
+    if args.only is not None:
+        # the same work in every case but the one run, so that two counts subtract
+        only: dict[str, Any] = {"none": {}}
+        engines = {"engine": setup_engine(), "risk": setup_engine(risk=True)}
+        if args.only == "baseline":
+            only["baseline"] = run_baseline(flow)
+        elif args.only in engines:
+            only[args.only] = run_engine(cmds, engines[args.only])
+        print(json.dumps({"benchmark": "engine", "ops": len(flow), "only": args.only,
+                          "trades": only[args.only].get("trades")}))
+        return
+
+    if args.sequential:
+        base = run_baseline(flow)
+        gc.collect()
+        res = run_engine(cmds, setup_engine())
+        gc.collect()
+        risk = run_engine(cmds, setup_engine(risk=True))
+        gc.collect()
+    else:
+        runs: list[BaselineRun | EngineRun] = [
+            BaselineRun(flow), EngineRun(cmds, setup_engine()),
+            EngineRun(cmds, setup_engine(risk=True))]
+        run_interleaved(runs, len(flow), args.chunk)
+        base, res, risk = (r.result() for r in runs)
 
     n = len(flow)
     base_ops = n / (base["elapsed_ns"] / 1e9)
@@ -363,6 +447,7 @@ def main() -> None:
         "risk_on_p99_us": percentiles(risk["lat"])["p99_us"],
         "risk_on_to_off_ratio": round(risk_ops / eng_ops, 3),
         "python": sys.version.split()[0],
+        "runs": "sequential" if args.sequential else f"interleaved in chunks of {args.chunk}",
     }
     print(json.dumps(out))
 

@@ -11,9 +11,11 @@ Money is held in integer cents of €.  The value of an order is |price| × open
 the price of its current instantiation.  Only *debtor* orders count: buys at positive
 prices and sells at negative prices (R49.1.4.3 c); their value is charged with the taxes of
 each owner (IEE and VAT: ``value × (1 + iee) × (1 + vat)``, rounded up to the cent) and in
-proportion to each owner's share of the unit (R46.2.2).  The charge of an order is always
-recomputed from its open quantity with the same formula, and what is released is the
-difference, so charges never drift and an order that leaves releases exactly what it held.
+proportion to each owner's share of the unit (R46.2.2).  The charge of an order is its
+|price| × open quantity × the owner's exact multiplier, and a fill or a release gives back
+|price| × quantity × the same multiplier, which is exactly the difference of the charge
+before and after: charges never drift and an order that leaves releases exactly what it
+held.
 
 Energy is held per unit and quarter-hour as average power in tenths of MW: an hourly
 order of q tenths of MWh weighs q in each of its four quarters, a 15-minute order 4q in
@@ -30,6 +32,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
+from math import ceil
 from typing import Any
 
 from engine.commands import (
@@ -94,25 +97,91 @@ class Account:
     owner's tax factor × its share, and tax rates have at most 8 decimals, so with
     ``SCALE = 10**25`` every charge is an exact integer: nothing is rounded, so what a fill,
     a cancel or a release gives back is exactly what was charged, and the limit never drifts.
-    Cents appear only for display (charges rounded up, the limit rounded down)."""
+    Cents appear only for display (charges rounded up, the limit rounded down).
 
-    __slots__ = ("agent", "by_round", "debtor", "gmic", "increases", "obligations",
-                 "reduction", "reductions")
+    The operative limit itself, ``lim`` = a − b − c − d − e + f, is what the order path
+    reads and changes: an order's charge is taken from it and given back to it, a fill moves
+    its value to the obligations.  c), the value of the resting debtor orders, is then
+    what the other terms leave (:attr:`debtor`); every term is an exact integer, so each
+    is exactly what it would be if it were kept on its own."""
+
+    __slots__ = ("_gmic", "_increases", "_reduction", "_reductions", "agent", "by_round",
+                 "folded", "lim", "obligations")
 
     def __init__(self, agent: str, gmic_cents: int) -> None:
         self.agent = agent
-        self.gmic = gmic_cents * SCALE  # a) reserved guarantees
+        self._gmic = gmic_cents * SCALE  # a) reserved guarantees
         self.obligations = 0  # b) payment obligations of unsynchronised trades, with taxes
-        self.by_round: dict[int, int] = {}  # the same, by round
-        self.debtor = 0  # c) value of resting debtor orders, with taxes
-        self.reduction = 0  # d) reduction communicated after the last synchronisation
-        self.reductions = 0  # e) reductions requested by the agent, accepted
-        self.increases = 0  # f) increases requested by the agent, accepted
+        # the same by round: the closed rounds' here, the current round's is what is left
+        # (:meth:`rounds`), so a fill adds to the total alone
+        self.by_round: dict[int, int] = {}
+        self.folded = 0  # sum of by_round
+        self._reduction = 0  # d) reduction communicated after the last synchronisation
+        self._reductions = 0  # e) reductions requested by the agent, accepted
+        self._increases = 0  # f) increases requested by the agent, accepted
+        self.lim = self._gmic  # the operative limit, a) to f)
+
+    @property
+    def debtor(self) -> int:
+        """c) value of resting debtor orders, with taxes."""
+        return (self._gmic - self.obligations - self._reduction - self._reductions
+                + self._increases - self.lim)
+
+    @property
+    def gmic(self) -> int:
+        return self._gmic
+
+    @gmic.setter
+    def gmic(self, v: int) -> None:
+        self.lim += v - self._gmic
+        self._gmic = v
+
+    @property
+    def reduction(self) -> int:
+        return self._reduction
+
+    @reduction.setter
+    def reduction(self, v: int) -> None:
+        self.lim -= v - self._reduction
+        self._reduction = v
+
+    @property
+    def reductions(self) -> int:
+        return self._reductions
+
+    @reductions.setter
+    def reductions(self, v: int) -> None:
+        self.lim -= v - self._reductions
+        self._reductions = v
+
+    @property
+    def increases(self) -> int:
+        return self._increases
+
+    @increases.setter
+    def increases(self, v: int) -> None:
+        self.lim += v - self._increases
+        self._increases = v
 
     def limit(self) -> int:
         """The operative limit, R49.1.4.3 a) to f)."""
-        return (self.gmic - self.obligations - self.debtor - self.reduction
-                - self.reductions + self.increases)
+        return self.lim
+
+    def fold(self, rnd: int) -> None:
+        """The obligations not yet in ``by_round`` are round ``rnd``'s (the current one)."""
+        cur = self.obligations - self.folded
+        if cur:
+            self.by_round[rnd] = self.by_round.get(rnd, 0) + cur
+            self.folded = self.obligations
+
+    def rounds(self, rnd: int) -> dict[int, int]:
+        """Obligations by round, ``rnd`` being the current round."""
+        cur = self.obligations - self.folded
+        if not cur:
+            return self.by_round
+        out = dict(self.by_round)
+        out[rnd] = out.get(rnd, 0) + cur
+        return out
 
     def limit_cents(self) -> int:
         return to_cents_down(self.limit())
@@ -136,8 +205,8 @@ class Slot:
     bounds: ``cap`` = min(unit max, max − unavailable, limitation max), ``floor`` =
     max(unit min, limitation min) (R46.2.4, R46.2.5)."""
 
-    __slots__ = ("adj", "bought", "cap", "floor", "lmax", "lmin", "max", "min", "prog_set",
-                 "rb", "rs", "sold", "unavail")
+    __slots__ = ("adj", "bought", "cap", "floor", "lmax", "lmin", "max", "min", "pb",
+                 "prog_set", "ps", "sold", "unavail")
 
     def __init__(self, unit_max: int, unit_min: int) -> None:
         self.max = unit_max
@@ -148,11 +217,21 @@ class Slot:
         self.adj = 0  # 15-minute auction results (R50)
         self.sold = 0  # this quarter's 15-minute trades, counted at once
         self.bought = 0
-        self.rs = 0  # resting sells of 15-minute contracts
-        self.rb = 0
+        self.ps = 0  # sells placed: traded and resting, of 15-minute contracts
+        self.pb = 0  # buys placed
         self.unavail = 0  # R46.2.3.1
         self.lmin: int | None = None  # R46.2.3.2
         self.lmax: int | None = None
+
+    @property
+    def rs(self) -> int:
+        """Resting sells."""
+        return self.ps - self.sold
+
+    @property
+    def rb(self) -> int:
+        """Resting buys."""
+        return self.pb - self.bought
 
     def rebound(self) -> None:
         cap = self.max - self.unavail
@@ -170,20 +249,55 @@ class Hour:
     the hourly contracts' trades and resting orders — which weigh the same in each of the
     hour's four quarters — and, only once something is particular to a quarter, the four
     :class:`Slot` of the quarters.  Energy in quarter q = the hour's part + q's part.  A unit
-    trading only hourly contracts thus checks and updates one object, not four."""
+    trading only hourly contracts thus checks and updates one object, not four.
 
-    __slots__ = ("adj", "bought", "max", "min", "prog", "quarters", "rb", "rs", "sold")
+    Resting orders are held as *placed* totals, ``ps`` = sold + resting sells and ``pb`` =
+    bought + resting buys: a fill moves quantity from resting to traded and leaves them as
+    they are, so it changes one number.  The checks read them as they stand (a selling
+    unit selling: program + ps − bought, and so on); ``rs`` and ``rb`` are derived."""
+
+    __slots__ = ("_adj", "_prog", "base", "bought", "max", "min", "pb", "ps", "quarters",
+                 "sold")
 
     def __init__(self, unit_max: int, unit_min: int) -> None:
         self.max = unit_max
         self.min = unit_min
-        self.prog = 0  # base program (R50: PHF), without continuous trades
-        self.adj = 0  # hourly auction results (R50)
+        self._prog = 0  # base program (R50: PHF), without continuous trades
+        self._adj = 0  # hourly auction results (R50)
+        self.base = 0  # prog + adj, for the checks
         self.sold = 0  # continuous trades of hourly contracts, counted at once
         self.bought = 0
-        self.rs = 0  # resting sells of hourly contracts
-        self.rb = 0
+        self.ps = 0  # sells placed: traded and resting, of hourly contracts
+        self.pb = 0  # buys placed
         self.quarters: tuple[Slot, Slot, Slot, Slot] | None = None
+
+    @property
+    def prog(self) -> int:
+        return self._prog
+
+    @prog.setter
+    def prog(self, v: int) -> None:
+        self._prog = v
+        self.base = v + self._adj
+
+    @property
+    def adj(self) -> int:
+        return self._adj
+
+    @adj.setter
+    def adj(self, v: int) -> None:
+        self._adj = v
+        self.base = self._prog + v
+
+    @property
+    def rs(self) -> int:
+        """Resting sells."""
+        return self.ps - self.sold
+
+    @property
+    def rb(self) -> int:
+        """Resting buys."""
+        return self.pb - self.bought
 
     def quarter(self, i: int) -> Slot:
         if self.quarters is None:
@@ -195,7 +309,7 @@ class Hour:
         """(program, sold, bought, resting sells, resting buys, cap, floor) of each quarter
         an order checks: the four quarters of the hour for an hourly order (or the hour
         itself while no quarter is particular), the order's quarter for a 15-minute one."""
-        hp = self.prog + self.adj
+        hp = self.base
         if self.quarters is None:
             return [(hp, self.sold, self.bought, self.rs, self.rb, self.max, self.min)]
         out = []
@@ -208,24 +322,6 @@ class Hour:
         return out
 
 
-class OrderRisk:
-    """The guard's state for one order instantiation (``Order.ext``)."""
-
-    __slots__ = ("charges", "debtor", "k", "owners", "price", "rem", "sell", "tgt")
-
-    def __init__(self, rem: int, price: int, debtor: bool, sell: bool,
-                 owners: tuple[tuple[Account, int, int], ...], charges: list[int],
-                 tgt: Hour | Slot, k: int) -> None:
-        self.rem = rem  # open quantity the guard counts
-        self.price = price
-        self.debtor = debtor
-        self.sell = sell
-        self.owners = owners  # (account, num, den) per owner
-        self.charges = charges  # cents held per owner
-        self.tgt = tgt  # where its energy counts: the hour, or its quarter (15-minute)
-        self.k = k
-
-
 @dataclass(slots=True)
 class GuaranteeRequest:
     id: int
@@ -236,9 +332,16 @@ class GuaranteeRequest:
 
 
 class Throttle:
-    """Fixed windows per rule (aligned to multiples of the window): O(1) per request."""
+    """Fixed windows per rule (aligned to multiples of the window): O(1) per request.
 
-    __slots__ = ("counts", "limit", "maxs", "starts", "state", "warns", "wins")
+    The fast path: while ``ts < until`` (every rule still in its window), the state is OK
+    and ``left`` is not used up, a request only takes one from ``left``: it can neither
+    reach a warning level nor a maximum, so the full pass would change nothing but the
+    counts.  ``armed - left`` requests are thus not yet in ``counts``; :meth:`flush` adds
+    them before anything reads the counts."""
+
+    __slots__ = ("armed", "counts", "left", "limit", "maxs", "starts", "state", "until",
+                 "warns", "wins")
 
     def __init__(self, limit: RateLimit) -> None:
         self.limit = limit
@@ -248,6 +351,33 @@ class Throttle:
         self.starts = [-1] * len(limit.rules)
         self.counts = [0] * len(limit.rules)
         self.state = "OK"
+        self.until = -1  # no fast path before the first full pass
+        self.armed = 0
+        self.left = 0
+
+    def flush(self) -> None:
+        pend = self.armed - self.left
+        if pend:
+            self.armed = self.left
+            counts = self.counts
+            for i in range(len(counts)):
+                counts[i] += pend
+
+    def counted(self) -> list[int]:
+        """The counts, with the requests of the fast path (changes nothing)."""
+        pend = self.armed - self.left
+        return [c + pend for c in self.counts]
+
+    def arm(self) -> None:
+        """After a full pass that accepted the request: how long, and for how many more
+        requests, the fast path is exact.  A count c may go up to c + 1 on the fast path
+        only while c + 1 < warns[i] (so also < maxs[i]), i.e. c + 1 <= ceil(warns[i]) - 1."""
+        if self.state != "OK":
+            self.armed = self.left = 0
+            return
+        self.until = min(s + w for s, w in zip(self.starts, self.wins, strict=True))
+        self.armed = self.left = max(0, min(ceil(w) - 1 - c for w, c in zip(
+            self.warns, self.counts, strict=True)))
 
 
 _TRADER_ONLY = Code.USER_NOT_TRADER
@@ -266,24 +396,33 @@ class _Named:
 
 class _Pass:
     """The static R46.2.2 checks passed: the unit, and the window [start, end) in ms UTC
-    in which both the agent's registration and the unit are current."""
+    in which both the agent's registration and the unit are current; with what the order
+    path needs at hand (the owners and their multipliers, the single owner's account, the
+    unit's direction, where its energy counts).  Also the ``Order.ext`` of the orders it
+    admitted (:meth:`RiskGuard.admit`)."""
 
-    __slots__ = ("end", "hour", "k", "owner_codes", "owners", "qi", "single", "start",
-                 "tgt", "unit")
+    __slots__ = ("acct", "agent", "end", "fast_end", "hour", "k", "mul", "owner_codes",
+                 "owners", "qi", "sells", "single", "start", "tgt", "unit")
 
-    def __init__(self, unit: Unit, start: int, end: int,
+    def __init__(self, agent: str, unit: Unit, start: int, end: int,
                  owners: tuple[tuple[Account, int, int], ...], hour: Hour, qi: int | None,
                  k: int) -> None:
+        self.agent = agent  # the agent it was checked for
         self.unit = unit
+        self.sells = unit.sells
         self.start = start
         self.end = end
         self.owners = owners
         self.owner_codes = frozenset(a.agent for a, _, _ in owners)
         self.single = len(owners) == 1
+        self.acct = owners[0][0]  # the owner, when single
+        self.mul = owners[0][1]
         self.hour = hour
         self.qi = qi  # the quarter of a 15-minute contract, else None
         self.tgt: Hour | Slot = hour if qi is None else hour.quarter(qi)
         self.k = k
+        # RiskGuard.admit's fast path until then: a single owner and an hourly contract
+        self.fast_end = end if self.single and qi is None else -1
 
 
 def _window(first: date, last: date | None) -> tuple[int, int]:
@@ -311,7 +450,8 @@ class RiskGuard:
         self.pending: list[tuple[int, int, Any]] = []  # (received, seq, command) A1§6
         self._pending_seq = 0
         self._owners_cache: dict[str, tuple[tuple[Account, int, int], ...]] = {}
-        self._static: dict[tuple[str, str, str, str], _Pass | None] = {}  # R46.2.2
+        # R46.2.2 static checks passed, by contract, unit and user (see _pass)
+        self._static: dict[str, dict[str, dict[str, _Pass]]] = {}
         self.loaded_json: str | None = None  # the last LoadReferenceData document
 
     # ------------------------------------------------------------------ installation
@@ -401,12 +541,22 @@ class RiskGuard:
 
     def gate(self, cmd: Any, ts: int) -> tuple[str, str] | None:
         """R48.c: per-user request limits in fixed windows (aligned to multiples of the
-        window), counting accepted requests; one pass, O(rules)."""
-        user = cmd.user
-        th = self.throttles.get(user)
+        window), counting accepted requests; one pass, O(rules), or O(1) on the fast path
+        (see :class:`Throttle`)."""
+        try:
+            th = self.throttles[cmd.user]
+        except KeyError:
+            return self._gate(cmd.user, None, ts)
+        if ts < th.until and th.left:
+            th.left -= 1
+            return None
+        return self._gate(cmd.user, th, ts)
+
+    def _gate(self, user: str, th: Throttle | None, ts: int) -> tuple[str, str] | None:
         if th is None:
             lim = self.ref.user_rate_limits.get(user, self.ref.rate_limit)
             th = self.throttles[user] = Throttle(lim)
+        th.flush()
         starts, counts, maxs, warns = th.starts, th.counts, th.maxs, th.warns
         warn = False
         for i, win in enumerate(th.wins):
@@ -418,6 +568,7 @@ class RiskGuard:
             if c >= maxs[i]:
                 for j in range(i):  # this request does not count
                     counts[j] -= 1
+                th.armed = th.left = 0
                 return self._breach(th, user, i, ts)
             c += 1
             counts[i] = c
@@ -428,6 +579,7 @@ class RiskGuard:
                 self._throttle_state(th, user, "WARNING", ts)
         elif th.state != "OK":
             self._throttle_state(th, user, "OK", ts)
+        th.arm()
         return None
 
     def _breach(self, th: Throttle, user: str, i: int, ts: int) -> tuple[str, str]:
@@ -454,7 +606,7 @@ class RiskGuard:
         rules = []
         for i, (win, mx) in enumerate(lim.rules):
             start = ts - ts % win
-            used = th.counts[i] if th and th.starts[i] == start else 0
+            used = th.counted()[i] if th and th.starts[i] == start else 0
             rules.append({"window_ms": win, "max": mx, "used": used,
                           "resets_at": start + win})
         return {"user": user, "state": th.state if th else "OK", "rules": rules,
@@ -463,61 +615,201 @@ class RiskGuard:
 
     def admit(self, o: Order, ts: int, replaces: Order | None) -> tuple[str, str] | None:
         """R46.2.2 in order (the contract state and the bounds are checked by the engine
-        first), then the energy checks of R46.2.4 and R46.2.5; reserve on success."""
-        key = (o.user, o.agent, o.unit, o.contract)
-        static = self._static.get(key)
-        if static is None:
-            static = self._static[key] = self._static_checks(*key)
+        first), then the energy checks of R46.2.4 and R46.2.5; reserve on success.
+
+        What the guard keeps per order instantiation: ``ext`` its :class:`_Pass` (owners,
+        multipliers, where its energy counts) and ``ext_v`` its |price| if it is a debtor
+        order (R49.1.4.3 c), else 0.  Its charge on each owner is ``ext_v × open quantity ×
+        multiplier`` (:meth:`_owners`), so what a fill or a release gives back, ``ext_v ×
+        qty × multiplier``, is exactly the difference of the charge before and after.
+
+        This is the common case, inline: a new order of a single-owner unit in an hourly
+        contract whose hour has no particular quarter, with the static checks cached and
+        nobody suspended; it does what :meth:`_admit` does in that case.  Anything else goes
+        to :meth:`_admit`."""
+        try:
+            p = self._static[o.contract][o.unit][o.user]
+        except KeyError:
+            return self._admit(o, ts, replaces)
+        h = p.hour
+        # a cached pass was current when cached (p.start <= ts) and time never goes back
+        if (p.agent != o.agent or ts >= p.fast_end or self.suspended
+                or h.quarters is not None):
+            return self._admit(o, ts, replaces)
+        if replaces is not None:
+            return self._readmit(o, ts, replaces, p, h)
+        rem = o.remaining  # k = 1: an hourly contract
+        price = o.price
+        if o.side is BUY:
+            if price > 0:  # a debtor buy: within the operative limit (R49.1.4.3)
+                acct = p.acct
+                c = price * rem * p.mul
+                if c > acct.lim:
+                    return self._limit_refusal(c, acct.lim, acct, True)
+                acct.lim -= c
+                o.ext_v = price
+            else:
+                o.ext_v = 0
+            # (the energy of the unit-hour: R46.2.5; the charge is taken back if refused)
+            if p.sells:
+                total = h.base + h.sold - h.pb - rem
+                if total < h.min:
+                    return self._unreserve(o, p, price, rem, total, Code.ENERGY_MIN, h.min,
+                                           "R46.2.5")
+            else:
+                total = h.base + h.pb - h.sold + rem
+                if total > h.max:
+                    return self._unreserve(o, p, price, rem, total, Code.ENERGY_MAX, h.max,
+                                           "R46.2.5")
+            h.pb += rem
+        else:
+            if price < 0:  # a debtor sell
+                acct = p.acct
+                c = -price * rem * p.mul
+                if c > acct.lim:
+                    return self._limit_refusal(c, acct.lim, acct, True)
+                acct.lim -= c
+                o.ext_v = -price
+            else:
+                o.ext_v = 0
+            # R46.2.4
+            if p.sells:
+                total = h.base + h.ps - h.bought + rem
+                if total > h.max:
+                    return self._unreserve(o, p, -price, rem, total, Code.ENERGY_MAX, h.max,
+                                           "R46.2.4")
+            else:
+                total = h.base + h.bought - h.ps - rem
+                if total < h.min:
+                    return self._unreserve(o, p, -price, rem, total, Code.ENERGY_MIN, h.min,
+                                           "R46.2.4")
+            h.ps += rem
+        o.ext = p  # (ext_v is set above; it means nothing while ext is None)
+        return None
+
+    def _readmit(self, o: Order, ts: int, replaces: Order, p: _Pass, h: Hour
+                 ) -> tuple[str, str] | None:
+        """:meth:`admit`'s common case for a modification (R46.2.6.1): what the replaced
+        instantiation holds counts as available to the new one, and is released if the new
+        one is accepted.  As :meth:`_admit` does in that case."""
+        if replaces.ext is not p:
+            return self._admit(o, ts, replaces)
+        pq = replaces.remaining  # what the guard counts of the replaced instantiation
+        pv = replaces.ext_v
+        rem = o.remaining  # k = 1: an hourly contract
+        price = o.price
+        acct = p.acct
+        mul = p.mul
+        if o.side is BUY:
+            ap = price if price > 0 else 0  # a debtor buy: positive price
+            if ap:  # R49.1.4.3
+                c = ap * rem * mul
+                avail = acct.lim + pv * pq * mul
+                if c > avail:
+                    return self._limit_refusal(c, avail, acct, True)
+            if p.sells:  # R46.2.5
+                total = h.base + h.sold - h.pb + pq - rem
+                if total < h.min:
+                    return self._energy_reject(Code.ENERGY_MIN, o, total, h.min, "R46.2.5")
+            else:
+                total = h.base + h.pb - h.sold - pq + rem
+                if total > h.max:
+                    return self._energy_reject(Code.ENERGY_MAX, o, total, h.max, "R46.2.5")
+            h.pb += rem - pq
+        else:
+            ap = -price if price < 0 else 0  # a debtor sell: negative price
+            if ap:
+                c = ap * rem * mul
+                avail = acct.lim + pv * pq * mul
+                if c > avail:
+                    return self._limit_refusal(c, avail, acct, True)
+            if p.sells:  # R46.2.4
+                total = h.base + h.ps - h.bought - pq + rem
+                if total > h.max:
+                    return self._energy_reject(Code.ENERGY_MAX, o, total, h.max, "R46.2.4")
+            else:
+                total = h.base + h.bought - h.ps + pq - rem
+                if total < h.min:
+                    return self._energy_reject(Code.ENERGY_MIN, o, total, h.min, "R46.2.4")
+            h.ps += rem - pq
+        acct.lim += (pv * pq - ap * rem) * mul
+        o.ext = p
+        o.ext_v = ap
+        return None
+
+    def _unreserve(self, o: Order, p: _Pass, ap: int, rem: int, total: int, code: str,
+                   bound: int, rule: str) -> tuple[str, str]:
+        """The fast path's energy refusal: give back the charge it took (a debtor order)."""
+        if ap > 0:
+            p.acct.lim += ap * rem * p.mul
+        return self._energy_reject(code, o, total, bound, rule)
+
+    def _admit(self, o: Order, ts: int, replaces: Order | None) -> tuple[str, str] | None:
+        """:meth:`admit` in every case."""
+        static = self._pass(o.user, o.agent, o.unit, o.contract, ts)
         if (static is None or not static.start <= ts < static.end
                 or (self.suspended and (o.agent in self.suspended
                                         or not self.suspended.isdisjoint(static.owner_codes)))):
             rej = self._refusal(o.user, o.agent, o.unit, o.contract, ts)
             assert rej is not None, "the fast path and R46.2.2's order disagree"
             return rej
-        un = static.unit
         # -- the operative limit of every owner for its share (R46.2.2, R49.1.4.3)
         price = o.price
-        sell = o.side is not BUY
         rem = o.remaining
-        debtor = price < 0 if sell else price > 0
-        owners = static.owners
-        prev: OrderRisk | None = None if replaces is None else replaces.ext  # type: ignore[assignment]
-        charges: list[int] = []
-        if debtor:
-            ap = -price if price < 0 else price
-            for i, (acct, mul, _) in enumerate(owners):
+        pq = pv = 0  # what the guard counts of the instantiation this one replaces
+        if replaces is not None and replaces.ext is not None:
+            pq, pv = replaces.remaining, replaces.ext_v
+        if o.side is BUY:
+            sell = False
+            ap = price if price > 0 else 0  # a debtor buy: positive price
+        else:
+            sell = True
+            ap = -price if price < 0 else 0  # a debtor sell: negative price
+        if ap:
+            for i, (acct, mul, _) in enumerate(static.owners):
                 c = ap * rem * mul
-                avail = (acct.gmic - acct.obligations - acct.debtor - acct.reduction
-                         - acct.reductions + acct.increases)
-                if prev is not None and prev.debtor:
-                    avail += prev.charges[i]
+                avail = acct.lim
+                if pv:
+                    avail += self._held(replaces, i)
                 if c > avail:
-                    return (Code.OPERATIVE_LIMIT,
-                            f"order value {fmt_units(c)} (with taxes"
-                            f"{'' if static.single else ', for its share'}) exceeds the"
-                            f" operative limit {fmt_money(to_cents_down(avail))} of agent"
-                            f" {acct.agent} (R49.1.4.3)")
-                charges.append(c)
+                    return self._limit_refusal(c, avail, acct, static.single)
         # -- energy (R46.2.4, R46.2.5), every quarter of the contract
         k = static.k
         e = k * rem
-        pe = 0 if prev is None else k * prev.rem  # the replaced order's own energy
-        rej = self._energy_check(static.hour, static.qi, un.sells, sell, e, pe, o)
+        pe = k * pq  # the replaced order's own energy
+        rej = self._energy_check(static.hour, static.qi, static.sells, sell, e, pe, o)
         if rej is not None:
             return rej
         # -- accepted: reserve
-        if prev is not None:
-            self._drop(prev)
-        if debtor:
-            for (acct, _, _), c in zip(owners, charges, strict=True):
-                acct.debtor += c
+        if replaces is not None:
+            self.released(replaces, pq)
+        if ap:
+            for acct, mul, _ in static.owners:
+                acct.lim -= ap * rem * mul
         tgt = static.tgt
         if sell:
-            tgt.rs += e
+            tgt.ps += e
         else:
-            tgt.rb += e
-        o.ext = OrderRisk(rem, price, debtor, sell, owners, charges, tgt, k)
+            tgt.pb += e
+        o.ext = static
+        o.ext_v = ap
         return None
+
+    @staticmethod
+    def _held(replaced: Order | None, i: int) -> int:
+        """What the instantiation a modification replaces holds on its owner ``i``: it is
+        released if the modification is accepted, so it counts as available."""
+        assert replaced is not None
+        p: _Pass = replaced.ext  # type: ignore[assignment]
+        return replaced.ext_v * replaced.remaining * p.owners[i][1]
+
+    def _limit_refusal(self, c: int, avail: int, acct: Account, single: bool
+                       ) -> tuple[str, str]:
+        return (Code.OPERATIVE_LIMIT,
+                f"order value {fmt_units(c)} (with taxes"
+                f"{'' if single else ', for its share'}) exceeds the"
+                f" operative limit {fmt_money(to_cents_down(avail))} of agent"
+                f" {acct.agent} (R49.1.4.3)")
 
     def _energy_check(self, h: Hour, qi: int | None, unit_sells: bool, sell: bool, e: int,
                       pe: int, o: Any) -> tuple[str, str] | None:
@@ -525,26 +817,24 @@ class RiskGuard:
         every quarter it covers."""
         if h.quarters is None and qi is None:  # the common case: one point, inline
             if unit_sells:
-                net = h.prog + h.adj + h.sold - h.bought
                 if sell:
-                    total = net + h.rs - pe + e
+                    total = h.base + h.ps - h.bought - pe + e
                     if total > h.max:
                         return self._energy_reject(Code.ENERGY_MAX, o, total, h.max,
                                                    "R46.2.4")
                 else:
-                    total = net - (h.rb - pe) - e
+                    total = h.base + h.sold - h.pb + pe - e
                     if total < h.min:
                         return self._energy_reject(Code.ENERGY_MIN, o, total, h.min,
                                                    "R46.2.5")
             else:
-                net = h.prog + h.adj + h.bought - h.sold
                 if sell:
-                    total = net - (h.rs - pe) - e
+                    total = h.base + h.bought - h.ps + pe - e
                     if total < h.min:
                         return self._energy_reject(Code.ENERGY_MIN, o, total, h.min,
                                                    "R46.2.4")
                 else:
-                    total = net + h.rb - pe + e
+                    total = h.base + h.pb - h.sold - pe + e
                     if total > h.max:
                         return self._energy_reject(Code.ENERGY_MAX, o, total, h.max,
                                                    "R46.2.5")
@@ -585,10 +875,7 @@ class RiskGuard:
         rej = self._refusal(user, agent, unit, contract, ts)
         if rej is not None:
             return rej
-        static = self._static.get((user, agent, unit, contract))
-        if static is None:
-            static = self._static[(user, agent, unit, contract)] = self._static_checks(
-                user, agent, unit, contract)
+        static = self._pass(user, agent, unit, contract, ts)
         assert static is not None
         sell = side == "SELL"
         for acct, mul, _ in static.owners:
@@ -616,6 +903,25 @@ class RiskGuard:
                                            floor, "R39")
         return None
 
+    def _pass(self, user: str, agent: str, unit: str, contract: str, ts: int
+              ) -> _Pass | None:
+        """The :class:`_Pass` of (user, agent, unit, contract), or None when a static check
+        fails.  Cached by contract, unit and user only: a user trades for one agent, so a
+        pass cached for another agent is not one for this agent; and cached only once
+        current (``start <= ts``), so that the fast path of :meth:`admit` has only its end
+        to check (the core's time never goes back)."""
+        try:
+            p: _Pass | None = self._static[contract][unit][user]
+        except KeyError:
+            p = None
+        if p is None:
+            p = self._static_checks(user, agent, unit, contract)
+            if p is None:
+                return None
+            if p.start <= ts:
+                self._static.setdefault(contract, {}).setdefault(unit, {})[user] = p
+        return p if p.agent == agent else None
+
     def _static_checks(self, user: str, agent: str, unit: str, contract: str
                        ) -> _Pass | None:
         """The R46.2.2 checks that depend only on reference data, for the fast path: a
@@ -631,7 +937,7 @@ class RiskGuard:
         a0, a1 = _window(ag.registered_from, ag.registered_to)
         u0, u1 = _window(un.valid_from, un.valid_to)
         hour, qi, k = self._locate(un, contract)
-        return _Pass(un, max(a0, u0), min(a1, u1), self._owners(un), hour, qi, k)
+        return _Pass(agent, un, max(a0, u0), min(a1, u1), self._owners(un), hour, qi, k)
 
     def _refusal(self, user: str, agent: str, unit: str, contract: str, ts: int
                  ) -> tuple[str, str] | None:
@@ -686,103 +992,84 @@ class RiskGuard:
                 f" would be {total / 10:.1f} MW, beyond its {word} {bound / 10:.1f} MW"
                 f" (program, traded and resting orders counted; {rule})")
 
-    def _drop(self, x: OrderRisk) -> None:
-        """Release everything an instantiation holds (it is being replaced)."""
-        if x.debtor:
-            for (acct, _, _), c in zip(x.owners, x.charges, strict=True):
-                acct.debtor -= c
-            x.charges = [0] * len(x.charges)
-        e = x.k * x.rem
-        if x.sell:
-            x.tgt.rs -= e
-        else:
-            x.tgt.rb -= e
-        x.rem = 0
-
-    def _recharge(self, x: OrderRisk) -> None:
-        ap = -x.price if x.price < 0 else x.price
-        rem = x.rem
-        charges = x.charges
-        for i, (acct, mul, _) in enumerate(x.owners):
-            c = ap * rem * mul
-            acct.debtor += c - charges[i]
-            charges[i] = c
-
     def filled(self, o: Order, qty: int, price: int) -> None:
-        x: OrderRisk | None = o.ext  # type: ignore[assignment]
-        if x is None:
+        p: _Pass | None = o.ext  # type: ignore[assignment]
+        if p is None:
             return
-        rem = x.rem - qty
-        x.rem = rem
-        owners = x.owners
-        if x.debtor:  # the order's value for what is left (inlined _recharge)
-            ap = -x.price if x.price < 0 else x.price
-            charges = x.charges
-            if len(owners) == 1:
-                acct, mul, _ = owners[0]
-                c = ap * rem * mul
-                acct.debtor += c - charges[0]
-                charges[0] = c
-            else:
-                self._recharge(x)
-        # R49.1.4.3 b): a payment obligation (buy at a positive price, sell at a negative)
-        if (price < 0) if x.sell else (price > 0):
-            ap = -price if price < 0 else price
-            rnd = self.engine.round
-            for acct, mul, _ in owners:
-                ob = ap * qty * mul
-                acct.obligations += ob
-                br = acct.by_round
-                br[rnd] = br.get(rnd, 0) + ob
-        e = x.k * qty
-        t = x.tgt
-        if x.sell:
-            t.rs -= e
-            t.sold += e
+        v = o.ext_v
+        # the energy moves from placed-resting to traded: the placed total stays; the
+        # order's value for the filled quantity (c) is released
+        if o.side is BUY:
+            p.tgt.bought += p.k * qty
+            if price <= 0:  # no obligation
+                if v:
+                    self._give_back(p, v * qty)
+                return
         else:
-            t.rb -= e
-            t.bought += e
+            p.tgt.sold += p.k * qty
+            if price >= 0:
+                if v:
+                    self._give_back(p, v * qty)
+                return
+            price = -price
+        # R49.1.4.3 b): a payment obligation (buy at a positive price, sell at a negative)
+        # at |price|: the limit moves by the value released less the obligation (nothing
+        # for a resting order, which trades at its own price)
+        d = v - price
+        if p.single:
+            acct = p.acct
+            mul = p.mul
+            acct.obligations += price * qty * mul
+            if d:
+                acct.lim += d * qty * mul
+        else:
+            for acct, mul, _ in p.owners:
+                acct.obligations += price * qty * mul
+                if d:
+                    acct.lim += d * qty * mul
+
+    @staticmethod
+    def _give_back(p: _Pass, value: int) -> None:
+        """``value`` (|price| × quantity) of a debtor order's charge goes back to the
+        limit of every owner."""
+        for acct, mul, _ in p.owners:
+            acct.lim += value * mul
 
     def released(self, o: Order, qty: int) -> None:
-        x: OrderRisk | None = o.ext  # type: ignore[assignment]
-        if x is None:
+        p: _Pass | None = o.ext  # type: ignore[assignment]
+        if p is None:
             return
-        rem = x.rem - qty
-        x.rem = rem
-        if x.debtor:
-            owners = x.owners
-            if len(owners) == 1:
-                acct, mul, _ = owners[0]
-                c = (-x.price if x.price < 0 else x.price) * rem * mul
-                acct.debtor += c - x.charges[0]
-                x.charges[0] = c
+        ap = o.ext_v
+        if ap:
+            if p.single:
+                p.acct.lim += ap * qty * p.mul
             else:
-                self._recharge(x)
-        e = x.k * qty
-        if x.sell:
-            x.tgt.rs -= e
+                for acct, mul, _ in p.owners:
+                    acct.lim += ap * qty * mul
+        if o.side is BUY:
+            p.tgt.pb -= p.k * qty
         else:
-            x.tgt.rb -= e
+            p.tgt.ps -= p.k * qty
 
     def repriced(self, o: Order, old_price: int) -> None:
-        x: OrderRisk | None = o.ext  # type: ignore[assignment]
-        if x is None:
+        p: _Pass | None = o.ext  # type: ignore[assignment]
+        if p is None:
             return
-        x.price = o.price
-        was = x.debtor
-        x.debtor = o.price < 0 if x.sell else o.price > 0
-        if was and not x.debtor:
-            for (acct, _, _), c in zip(x.owners, x.charges, strict=True):
-                acct.debtor -= c
-            x.charges = [0] * len(x.owners)
-        elif x.debtor:
-            if not was:
-                x.charges = [0] * len(x.owners)
-            self._recharge(x)
+        price = o.price
+        ap = (price if price > 0 else 0) if o.side is BUY else (-price if price < 0 else 0)
+        d = ap - o.ext_v
+        if d:
+            o.ext_v = ap
+            rem = o.remaining
+            for acct, mul, _ in p.owners:
+                acct.lim -= d * rem * mul
 
     def round_closed(self, round_no: int, ts: int) -> None:
         """A new round starts at ``ts``: unavailabilities and limitations received at least
-        five minutes earlier take effect (A1§6)."""
+        five minutes earlier take effect (A1§6).  The obligations charged since the last
+        close are round ``round_no``'s."""
+        for acct in self.accounts.values():
+            acct.fold(round_no)
         if not self.pending:
             return
         due = [p for p in self.pending if p[0] <= ts - A1_6_NOTICE_MS]
@@ -799,7 +1086,8 @@ class RiskGuard:
         h = hashlib.sha256()
         for code in sorted(self.accounts):
             a = self.accounts[code]
-            h.update(repr((code, a.gmic, a.obligations, sorted(a.by_round.items()), a.debtor,
+            h.update(repr((code, a.gmic, a.obligations,
+                           sorted(a.rounds(self.engine.round).items()), a.debtor,
                            a.reduction, a.reductions, a.increases)).encode())
         for key in sorted(self.hours):
             hr = self.hours[key]
@@ -811,7 +1099,7 @@ class RiskGuard:
                        [(r.id, r.agent, r.increase, r.amount, r.state)
                         for r in self.requests.values()],
                        sorted(self.breach_hibernate.items()),
-                       sorted((u, t.starts, t.counts, t.state)
+                       sorted((u, t.starts, t.counted(), t.state)
                               for u, t in self.throttles.items()),
                        [(p[0], p[1], repr(p[2])) for p in self.pending])).encode())
         return h.digest()
@@ -822,7 +1110,8 @@ class RiskGuard:
         """An agent's guarantee account with the breakdown of its operative limit."""
         a = self.accounts[agent]
         d: dict[str, Any] = {"agent": agent, **a.breakdown()}
-        d["obligations_by_round"] = {r: to_cents_up(v) for r, v in sorted(a.by_round.items())}
+        d["obligations_by_round"] = {r: to_cents_up(v) for r, v in
+                                     sorted(a.rounds(self.engine.round).items())}
         d["pending_requests"] = [
             {"id": r.id, "increase": r.increase, "amount": r.amount}
             for r in self.requests.values() if r.agent == agent and r.state == "PENDING"]
@@ -843,8 +1132,7 @@ class RiskGuard:
         must equal the running totals)."""
         debtor = 0
         for o in self.engine.orders.values():
-            x: OrderRisk | None = o.ext  # type: ignore[assignment]
-            if x is None or o.status.value != "ACTIVE" or not x.debtor:
+            if o.ext is None or o.status.value != "ACTIVE" or not o.ext_v:
                 continue
             un = self.ref.units[o.unit]
             for (acct, mul, _), (ag, _) in zip(self._owners(un), un.owners, strict=True):
@@ -852,7 +1140,8 @@ class RiskGuard:
                     debtor += abs(o.price) * o.remaining * mul
                     assert acct.agent == agent
         return {"debtor_orders": to_cents_up(debtor),
-                "obligations": to_cents_up(sum(self.accounts[agent].by_round.values()))}
+                "obligations": to_cents_up(sum(
+                    self.accounts[agent].rounds(self.engine.round).values()))}
 
     # ------------------------------------------------------------------ command handlers
 
@@ -974,11 +1263,14 @@ class RiskGuard:
             self._deny(ts, cmd.by, None, Code.NOT_PERMITTED, "only the settlement side")
             return
         for acct in self.accounts.values():
+            acct.fold(self.engine.round)
             done = [r for r in acct.by_round if r <= cmd.through_round]
             if not done:
                 continue
             amount = sum(acct.by_round.pop(r) for r in done)
+            acct.folded -= amount
             acct.obligations -= amount
+            acct.lim += amount
             self._notice(ts, "OBLIGATIONS_RELEASED", acct.agent, cmd.by,
                          f"obligations of rounds up to {cmd.through_round} synchronised"
                          " (R49.1.4.2)", to_cents_up(amount))
