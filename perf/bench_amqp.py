@@ -81,7 +81,13 @@ for _p in (ROOT, ROOT / "perf", ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from bench_ws import CONTRACT, bench_refdata, free_port, login, wait_port  # noqa: E402
+from bench_ws import (  # noqa: E402
+    CONTRACT,
+    bench_refdata,
+    free_port,
+    open_bench_contract,
+    wait_port,
+)
 from broker import Broker, start_broker  # noqa: E402
 from procstat import CpuMeter  # noqa: E402
 
@@ -404,16 +410,7 @@ async def measure(broker: Broker, port: int, srv: subprocess.Popen[bytes],
     line = await asyncio.wait_for(asyncio.to_thread(echo.stdout.readline), 60)  # type: ignore[union-attr]
     if line.strip() != b"ready":
         raise RuntimeError(f"the echo server did not start ({echo.poll()})")
-    url = f"ws://127.0.0.1:{port}/ws"
-    op = await login(url, "op")
-    for m in ({"type": "contract_create", "req_id": "c", "contract": CONTRACT,
-               "close_at": "2099-12-31T09:00:00Z"},
-              {"type": "contract_open", "req_id": "o", "contracts": [CONTRACT]}):
-        await op.send(json.dumps(m))
-        ans = orjson.loads(await op.recv())
-        if ans["type"] != "ack":
-            raise RuntimeError(f"setup failed: {ans}")
-    await op.close()
+    await open_bench_contract(f"ws://127.0.0.1:{port}/ws")
     for u in users:
         await wait_layout(broker.url_for(u), u, srv)
     cpu = CpuMeter({"client": os.getpid(), "server": srv.pid, "echo": echo.pid,

@@ -117,6 +117,19 @@ async def login(url: str, user: str) -> ClientConnection:
     return ws
 
 
+async def open_bench_contract(url: str) -> None:
+    """The operator creates and opens the benchmark's contract."""
+    op = await login(url, "op")
+    for m in ({"type": "contract_create", "req_id": "c", "contract": CONTRACT,
+               "close_at": "2099-12-31T09:00:00Z"},
+              {"type": "contract_open", "req_id": "o", "contracts": [CONTRACT]}):
+        await op.send(json.dumps(m))
+        ans = orjson.loads(await op.recv())
+        if ans["type"] != "ack":
+            raise RuntimeError(f"setup failed: {ans}")
+    await op.close()
+
+
 class Load:
     """One connection's open-loop load: entries that rest, then cancels of them."""
 
@@ -248,15 +261,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await wait_port(port, srv)
             await wait_port(eport, echo)
             url = f"ws://127.0.0.1:{port}/ws"
-            op = await login(url, "op")
-            for m in ({"type": "contract_create", "req_id": "c", "contract": CONTRACT,
-                       "close_at": "2099-12-31T09:00:00Z"},
-                      {"type": "contract_open", "req_id": "o", "contracts": [CONTRACT]}):
-                await op.send(json.dumps(m))
-                ans = orjson.loads(await op.recv())
-                if ans["type"] != "ack":
-                    raise RuntimeError(f"setup failed: {ans}")
-            await op.close()
+            await open_bench_contract(url)
             ronda = await run_target(url, users, False, args.rate, args.seconds, srv.pid)
             base = await run_target(f"ws://127.0.0.1:{eport}", users, True, args.rate,
                                     args.seconds, echo.pid)
