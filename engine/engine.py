@@ -6,18 +6,17 @@ reads no clock and does no I/O.  A trader's mistake is a :class:`~engine.events.
 event, never an exception.
 
 Book layout: per side a sorted array of level ranks with the best level last and a dict of
-levels by rank (see :class:`BookSide`); a level is a deque of order instantiations in time
-priority.  Removal is lazy: a cancelled, modified or hibernated instantiation is marked
-dead (``live = False``) and skipped when it reaches the front; a level whose live count
-falls to zero is dropped at once, and a level that accumulates many dead entries is
-compacted, so memory stays bounded.
+levels by rank (see :class:`BookSide`); a level is a dict of its order instantiations
+keyed by their time priority ``seq``, which only grows, so the dict's insertion order is
+the time priority.  A cancelled, modified or hibernated instantiation leaves its level at
+once (O(1), no dead entries, nothing to compact later), and a level that empties is dropped
+at once, so memory is exactly what rests.
 """
 
 from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, insort
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from heapq import heappop, heappush
@@ -98,14 +97,13 @@ _REMOVE = "REMOVE"
 
 
 class Level:
-    """One price level of one side: instantiations in time priority (lazy removal)."""
+    """One price level of one side: its instantiations by ``seq``, in time priority."""
 
-    __slots__ = ("live", "orders", "price")
+    __slots__ = ("orders", "price")
 
     def __init__(self, price: int) -> None:
         self.price = price
-        self.orders: deque[Order] = deque()
-        self.live = 0
+        self.orders: dict[int, Order] = {}
 
 
 class BookSide:
@@ -178,7 +176,7 @@ class Book:
 
     def resting(self, side: Side) -> list[Order]:
         """Live instantiations of one side in priority order (best price, then time)."""
-        return [o for lvl in self.levels(side) for o in lvl.orders if o.live]
+        return [o for lvl in self.levels(side) for o in lvl.orders.values()]
 
     def best(self, side: Side) -> int | None:
         lvl = self.side(side).best()
@@ -488,8 +486,7 @@ class Engine:
         lvl = bs.levels.get(rank)
         if lvl is None:
             lvl = bs.add_level(rank, price)
-        lvl.orders.append(o)
-        lvl.live += 1
+        lvl.orders[seq] = o
         o.live = True
         o.level = lvl
         e = book.entry_seq + 1
@@ -505,14 +502,13 @@ class Engine:
         lvl: Level = o.level  # type: ignore[assignment]
         o.live = False
         o.level = None
-        lvl.live -= 1
-        if lvl.live == 0:
+        d = lvl.orders
+        del d[o.seq]
+        if not d:
             if o.side is BUY:
                 book.bids.drop_level(lvl.price)
             else:
                 book.asks.drop_level(-lvl.price)
-        elif len(lvl.orders) > 2 * lvl.live + 32:
-            lvl.orders = deque(x for x in lvl.orders if x.live)
         s = book.pub_seq + 1
         book.pub_seq = s
         self._out.append(
@@ -616,12 +612,10 @@ class Engine:
             if (lp > limit) if buy else (lp < limit):
                 break
             dq = lvl.orders
+            first = dq.values
             at_level = remaining
             while remaining and dq:
-                r = dq[0]
-                if not r.live:
-                    dq.popleft()
-                    continue
+                r = next(iter(first()))
                 vis = r.visible
                 q = remaining if remaining < vis else vis
                 remaining -= q
@@ -651,12 +645,11 @@ class Engine:
                         None)))
                     continue
                 # the visible part is gone
-                dq.popleft()
+                del dq[r.seq]
                 if rrem == 0:
                     r.live = False
                     r.level = None
                     r.status = INACTIVE
-                    lvl.live -= 1
                     rid = r.id
                     del orders[rid]
                     d = by_agent[r.agent]
@@ -675,7 +668,6 @@ class Engine:
                 r.visible = pk if rrem > pk else rrem
                 if r.incr:
                     r.live = False
-                    lvl.live -= 1
                     r.price += r.incr
                     if g is not None:
                         g.repriced(r, lp)
@@ -684,7 +676,7 @@ class Engine:
                     seq = self.next_seq
                     self.next_seq = seq + 1
                     r.seq = seq
-                    dq.append(r)
+                    dq[seq] = r
                     e = book.entry_seq + 1
                     book.entry_seq = e
                     r.pub = e
@@ -700,7 +692,7 @@ class Engine:
             if g is not None and remaining != at_level:
                 # the aggressor's fills at this level, all at its price: one call
                 g.filled(o, at_level - remaining, lp)
-            if lvl.live == 0:
+            if not dq:
                 opp.drop_level(rank)
         self.next_trade = tid
         book.pub_seq = pseq
@@ -727,9 +719,7 @@ class Engine:
             lp = lvl.price
             if (lp > limit) if buy else (lp < limit):
                 return
-            for r in lvl.orders:
-                if not r.live:
-                    continue
+            for r in lvl.orders.values():
                 yield lp, r.visible
                 hidden = r.remaining - r.visible
                 if hidden:
@@ -1345,7 +1335,7 @@ class Engine:
             for side in (BUY, SELL):
                 for lvl in b.levels(side):
                     h.update(repr((side.value, lvl.price,
-                                   [o.id for o in lvl.orders if o.live])).encode())
+                                   [o.id for o in lvl.orders.values()])).encode())
         for oid in sorted(self.orders):
             o = self.orders[oid]
             h.update(repr((o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side.value,
