@@ -188,6 +188,10 @@ class AmqpTransport:
     async def send(self, msg: dict[str, Any]) -> None:
         self.adapter.to_user(self.user, msg)
 
+    async def send_many(self, msgs: list[dict[str, Any]]) -> None:
+        for msg in msgs:
+            self.adapter.to_user(self.user, msg)
+
     async def close(self, code: int, reason: str) -> None:
         self.abort(reason)
 

@@ -172,6 +172,12 @@ class Hub:
 
     # ------------------------------------------------------------------ routing
 
+    def _heard(self, agent: str) -> bool:
+        """Whether a session listens to ``agent``'s private stream.  A message nobody
+        receives is not built: only its sequence number is taken, so that the stream's
+        numbering is the same whoever subscribes when."""
+        return bool(self.officer_subs) or bool(self.private_subs.get(agent))
+
     def _private(self, agent: str, msg: Message) -> None:
         self.private_seq[agent] += 1
         msg["stream"] = f"private:{agent}"
@@ -194,18 +200,28 @@ class Hub:
                 elif t is PublicTrade:
                     self._public_trade(ev)
                 elif t is OrderReport:
-                    touched.add(ev.agent)
-                    self._private(ev.agent, event_to_wire_copy(ev))
+                    agent = ev.agent
+                    touched.add(agent)
+                    if self._heard(agent):
+                        self._private(agent, event_to_wire_copy(ev))
+                    else:
+                        self.private_seq[agent] += 1
                 elif t is Trade:
                     for side in ("buy", "sell"):
                         agent = getattr(ev, f"{side}_agent")
                         touched.add(agent)
                         msg = _own_trade(ev, side)
                         self.trades_by_agent[agent].append(msg)
-                        self._private(agent, dict(msg))
+                        if self._heard(agent):
+                            self._private(agent, dict(msg))
+                        else:
+                            self.private_seq[agent] += 1
                 elif t is Reject:
                     if ev.agent:
-                        self._private(ev.agent, event_to_wire(ev))
+                        if self._heard(ev.agent):
+                            self._private(ev.agent, event_to_wire(ev))
+                        else:
+                            self.private_seq[ev.agent] += 1
                 elif t is ContractStateChanged or t is RoundClosed:
                     self.state_seq += 1
                     msg = event_to_wire(ev)
@@ -236,9 +252,11 @@ class Hub:
                     if u is not None:
                         self._private(u.agent, event_to_wire(ev))
         for agent in sorted(touched):
-            acct = self.core.account(agent)
+            acct = self.core.account(agent) if self._heard(agent) else None
             if acct is not None:
                 self._private(agent, account_message(acct))
+            elif self.core.risk is not None and agent in self.core.risk.accounts:
+                self.private_seq[agent] += 1  # the account update nobody hears
 
     def _book_delta(self, contract: str, ts: int, action: str, entry: int, side: str,
                     price: int, qty: int) -> None:

@@ -589,14 +589,41 @@ def _fast_ticks(v: Any, decimals: int, ticks: bool) -> int | None:
     return None
 
 
+# The same few hundred price and quantity texts come again and again: each valid text's
+# ticks are kept (bounded; cleared when full), so it is parsed once.
+_TEXT_CACHE_MAX = 65_536
+_PRICE_TEXTS: dict[str, int] = {}
+_QTY_TEXTS: dict[str, int] = {}
+
+
 def _fast_price(v: Any, ticks: bool) -> int | None:
+    if type(v) is str:
+        t = _PRICE_TEXTS.get(v)
+        if t is not None:
+            return t
     t = _fast_ticks(v, 2, ticks)
-    return None if t is None or abs(t) > _MAX_PRICE_TICKS else t
+    if t is None or abs(t) > _MAX_PRICE_TICKS:
+        return None
+    if type(v) is str:
+        if len(_PRICE_TEXTS) >= _TEXT_CACHE_MAX:
+            _PRICE_TEXTS.clear()
+        _PRICE_TEXTS[v] = t
+    return t
 
 
 def _fast_qty(v: Any, ticks: bool) -> int | None:
+    if type(v) is str:
+        t = _QTY_TEXTS.get(v)
+        if t is not None:
+            return t
     t = _fast_ticks(v, 1, ticks)
-    return None if t is None or not 0 < t <= _MAX_QTY_TICKS else t
+    if t is None or not 0 < t <= _MAX_QTY_TICKS:
+        return None
+    if type(v) is str:
+        if len(_QTY_TEXTS) >= _TEXT_CACHE_MAX:
+            _QTY_TEXTS.clear()
+        _QTY_TEXTS[v] = t
+    return t
 
 
 def _fast_id(v: Any) -> int | None:

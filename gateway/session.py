@@ -93,10 +93,13 @@ SESSION_FIELDS: dict[str, frozenset[str]] = {
     "query_audit": _BASE | {"agent", "before", "limit"},
 }
 AUDIT_LIMIT = 1000  # entries per query_audit answer, at most
+WRITE_BATCH = 256  # queued messages handed to the transport at once, at most
 
 
 class Transport(Protocol):
     async def send(self, msg: dict[str, Any]) -> None: ...
+
+    async def send_many(self, msgs: list[dict[str, Any]]) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -204,9 +207,11 @@ class Session:
                                                    "reason": self._closing})
                     await self.transport.close(1008, self._closing)
                     return
-                msg = self._out.popleft()
-                await self.transport.send(msg)
-                self.sent += 1
+                out = self._out
+                n = min(len(out), WRITE_BATCH)
+                batch = [out.popleft() for _ in range(n)]
+                await self.transport.send_many(batch)
+                self.sent += n
                 if self._stale_books and len(self._out) < self.max_queue // 2:
                     self._refresh_books()
         except asyncio.CancelledError:

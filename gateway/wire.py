@@ -5,7 +5,9 @@ strings with milliseconds; with ``ticks=True`` the integers are kept.  Field nam
 the protocol (``quantity``, ``price_increment``) rather than the engine's short names.
 
 This runs for every event sent to a client, so one converter function is generated per
-event type (a dictionary display over the tuple's positions, no loop, no attribute lookup).
+event type (a dictionary display over the tuple's positions, no loop, no attribute lookup,
+``None`` tested inline).  Prices and quantities repeat (a book has a few hundred price
+levels), so their texts are kept in bounded caches: a dict lookup instead of formatting.
 String enums need no conversion: they are ``str`` and encode as their value.
 """
 
@@ -36,13 +38,27 @@ def fmt_instant(ms: int) -> str:
     return f"{_sec_cache[1]}.{milli:03d}Z"
 
 
-def _opt(f: Callable[[int], str]) -> Callable[[int | None], str | None]:
-    def g(v: int | None) -> str | None:
-        return None if v is None else f(v)
-    return g
+_CACHE_MAX = 65_536  # texts per cache; cleared when full
 
 
-_ENV = {"P": _opt(fmt_price), "Q": _opt(fmt_qty), "T": _opt(fmt_instant)}
+def _cached(f: Callable[[int], str]) -> tuple[Callable[[int], str | None],
+                                               Callable[[int], str]]:
+    """``(lookup, make)``: ``lookup(v) or make(v)`` is ``f(v)``, formatted once per value
+    while the cache holds it (``f`` never returns an empty text)."""
+    cache: dict[int, str] = {}
+
+    def make(v: int) -> str:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        text = cache[v] = f(v)
+        return text
+
+    return cache.get, make
+
+
+_PL, _PM = _cached(fmt_price)
+_QL, _QM = _cached(fmt_qty)
+_ENV: dict[str, Any] = {"PL": _PL, "PM": _PM, "QL": _QL, "QM": _QM, "T": fmt_instant}
 
 
 def _compile(cls: type, name: str, ticks: bool) -> Callable[[Any], dict[str, Any]]:
@@ -52,11 +68,11 @@ def _compile(cls: type, name: str, ticks: bool) -> Callable[[Any], dict[str, Any
         if ticks:
             expr = f"e[{i}]"
         elif f in _PRICES:
-            expr = f"P(e[{i}])"
+            expr = f"(None if e[{i}] is None else PL(e[{i}]) or PM(e[{i}]))"
         elif f in _QTYS:
-            expr = f"Q(e[{i}])"
+            expr = f"(None if e[{i}] is None else QL(e[{i}]) or QM(e[{i}]))"
         elif f in _INSTANTS:
-            expr = f"T(e[{i}])"
+            expr = f"(None if e[{i}] is None else T(e[{i}]))"
         else:
             expr = f"e[{i}]"
         items.append(f"{key!r}: {expr}")

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.config import fmt_price, fmt_qty
 from engine.events import OrderReport
+from gateway import wire
 from gateway.wire import event_to_wire, event_to_wire_copy
 
 
@@ -33,3 +39,23 @@ def test_a_report_sent_twice_is_converted_once_and_copied() -> None:
     other = _report(4511)
     assert event_to_wire_copy(other)["price"] == "45.11"
     assert event_to_wire_copy(ev)["price"] == "45.10"
+
+
+@settings(max_examples=300, deadline=None)
+@given(price=st.integers(-999_900, 999_900), qty=st.integers(0, 99_990),
+       expiry=st.none() | st.integers(0, 4_102_444_800_000),
+       incr=st.integers(-500, 500), small_cache=st.booleans())
+def test_cached_texts_equal_a_fresh_formatting(price: int, qty: int, expiry: int | None,
+                                               incr: int, small_cache: bool) -> None:
+    """Prices and quantities come from bounded caches of their texts: whatever the cache
+    holds or has dropped, the text is exactly the formatting of the value, and a missing
+    value stays None."""
+    with pytest.MonkeyPatch.context() as mp:
+        if small_cache:
+            mp.setattr(wire, "_CACHE_MAX", 2)  # cleared all the time
+        ev = _report(price)._replace(visible=qty, filled=qty // 2, expiry=expiry, incr=incr)
+        for _ in range(2):  # formatted, then (maybe) from the cache
+            msg = event_to_wire(ev)
+            assert (msg["price"], msg["visible"], msg["filled"], msg["price_increment"]) == (
+                fmt_price(price), fmt_qty(qty), fmt_qty(qty // 2), fmt_price(incr))
+            assert msg["expiry"] == (None if expiry is None else wire.fmt_instant(expiry))

@@ -597,6 +597,41 @@ async def test_private_stream(env: Env) -> None:
         assert m.get("agent", "AG1") == "AG1" and m.get("user", "ana") == "ana", m
 
 
+async def test_private_stream_numbers_messages_nobody_heard(env: Env) -> None:
+    """A private message is built only for a listener, but every message takes its number
+    in the agent's stream whoever listens: a session subscribing late starts from the same
+    sequence number a session subscribed all along has reached."""
+    reached = {}
+    for listen_first in (True, False):
+        srv = await env.server()
+        ana = await env.client(srv, "ana")
+        carlos = await env.client(srv, "carlos")
+        if listen_first:
+            first = await ana.request({"type": "subscribe", "stream": "private"})
+        oid = await ask(ana, "50.00", "2.0")  # report, account
+        await bid(carlos, "50.00", "1.0")  # AG1: trade, report, account
+        cancel = await ana.request({"type": "order_cancel", "order_id": oid})
+        assert cancel["type"] == "ack" and cancel["reports"][0]["action"] == "CANCELLED"
+        bad = await ana.request({"type": "order_cancel", "order_id": oid})  # a reject
+        assert bad["type"] == "reject"
+        await ana.request({"type": "query_me"})
+        if listen_first:
+            msgs = ana.stream("private:AG1")
+            assert [m["seq"] for m in msgs] == list(
+                range(first["seq"] + 1, first["seq"] + 1 + len(msgs)))
+            assert {m["type"] for m in msgs} >= {"order_report", "trade", "account", "reject"}
+            reached[listen_first] = msgs[-1]["seq"]
+        else:
+            late = await ana.request({"type": "subscribe", "stream": "private"})
+            assert ana.stream("private:AG1") == []
+            reached[listen_first] = late["seq"]
+        nxt = await ask(ana, "51.00")
+        report = await ana.wait_for(lambda m, n=nxt: m.get("stream") == "private:AG1"
+                                    and m.get("order_id") == n)
+        assert report["seq"] == reached[listen_first] + 1
+    assert reached[True] == reached[False] > 0
+
+
 async def test_two_traders_trade_and_both_see_it(env: Env) -> None:
     srv = await env.server()
     ana = await env.client(srv, "ana")

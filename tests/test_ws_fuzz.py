@@ -286,6 +286,9 @@ class FakeTransport:
     async def send(self, msg: dict[str, Any]) -> None:
         self.sent.append(msg)
 
+    async def send_many(self, msgs: list[dict[str, Any]]) -> None:
+        self.sent.extend(msgs)
+
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
