@@ -8,7 +8,9 @@ events its command caused, and every event of the batch goes to the listeners (f
 
 While one batch is being written and fsynced (in a worker thread, so the event loop keeps
 reading sockets), the next batch forms in the queue: throughput grows with load while each
-command waits for at most one fsync in front of its own.
+command waits for at most one fsync in front of its own.  The journal starts a new segment
+at each local trading day (a batch that spans local midnight is split there), so that a
+day's records are files of their own.
 
 Recovery is :meth:`Sequencer.recover`: the journal is replayed into a fresh core, and the
 state is exactly the state before the crash, minus at most the batch that was being written
@@ -24,8 +26,10 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from typing import Any
 
+from engine.contracts import local_day_of
 from gateway.codec import Codec, default_codec
 from gateway.core import Core
 from gateway.journal import Journal, Record
@@ -87,6 +91,7 @@ class Sequencer:
         self._stopping = False
         self.failed: BaseException | None = None
         self.applied = 0
+        self.day: date | None = None  # local trading day of the last journaled record
 
     # ------------------------------------------------------------------ recovery
 
@@ -95,6 +100,7 @@ class Sequencer:
         ``listeners`` see every replayed command's events (e.g. the sync job, which rebuilds
         the trades of unsynchronised rounds)."""
         n = 0
+        last_ts = 0
         for rec in self.journal.records():
             events = self.core.apply(rec.command, rec.ts)
             if listeners:
@@ -104,6 +110,9 @@ class Sequencer:
             if rec.ts > self.clock.last:
                 self.clock.last = rec.ts
             n += 1
+            last_ts = rec.ts
+        if n:
+            self.day = local_day_of(last_ts)
         self.applied = n
         return n
 
@@ -169,8 +178,20 @@ class Sequencer:
             records.append(Record(seq, ts, origin, cmd))
             stamped.append((cmd, origin, fut, ts))
             seq += 1
-        # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile
-        await loop.run_in_executor(self._writer, self.journal.append, records)
+        # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile; a new
+        # journal segment at each local trading day
+        start = 0
+        for i, rec in enumerate(records):
+            day = local_day_of(rec.ts)
+            if day != self.day:
+                if i > start:
+                    await loop.run_in_executor(self._writer, self.journal.append,
+                                               records[start:i])
+                    start = i
+                if self.day is not None:
+                    self.journal.roll()
+                self.day = day
+        await loop.run_in_executor(self._writer, self.journal.append, records[start:])
         applied: list[tuple[Any, str, list[Any]]] = []
         for cmd, origin, fut, ts in stamped:
             events = self.core.apply(cmd, ts)

@@ -17,7 +17,7 @@
 
 Last line: one JSON object.
 
-    python perf/bench_ws.py [--rate 5000] [--seconds 10] [--connections 4]
+    python perf/bench_ws.py [--rate 5000] [--seconds 10] [--connections 4] [--server-arg ARG]
 """
 
 from __future__ import annotations
@@ -260,7 +260,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         srv = subprocess.Popen(
             [PY, "-m", "gateway.cli", "serve", "--data-dir", str(Path(tmp) / "data"),
-             "--port", str(port), "--refdata", str(refdata), "--no-calendar"],
+             "--port", str(port), "--refdata", str(refdata), "--no-calendar",
+             *args.server_arg],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         eport = free_port()
         echo = subprocess.Popen([PY, "-c", ECHO_SERVER, str(eport)], env=env,
@@ -290,6 +291,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_ratio": round(base["cpu_us_per_request_saturated"]["server"]
                                   / max(1, ronda["cpu_us_per_request_saturated"]["server"]), 3),
         "loadavg_at_end": float(Path("/proc/loadavg").read_text().split()[0]),
+        "server_args": args.server_arg,
         "fsync": True,
     }
 
@@ -299,6 +301,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=5000)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                    help="pass ARG to ronda serve (repeat: --server-arg=--journal-inline-max-ms"
+                         " --server-arg=0)")
     args = ap.parse_args()
     import uvloop
 

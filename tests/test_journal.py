@@ -265,8 +265,10 @@ def test_append_checks_the_batch_before_writing_anything(tmp_path: Path) -> None
 
 def test_group_commit_one_write_and_one_fsync_per_batch(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One write and one sync per batch: ``fdatasync`` (data and size, not the timestamps)
+    on Linux, where these tests run."""
     calls: list[tuple[str, int]] = []
-    real_write, real_fsync = os.write, os.fsync
+    real_write, real_fsync, real_fdatasync = os.write, os.fsync, os.fdatasync
 
     def write(fd: int, data: Any) -> int:
         calls.append(("write", fd))
@@ -276,20 +278,26 @@ def test_group_commit_one_write_and_one_fsync_per_batch(tmp_path: Path,
         calls.append(("fsync", fd))
         real_fsync(fd)
 
+    def fdatasync(fd: int) -> None:
+        calls.append(("fdatasync", fd))
+        real_fdatasync(fd)
+
     with Journal(tmp_path / "a") as j:
         monkeypatch.setattr(os, "write", write)
         monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
         j.append(batch(1, 500))
         j.append(batch(501, 1))
         j.append(batch(502, 200))
         monkeypatch.undo()
         fd = j._fd
-        assert calls == [("write", fd), ("fsync", fd)] * 3
+        assert calls == [("write", fd), ("fdatasync", fd)] * 3
         check_records(j, 701)
     calls.clear()
     with Journal(tmp_path / "b", fsync=False) as j:
         monkeypatch.setattr(os, "write", write)
         monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
         j.append(batch(1, 50))
         j.append(batch(51, 50))
         monkeypatch.undo()
@@ -298,20 +306,26 @@ def test_group_commit_one_write_and_one_fsync_per_batch(tmp_path: Path,
 
 def test_a_new_segment_is_durable_before_records_go_in(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[str] = []
-    real_fsync = os.fsync
+    synced: list[tuple[str, str]] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
 
     def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        synced.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
+
+    def fdatasync(fd: int) -> None:
+        synced.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fdatasync(fd)
 
     with Journal(tmp_path, segment_bytes=1024) as j:
         j.append(batch(1, 5))
         monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
         j.append(batch(6, 20))  # rolls first
         monkeypatch.undo()
     seg2 = str(tmp_path / "journal-000002.rjl")
-    assert synced == [seg2, str(tmp_path), seg2]  # header, directory entry, then the batch
+    # the new file whole (header), its directory entry, then the batch's data
+    assert synced == [("fsync", seg2), ("fsync", str(tmp_path)), ("fdatasync", seg2)]
 
 
 def test_a_failed_write_stops_the_journal_until_reopened(tmp_path: Path,
@@ -322,7 +336,7 @@ def test_a_failed_write_stops_the_journal_until_reopened(tmp_path: Path,
         def broken(fd: int) -> None:
             raise OSError(5, "Input/output error")
 
-        monkeypatch.setattr(os, "fsync", broken)
+        monkeypatch.setattr(os, "fdatasync", broken)
         with pytest.raises(JournalError, match="append failed"):
             j.append(batch(4, 2))
         monkeypatch.undo()

@@ -1,6 +1,7 @@
 """The single writer's group commit (gateway/sequencer.py): pipelined batches keep the
 journal order, a command is answered only once its batch is durable (DESIGN rule 7), and a
-failed journal write stops everything after it."""
+failed journal write stops everything after it; and the journal starts a segment at each
+local trading day."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import errno
 import itertools
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import gateway.journal as journal_mod
 from engine.commands import Tick
 from gateway.core import Core
 from gateway.journal import Journal
-from gateway.sequencer import Sequencer, SequencerStopped
+from gateway.sequencer import Clock, Sequencer, SequencerStopped
 
 
 async def test_answers_only_after_the_batch_is_durable_and_in_journal_order(
@@ -85,3 +87,45 @@ async def test_a_failed_journal_write_stops_the_sequencer_and_answers_nothing_af
     monkeypatch.setattr(journal_mod, "_write_all", real_write)
     with Journal(tmp_path / "journal") as again:
         assert [r.origin for r in again.records()] == ["o0"]
+
+
+async def test_the_journal_starts_a_segment_at_each_local_trading_day(tmp_path: Path) -> None:
+    """One journal segment per local trading day (Europe/Madrid): a batch that spans local
+    midnight is split there; after a restart on the same day the sequencer goes on in that
+    day's segment, and the next day opens a new one.  Every record is still there, in
+    order."""
+    from engine.contracts import local_midnight_utc
+
+    midnight = local_midnight_utc(date(2027, 3, 28))  # a DST day: 00:00 CET is 23:00 UTC
+    hour = 3_600_000
+    instants = iter([midnight - 3000, midnight - 2000, midnight - 1, midnight,
+                     midnight + 1000, midnight + 23 * hour - 1, midnight + 23 * hour])
+    clock = Clock(now=lambda: next(instants))
+    j = Journal(tmp_path / "journal").open()
+    seqr = Sequencer(Core(), j, clock=clock, max_batch=4)
+    seqr.start()
+    try:
+        await seqr.submit(Tick(), "a")  # day 27, alone
+        # one batch of four: two before midnight, two after
+        await asyncio.gather(*(seqr.submit_nowait(Tick(), o) for o in "bcde"))
+    finally:
+        await seqr.stop()
+    with_seq = {r.seq: r.origin for r in j.records()}
+    ranges = j.segment_ranges()
+    j.close()
+    assert [[with_seq[q] for q in range(first, first + n)] for _, first, n in ranges] == [
+        ["a", "b", "c"], ["d", "e"]]
+
+    # a restart later that day goes on in its segment; the next day opens a new one
+    j = Journal(tmp_path / "journal").open()
+    seqr = Sequencer(Core(), j, clock=clock)
+    assert seqr.recover() == 5 and seqr.day == date(2027, 3, 28)
+    seqr.start()
+    try:
+        await seqr.submit(Tick(), "f")  # the last ms of the 28th (a 23-hour day)
+        await seqr.submit(Tick(), "g")  # local midnight of the 29th
+    finally:
+        await seqr.stop()
+    assert [n for _, _, n in j.segment_ranges()] == [3, 3, 1]
+    j.close()
+
