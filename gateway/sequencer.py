@@ -24,12 +24,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
-from engine.contracts import local_day_of
+from engine.contracts import local_day_of, local_midnight_utc
 from gateway.codec import Codec, default_codec
 from gateway.core import Core
 from gateway.journal import Journal, Record
@@ -84,14 +85,19 @@ class Sequencer:
         # per command, right after it is applied: for listeners that must see the core as it
         # is at that command, live as in replay (the sync job's round-close snapshot)
         self.command_listeners: list[Listener] = []
-        self._queue: asyncio.Queue[tuple[Any, str, asyncio.Future[list[Any]]]] = (
-            asyncio.Queue())
+        # submitted, not yet taken into a batch; the task sleeps on ``_wake`` when empty
+        self._pending: deque[tuple[Any, str, asyncio.Future[list[Any]]]] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._idle = asyncio.Event()  # nothing pending and no batch in progress
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.failed: BaseException | None = None
         self.applied = 0
         self.day: date | None = None  # local trading day of the last journaled record
+        self._day_span = (0, 0)  # [start, end) of ``day`` in ms UTC
 
     # ------------------------------------------------------------------ recovery
 
@@ -112,20 +118,21 @@ class Sequencer:
             n += 1
             last_ts = rec.ts
         if n:
-            self.day = local_day_of(last_ts)
+            self._set_day(last_ts)
         self.applied = n
         return n
 
     # ------------------------------------------------------------------ running
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="sequencer")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="sequencer")
 
     async def stop(self) -> None:
         """Finish what was submitted, then stop."""
         self._stopping = True
         if self._task is not None:
-            await self._queue.join()
+            await self._idle.wait()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -134,8 +141,13 @@ class Sequencer:
     def submit_nowait(self, cmd: Any, origin: str) -> asyncio.Future[list[Any]]:
         if self._stopping or self.failed is not None:
             raise SequencerStopped("the sequencer is not accepting commands")
-        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((cmd, origin, fut))
+        fut: asyncio.Future[list[Any]] = (
+            self._loop or asyncio.get_running_loop()).create_future()
+        self._pending.append((cmd, origin, fut))
+        self._idle.clear()
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
         return fut
 
     async def submit(self, cmd: Any, origin: str) -> list[Any]:
@@ -144,12 +156,16 @@ class Sequencer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        q = self._queue
+        q = self._pending
         while True:
-            first = await q.get()
-            batch = [first]
-            while len(batch) < self.max_batch and not q.empty():
-                batch.append(q.get_nowait())
+            while not q:
+                self._idle.set()
+                self._wake = loop.create_future()
+                await self._wake
+                self._wake = None
+            self._idle.clear()
+            n = len(q) if len(q) < self.max_batch else self.max_batch
+            batch = [q.popleft() for _ in range(n)]
             try:
                 await self._commit(loop, batch)
             except Exception as exc:  # the journal failed: nothing more may be acknowledged
@@ -158,15 +174,18 @@ class Sequencer:
                 for _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(SequencerStopped(f"journal failed: {exc}"))
-                for _ in batch:
-                    q.task_done()
-                while not q.empty():
-                    _, _, fut = q.get_nowait()
-                    fut.set_exception(SequencerStopped(f"journal failed: {exc}"))
-                    q.task_done()
+                while q:
+                    _, _, fut = q.popleft()
+                    if not fut.done():
+                        fut.set_exception(SequencerStopped(f"journal failed: {exc}"))
+                self._idle.set()
                 return
-            for _ in batch:
-                q.task_done()
+
+    def _set_day(self, ts: int) -> None:
+        day = local_day_of(ts)
+        self.day = day
+        self._day_span = (local_midnight_utc(day),
+                          local_midnight_utc(day + timedelta(days=1)))
 
     async def _commit(self, loop: asyncio.AbstractEventLoop,
                       batch: list[tuple[Any, str, asyncio.Future[list[Any]]]]) -> None:
@@ -181,16 +200,18 @@ class Sequencer:
         # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile; a new
         # journal segment at each local trading day
         start = 0
+        lo, hi = self._day_span
         for i, rec in enumerate(records):
-            day = local_day_of(rec.ts)
-            if day != self.day:
+            if not lo <= rec.ts < hi:  # another local day (or the first record)
                 if i > start:
                     await loop.run_in_executor(self._writer, self.journal.append,
                                                records[start:i])
                     start = i
-                if self.day is not None:
+                had = self.day
+                self._set_day(rec.ts)
+                if had is not None and self.day != had:
                     self.journal.roll()
-                self.day = day
+                lo, hi = self._day_span
         await loop.run_in_executor(self._writer, self.journal.append, records[start:])
         applied: list[tuple[Any, str, list[Any]]] = []
         for cmd, origin, fut, ts in stamped:
