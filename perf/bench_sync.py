@@ -21,6 +21,10 @@ cProfile run of settle + SQLite commit.
     python perf/bench_sync.py [--trades N] [--seed S] [--pg-url URL] [--no-pg] [--profile]
                               [--repeat N]
 
+The event loop during a settle: ``loop_during_settle`` gives the longest stall and the p99
+lag of a 1 ms ticker while one settle runs on the loop and while it runs in a worker thread
+(as the round-sync job runs it).
+
 ``--repeat N`` settles and commits into SQLite N times and reports the median run (the
 machine is shared: single runs move by ±30 %); PostgreSQL gets that run's result.
 
@@ -139,6 +143,38 @@ async def timed_commit(store: Store, res: SyncResult, fb: list[str]) -> Timing:
         return dt
     finally:
         await store.close()
+
+
+async def loop_stall(trades: list[Trade], ref: RefData, threaded: bool) -> dict[str, Any]:
+    """What one settle does to the event loop that serves the traders: a task ticking every
+    millisecond measures how late each tick comes while settle runs on the loop (as the
+    round-sync job did) or in a worker thread (as it does: ``asyncio.to_thread``)."""
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+    done = False
+
+    async def ticker() -> None:
+        while not done:
+            t = loop.time()
+            await asyncio.sleep(0.001)
+            lags.append(loop.time() - t - 0.001)
+
+    task = loop.create_task(ticker())
+    await asyncio.sleep(0.05)
+    lags.clear()
+    t0 = time.perf_counter()
+    if threaded:
+        await asyncio.to_thread(settle, 1, 1, trades, ref, {}, (), {})
+    else:
+        settle(1, 1, trades, ref, {}, (), {})
+    wall = time.perf_counter() - t0
+    await asyncio.sleep(0.002)
+    done = True
+    await task
+    lags.sort()
+    return {"settle_s": round(wall, 3), "ticks": len(lags),
+            "max_stall_ms": round(lags[-1] * 1e3, 1),
+            "p99_lag_ms": round(lags[int(0.99 * (len(lags) - 1))] * 1e3, 1)}
 
 
 def figures(n: int, settle_t: Timing, commit_t: Timing) -> dict[str, Any]:
@@ -267,6 +303,10 @@ def main() -> None:
             if cluster is not None:
                 cluster.stop()
 
+    # what a sync does to the loop: settle on it (before) and in a worker thread (now)
+    out["loop_during_settle"] = {
+        "on_the_loop": asyncio.run(loop_stall(trades, ref, threaded=False)),
+        "worker_thread": asyncio.run(loop_stall(trades, ref, threaded=True))}
     out["sqlite_meets_target"] = out["sqlite"]["trades_per_s"] >= TARGET
     out["load_average_1m"] = round(os.getloadavg()[0], 2)
     out["cpus"] = os.cpu_count()

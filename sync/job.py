@@ -9,6 +9,11 @@ amount (its operative limit, for R49.1.4.4 reductions) and the pending guarantee
 A synchronisation's inputs therefore depend only on the journal, so a recomputation after a
 crash gives exactly the same result.
 
+**Off the loop.** The settlement itself (``settle``: entries, taxes, balances, reductions)
+runs in a worker thread and the store writes in its own, so a large round does not stall the
+event loop that serves the traders; the loop only gathers the inputs and submits the
+feedback.
+
 **Exactly once.** Sync id = the last round it covers.  The store commits its entries,
 balances, history, decisions, programs, the feedback commands and the sync's completion in
 one transaction, and refuses a sync id it already has.  The feedback is then submitted through
@@ -167,8 +172,12 @@ class SyncJob:
             trades = [t for r in range(first, target + 1) for t in self.trades.get(r, ())]
             balances = await self.store.balances()
             ref = self.core.ref
-            res = settle(target, first, trades, ref, balances,
-                         await self._undecided(snap.requests), snap.uncommitted)
+            requests = await self._undecided(snap.requests)
+            # in a worker thread: a round of 100,000 trades takes the better part of a
+            # second to settle, and the loop keeps serving traders meanwhile (every input is
+            # immutable or this call's own: trades, reference data, snapshot, balances)
+            res = await asyncio.to_thread(settle, target, first, trades, ref, balances,
+                                          requests, snap.uncommitted)
             feedback = [json.dumps(encode(c)) for c in self._feedback(res, balances)]
             self._fault("before_commit")
             if not await self.store.commit(res, feedback, snap.ts, self.fault):

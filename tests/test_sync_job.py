@@ -423,6 +423,34 @@ async def test_feedback_is_idempotent(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_the_settlement_runs_off_the_event_loop(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``settle`` (the costly part of a sync: entries, taxes, balances for every trade of
+    the round) runs in a worker thread, so the loop serving the traders is not held for it;
+    the results are those of the same steps as always (the cycle test above checks them)."""
+    import threading
+
+    import sync.job as job_mod
+
+    real = job_mod.settle
+    threads: list[int] = []
+
+    def settle(*args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return real(*args)
+
+    monkeypatch.setattr(job_mod, "settle", settle)
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = Market(store)
+        await m.job.open()
+        await run_steps(m)
+    finally:
+        await store.close()
+    assert len(threads) == 4  # one per sync
+    assert threading.get_ident() not in threads
+
+
 # ------------------------------------------------------------------ crashes
 
 
