@@ -56,7 +56,8 @@ class WsTransport:
     def __init__(self, ws: ServerConnection, binary: bool) -> None:
         self.ws = ws
         self.binary = binary
-        self._batched = hasattr(ws, "send_context") and hasattr(ws, "protocol")
+        self._batched = all(hasattr(ws, a) for a in ("send_context", "protocol", "transport",
+                                                     "send_in_progress"))
 
     def _encode(self, msg: dict[str, Any]) -> bytes:
         if self.binary:

@@ -960,3 +960,40 @@ async def test_refused_operator_request_is_answered_with_a_reject(env: Env) -> N
     twice = await marta.request({"type": "contract_create", "contract": C1,
                                  "close_at": iso(now_ms() + 3_600_000)})
     assert (twice["type"], twice.get("code")) == ("reject", "NOTHING_TO_DO"), twice
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpack"])
+async def test_queued_messages_go_out_in_one_write_as_separate_frames(binary: bool) -> None:
+    """gateway/ws.py ``send_many``: what a session has queued is written at once, but each
+    message is its own frame (text JSON or binary msgpack), in order, and the connection
+    goes on normally afterwards; a single message takes the library's own send."""
+    import msgpack
+    import orjson
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+
+    from gateway.wire import to_ticks
+    from gateway.ws import WsTransport
+
+    msgs = [{"type": "book", "seq": i, "price": f"{40 + i}.00", "text": "é" * i}
+            for i in range(50)]
+    writes: list[int] = []  # sizes of the socket writes of the two send_many calls
+
+    async def handler(ws: Any) -> None:
+        t = WsTransport(ws, binary)
+        real_write = ws.transport.write
+        ws.transport.write = lambda data: (writes.append(len(data)), real_write(data))[1]
+        await t.send_many(msgs)
+        await t.send_many([{"type": "heartbeat"}])
+        ws.transport.write = real_write
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as c:
+            got = [await asyncio.wait_for(c.recv(), 5) for _ in range(51)]
+    assert all(isinstance(g, bytes if binary else str) for g in got)
+    decoded = [msgpack.unpackb(g) if binary else orjson.loads(g) for g in got]
+    sent = [*msgs, {"type": "heartbeat"}]
+    assert decoded == ([to_ticks(m) for m in sent] if binary else sent)  # msgpack: ticks
+    assert len(writes) == 2 and writes[0] > 50 * 20  # the fifty frames in one write
