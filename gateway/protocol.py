@@ -596,34 +596,29 @@ _PRICE_TEXTS: dict[str, int] = {}
 _QTY_TEXTS: dict[str, int] = {}
 
 
-def _fast_price(v: Any, ticks: bool) -> int | None:
+def _fast_text(v: Any, ticks: bool, cache: dict[str, int], decimals: int, lo: int,
+               hi: int) -> int | None:
+    """Ticks of a decimal text (or an int with ``ticks``) within ``lo..hi``, or None."""
     if type(v) is str:
-        t = _PRICE_TEXTS.get(v)
+        t = cache.get(v)
         if t is not None:
             return t
-    t = _fast_ticks(v, 2, ticks)
-    if t is None or abs(t) > _MAX_PRICE_TICKS:
+    t = _fast_ticks(v, decimals, ticks)
+    if t is None or not lo <= t <= hi:
         return None
     if type(v) is str:
-        if len(_PRICE_TEXTS) >= _TEXT_CACHE_MAX:
-            _PRICE_TEXTS.clear()
-        _PRICE_TEXTS[v] = t
+        if len(cache) >= _TEXT_CACHE_MAX:
+            cache.clear()
+        cache[v] = t
     return t
+
+
+def _fast_price(v: Any, ticks: bool) -> int | None:
+    return _fast_text(v, ticks, _PRICE_TEXTS, 2, -_MAX_PRICE_TICKS, _MAX_PRICE_TICKS)
 
 
 def _fast_qty(v: Any, ticks: bool) -> int | None:
-    if type(v) is str:
-        t = _QTY_TEXTS.get(v)
-        if t is not None:
-            return t
-    t = _fast_ticks(v, 1, ticks)
-    if t is None or not 0 < t <= _MAX_QTY_TICKS:
-        return None
-    if type(v) is str:
-        if len(_QTY_TEXTS) >= _TEXT_CACHE_MAX:
-            _QTY_TEXTS.clear()
-        _QTY_TEXTS[v] = t
-    return t
+    return _fast_text(v, ticks, _QTY_TEXTS, 1, 1, _MAX_QTY_TICKS)
 
 
 def _fast_id(v: Any) -> int | None:
