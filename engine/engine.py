@@ -498,7 +498,7 @@ class Engine:
             _new(BookChange, (ts, book.contract, s, _ADD, e, o.side, price, o.visible)))
 
     def _unlink(self, o: Order, book: Book, ts: int) -> None:
-        """Take a live instantiation out of the book (lazily) and publish its removal."""
+        """Take a live instantiation out of its level and publish its removal."""
         lvl: Level = o.level  # type: ignore[assignment]
         o.live = False
         o.level = None

@@ -55,9 +55,9 @@ class Order:
 
     The order id is stable for the life of the order; the *object* is an instantiation:
     a modification (R46.2.6.1: cancel + new) or a reactivation (R46.2.7: behaves as a new
-    order) replaces it with a fresh object, so a stale entry left lazily in a price level can
-    always be recognised by ``live`` being false.  An iceberg refill (A1§3.4) keeps the object
-    but gives it a new priority ``seq``, a new public entry id and possibly a new price.
+    order) replaces it with a fresh object; ``live`` is true exactly while the object stands
+    in a price level.  An iceberg refill (A1§3.4) keeps the object but gives it a new
+    priority ``seq``, a new public entry id and possibly a new price.
     """
 
     __slots__ = (

@@ -178,13 +178,16 @@ class Hub:
         numbering is the same whoever subscribes when."""
         return bool(self.officer_subs) or bool(self.private_subs.get(agent))
 
+    # Every loop over subscribers goes over a copy: delivering to a slow consumer may drop
+    # it, which unsubscribes it from the very set being looped over.
+
     def _private(self, agent: str, msg: Message) -> None:
         self.private_seq[agent] += 1
         msg["stream"] = f"private:{agent}"
         msg["seq"] = self.private_seq[agent]
-        for s in self.private_subs.get(agent, ()):
+        for s in tuple(self.private_subs.get(agent, ())):
             s.deliver(msg)
-        for s in self.officer_subs:
+        for s in tuple(self.officer_subs):
             s.deliver(msg)
 
     def publish(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
@@ -227,7 +230,7 @@ class Hub:
                     msg = event_to_wire(ev)
                     msg["stream"] = "states"
                     msg["seq"] = self.state_seq
-                    for s in self.state_subs:
+                    for s in tuple(self.state_subs):
                         s.deliver(msg)
                 elif t is RiskNotice:
                     msg = event_to_wire(ev)
@@ -235,14 +238,14 @@ class Hub:
                         touched.add(ev.agent)
                         self._private(ev.agent, msg)
                     else:
-                        for s in self.officer_subs:
+                        for s in tuple(self.officer_subs):
                             s.deliver(msg)
                 elif t in _AUCTION_PUBLIC:
                     self.state_seq += 1
                     msg = event_to_wire(ev)
                     msg["stream"] = "states"
                     msg["seq"] = self.state_seq
-                    for s in self.state_subs:
+                    for s in tuple(self.state_subs):
                         s.deliver(msg)
                 elif t is _AUCTION_PRIVATE:
                     touched.add(ev.agent)
@@ -269,7 +272,7 @@ class Hub:
                        "snapshot": False, "seq": b.seq, "ts": fmt_instant(ts),
                        "action": act, "entry": e, "side": sd, "price": _p(p),
                        "quantity": _q(q)}
-                for s in subs:
+                for s in tuple(subs):
                     s.deliver_book(contract, msg)
 
     def _public_trade(self, ev: PublicTrade) -> None:
@@ -285,7 +288,7 @@ class Hub:
         if recent is None:
             recent = self.public_trades[ev.contract] = deque(maxlen=PUBLIC_TRADES_KEPT)
         recent.append(msg)
-        for s in self.trade_subs.get(ev.contract, ()):
+        for s in tuple(self.trade_subs.get(ev.contract, ())):
             s.deliver(msg)
 
     def unsubscribe_all(self, session: Any) -> None:

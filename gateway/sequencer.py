@@ -9,8 +9,9 @@ events its command caused, and every event of the batch goes to the listeners (f
 While one batch is being written and fsynced (in a worker thread, so the event loop keeps
 reading sockets), the next batch forms in the queue: throughput grows with load while each
 command waits for at most one fsync in front of its own.  The journal starts a new segment
-at each local trading day (a batch that spans local midnight is split there), so that a
-day's records are files of their own.
+at each local trading day, so that a day's records are files of their own; a batch that
+spans local midnight is committed in two parts, the first journaled, applied and answered
+before the new segment is started.
 
 Recovery is :meth:`Sequencer.recover`: the journal is replayed into a fresh core, and the
 state is exactly the state before the crash, minus at most the batch that was being written
@@ -182,42 +183,48 @@ class Sequencer:
                 return
 
     def _set_day(self, ts: int) -> None:
-        day = local_day_of(ts)
-        self.day = day
-        self._day_span = (local_midnight_utc(day),
-                          local_midnight_utc(day + timedelta(days=1)))
+        self.day = local_day_of(ts)
+        self._day_span = self._span_of(ts)
 
     async def _commit(self, loop: asyncio.AbstractEventLoop,
                       batch: list[tuple[Any, str, asyncio.Future[list[Any]]]]) -> None:
         seq = self.journal.next_seq
-        stamped = []
-        records = []
+        parts: list[list[tuple[Record, asyncio.Future[list[Any]]]]] = [[]]
+        lo, hi = self._day_span
         for cmd, origin, fut in batch:
             ts = self.clock.now()
-            records.append(Record(seq, ts, origin, cmd))
-            stamped.append((cmd, origin, fut, ts))
+            if not lo <= ts < hi and parts[-1]:  # local midnight: a part of its own
+                parts.append([])
+            lo, hi = (lo, hi) if lo <= ts < hi else self._span_of(ts)
+            parts[-1].append((Record(seq, ts, origin, cmd), fut))
             seq += 1
-        # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile; a new
-        # journal segment at each local trading day
-        start = 0
-        lo, hi = self._day_span
-        for i, rec in enumerate(records):
-            if not lo <= rec.ts < hi:  # another local day (or the first record)
-                if i > start:
-                    await loop.run_in_executor(self._writer, self.journal.append,
-                                               records[start:i])
-                    start = i
-                had = self.day
-                self._set_day(rec.ts)
-                if had is not None and self.day != had:
-                    self.journal.roll()
-                lo, hi = self._day_span
-        await loop.run_in_executor(self._writer, self.journal.append, records[start:])
+        # each day's part is a commit of its own: journaled (in that day's segment),
+        # applied and answered before the next part's segment is started, so a failure
+        # there (a full disk, say) refuses only what is not durable
+        for part in parts:
+            await self._commit_part(loop, part)
+
+    def _span_of(self, ts: int) -> tuple[int, int]:
+        day = local_day_of(ts)
+        return local_midnight_utc(day), local_midnight_utc(day + timedelta(days=1))
+
+    async def _commit_part(self, loop: asyncio.AbstractEventLoop,
+                           part: list[tuple[Record, asyncio.Future[list[Any]]]]) -> None:
+        records = [rec for rec, _ in part]
+        first = records[0].ts
+        if not self._day_span[0] <= first < self._day_span[1]:
+            had = self.day
+            if had is not None and local_day_of(first) != had:
+                await loop.run_in_executor(self._writer, self.journal.roll)
+            self._set_day(first)
+        # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile
+        await loop.run_in_executor(self._writer, self.journal.append, records)
         applied: list[tuple[Any, str, list[Any]]] = []
-        for cmd, origin, fut, ts in stamped:
-            events = self.core.apply(cmd, ts)
+        for rec, fut in part:
+            cmd = rec.command
+            events = self.core.apply(cmd, rec.ts)
             self.applied += 1
-            one = (cmd, origin, events)
+            one = (cmd, rec.origin, events)
             applied.append(one)
             for cl in self.command_listeners:
                 try:

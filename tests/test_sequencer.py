@@ -129,3 +129,34 @@ async def test_the_journal_starts_a_segment_at_each_local_trading_day(tmp_path: 
     assert [n for _, _, n in j.segment_ranges()] == [3, 3, 1]
     j.close()
 
+
+
+async def test_a_failed_roll_at_midnight_refuses_only_what_is_not_durable(
+        tmp_path: Path) -> None:
+    """A batch that spans local midnight is two commits: the part before midnight is
+    journaled, applied and answered before the new day's segment is started.  If starting
+    it fails (a full disk, say), only the commands after midnight are refused; those before
+    were answered with their events, and they are what the journal holds."""
+    from engine.contracts import local_midnight_utc
+
+    midnight = local_midnight_utc(date(2027, 5, 3))
+    instants = iter([midnight - 5000, midnight - 2000, midnight - 1000, midnight + 10,
+                     midnight + 20])
+    j = Journal(tmp_path / "journal").open()
+    seqr = Sequencer(Core(), j, clock=Clock(now=lambda: next(instants)), max_batch=8)
+    seqr.start()
+    await seqr.submit(Tick(), "a")
+
+    def full_disk() -> None:
+        raise journal_mod.JournalError("cannot start a segment: no space left on device")
+
+    j._roll = full_disk  # type: ignore[method-assign]
+    futs = [seqr.submit_nowait(Tick(), o) for o in "bcde"]  # one batch: b, c | d, e
+    results: list[Any] = await asyncio.gather(*futs, return_exceptions=True)
+    await seqr.stop()
+    assert [isinstance(r, list) for r in results] == [True, True, False, False]
+    assert all(isinstance(r, SequencerStopped) for r in results[2:])
+    assert seqr.applied == 3
+    j.close()
+    with Journal(tmp_path / "journal") as again:
+        assert [r.origin for r in again.records()] == ["a", "b", "c"]

@@ -997,3 +997,34 @@ async def test_queued_messages_go_out_in_one_write_as_separate_frames(binary: bo
     sent = [*msgs, {"type": "heartbeat"}]
     assert decoded == ([to_ticks(m) for m in sent] if binary else sent)  # msgpack: ticks
     assert len(writes) == 2 and writes[0] > 50 * 20  # the fifty frames in one write
+
+
+def test_a_subscriber_dropped_while_a_stream_is_delivered_does_not_cut_it_short() -> None:
+    """gateway/fanout.py: delivering a message can drop a slow consumer, which unsubscribes
+    it from the very set being delivered to; the other subscribers still get the message
+    and the ones after it (each loop goes over a copy of its subscribers)."""
+    from engine.events import Reject
+    from gateway.core import Core
+    from gateway.fanout import Hub
+
+    hub = Hub(Core())
+
+    class Sub:
+        def __init__(self, slow: bool) -> None:
+            self.slow = slow
+            self.got: list[int] = []
+
+        def deliver(self, msg: dict[str, Any]) -> None:
+            if self.slow:  # as Session._drop does for a full queue
+                hub.unsubscribe_all(self)
+                return
+            self.got.append(msg["seq"])
+
+    subs = [Sub(slow=i % 2 == 0) for i in range(6)]
+    for s in subs:
+        hub.private_subs["AG1"].add(s)
+    batch = [(None, "ana", [Reject(1, "ana", "AG1", str(i), None, None, "X", "why")
+                            for i in range(3)])]
+    hub.publish(batch)  # must not raise "Set changed size during iteration"
+    assert all(s.got == [1, 2, 3] for s in subs if not s.slow)
+    assert hub.private_subs["AG1"] == {s for s in subs if not s.slow}
