@@ -90,6 +90,28 @@ def to_cents_down(units: int) -> int:
     return units // SCALE
 
 
+class _LimitTerm:
+    """A term of the operative limit kept in the slot ``_<name>``: setting it moves the
+    account's running limit ``lim`` by the change, added (``sign`` +1) or taken (−1).
+    Officers' and the sync's commands set these, not the order path."""
+
+    __slots__ = ("sign", "slot")
+
+    def __init__(self, sign: int) -> None:
+        self.sign = sign
+        self.slot = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj: Any, v: int) -> None:
+        obj.lim += self.sign * (v - getattr(obj, self.slot))
+        setattr(obj, self.slot, v)
+
+
 class Account:
     """An agent's guarantee account on the platform (R49.1.4.3), held *exactly*.
 
@@ -127,41 +149,10 @@ class Account:
         return (self._gmic - self.obligations - self._reduction - self._reductions
                 + self._increases - self.lim)
 
-    @property
-    def gmic(self) -> int:
-        return self._gmic
-
-    @gmic.setter
-    def gmic(self, v: int) -> None:
-        self.lim += v - self._gmic
-        self._gmic = v
-
-    @property
-    def reduction(self) -> int:
-        return self._reduction
-
-    @reduction.setter
-    def reduction(self, v: int) -> None:
-        self.lim -= v - self._reduction
-        self._reduction = v
-
-    @property
-    def reductions(self) -> int:
-        return self._reductions
-
-    @reductions.setter
-    def reductions(self, v: int) -> None:
-        self.lim -= v - self._reductions
-        self._reductions = v
-
-    @property
-    def increases(self) -> int:
-        return self._increases
-
-    @increases.setter
-    def increases(self, v: int) -> None:
-        self.lim += v - self._increases
-        self._increases = v
+    gmic = _LimitTerm(+1)  # a)
+    reduction = _LimitTerm(-1)  # d)
+    reductions = _LimitTerm(-1)  # e)
+    increases = _LimitTerm(+1)  # f)
 
     def limit(self) -> int:
         """The operative limit, R49.1.4.3 a) to f)."""
