@@ -98,9 +98,14 @@ class Core:
             "active": o.status is OrderStatus.ACTIVE,
         }
 
+    def account_kept(self, agent: str) -> bool:
+        """Whether risk keeps an account for ``agent`` (:meth:`account` is not None)."""
+        return self.risk is not None and agent in self.risk.accounts
+
     def account(self, agent: str) -> dict[str, Any] | None:
-        if self.risk is None or agent not in self.risk.accounts:
+        if not self.account_kept(agent):
             return None
+        assert self.risk is not None
         return self.risk.account(agent)
 
     def throttling(self, user: str, ts: int) -> dict[str, Any] | None:

@@ -173,10 +173,22 @@ class Hub:
     # ------------------------------------------------------------------ routing
 
     def _heard(self, agent: str) -> bool:
-        """Whether a session listens to ``agent``'s private stream.  A message nobody
-        receives is not built: only its sequence number is taken, so that the stream's
-        numbering is the same whoever subscribes when."""
+        """Whether a session listens to ``agent``'s private stream."""
         return bool(self.officer_subs) or bool(self.private_subs.get(agent))
+
+    def _private_lazy(self, agent: str, make: Callable[[Any], Message], arg: Any) -> None:
+        """The private message ``make(arg)``, built only if a session listens.  One nobody
+        receives only takes its sequence number, so that the stream's numbering is the
+        same whoever subscribes when."""
+        if self._heard(agent):
+            self._private(agent, make(arg))
+        else:
+            self.private_seq[agent] += 1
+
+    def _account_message(self, agent: str) -> Message:
+        acct = self.core.account(agent)
+        assert acct is not None  # only for an agent whose account risk keeps
+        return account_message(acct)
 
     # Every loop over subscribers goes over a copy: delivering to a slow consumer may drop
     # it, which unsubscribes it from the very set being looped over.
@@ -203,28 +215,18 @@ class Hub:
                 elif t is PublicTrade:
                     self._public_trade(ev)
                 elif t is OrderReport:
-                    agent = ev.agent
-                    touched.add(agent)
-                    if self._heard(agent):
-                        self._private(agent, event_to_wire_copy(ev))
-                    else:
-                        self.private_seq[agent] += 1
+                    touched.add(ev.agent)
+                    self._private_lazy(ev.agent, event_to_wire_copy, ev)
                 elif t is Trade:
                     for side in ("buy", "sell"):
                         agent = getattr(ev, f"{side}_agent")
                         touched.add(agent)
                         msg = _own_trade(ev, side)
                         self.trades_by_agent[agent].append(msg)
-                        if self._heard(agent):
-                            self._private(agent, dict(msg))
-                        else:
-                            self.private_seq[agent] += 1
+                        self._private_lazy(agent, dict, msg)
                 elif t is Reject:
                     if ev.agent:
-                        if self._heard(ev.agent):
-                            self._private(ev.agent, event_to_wire(ev))
-                        else:
-                            self.private_seq[ev.agent] += 1
+                        self._private_lazy(ev.agent, event_to_wire, ev)
                 elif t is ContractStateChanged or t is RoundClosed:
                     self.state_seq += 1
                     msg = event_to_wire(ev)
@@ -255,11 +257,8 @@ class Hub:
                     if u is not None:
                         self._private(u.agent, event_to_wire(ev))
         for agent in sorted(touched):
-            acct = self.core.account(agent) if self._heard(agent) else None
-            if acct is not None:
-                self._private(agent, account_message(acct))
-            elif self.core.risk is not None and agent in self.core.risk.accounts:
-                self.private_seq[agent] += 1  # the account update nobody hears
+            if self.core.account_kept(agent):
+                self._private_lazy(agent, self._account_message, agent)
 
     def _book_delta(self, contract: str, ts: int, action: str, entry: int, side: str,
                     price: int, qty: int) -> None:
