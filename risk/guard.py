@@ -189,7 +189,28 @@ class Account:
         }
 
 
-class Slot:
+class _Placed:
+    """Resting energy of a period, from what is placed (``ps``/``pb``: traded and resting)
+    and what is traded (``sold``/``bought``)."""
+
+    __slots__ = ()
+    ps: int
+    pb: int
+    sold: int
+    bought: int
+
+    @property
+    def rs(self) -> int:
+        """Resting sells."""
+        return self.ps - self.sold
+
+    @property
+    def rb(self) -> int:
+        """Resting buys."""
+        return self.pb - self.bought
+
+
+class Slot(_Placed):
     """What is particular to one quarter-hour of one unit-hour (tenths of MW): the
     quarter's own program (a 15-minute program, or an auction result), its 15-minute
     contracts' trades and resting orders, its unavailability and limitations, and so its
@@ -214,16 +235,6 @@ class Slot:
         self.lmin: int | None = None  # R46.2.3.2
         self.lmax: int | None = None
 
-    @property
-    def rs(self) -> int:
-        """Resting sells."""
-        return self.ps - self.sold
-
-    @property
-    def rb(self) -> int:
-        """Resting buys."""
-        return self.pb - self.bought
-
     def rebound(self) -> None:
         cap = self.max - self.unavail
         if self.lmax is not None and self.lmax < cap:
@@ -235,7 +246,7 @@ class Slot:
         self.floor = floor
 
 
-class Hour:
+class Hour(_Placed):
     """One unit's energy in one hour (tenths of MW): the hourly program and auction results,
     the hourly contracts' trades and resting orders — which weigh the same in each of the
     hour's four quarters — and, only once something is particular to a quarter, the four
@@ -279,16 +290,6 @@ class Hour:
     def adj(self, v: int) -> None:
         self._adj = v
         self.base = self._prog + v
-
-    @property
-    def rs(self) -> int:
-        """Resting sells."""
-        return self.ps - self.sold
-
-    @property
-    def rb(self) -> int:
-        """Resting buys."""
-        return self.pb - self.bought
 
     def quarter(self, i: int) -> Slot:
         if self.quarters is None:
