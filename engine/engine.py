@@ -71,6 +71,11 @@ from engine.states import ContractState, check_contract_transition
 # Events are built with tuple.__new__, skipping the named tuples' Python-level __new__:
 # half the cost per event, and several events are emitted per fill.
 _new = tuple.__new__
+# Orders likewise: object.__new__ then Order.__init__ called as a plain function.  Calling
+# the class goes through type.__call__ and packs the 18 arguments into a tuple for
+# __init__; this skips that (about 0.07 µs of 0.42 µs per order) and runs the same __init__.
+_alloc = object.__new__
+_order_init = Order.__init__
 
 NON = Exec.NON
 IOC = Exec.IOC
@@ -514,11 +519,12 @@ class Engine:
         self._out.append(
             _new(BookChange, (ts, book.contract, s, _REMOVE, o.pub, o.side, o.price, 0)))
 
-    def _execute(self, o: Order, ts: int, req_id: str | None, action: str) -> None:
+    def _execute(self, o: Order, book: Book, ts: int, req_id: str | None, action: str
+                 ) -> None:
         """Run a new instantiation against the book, then rest it, fill it or kill it
         according to its execution condition (A1§3).  The order report that ends this
-        method is the answer to the request that caused it (it carries ``req_id``)."""
-        book = self.contracts[o.contract].book
+        method is the answer to the request that caused it (it carries ``req_id``).
+        ``book`` is the book of the order's contract, which every caller already holds."""
         ex = o.exec
         if ex is FOK and self._available(book, o.side, o.price, o.remaining) < o.remaining:
             # A1§3.3: not fillable in full at acceptable prices: nothing happens at all
@@ -703,10 +709,37 @@ class Engine:
         """Quantity the opposite side offers at ``limit`` or better, counting every
         instantiation of resting icebergs at its own price; stops once ``needed`` is
         reached.  Matching consumes exactly this liquidity (best price first), so an order
-        is fillable in full iff this reaches its quantity (A1§3.3)."""
+        is fillable in full iff this reaches its quantity (A1§3.3).
+
+        The same sum as over :meth:`_liquidity`, written as plain loops: a fill-or-kill
+        order reads every acceptable instantiation, and a generator's step per order cost
+        more than the rest of the check (a killed FOK took about 20 µs)."""
         total = 0
-        for _price, qty in self._liquidity(book, side, limit):
-            total += qty
+        buy = side is BUY
+        opp = book.asks if buy else book.bids
+        levels = opp.levels
+        for rank in reversed(opp.ranks):
+            lvl = levels[rank]
+            lp = lvl.price
+            if (lp > limit) if buy else (lp < limit):
+                break
+            for r in lvl.orders.values():
+                incr = r.incr
+                if not incr:
+                    total += r.remaining  # visible and hidden, all at this price
+                    continue
+                # A1§3.4.1: each later peak one increment further, while acceptable
+                total += r.visible
+                hidden = r.remaining - r.visible
+                p = lp
+                pk = r.peak
+                while hidden:
+                    p += incr
+                    if (p > limit) if buy else (p < limit):
+                        break
+                    q = pk if hidden > pk else hidden
+                    total += q
+                    hidden -= q
             if total >= needed:
                 break
         return total
@@ -760,9 +793,10 @@ class Engine:
         self.next_order = oid + 1
         seq = self.next_seq
         self.next_seq = seq + 1
-        o = Order(oid, cmd.client_order_id, cmd.contract, cmd.user, cmd.agent, cmd.unit,
-                  cmd.side, price, qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity,
-                  cmd.expiry, 1, seq, 0, ts)
+        o = _alloc(Order)
+        _order_init(o, oid, cmd.client_order_id, cmd.contract, cmd.user, cmd.agent, cmd.unit,
+                    cmd.side, price, qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity,
+                    cmd.expiry, 1, seq, 0, ts)
         g = self.guard
         if g is not None:
             rej = g.admit(o, ts, None)
@@ -776,7 +810,7 @@ class Engine:
         if cmd.hibernated:
             self._store_hibernated(o, ts, cmd.req_id)
         else:
-            self._execute(o, ts, cmd.req_id, ADDED)
+            self._execute(o, c.book, ts, cmd.req_id, ADDED)  # type: ignore[union-attr]
 
     def _check_new(self, cmd: NewOrder, ts: int) -> tuple[str, str] | None:
         rej = self._validate(
@@ -798,7 +832,7 @@ class Engine:
         if cmd.hibernated:
             self._store_hibernated(o, ts, cmd.req_id)
         else:
-            self._execute(o, ts, cmd.req_id, ADDED)
+            self._execute(o, self.contracts[o.contract].book, ts, cmd.req_id, ADDED)
 
     def _store_hibernated(self, o: Order, ts: int, req_id: str | None) -> None:
         """An order entered in the inactive state: valid now, kept out of the book."""
@@ -976,14 +1010,22 @@ class Engine:
                          f" {o.revision}", o.coid, o.id)
             return
         c = self.contracts[o.contract]
-        rej = self._validate(c, o.contract, o.side, cmd.price, cmd.qty, cmd.exec,
-                             cmd.validity, cmd.expiry, cmd.peak, cmd.incr, ts)
-        if rej is not None:
-            self._reject(ts, u, a, rq, rej[0], rej[1], o.coid, o.id)
-            return
-        n = Order(o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side, cmd.price,
-                  cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
-                  o.revision + 1, o.arrival, o.basket, ts)
+        cfg = self.cfg
+        if not (
+            c.state is TRADE and cmd.exec is NON and not cmd.peak and not cmd.incr
+            and cmd.expiry is None and cmd.validity is GFS
+            and cfg.price_min <= cmd.price <= cfg.price_max
+            and cfg.qty_min <= cmd.qty <= cfg.qty_max
+        ):  # else a plain valid modification: every check is in _validate
+            rej = self._validate(c, o.contract, o.side, cmd.price, cmd.qty, cmd.exec,
+                                 cmd.validity, cmd.expiry, cmd.peak, cmd.incr, ts)
+            if rej is not None:
+                self._reject(ts, u, a, rq, rej[0], rej[1], o.coid, o.id)
+                return
+        n = _alloc(Order)
+        _order_init(n, o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side, cmd.price,
+                    cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
+                    o.revision + 1, o.arrival, o.basket, ts)
         n.filled = o.filled
         g = self.guard
         if g is not None:
@@ -995,7 +1037,7 @@ class Engine:
         self._unlink(o, book, ts)
         o.status = INACTIVE
         self._unindex(o)
-        self._execute(n, ts, rq, MODIFIED)
+        self._execute(n, book, ts, rq, MODIFIED)
 
     def _remove(
         self, o: Order, ts: int, action: str, req_id: str | None, code: str | None,
@@ -1038,7 +1080,22 @@ class Engine:
             self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1], o.coid, o.id)
             return
         if o.live:
-            self._unlink(o, c.book, ts)
+            # _unlink, written out: a quarter of the flow is cancels
+            book = c.book
+            lvl: Level = o.level  # type: ignore[assignment]
+            o.live = False
+            o.level = None
+            d = lvl.orders
+            del d[o.seq]
+            if not d:
+                if o.side is BUY:
+                    book.bids.drop_level(lvl.price)
+                else:
+                    book.asks.drop_level(-lvl.price)
+            s = book.pub_seq + 1
+            book.pub_seq = s
+            self._out.append(
+                _new(BookChange, (ts, book.contract, s, _REMOVE, o.pub, o.side, o.price, 0)))
             g = self.guard
             if g is not None:
                 g.released(o, o.remaining)
@@ -1121,7 +1178,7 @@ class Engine:
             self._report(o, ts, REJECTED, req_id, rej[0], rej[1])
             return
         self._unindex(o)
-        self._execute(n, ts, req_id, ACTIVATED)
+        self._execute(n, c.book, ts, req_id, ACTIVATED)
 
     def _on_deactivate(self, cmd: Deactivate, ts: int) -> None:
         u, a, rq = cmd.user, cmd.agent, cmd.req_id
