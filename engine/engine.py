@@ -618,10 +618,10 @@ class Engine:
             if (lp > limit) if buy else (lp < limit):
                 break
             dq = lvl.orders
-            first = dq.values
             at_level = remaining
             while remaining and dq:
-                r = next(iter(first()))
+                for r in dq.values():  # noqa: B007 - the first (cheaper than next(iter(...)))
+                    break
                 vis = r.visible
                 q = remaining if remaining < vis else vis
                 remaining -= q
