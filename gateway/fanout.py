@@ -316,12 +316,17 @@ def _prices(snap: dict[str, Any]) -> dict[str, Any]:
 
 
 def _own_trade(ev: Trade, side: str) -> Message:
-    """A party's view of its trade: its own order, unit and user; no counterparty."""
+    """A party's view of its trade: its own order, unit and user; no counterparty.
+
+    Kept (``trades_by_agent``): every value is a plain int or string, the aggressor's side
+    too (``str`` of the enum, the same text on the wire), so that the collector never
+    tracks the dict (a dict of untracked values is not tracked; one enum member in it
+    would make every kept trade a container each collection walks)."""
     return {
         "type": "trade", "ts": fmt_instant(ev.ts), "trade_id": ev.trade_id,
         "contract": ev.contract, "round": ev.round, "side": side.upper(),
         "price": _p(ev.price), "quantity": _q(ev.qty),
-        "aggressor": ev.aggressor,
+        "aggressor": str(ev.aggressor),
         "order_id": getattr(ev, f"{side}_order"), "user": getattr(ev, f"{side}_user"),
         "agent": getattr(ev, f"{side}_agent"), "unit": getattr(ev, f"{side}_unit"),
     }

@@ -93,8 +93,10 @@ class Server:
         self.sequencer.command_listeners.append(self.sync.observe)
         self.hub.rebuild(self.core)
         log.info("recovered %d commands; state %s", self.recovered, self.core.state_hash())
-        # the core creates no reference cycles: freeze what start-up built, and let the
-        # collector only look at young objects (docs/performance.md)
+        # the core creates no reference cycles: freeze what start-up built, so that no
+        # collection walks it again; what trading keeps for long (unsettled trades, the
+        # agents' latest trades) is held in untracked tuples and dicts, so the collections
+        # stay short as the day goes on (perf/bench_gc.py, docs/performance.md)
         gc.collect()
         gc.freeze()
         self.sequencer.start()

@@ -44,7 +44,14 @@ from engine.events import RoundClosed, Trade
 from gateway.codec import decode, encode
 from gateway.core import Core
 from risk.commands import DecideGuaranteeRequest, ReleaseObligations, SetSyncReduction
-from sync.settle import PendingRequest, SyncResult, auction_entries, settle
+from sync.settle import (
+    PendingRequest,
+    SyncResult,
+    TradeRow,
+    auction_entries,
+    settle,
+    trade_row,
+)
 from sync.store import Store
 
 log = logging.getLogger("ronda.sync")
@@ -68,7 +75,8 @@ class SyncJob:
         self.store = store
         self.submit = submit  # async (command, origin) -> events: the sequencer's submit
         self.fault = fault
-        self.trades: dict[int, list[Trade]] = defaultdict(list)
+        # the trades of unsettled rounds, as plain rows (see settle.trade_row)
+        self.trades: dict[int, list[TradeRow]] = defaultdict(list)
         self.closes: dict[int, CloseSnapshot] = {}
         self.released_seen: set[int] = set()
         self.last_synced = 0
@@ -93,7 +101,7 @@ class SyncJob:
                 t = type(ev)
                 if t is Trade:
                     if ev.round > self.last_synced:
-                        self.trades[ev.round].append(ev)
+                        self.trades[ev.round].append(trade_row(ev))
                 elif t is RoundClosed:
                     if ev.round > self.last_synced:
                         self.closes[ev.round] = self._snapshot(ev.round, ev.ts)

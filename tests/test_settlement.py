@@ -46,6 +46,7 @@ from sync.settle import (
     round_half_up,
     settle,
     split,
+    trade_row,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -428,6 +429,9 @@ def test_property_entries_balances_and_programs(raw: list[tuple[int, int, str, s
                          (x.deposited - x.guarantees) * 10) for a, x in REF.agents.items()}
     res = settle(2, 1, trades, REF, before, (), {})
     assert res.trades == len(trades)
+    # the sync job's plain rows settle exactly as the engine's Trade events (any order)
+    rows = [trade_row(t) for t in reversed(trades)]
+    assert settle(2, 1, rows, REF, before, (), {}) == res
     per_trade: dict[int, list[Entry]] = {}
     for e in res.entries:
         per_trade.setdefault(e.trade_id, []).append(e)
@@ -574,7 +578,7 @@ def test_settle_pauses_the_collector_and_leaves_no_cyclic_garbage(
     fresh(*trades)
     assert seen and not any(seen)  # off while the entries are built
     assert gc.isenabled()  # and on again afterwards
-    with pytest.raises(AttributeError):  # also after a failure inside
+    with pytest.raises(TypeError):  # also after a failure inside
         settle(1, 1, [None, None], REF, {}, (), {})  # type: ignore[list-item]
     assert gc.isenabled()
     gc.disable()  # a caller that has it off keeps it off
