@@ -278,11 +278,15 @@ class Hub:
         side = "SELL" if ev.aggressor == "BUY" else "BUY"  # the resting entry's side
         self._book_delta(ev.contract, ev.ts, "UPDATE" if ev.left else "REMOVE", ev.entry,
                          side, 0, ev.left)
-        self.trade_seq[ev.contract] += 1
-        msg = event_to_wire(ev)
-        del msg["entry"], msg["left"]
-        msg["stream"] = f"trades:{ev.contract}"
-        msg["seq"] = self.trade_seq[ev.contract]
+        seq = self.trade_seq[ev.contract] + 1
+        self.trade_seq[ev.contract] = seq
+        # kept (query_public_trades): built of plain values only, the aggressor's side as
+        # its text (the same on the wire), so the collector never tracks it
+        # (tests/test_kept_state_gc.py)
+        msg = {"type": "public_trade", "ts": fmt_instant(ev.ts), "contract": ev.contract,
+               "seq": seq, "trade_id": ev.trade_id, "price": _p(ev.price),
+               "quantity": _q(ev.qty), "aggressor": str(ev.aggressor),
+               "stream": f"trades:{ev.contract}"}
         recent = self.public_trades.get(ev.contract)
         if recent is None:
             recent = self.public_trades[ev.contract] = deque(maxlen=PUBLIC_TRADES_KEPT)

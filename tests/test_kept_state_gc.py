@@ -59,3 +59,15 @@ def test_an_agents_kept_trades_are_untracked_dicts() -> None:
     # the private message and the kept one are the same text on the wire
     msg = _own_trade(_trade(3, Side.SELL), "buy")
     assert type(msg["aggressor"]) is str and msg["aggressor"] == Side.SELL
+
+
+def test_the_recent_public_trades_are_untracked_dicts() -> None:
+    from engine.events import PublicTrade
+
+    hub = Hub(Core())
+    ev = tuple.__new__(PublicTrade, (1_800_000_000_000, "PH-20270115-10", 1, 7, 4510, 60,
+                                     Side.SELL, 3, 0))
+    hub.publish([(None, "ana", [ev])])
+    kept = list(hub.public_trades["PH-20270115-10"])
+    assert [(m["trade_id"], m["price"], m["aggressor"]) for m in kept] == [(7, "45.10", "SELL")]
+    assert not gc.is_tracked(kept[0])
