@@ -34,7 +34,13 @@ from engine.events import (
     Trade,
 )
 from gateway.core import Core
-from gateway.wire import event_to_wire, event_to_wire_copy, fmt_instant
+from gateway.wire import (
+    event_to_wire,
+    event_to_wire_copy,
+    fmt_instant,
+    price_text,
+    qty_text,
+)
 from risk.events import RiskNotice, ThrottlingStatus
 
 Message = dict[str, Any]
@@ -302,16 +308,8 @@ class Hub:
         self.officer_subs.discard(session)
 
 
-def _p(v: int) -> str:
-    from engine.config import fmt_price
-
-    return fmt_price(v)
-
-
-def _q(v: int) -> str:
-    from engine.config import fmt_qty
-
-    return fmt_qty(v)
+_p = price_text  # prices and quantities as the wire writes them (cached texts)
+_q = qty_text
 
 
 def _prices(snap: dict[str, Any]) -> dict[str, Any]:

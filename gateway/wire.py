@@ -58,6 +58,17 @@ def _cached(f: Callable[[int], str]) -> tuple[Callable[[int], str | None],
 
 _PL, _PM = _cached(fmt_price)
 _QL, _QM = _cached(fmt_qty)
+
+
+def price_text(ticks: int) -> str:
+    """:func:`~engine.config.fmt_price`, through the cache."""
+    return _PL(ticks) or _PM(ticks)
+
+
+def qty_text(ticks: int) -> str:
+    """:func:`~engine.config.fmt_qty`, through the cache."""
+    return _QL(ticks) or _QM(ticks)
+
 _ENV: dict[str, Any] = {"PL": _PL, "PM": _PM, "QL": _QL, "QM": _QM, "T": fmt_instant}
 
 
