@@ -1080,7 +1080,8 @@ class Engine:
             self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1], o.coid, o.id)
             return
         if o.live:
-            # _unlink, written out: a quarter of the flow is cancels
+            # _unlink, written out (keep the two the same): a quarter of the flow is
+            # cancels, and the call was 3 % of a cancel's time
             book = c.book
             lvl: Level = o.level  # type: ignore[assignment]
             o.live = False
