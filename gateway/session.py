@@ -36,7 +36,7 @@ from gateway.protocol import (
     to_operator_command,
 )
 from gateway.sequencer import SequencerStopped
-from gateway.wire import event_to_wire_copy, fmt_instant
+from gateway.wire import event_to_wire_last, fmt_instant
 
 if TYPE_CHECKING:
     from gateway.server import Server
@@ -621,7 +621,7 @@ def answer(typ: str, req_id: Any, user: str | None, events: list[Any]) -> dict[s
         if r.order_id not in ids:
             ids.append(r.order_id)
     msg = {"type": "ack", "req_id": rid, "kind": typ, "order_ids": ids,
-           "reports": [event_to_wire_copy(r) for r in reports]}
+           "reports": [event_to_wire_last(r) for r in reports]}
     if rejects:  # e.g. some orders of a NONE basket refused
         msg["rejects"] = [{"client_order_id": r.client_order_id, "code": r.code,
                            "reason": r.reason} for r in rejects]

@@ -125,6 +125,18 @@ def event_to_wire_copy(ev: Any) -> dict[str, Any]:
     return dict(msg)
 
 
+def event_to_wire_last(ev: Any) -> dict[str, Any]:
+    """:func:`event_to_wire` (JSON form) for the last use of an event: an order report in
+    the answer to its request, which comes after the fan-out has sent it on the private
+    stream (if anyone listens).  The memoised conversion itself, taken out of the memo, if
+    :func:`event_to_wire_copy` made one; else a fresh conversion, not memoised: no copy in
+    either case."""
+    hit = _MEMO.pop(id(ev), None)
+    if hit is not None and hit[0] is ev:
+        return hit[1]
+    return event_to_wire(ev)
+
+
 # --- msgpack: the same messages with integer ticks and milliseconds (DESIGN rule 4) -------
 
 _TICK_PRICES = frozenset({

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from engine.config import fmt_price, fmt_qty
 from engine.events import OrderReport
 from gateway import wire
-from gateway.wire import event_to_wire, event_to_wire_copy
+from gateway.wire import event_to_wire, event_to_wire_copy, event_to_wire_last
 
 
 def _report(price: int) -> OrderReport:
@@ -39,6 +39,20 @@ def test_a_report_sent_twice_is_converted_once_and_copied() -> None:
     other = _report(4511)
     assert event_to_wire_copy(other)["price"] == "45.11"
     assert event_to_wire_copy(ev)["price"] == "45.10"
+
+
+def test_the_answer_takes_the_conversion_the_stream_made_and_no_copy_is_shared() -> None:
+    """The answer (the last use of a report) takes the memoised conversion itself, which no
+    stream message shares; without one it converts afresh and memoises nothing."""
+    ev = _report(4512)
+    stream = event_to_wire_copy(ev)  # the private stream's message
+    stream["seq"] = 9
+    answer = event_to_wire_last(ev)
+    assert answer == event_to_wire(ev) and "seq" not in answer and answer is not stream
+    assert id(ev) not in wire._MEMO  # taken: a later answer converts afresh
+    again = event_to_wire_last(ev)
+    assert again == answer and again is not answer
+    assert id(ev) not in wire._MEMO
 
 
 @settings(max_examples=300, deadline=None)
