@@ -270,9 +270,9 @@ def trade_row(t: Trade) -> TradeRow:
     The sync job keeps every trade of the rounds not yet settled: a busy hour's worth.
     A ``Trade`` is a tuple subclass, which the cyclic garbage collector never untracks, so
     kept as they are they made most of the server's tracked objects and every full
-    collection walked them all (84 % of the objects, 128 ms per full collection after
-    300,000 operations of the engine benchmark's flow).  A plain tuple holding only ints and
-    strings is untracked by the first collection that sees it."""
+    collection walked them all (84 % of the objects after 300,000 operations of the engine
+    benchmark's flow, a full collection 134–193 ms: perf/bench_gc.py).  A plain tuple
+    holding only ints and strings is untracked by the first collection that sees it."""
     return (t[0], t[1], t[2], t[3], t[4], t[5], str(t[6]), t[7], t[8], t[9], t[10], t[11],
             t[12], t[13], t[14])
 

@@ -7,7 +7,7 @@ the whole walk.  The state that grows with trading, the trades of rounds not yet
 plain tuples and dicts of ints and strings, which the collector does not track.  Kept as
 the engine's ``Trade`` events (a tuple subclass, never untracked) and with the aggressor's
 enum in the dicts, they were 84 % of the tracked objects after 300,000 operations of the
-engine benchmark's flow, and a full collection took 128 ms (docs/performance.md).
+engine benchmark's flow, and a full collection took 134–193 ms (docs/performance.md).
 """
 
 from __future__ import annotations
