@@ -1080,23 +1080,7 @@ class Engine:
             self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1], o.coid, o.id)
             return
         if o.live:
-            # _unlink, written out (keep the two the same): a quarter of the flow is
-            # cancels, and the call was 3 % of a cancel's time
-            book = c.book
-            lvl: Level = o.level  # type: ignore[assignment]
-            o.live = False
-            o.level = None
-            d = lvl.orders
-            del d[o.seq]
-            if not d:
-                if o.side is BUY:
-                    book.bids.drop_level(lvl.price)
-                else:
-                    book.asks.drop_level(-lvl.price)
-            s = book.pub_seq + 1
-            book.pub_seq = s
-            self._out.append(
-                _new(BookChange, (ts, book.contract, s, _REMOVE, o.pub, o.side, o.price, 0)))
+            self._unlink(o, c.book, ts)
             g = self.guard
             if g is not None:
                 g.released(o, o.remaining)
