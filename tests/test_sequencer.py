@@ -160,3 +160,46 @@ async def test_a_failed_roll_at_midnight_refuses_only_what_is_not_durable(
     j.close()
     with Journal(tmp_path / "journal") as again:
         assert [r.origin for r in again.records()] == ["a", "b", "c"]
+
+
+async def test_the_journal_thread_runs_calls_in_order_and_hands_back_results_and_errors(
+) -> None:
+    """The journal's thread (gateway/sequencer.py JournalThread) runs what it is handed in
+    hand-over order, off the event loop's thread; each future resolves on the loop with the
+    call's result or its exception; shutdown finishes what was handed over first."""
+    import threading
+
+    from gateway.sequencer import JournalThread
+
+    loop = asyncio.get_running_loop()
+    jt = JournalThread()
+    ran: list[tuple[int, str]] = []
+
+    def work(i: int) -> int:
+        ran.append((i, threading.current_thread().name))
+        if i == 7:
+            raise OSError(errno.ENOSPC, "disk full")
+        return i * i
+
+    futs = [jt.call(loop, work, i) for i in range(20)]
+    results = await asyncio.gather(*futs, return_exceptions=True)
+    assert [i for i, _ in ran] == list(range(20))
+    assert {name for _, name in ran} == {"journal"}
+    assert threading.current_thread().name != "journal"
+    assert results[:7] == [i * i for i in range(7)]
+    assert isinstance(results[7], OSError) and results[7].errno == errno.ENOSPC
+    assert results[8:] == [i * i for i in range(8, 20)]
+
+    # a cancelled waiter does not stop the call, nor break the next one
+    slow = jt.call(loop, lambda: (ran.append((-1, "slow")), 1)[1])
+    slow.cancel()
+    assert await jt.call(loop, work, 3) == 9
+    assert (-1, "slow") in ran
+
+    pending = [jt.call(loop, work, 100 + i) for i in range(5)]
+    jt.shutdown()  # joins: the five calls ran before the thread stopped
+    assert [i for i, _ in ran[-5:]] == [100, 101, 102, 103, 104]
+    # their outcomes were handed to the loop before the join returned
+    assert [await f for f in pending] == [(100 + i) ** 2 for i in range(5)]
+    with pytest.raises(RuntimeError, match="shut down"):
+        jt.call(loop, work, 1)
