@@ -27,6 +27,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from gateway.session import Session
 from gateway.wire import to_ticks
@@ -51,13 +52,16 @@ class WsTransport:
     written with flow control on exit: it waits while the socket's buffer is above its
     high-water mark); where that is not there, it sends them one by one.  JSON is encoded
     by orjson straight to UTF-8 bytes and sent as a text frame without a round trip through
-    ``str``."""
+    ``str``.
+
+    :meth:`send_now` is the same write without an ``await``, for when nothing would make it
+    wait: the session calls it from a plain callback instead of waking its writer task."""
 
     def __init__(self, ws: ServerConnection, binary: bool) -> None:
         self.ws = ws
         self.binary = binary
         self._batched = all(hasattr(ws, a) for a in ("send_context", "protocol", "transport",
-                                                     "send_in_progress"))
+                                                     "send_in_progress", "paused"))
 
     def _encode(self, msg: dict[str, Any]) -> bytes:
         if self.binary:
@@ -74,22 +78,42 @@ class WsTransport:
                 await ws.send(self._encode(m), text=not self.binary)
             return
         frames = [self._encode(m) for m in msgs]
-        protocol = ws.protocol
         async with ws.send_context():
-            put = protocol.send_binary if self.binary else protocol.send_text
-            for f in frames:
-                put(f)
-            chunks = protocol.data_to_send()
-            if all(chunks):  # no end-of-stream marker among them: one write
-                ws.transport.write(b"".join(chunks))
-            else:  # the protocol is closing: the library writes them as it does
-                for c in chunks:
-                    if c:
-                        ws.transport.write(c)
-                    elif ws.transport.can_write_eof():
-                        ws.transport.write_eof()
-                    else:
-                        ws.transport.close()
+            self._write(frames)
+
+    def send_now(self, msgs: list[dict[str, Any]]) -> bool:
+        """Write ``msgs`` now if no wait could be needed: the connection is open, no
+        fragmented message is being sent, and the socket's buffer is below its high-water
+        mark (the library's flow control would not wait).  False: nothing was sent, use
+        :meth:`send_many`.  What the library's ``send_context`` does on exit is not needed
+        here: a close is never expected after data frames of an open connection, and there
+        is nothing to drain."""
+        ws = self.ws
+        if (not self._batched or ws.protocol.state is not State.OPEN
+                or ws.send_in_progress is not None or ws.paused
+                or ws.transport.is_closing()):
+            return False
+        self._write([self._encode(m) for m in msgs])
+        return True
+
+    def _write(self, frames: list[bytes]) -> None:
+        """Frames into the protocol, the protocol's output to the socket in one write."""
+        ws = self.ws
+        protocol = ws.protocol
+        put = protocol.send_binary if self.binary else protocol.send_text
+        for f in frames:
+            put(f)
+        chunks = protocol.data_to_send()
+        if all(chunks):  # no end-of-stream marker among them: one write
+            ws.transport.write(b"".join(chunks))
+        else:  # the protocol is closing: the library writes them as it does
+            for c in chunks:
+                if c:
+                    ws.transport.write(c)
+                elif ws.transport.can_write_eof():
+                    ws.transport.write_eof()
+                else:
+                    ws.transport.close()
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code, reason[:120])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import deque
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +21,7 @@ from wsclient import (
     MSGPACK,
     Client,
     contract_id,
+    is_answer,
     iso,
     now_ms,
     order,
@@ -997,6 +999,80 @@ async def test_queued_messages_go_out_in_one_write_as_separate_frames(binary: bo
     sent = [*msgs, {"type": "heartbeat"}]
     assert decoded == ([to_ticks(m) for m in sent] if binary else sent)  # msgpack: ticks
     assert len(writes) == 2 and writes[0] > 50 * 20  # the fifty frames in one write
+
+
+async def test_send_now_writes_at_once_or_leaves_everything_to_the_writer() -> None:
+    """gateway/ws.py ``send_now``: on an open connection with room in the socket's buffer
+    it writes the messages at once, as separate frames in one write; while the library's
+    flow control would wait (the buffer above its high-water mark) or once the connection
+    is closing, it sends nothing and says so, so that the session's writer task sends them
+    with the library's waiting."""
+    import orjson
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+
+    from gateway.ws import WsTransport
+
+    outcome: dict[str, Any] = {}
+    writes: list[int] = []
+
+    async def handler(ws: Any) -> None:
+        t = WsTransport(ws, False)
+        real_write = ws.transport.write
+        ws.transport.write = lambda data: (writes.append(len(data)), real_write(data))[1]
+        outcome["open"] = t.send_now([{"n": i} for i in range(10)])
+        outcome["open_writes"] = len(writes)
+        ws.paused = True  # what pause_writing() sets when the buffer passes high water
+        outcome["paused"] = t.send_now([{"n": 99}])
+        ws.paused = False
+        outcome["paused_writes"] = len(writes)
+        ws.transport.write = real_write
+        await ws.close()
+        outcome["closed"] = t.send_now([{"n": 100}])
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as c:
+            got = [orjson.loads(m) async for m in c]
+    assert outcome == {"open": True, "open_writes": 1, "paused": False, "paused_writes": 1,
+                       "closed": False}
+    assert got == [{"n": i} for i in range(10)]
+
+
+async def test_answers_and_private_stream_stay_in_order_through_back_pressure(
+        env: Env) -> None:
+    """A session's messages go out from a plain callback while the socket takes them and
+    through its writer task while it does not (gateway/session.py ``_flush``): a client
+    that stops reading for a while, then reads everything, gets every answer and every
+    private message, in order, the stream's sequence without a gap."""
+    srv = await env.server(max_queue=100_000, heartbeat_s=3600)
+    slow = await _slow_client(env, srv, "ana", {"type": "subscribe", "stream": "private"})
+    session = _shrink_server_sndbuf(srv, "ana")
+    n = 300
+    for i in range(n):  # over the connection itself: an answer and a report each
+        await slow.send(order(C1, "SELLU1", "SELL", f"{60 + i % 20}.00", "1.0", exec="IOC",
+                              req_id=f"o{i}"))
+    for _ in range(100):  # the socket filled up: the writer task holds the rest
+        if session._out and not session._writer_idle:
+            break
+        await asyncio.sleep(0.05)
+    assert session._out, "the socket never filled up: nothing was left to the writer"
+    slow.start_reading()
+    await slow.wait_for(lambda m: is_answer(m) and m.get("req_id") == f"o{n - 1}",
+                        timeout=20)
+    answers = [m for m in slow.received
+               if is_answer(m) and str(m.get("req_id", "")).startswith("o")]
+    assert [m["req_id"] for m in answers] == [f"o{i}" for i in range(n)]
+    assert {(m["type"], m["reports"][0]["action"]) for m in answers} == {("ack", "CANCELLED")}
+    private = slow.stream("private:AG1")  # each report comes before its answer
+    seqs = [m["seq"] for m in private]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    reports = [m for m in private if m["type"] == "order_report"]
+    assert [m["req_id"] for m in reports] == [f"o{i}" for i in range(n)]
+    assert session._out == deque() and not session._closing
+    # and with the socket drained, messages go out from the callback again
+    ans = await slow.request({"type": "query_me"})
+    assert ans["type"] == "me" and session._writer_idle
 
 
 def test_a_subscriber_dropped_while_a_stream_is_delivered_does_not_cut_it_short() -> None:
