@@ -11,8 +11,10 @@
 * **Baseline, same run**: a raw echo server on the same stack (websockets + uvloop, JSON
   decode and encode of each message) at the same rate, and both at saturation (a fixed number
   of requests in flight per connection) for the throughput ratio.
-* **CPU per request** of the server (ronda or echo) and of this load generator in each phase,
-  from /proc: steadier than wall-clock figures on a shared machine.  ``server_cpu_ratio`` is
+* **CPU per request** of the server (ronda or echo), of the server's event-loop thread (the
+  single writer's, which bounds its throughput; ronda's journal syncs in another thread) and
+  of this load generator in each phase, from /proc: steadier than wall-clock figures on a
+  shared machine.  ``server_cpu_ratio`` is
   the throughput ratio the servers' CPU cost alone implies (echo / ronda).
 
 Last line: one JSON object.
@@ -215,7 +217,9 @@ async def run_target(url: str, users: list[str], echo: bool, rate: float, second
     readers = [asyncio.create_task(ld.reader()) for ld in loads]
     per = rate / len(loads)
     n = int(per * seconds)
-    cpu = CpuMeter({"server": server_pid, "client": os.getpid()})
+    # the server's event loop runs in its main thread, whose id is the process id
+    cpu = CpuMeter({"server": server_pid, "server_loop_thread": (server_pid, server_pid),
+                    "client": os.getpid()})
     start = time.perf_counter() + 0.2
     c0 = cpu.snapshot()
     await asyncio.gather(*(ld.open_loop(per, n, start) for ld in loads))
@@ -290,6 +294,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         # the throughput ratio the servers' CPU cost alone implies (echo / ronda, per request)
         "server_cpu_ratio": round(base["cpu_us_per_request_saturated"]["server"]
                                   / max(1, ronda["cpu_us_per_request_saturated"]["server"]), 3),
+        # the same for the event loop's thread alone (the echo has no other)
+        "loop_thread_cpu_ratio": round(
+            base["cpu_us_per_request_saturated"]["server_loop_thread"]
+            / max(1, ronda["cpu_us_per_request_saturated"]["server_loop_thread"]), 3),
         "loadavg_at_end": float(Path("/proc/loadavg").read_text().split()[0]),
         "server_args": args.server_arg,
         "fsync": True,

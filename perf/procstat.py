@@ -7,23 +7,29 @@ import os
 from pathlib import Path
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (all its threads)."""
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a process so far (all its threads), or of its thread
+    ``tid`` only (the main thread's id is the process id: the event loop's thread)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
-    """CPU time used by each process of the run between two points."""
+    """CPU time used by each process of the run between two points; a value of ``pids``
+    may be a ``(pid, tid)`` pair for one thread of a process."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int | tuple[int, int]]) -> None:
         self.pids = pids
 
+    def _cpu(self, p: int | tuple[int, int]) -> float:
+        return cpu_s(*p) if isinstance(p, tuple) else cpu_s(p)
+
     def snapshot(self) -> dict[str, float]:
-        return {k: cpu_s(p) for k, p in self.pids.items()}
+        return {k: self._cpu(p) for k, p in self.pids.items()}
 
     def since(self, t0: dict[str, float]) -> dict[str, float]:
-        return {k: cpu_s(p) - t0[k] for k, p in self.pids.items()}
+        return {k: self._cpu(p) - t0[k] for k, p in self.pids.items()}

@@ -1075,6 +1075,55 @@ async def test_answers_and_private_stream_stay_in_order_through_back_pressure(
     assert ans["type"] == "me" and session._writer_idle
 
 
+async def test_requests_are_handled_from_the_protocol_callback_and_keep_their_order(
+        env: Env) -> None:
+    """gateway/ws.py ``_Connection``: a complete frame goes to the session from the
+    protocol's callback, not through the handler task; a fragmented message goes the
+    library's way, and the frames behind it wait their turn: the answers come in the order
+    the requests were sent."""
+    import traceback
+
+    srv = await env.server()
+    c = await env.client(srv, "ana")
+    session = session_of(srv, "ana")
+    seen: list[tuple[str, bool]] = []  # (req_id, handled from process_event)
+    real_handle = session.handle
+
+    def handle(data: Any) -> None:
+        here = any(f.name == "process_event" for f in traceback.extract_stack())
+        seen.append((data.get("req_id"), here))
+        real_handle(data)
+
+    session.handle = handle
+    assert (await c.request({"type": "query_me", "req_id": "a"}))["type"] == "me"
+    assert seen == [("a", True)]
+    # a fragmented message, then ten whole ones, back to back
+    await c.ws.send(['{"type": "query_me",', ' "req_id": "frag"}'])
+    for i in range(10):
+        await c.send({"type": "query_me", "req_id": f"w{i}"})
+    last = await c.wait_for(lambda m: m.get("req_id") == "w9")
+    answered = [m["req_id"] for m in c.received if m.get("type") == "me"]
+    assert answered == ["a", "frag", *[f"w{i}" for i in range(10)]], answered
+    assert last["type"] == "me"
+    assert [r for r, _ in seen] == answered
+    assert seen[1] == ("frag", False)  # reassembled by the library, read by the handler
+
+
+async def test_a_text_frame_that_is_not_utf8_closes_the_connection_with_1007(
+        env: Env) -> None:
+    """RFC 6455 §8.1: a text frame must be valid UTF-8, else the connection fails with
+    1007; the fast path leaves such a frame to the library, which does that."""
+    srv = await env.server()
+    c = await env.client(srv, "ana")
+    assert (await c.request({"type": "query_me"}))["type"] == "me"
+    async with c.ws.send_context():
+        c.ws.protocol.send_text(b'{"type": "query_me", "x": "\xff\xfe"}')
+    code, _ = await c.wait_closed(5)
+    assert code == 1007
+    ana = await env.client(srv, "ana")  # the server goes on
+    assert (await ana.request({"type": "query_me"}))["type"] == "me"
+
+
 def test_a_subscriber_dropped_while_a_stream_is_delivered_does_not_cut_it_short() -> None:
     """gateway/fanout.py: delivering a message can drop a slow consumer, which unsubscribes
     it from the very set being delivered to; the other subscribers still get the message
