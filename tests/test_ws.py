@@ -1109,6 +1109,25 @@ async def test_requests_are_handled_from_the_protocol_callback_and_keep_their_or
     assert seen[1] == ("frag", False)  # reassembled by the library, read by the handler
 
 
+async def test_a_defect_while_handling_a_request_ends_only_that_connection(
+        env: Env) -> None:
+    """An exception out of the session (a defect, never bad input: that gets an error)
+    while a frame is handled from the protocol's callback closes that connection with
+    1011, as the library does for a failing handler; the server and the others go on."""
+    srv = await env.server()
+    c = await env.client(srv, "ana")
+    other = await env.client(srv, "carlos")
+
+    def broken(data: Any) -> None:
+        raise RuntimeError("defect")
+
+    session_of(srv, "ana").handle = broken
+    await c.send({"type": "query_me", "req_id": "x"})
+    code, _ = await c.wait_closed(5)
+    assert code == 1011
+    assert (await other.request({"type": "query_me"}))["type"] == "me"
+
+
 async def test_a_text_frame_that_is_not_utf8_closes_the_connection_with_1007(
         env: Env) -> None:
     """RFC 6455 §8.1: a text frame must be valid UTF-8, else the connection fails with
