@@ -189,8 +189,14 @@ class AmqpTransport:
         self.adapter.to_user(self.user, msg)
 
     async def send_many(self, msgs: list[dict[str, Any]]) -> None:
+        self.send_now(msgs)
+
+    def send_now(self, msgs: list[dict[str, Any]]) -> bool:
+        """Into the adapter's outbox at once (it never waits: the outbox pump deals with
+        the broker), so the session's flush needs no writer task (gateway/session.py)."""
         for msg in msgs:
             self.adapter.to_user(self.user, msg)
+        return True
 
     async def close(self, code: int, reason: str) -> None:
         self.abort(reason)
