@@ -176,8 +176,12 @@ class Session:
                     self._wake.set()
                     return
                 self.sent += n
-        except Exception:  # the connection went away: the writer finds out and ends
-            self._wake.set()
+        except Exception as exc:
+            # send_now refuses (returns False) when the connection is closing, so this is a
+            # message that cannot be encoded: a defect.  Going on would leave a gap in the
+            # answers and the streams, so the session ends, saying why.
+            log.exception("sending failed; ending the session")
+            self._drop(f"internal error: cannot send a message ({type(exc).__name__})")
 
     def send(self, msg: dict[str, Any]) -> None:
         """Queue a message that must not be lost (answers, private stream...)."""

@@ -153,6 +153,7 @@ class _Connection(ServerConnection):
     valid UTF-8 (``recv`` then closes the connection with 1007, as the protocol says)."""
 
     on_message: Callable[[str | bytes], None] | None = None  # set once the session exists
+    failed = False  # handling a message raised: the connection is closing with 1011
 
     def process_event(self, event: Any) -> None:
         on = self.on_message
@@ -170,9 +171,10 @@ class _Connection(ServerConnection):
                 data = bytes(event.data)
             try:
                 on(data)
-            except Exception:  # a defect of ours: end this connection, as the handler would
+            except Exception:  # a defect of ours: nothing more is handled, the connection ends
                 log.exception("message handling failed; closing the connection")
                 self.on_message = None
+                self.failed = True  # the handler task stops reading queued frames too
                 self.loop.create_task(self.close(1011, "internal error"))
             return
         super().process_event(event)
@@ -185,6 +187,14 @@ async def _handler(server: Server, ws: ServerConnection) -> None:
     writer = asyncio.get_running_loop().create_task(session.writer())
     session.writer_task = writer
     limit = server.config.max_message_bytes
+
+    def writer_ended(_: asyncio.Task[None]) -> None:
+        # the writer closes the connection when it ends normally; if it died instead, the
+        # connection must not stay open with nobody answering its requests
+        if session._closing is None and ws.protocol.state is State.OPEN:
+            asyncio.get_running_loop().create_task(ws.close(1011, "internal error"))
+
+    writer.add_done_callback(writer_ended)
 
     def on_message(raw: str | bytes) -> None:
         if writer.done():  # the session is over (closed after its last answers)
@@ -213,6 +223,8 @@ async def _handler(server: Server, ws: ServerConnection) -> None:
         if fast is not None:
             fast.on_message = on_message  # from now on, frames mostly come that way
         async for raw in ws:  # what the library still delivers (see _Connection)
+            if fast is not None and fast.failed:
+                break
             on_message(raw)
             if writer.done():
                 break

@@ -1071,8 +1071,11 @@ async def test_answers_and_private_stream_stay_in_order_through_back_pressure(
     assert [m["req_id"] for m in reports] == [f"o{i}" for i in range(n)]
     assert session._out == deque() and not session._closing
     # and with the socket drained, messages go out from the callback again
+    real_send_now = session._send_now
+    via_callback: list[int] = []
+    session._send_now = lambda msgs: (via_callback.append(len(msgs)), real_send_now(msgs))[1]
     ans = await slow.request({"type": "query_me"})
-    assert ans["type"] == "me" and session._writer_idle
+    assert ans["type"] == "me" and via_callback == [1]
 
 
 async def test_requests_are_handled_from_the_protocol_callback_and_keep_their_order(
@@ -1113,18 +1116,40 @@ async def test_a_defect_while_handling_a_request_ends_only_that_connection(
         env: Env) -> None:
     """An exception out of the session (a defect, never bad input: that gets an error)
     while a frame is handled from the protocol's callback closes that connection with
-    1011, as the library does for a failing handler; the server and the others go on."""
+    1011, and nothing it sent afterwards is handled, neither from the callback nor from
+    the library's queue; the server and the others go on."""
     srv = await env.server()
     c = await env.client(srv, "ana")
     other = await env.client(srv, "carlos")
+    calls: list[Any] = []
 
     def broken(data: Any) -> None:
+        calls.append(data)
         raise RuntimeError("defect")
 
     session_of(srv, "ana").handle = broken
-    await c.send({"type": "query_me", "req_id": "x"})
+    for i in range(3):
+        await c.send({"type": "query_me", "req_id": f"x{i}"})
     code, _ = await c.wait_closed(5)
     assert code == 1011
+    assert [d["req_id"] for d in calls] == ["x0"]
+    assert (await other.request({"type": "query_me"}))["type"] == "me"
+
+
+async def test_a_message_that_cannot_be_sent_ends_the_session_with_a_reason(
+        env: Env) -> None:
+    """A queued message that cannot be encoded (a defect) must not leave a gap in what the
+    client receives while the connection goes on: the session ends and says why."""
+    srv = await env.server()
+    c = await env.client(srv, "ana")
+    session = session_of(srv, "ana")
+    session.send({"type": "notice", "n": 1})
+    session.send({"type": "notice", "bad": {1, 2}})  # a set: not JSON
+    session.send({"type": "notice", "n": 3})
+    code, reason = await c.wait_closed(5)
+    assert code == 1008 and "cannot send" in (reason or "")
+    assert [m.get("n") for m in c.received if m.get("type") == "notice"] == []
+    other = await env.client(srv, "carlos")
     assert (await other.request({"type": "query_me"}))["type"] == "me"
 
 
