@@ -88,7 +88,11 @@ class JournalThread:
     outcome comes back to the loop with ``call_soon_threadsafe``.  An executor's
     ``run_in_executor`` does the same with a work item, a ``concurrent.futures`` future and
     an asyncio future chained to it by callbacks: a round trip costs the loop's thread about
-    twice the CPU that way (43–80 µs against 23–36 µs here, ``perf/bench_handoff.py``)."""
+    twice the CPU that way (43–80 µs against 23–36 µs here, ``perf/bench_handoff.py``).
+
+    A daemon thread, stopped by :meth:`shutdown` (``Sequencer.stop``).  A process that exits
+    without stopping may cut an append in progress short, as a crash would: that batch was
+    never acknowledged, and the journal cuts a torn tail when it is opened."""
 
     def __init__(self, name: str = "journal") -> None:
         self._name = name
