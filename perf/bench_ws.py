@@ -2,10 +2,14 @@
 
 * The server runs as a separate process (``ronda serve``, journal fsynced per batch, risk on),
   the load generator in this one; both share the machine, as the target says.
-* **Open loop**: every request has a scheduled send time (rate R over C connections); its
-  latency is measured from the *scheduled* time to the answer, so a stalled server is charged
-  for the requests it delayed (no coordinated omission).  Percentiles come from an HDR
-  histogram (µs resolution, 3 significant digits).
+* **Open loop**: every request has a scheduled send time (rate R, request k at start + k/R
+  on connection k mod C); its latency is measured from the *scheduled* time to the answer,
+  so a stalled server is charged for the requests it delayed (no coordinated omission).
+  Percentiles come from an HDR histogram (µs resolution, 3 significant digits).
+* **The load generator** (``perf/wsload.py``) is one thread on plain sockets with
+  microsecond timeouts, not an asyncio client: it sends within tens of microseconds of the
+  scheduled time and costs the machine little CPU.  ``send_late_p99_us`` reports how late
+  it sent, its own share of the latencies.
 * The flow: orders that rest (no crossing, risk checks in full) and cancels of acknowledged
   ones, so the book stays at a stationary size.
 * **Baseline, same run**: a raw echo server on the same stack (websockets + uvloop, JSON
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +48,12 @@ from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procstat import CpuMeter
+from wsload import Conn, pump
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 CONTRACT = "PH-20991231-12"
+DRAIN_S = 30.0  # how long to wait for the last answers of the open loop
 ECHO_SERVER = """
 import asyncio, sys, orjson, uvloop
 from websockets.asyncio.server import serve
@@ -133,20 +141,19 @@ async def open_bench_contract(url: str) -> None:
 
 
 class Load:
-    """One connection's open-loop load: entries that rest, then cancels of them."""
+    """One connection's share of the load: entries that rest, then cancels of them."""
 
-    def __init__(self, ws: ClientConnection, unit: str, echo: bool) -> None:
-        self.ws = ws
+    def __init__(self, conn: Conn, unit: str, echo: bool) -> None:
+        self.conn = conn
+        conn.on_text = self.on_text
         self.unit = unit
         self.echo = echo
-        self.sched: dict[str, float] = {}
-        self.hist = HdrHistogram(1, 60_000_000, 3)
+        self.sched: dict[str, float] = {}  # req_id -> scheduled send time
+        self.lat = array("q")  # µs from the scheduled time to the answer
         self.acked: list[int] = []
         self.answers = 0
         self.rejects = 0
-        self.done = asyncio.Event()
-        self.answered = asyncio.Event()  # set by the reader on every answer
-        self.expected = 0
+        self.next = 0  # the next request's number on this connection
 
     def request(self, i: int) -> dict[str, Any]:
         rid = str(i)
@@ -156,101 +163,150 @@ class Load:
                     "unit": self.unit, "side": "BUY", "price": price, "quantity": "1.0"}
         return {"type": "order_cancel", "req_id": rid, "order_id": self.acked.pop()}
 
-    async def reader(self) -> None:
-        clock = time.perf_counter
-        async for raw in self.ws:
-            m = orjson.loads(raw)
-            rid = m.get("req_id")
-            t0 = self.sched.pop(rid, None) if rid is not None else None
-            if t0 is None:
-                continue
-            self.hist.record_value(max(1, int((clock() - t0) * 1e6)))
-            self.answers += 1
-            self.answered.set()
-            if m["type"] == "ack":
-                if m.get("kind") == "order_entry" and m.get("order_ids"):
-                    self.acked.append(m["order_ids"][0])
-            else:
-                self.rejects += 1
-            if self.answers >= self.expected:
-                self.done.set()
+    def send(self, t: float, flush: bool = True) -> None:
+        """Send the next request, scheduled at ``t`` (perf_counter seconds)."""
+        i = self.next
+        self.next = i + 1
+        self.sched[str(i)] = t
+        self.conn.send_text(orjson.dumps(self.request(i)), flush)
 
-    async def open_loop(self, rate: float, n: int, start: float) -> None:
-        """Send n requests at ``rate`` per second from ``start`` (scheduled times)."""
-        clock = time.perf_counter
-        self.expected = n
-        for i in range(n):
-            t = start + i / rate
-            d = t - clock()
-            if d > 0:
-                await asyncio.sleep(d)
-            self.sched[str(i)] = t
-            await self.ws.send(orjson.dumps(self.request(i)).decode())
+    def on_text(self, raw: bytes) -> None:
+        """The first message that carries a pending request's id is its answer."""
+        m = orjson.loads(raw)
+        rid = m.get("req_id")
+        t0 = self.sched.pop(rid, None) if rid is not None else None
+        if t0 is None:
+            return
+        self.lat.append(max(1, int((time.perf_counter() - t0) * 1e6)))
+        self.answers += 1
+        if m["type"] == "ack":
+            if m.get("kind") == "order_entry" and m.get("order_ids"):
+                self.acked.append(m["order_ids"][0])
+        else:
+            self.rejects += 1
 
-    async def closed_loop(self, inflight: int, seconds: float, base: int) -> int:
-        """Keep ``inflight`` requests outstanding for ``seconds``; return answers.  Between
-        answers it sleeps on the reader's event rather than polling, so that the load
-        generator does not take CPU from the server it measures."""
-        clock = time.perf_counter
-        end = clock() + seconds
-        i = base
-        sent0 = self.answers
-        while clock() < end:
-            while len(self.sched) < inflight:
-                self.sched[str(i)] = clock()
-                await self.ws.send(orjson.dumps(self.request(i)).decode())
-                i += 1
-            self.answered.clear()
-            try:
-                await asyncio.wait_for(self.answered.wait(), max(0.0, end - clock()))
-            except TimeoutError:
+
+def open_loop(loads: list[Load], rate: float, n: int) -> tuple[float, array[int]]:
+    """Send ``n`` requests at ``rate`` per second in all, request k on connection
+    k mod C at its scheduled time start + k/rate, and wait for every answer.  Returns the
+    time from the first scheduled send to the last answer, and each send's lateness (µs
+    after its scheduled time: the generator's own share of the latencies)."""
+    clock = time.perf_counter
+    conns = [ld.conn for ld in loads]
+    c = len(loads)
+    late = array("q")
+    start = clock() + 0.2
+    step = 1.0 / rate
+    k = 0
+    deadline = start + n * step + DRAIN_S
+    while True:
+        now = clock()
+        while k < n and start + k * step <= now:
+            t = start + k * step
+            loads[k % c].send(t)
+            late.append(int((clock() - t) * 1e6))
+            k += 1
+        if k == n:
+            if sum(ld.answers for ld in loads) >= n:
                 break
-        return self.answers - sent0
+            if now > deadline:
+                raise RuntimeError(f"{n - sum(ld.answers for ld in loads)} requests not"
+                                   f" answered {DRAIN_S} s after the last was sent")
+            timeout = deadline - now
+        else:
+            timeout = start + k * step - clock()
+        pump(conns, max(0.0, timeout))
+        if any(cn.closed for cn in conns):
+            raise RuntimeError("the server closed a connection during the load")
+    return clock() - start, late
 
 
-async def run_target(url: str, users: list[str], echo: bool, rate: float, seconds: float,
-                     server_pid: int) -> dict[str, Any]:
-    conns = [await login(url, u) if not echo else await connect(
-        url, compression=None) for u in users]
-    loads = [Load(ws, f"U{u[1:]}" if not echo else "X", echo) for ws, u in zip(conns, users,
-                                                                              strict=True)]
-    readers = [asyncio.create_task(ld.reader()) for ld in loads]
-    per = rate / len(loads)
-    n = int(per * seconds)
+def closed_loop(loads: list[Load], inflight: int, seconds: float) -> int:
+    """Keep ``inflight`` requests outstanding on every connection for ``seconds``; return
+    the answers received."""
+    clock = time.perf_counter
+    conns = [ld.conn for ld in loads]
+    for ld in loads:
+        ld.next = max(ld.next, 10_000_000)
+    before = sum(ld.answers for ld in loads)
+    end = clock() + seconds
+    while True:
+        now = clock()
+        if now >= end:
+            break
+        for ld in loads:
+            if len(ld.sched) < inflight:
+                while len(ld.sched) < inflight:
+                    ld.send(now, flush=False)
+                ld.conn.flush()
+        pump(conns, end - now)
+    return sum(ld.answers for ld in loads) - before
+
+
+def drain(loads: list[Load], seconds: float) -> None:
+    """Serve the connections for ``seconds`` (late answers, pings) and close them."""
+    conns = [ld.conn for ld in loads]
+    end = time.perf_counter() + seconds
+    while (left := end - time.perf_counter()) > 0:
+        pump(conns, left)
+    for cn in conns:
+        cn.close()
+
+
+def ws_login(url: str, user: str) -> Conn:
+    conn = Conn(url, "ronda.json")
+    ans = conn.request({"type": "login", "req_id": "l", "user": user, "token": user})
+    if ans.get("type") != "ack":
+        raise RuntimeError(f"login failed: {ans}")
+    return conn
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    return sorted_values[min(len(sorted_values) - 1, int(q / 100 * len(sorted_values)))]
+
+
+def run_target(url: str, users: list[str], echo: bool, rate: float, seconds: float,
+               server_pid: int, inflight: int = 32) -> dict[str, Any]:
+    conns = [ws_login(url, u) if not echo else Conn(url) for u in users]
+    loads = [Load(cn, f"U{u[1:]}" if not echo else "X", echo)
+             for cn, u in zip(conns, users, strict=True)]
+    n = int(rate * seconds) // len(loads) * len(loads)
     # the server's event loop runs in its main thread, whose id is the process id
     cpu = CpuMeter({"server": server_pid, "server_loop_thread": (server_pid, server_pid),
                     "client": os.getpid()})
-    start = time.perf_counter() + 0.2
-    c0 = cpu.snapshot()
-    await asyncio.gather(*(ld.open_loop(per, n, start) for ld in loads))
-    await asyncio.wait_for(asyncio.gather(*(ld.done.wait() for ld in loads)), 30)
-    elapsed = time.perf_counter() - start
-    open_cpu = cpu.since(c0)
+    gc.collect()
+    gc.disable()  # the generator's own collections would be charged to the server
+    try:
+        c0 = cpu.snapshot()
+        elapsed, late = open_loop(loads, rate, n)
+        open_cpu = cpu.since(c0)
+        # saturation: ``inflight`` requests in flight per connection for 3 s
+        c0 = cpu.snapshot()
+        count = closed_loop(loads, inflight, 3.0)
+        sat_cpu = cpu.since(c0)
+    finally:
+        gc.enable()
+    drain(loads, 0.5)
     hist = HdrHistogram(1, 60_000_000, 3)
     for ld in loads:
-        hist.add(ld.hist)
-    rejects = sum(ld.rejects for ld in loads)
-    # saturation: 32 requests in flight per connection for 3 s
-    c0 = cpu.snapshot()
-    counts = await asyncio.gather(*(ld.closed_loop(32, 3.0, 10_000_000) for ld in loads))
-    sat_cpu = cpu.since(c0)
-    await asyncio.sleep(0.5)
-    for ws in conns:
-        await ws.close()
-    for r in readers:
-        r.cancel()
+        for v in ld.lat[:n // len(loads)]:
+            hist.record_value(v)
+    lateness = sorted(late)
     return {
-        "achieved_rate": round(len(loads) * n / elapsed),
+        "achieved_rate": round(n / elapsed),
         "p50_us": hist.get_value_at_percentile(50),
         "p99_us": hist.get_value_at_percentile(99),
         "p999_us": hist.get_value_at_percentile(99.9),
         "max_us": hist.get_max_value(),
-        "rejects": rejects,
-        "saturated_per_s": round(sum(counts) / 3.0),
+        "rejects": sum(ld.rejects for ld in loads),
+        # how late the generator sent (µs after the scheduled time): its own part of the
+        # latencies above
+        "send_late_p50_us": percentile(lateness, 50),
+        "send_late_p99_us": percentile(lateness, 99),
+        "saturated_per_s": round(count / 3.0),
         # CPU per request (µs) of the server and of this load generator, from /proc
-        "cpu_us_per_request": {k: round(v * 1e6 / (len(loads) * n)) for k, v in
-                               open_cpu.items()},
-        "cpu_us_per_request_saturated": {k: round(v * 1e6 / max(1, sum(counts)))
+        "cpu_us_per_request": {k: round(v * 1e6 / n) for k, v in open_cpu.items()},
+        "cpu_us_per_request_saturated": {k: round(v * 1e6 / max(1, count))
                                          for k, v in sat_cpu.items()},
     }
 
@@ -275,9 +331,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await wait_port(eport, echo)
             url = f"ws://127.0.0.1:{port}/ws"
             await open_bench_contract(url)
-            ronda = await run_target(url, users, False, args.rate, args.seconds, srv.pid)
-            base = await run_target(f"ws://127.0.0.1:{eport}", users, True, args.rate,
-                                    args.seconds, echo.pid)
+            # the load runs in this thread, blocking: nothing else runs on this loop
+            ronda = run_target(url, users, False, args.rate, args.seconds, srv.pid,
+                               args.inflight)
+            base = run_target(f"ws://127.0.0.1:{eport}", users, True, args.rate,
+                              args.seconds, echo.pid, args.inflight)
         finally:
             for p in (srv, echo):
                 p.terminate()
@@ -309,6 +367,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=5000)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--inflight", type=int, default=32,
+                    help="requests in flight per connection at saturation")
     ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                     help="pass ARG to ronda serve (repeat: --server-arg=--journal-inline-max-ms"
                          " --server-arg=0)")
