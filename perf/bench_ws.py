@@ -20,6 +20,9 @@
   of this load generator in each phase, from /proc: steadier than wall-clock figures on a
   shared machine.  ``server_cpu_ratio`` is
   the throughput ratio the servers' CPU cost alone implies (echo / ronda).
+* **The disk's floor** (``disk_fdatasync``): before the load, the journal's directory gets
+  a record-sized write and an ``fdatasync`` every millisecond for a second.  An answer
+  waits for its batch's sync, so no durable server's p99 can be below this one's p99.
 
 Last line: one JSON object.
 
@@ -253,6 +256,29 @@ def drain(loads: list[Load], seconds: float) -> None:
         cn.close()
 
 
+def fsync_floor(directory: Path, n: int = 1000) -> dict[str, int]:
+    """The disk's own latency for what the journal does per batch: append a record-sized
+    write and ``fdatasync`` it, one every millisecond, nothing else running.  An answer
+    waits for its batch's sync (DESIGN rule 7: durable before acknowledged), so this is a
+    floor under the latencies of any server that acknowledges only durable requests."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    lat: list[int] = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 300)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            lat.append(int((time.perf_counter() - t) * 1e6))
+            time.sleep(0.001)
+    finally:
+        os.close(fd)
+        path.unlink()
+    lat.sort()
+    return {"p50_us": percentile(lat, 50), "p99_us": percentile(lat, 99),
+            "max_us": lat[-1]}
+
+
 def ws_login(url: str, user: str) -> Conn:
     conn = Conn(url, "ronda.json")
     ans = conn.request({"type": "login", "req_id": "l", "user": user, "token": user})
@@ -313,6 +339,7 @@ def run_target(url: str, users: list[str], echo: bool, rate: float, seconds: flo
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
+        disk = fsync_floor(Path(tmp))
         refdata = Path(tmp) / "refdata.toml"
         users = [f"u{i}" for i in range(args.connections)]
         bench_refdata(refdata, args.connections)
@@ -359,6 +386,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "loadavg_at_end": float(Path("/proc/loadavg").read_text().split()[0]),
         "server_args": args.server_arg,
         "fsync": True,
+        # the journal's disk alone: a write + fdatasync, unloaded (see fsync_floor)
+        "disk_fdatasync": disk,
     }
 
 
