@@ -40,6 +40,29 @@ from gateway.journal import Journal, Record
 log = logging.getLogger("ronda.sequencer")
 
 Listener = Callable[[list[tuple[Any, str, list[Any]]]], None]
+# called with (events, None) once a command is applied, or (None, error) if it never will be
+Done = Callable[[list[Any] | None, BaseException | None], None]
+# what waits for a command: the future of submit_nowait, or the callback of submit_with
+Waiter = asyncio.Future[list[Any]] | Done
+
+
+def _tell(told: list[tuple[Done, list[Any]]]) -> None:
+    for done, events in told:
+        try:
+            done(events, None)
+        except Exception:
+            log.exception("a command's callback failed")
+
+
+def _fail(waiter: Waiter, exc: BaseException) -> None:
+    if isinstance(waiter, asyncio.Future):
+        if not waiter.done():
+            waiter.set_exception(exc)
+        return
+    try:
+        waiter(None, exc)
+    except Exception:
+        log.exception("a command's callback failed")
 
 
 class Clock:
@@ -155,7 +178,7 @@ class Sequencer:
         # is at that command, live as in replay (the sync job's round-close snapshot)
         self.command_listeners: list[Listener] = []
         # submitted, not yet taken into a batch; the task sleeps on ``_wake`` when empty
-        self._pending: deque[tuple[Any, str, asyncio.Future[list[Any]]]] = deque()
+        self._pending: deque[tuple[Any, str, Waiter]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()  # nothing pending and no batch in progress
         self._idle.set()
@@ -165,6 +188,7 @@ class Sequencer:
         self._stopping = False
         self.failed: BaseException | None = None
         self.applied = 0
+        self._resolved = 0  # commands of the current batch applied and answered
         self.day: date | None = None  # local trading day of the last journaled record
         self._day_span = (0, 0)  # [start, end) of ``day`` in ms UTC
 
@@ -219,6 +243,20 @@ class Sequencer:
             w.set_result(None)
         return fut
 
+    def submit_with(self, cmd: Any, origin: str, done: Done) -> None:
+        """As :meth:`submit_nowait`, for a submitter that only needs to be told: ``done``
+        is called with the command's events right after its batch's listeners (the
+        fan-out) ran, or with the error if the journal failed.  No future and no callback
+        scheduled on the loop per command: this is the gateway's path for every request.
+        ``done`` must not raise (if it does, the error is logged and the batch goes on)."""
+        if self._stopping or self.failed is not None:
+            raise SequencerStopped("the sequencer is not accepting commands")
+        self._pending.append((cmd, origin, done))
+        self._idle.clear()
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
+
     async def submit(self, cmd: Any, origin: str) -> list[Any]:
         """Journal ``cmd`` durably, apply it, and return the events it caused."""
         return await self.submit_nowait(cmd, origin)
@@ -240,13 +278,12 @@ class Sequencer:
             except Exception as exc:  # the journal failed: nothing more may be acknowledged
                 self.failed = exc
                 log.critical("journal append failed; the sequencer stops: %s", exc)
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(SequencerStopped(f"journal failed: {exc}"))
+                # what was applied was answered (a prefix of the batch); nothing else will be
+                for _, _, waiter in batch[self._resolved:]:
+                    _fail(waiter, SequencerStopped(f"journal failed: {exc}"))
                 while q:
-                    _, _, fut = q.popleft()
-                    if not fut.done():
-                        fut.set_exception(SequencerStopped(f"journal failed: {exc}"))
+                    _, _, waiter = q.popleft()
+                    _fail(waiter, SequencerStopped(f"journal failed: {exc}"))
                 self._idle.set()
                 return
 
@@ -255,9 +292,10 @@ class Sequencer:
         self._day_span = self._span_of(ts)
 
     async def _commit(self, loop: asyncio.AbstractEventLoop,
-                      batch: list[tuple[Any, str, asyncio.Future[list[Any]]]]) -> None:
+                      batch: list[tuple[Any, str, Waiter]]) -> None:
         seq = self.journal.next_seq
-        parts: list[list[tuple[Record, asyncio.Future[list[Any]]]]] = [[]]
+        self._resolved = 0  # the batch's commands applied and answered so far
+        parts: list[list[tuple[Record, Waiter]]] = [[]]
         lo, hi = self._day_span
         for cmd, origin, fut in batch:
             ts = self.clock.now()
@@ -277,7 +315,7 @@ class Sequencer:
         return local_midnight_utc(day), local_midnight_utc(day + timedelta(days=1))
 
     async def _commit_part(self, loop: asyncio.AbstractEventLoop,
-                           part: list[tuple[Record, asyncio.Future[list[Any]]]]) -> None:
+                           part: list[tuple[Record, Waiter]]) -> None:
         records = [rec for rec, _ in part]
         first = records[0].ts
         if not self._day_span[0] <= first < self._day_span[1]:
@@ -288,21 +326,31 @@ class Sequencer:
         # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile
         await self._writer.call(loop, self.journal.append, records)
         applied: list[tuple[Any, str, list[Any]]] = []
-        for rec, fut in part:
-            cmd = rec.command
-            events = self.core.apply(cmd, rec.ts)
-            self.applied += 1
-            one = (cmd, rec.origin, events)
-            applied.append(one)
-            for cl in self.command_listeners:
-                try:
-                    cl([one])
-                except Exception:
-                    log.exception("command listener failed")
-            if not fut.done():  # the submitter may have gone away
-                fut.set_result(events)
+        told: list[tuple[Done, list[Any]]] = []
+        try:
+            for rec, waiter in part:
+                cmd = rec.command
+                events = self.core.apply(cmd, rec.ts)
+                self.applied += 1
+                self._resolved += 1
+                one = (cmd, rec.origin, events)
+                applied.append(one)
+                for cl in self.command_listeners:
+                    try:
+                        cl([one])
+                    except Exception:
+                        log.exception("command listener failed")
+                if isinstance(waiter, asyncio.Future):
+                    if not waiter.done():  # the submitter may have gone away
+                        waiter.set_result(events)  # its callbacks run after the listeners
+                else:
+                    told.append((waiter, events))
+        except BaseException:
+            _tell(told)  # what was applied is answered, as a future's callbacks would be
+            raise
         for listener in self.listeners:
             try:
                 listener(applied)
             except Exception:
                 log.exception("event listener failed")
+        _tell(told)  # after the fan-out, as a future's callbacks would be

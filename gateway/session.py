@@ -301,14 +301,15 @@ class Session:
         msg.update(extra)
         self.send(msg)
 
-    def handle(self, data: Any) -> None:
-        """One decoded message.  Never raises for bad input."""
+    def handle(self, data: Any, str_keys: bool = False) -> None:
+        """One decoded message.  Never raises for bad input.  ``str_keys``: the decoder
+        gives only text keys (JSON), so they need no check."""
         if self._closing:
             return
         if not isinstance(data, dict):
             self.error("message", f"must be an object, got {type(data).__name__}")
             return
-        if not all(isinstance(k, str) for k in data):
+        if not str_keys and not all(isinstance(k, str) for k in data):
             self.error("message", "every field name must be a string")
             return
         req_id = data.get("req_id")
@@ -424,20 +425,18 @@ class Session:
             self.error(exc.field, exc.reason, req_id)
             return
         try:
-            fut = self.server.sequencer.submit_nowait(cmd, self.user or "?")
+            self.server.sequencer.submit_with(
+                cmd, self.user or "?",
+                lambda events, exc: self._answer(typ, req_id, events, exc))
         except SequencerStopped as exc:
             self.reject(req_id, "UNAVAILABLE", str(exc))
-            return
-        fut.add_done_callback(lambda f: self._answer(typ, req_id, f))
 
-    def _answer(self, typ: str, req_id: Any, fut: asyncio.Future[list[Any]]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None:
+    def _answer(self, typ: str, req_id: Any, events: list[Any] | None,
+                exc: BaseException | None) -> None:
+        if events is None:
             self.reject(req_id, "UNAVAILABLE", f"not processed: {exc}")
             return
-        self.send(answer(typ, req_id, self.user, fut.result()))
+        self.send(answer(typ, req_id, self.user, events))
 
     # ------------------------------------------------------------------ session requests
 

@@ -26,16 +26,24 @@ _QTYS = frozenset({"qty", "visible", "hidden", "filled", "peak"})
 _INSTANTS = frozenset({"ts", "expiry", "close_at", "opens_at", "closes_at", "publish_at"})
 
 _sec_cache: list[Any] = [None, ""]
+_ms_cache: list[Any] = [None, ""]
 
 
 def fmt_instant(ms: int) -> str:
-    """ms UTC -> ``2027-01-15T09:00:00.000Z`` (the second's text is cached)."""
+    """ms UTC -> ``2027-01-15T09:00:00.000Z`` (the last instant's text and the second's
+    are cached: the events of a batch mostly share their millisecond)."""
+    if _ms_cache[0] == ms:
+        text: str = _ms_cache[1]
+        return text
     sec, milli = divmod(ms, 1000)
     if _sec_cache[0] != sec:
         _sec_cache[0] = sec
         _sec_cache[1] = datetime.fromtimestamp(sec, tz=UTC).strftime(
             "%Y-%m-%dT%H:%M:%S")
-    return f"{_sec_cache[1]}.{milli:03d}Z"
+    text = f"{_sec_cache[1]}.{milli:03d}Z"
+    _ms_cache[0] = ms
+    _ms_cache[1] = text
+    return text
 
 
 _CACHE_MAX = 65_536  # texts per cache; cleared when full

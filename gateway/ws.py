@@ -207,16 +207,16 @@ async def _handler(server: Server, ws: ServerConnection) -> None:
                           code="TOO_LARGE")
             return
         try:
-            if isinstance(raw, bytes):
-                data = msgpack.unpackb(raw, raw=False, strict_map_key=True) if binary \
-                    else orjson.loads(raw)
+            if isinstance(raw, bytes) and binary:
+                data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
             else:
                 data = orjson.loads(raw)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError,
                 msgpack.StackError) as exc:
             session.error("message", f"cannot decode: {exc}", code="INVALID_ENCODING")
             return
-        session.handle(data)
+        # a JSON object's keys are always text; msgpack's may be bytes
+        session.handle(data, not (binary and isinstance(raw, bytes)))
 
     fast = ws if isinstance(ws, _Connection) else None
     try:

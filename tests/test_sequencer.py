@@ -203,3 +203,129 @@ async def test_the_journal_thread_runs_calls_in_order_and_hands_back_results_and
                                                                  for i in range(5)]
     with pytest.raises(RuntimeError, match="shut down"):
         jt.call(loop, work, 1)
+
+
+class _Told:
+    """A submit_with callback that records each call (a command must be told once)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def for_(self, name: str) -> Any:
+        def done(events: list[Any] | None, exc: BaseException | None) -> None:
+            self.calls.append((name, events if events is not None else exc))
+        return done
+
+
+async def _until(pred: Any) -> None:
+    for _ in range(500):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+async def test_a_callback_submitter_is_told_once_after_the_fan_out_and_in_order(
+        tmp_path: Path) -> None:
+    """submit_with (the gateway's path): each command's callback is called once, in
+    journal order, with its events, after the listeners saw its batch (so a private stream
+    gets an order report before the answer that carries it), and only once durable."""
+    j = Journal(tmp_path / "journal").open()
+    seqr = Sequencer(Core(), j, max_batch=4)
+    listened: list[str] = []
+    seqr.listeners.append(lambda applied: listened.extend(o for _, o, _ in applied))
+    told: list[tuple[int, bool, int]] = []  # (i, its batch was listened to, journaled)
+    seqr.start()
+    first = j.next_seq
+    try:
+        for i in range(50):
+            seqr.submit_with(
+                Tick(), f"o{i}",
+                lambda ev, exc, i=i: told.append((i, f"o{i}" in listened, j.next_seq)))
+            if i % 5 == 0:
+                await asyncio.sleep(0)
+        await _until(lambda: len(told) == 50)
+    finally:
+        await seqr.stop()
+    assert [i for i, _, _ in told] == list(range(50))
+    assert all(seen for _, seen, _ in told)
+    assert all(nxt > first + i for i, _, nxt in told)
+    j.close()
+
+
+async def test_a_failed_roll_tells_each_callback_submitter_once(tmp_path: Path) -> None:
+    """The midnight case above through submit_with: the part before midnight is told its
+    events, the part after it the error, and nobody is told twice."""
+    from engine.contracts import local_midnight_utc
+
+    midnight = local_midnight_utc(date(2027, 5, 3))
+    instants = iter([midnight - 5000, midnight - 2000, midnight - 1000, midnight + 10,
+                     midnight + 20])
+    j = Journal(tmp_path / "journal").open()
+    seqr = Sequencer(Core(), j, clock=Clock(now=lambda: next(instants)), max_batch=8)
+    seqr.start()
+    await seqr.submit(Tick(), "a")
+
+    def full_disk() -> None:
+        raise journal_mod.JournalError("cannot start a segment: no space left on device")
+
+    j._roll = full_disk  # type: ignore[method-assign]
+    t = _Told()
+    for o in "bcde":
+        seqr.submit_with(Tick(), o, t.for_(o))
+    await _until(lambda: seqr.failed is not None)
+    await seqr.stop()
+    assert [n for n, _ in t.calls] == ["b", "c", "d", "e"]
+    assert [isinstance(r, list) for _, r in t.calls] == [True, True, False, False]
+    assert all(isinstance(r, SequencerStopped) for _, r in t.calls[2:])
+    j.close()
+
+
+async def test_a_defect_in_the_core_mid_batch_tells_the_applied_their_events_and_the_rest_the_error(
+        tmp_path: Path) -> None:
+    """If applying a command raises (a defect), the commands before it in its batch were
+    applied: they get their events; it and those after it get SequencerStopped; each is
+    told once and the sequencer stops."""
+    j = Journal(tmp_path / "journal").open()
+    core = Core()
+    real_apply = core.apply
+    calls = itertools.count()
+
+    def apply(cmd: Any, ts: int) -> list[Any]:
+        if next(calls) == 2:
+            raise RuntimeError("a defect")
+        return real_apply(cmd, ts)
+
+    core.apply = apply  # type: ignore[method-assign]
+    seqr = Sequencer(core, j, max_batch=8)
+    t = _Told()
+    for o in "abcde":  # one batch: submitted before the task runs
+        seqr.submit_with(Tick(), o, t.for_(o))
+    seqr.start()
+    await _until(lambda: seqr.failed is not None)
+    await seqr.stop()
+    assert [n for n, _ in t.calls] == ["a", "b", "c", "d", "e"]
+    assert [isinstance(r, list) for _, r in t.calls] == [True, True, False, False, False]
+    assert "a defect" in str(t.calls[2][1])
+    j.close()
+
+
+async def test_a_callback_that_raises_does_not_stop_the_sequencer(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "journal").open()
+    seqr = Sequencer(Core(), j)
+    seqr.start()
+
+    def broken(events: list[Any] | None, exc: BaseException | None) -> None:
+        raise ValueError("a session's defect")
+
+    try:
+        seqr.submit_with(Tick(), "a", broken)
+        t = _Told()
+        seqr.submit_with(Tick(), "b", t.for_("b"))
+        await _until(lambda: t.calls)
+        assert seqr.failed is None
+        assert isinstance(t.calls[0][1], list)
+        assert await seqr.submit(Tick(), "c") == []
+    finally:
+        await seqr.stop()
+    j.close()

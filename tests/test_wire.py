@@ -73,3 +73,19 @@ def test_cached_texts_equal_a_fresh_formatting(price: int, qty: int, expiry: int
             assert (msg["price"], msg["visible"], msg["filled"], msg["price_increment"]) == (
                 fmt_price(price), fmt_qty(qty), fmt_qty(qty // 2), fmt_price(incr))
             assert msg["expiry"] == (None if expiry is None else wire.fmt_instant(expiry))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0, 1, 999, 1000, 1001, 59_999, 60_000])
+                .flatmap(lambda d: st.integers(1_700_000_000_000, 1_900_000_000_000)
+                         .map(lambda base: base - base % 60_000 + d)), max_size=30))
+def test_instants_are_their_utc_iso_text_whatever_came_before(instants: list[int]) -> None:
+    """fmt_instant caches the last instant's text and the last second's: repeated
+    instants, the same second with another millisecond, and a new second each get the
+    text of their own instant."""
+    from datetime import UTC, datetime
+
+    for ms in instants + instants[::-1]:
+        ref = datetime.fromtimestamp(ms / 1000, tz=UTC)
+        ref = ref.replace(microsecond=ms % 1000 * 1000)
+        assert wire.fmt_instant(ms) == ref.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -683,6 +683,19 @@ async def test_msgpack_subprotocol(env: Env) -> None:
     assert (await plain.login("carlos"))["type"] == "ack"
 
 
+async def test_msgpack_keys_that_are_not_text_are_refused_by_name(env: Env) -> None:
+    """A msgpack map may have binary keys (JSON cannot): such a message gets an error that
+    says the field names must be text, is not guessed at, and the session goes on."""
+    import msgpack
+
+    srv = await env.server()
+    c = await env.client(srv, "ana", subprotocol=MSGPACK)
+    await c.send_raw(msgpack.packb({"type": "query_me", b"req_id": "k"}))
+    err = await c.wait_for(lambda m: m.get("type") == "error")
+    assert err["field"] == "message" and "string" in err["reason"], err
+    assert (await c.request({"type": "query_me"}))["type"] == "me"
+
+
 async def test_msgpack_carries_integer_ticks(env: Env) -> None:
     """docs/protocol.md: on msgpack, prices and quantities are integer ticks (cents of
     €/MWh, tenths of MWh) and instants integer milliseconds."""
@@ -1092,10 +1105,10 @@ async def test_requests_are_handled_from_the_protocol_callback_and_keep_their_or
     seen: list[tuple[str, bool]] = []  # (req_id, handled from process_event)
     real_handle = session.handle
 
-    def handle(data: Any) -> None:
+    def handle(data: Any, str_keys: bool = False) -> None:
         here = any(f.name == "process_event" for f in traceback.extract_stack())
         seen.append((data.get("req_id"), here))
-        real_handle(data)
+        real_handle(data, str_keys)
 
     session.handle = handle
     assert (await c.request({"type": "query_me", "req_id": "a"}))["type"] == "me"
@@ -1123,7 +1136,7 @@ async def test_a_defect_while_handling_a_request_ends_only_that_connection(
     other = await env.client(srv, "carlos")
     calls: list[Any] = []
 
-    def broken(data: Any) -> None:
+    def broken(data: Any, str_keys: bool = False) -> None:
         calls.append(data)
         raise RuntimeError("defect")
 
