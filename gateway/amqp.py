@@ -63,6 +63,7 @@ from aiormq.channel import Channel as RawChannel
 from pamqp.commands import Basic
 from yarl import URL
 
+from gateway.sequencer import Done
 from gateway.session import Session
 from gateway.wire import fmt_instant, to_ticks
 
@@ -232,6 +233,21 @@ class AmqpSession(Session):
         if req is not None and req.session is self:
             req.pending = True  # answered now (refused) or when the command is durable
         super()._command(typ, data, req_id)
+
+    def _answerer(self, typ: str, req_id: Any) -> Done:
+        """The answer goes to the delivery being handled now: the sequencer calls back
+        from its own task, so the request is captured here and made current again."""
+        req = _CURRENT.get()
+        answer = super()._answerer(typ, req_id)
+
+        def done(events: list[Any] | None, exc: BaseException | None) -> None:
+            token = _CURRENT.set(req)
+            try:
+                answer(events, exc)
+            finally:
+                _CURRENT.reset(token)
+
+        return done
 
     def _login(self, data: dict[str, Any]) -> None:
         if self.user is None:  # the implicit login (the adapter's own request)

@@ -35,7 +35,7 @@ from gateway.protocol import (
     to_command,
     to_operator_command,
 )
-from gateway.sequencer import SequencerStopped
+from gateway.sequencer import Done, SequencerStopped
 from gateway.wire import event_to_wire_last, fmt_instant
 
 if TYPE_CHECKING:
@@ -425,11 +425,16 @@ class Session:
             self.error(exc.field, exc.reason, req_id)
             return
         try:
-            self.server.sequencer.submit_with(
-                cmd, self.user or "?",
-                lambda events, exc: self._answer(typ, req_id, events, exc))
+            self.server.sequencer.submit_with(cmd, self.user or "?",
+                                              self._answerer(typ, req_id))
         except SequencerStopped as exc:
             self.reject(req_id, "UNAVAILABLE", str(exc))
+
+    def _answerer(self, typ: str, req_id: Any) -> Done:
+        """What the sequencer calls once the command is applied (or will never be).  It is
+        called from the sequencer's task, not from this request's handling: a session
+        that needs anything of the request's own context captures it here."""
+        return lambda events, exc: self._answer(typ, req_id, events, exc)
 
     def _answer(self, typ: str, req_id: Any, events: list[Any] | None,
                 exc: BaseException | None) -> None:
