@@ -131,12 +131,9 @@ async def test_the_journal_starts_a_segment_at_each_local_trading_day(tmp_path: 
 
 
 
-async def test_a_failed_roll_at_midnight_refuses_only_what_is_not_durable(
-        tmp_path: Path) -> None:
-    """A batch that spans local midnight is two commits: the part before midnight is
-    journaled, applied and answered before the new day's segment is started.  If starting
-    it fails (a full disk, say), only the commands after midnight are refused; those before
-    were answered with their events, and they are what the journal holds."""
+async def _before_a_midnight_that_cannot_roll(tmp_path: Path) -> tuple[Journal, Sequencer]:
+    """A running sequencer that journaled "a"; the next four commands are stamped two
+    before and two after local midnight, and starting the new day's segment fails."""
     from engine.contracts import local_midnight_utc
 
     midnight = local_midnight_utc(date(2027, 5, 3))
@@ -151,6 +148,16 @@ async def test_a_failed_roll_at_midnight_refuses_only_what_is_not_durable(
         raise journal_mod.JournalError("cannot start a segment: no space left on device")
 
     j._roll = full_disk  # type: ignore[method-assign]
+    return j, seqr
+
+
+async def test_a_failed_roll_at_midnight_refuses_only_what_is_not_durable(
+        tmp_path: Path) -> None:
+    """A batch that spans local midnight is two commits: the part before midnight is
+    journaled, applied and answered before the new day's segment is started.  If starting
+    it fails (a full disk, say), only the commands after midnight are refused; those before
+    were answered with their events, and they are what the journal holds."""
+    j, seqr = await _before_a_midnight_that_cannot_roll(tmp_path)
     futs = [seqr.submit_nowait(Tick(), o) for o in "bcde"]  # one batch: b, c | d, e
     results: list[Any] = await asyncio.gather(*futs, return_exceptions=True)
     await seqr.stop()
@@ -256,20 +263,7 @@ async def test_a_callback_submitter_is_told_once_after_the_fan_out_and_in_order(
 async def test_a_failed_roll_tells_each_callback_submitter_once(tmp_path: Path) -> None:
     """The midnight case above through submit_with: the part before midnight is told its
     events, the part after it the error, and nobody is told twice."""
-    from engine.contracts import local_midnight_utc
-
-    midnight = local_midnight_utc(date(2027, 5, 3))
-    instants = iter([midnight - 5000, midnight - 2000, midnight - 1000, midnight + 10,
-                     midnight + 20])
-    j = Journal(tmp_path / "journal").open()
-    seqr = Sequencer(Core(), j, clock=Clock(now=lambda: next(instants)), max_batch=8)
-    seqr.start()
-    await seqr.submit(Tick(), "a")
-
-    def full_disk() -> None:
-        raise journal_mod.JournalError("cannot start a segment: no space left on device")
-
-    j._roll = full_disk  # type: ignore[method-assign]
+    j, seqr = await _before_a_midnight_that_cannot_roll(tmp_path)
     t = _Told()
     for o in "bcde":
         seqr.submit_with(Tick(), o, t.for_(o))
