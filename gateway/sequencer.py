@@ -3,8 +3,10 @@
 One asyncio task owns the core.  Every state change — traders' requests, officers' actions,
 the timekeeper, the sync job, the calendar — is submitted here, gets a sequence number and
 a timestamp, is appended to the journal and made durable (one fsync per batch: group
-commit), and only then applied to the core; the submitter's future resolves with the
-events its command caused, and every event of the batch goes to the listeners (fan-out).
+commit), and only then applied to the core; every event of the batch goes to the listeners
+(fan-out), and each submitter gets the events its command caused: through a future
+(:meth:`Sequencer.submit`), or, on the gateway's path for every request, through a callback
+called right after the listeners (:meth:`Sequencer.submit_with`).
 
 While one batch is being written and fsynced (in the journal's own thread, so the event loop
 keeps reading sockets), the next batch forms in the queue: throughput grows with load while each
