@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.speedups import apply_mask
 
 from gateway.session import Session
 from gateway.wire import to_ticks
@@ -142,18 +143,123 @@ def _cert_user(ws: ServerConnection) -> str | None:
 
 
 class _Connection(ServerConnection):
-    """A server connection that hands each complete data frame to its session from the
-    protocol's own callback (``process_event``, run from ``data_received``), instead of
-    queueing it for the handler task to read back with ``recv``: one task wake-up and the
-    library's message queue less per request.
+    """A server connection that reads the frames of its requests itself and hands each
+    complete data frame to its session at once: no pass through the library's frame
+    parser, message queue and handler task per request.
 
-    The library's path stays for everything else, in order: the handshake, control frames,
-    a fragmented message (its frames, and every frame while the handler task still has
-    frames queued to read, so no message overtakes another), and a text frame that is not
-    valid UTF-8 (``recv`` then closes the connection with 1007, as the protocol says)."""
+    **Framing** (:meth:`data_received`, RFC 6455 §5.2): what arrives is cut into frames
+    here.  A final, masked text or binary frame, within the library's size limits, while
+    no fragmented message is in progress and the handler task has nothing queued, is
+    unmasked and handed to the session.  Every other frame (pings, pongs, the close frame,
+    fragments, a text frame that is not valid UTF-8) is handed to the library *whole*, in
+    its place in the stream, so the library's parser always starts at a frame boundary and
+    does everything it does (pongs, closing, 1007 for bad UTF-8, flow control).  An
+    incomplete frame waits here for the rest.  A header this code does not accept
+    (reserved bits or opcodes, an unmasked frame, a control frame too long or fragmented,
+    a length over the limit) gives the library everything from that byte on, for good:
+    it closes the connection as the protocol says.  The fast path starts only when the
+    library is idle at a frame boundary (checked on its parser; with a library version
+    whose internals differ, it never starts and every frame goes the library's way).
+
+    **Frames the library parsed** (before the fast path starts, or handed to it whole)
+    still reach the session from :meth:`process_event` when complete, as before."""
 
     on_message: Callable[[str | bytes], None] | None = None  # set once the session exists
     failed = False  # handling a message raised: the connection is closing with 1011
+    _inbuf: bytearray | None = None  # the start of an incomplete frame (fast path only)
+    _passthrough = False  # a header not accepted here: the library takes everything
+
+    def _library_idle(self) -> bool:
+        """The library holds no part of a frame or of a fragmented message: its parser
+        waits for the next frame with an empty buffer."""
+        p = self.protocol
+        if (p.state is not State.OPEN or p.reader.buffer
+                or getattr(p, "current_size", 0) is not None):
+            return False
+        g = p.parser  # the innermost of its generators: waiting in ``at_eof``
+        while (sub := getattr(g, "gi_yieldfrom", None)) is not None:
+            g = sub
+        return getattr(getattr(g, "gi_code", None), "co_name", None) == "at_eof"
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._inbuf
+        if buf is not None:  # the library is at a boundary: it got only whole frames
+            self._inbuf = None
+            buf += data
+            data = buf  # type: ignore[assignment]
+        elif (self._passthrough or self.on_message is None
+              or not self._library_idle()):
+            super().data_received(data)
+            return
+        p = self.protocol
+        max_msg = getattr(p, "max_message_size", None)
+        max_frag = getattr(p, "max_fragment_size", None)
+        limit = min(x for x in (max_msg, max_frag, 1 << 63) if x is not None)
+        pos = 0
+        n = len(data)
+        while n - pos >= 2:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            ln = b1 & 0x7F
+            head = pos + 2
+            if ln == 126:
+                if n - pos < 4:
+                    break
+                ln = (data[head] << 8) | data[head + 1]
+                head += 2
+            elif ln == 127:
+                if n - pos < 10:
+                    break
+                ln = int.from_bytes(data[head:head + 8], "big")
+                head += 8
+            op = b0 & 0x0F
+            if (not b1 & 0x80 or b0 & 0x70 or ln > limit
+                    or (op > 2 and (op < 8 or op > 10 or not b0 & 0x80 or ln > 125))):
+                self._passthrough = True  # the library says what is wrong, and closes
+                super().data_received(bytes(data[pos:]))
+                return
+            end = head + 4 + ln
+            if end > n:
+                break  # the rest of this frame is still on its way
+            on = self.on_message
+            if ((b0 == 0x81 or b0 == 0x82) and on is not None
+                    and not self.recv_messages.frames.queue
+                    and p.state is State.OPEN and getattr(p, "current_size", 0) is None):
+                payload = apply_mask(data[head + 4:end], data[head:head + 4])
+                msg: str | bytes | None = payload
+                if b0 == 0x81:
+                    try:
+                        msg = payload.decode()
+                    except UnicodeDecodeError:
+                        msg = None  # the library closes with 1007
+                if msg is not None:
+                    pos = end
+                    self._handle(on, msg)
+                    continue
+            super().data_received(bytes(data[pos:end]))  # a whole frame, in its place
+            pos = end
+        if pos < n:
+            if self._passthrough or self.protocol.state is not State.OPEN:
+                super().data_received(bytes(data[pos:]))
+            else:
+                self._inbuf = bytearray(data[pos:])
+
+    def eof_received(self) -> None:
+        buf = self._inbuf
+        if buf is not None:  # an incomplete frame: the library reports it
+            self._inbuf = None
+            self._passthrough = True
+            super().data_received(bytes(buf))
+        super().eof_received()
+
+    def _handle(self, on: Callable[[str | bytes], None], msg: str | bytes) -> None:
+        try:
+            on(msg)
+        except Exception:  # a defect of ours: nothing more is handled, the connection ends
+            log.exception("message handling failed; closing the connection")
+            self.on_message = None
+            self.failed = True  # the handler task stops reading queued frames too
+            self.loop.create_task(self.close(1011, "internal error"))
 
     def process_event(self, event: Any) -> None:
         on = self.on_message
@@ -169,13 +275,7 @@ class _Connection(ServerConnection):
                     return
             else:
                 data = bytes(event.data)
-            try:
-                on(data)
-            except Exception:  # a defect of ours: nothing more is handled, the connection ends
-                log.exception("message handling failed; closing the connection")
-                self.on_message = None
-                self.failed = True  # the handler task stops reading queued frames too
-                self.loop.create_task(self.close(1011, "internal error"))
+            self._handle(on, data)
             return
         super().process_event(event)
 

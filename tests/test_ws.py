@@ -1094,19 +1094,19 @@ async def test_answers_and_private_stream_stay_in_order_through_back_pressure(
 async def test_requests_are_handled_from_the_protocol_callback_and_keep_their_order(
         env: Env) -> None:
     """gateway/ws.py ``_Connection``: a complete frame goes to the session from the
-    protocol's callback, not through the handler task; a fragmented message goes the
-    library's way, and the frames behind it wait their turn: the answers come in the order
-    the requests were sent."""
+    protocol's callback (its own framing in ``data_received``), not through the handler
+    task; a fragmented message goes the library's way, and the frames behind it wait their
+    turn: the answers come in the order the requests were sent."""
     import traceback
 
     srv = await env.server()
     c = await env.client(srv, "ana")
     session = session_of(srv, "ana")
-    seen: list[tuple[str, bool]] = []  # (req_id, handled from process_event)
+    seen: list[tuple[str, bool]] = []  # (req_id, handled from the protocol's callback)
     real_handle = session.handle
 
     def handle(data: Any, str_keys: bool = False) -> None:
-        here = any(f.name == "process_event" for f in traceback.extract_stack())
+        here = any(f.name == "data_received" for f in traceback.extract_stack())
         seen.append((data.get("req_id"), here))
         real_handle(data, str_keys)
 
