@@ -125,9 +125,10 @@ class _Request:
     answer: Message | None = None
 
 
-# The request being handled.  The session answers a command from a callback of the
-# sequencer's future; asyncio runs that callback in the context that was current when it
-# was added (inside ``Session.handle``), so the answer finds its request here as well.
+# The request being handled.  The session answers a command from the sequencer's
+# callback, which runs in the sequencer's task: ``AmqpSession._answerer`` captures the
+# request when the command is submitted (inside ``Session.handle``) and makes it current
+# again around the answer.
 _CURRENT: ContextVar[_Request | None] = ContextVar("ronda_amqp_request", default=None)
 
 

@@ -229,8 +229,13 @@ class Sequencer:
         if self._task is not None:
             await self._idle.wait()
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # what stopped it, already logged and recorded
+                if exc is not self.failed:
+                    raise
         self._writer.shutdown()
 
     def submit_nowait(self, cmd: Any, origin: str) -> asyncio.Future[list[Any]]:
@@ -275,11 +280,12 @@ class Sequencer:
             self._idle.clear()
             n = len(q) if len(q) < self.max_batch else self.max_batch
             batch = [q.popleft() for _ in range(n)]
+            self._resolved = 0  # the batch's commands applied and answered so far
             try:
                 await self._commit(loop, batch)
-            except Exception as exc:  # the journal failed: nothing more may be acknowledged
-                self.failed = exc
-                log.critical("journal append failed; the sequencer stops: %s", exc)
+            except BaseException as exc:  # the journal failed (or worse): nothing more
+                self.failed = exc         # may be acknowledged
+                log.critical("journal append failed; the sequencer stops: %r", exc)
                 # what was applied was answered (a prefix of the batch); nothing else will be
                 for _, _, waiter in batch[self._resolved:]:
                     _fail(waiter, SequencerStopped(f"journal failed: {exc}"))
@@ -287,6 +293,8 @@ class Sequencer:
                     _, _, waiter = q.popleft()
                     _fail(waiter, SequencerStopped(f"journal failed: {exc}"))
                 self._idle.set()
+                if not isinstance(exc, Exception):  # cancelled, interrupted: say so
+                    raise
                 return
 
     def _set_day(self, ts: int) -> None:
@@ -296,7 +304,6 @@ class Sequencer:
     async def _commit(self, loop: asyncio.AbstractEventLoop,
                       batch: list[tuple[Any, str, Waiter]]) -> None:
         seq = self.journal.next_seq
-        self._resolved = 0  # the batch's commands applied and answered so far
         parts: list[list[tuple[Record, Waiter]]] = [[]]
         lo, hi = self._day_span
         for cmd, origin, fut in batch:

@@ -167,64 +167,89 @@ class _Connection(ServerConnection):
     on_message: Callable[[str | bytes], None] | None = None  # set once the session exists
     failed = False  # handling a message raised: the connection is closing with 1011
     _inbuf: bytearray | None = None  # the start of an incomplete frame (fast path only)
+    _need = 0  # how many bytes ``_inbuf`` must hold before it is worth parsing again
     _passthrough = False  # a header not accepted here: the library takes everything
 
-    def _library_idle(self) -> bool:
+    def _fast_ready(self) -> bool:
         """The library holds no part of a frame or of a fragmented message: its parser
-        waits for the next frame with an empty buffer."""
-        p = self.protocol
-        if (p.state is not State.OPEN or p.reader.buffer
-                or getattr(p, "current_size", 0) is not None):
+        waits for the next frame with an empty buffer.  With a library whose internals
+        differ from the ones read here, the connection keeps the library's framing."""
+        try:
+            p = self.protocol
+            if (p.state is not State.OPEN or p.reader.buffer
+                    or p.current_size is not None):
+                return False
+            _ = (p.max_message_size, p.max_fragment_size, self.recv_messages.frames.queue)
+            g = p.parser  # the innermost of its generators: waiting in ``at_eof``
+            while (sub := getattr(g, "gi_yieldfrom", None)) is not None:
+                g = sub
+            return g.gi_code.co_name == "at_eof"  # type: ignore[attr-defined,no-any-return]
+        except AttributeError:
+            self._passthrough = True
             return False
-        g = p.parser  # the innermost of its generators: waiting in ``at_eof``
-        while (sub := getattr(g, "gi_yieldfrom", None)) is not None:
-            g = sub
-        return getattr(getattr(g, "gi_code", None), "co_name", None) == "at_eof"
+
+    def _give_up(self, data: bytes | bytearray) -> None:
+        """A header not accepted here: the library gets everything from it on, for good,
+        and says what is wrong (it closes the connection as the protocol says)."""
+        self._passthrough = True
+        super().data_received(bytes(data))
 
     def data_received(self, data: bytes) -> None:
         buf = self._inbuf
         if buf is not None:  # the library is at a boundary: it got only whole frames
-            self._inbuf = None
             buf += data
+            if len(buf) < self._need:
+                return  # the frame is still incomplete: nothing new to parse
+            self._inbuf = None
             data = buf  # type: ignore[assignment]
-        elif (self._passthrough or self.on_message is None
-              or not self._library_idle()):
+        elif self._passthrough or self.on_message is None or not self._fast_ready():
             super().data_received(data)
             return
         p = self.protocol
-        max_msg = getattr(p, "max_message_size", None)
-        max_frag = getattr(p, "max_fragment_size", None)
-        limit = min(x for x in (max_msg, max_frag, 1 << 63) if x is not None)
         pos = 0
         n = len(data)
+        need = 2
         while n - pos >= 2:
             b0 = data[pos]
             b1 = data[pos + 1]
+            op = b0 & 0x0F
             ln = b1 & 0x7F
+            # refused from the first two bytes, as the library does: an unmasked frame
+            # (§5.1), reserved bits (§5.2), a reserved opcode, a control frame fragmented
+            # or longer than 125 bytes (§5.5)
+            if (not b1 & 0x80 or b0 & 0x70
+                    or (op > 2 and (op < 8 or op > 10 or not b0 & 0x80 or ln > 125))):
+                self._give_up(data[pos:])
+                return
             head = pos + 2
             if ln == 126:
                 if n - pos < 4:
+                    need = 4
                     break
                 ln = (data[head] << 8) | data[head + 1]
                 head += 2
             elif ln == 127:
                 if n - pos < 10:
+                    need = 10
                     break
                 ln = int.from_bytes(data[head:head + 8], "big")
                 head += 8
-            op = b0 & 0x0F
-            if (not b1 & 0x80 or b0 & 0x70 or ln > limit
-                    or (op > 2 and (op < 8 or op > 10 or not b0 & 0x80 or ln > 125))):
-                self._passthrough = True  # the library says what is wrong, and closes
-                super().data_received(bytes(data[pos:]))
+            # the size limits as the library's parser applies them (1009)
+            cur = p.current_size
+            lim = p.max_message_size
+            if lim is not None and cur is not None:
+                lim -= cur
+            frag = p.max_fragment_size
+            if (lim is not None and ln > lim) or (frag is not None and ln > frag):
+                self._give_up(data[pos:])
                 return
             end = head + 4 + ln
             if end > n:
-                break  # the rest of this frame is still on its way
+                need = end - pos  # the rest of this frame is still on its way
+                break
             on = self.on_message
-            if ((b0 == 0x81 or b0 == 0x82) and on is not None
-                    and not self.recv_messages.frames.queue
-                    and p.state is State.OPEN and getattr(p, "current_size", 0) is None):
+            if ((b0 == 0x81 or b0 == 0x82) and on is not None and cur is None
+                    and p.state is State.OPEN and not self.recv_messages.frames.queue):
                 payload = apply_mask(data[head + 4:end], data[head:head + 4])
                 msg: str | bytes | None = payload
                 if b0 == 0x81:
@@ -239,17 +264,21 @@ class _Connection(ServerConnection):
             super().data_received(bytes(data[pos:end]))  # a whole frame, in its place
             pos = end
         if pos < n:
-            if self._passthrough or self.protocol.state is not State.OPEN:
+            if self._passthrough or p.state is not State.OPEN:
                 super().data_received(bytes(data[pos:]))
+                return
+            if isinstance(data, bytearray):  # kept, not copied again
+                del data[:pos]
+                self._inbuf = data
             else:
                 self._inbuf = bytearray(data[pos:])
+            self._need = need
 
     def eof_received(self) -> None:
         buf = self._inbuf
         if buf is not None:  # an incomplete frame: the library reports it
             self._inbuf = None
-            self._passthrough = True
-            super().data_received(bytes(buf))
+            self._give_up(buf)
         super().eof_received()
 
     def _handle(self, on: Callable[[str | bytes], None], msg: str | bytes) -> None:

@@ -323,3 +323,38 @@ async def test_a_callback_that_raises_does_not_stop_the_sequencer(tmp_path: Path
     finally:
         await seqr.stop()
     j.close()
+
+
+async def test_whatever_stops_the_sequencer_mid_batch_each_submitter_is_told_once(
+        tmp_path: Path) -> None:
+    """Not only an ``Exception``: if applying a command raises anything (here a
+    ``BaseException`` of its own), the applied prefix gets its events, the rest the error,
+    the sequencer records what stopped it and refuses new commands."""
+
+    class Stop(BaseException):
+        pass
+
+    j = Journal(tmp_path / "journal").open()
+    core = Core()
+    real_apply = core.apply
+    calls = itertools.count()
+
+    def apply(cmd: Any, ts: int) -> list[Any]:
+        if next(calls) == 1:
+            raise Stop("stopped")
+        return real_apply(cmd, ts)
+
+    core.apply = apply  # type: ignore[method-assign]
+    seqr = Sequencer(core, j, max_batch=8)
+    t = _Told()
+    for o in "abc":
+        seqr.submit_with(Tick(), o, t.for_(o))
+    seqr.start()
+    await _until(lambda: seqr.failed is not None)
+    assert isinstance(seqr.failed, Stop)
+    with pytest.raises(SequencerStopped):
+        seqr.submit_with(Tick(), "late", t.for_("late"))
+    await seqr.stop()
+    assert [n for n, _ in t.calls] == ["a", "b", "c"]
+    assert [isinstance(r, list) for _, r in t.calls] == [True, False, False]
+    j.close()

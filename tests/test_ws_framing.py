@@ -4,16 +4,20 @@ the library's, over real sockets.
 The server cuts what arrives into frames itself and hands complete data frames straight to
 the session; everything else goes to the ``websockets`` library whole.  The reference is
 the library doing all the framing: the same connection class with the fast path switched
-off (``_passthrough``), which is how every connection ran before.  Hypothesis writes
-streams of frames (requests as text or binary frames, fragmented or not, with pings and
-pongs between fragments; optionally one last frame the protocol refuses: bad UTF-8,
-reserved bits, an unmasked frame, a reserved opcode, an oversize frame, a control frame too
-long, or a proper close) and cuts the bytes into random pieces; both connections get the
-same pieces.  The oracle: every request answered in order and a pong for every ping, as
-the library gives them; and when the stream ends with a frame the protocol refuses, the
-same close code as the library's (the answers and pongs before it then a prefix of those:
-the library closes as soon as it reads the bad frame, and what was read in the same
-segment may go unanswered on either path, depending on how TCP cut the stream).
+off (``_passthrough``), which is how every connection ran before.  Hypothesis writes a
+stream in two parts, each cut into random pieces, and both connections get the same
+pieces:
+
+* the body: requests as text or binary frames (JSON or msgpack sessions), fragmented or
+  not, with 7-, 16- or 64-bit length fields, pings and pongs between fragments.  Oracle:
+  every request answered, in order, and a pong for every ping, on both connections;
+* optionally an ending, sent once the body is answered: a frame the protocol refuses (bad
+  UTF-8, reserved bits, an unmasked frame, a reserved opcode, an oversize frame, a
+  continuation over what is left of the message's limit, a control frame too long or
+  fragmented, a whole message inside a fragmented one, a bad header alone in its read), a
+  close frame with a request behind it, or half a frame and the end of the stream.
+  Oracle: the same close code as the library's (none for the cut stream), at once, and
+  nothing answered after it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -40,82 +45,103 @@ from wsload import Conn
 
 MAX_FRAME = 2048  # the server's max_frame_bytes here: an oversize frame stays small
 
-Frame = tuple[int, bytes, bool, int]  # (first byte, payload, masked, length to announce)
 
-
-def encode(first: int, payload: bytes, masked: bool = True, announce: int | None = None
-           ) -> bytes:
-    """One client frame; ``announce`` overrides the length field (it is the real one
-    unless a test wants a lie)."""
-    n = len(payload) if announce is None else announce
-    if n < 126:
-        head = bytes((first, (0x80 if masked else 0) | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", first, (0x80 if masked else 0) | 126, n)
+def encode(first: int, payload: bytes, masked: bool = True, width: int = 0) -> bytes:
+    """One client frame.  ``width`` 16 or 64 writes the length in that many bits even when
+    it is small (RFC 6455 asks for the shortest form; the library takes any)."""
+    n = len(payload)
+    m = 0x80 if masked else 0
+    if n < 126 and not width:
+        head = bytes((first, m | n))
+    elif n < 65536 and width != 64:
+        head = struct.pack("!BBH", first, m | 126, n)
     else:
-        head = struct.pack("!BBQ", first, (0x80 if masked else 0) | 127, n)
+        head = struct.pack("!BBQ", first, m | 127, n)
     if not masked:
         return head + payload
     key = os.urandom(4)
     return head + key + apply_mask(payload, key)
 
 
-def request(i: int) -> bytes:
-    return orjson.dumps({"type": "query_me", "req_id": f"r{i}"})
+def request(i: int, binary_session: bool, pad: int = 0) -> bytes:
+    """A query_me; JSON may carry ``pad`` spaces (longer frames), msgpack cannot."""
+    msg = {"type": "query_me", "req_id": f"r{i}"}
+    if binary_session:
+        return msgpack.packb(msg)  # type: ignore[no-any-return]
+    return orjson.dumps(msg) + b" " * pad
+
+
+ENDINGS = ["bad_utf8", "rsv", "unmasked", "opcode", "oversize", "continuation_over_limit",
+           "long_ping", "fragmented_ping", "message_in_fragments", "header_unmasked_64",
+           "header_opcode", "huge_64", "close_then_request", "truncated"]
 
 
 @st.composite
-def streams(draw: Any) -> tuple[list[bytes], int, list[bytes], str | None]:
-    """Frames as bytes, the number of requests in them, the payloads of the pings, and
-    how the stream ends (None: it does not; "truncated": half a frame, then the client's
-    end of the stream)."""
-    out: list[bytes] = []
+def streams(draw: Any, binary_session: bool, ending: str | None
+            ) -> tuple[list[bytes], int, list[bytes], list[bytes]]:
+    """(body frames, requests in them, ping payloads, the ending's frames)."""
+    body: list[bytes] = []
     pings: list[bytes] = []
-    n = draw(st.integers(1, 6))
+    n = draw(st.integers(1, 6 if ending is None else 2))
     for i in range(n):
-        body = request(i) + b" " * draw(st.sampled_from([0, 0, 100, 300]))  # 16-bit lengths
-        binary = draw(st.booleans())
-        first_op = 0x2 if binary else 0x1
-        cuts = sorted(set(draw(st.lists(st.integers(1, len(body) - 1), max_size=3))))
-        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        msg = request(i, binary_session, draw(st.sampled_from([0, 0, 100, 300, 1500])))
+        # JSON comes as text or binary frames; msgpack only as binary ones
+        first_op = 0x2 if binary_session or draw(st.booleans()) else 0x1
+        cuts = sorted(set(draw(st.lists(st.integers(1, len(msg) - 1), max_size=3))))
+        pieces = [msg[a:b] for a, b in zip([0, *cuts], [*cuts, len(msg)], strict=True)]
         for k, piece in enumerate(pieces):
             op = first_op if k == 0 else 0x0
             fin = 0x80 if k == len(pieces) - 1 else 0
-            out.append(encode(fin | op, piece))
+            body.append(encode(fin | op, piece, width=draw(st.sampled_from([0, 0, 16, 64]))))
             if draw(st.booleans()):  # a control frame between fragments or messages
                 ctl = draw(st.sampled_from([0x89, 0x8A]))
                 payload = draw(st.binary(max_size=20))
-                out.append(encode(ctl, payload))
+                body.append(encode(ctl, payload))
                 if ctl == 0x89:
                     pings.append(payload)
-    ending = draw(st.sampled_from(
-        [None, None, "bad_utf8", "rsv", "unmasked", "opcode", "oversize", "long_ping",
-         "close", "fragmented_ping", "truncated"]))
+    text = 0x81 if not binary_session else 0x82
+    last = request(99, binary_session)
+    end: list[bytes] = []
     if ending == "bad_utf8":
-        out.append(encode(0x81, b'{"type": "query_me", "req_id": "\xff"}'))
+        end.append(encode(0x81, b'{"type": "query_me", "req_id": "\xff"}'))
     elif ending == "rsv":
-        out.append(encode(0xC1, request(99)))
+        end.append(encode(0xC0 | text & 0x0F, last))
     elif ending == "unmasked":
-        out.append(encode(0x81, request(99), masked=False))
+        end.append(encode(text, last, masked=False))
     elif ending == "opcode":
-        out.append(encode(0x83, request(99)))
+        end.append(encode(0x83, last))
     elif ending == "oversize":
-        out.append(encode(0x81, b"x" * (MAX_FRAME + 1)))
+        end.append(encode(text, b" " * (MAX_FRAME + 1)))
+    elif ending == "continuation_over_limit":  # only the continuation's header comes
+        end.append(encode(text & 0x0F, b" " * 1500))
+        end.append(bytes((0x80, 0xFE)) + struct.pack("!H", 1000))
     elif ending == "long_ping":
-        out.append(encode(0x89, b"p" * 126))
-    elif ending == "close":
-        out.append(encode(0x88, struct.pack("!H", 1000) + b"bye"))
+        end.append(encode(0x89, b"p" * 126))
     elif ending == "fragmented_ping":
-        out.append(encode(0x09, b"ping"))
+        end.append(encode(0x09, b"ping"))
+    elif ending == "message_in_fragments":
+        end.append(encode(text & 0x0F, last[:5]))
+        end.append(encode(text, last))
+    elif ending == "header_unmasked_64":
+        end.append(bytes((0x81, 0x7F)))  # the rest of the header never comes
+    elif ending == "header_opcode":
+        end.append(bytes((0x83, 0xFF)))
+    elif ending == "huge_64":  # 4 GiB and 5 bytes announced, 5 sent
+        end.append(struct.pack("!BBQ", text, 0xFF, 2**32 + 5) + os.urandom(4) + b"12345")
+    elif ending == "close_then_request":
+        end.append(encode(0x88, struct.pack("!H", 1000) + b"bye"))
+        end.append(encode(text, last))
     elif ending == "truncated":
-        out.append(encode(0x81, request(99))[:draw(st.integers(1, 10))])
-    return out, n, pings, ending
+        end.append(encode(text, last)[:draw(st.integers(1, 10))])
+    return body, n, pings, end
 
 
-def read_server(sock: socket.socket, expected: int, closing: bool, timeout: float = 5.0
+def read_server(sock: socket.socket, expected: int, closing: bool, binary_session: bool,
+                pongs_expected: int = 0, timeout: float = 5.0
                 ) -> tuple[list[Any], list[bytes], int | None]:
-    """Answers (type, req_id, user), pong payloads and the close code, until every
-    request is answered (and, if ``closing``, the close frame came)."""
+    """Answers (type, req_id, user), pong payloads and the close code, until ``expected``
+    answers and ``pongs_expected`` pongs came (and, if ``closing``, the close frame or the
+    end of the stream)."""
     answers: list[Any] = []
     pongs: list[bytes] = []
     code: int | None = None
@@ -123,7 +149,8 @@ def read_server(sock: socket.socket, expected: int, closing: bool, timeout: floa
     deadline = time.monotonic() + timeout
     sock.settimeout(0.05)
     while time.monotonic() < deadline:
-        if len(answers) >= expected and (code is not None or not closing):
+        if (len(answers) >= expected and len(pongs) >= pongs_expected
+                and (code is not None or not closing)):
             break
         try:
             chunk = sock.recv(65536)
@@ -142,8 +169,8 @@ def read_server(sock: socket.socket, expected: int, closing: bool, timeout: floa
             if len(buf) < off + n:
                 break
             op, payload, buf = buf[0] & 0x0F, buf[off:off + n], buf[off + n:]
-            if op == 0x1:
-                m = orjson.loads(payload)
+            if op in (0x1, 0x2):
+                m = msgpack.unpackb(payload) if binary_session else orjson.loads(payload)
                 answers.append((m.get("type"), m.get("req_id"), m.get("user")))
             elif op == 0xA:
                 pongs.append(payload)
@@ -152,12 +179,28 @@ def read_server(sock: socket.socket, expected: int, closing: bool, timeout: floa
     return answers, pongs, code
 
 
-def login(port: int) -> Conn:
-    conn = Conn(f"ws://127.0.0.1:{port}/ws", "ronda.json")
-    ans = conn.request({"type": "login", "user": "ana", "token": TOKENS["ana"]})
-    assert ans["type"] == "ack", ans
+def login(port: int, subprotocol: str) -> Conn:
+    conn = Conn(f"ws://127.0.0.1:{port}/ws", subprotocol)
     conn.sock.setblocking(True)
+    binary_session = subprotocol == "ronda.msgpack"
+    msg = {"type": "login", "user": "ana", "token": TOKENS["ana"]}
+    conn.sock.sendall(encode(0x82, msgpack.packb(msg)) if binary_session
+                      else encode(0x81, orjson.dumps(msg)))
+    answers, _, _ = read_server(conn.sock, 1, False, binary_session)
+    assert answers and answers[0][0] == "ack", answers
     return conn
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    ps = sorted({p % (len(data) + 1) for p in points})
+    return [c for c in (data[a:b] for a, b in zip([0, *ps], [*ps, len(data)], strict=True))
+            if c]
+
+
+def send(sock: socket.socket, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        sock.sendall(chunk)
+        time.sleep(0.001)  # separate reads on the server, mostly
 
 
 @pytest.fixture
@@ -171,74 +214,78 @@ async def server(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Any:
         await srv.stop()
 
 
-async def test_own_framing_answers_as_the_library_would(
-        server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ending", [None, *ENDINGS])
+@pytest.mark.parametrize("subprotocol", ["ronda.json", "ronda.msgpack"])
+async def test_own_framing_answers_and_closes_as_the_library_would(
+        server: Any, monkeypatch: pytest.MonkeyPatch, subprotocol: str, ending: str | None
+        ) -> None:
     from gateway.ws import _Connection
 
+    binary_session = subprotocol == "ronda.msgpack"
     loop = asyncio.get_running_loop()
     port = server.port
-    fast = [0]  # frames handed to a session by the server's own framing
+    handled: list[tuple[str, Any]] = []  # (which path, message) of every message handled
     real_handle = _Connection._handle
 
-    def counting(self: Any, on: Any, msg: Any) -> None:
-        if sys._getframe(1).f_code.co_name == "data_received":
-            fast[0] += 1
+    def recording(self: Any, on: Any, msg: Any) -> None:
+        handled.append((sys._getframe(1).f_code.co_name, msg))
         real_handle(self, on, msg)
 
-    monkeypatch.setattr(_Connection, "_handle", counting)
+    monkeypatch.setattr(_Connection, "_handle", recording)
 
     async def connections() -> tuple[Conn, Conn]:
-        ref = await loop.run_in_executor(None, login, port)
+        ref = await loop.run_in_executor(None, login, port, subprotocol)
         (ref_session,) = server.sessions_of["ana"]
         ref_session.transport.ws._passthrough = True  # the library frames everything
-        fast = await loop.run_in_executor(None, login, port)
-        return ref, fast
+        own = await loop.run_in_executor(None, login, port, subprotocol)
+        return ref, own
 
     def run(coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
 
-    @settings(deadline=None, max_examples=60, suppress_health_check=list(HealthCheck))
-    @given(stream=streams(), cuts=st.lists(st.integers(0, 10_000), max_size=6))
-    def body(stream: tuple[list[bytes], int, list[bytes], str | None], cuts: list[int]
-             ) -> None:
-        frames, n, pings, ending = stream
-        closing = ending is not None
-        data = b"".join(frames)
-        points = sorted({c % (len(data) + 1) for c in cuts})
-        chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    @settings(deadline=None, max_examples=40 if ending is None else 6,
+              suppress_health_check=list(HealthCheck))
+    @given(stream=streams(binary_session, ending),
+           cuts=st.lists(st.integers(0, 10_000), max_size=20),
+           end_cuts=st.lists(st.integers(0, 10_000), max_size=3))
+    def body(stream: Any, cuts: list[int], end_cuts: list[int]) -> None:
+        frames, n, pings, ending_frames = stream
         ref, own = run(connections())
         try:
-            results = []
+            ends = []
             for conn in (ref, own):
-                for chunk in chunks:
-                    if chunk:
-                        conn.sock.sendall(chunk)
-                        time.sleep(0.001)  # separate reads on the server, mostly
-                if ending == "truncated":
-                    conn.sock.shutdown(socket.SHUT_WR)
-                results.append(read_server(conn.sock, n, closing))
-            (ref_answers, ref_pongs, ref_code), (answers, pongs, code) = results
-            expected = [("me", f"r{i}", "ana") for i in range(n)]
-            if not closing:
-                assert ref_answers == answers == expected
-                assert ref_pongs == pongs == pings
-                assert ref_code is None and code is None
-            else:  # a truncated frame: no close frame, the connection just ends
-                assert code == ref_code and (code is None) == (ending == "truncated")
-                for got, want in ((answers, expected), (ref_answers, expected),
-                                  (pongs, pings), (ref_pongs, pings)):
-                    assert got == want[:len(got)], (got, want)
+                send(conn.sock, cut(b"".join(frames), cuts))
+                answers, pongs, code = read_server(conn.sock, n, False, binary_session,
+                                                   len(pings))
+                assert answers == [("me", f"r{i}", "ana") for i in range(n)]
+                assert pongs == pings and code is None
+                if ending is not None:
+                    mark = len(handled)
+                    send(conn.sock, cut(b"".join(ending_frames), end_cuts))
+                    if ending == "truncated":
+                        conn.sock.shutdown(socket.SHUT_WR)
+                    ends.append(read_server(conn.sock, 0, True, binary_session))
+                    # nothing after the refused or closing frame is handled
+                    late = [m for _, m in handled[mark:]
+                            if (b"r99" if isinstance(m, bytes) else "r99") in m]
+                    assert late == [], (ending, late)
+            if ending is not None:
+                (ref_answers, _, ref_code), (answers, _, code) = ends
+                assert ref_answers == answers == []
+                assert code == ref_code, (ending, code, ref_code)
+                assert (code is None) == (ending == "truncated"), (ending, code)
         finally:
             for conn in (ref, own):
                 conn.sock.close()
             run(_gone(server))
 
     await loop.run_in_executor(None, body)
-    assert fast[0] > 0  # the server's own framing did hand requests over
+    # the server's own framing did hand requests over
+    assert any(path == "data_received" for path, _ in handled)
 
 
 async def _gone(server: Any) -> None:
-    for _ in range(300):
+    for _ in range(500):
         if not server.sessions_of.get("ana"):
             return
         await asyncio.sleep(0.01)
