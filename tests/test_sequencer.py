@@ -275,11 +275,18 @@ async def test_a_failed_roll_tells_each_callback_submitter_once(tmp_path: Path) 
     j.close()
 
 
-async def test_a_defect_in_the_core_mid_batch_tells_the_applied_their_events_and_the_rest_the_error(
-        tmp_path: Path) -> None:
-    """If applying a command raises (a defect), the commands before it in its batch were
-    applied: they get their events; it and those after it get SequencerStopped; each is
-    told once and the sequencer stops."""
+class _Stop(BaseException):
+    """Not an ``Exception``: what a cancellation or an interrupt would be."""
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("a defect"), _Stop("stopped")],
+                         ids=["Exception", "BaseException"])
+async def test_whatever_stops_the_core_mid_batch_each_submitter_is_told_once(
+        tmp_path: Path, exc: BaseException) -> None:
+    """If applying a command raises (a defect, or anything else), the commands before it
+    in its batch were applied: they get their events; it and those after it get
+    SequencerStopped; each is told once, the sequencer records what stopped it and refuses
+    new commands."""
     j = Journal(tmp_path / "journal").open()
     core = Core()
     real_apply = core.apply
@@ -287,7 +294,7 @@ async def test_a_defect_in_the_core_mid_batch_tells_the_applied_their_events_and
 
     def apply(cmd: Any, ts: int) -> list[Any]:
         if next(calls) == 2:
-            raise RuntimeError("a defect")
+            raise exc
         return real_apply(cmd, ts)
 
     core.apply = apply  # type: ignore[method-assign]
@@ -297,10 +304,13 @@ async def test_a_defect_in_the_core_mid_batch_tells_the_applied_their_events_and
         seqr.submit_with(Tick(), o, t.for_(o))
     seqr.start()
     await _until(lambda: seqr.failed is not None)
+    assert seqr.failed is exc
+    with pytest.raises(SequencerStopped):
+        seqr.submit_with(Tick(), "late", t.for_("late"))
     await seqr.stop()
     assert [n for n, _ in t.calls] == ["a", "b", "c", "d", "e"]
     assert [isinstance(r, list) for _, r in t.calls] == [True, True, False, False, False]
-    assert "a defect" in str(t.calls[2][1])
+    assert str(exc) in str(t.calls[2][1])
     j.close()
 
 
@@ -322,39 +332,4 @@ async def test_a_callback_that_raises_does_not_stop_the_sequencer(tmp_path: Path
         assert await seqr.submit(Tick(), "c") == []
     finally:
         await seqr.stop()
-    j.close()
-
-
-async def test_whatever_stops_the_sequencer_mid_batch_each_submitter_is_told_once(
-        tmp_path: Path) -> None:
-    """Not only an ``Exception``: if applying a command raises anything (here a
-    ``BaseException`` of its own), the applied prefix gets its events, the rest the error,
-    the sequencer records what stopped it and refuses new commands."""
-
-    class Stop(BaseException):
-        pass
-
-    j = Journal(tmp_path / "journal").open()
-    core = Core()
-    real_apply = core.apply
-    calls = itertools.count()
-
-    def apply(cmd: Any, ts: int) -> list[Any]:
-        if next(calls) == 1:
-            raise Stop("stopped")
-        return real_apply(cmd, ts)
-
-    core.apply = apply  # type: ignore[method-assign]
-    seqr = Sequencer(core, j, max_batch=8)
-    t = _Told()
-    for o in "abc":
-        seqr.submit_with(Tick(), o, t.for_(o))
-    seqr.start()
-    await _until(lambda: seqr.failed is not None)
-    assert isinstance(seqr.failed, Stop)
-    with pytest.raises(SequencerStopped):
-        seqr.submit_with(Tick(), "late", t.for_("late"))
-    await seqr.stop()
-    assert [n for n, _ in t.calls] == ["a", "b", "c"]
-    assert [isinstance(r, list) for _, r in t.calls] == [True, False, False]
     j.close()
