@@ -48,23 +48,23 @@ Done = Callable[[list[Any] | None, BaseException | None], None]
 Waiter = asyncio.Future[list[Any]] | Done
 
 
+def _call(done: Done, events: list[Any] | None, exc: BaseException | None) -> None:
+    try:
+        done(events, exc)
+    except Exception:
+        log.exception("a command's callback failed")
+
+
 def _tell(told: list[tuple[Done, list[Any]]]) -> None:
     for done, events in told:
-        try:
-            done(events, None)
-        except Exception:
-            log.exception("a command's callback failed")
+        _call(done, events, None)
 
 
 def _fail(waiter: Waiter, exc: BaseException) -> None:
-    if isinstance(waiter, asyncio.Future):
-        if not waiter.done():
-            waiter.set_exception(exc)
-        return
-    try:
-        waiter(None, exc)
-    except Exception:
-        log.exception("a command's callback failed")
+    if not isinstance(waiter, asyncio.Future):
+        _call(waiter, None, exc)
+    elif not waiter.done():
+        waiter.set_exception(exc)
 
 
 class Clock:
@@ -239,15 +239,9 @@ class Sequencer:
         self._writer.shutdown()
 
     def submit_nowait(self, cmd: Any, origin: str) -> asyncio.Future[list[Any]]:
-        if self._stopping or self.failed is not None:
-            raise SequencerStopped("the sequencer is not accepting commands")
         fut: asyncio.Future[list[Any]] = (
             self._loop or asyncio.get_running_loop()).create_future()
-        self._pending.append((cmd, origin, fut))
-        self._idle.clear()
-        w = self._wake
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._enqueue(cmd, origin, fut)
         return fut
 
     def submit_with(self, cmd: Any, origin: str, done: Done) -> None:
@@ -256,9 +250,12 @@ class Sequencer:
         fan-out) ran, or with the error if the journal failed.  No future and no callback
         scheduled on the loop per command: this is the gateway's path for every request.
         ``done`` must not raise (if it does, the error is logged and the batch goes on)."""
+        self._enqueue(cmd, origin, done)
+
+    def _enqueue(self, cmd: Any, origin: str, waiter: Waiter) -> None:
         if self._stopping or self.failed is not None:
             raise SequencerStopped("the sequencer is not accepting commands")
-        self._pending.append((cmd, origin, done))
+        self._pending.append((cmd, origin, waiter))
         self._idle.clear()
         w = self._wake
         if w is not None and not w.done():
