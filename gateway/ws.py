@@ -160,6 +160,8 @@ class _Connection(ServerConnection):
     it closes the connection as the protocol says.  The fast path starts only when the
     library is idle at a frame boundary (checked on its parser; with a library version
     whose internals differ, it never starts and every frame goes the library's way).
+    Once started, the library only ever gets whole frames from here, so it stays at a
+    boundary between reads; anything that hands it raw bytes ends the fast path for good.
 
     **Frames the library parsed** (before the fast path starts, or handed to it whole)
     still reach the session from :meth:`process_event` when complete, as before."""
@@ -169,6 +171,7 @@ class _Connection(ServerConnection):
     _inbuf: bytearray | None = None  # the start of an incomplete frame (fast path only)
     _need = 0  # how many bytes ``_inbuf`` must hold before it is worth parsing again
     _passthrough = False  # a header not accepted here: the library takes everything
+    _framing = False  # the fast path has started (the library is idle at a boundary)
 
     def _fast_ready(self) -> bool:
         """The library holds no part of a frame or of a fragmented message: its parser
@@ -195,6 +198,9 @@ class _Connection(ServerConnection):
         super().data_received(bytes(data))
 
     def data_received(self, data: bytes) -> None:
+        if self._passthrough:
+            super().data_received(data)
+            return
         buf = self._inbuf
         if buf is not None:  # the library is at a boundary: it got only whole frames
             buf += data
@@ -202,9 +208,11 @@ class _Connection(ServerConnection):
                 return  # the frame is still incomplete: nothing new to parse
             self._inbuf = None
             data = buf  # type: ignore[assignment]
-        elif self._passthrough or self.on_message is None or not self._fast_ready():
-            super().data_received(data)
-            return
+        elif not self._framing:
+            if self.on_message is None or not self._fast_ready():
+                super().data_received(data)
+                return
+            self._framing = True
         p = self.protocol
         pos = 0
         n = len(data)
@@ -265,7 +273,7 @@ class _Connection(ServerConnection):
             pos = end
         if pos < n:
             if self._passthrough or p.state is not State.OPEN:
-                super().data_received(bytes(data[pos:]))
+                self._give_up(data[pos:])  # closing: the library takes the rest
                 return
             if isinstance(data, bytearray):  # kept, not copied again
                 del data[:pos]
