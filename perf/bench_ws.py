@@ -14,7 +14,9 @@
   ones, so the book stays at a stationary size.
 * **Baseline, same run**: a raw echo server on the same stack (websockets + uvloop, JSON
   decode and encode of each message) at the same rate, and both at saturation (a fixed number
-  of requests in flight per connection) for the throughput ratio.
+  of requests in flight per connection) for the throughput ratio: in alternating windows
+  (ronda, echo, echo, ronda, three times by default), so that a change of the machine's
+  load weighs on both; ``throughput_ratio_rounds`` is the ratio of each round, its spread.
 * **CPU per request** of the server (ronda or echo), of the server's event-loop thread (the
   single writer's, which bounds its throughput; ronda's journal syncs in another thread) and
   of this load generator in each phase, from /proc: steadier than wall-clock figures on a
@@ -26,7 +28,8 @@
 
 Last line: one JSON object.
 
-    python perf/bench_ws.py [--rate 5000] [--seconds 10] [--connections 4] [--server-arg ARG]
+    python perf/bench_ws.py [--rate 5000] [--seconds 10] [--connections 4] [--inflight 32]
+                            [--rounds 3] [--window 1.0] [--server-arg ARG]
 """
 
 from __future__ import annotations
@@ -291,11 +294,16 @@ def percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, int(q / 100 * len(sorted_values)))]
 
 
-def run_target(url: str, users: list[str], echo: bool, rate: float, seconds: float,
-               server_pid: int, inflight: int = 32) -> dict[str, Any]:
+def connect_loads(url: str, users: list[str], echo: bool) -> list[Load]:
+    """One logged-in connection per user (the echo needs no login)."""
     conns = [ws_login(url, u) if not echo else Conn(url) for u in users]
-    loads = [Load(cn, f"U{u[1:]}" if not echo else "X", echo)
-             for cn, u in zip(conns, users, strict=True)]
+    return [Load(cn, f"U{u[1:]}" if not echo else "X", echo)
+            for cn, u in zip(conns, users, strict=True)]
+
+
+def open_phase(loads: list[Load], rate: float, seconds: float, server_pid: int
+               ) -> dict[str, Any]:
+    """The open loop at ``rate`` for ``seconds``: latencies and CPU per request."""
     n = int(rate * seconds) // len(loads) * len(loads)
     # the server's event loop runs in its main thread, whose id is the process id
     cpu = CpuMeter({"server": server_pid, "server_loop_thread": (server_pid, server_pid),
@@ -306,13 +314,8 @@ def run_target(url: str, users: list[str], echo: bool, rate: float, seconds: flo
         c0 = cpu.snapshot()
         elapsed, late = open_loop(loads, rate, n)
         open_cpu = cpu.since(c0)
-        # saturation: ``inflight`` requests in flight per connection for 3 s
-        c0 = cpu.snapshot()
-        count = closed_loop(loads, inflight, 3.0)
-        sat_cpu = cpu.since(c0)
     finally:
         gc.enable()
-    drain(loads, 0.5)
     hist = HdrHistogram(1, 60_000_000, 3)
     for ld in loads:
         for v in ld.lat[:n // len(loads)]:
@@ -329,12 +332,63 @@ def run_target(url: str, users: list[str], echo: bool, rate: float, seconds: flo
         # latencies above
         "send_late_p50_us": percentile(lateness, 50),
         "send_late_p99_us": percentile(lateness, 99),
-        "saturated_per_s": round(count / 3.0),
         # CPU per request (µs) of the server and of this load generator, from /proc
         "cpu_us_per_request": {k: round(v * 1e6 / n) for k, v in open_cpu.items()},
-        "cpu_us_per_request_saturated": {k: round(v * 1e6 / max(1, count))
-                                         for k, v in sat_cpu.items()},
     }
+
+
+def settle(loads: list[Load], seconds: float = 2.0) -> None:
+    """Read the answers still due on these connections (up to ``seconds``), so that the
+    next window starts with nothing in flight."""
+    conns = [ld.conn for ld in loads]
+    end = time.perf_counter() + seconds
+    while any(ld.sched for ld in loads) and (left := end - time.perf_counter()) > 0:
+        pump(conns, min(left, 0.05))
+    for ld in loads:
+        ld.sched.clear()
+
+
+def saturation(sides: list[tuple[list[Load], int]], inflight: int, rounds: int,
+               window_s: float) -> list[dict[str, Any]]:
+    """Both sides at saturation (``inflight`` requests in flight per connection) in
+    alternating windows, ABBA ``rounds`` times, so that a change of the machine's load
+    weighs on both alike; each window starts with nothing in flight.  Per side: requests
+    per second over its windows, the CPU per request, and (on the first side) the ratio
+    of each round's two windows to the other side's."""
+    gc.collect()
+    gc.disable()
+    counts: list[list[int]] = [[], []]
+    spent = [0.0, 0.0]
+    cpus: list[dict[str, float]] = [{}, {}]
+    try:
+        for _ in range(rounds):
+            for k in (0, 1, 1, 0):
+                loads, pid = sides[k]
+                cpu = CpuMeter({"server": pid, "server_loop_thread": (pid, pid),
+                                "client": os.getpid()})
+                c0 = cpu.snapshot()
+                t0 = time.perf_counter()
+                counts[k].append(closed_loop(loads, inflight, window_s))
+                spent[k] += time.perf_counter() - t0
+                for name, v in cpu.since(c0).items():
+                    cpus[k][name] = cpus[k].get(name, 0.0) + v
+                settle(loads)
+    finally:
+        gc.enable()
+    out = []
+    for k in (0, 1):
+        total = sum(counts[k])
+        out.append({
+            "saturated_per_s": round(total / spent[k]),
+            "cpu_us_per_request_saturated": {name: round(v * 1e6 / max(1, total))
+                                             for name, v in cpus[k].items()},
+        })
+    # each round: the first side's two windows against the second side's two
+    out[0]["round_ratios"] = [
+        round((counts[0][2 * r] + counts[0][2 * r + 1])
+              / max(1, counts[1][2 * r] + counts[1][2 * r + 1]), 3)
+        for r in range(rounds)]
+    return out
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -359,10 +413,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             url = f"ws://127.0.0.1:{port}/ws"
             await open_bench_contract(url)
             # the load runs in this thread, blocking: nothing else runs on this loop
-            ronda = run_target(url, users, False, args.rate, args.seconds, srv.pid,
-                               args.inflight)
-            base = run_target(f"ws://127.0.0.1:{eport}", users, True, args.rate,
-                              args.seconds, echo.pid, args.inflight)
+            r_loads = connect_loads(url, users, False)
+            e_loads = connect_loads(f"ws://127.0.0.1:{eport}", users, True)
+            ronda = open_phase(r_loads, args.rate, args.seconds, srv.pid)
+            settle(r_loads)
+            base = open_phase(e_loads, args.rate, args.seconds, echo.pid)
+            settle(e_loads)
+            r_sat, e_sat = saturation([(r_loads, srv.pid), (e_loads, echo.pid)],
+                                      args.inflight, args.rounds, args.window)
+            ronda.update(r_sat)
+            base.update(e_sat)
+            for loads in (r_loads, e_loads):
+                drain(loads, 0.5)
         finally:
             for p in (srv, echo):
                 p.terminate()
@@ -370,12 +432,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     p.wait(10)
                 except subprocess.TimeoutExpired:
                     p.kill()
+    round_ratios = ronda.pop("round_ratios")
     return {
         "benchmark": "ws", "rate": args.rate, "seconds": args.seconds,
         "connections": args.connections,
         **{f"ronda_{k}": v for k, v in ronda.items()},
         **{f"echo_{k}": v for k, v in base.items()},
         "throughput_ratio": round(ronda["saturated_per_s"] / base["saturated_per_s"], 3),
+        # the same ratio in each round of alternating windows: its spread over the run
+        "throughput_ratio_rounds": round_ratios,
+        "saturation_windows": f"ABBA x {args.rounds}, {args.window} s each",
         # the throughput ratio the servers' CPU cost alone implies (echo / ronda, per request)
         "server_cpu_ratio": round(base["cpu_us_per_request_saturated"]["server"]
                                   / max(1, ronda["cpu_us_per_request_saturated"]["server"]), 3),
@@ -398,6 +464,10 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--inflight", type=int, default=32,
                     help="requests in flight per connection at saturation")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of saturation windows (ABBA: ronda, echo, echo, ronda)")
+    ap.add_argument("--window", type=float, default=1.0,
+                    help="seconds of each saturation window")
     ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                     help="pass ARG to ronda serve (repeat: --server-arg=--journal-inline-max-ms"
                          " --server-arg=0)")
