@@ -205,6 +205,7 @@ def open_loop(loads: list[Load], rate: float, n: int) -> tuple[float, array[int]
     step = 1.0 / rate
     k = 0
     deadline = start + n * step + DRAIN_S
+    due = sum(ld.answers for ld in loads) + n
     while True:
         now = clock()
         while k < n and start + k * step <= now:
@@ -213,10 +214,10 @@ def open_loop(loads: list[Load], rate: float, n: int) -> tuple[float, array[int]
             late.append(int((clock() - t) * 1e6))
             k += 1
         if k == n:
-            if sum(ld.answers for ld in loads) >= n:
+            if sum(ld.answers for ld in loads) >= due:
                 break
             if now > deadline:
-                raise RuntimeError(f"{n - sum(ld.answers for ld in loads)} requests not"
+                raise RuntimeError(f"{due - sum(ld.answers for ld in loads)} requests not"
                                    f" answered {DRAIN_S} s after the last was sent")
             timeout = deadline - now
         else:
@@ -337,6 +338,86 @@ def open_phase(loads: list[Load], rate: float, seconds: float, server_pid: int
     }
 
 
+SUSTAIN_ACHIEVED = 0.99  # a server keeping up answers a trial at this share of its rate
+
+
+def trial(loads: list[Load], rate: float, seconds: float) -> dict[str, Any]:
+    """One open-loop trial at ``rate`` for ``seconds``: did the server keep up?  It kept up
+    when it answered the trial's requests at :data:`SUSTAIN_ACHIEVED` of the offered rate
+    or more, from the first scheduled send to the last answer.  A server that falls behind
+    by a share x of the rate ends the trial with x × rate × seconds requests queued, which
+    it answers after the last send: over 3 s, 1 % behind costs about 1 % of the achieved
+    rate (and a last answer 30 ms late costs 1 % too: the criterion is that coarse).  The
+    latencies of the trial are reported, not judged: a server may keep up with a long
+    queue."""
+    n = max(len(loads), int(rate * seconds) // len(loads) * len(loads))
+    marks = [len(ld.lat) for ld in loads]
+    gc.collect()
+    gc.disable()
+    try:
+        elapsed, late = open_loop(loads, rate, n)
+    finally:
+        gc.enable()
+    lat = sorted(v for ld, m in zip(loads, marks, strict=True) for v in ld.lat[m:])
+    achieved = n / elapsed
+    p50 = percentile(lat, 50)
+    late_sorted = sorted(late)
+    return {"rate": round(rate), "achieved": round(achieved), "p50_us": p50,
+            "p99_us": percentile(lat, 99),
+            "send_late_p50_us": percentile(late_sorted, 50),
+            "kept_up": achieved >= SUSTAIN_ACHIEVED * rate}
+
+
+def sustained(sides: list[list[Load]], first: float, factor: float, top: float,
+              seconds: float, steps: int) -> list[dict[str, Any]]:
+    """The highest open-loop rate each side keeps up with (:func:`trial`, a failure tried
+    twice): rates from ``first`` up by ``factor`` (at most ``top``), the sides alternating
+    at each rate, until a side falls behind; then ``steps`` halvings of the interval
+    between its last rate kept up and its first one not (the sides still alternating).
+    Per side: that rate and every trial."""
+    trials: list[list[dict[str, Any]]] = [[], []]
+
+    def kept_up(k: int, rate: float) -> bool:
+        """A trial at ``rate``; a failed one is tried again (a moment of the machine's
+        noise must not end the search): the rate is kept up if either trial keeps up."""
+        for _ in range(2):
+            t = trial(sides[k], rate, seconds)
+            trials[k].append(t)
+            settle(sides[k])
+            if t["kept_up"]:
+                return True
+        return False
+
+    lo = [0.0, 0.0]
+    hi: list[float | None] = [None, None]
+    rate = first
+    while rate <= top and any(h is None for h in hi):
+        for k in (0, 1):
+            if hi[k] is None:
+                if kept_up(k, rate):
+                    lo[k] = rate
+                else:
+                    hi[k] = rate
+        rate *= factor
+    for _ in range(steps):
+        for k in (0, 1):
+            h = hi[k]
+            if h is None:
+                continue
+            mid = (lo[k] + h) / 2
+            if kept_up(k, mid):
+                lo[k] = mid
+            else:
+                hi[k] = mid
+    out = []
+    for k in (0, 1):
+        h = hi[k]
+        out.append({"sustained_per_s": round(lo[k]),
+                    "sustained_below_per_s": None if h is None else round(h),
+                    "sustained_trials": trials[k]})
+    return out
+
+
 def settle(loads: list[Load], seconds: float = 2.0) -> None:
     """Read the answers still due on these connections (up to ``seconds``), so that the
     next window starts with nothing in flight."""
@@ -423,6 +504,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                       args.inflight, args.rounds, args.window)
             ronda.update(r_sat)
             base.update(e_sat)
+            if args.sustain:
+                r_sus, e_sus = sustained([r_loads, e_loads], args.sustain_from, 1.25,
+                                         args.sustain_top, args.sustain_seconds, 3)
+                ronda.update(r_sus)
+                base.update(e_sus)
             for loads in (r_loads, e_loads):
                 drain(loads, 0.5)
         finally:
@@ -442,6 +528,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         # the same ratio in each round of alternating windows: its spread over the run
         "throughput_ratio_rounds": round_ratios,
         "saturation_windows": f"ABBA x {args.rounds}, {args.window} s each",
+        # the issue's "sustained throughput": the highest open-loop rate kept up (trial())
+        "sustained_ratio": (round(ronda["sustained_per_s"] / base["sustained_per_s"], 3)
+                            if args.sustain and base["sustained_per_s"] else None),
         # the throughput ratio the servers' CPU cost alone implies (echo / ronda, per request)
         "server_cpu_ratio": round(base["cpu_us_per_request_saturated"]["server"]
                                   / max(1, ronda["cpu_us_per_request_saturated"]["server"]), 3),
@@ -468,6 +557,11 @@ def main() -> None:
                     help="rounds of saturation windows (ABBA: ronda, echo, echo, ronda)")
     ap.add_argument("--window", type=float, default=1.0,
                     help="seconds of each saturation window")
+    ap.add_argument("--no-sustain", dest="sustain", action="store_false",
+                    help="skip the search for the highest open-loop rate each server keeps up")
+    ap.add_argument("--sustain-from", type=float, default=5000)
+    ap.add_argument("--sustain-top", type=float, default=100_000)
+    ap.add_argument("--sustain-seconds", type=float, default=3.0)
     ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                     help="pass ARG to ronda serve (repeat: --server-arg=--journal-inline-max-ms"
                          " --server-arg=0)")
