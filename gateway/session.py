@@ -115,7 +115,8 @@ def token_hash(token: str) -> str:
 
 class Session:
     def __init__(self, server: Server, transport: Transport, cert_user: str | None = None,
-                 max_queue: int = 2000, ticks: bool = False) -> None:
+                 max_queue: int = 2000, ticks: bool = False, max_inflight: int = 1000
+                 ) -> None:
         self.server = server
         self.ticks = ticks  # msgpack: prices and quantities may come as integer ticks
         self.transport = transport
@@ -125,6 +126,11 @@ class Session:
         self.roles: frozenset[str] = frozenset()
         self.on_disconnect = "none"
         self.max_queue = max_queue
+        # inbound back-pressure: requests submitted and not yet answered; at the limit the
+        # transport stops reading (``pause_input``) until half of them are answered
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self._input_paused = False
         self._out: deque[dict[str, Any]] = deque()
         self._wake = asyncio.Event()
         self._stale_books: set[str] = set()
@@ -429,6 +435,13 @@ class Session:
                                               self._answerer(typ, req_id))
         except SequencerStopped as exc:
             self.reject(req_id, "UNAVAILABLE", str(exc))
+            return
+        self.inflight += 1
+        if self.inflight >= self.max_inflight and not self._input_paused:
+            pause = getattr(self.transport, "pause_input", None)
+            if pause is not None:  # (AMQP: the broker's prefetch bounds what is in flight)
+                self._input_paused = True
+                pause()
 
     def _answerer(self, typ: str, req_id: Any) -> Done:
         """What the sequencer calls once the command is applied (or will never be).  It is
@@ -438,6 +451,10 @@ class Session:
 
     def _answer(self, typ: str, req_id: Any, events: list[Any] | None,
                 exc: BaseException | None) -> None:
+        self.inflight -= 1
+        if self._input_paused and self.inflight <= self.max_inflight // 2:
+            self._input_paused = False
+            self.transport.resume_input()  # type: ignore[attr-defined]
         if events is None:
             self.reject(req_id, "UNAVAILABLE", f"not processed: {exc}")
             return

@@ -159,6 +159,22 @@ class WsTransport:
                 else:
                     ws.transport.close()
 
+    def pause_input(self) -> None:
+        """Stop reading this connection's requests (its session has too many in flight):
+        TCP holds the rest, nothing is lost (:meth:`_Connection.pause_input`)."""
+        ws = self.ws
+        if isinstance(ws, _Connection):
+            ws.pause_input()
+        else:
+            ws.transport.pause_reading()
+
+    def resume_input(self) -> None:
+        ws = self.ws
+        if isinstance(ws, _Connection):
+            ws.resume_input()
+        elif not ws.transport.is_closing():
+            ws.transport.resume_reading()
+
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code, reason[:120])
 
@@ -213,6 +229,8 @@ class _Connection(ServerConnection):
     _need = 0  # how many bytes ``_inbuf`` must hold before it is worth parsing again
     _passthrough = False  # a header not accepted here: the library takes everything
     _framing = False  # the fast path has started (the library is idle at a boundary)
+    _input_paused = False  # the session has too many requests in flight: read no more
+    _held: bytearray | None = None  # what came in while paused, not yet looked at
 
     def _fast_ready(self) -> bool:
         """The library holds no part of a frame or of a fragmented message: its parser
@@ -238,9 +256,43 @@ class _Connection(ServerConnection):
         self._passthrough = True
         super().data_received(bytes(data))
 
+    def pause_input(self) -> None:
+        """Inbound back-pressure: no request of this connection is handled until
+        :meth:`resume_input`.  The socket stops being read; the rest of what was already
+        read (after the request that reached the limit) is held here, unparsed, and so is
+        anything that still arrives (if the library resumes reading for its own reasons,
+        reading is paused again at once)."""
+        self._input_paused = True
+        self.transport.pause_reading()
+
+    def resume_input(self) -> None:
+        """Handle what was held, in order (from a callback of its own, not from the answer
+        that freed the room), then read the socket again unless that paused it anew."""
+        if self._input_paused:
+            self._input_paused = False
+            self.loop.call_soon(self._resume_now)
+
+    def _resume_now(self) -> None:
+        if self._input_paused:
+            return  # paused again meanwhile
+        held, self._held = self._held, None
+        if self.transport.is_closing():
+            return  # the connection is gone: what was held can no longer be answered
+        if held:
+            self.data_received(bytes(held))
+        if not self._input_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         if self._passthrough:
             super().data_received(data)
+            return
+        if self._input_paused:
+            if self._held is None:
+                self._held = bytearray(data)
+            else:
+                self._held += data
+            self.transport.pause_reading()
             return
         buf = self._inbuf
         if buf is not None:  # the library is at a boundary: it got only whole frames
@@ -309,6 +361,10 @@ class _Connection(ServerConnection):
                 if msg is not None:
                     pos = end
                     self._handle(on, msg)
+                    if self._input_paused:  # that request reached the session's limit
+                        if pos < n:
+                            self._held = bytearray(data[pos:])
+                        return
                     continue
             super().data_received(bytes(data[pos:end]))  # a whole frame, in its place
             pos = end
@@ -324,6 +380,8 @@ class _Connection(ServerConnection):
             self._need = need
 
     def eof_received(self) -> None:
+        # (never while input is paused: a paused socket is not read, so its end is seen
+        # only after what was held is handled and reading resumes)
         buf = self._inbuf
         if buf is not None:  # an incomplete frame: the library reports it
             self._inbuf = None
@@ -361,7 +419,8 @@ class _Connection(ServerConnection):
 async def _handler(server: Server, ws: ServerConnection) -> None:
     binary = ws.subprotocol == MSGPACK
     session = Session(server, WsTransport(ws, binary), _cert_user(ws),
-                      max_queue=server.config.max_queue, ticks=binary)
+                      max_queue=server.config.max_queue, ticks=binary,
+                      max_inflight=server.config.max_inflight)
     writer = asyncio.get_running_loop().create_task(session.writer())
     session.writer_task = writer
     limit = server.config.max_message_bytes

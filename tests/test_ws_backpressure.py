@@ -1,0 +1,210 @@
+"""Inbound back-pressure of a WebSocket connection (issue 4: memory never grows without
+bound).
+
+A session counts its requests that are in the sequencer and not yet answered; at
+``max_inflight`` its connection stops being read (the socket is paused, and the rest of
+what was already read is held unparsed), and reading resumes once half of them are
+answered.  A client that sends faster than the sequencer answers is slowed by TCP instead
+of filling the server's memory, and nothing it sent is lost or reordered.  The journal is
+held shut here (its append waits on an event, in the journal's thread), so that requests
+stay in flight as long as the test wants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from wsclient import TOKENS, session_of, start_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
+from wsload import Conn, client_frame, pump
+
+LIMIT = 4
+
+
+class Held:
+    """The server's journal, shut until :meth:`open` (appends wait in the journal's own
+    thread; the event loop goes on)."""
+
+    def __init__(self, server: Any) -> None:
+        self.gate = threading.Event()
+        journal = server.sequencer.journal
+        real = journal.append
+
+        def append(records: Any) -> None:
+            if not self.gate.wait(20):
+                raise TimeoutError("the test never opened the journal")
+            real(records)
+
+        journal.append = append
+
+    def open(self) -> None:
+        self.gate.set()
+
+
+def cancel(i: int) -> bytes:
+    """A request that goes through the sequencer (the order does not exist: a reject)."""
+    return client_frame(0x1, orjson.dumps(
+        {"type": "order_cancel", "req_id": f"r{i}", "order_id": 10_000 + i}))
+
+
+def connect(port: int) -> tuple[Conn, list[dict[str, Any]]]:
+    conn = Conn(f"ws://127.0.0.1:{port}/ws")
+    got: list[dict[str, Any]] = []
+    conn.on_text = lambda raw: got.append(orjson.loads(raw))
+    conn.send_text(orjson.dumps({"type": "login", "user": "ana", "token": TOKENS["ana"],
+                                 "req_id": "login"}))
+    wait_for(conn, lambda: bool(got))
+    assert got.pop(0)["type"] == "ack"
+    return conn, got
+
+
+def wait_for(conn: Conn, done: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not done():
+        left = end - time.monotonic()
+        assert left > 0, "timed out"
+        conn.flush()
+        pump([conn], min(left, 0.05))
+
+
+def answers(got: list[dict[str, Any]]) -> list[str]:
+    return [m["req_id"] for m in got if m.get("type") == "reject"]
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> Any:
+    srv = await start_server(tmp_path, heartbeat_s=3600, max_inflight=LIMIT,
+                             max_errors_per_10s=1_000_000)
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+async def test_at_the_limit_the_connection_is_not_read_and_nothing_is_lost(
+        server: Any) -> None:
+    loop = asyncio.get_running_loop()
+    held = Held(server)
+    conn, got = await loop.run_in_executor(None, connect, server.port)
+    session = session_of(server, "ana")
+    seen: list[int] = []  # the session's requests in flight at each submission
+    real_submit = server.sequencer.submit_with
+
+    def submit_with(cmd: Any, origin: str, done: Any) -> None:
+        seen.append(session.inflight)
+        real_submit(cmd, origin, done)
+
+    server.sequencer.submit_with = submit_with
+    n = 40
+    conn.sock.sendall(b"".join(cancel(i) for i in range(n)))  # one write: one read, mostly
+    await asyncio.sleep(0.3)
+    # the limit reached: the socket paused, the rest held unread
+    assert session.inflight == LIMIT
+    assert seen == list(range(LIMIT))
+    ws = session.transport.ws
+    assert ws._input_paused and not ws.transport.is_reading()
+    assert ws._held  # what was read after the 4th request, not parsed
+    assert len(server.sequencer._pending) <= LIMIT
+    # the library resumes reading for its own reasons (its flow control of fragmented
+    # messages): what then arrives is held too, and reading paused again
+    kept = len(ws._held)
+    ws.transport.resume_reading()
+    more = b"".join(cancel(i) for i in range(n, n + 5))
+    conn.sock.sendall(more)
+    await asyncio.sleep(0.3)
+    assert session.inflight == LIMIT
+    assert len(ws._held) == kept + len(more) and not ws.transport.is_reading()
+    n += 5
+    held.open()
+    await loop.run_in_executor(None, wait_for, conn, lambda: len(answers(got)) >= n)
+    # every request answered once, in the order sent, never more than 4 in flight
+    assert answers(got) == [f"r{i}" for i in range(n)]
+    assert all(m["code"] == "ORDER_UNKNOWN" for m in got if m["type"] == "reject")
+    assert len(seen) == n and max(seen) < LIMIT
+    assert session.inflight == 0
+    assert not ws._input_paused and ws.transport.is_reading() and not ws._held
+    conn.close()
+
+
+@settings(deadline=None, max_examples=12, suppress_health_check=list(HealthCheck))
+@given(cuts=st.lists(st.integers(1, 3000), max_size=12), n=st.integers(1, 30),
+       opens_after=st.floats(0, 0.05))
+def test_requests_cut_anywhere_are_all_answered_in_order_under_the_limit(
+        cuts: list[int], n: int, opens_after: float) -> None:
+    async def main(tmp: Path) -> None:
+        srv = await start_server(tmp, heartbeat_s=3600, max_inflight=LIMIT,
+                                 max_errors_per_10s=1_000_000)
+        try:
+            loop = asyncio.get_running_loop()
+            held = Held(srv)
+            conn, got = await loop.run_in_executor(None, connect, srv.port)
+            session = session_of(srv, "ana")
+            peak = [0]
+            real_submit = srv.sequencer.submit_with
+
+            def submit_with(cmd: Any, origin: str, done: Any) -> None:
+                peak[0] = max(peak[0], session.inflight + 1)
+                real_submit(cmd, origin, done)
+
+            srv.sequencer.submit_with = submit_with
+            data = b"".join(cancel(i) for i in range(n))
+            points = sorted({c % len(data) for c in cuts} - {0})
+            pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)],
+                                                strict=True)]
+
+            def send_all() -> None:
+                for p in pieces:
+                    conn.sock.sendall(p)
+                    time.sleep(0.002)
+
+            await loop.run_in_executor(None, send_all)
+            await asyncio.sleep(opens_after)
+            held.open()
+            await loop.run_in_executor(None, wait_for, conn,
+                                       lambda: len(answers(got)) >= n)
+            assert answers(got) == [f"r{i}" for i in range(n)]
+            assert peak[0] <= LIMIT
+            conn.close()
+        finally:
+            await srv.stop()
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(main(Path(tmp)))
+
+
+async def test_what_was_held_is_handled_before_the_end_of_the_stream(server: Any) -> None:
+    """The peer half-closes while its connection is paused: the paused socket is not read,
+    so the end of the stream is seen only once reading resumes, after everything held
+    was handled, as it would have been without the pause."""
+    loop = asyncio.get_running_loop()
+    held = Held(server)
+    conn, _ = await loop.run_in_executor(None, connect, server.port)
+    session = session_of(server, "ana")
+    before = server.sequencer.applied
+    n = 20
+    conn.sock.sendall(b"".join(cancel(i) for i in range(n)))
+    await asyncio.sleep(0.3)
+    assert session.inflight == LIMIT and session.transport.ws._held
+    conn.sock.shutdown(socket.SHUT_WR)
+    await asyncio.sleep(0.3)
+    assert session.inflight == LIMIT  # still paused: neither the rest nor the end read
+    held.open()
+    for _ in range(100):
+        if server.sequencer.applied - before >= n:
+            break
+        await asyncio.sleep(0.05)
+    assert server.sequencer.applied - before == n
+    conn.close()
