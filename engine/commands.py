@@ -8,9 +8,13 @@ stamps it and passes it to :meth:`engine.engine.Engine.apply`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 from engine.model import BasketType, Exec, Side, Validity
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,3 +195,29 @@ Command = (
     | CreateContract | OpenContracts | CloseContracts | InterruptContracts | ResumeContracts
     | HibernateOrders | ReactivateOrders | CancelAgentOrders | Tick
 )
+
+
+def builder(cls: type[T]) -> Callable[..., T]:
+    """A constructor of the frozen, slotted command class ``cls`` that takes every field
+    positionally and builds the same object as calling the class, in half the time: the
+    class's generated ``__init__`` sets each field through ``object.__setattr__`` (the way
+    a frozen dataclass must), this allocates the object and sets each slot through its
+    own descriptor.  Equal, same hash, same repr, as immutable.  For the gateway's path of
+    plainly valid requests, where a new order's construction cost 2.0 µs of the 4.2 µs of
+    its parsing (``timeit``).  Only for a class without ``__post_init__`` (which this
+    would skip): none of the commands has one."""
+    params = getattr(cls, "__dataclass_params__", None)
+    if (params is None or not params.frozen or "__slots__" not in cls.__dict__
+            or hasattr(cls, "__post_init__")):
+        raise TypeError(f"{cls.__name__} is not a frozen, slotted dataclass without"
+                        " __post_init__")
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    ns: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    for i, name in enumerate(names):
+        ns[f"set{i}"] = cls.__dict__[name].__set__
+    args = ", ".join(f"v{i}" for i in range(len(names)))
+    body = "".join(f"    set{i}(o, v{i})\n" for i in range(len(names)))
+    exec(f"def build({args}):\n    o = new(cls)\n{body}    return o\n", ns)
+    build: Callable[..., T] = ns["build"]
+    build.__qualname__ = f"builder({cls.__name__})"
+    return build

@@ -562,6 +562,10 @@ _MODIFY_KEYS = frozenset({"type", "req_id", "order_id", "revision", "price", "qu
                           "exec", "validity", "expiry"})
 _CANCEL_KEYS = frozenset({"type", "req_id", "order_id"})
 _STATES = {"ACTIVE": False, "HIBERNATED": True}
+# the commands of plainly valid requests, every field given (engine.commands.builder)
+_NEW_ORDER = c.builder(c.NewOrder)
+_MODIFY_ORDER = c.builder(c.ModifyOrder)
+_CANCEL_ORDER = c.builder(c.CancelOrder)
 T = TypeVar("T")
 
 
@@ -672,7 +676,7 @@ def _fast_entry(data: dict[str, Any], ticks: bool, user: str, agent: str, rq: st
     if hib is None or side is None or cond is None:
         return None
     price, qty, ex, val, expiry = cond
-    return c.NewOrder(user, agent, unit, contract, side, price, qty, ex, val, expiry, 0, 0,
+    return _NEW_ORDER(user, agent, unit, contract, side, price, qty, ex, val, expiry, 0, 0,
                       coid, rq, hib)
 
 
@@ -686,7 +690,7 @@ def _fast_modify(data: dict[str, Any], ticks: bool, user: str, agent: str, rq: s
     if oid is None or rev is None or cond is None:
         return None
     price, qty, ex, val, expiry = cond
-    return c.ModifyOrder(user, agent, oid, rev, price, qty, ex, val, expiry, 0, 0, rq)
+    return _MODIFY_ORDER(user, agent, oid, rev, price, qty, ex, val, expiry, 0, 0, rq)
 
 
 def fast_command(typ: str, data: dict[str, Any], ticks: bool, user: str, agent: str
@@ -702,7 +706,7 @@ def fast_command(typ: str, data: dict[str, Any], ticks: bool, user: str, agent: 
         if not data.keys() <= _CANCEL_KEYS:
             return None
         oid = _fast_id(data.get("order_id"))
-        return None if oid is None else c.CancelOrder(user, agent, oid, rq)
+        return None if oid is None else _CANCEL_ORDER(user, agent, oid, rq)
     if typ == "order_modify":
         return _fast_modify(data, ticks, user, agent, rq)
     return None
