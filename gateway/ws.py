@@ -231,6 +231,8 @@ class _Connection(ServerConnection):
     _framing = False  # the fast path has started (the library is idle at a boundary)
     _input_paused = False  # the session has too many requests in flight: read no more
     _held: bytearray | None = None  # what came in while paused, not yet looked at
+    _handler_holding = False  # the handler task holds a message, waiting for room
+    _open_event: asyncio.Event | None = None  # set when input resumes (the handler waits)
 
     def _fast_ready(self) -> bool:
         """The library holds no part of a frame or of a fragmented message: its parser
@@ -258,41 +260,75 @@ class _Connection(ServerConnection):
 
     def pause_input(self) -> None:
         """Inbound back-pressure: no request of this connection is handled until
-        :meth:`resume_input`.  The socket stops being read; the rest of what was already
-        read (after the request that reached the limit) is held here, unparsed, and so is
-        anything that still arrives (if the library resumes reading for its own reasons,
-        reading is paused again at once)."""
+        :meth:`resume_input`.  The socket stops being read.  What was already read after
+        the request that reached the limit, and anything that still arrives (the library
+        may resume reading for its own reasons: reading is then paused again at once), is
+        held here unparsed; what the library had already queued waits in its queue, and
+        the handler task waits before handling a message it took from there
+        (:meth:`wait_input`)."""
         self._input_paused = True
         self.transport.pause_reading()
 
     def resume_input(self) -> None:
-        """Handle what was held, in order (from a callback of its own, not from the answer
-        that freed the room), then read the socket again unless that paused it anew."""
+        """Handle what waited, in the order it came (the handler task's message first, then
+        what was held; from a callback of its own, not from the answer that freed the
+        room), then read the socket again unless that paused it anew."""
         if self._input_paused:
             self._input_paused = False
+            if self._open_event is not None:
+                self._open_event.set()
             self.loop.call_soon(self._resume_now)
+
+    def _holding(self) -> bool:
+        """Input must not be handled now: paused, or something that came earlier is still
+        waiting to be handled."""
+        return self._input_paused or self._held is not None or self._handler_holding
 
     def _resume_now(self) -> None:
         if self._input_paused:
             return  # paused again meanwhile
-        held, self._held = self._held, None
         if self.transport.is_closing():
-            return  # the connection is gone: what was held can no longer be answered
+            self._held = None  # the connection is gone: nothing more can be answered
+            return
+        if self._handler_holding:  # its message came before what is held (the handler is
+            self.loop.call_soon(self._resume_now)  # woken first: this is a guard)
+            return
+        held, self._held = self._held, None
         if held:
             self.data_received(bytes(held))
         if not self._input_paused and not self.transport.is_closing():
             self.transport.resume_reading()
 
+    async def wait_input(self) -> None:
+        """For the handler task, before it handles a message it took from the library's
+        queue: wait while input is paused (or until the connection is lost)."""
+        while self._input_paused and not self.transport.is_closing():
+            ev = self._open_event
+            if ev is None:
+                ev = self._open_event = asyncio.Event()
+            ev.clear()
+            self._handler_holding = True
+            try:
+                await ev.wait()
+            finally:
+                self._handler_holding = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._open_event is not None:
+            self._open_event.set()  # a handler task waiting for room: it is over
+
     def data_received(self, data: bytes) -> None:
         if self._passthrough:
             super().data_received(data)
             return
-        if self._input_paused:
+        if self._holding():
             if self._held is None:
                 self._held = bytearray(data)
             else:
                 self._held += data
-            self.transport.pause_reading()
+            if self._input_paused:
+                self.transport.pause_reading()
             return
         buf = self._inbuf
         if buf is not None:  # the library is at a boundary: it got only whole frames
@@ -401,7 +437,8 @@ class _Connection(ServerConnection):
         on = self.on_message
         if (on is not None and type(event) is Frame and event.fin
                 and (event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY)
-                and not self.recv_messages.frames.queue):
+                and not self.recv_messages.frames.queue and not self._input_paused
+                and not self._handler_holding):
             data: str | bytes
             if event.opcode is Opcode.TEXT:
                 try:
@@ -460,8 +497,11 @@ async def _handler(server: Server, ws: ServerConnection) -> None:
         if fast is not None:
             fast.on_message = on_message  # from now on, frames mostly come that way
         async for raw in ws:  # what the library still delivers (see _Connection)
-            if fast is not None and fast.failed:
-                break
+            if fast is not None:
+                if fast.failed:
+                    break
+                if fast._input_paused:  # back-pressure holds the library's queue too
+                    await fast.wait_input()
             on_message(raw)
             if writer.done():
                 break

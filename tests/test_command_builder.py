@@ -54,6 +54,16 @@ def test_only_frozen_slotted_classes_without_post_init() -> None:
             if self.a < 0:
                 raise ValueError("a")
 
-    for cls in (Mutable, NoSlots, Checked, int):
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class KeywordOnly:
+        a: int
+        b: int = dataclasses.field(kw_only=True, default=0)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class NotInInit:
+        a: int
+        b: int = dataclasses.field(init=False, default=0)
+
+    for cls in (Mutable, NoSlots, Checked, KeywordOnly, NotInInit, int):
         with pytest.raises(TypeError):
             c.builder(cls)

@@ -78,6 +78,14 @@ def wait_for(conn: Conn, done: Any, timeout: float = 10.0) -> None:
         pump([conn], min(left, 0.05))
 
 
+async def until(cond: Any, timeout: float = 10.0) -> None:
+    """Wait for the server to reach a state (the event loop runs meanwhile)."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.01)
+
+
 def answers(got: list[dict[str, Any]]) -> list[str]:
     return [m["req_id"] for m in got if m.get("type") == "reject"]
 
@@ -108,11 +116,12 @@ async def test_at_the_limit_the_connection_is_not_read_and_nothing_is_lost(
     server.sequencer.submit_with = submit_with
     n = 40
     conn.sock.sendall(b"".join(cancel(i) for i in range(n)))  # one write: one read, mostly
-    await asyncio.sleep(0.3)
+    ws = session.transport.ws
+    await until(lambda: session.inflight == LIMIT and ws._held)
+    await asyncio.sleep(0.2)  # and nothing more is taken meanwhile
     # the limit reached: the socket paused, the rest held unread
     assert session.inflight == LIMIT
     assert seen == list(range(LIMIT))
-    ws = session.transport.ws
     assert ws._input_paused and not ws.transport.is_reading()
     assert ws._held  # what was read after the 4th request, not parsed
     assert len(server.sequencer._pending) <= LIMIT
@@ -122,9 +131,8 @@ async def test_at_the_limit_the_connection_is_not_read_and_nothing_is_lost(
     ws.transport.resume_reading()
     more = b"".join(cancel(i) for i in range(n, n + 5))
     conn.sock.sendall(more)
-    await asyncio.sleep(0.3)
-    assert session.inflight == LIMIT
-    assert len(ws._held) == kept + len(more) and not ws.transport.is_reading()
+    await until(lambda: len(ws._held) == kept + len(more))
+    assert session.inflight == LIMIT and not ws.transport.is_reading()
     n += 5
     held.open()
     await loop.run_in_executor(None, wait_for, conn, lambda: len(answers(got)) >= n)
@@ -196,10 +204,9 @@ async def test_what_was_held_is_handled_before_the_end_of_the_stream(server: Any
     before = server.sequencer.applied
     n = 20
     conn.sock.sendall(b"".join(cancel(i) for i in range(n)))
-    await asyncio.sleep(0.3)
-    assert session.inflight == LIMIT and session.transport.ws._held
+    await until(lambda: session.inflight == LIMIT and session.transport.ws._held)
     conn.sock.shutdown(socket.SHUT_WR)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.2)
     assert session.inflight == LIMIT  # still paused: neither the rest nor the end read
     held.open()
     for _ in range(100):
@@ -208,3 +215,95 @@ async def test_what_was_held_is_handled_before_the_end_of_the_stream(server: Any
         await asyncio.sleep(0.05)
     assert server.sequencer.applied - before == n
     conn.close()
+
+
+async def test_the_librarys_queue_waits_too(server: Any) -> None:
+    """A fragmented request makes the frames after it go through the library's queue and
+    the handler task (to keep their order): the handler waits for room as well."""
+    loop = asyncio.get_running_loop()
+    held = Held(server)
+    conn, got = await loop.run_in_executor(None, connect, server.port)
+    session = session_of(server, "ana")
+    peak = [0]
+    real_submit = server.sequencer.submit_with
+
+    def submit_with(cmd: Any, origin: str, done: Any) -> None:
+        peak[0] = max(peak[0], session.inflight + 1)
+        real_submit(cmd, origin, done)
+
+    server.sequencer.submit_with = submit_with
+    body = orjson.dumps({"type": "order_cancel", "req_id": "frag", "order_id": 1})
+    first = bytes([0x01]) + client_frame(0x1, body[:10])[1:]  # a text frame, FIN unset
+    rest = client_frame(0x0, body[10:])  # its continuation, FIN set
+    n = 200
+    conn.sock.sendall(first + rest + b"".join(cancel(i) for i in range(n)))
+    await until(lambda: session.inflight == LIMIT)
+    await asyncio.sleep(0.2)
+    assert session.inflight == LIMIT and peak[0] == LIMIT
+    held.open()
+    await loop.run_in_executor(None, wait_for, conn, lambda: len(answers(got)) >= n + 1)
+    assert answers(got) == ["frag", *(f"r{i}" for i in range(n))]
+    assert peak[0] == LIMIT
+    conn.close()
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["whole", "ending_mid_frame"])
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_what_arrives_while_resuming_comes_after_what_was_held(
+        loop_kind: str, partial: bool) -> None:
+    """The library resumed reading while input was paused, and the client's next requests
+    arrive as the answer that frees room goes out: they are handled after what was held,
+    also on uvloop (which runs socket reads before callbacks scheduled meanwhile), and a
+    frame cut at the end of them is completed, not spliced."""
+
+    async def main(tmp: Path) -> None:
+        srv = await start_server(tmp, heartbeat_s=3600, max_inflight=LIMIT,
+                                 max_errors_per_10s=1_000_000)
+        try:
+            loop = asyncio.get_running_loop()
+            held = Held(srv)
+            conn, got = await loop.run_in_executor(None, connect, srv.port)
+            session = session_of(srv, "ana")
+            ws = session.transport.ws
+            n = 10
+            conn.sock.sendall(b"".join(cancel(i) for i in range(n)))
+            await until(lambda: session.inflight == LIMIT and ws._held)
+            ws.transport.resume_reading()  # the library's own flow control
+            extra = b"".join(cancel(i) for i in range(n, n + 3))
+            tail = cancel(n + 3)
+            if partial:
+                extra += tail[:5]
+            real_resume = ws.resume_input
+
+            def resume_input() -> None:
+                real_resume()
+                conn.sock.sendall(extra)  # arriving right now
+                time.sleep(0.05)
+                ws.resume_input = real_resume
+
+            ws.resume_input = resume_input
+            held.open()
+            want = n + 3
+            if partial:
+                await loop.run_in_executor(None, wait_for, conn,
+                                           lambda: len(answers(got)) >= want or conn.closed)
+                conn.sock.sendall(tail[5:])
+                want += 1
+            await loop.run_in_executor(None, wait_for, conn,
+                                       lambda: len(answers(got)) >= want)
+            assert answers(got) == [f"r{i}" for i in range(want)]
+            assert not conn.closed
+            conn.close()
+        finally:
+            await srv.stop()
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if loop_kind == "uvloop":
+            import uvloop
+
+            uvloop.run(main(Path(tmp)))
+        else:
+            asyncio.run(main(Path(tmp)))
+
