@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -45,6 +46,7 @@ import sys
 import tempfile
 import time
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +304,18 @@ def connect_loads(url: str, users: list[str], echo: bool) -> list[Load]:
             for cn, u in zip(conns, users, strict=True)]
 
 
+@contextlib.contextmanager
+def no_collections() -> Iterator[None]:
+    """The generator's own collections off while it measures (they would be charged to
+    the server), after one collection of what is there."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def open_phase(loads: list[Load], rate: float, seconds: float, server_pid: int
                ) -> dict[str, Any]:
     """The open loop at ``rate`` for ``seconds``: latencies and CPU per request."""
@@ -309,14 +323,10 @@ def open_phase(loads: list[Load], rate: float, seconds: float, server_pid: int
     # the server's event loop runs in its main thread, whose id is the process id
     cpu = CpuMeter({"server": server_pid, "server_loop_thread": (server_pid, server_pid),
                     "client": os.getpid()})
-    gc.collect()
-    gc.disable()  # the generator's own collections would be charged to the server
-    try:
+    with no_collections():
         c0 = cpu.snapshot()
         elapsed, late = open_loop(loads, rate, n)
         open_cpu = cpu.since(c0)
-    finally:
-        gc.enable()
     hist = HdrHistogram(1, 60_000_000, 3)
     for ld in loads:
         for v in ld.lat[:n // len(loads)]:
@@ -352,12 +362,8 @@ def trial(loads: list[Load], rate: float, seconds: float) -> dict[str, Any]:
     queue."""
     n = max(len(loads), int(rate * seconds) // len(loads) * len(loads))
     marks = [len(ld.lat) for ld in loads]
-    gc.collect()
-    gc.disable()
-    try:
+    with no_collections():
         elapsed, late = open_loop(loads, rate, n)
-    finally:
-        gc.enable()
     lat = sorted(v for ld, m in zip(loads, marks, strict=True) for v in ld.lat[m:])
     achieved = n / elapsed
     p50 = percentile(lat, 50)
@@ -436,12 +442,10 @@ def saturation(sides: list[tuple[list[Load], int]], inflight: int, rounds: int,
     weighs on both alike; each window starts with nothing in flight.  Per side: requests
     per second over its windows, the CPU per request, and (on the first side) the ratio
     of each round's two windows to the other side's."""
-    gc.collect()
-    gc.disable()
     counts: list[list[int]] = [[], []]
     spent = [0.0, 0.0]
     cpus: list[dict[str, float]] = [{}, {}]
-    try:
+    with no_collections():
         for _ in range(rounds):
             for k in (0, 1, 1, 0):
                 loads, pid = sides[k]
@@ -454,8 +458,6 @@ def saturation(sides: list[tuple[list[Load], int]], inflight: int, rounds: int,
                 for name, v in cpu.since(c0).items():
                     cpus[k][name] = cpus[k].get(name, 0.0) + v
                 settle(loads)
-    finally:
-        gc.enable()
     out = []
     for k in (0, 1):
         total = sum(counts[k])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import orjson
 import pytest
+import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsclient import TOKENS, session_of, start_server
@@ -122,6 +124,13 @@ async def paused(server: Any, n: int) -> tuple[Held, Conn, list[dict[str, Any]],
     return held, conn, got, session, seen
 
 
+def run_in_tmp(main: Any, loop_kind: str = "asyncio") -> None:
+    """``main(tmp)`` on a fresh event loop of that kind, with a directory of its own (for
+    tests that run several servers, or on uvloop)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (uvloop.run if loop_kind == "uvloop" else asyncio.run)(main(Path(tmp)))
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> Any:
     srv = await limited_server(tmp_path)
@@ -197,10 +206,7 @@ def test_requests_cut_anywhere_are_all_answered_in_order_under_the_limit(
         finally:
             await srv.stop()
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(main(Path(tmp)))
+    run_in_tmp(main)
 
 
 async def test_what_was_held_is_handled_before_the_end_of_the_stream(server: Any) -> None:
@@ -290,13 +296,5 @@ def test_what_arrives_while_resuming_comes_after_what_was_held(
         finally:
             await srv.stop()
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if loop_kind == "uvloop":
-            import uvloop
-
-            uvloop.run(main(Path(tmp)))
-        else:
-            asyncio.run(main(Path(tmp)))
+    run_in_tmp(main, loop_kind)
 
