@@ -63,7 +63,9 @@ class Server:
         self.config = config
         self.core = Core(PROFILES[config.profile])
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(config.data_dir / "journal", fsync=config.fsync)
+        # zero-filled segments when syncing: each sync then flushes the data alone
+        self.journal = Journal(config.data_dir / "journal", fsync=config.fsync,
+                               preallocate=config.fsync)
         self.sequencer = Sequencer(self.core, self.journal, clock)
         self.hub = Hub(self.core, config.depth)
         self.sequencer.listeners.append(self.hub.publish)

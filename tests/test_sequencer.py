@@ -63,11 +63,11 @@ async def test_a_failed_journal_write_stops_the_sequencer_and_answers_nothing_af
     real_write = journal_mod._write_all
     writes: list[int] = []
 
-    def write_all(fd: int, data: bytes) -> None:
+    def write_all(fd: int, data: bytes, at: int | None = None) -> None:
         writes.append(len(data))
         if len(writes) == 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_write(fd, data)
+        real_write(fd, data, at)
 
     j = Journal(tmp_path / "journal").open()
     monkeypatch.setattr(journal_mod, "_write_all", write_all)  # the appends from here on
