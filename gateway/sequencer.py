@@ -18,7 +18,10 @@ before the new segment is started.
 Recovery is :meth:`Sequencer.recover`: the journal is replayed into a fresh core, and the
 state is exactly the state before the crash, minus at most the batch that was being written
 (never acknowledged).  Durability guarantee: a command whose submitter got an answer is in
-the journal, fsynced, and is replayed after any crash.
+the journal, fsynced, and is replayed after any crash.  If the journal fails, each command
+not yet answered is told so with :class:`SequencerStopped`: *in doubt* for the commands
+whose records were handed to the journal (they may be on disk, and then take effect at the
+next start), *not processed* for the others; the sequencer accepts nothing more.
 """
 
 from __future__ import annotations
@@ -164,7 +167,16 @@ class JournalThread:
 
 
 class SequencerStopped(RuntimeError):
-    """The sequencer is not running (shutting down, or its journal failed)."""
+    """The sequencer is not running (shutting down, or its journal failed).
+
+    ``in_doubt`` is True for a command that had been handed to the journal when it failed:
+    its record may be on disk (whole, or cut off as a torn tail), so it may take effect when
+    the journal is replayed at the next start; its submitter cannot be told either way now.
+    False: the command was never handed to the journal and never takes effect."""
+
+    def __init__(self, message: str, in_doubt: bool = False) -> None:
+        super().__init__(message)
+        self.in_doubt = in_doubt
 
 
 class Sequencer:
@@ -191,6 +203,7 @@ class Sequencer:
         self.failed: BaseException | None = None
         self.applied = 0
         self._resolved = 0  # commands of the current batch applied and answered
+        self._handed = 0  # commands of the current batch handed to the journal
         self.day: date | None = None  # local trading day of the last journaled record
         self._day_span = (0, 0)  # [start, end) of ``day`` in ms UTC
 
@@ -278,17 +291,26 @@ class Sequencer:
             n = len(q) if len(q) < self.max_batch else self.max_batch
             batch = [q.popleft() for _ in range(n)]
             self._resolved = 0  # the batch's commands applied and answered so far
+            self._handed = 0  # ... and handed to the journal (applied or not)
             try:
                 await self._commit(loop, batch)
             except BaseException as exc:  # the journal failed (or worse): nothing more
                 self.failed = exc         # may be acknowledged
                 log.critical("journal append failed; the sequencer stops: %r", exc)
-                # what was applied was answered (a prefix of the batch); nothing else will be
-                for _, _, waiter in batch[self._resolved:]:
-                    _fail(waiter, SequencerStopped(f"journal failed: {exc}"))
+                # what was applied was answered (a prefix of the batch); what was handed to
+                # the journal may be in it; the rest never will be
+                for k in range(self._resolved, len(batch)):
+                    if k < self._handed:
+                        stopped = SequencerStopped(
+                            f"outcome unknown: the journal failed while recording this "
+                            f"command ({exc}); it may take effect when the server restarts",
+                            in_doubt=True)
+                    else:
+                        stopped = SequencerStopped(f"not processed: journal failed: {exc}")
+                    _fail(batch[k][2], stopped)
                 while q:
                     _, _, waiter = q.popleft()
-                    _fail(waiter, SequencerStopped(f"journal failed: {exc}"))
+                    _fail(waiter, SequencerStopped(f"not processed: journal failed: {exc}"))
                 self._idle.set()
                 if not isinstance(exc, Exception):  # cancelled, interrupted: say so
                     raise
@@ -330,6 +352,7 @@ class Sequencer:
                 await self._writer.call(loop, self.journal.roll)
             self._set_day(first)
         # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile
+        self._handed = self._resolved + len(part)
         await self._writer.call(loop, self.journal.append, records)
         applied: list[tuple[Any, str, list[Any]]] = []
         told: list[tuple[Done, list[Any]]] = []

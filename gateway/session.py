@@ -456,7 +456,10 @@ class Session:
             self._input_paused = False
             self.transport.resume_input()  # type: ignore[attr-defined]
         if events is None:
-            self.reject(req_id, "UNAVAILABLE", f"not processed: {exc}")
+            if getattr(exc, "in_doubt", False):  # may be journaled: not a refusal
+                self.reject(req_id, "OUTCOME_UNKNOWN", str(exc))
+            else:
+                self.reject(req_id, "UNAVAILABLE", str(exc))
             return
         self.send(answer(typ, req_id, self.user, events))
 

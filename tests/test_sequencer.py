@@ -57,8 +57,9 @@ async def test_answers_only_after_the_batch_is_durable_and_in_journal_order(
 async def test_a_failed_journal_write_stops_the_sequencer_and_answers_nothing_after_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills up on the second write.  The first command was durable and is
-    answered; the second, the batch already handed to the journal behind it and the
-    commands still queued all fail with SequencerStopped and none is applied; new
+    answered; the second, whose record was being written, and the commands still queued
+    all fail with SequencerStopped and none is applied: the second *in doubt* (a write
+    that fails may have put part of it on disk), the others *not processed*; new
     submissions are refused; the journal holds only the first record."""
     real_write = journal_mod._write_all
     writes: list[int] = []
@@ -77,6 +78,8 @@ async def test_a_failed_journal_write_stops_the_sequencer_and_answers_nothing_af
     results: list[Any] = await asyncio.gather(*futs, return_exceptions=True)
     assert isinstance(results[0], list)  # answered: its events
     assert all(isinstance(r, SequencerStopped) for r in results[1:]), results
+    assert [r.in_doubt for r in results[1:]] == [True, False, False, False]
+    assert "outcome unknown" in str(results[1]) and "not processed" in str(results[2])
     assert seqr.failed is not None and "No space left" in str(seqr.failed)
     assert seqr.applied == 1
     assert len(writes) == 2  # the batch behind the failed one was refused, not written
@@ -163,6 +166,7 @@ async def test_a_failed_roll_at_midnight_refuses_only_what_is_not_durable(
     await seqr.stop()
     assert [isinstance(r, list) for r in results] == [True, True, False, False]
     assert all(isinstance(r, SequencerStopped) for r in results[2:])
+    assert not any(r.in_doubt for r in results[2:])  # never handed to the journal
     assert seqr.applied == 3
     j.close()
     with Journal(tmp_path / "journal") as again:
@@ -311,6 +315,8 @@ async def test_whatever_stops_the_core_mid_batch_each_submitter_is_told_once(
     assert [n for n, _ in t.calls] == ["a", "b", "c", "d", "e"]
     assert [isinstance(r, list) for _, r in t.calls] == [True, True, False, False, False]
     assert str(exc) in str(t.calls[2][1])
+    # journaled before the core stopped: they take effect when the journal is replayed
+    assert all(r.in_doubt for _, r in t.calls[2:])
     j.close()
 
 

@@ -1213,3 +1213,49 @@ def test_a_subscriber_dropped_while_a_stream_is_delivered_does_not_cut_it_short(
     hub.publish(batch)  # must not raise "Set changed size during iteration"
     assert all(s.got == [1, 2, 3] for s in subs if not s.slow)
     assert hub.private_subs["AG1"] == {s for s in subs if not s.slow}
+
+
+async def test_a_journal_failure_tells_in_doubt_apart_from_refused(env: Env) -> None:
+    """The disk fails while an order is being recorded: that order's sender is told
+    ``OUTCOME_UNKNOWN`` (its record may be on disk and take effect at the next start: a
+    "not processed" would be a lie then), a request queued behind it ``UNAVAILABLE``
+    (never recorded), and so is every request after; the session lives."""
+    import threading
+
+    srv = await env.server()
+    ana = await env.client(srv, "ana")
+    carlos = await env.client(srv, "carlos")
+    real_append = srv.journal.append
+    entered, release = threading.Event(), threading.Event()
+
+    def failing_append(records: Any) -> None:
+        if any(getattr(r.command, "client_order_id", None) == "doubt" for r in records):
+            entered.set()
+            release.wait(5)
+            real_append(records)  # on disk, and then the sync fails
+            raise OSError(5, "Input/output error")
+        real_append(records)
+
+    srv.journal.append = failing_append
+    first = asyncio.ensure_future(ana.request(order(C1, "SELLU1", "SELL", "50.10", "1.0",
+                                                    client_order_id="doubt")))
+    assert await asyncio.to_thread(entered.wait, 5)
+    second = asyncio.ensure_future(carlos.request(order(C1, "BUYU2", "BUY", "40.00", "1.0")))
+    await asyncio.sleep(0.05)  # in the sequencer's queue, behind the failing batch
+    release.set()
+    doubt, refused = await first, await second
+    assert (doubt["type"], doubt["code"]) == ("reject", "OUTCOME_UNKNOWN")
+    assert "may take effect when the server restarts" in doubt["reason"]
+    assert (refused["type"], refused["code"]) == ("reject", "UNAVAILABLE")
+    assert "not processed" in refused["reason"]
+    late = await ana.request(order(C1, "SELLU1", "SELL", "50.20", "1.0"))
+    assert (late["type"], late["code"]) == ("reject", "UNAVAILABLE")
+    ana.check_one_answer_each()
+    srv.journal.append = real_append
+    await srv.stop()
+    # restarted on the same data: the order in doubt was recorded, and it is there
+    again = await start_server(srv.config.data_dir)
+    env.servers.append(again)
+    ana2 = await env.client(again, "ana")
+    live = await orders_of(ana2)
+    assert [o["client_order_id"] for o in live.values()] == ["doubt"]
