@@ -24,7 +24,9 @@ What it does for you (docs/sdk.md is the guide):
   Every order carries a ``client_order_id`` (assigned by the SDK if the caller gave none), so
   a re-sent order is never executed twice: if the first one went through, the server refuses
   the repeat with ``DUPLICATE_CLIENT_ORDER_ID`` and the SDK answers the call with the order
-  found by that id (``Answer.recovered``).
+  found by that id (``Answer.recovered``).  A ``reject`` with code ``OUTCOME_UNKNOWN`` (the
+  server's journal failed while recording the request, docs/protocol.md) is not an answer:
+  the request waits, as one without an answer, and is re-sent to the restarted server.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ StreamKind = Literal["book", "trades", "states", "private"]
 PRICE_DECIMALS = 2  # €/MWh, 0.01 tick
 QTY_DECIMALS = 1  # MWh, 0.1 tick
 DUPLICATE = "DUPLICATE_CLIENT_ORDER_ID"
+OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"  # not an answer: the request may or may not be done
 WS_SUBPROTOCOL = "ronda.json"
 # the AMQP layout (docs/amqp.md; gateway/amqp.py is the server's side)
 AMQP_REQUEST_EXCHANGE = "ronda.requests"
@@ -1967,6 +1970,13 @@ class Client:
         p = self._pending.get(rid) if isinstance(rid, str) else None
         try:
             if p is not None and _is_answer(msg):
+                if msg.get("code") == OUTCOME_UNKNOWN and msg.get("type") == "reject":
+                    # the server failed while recording it and stops: the request waits
+                    # for the reconnection and is re-sent, as one that had no answer
+                    self.stats["outcome_unknown"] += 1
+                    log.warning("request %s: outcome unknown (%s); re-sent after the "
+                                "reconnection", rid, msg.get("reason"))
+                    return
                 self._on_answer(msg)
                 if p.on_answer is not None:
                     p.on_answer(msg)

@@ -87,7 +87,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
     )
 
-    async def run() -> None:
+    async def run() -> int:
         server = Server(cfg, clock)
         await server.start()
         print(f"ronda: serving on http://{cfg.host}:{server.port} (WebSocket: /ws);"
@@ -97,6 +97,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # a failed journal: nothing more can be made durable; stop, and exit with status 3
+        server.sequencer.on_failure.append(lambda _exc: stop.set())
         bots = None
         if args.bots:
             from clients.bots import run_demo_bots
@@ -114,18 +116,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             except (TimeoutError, Exception):
                 bots.cancel()
         await server.stop()
+        rc = 3 if server.failure is not None else 0
+        if rc:
+            print(f"ronda serve: the journal failed ({server.failure}); stopped. Restart to "
+                  "replay the journal.", file=sys.stderr)
+        return rc
 
     try:
         import uvloop
 
-        uvloop.run(run())
+        rc = uvloop.run(run())
     except RefDataError as exc:
         print(f"ronda serve: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"ronda serve: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return rc
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -201,6 +201,8 @@ class Sequencer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.failed: BaseException | None = None
+        # called once with what stopped it, after every waiter was told (the server stops)
+        self.on_failure: list[Callable[[BaseException], None]] = []
         self.applied = 0
         self._resolved = 0  # commands of the current batch applied and answered
         self._handed = 0  # commands of the current batch handed to the journal
@@ -312,6 +314,11 @@ class Sequencer:
                     _, _, waiter = q.popleft()
                     _fail(waiter, SequencerStopped(f"not processed: journal failed: {exc}"))
                 self._idle.set()
+                for cb in self.on_failure:
+                    try:
+                        cb(exc)
+                    except Exception:
+                        log.exception("a failure callback failed")
                 if not isinstance(exc, Exception):  # cancelled, interrupted: say so
                     raise
                 return

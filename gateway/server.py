@@ -72,6 +72,11 @@ class Server:
         self.audit = AuditLog(self.sequencer.codec)
         self.sequencer.listeners.append(self.audit.observe)
         self.sessions_of: dict[str, set[Session]] = defaultdict(set)
+        # set when the sequencer stops on a failed journal: nothing more can be made
+        # durable, so the server must stop serving (``ronda serve`` exits with status 3)
+        self.halted = asyncio.Event()
+        self.failure: BaseException | None = None
+        self.sequencer.on_failure.append(self._journal_failed)
         self._tasks: list[asyncio.Task[Any]] = []
         self._kick = asyncio.Event()
         self.recovered = 0
@@ -121,6 +126,13 @@ class Server:
 
             self.amqp = AmqpAdapter(self, self.config.amqp_url)
             self._tasks.append(loop.create_task(self.amqp.run(), name="amqp"))
+
+    def _journal_failed(self, exc: BaseException) -> None:
+        log.critical("the journal failed (%r): the server stops; a restart replays the "
+                     "journal, and every request answered OUTCOME_UNKNOWN is then found "
+                     "done or not", exc)
+        self.failure = exc
+        self.halted.set()
 
     @property
     def port(self) -> int:

@@ -22,11 +22,12 @@ import asyncio
 import os
 import random
 import re
+import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,11 @@ FLOW = {
 class ServerProcess:
     """``python -m gateway.cli serve`` on a data folder; output in a log file."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, args: tuple[str, ...] = (),
+                 preexec: Callable[[], None] | None = None) -> None:
         self.data_dir = data_dir
+        self.args = args
+        self.preexec = preexec
         self.log = data_dir.parent / f"{data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -73,8 +77,8 @@ class ServerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--data-dir",
-                 str(self.data_dir), "--port", "0", "--no-calendar"],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                 str(self.data_dir), "--port", "0", "--no-calendar", *self.args],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, preexec_fn=self.preexec)
         deadline = time.monotonic() + 20
         while True:
             text = self.log.read_bytes()[offset:].decode(errors="replace")
@@ -396,3 +400,56 @@ async def test_trades_of_the_day_survive_a_restart(tmp_path: Path,
         await ana.close()
     srv.terminate()
 
+
+
+async def test_a_failed_journal_stops_the_server_and_a_restart_recovers(
+        tmp_path: Path, servers: list[ServerProcess]) -> None:
+    """The journal's file cannot grow any more (a file-size limit on the process: what a
+    full disk does).  The order being recorded is answered OUTCOME_UNKNOWN, the server
+    closes every connection and exits with status 3; restarted without the limit, it cuts
+    the torn write off and every acknowledged order is there."""
+    limit = 256 * 1024
+
+    def file_size_limit() -> None:  # (Python ignores SIGXFSZ: the write fails with EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    data = tmp_path / "data"
+    srv = ServerProcess(data, ("--no-fsync",), file_size_limit)
+    servers.append(srv)
+    await srv.start()
+    await open_market(srv.port)
+    ana = await connect_as(srv.port, "ana")
+    carlos = await connect_as(srv.port, "carlos")  # another session, closed as well
+    acked: list[int] = []
+    try:
+        for i in range(20_000):
+            ans = await ana.request(order(CONTRACTS[i % 4], "SELLU1", "SELL",
+                                          f"{60 + i % 300 / 100:.2f}", "0.1",
+                                          client_order_id=f"c{i}"), timeout=10)
+            if ans["type"] != "ack":
+                break
+            acked.extend(ans["order_ids"])
+        assert (ans["type"], ans["code"]) == ("reject", "OUTCOME_UNKNOWN"), ans
+        assert len(acked) > 500
+        await ana.wait_closed(10)
+        await carlos.wait_closed(10)
+    finally:
+        await ana.close()
+        await carlos.close()
+    assert srv.proc is not None
+    assert srv.proc.wait(20) == 3
+    text = srv.log.read_text(errors="replace")
+    assert "ronda serve: the journal failed" in text and "File too large" in text
+    srv.proc = None
+    again = ServerProcess(data)
+    servers.append(again)
+    await again.start()
+    rita = await connect_as(again.port, "rita")
+    try:
+        live = (await rita.request({"type": "query_orders", "agent": "AG1"}))["orders"]
+    finally:
+        await rita.close()
+    found = {o["order_id"] for o in live}
+    assert set(acked) <= found  # nothing acknowledged lost
+    assert len(found) <= len(acked) + 1  # and at most the order in doubt besides
+    again.terminate()

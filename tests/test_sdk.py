@@ -649,6 +649,37 @@ async def test_unanswered_request_is_resent_and_executed_once(env: Env, kind: st
     assert (await ana.query_me()).user == "ana"
 
 
+async def test_an_order_in_doubt_waits_for_the_restarted_server_and_is_done_once(
+        env: Env) -> None:
+    """The journal fails while recording an order (its record reached the disk): the
+    server answers OUTCOME_UNKNOWN and halts.  That is not an answer: the call waits,
+    the SDK reconnects to the restarted server, re-sends, and the server's
+    DUPLICATE_CLIENT_ORDER_ID tells it the order was done; the call returns that order."""
+    ana = await env.client("ana")
+    srv = env.srv
+    real_append = srv.journal.append
+
+    def append(records: Any) -> None:
+        real_append(records)
+        if any(getattr(r.command, "client_order_id", None) == "doubt-1" for r in records):
+            raise OSError(5, "Input/output error")  # written, then the sync failed
+
+    srv.journal.append = append  # type: ignore[method-assign]
+    call = asyncio.ensure_future(ana.place(C1, "SELLU1", "SELL", "55.00", "1.0",
+                                           client_order_id="doubt-1"))
+    await asyncio.wait_for(srv.halted.wait(), 5)
+    assert isinstance(srv.failure, OSError)
+    await eventually(lambda: ana.stats["outcome_unknown"] == 1)
+    await asyncio.sleep(0.1)
+    assert not call.done()  # an OUTCOME_UNKNOWN is not an answer
+    await env.stop()
+    await env.start()  # replays the journal: the order is there
+    ans = await asyncio.wait_for(call, 10)
+    assert ans.ok and ans.resent and ans.recovered
+    engine = [o for o in env.srv.core.orders_of("AG1") if o.coid == "doubt-1"]
+    assert len(engine) == 1 and list(ans.order_ids) == [engine[0].id]
+
+
 async def test_heartbeats_and_a_silent_connection_is_replaced(tmp_path: Path) -> None:
     env = Env(tmp_path)
     await env.start(heartbeat_s=0.1)
