@@ -1974,6 +1974,7 @@ class Client:
                     # the server failed while recording it and stops: the request waits
                     # for the reconnection and is re-sent, as one that had no answer
                     self.stats["outcome_unknown"] += 1
+                    p.resent = True  # what answers it now answers a repeat (a DUPLICATE...)
                     log.warning("request %s: outcome unknown (%s); re-sent after the "
                                 "reconnection", rid, msg.get("reason"))
                     return

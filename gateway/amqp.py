@@ -732,6 +732,15 @@ class AmqpAdapter:
                         req.session.user, msg.get("reason"))
             return
         user = req.session.user
+        if req.pending and msg.get("type") == "reject" and msg.get("code") == "OUTCOME_UNKNOWN":
+            # the journal failed while recording it and the server stops: the sender is
+            # told, and the request is left unacknowledged, so that the broker redelivers it
+            # to the restarted server, which finds it done (client_order_id) or does it
+            log.warning("AMQP: request of %s in doubt (%s); left to the broker", user,
+                        msg.get("reason"))
+            for gen, delivery in req.deliveries:
+                self._reply(gen, delivery, user, msg)
+            return
         if req.key is not None:
             self._done[req.key] = msg
             while len(self._done) > self.remember:

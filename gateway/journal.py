@@ -65,9 +65,13 @@ takes a 2 KB sync from 120–131 to 82–83 µs at the median and from 194–213
 the 99th percentile (``docs/performance.md``); PostgreSQL zero-fills its WAL segments for
 the same reason.  (``fallocate`` does not do it: writing into a fallocated range converts
 its extents, a metadata change again.)  The next segment is zero-filled in a thread of its
-own once the current one is half full, so that a roll only writes the header and renames
-the file (``journal-next.tmp`` until then; a leftover one is removed by
-:meth:`Journal.open`); a segment that is rolled away from is cut back to its records.  The
+own as soon as a segment becomes the current one (at :meth:`Journal.open` and after each
+roll), so that a roll, the daily one included, only writes the header and renames the file
+(``journal-next.tmp`` until then; a leftover one is removed by :meth:`Journal.open`); a
+segment that is rolled away from is first cut back to its records.  A disk without room for
+the zeros (``ENOSPC``, a quota, a file-size limit) does not stop the journal: the zeros
+written are cut off again, a warning is logged, and that segment grows as it is appended
+to, as without preallocation.  The
 size of a file is then no longer where its records end: they end at the first frame that is
 all zeros with nothing but zeros after it, and a segment may end with zeros in either mode.
 
@@ -84,7 +88,9 @@ first frame that is not a valid record:
 * Otherwise, in the *last* segment only, it is a torn write, cut off, when what is left
   could be the piece that was being written and the frame shows the marks of a write that
   did not complete.  What is left: the bytes from the frame to the last non-zero byte of the
-  file are no more than one piece (:data:`MAX_WRITE`, or the frame's own size if larger).
+  file are no more than one piece (:data:`MAX_WRITE`), or they lie within the frame's own
+  claimed size when that is a record larger than a piece (at most :data:`MAX_RECORD`,
+  which is the largest record :meth:`Journal.append` takes).
   The marks: the frame is cut short by the end of the file (fewer than 8 bytes left, or a
   length running past the end), or by the end of what was written (it runs past the last
   non-zero byte of the file, or its CRC does not match and it ends exactly at the end of
@@ -104,7 +110,10 @@ first frame that is not a valid record:
 
 What the rules cannot tell apart, and how they decide: within the last piece, acknowledged
 records whose sector reads back as zeros (a disk that lost a write it had confirmed) look
-like a torn write and are cut; and a power cut that loses only the sector holding the
+like a torn write and are cut, and so are, within :data:`MAX_RECORD` of the end, the
+records after a length field damaged to claim that its frame runs past the end of the
+data; a torn write of a record larger than a piece that lost the sector of its frame's
+header reads as corruption; and a power cut that loses only the sector holding the
 first 3 bytes of a frame of 256 bytes or more, and nothing else of it, looks like bit rot
 and stops the opening with :class:`JournalCorrupt` (the frame's other sectors were written,
 and a written frame may start with 3 zero bytes).
@@ -123,6 +132,7 @@ import contextlib
 import errno
 import fcntl
 import itertools
+import logging
 import mmap
 import os
 import re
@@ -144,6 +154,7 @@ __all__ = [
     "FRAME_SIZE",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_RECORD",
     "MAX_WRITE",
     "NEXT_NAME",
     "Journal",
@@ -162,13 +173,18 @@ NEXT_NAME: Final = "journal-next.tmp"
 MAX_WRITE: Final = 256 * 1024
 """The most a write puts after the last synced record (one record larger than this is
 written alone): what a torn write can leave behind."""
+MAX_RECORD: Final = 4 * 1024 * 1024
+"""The largest record :meth:`Journal.append` takes (a command of 4 MiB: far above any
+request, whose messages are at most 64 KiB, or a market's reference data)."""
 SECTOR: Final = 512
 _ZEROS: Final = bytes(1024 * 1024)
+_NO_ROOM: Final = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+log = logging.getLogger("ronda.journal")
 
 _HEADER: Final = struct.Struct(">8sQ")
 _FRAME: Final = struct.Struct(">II")
 _SEGMENT_RE: Final = re.compile(r"journal-(\d{6,})\.rjl")
-_MAX_U32: Final = 2**32 - 1
 _TS_MAX: Final = 2**63 - 1
 
 
@@ -335,16 +351,17 @@ class Journal:
         self._segments = []
         self._next_seq = 1
         try:
-            with contextlib.suppress(FileNotFoundError):  # a crash while preparing it
-                os.unlink(self.path / NEXT_NAME)
+            with contextlib.suppress(OSError):  # a crash while preparing it (if it cannot
+                os.unlink(self.path / NEXT_NAME)  # go, rolls make their segments inline)
             self._segments = self._scan()
             if not self._segments:
                 self._segments = [self._create_segment(1, 1)]
             cur = self._segments[-1]
             self._fd = os.open(cur.path, os.O_WRONLY | os.O_CLOEXEC)
             if self.preallocate:
-                _zero_fill(self._fd, os.fstat(self._fd).st_size, self.segment_bytes,
-                           sync=self.fsync)
+                _zero_fill_room(self._fd, cur.path, max(cur.size, os.fstat(self._fd).st_size),
+                                self.segment_bytes, sync=self.fsync)
+                self._start_preparing()
         except BaseException:
             self.close()
             raise
@@ -507,7 +524,7 @@ class Journal:
             try:
                 _write_all(fd, header)
                 if self.preallocate:
-                    _zero_fill(fd, HEADER_SIZE, self.segment_bytes, sync=False)
+                    _zero_fill_room(fd, path, HEADER_SIZE, self.segment_bytes, sync=False)
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -524,16 +541,20 @@ class Journal:
         t.start()
 
     def _prepare(self) -> None:
+        path = self.path / NEXT_NAME
         try:
-            fd = os.open(self.path / NEXT_NAME,
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 _zero_fill(fd, 0, self.segment_bytes, sync=self.fsync)
             finally:
                 os.close(fd)
             self._prepared = True
-        except BaseException as exc:  # the roll makes its segment itself, and says why not
+        except BaseException as exc:  # the roll makes its segment itself
             self._prepared = exc
+            log.warning("journal: the next segment could not be zero-filled ahead (%r); "
+                        "it will be made when it is needed", exc)
+            with contextlib.suppress(OSError):  # its space back
+                os.unlink(path)
 
     def _take_prepared(self) -> bool:
         """Whether a zero-filled next segment is ready (waiting for it if it is being
@@ -581,8 +602,9 @@ class Journal:
             except UnicodeEncodeError:
                 raise ValueError(f"seq {seq}: origin is not UTF-8 encodable") from None
             n = len(payload)
-            if n > _MAX_U32:  # pragma: no cover - a 4 GiB command
-                raise ValueError(f"seq {seq}: record too large")
+            if n + FRAME_SIZE > MAX_RECORD:
+                raise ValueError(f"seq {seq}: record of {n} bytes, more than the journal "
+                                 f"takes ({MAX_RECORD - FRAME_SIZE})")
             if piece + n + FRAME_SIZE > MAX_WRITE and piece:
                 pieces.append(len(parts))
                 total += piece
@@ -616,9 +638,6 @@ class Journal:
         cur.size = at
         cur.count += seq - self._next_seq
         self._next_seq = seq
-        if (self.preallocate and self._preparing is None
-                and cur.size > self.segment_bytes // 2):
-            self._start_preparing()
 
     def roll(self) -> bool:
         """Start a new segment now (the sequencer calls it at each local trading day).  A
@@ -631,6 +650,9 @@ class Journal:
 
     def _roll(self) -> None:
         cur = self._segments[-1]
+        if self.preallocate:  # the old segment's zeros beyond its records: room for the new
+            with contextlib.suppress(OSError):  # any left are read as the end of records
+                os.ftruncate(self._writable(), cur.size)
         try:
             seg = self._create_segment(cur.index + 1, self._next_seq)
             fd = os.open(seg.path, os.O_WRONLY | os.O_CLOEXEC)
@@ -641,12 +663,11 @@ class Journal:
             raise JournalError(f"{self.path}: cannot start segment {cur.index + 1}: {exc}") \
                 from exc
         assert self._fd is not None
-        if self.preallocate:  # the old segment's zeros beyond its records: not needed
-            with contextlib.suppress(OSError):  # any left are read as the end of records
-                os.ftruncate(self._fd, cur.size)
         os.close(self._fd)
         self._fd = fd
         self._segments.append(seg)
+        if self.preallocate:
+            self._start_preparing()
 
     # --- reading ------------------------------------------------------------------------
 
@@ -730,15 +751,31 @@ def _zero_fill(fd: int, start: int, end: int, sync: bool = True) -> None:
         os.fsync(fd)
 
 
+def _zero_fill_room(fd: int, path: Path, start: int, end: int, sync: bool) -> None:
+    """:func:`_zero_fill`, if the disk has room: on a full disk (or a quota, or a file-size
+    limit) the zeros written are cut off again and the segment goes on unpreallocated (its
+    appends then grow the file, as without preallocation); any other error is raised."""
+    try:
+        _zero_fill(fd, start, end, sync)
+    except OSError as exc:
+        if exc.errno not in _NO_ROOM:
+            raise
+        os.ftruncate(fd, start)
+        if sync:
+            os.fsync(fd)
+        log.warning("journal: no room to zero-fill %s (%s); appending without", path, exc)
+
+
 def _nonzero_end(buf: Any, start: int, end: int) -> int:
     """The offset just after the last non-zero byte of ``buf[start:end]`` (``start`` if
     there is none), read backwards in chunks: a preallocated segment is mostly zeros."""
     hi = end
+    step = len(_ZEROS)
     while hi > start:
-        lo = max(start, hi - 65536)
-        kept = len(buf[lo:hi].rstrip(b"\0"))
-        if kept:
-            return lo + kept
+        lo = max(start, hi - step)
+        chunk = buf[lo:hi]
+        if chunk != _ZEROS[:hi - lo]:
+            return lo + len(chunk.rstrip(b"\0"))
         hi = lo
     return start
 
@@ -751,9 +788,11 @@ def _torn(buf: Any, d: _Defect, size: int, left: int) -> bool:
     length = _FRAME.unpack_from(buf, off)[0] if off + FRAME_SIZE <= size else 0
     if d.crc_ok and length:
         return False  # its bytes are the ones written: a bug or a forgery, not a torn write
-    if left - off > max(MAX_WRITE, FRAME_SIZE + length):
-        return False  # more than one write's worth after it: acknowledged data is damaged
     end = off + FRAME_SIZE + length
+    if left - off > MAX_WRITE and not (end - off <= MAX_RECORD and left <= end):
+        # more than one piece after it (a record larger than a piece is written alone: its
+        # claimed frame may hold what is left): acknowledged data is damaged
+        return False
     if d.torn or length == 0 or end > left:
         return True  # cut short by the end of the file or of what was written; a written
                      # frame's length is never 0

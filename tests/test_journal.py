@@ -29,6 +29,7 @@ from gateway.journal import (
     DEFAULT_SEGMENT_BYTES,
     HEADER_SIZE,
     MAGIC,
+    MAX_RECORD,
     MAX_WRITE,
     Journal,
     JournalCorrupt,
@@ -288,6 +289,7 @@ def test_group_commit_one_write_and_one_fsync_per_batch(tmp_path: Path,
         real_fdatasync(fd)
 
     with Journal(tmp_path / "a", preallocate=preallocate, segment_bytes=1 << 20) as j:
+        prepared(j)
         monkeypatch.setattr(os, "pwrite", write)
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "fdatasync", fdatasync)
@@ -715,6 +717,13 @@ def test_a_file_changed_under_an_open_journal_is_detected(tmp_path: Path) -> Non
 SEG = 64 * 1024
 
 
+def prepared(j: Journal) -> Journal:
+    """``j`` once its next segment's zero-filling (a thread of its own) is done."""
+    if j._preparing is not None:
+        j._preparing.join()
+    return j
+
+
 def content(data: bytes) -> list[tuple[int, int]]:
     """(offset, end) of every record frame before the zeros of a preallocated segment."""
     out, off = [], HEADER_SIZE
@@ -767,13 +776,10 @@ def test_the_next_segment_is_zero_filled_ahead_and_a_roll_renames_it(
 
     nxt = tmp_path / "journal-next.tmp"
     with Journal(tmp_path, preallocate=True, segment_bytes=4096) as j:
-        fill(j, 3)
-        assert not nxt.exists() and j._preparing is None  # not before it is half full
-        while j._segments[-1].size <= 2048:
-            fill(j, 1)
-        assert j._preparing is not None and len(j.segments) == 1
-        j._preparing.join()  # the zero-filling, in its own thread
+        assert j._preparing is not None  # from the start: a daily roll is cheap too
+        prepared(j)
         assert nxt.read_bytes() == bytes(4096)
+        fill(j, 3)
         records_end = content(j.segments[0].read_bytes())[-1][1]
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "fdatasync", fdatasync)
@@ -781,22 +787,25 @@ def test_the_next_segment_is_zero_filled_ahead_and_a_roll_renames_it(
         fill(j, 1)
         monkeypatch.undo()
         seg1, seg2 = j.segments
-        assert not nxt.exists()
         assert seg1.stat().st_size == records_end  # cut back to its records
+        prepared(j)
+        assert nxt.read_bytes() == bytes(4096)  # and the one after is being made
         data = seg2.read_bytes()
         last = j.next_seq - 1
         assert len(data) == 4096 and data[:HEADER_SIZE] == MAGIC + struct.pack(">Q", last)
         check_records(j, last)
     # the header is synced in the prepared file, its new name made durable, then the data
-    assert synced == [("fdatasync", str(nxt)), ("fsync", str(tmp_path)),
-                      ("fdatasync", str(seg2))]
+    # (the one after it, zero-filled meanwhile in its own thread, ends with an fsync)
+    assert [x for x in synced if x != ("fsync", str(nxt))] == [
+        ("fdatasync", str(nxt)), ("fsync", str(tmp_path)), ("fdatasync", str(seg2))]
 
 
 def test_a_roll_without_a_prepared_segment_makes_it_inline(tmp_path: Path) -> None:
     """A preparation that failed (here: a directory in the way) leaves the roll to make
     its segment itself."""
+    (tmp_path / "journal-next.tmp").mkdir()
     with Journal(tmp_path, preallocate=True, segment_bytes=4096) as j:
-        (tmp_path / "journal-next.tmp").mkdir()
+        prepared(j)
         fill(j, 30)
         assert j.roll()
         fill(j, 2)
@@ -809,7 +818,7 @@ def test_a_leftover_next_segment_is_removed_on_open(tmp_path: Path) -> None:
     with Journal(tmp_path, preallocate=True, segment_bytes=SEG) as j:
         fill(j, 3)
     (tmp_path / "journal-next.tmp").write_bytes(b"half-made")  # a crash while preparing
-    with Journal(tmp_path, preallocate=True, segment_bytes=SEG) as j:
+    with Journal(tmp_path, preallocate=False, segment_bytes=SEG) as j:
         assert not (tmp_path / "journal-next.tmp").exists()
         check_records(j, 3)
 
@@ -835,6 +844,7 @@ def test_a_batch_is_written_in_pieces_each_synced(tmp_path: Path,
                      req_id="x" * (MAX_WRITE + 10))
     records = [*batch(1, 3000), Record(3001, T0, "u1", big), *batch(3002, 10)]
     with Journal(tmp_path, preallocate=preallocate, segment_bytes=8 << 20) as j:
+        prepared(j)
         monkeypatch.setattr(os, "pwrite", pwrite)
         monkeypatch.setattr(os, "fdatasync", fdatasync)
         j.append(records)
@@ -1025,3 +1035,62 @@ def test_sigkill_mid_batch_loses_nothing_acknowledged(tmp_path: Path, preallocat
                 assert rec == expected(n)
             assert n == last
             assert len(j.segments) > 1 or round_ == 0
+
+
+def test_a_damaged_length_far_from_the_end_is_corruption(tmp_path: Path) -> None:
+    """A bit flipped in a record's length, with more than a piece of records after it:
+    the frame claims more than any record may be, so what follows it is not a torn write
+    but acknowledged records, and the opening stops there."""
+    with Journal(tmp_path / "src", preallocate=True, segment_bytes=1 << 20) as j:
+        fill(j, 3500, size=100)
+    data = bytearray((tmp_path / "src" / "journal-000001.rjl").read_bytes())
+    spans = content(bytes(data))
+    off = spans[100][0]
+    data[off] ^= 0x01  # the length's top byte: 16 MiB more
+    (tmp_path / "journal-000001.rjl").write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt) as info:
+        Journal(tmp_path).open()
+    assert info.value.offset == off
+
+
+def test_a_record_larger_than_the_journal_takes_is_refused(tmp_path: Path) -> None:
+    huge = c.NewOrder("u1", "A1", "U1", "PH-20270115-01", Side.BUY, 4000, 1,
+                      req_id="x" * MAX_RECORD)
+    with Journal(tmp_path) as j:
+        fill(j, 2)
+        size = j.segments[0].stat().st_size
+        with pytest.raises(ValueError, match=r"seq 4: record of \d+ bytes, more than"):
+            j.append([record(3), Record(4, T0, "u1", huge)])
+        assert (j.next_seq, j.segments[0].stat().st_size) == (3, size)
+
+
+def test_a_disk_without_room_for_the_zeros_does_not_stop_the_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No room to zero-fill (here: each zero-fill fails half-way with ENOSPC): the zeros
+    written are cut off again, the next segment is not left behind half-made, and the
+    journal appends, rolls and reopens, its segments growing as they are appended to."""
+    import errno
+
+    import gateway.journal as journal_mod
+
+    real = journal_mod._zero_fill
+
+    def full(fd: int, start: int, end: int, sync: bool = True) -> None:
+        real(fd, start, (start + end) // 2, False)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(journal_mod, "_zero_fill", full)
+    with Journal(tmp_path, preallocate=True, segment_bytes=SEG) as j:
+        prepared(j)
+        assert not (tmp_path / "journal-next.tmp").exists()
+        assert j.segments[0].stat().st_size == HEADER_SIZE
+        fill(j, 10)
+        assert j.roll()
+        fill(j, 10)
+        assert [p.stat().st_size for p in j.segments] == [
+            content(p.read_bytes())[-1][1] for p in j.segments]
+        prepared(j)
+    monkeypatch.undo()
+    with Journal(tmp_path, preallocate=True, segment_bytes=SEG) as j:
+        check_records(j, 20)
+        assert j.segments[-1].stat().st_size == SEG  # room again: preallocated

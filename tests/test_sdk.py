@@ -849,3 +849,35 @@ async def test_demo_bots_trade_and_stop_cleanly(env: Env) -> None:
     assert env.srv.core.orders_of("AG1") == env.srv.core.orders_of("AG3") == []
     assert all(b.client is not None and b.client.closed for b in bots)
     assert not any(env.srv.sessions_of[u] for u in ("ana", "bea", "carlos"))
+
+
+async def test_amqp_an_order_in_doubt_is_redelivered_to_the_restarted_server(
+        rabbitmq: Broker, amqp_env: Env) -> None:
+    """Over AMQP the SDK's connection is to the broker, which outlives the server: the
+    gateway answers OUTCOME_UNKNOWN but leaves the request unacknowledged, the broker
+    redelivers it to the restarted server, which finds it done (its client_order_id), and
+    the SDK answers the call with that order, done once."""
+    env = amqp_env
+    carlos = await Client.connect_amqp(rabbitmq.url_for("carlos"), backoff_min=0.05,
+                                       backoff_max=0.3, request_timeout=20)
+    env.clients.append(carlos)
+    srv = env.srv
+    real_append = srv.journal.append
+
+    def append(records: Any) -> None:
+        real_append(records)
+        if any(getattr(r.command, "client_order_id", None) == "doubt-2" for r in records):
+            raise OSError(5, "Input/output error")  # written, then the sync failed
+
+    srv.journal.append = append  # type: ignore[method-assign]
+    call = asyncio.ensure_future(carlos.place(C1, "BUYU2", "BUY", "45.00", "1.0",
+                                              client_order_id="doubt-2"))
+    await asyncio.wait_for(srv.halted.wait(), 5)
+    await eventually(lambda: carlos.stats["outcome_unknown"] == 1)
+    assert not call.done()
+    await env.stop()
+    await env.start(amqp_url=rabbitmq.url, heartbeat_s=1.0)  # replays the journal
+    ans = await asyncio.wait_for(call, 20)
+    assert ans.ok and ans.recovered
+    engine = [o for o in env.srv.core.orders_of("AG2") if o.coid == "doubt-2"]
+    assert len(engine) == 1 and list(ans.order_ids) == [engine[0].id]
