@@ -311,8 +311,8 @@ def test_group_commit_one_write_and_one_fsync_per_batch(tmp_path: Path,
         assert calls == [("write", j._fd)] * 2
 
 
-def test_a_new_segment_is_durable_before_records_go_in(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """From now on, every ``fsync`` and ``fdatasync``: (which, the file's path)."""
     synced: list[tuple[str, str]] = []
     real_fsync, real_fdatasync = os.fsync, os.fdatasync
 
@@ -324,10 +324,16 @@ def test_a_new_segment_is_durable_before_records_go_in(tmp_path: Path,
         synced.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fdatasync(fd)
 
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    return synced
+
+
+def test_a_new_segment_is_durable_before_records_go_in(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     with Journal(tmp_path, segment_bytes=1024) as j:
         j.append(batch(1, 5))
-        monkeypatch.setattr(os, "fsync", fsync)
-        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        synced = record_syncs(monkeypatch)
         j.append(batch(6, 20))  # rolls first
         monkeypatch.undo()
     seg2 = str(tmp_path / "journal-000002.rjl")
@@ -763,17 +769,6 @@ def test_a_preallocated_segment_is_zeros_that_records_overwrite(tmp_path: Path) 
 
 def test_the_next_segment_is_zero_filled_ahead_and_a_roll_renames_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[tuple[str, str]] = []
-    real_fsync, real_fdatasync = os.fsync, os.fdatasync
-
-    def fsync(fd: int) -> None:
-        synced.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def fdatasync(fd: int) -> None:
-        synced.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fdatasync(fd)
-
     nxt = tmp_path / "journal-next.tmp"
     with Journal(tmp_path, preallocate=True, segment_bytes=4096) as j:
         assert j._preparing is not None  # from the start: a daily roll is cheap too
@@ -781,8 +776,7 @@ def test_the_next_segment_is_zero_filled_ahead_and_a_roll_renames_it(
         assert nxt.read_bytes() == bytes(4096)
         fill(j, 3)
         records_end = content(j.segments[0].read_bytes())[-1][1]
-        monkeypatch.setattr(os, "fsync", fsync)
-        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        synced = record_syncs(monkeypatch)
         assert j.roll()
         fill(j, 1)
         monkeypatch.undo()

@@ -649,6 +649,19 @@ async def test_unanswered_request_is_resent_and_executed_once(env: Env, kind: st
     assert (await ana.query_me()).user == "ana"
 
 
+def fail_the_sync_of(srv: Server, client_order_id: str) -> None:
+    """The journal writes the batch holding that order, then its sync fails."""
+    real_append = srv.journal.append
+
+    def append(records: Any) -> None:
+        real_append(records)
+        if any(getattr(r.command, "client_order_id", None) == client_order_id
+               for r in records):
+            raise OSError(5, "Input/output error")
+
+    srv.journal.append = append  # type: ignore[method-assign]
+
+
 async def test_an_order_in_doubt_waits_for_the_restarted_server_and_is_done_once(
         env: Env) -> None:
     """The journal fails while recording an order (its record reached the disk): the
@@ -657,14 +670,7 @@ async def test_an_order_in_doubt_waits_for_the_restarted_server_and_is_done_once
     DUPLICATE_CLIENT_ORDER_ID tells it the order was done; the call returns that order."""
     ana = await env.client("ana")
     srv = env.srv
-    real_append = srv.journal.append
-
-    def append(records: Any) -> None:
-        real_append(records)
-        if any(getattr(r.command, "client_order_id", None) == "doubt-1" for r in records):
-            raise OSError(5, "Input/output error")  # written, then the sync failed
-
-    srv.journal.append = append  # type: ignore[method-assign]
+    fail_the_sync_of(srv, "doubt-1")
     call = asyncio.ensure_future(ana.place(C1, "SELLU1", "SELL", "55.00", "1.0",
                                            client_order_id="doubt-1"))
     await asyncio.wait_for(srv.halted.wait(), 5)
@@ -862,14 +868,7 @@ async def test_amqp_an_order_in_doubt_is_redelivered_to_the_restarted_server(
                                        backoff_max=0.3, request_timeout=20)
     env.clients.append(carlos)
     srv = env.srv
-    real_append = srv.journal.append
-
-    def append(records: Any) -> None:
-        real_append(records)
-        if any(getattr(r.command, "client_order_id", None) == "doubt-2" for r in records):
-            raise OSError(5, "Input/output error")  # written, then the sync failed
-
-    srv.journal.append = append  # type: ignore[method-assign]
+    fail_the_sync_of(srv, "doubt-2")
     call = asyncio.ensure_future(carlos.place(C1, "BUYU2", "BUY", "45.00", "1.0",
                                               client_order_id="doubt-2"))
     await asyncio.wait_for(srv.halted.wait(), 5)
