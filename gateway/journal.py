@@ -177,7 +177,8 @@ MAX_RECORD: Final = 4 * 1024 * 1024
 """The largest record :meth:`Journal.append` takes (a command of 4 MiB: far above any
 request, whose messages are at most 64 KiB, or a market's reference data)."""
 SECTOR: Final = 512
-_ZEROS: Final = bytes(1024 * 1024)
+_ZERO_BYTES: Final = bytes(1024 * 1024)
+_ZEROS: Final = memoryview(_ZERO_BYTES)  # written in slices without copying
 _NO_ROOM: Final = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 log = logging.getLogger("ronda.journal")
@@ -522,7 +523,7 @@ class Journal:
         else:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                _write_all(fd, header)
+                _write_all(fd, header, 0)
                 if self.preallocate:
                     _zero_fill_room(fd, path, HEADER_SIZE, self.segment_bytes, sync=False)
                 if self.fsync:
@@ -651,8 +652,9 @@ class Journal:
     def _roll(self) -> None:
         cur = self._segments[-1]
         if self.preallocate:  # the old segment's zeros beyond its records: room for the new
+            assert self._fd is not None
             with contextlib.suppress(OSError):  # any left are read as the end of records
-                os.ftruncate(self._writable(), cur.size)
+                os.ftruncate(self._fd, cur.size)
         try:
             seg = self._create_segment(cur.index + 1, self._next_seq)
             fd = os.open(seg.path, os.O_WRONLY | os.O_CLOEXEC)
@@ -725,15 +727,12 @@ def _map(path: Path, size: int) -> mmap.mmap:
         raise JournalCorrupt(path, 0, f"segment vanished or shrank: {exc}") from None
 
 
-def _write_all(fd: int, data: bytes, at: int | None = None) -> None:
-    """Write ``data`` whole: at the file's position, or at offset ``at``."""
+def _write_all(fd: int, data: bytes | memoryview, at: int) -> None:
+    """Write ``data`` whole at offset ``at`` of the file."""
     view = memoryview(data)
     while view:
-        if at is None:
-            n = os.write(fd, view)
-        else:
-            n = os.pwrite(fd, view, at)
-            at += n
+        n = os.pwrite(fd, view, at)
+        at += n
         view = view[n:]
 
 
@@ -774,7 +773,7 @@ def _nonzero_end(buf: Any, start: int, end: int) -> int:
     while hi > start:
         lo = max(start, hi - step)
         chunk = buf[lo:hi]
-        if chunk != _ZEROS[:hi - lo]:
+        if chunk != (_ZERO_BYTES if hi - lo == step else _ZERO_BYTES[:hi - lo]):
             return lo + len(chunk.rstrip(b"\0"))
         hi = lo
     return start
