@@ -483,7 +483,7 @@ class Auctions:
         s.bids[bid.id] = bid
         key = (cmd.unit, cmd.contract, cmd.side)
         s.energy[key] = s.energy.get(key, 0) + sum(q for _, q in cmd.steps)
-        self.engine.emit(Ack(ts, u, rq, "auction_bid", (bid.id,)))
+        self.engine.emit(Ack.of(ts, u, rq, "auction_bid", (bid.id,)))
 
     def _bid_energy(self, s: Session, unit: str, contract: str, side: str) -> int:
         """Energy already bid by the unit, same side and period, in this session (a running
@@ -504,8 +504,8 @@ class Auctions:
         b.live = False
         key = (b.unit, b.contract, b.side)
         s.energy[key] -= sum(q for _, q in b.steps)
-        self.engine.emit(Ack(ts, cmd.user, cmd.req_id, "auction_bid_cancel", (b.id,)))
+        self.engine.emit(Ack.of(ts, cmd.user, cmd.req_id, "auction_bid_cancel", (b.id,)))
 
     def _on_reactivation(self, cmd: SetReactivation, ts: int) -> None:
         self.reactivate[cmd.agent] = cmd.reactivate
-        self.engine.emit(Ack(ts, cmd.user, cmd.req_id, "set_reactivation", ()))
+        self.engine.emit(Ack.of(ts, cmd.user, cmd.req_id, "set_reactivation", ()))

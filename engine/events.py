@@ -1,8 +1,14 @@
 """Events out of the core.
 
-Events are immutable named tuples: as immutable as frozen dataclasses, and three times
-cheaper to create (measured: 0.25 µs against 0.86 µs for eight fields), which matters
-because several are emitted per fill in the matching loop.
+Events are immutable records: tuples with named fields, built from one tuple of all their
+fields in order, ``Trade((ts, trade_id, ...))``, by the C constructor of ``tuple`` itself.
+That is the cheapest object a tuple with a type of its own can be in CPython: a named
+tuple's generated ``__new__`` is a Python function, and going around it with
+``tuple.__new__(cls, values)`` still costs a call through a wrapper; several events are
+emitted per fill in the matching loop (measured in docs/performance.md).  They read like
+named tuples (``ev.price``, ``_fields``, ``_asdict``, ``_replace``, pattern matching);
+:meth:`Event.of` builds one from fields by name or position, checking that every field is
+given once.
 
 Private events (:class:`OrderReport`, :class:`Trade`, :class:`Reject`) carry the user and
 agent and go only to their owners.  Public events (:class:`BookChange`,
@@ -14,11 +20,82 @@ linked to each other from the public stream.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import inspect
+from operator import itemgetter
+from typing import Any, ClassVar, TypeVar
 
 
-class OrderReport(NamedTuple):
+def _field(index: int, doc: str) -> Any:
+    """The descriptor of field ``index``: CPython's own for named tuples (in C), or a
+    property on an interpreter without it."""
+    try:
+        from _collections import _tuplegetter  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - other interpreters
+        return property(itemgetter(index), doc=doc)
+    return _tuplegetter(index, doc)
+
+
+E = TypeVar("E", bound="Event")
+
+
+class Event(tuple[Any, ...]):
+    """Base of the core's events: a subclass lists its fields as annotations, in order.
+
+    No ``__new__`` here or in a subclass: construction stays ``tuple``'s own, from one
+    iterable.  The engine's construction sites are fixed literals, and
+    ``tests/test_engine_gc.py`` checks that every event emitted has exactly its fields."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "__new__" in cls.__dict__ or "__init__" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: an event is built by tuple's constructor")
+        if cls.__dict__.get("__slots__") != ():
+            raise TypeError(f"{cls.__name__}: an event declares __slots__ = () (no __dict__)")
+        names = tuple(inspect.get_annotations(cls))
+        cls._fields = names
+        setattr(cls, "__match_args__", names)  # noqa: B010 - for pattern matching
+        for i, name in enumerate(names):
+            setattr(cls, name, _field(i, f"field {i}: {name}"))
+
+    @classmethod
+    def of(cls: type[E], *args: Any, **kw: Any) -> E:
+        """An event from its fields by position and/or name, every field exactly once."""
+        names = cls._fields
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__} has {len(names)} fields, {len(args)} given")
+        vals = dict(zip(names, args, strict=False))  # fewer values than fields: by name
+        for k, v in kw.items():
+            if k not in names:
+                raise TypeError(f"{cls.__name__} has no field {k!r}")
+            if k in vals:
+                raise TypeError(f"{cls.__name__}: field {k!r} given twice")
+            vals[k] = v
+        missing = [n for n in names if n not in vals]
+        if missing:
+            raise TypeError(f"{cls.__name__}: missing {', '.join(missing)}")
+        return cls(vals[n] for n in names)
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self, strict=True))
+
+    def _replace(self: E, **kw: Any) -> E:
+        return self.of(**{**self._asdict(), **kw})
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(self._fields, self, strict=True))
+        return f"{type(self).__name__}({inner})"
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # copy and pickle
+        return (tuple(self),)
+
+
+class OrderReport(Event):
     """Every change of an order (R46.2.12): action, state and what remains."""
+
+    __slots__ = ()
 
     ts: int
     order_id: int
@@ -47,8 +124,10 @@ class OrderReport(NamedTuple):
     reason: str | None
 
 
-class Trade(NamedTuple):
+class Trade(Event):
     """A private trade (R47.1): both parties, for the owners and for settlement."""
+
+    __slots__ = ()
 
     ts: int
     trade_id: int
@@ -67,13 +146,15 @@ class Trade(NamedTuple):
     sell_unit: str
 
 
-class PublicTrade(NamedTuple):
+class PublicTrade(Event):
     """A trade as everyone sees it: no parties (R46.2.12).
 
     It is also the book delta of the resting entry it hit: ``entry`` now shows ``left``
     (0: the entry is gone).  The book stream and the trades of a contract share one
     sequence, so a client keeping the local order list applies both in order; no separate
     :class:`BookChange` is sent for a fill."""
+
+    __slots__ = ()
 
     ts: int
     contract: str
@@ -86,8 +167,10 @@ class PublicTrade(NamedTuple):
     left: int
 
 
-class BookChange(NamedTuple):
+class BookChange(Event):
     """An anonymous change of the local order list (R46.2.8): ADD, UPDATE or REMOVE."""
+
+    __slots__ = ()
 
     ts: int
     contract: str
@@ -99,7 +182,11 @@ class BookChange(NamedTuple):
     qty: int
 
 
-class ContractStateChanged(NamedTuple):
+class ContractStateChanged(Event):
+    """R45.f: a contract went from ``previous`` to ``state`` (None: it was just created)."""
+
+    __slots__ = ()
+
     ts: int
     contract: str
     state: str
@@ -108,16 +195,20 @@ class ContractStateChanged(NamedTuple):
     reason: str | None
 
 
-class RoundClosed(NamedTuple):
+class RoundClosed(Event):
     """R45.g: closing contracts closes the current round; the next one opens at once."""
+
+    __slots__ = ()
 
     ts: int
     round: int
     contracts: tuple[str, ...]
 
 
-class Reject(NamedTuple):
+class Reject(Event):
     """A refused request: stable code and readable reason (DESIGN rule 5)."""
+
+    __slots__ = ()
 
     ts: int
     user: str
@@ -129,8 +220,10 @@ class Reject(NamedTuple):
     reason: str
 
 
-class Ack(NamedTuple):
+class Ack(Event):
     """A request accepted; ``order_ids`` are the orders it created or touched."""
+
+    __slots__ = ()
 
     ts: int
     user: str
@@ -139,7 +232,7 @@ class Ack(NamedTuple):
     order_ids: tuple[int, ...]
 
 
-Event = (
+AnyEvent = (
     OrderReport | Trade | PublicTrade | BookChange | ContractStateChanged | RoundClosed
     | Reject | Ack
 )

@@ -108,7 +108,7 @@ def make_trades(ref: RefData, n: int, seed: int) -> list[Trade]:
         r = rng.random()
         price = 0 if r < 0.01 else rng.randint(-5_000, -1) if r < 0.11 else rng.randint(
             1, 20_000)
-        out.append(Trade(T0 + i, i, CONTRACTS[i % 4], 1, price, rng.randint(1, 500),
+        out.append(Trade.of(T0 + i, i, CONTRACTS[i % 4], 1, price, rng.randint(1, 500),
                          "BUY", 2 * i, "u", b.responsible, b.code, 2 * i + 1, "u",
                          s.responsible, s.code))
     return out

@@ -1,19 +1,19 @@
-"""Events of the risk module (named tuples like the engine's, registered with its
-event names so that the wire and the replay tool render them)."""
+"""Events of the risk module (records like the engine's, :class:`engine.events.Event`,
+registered with its event names so that the wire and the replay tool render them)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from engine.events import EVENT_NAMES, EVENT_TYPES
+from engine.events import EVENT_NAMES, EVENT_TYPES, Event
 
 
-class RiskNotice(NamedTuple):
+class RiskNotice(Event):
     """Something happened to an agent's account or status: ``kind`` is one of
     GUARANTEES_SET, REQUEST_PENDING, REQUEST_ACCEPTED, REQUEST_REFUSED, SYNC_REDUCTION,
     OBLIGATIONS_RELEASED, AGENT_SUSPENDED, AGENT_REINSTATED, RATE_LIMITS_SET,
     REFERENCE_DATA_LOADED, PROGRAM_SET, UNAVAILABILITY_SET, LIMITATION_SET,
     LIMITATION_EFFECTIVE.  Private to the agent and its risk officers."""
+
+    __slots__ = ()
 
     ts: int
     kind: str
@@ -24,8 +24,10 @@ class RiskNotice(NamedTuple):
     detail: str
 
 
-class ThrottlingStatus(NamedTuple):
+class ThrottlingStatus(Event):
     """R48.c: a user's rate-limit state changed: OK, WARNING (near a limit) or BREACHED."""
+
+    __slots__ = ()
 
     ts: int
     user: str

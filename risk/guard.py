@@ -65,7 +65,6 @@ from risk.refdata import RateLimit, RefData, RefDataError, Unit, load
 QUARTER_MS = 15 * 60_000
 HOUR_MS = 60 * 60_000
 A1_6_NOTICE_MS = 5 * 60_000  # A1§6: five minutes before the round starts
-_new = tuple.__new__
 
 
 def fmt_units(units: int) -> str:
@@ -476,7 +475,7 @@ class RiskGuard:
 
     def _notice(self, ts: int, kind: str, agent: str | None, by: str, detail: str,
                 amount: int | None = None, request_id: int | None = None) -> None:
-        self.engine.emit(_new(RiskNotice, (ts, kind, agent, by, request_id, amount, detail)))
+        self.engine.emit(RiskNotice((ts, kind, agent, by, request_id, amount, detail)))
 
     def _deny(self, ts: int, by: str, req_id: str | None, code: str, reason: str) -> None:
         self.engine.reject(ts, by, self._agent_of(by), req_id, code, reason)
@@ -587,7 +586,7 @@ class RiskGuard:
 
     def _throttle_state(self, th: Throttle, user: str, state: str, ts: int) -> None:
         th.state = state
-        self.engine.emit(_new(ThrottlingStatus, (
+        self.engine.emit(ThrottlingStatus((
             ts, user, state, tuple(th.counts), tuple(r[1] for r in th.limit.rules),
             tuple(r[0] for r in th.limit.rules))))
 

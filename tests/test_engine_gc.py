@@ -42,7 +42,7 @@ def test_engine_and_minimal_book_agree_on_trades() -> None:
 
 
 def test_every_event_has_exactly_its_fields() -> None:
-    """Events are built with tuple.__new__ for speed, which does not check arity."""
+    """Events are built by tuple's own constructor for speed, which does not check arity."""
     flow = bench.make_flow(5_000, 3)
     e = bench.setup_engine()
     ts = bench.T0 + 1

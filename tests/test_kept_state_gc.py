@@ -23,7 +23,7 @@ from sync.settle import trade_row
 
 
 def _trade(tid: int = 7, aggressor: Side = Side.BUY) -> Trade:
-    return Trade(1_800_000_000_000, tid, "PH-20270115-10", 3, 4510, 60, aggressor, 101, "ana",
+    return Trade.of(1_800_000_000_000, tid, "PH-20270115-10", 3, 4510, 60, aggressor, 101, "ana",
                  "AG1", "BUYU2", 102, "bea", "AG2", "SELLU1")
 
 

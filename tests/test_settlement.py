@@ -61,7 +61,7 @@ def trade(tid: int, price: int, qty: int, sell_unit: str = "SELLU1", buy_unit: s
     """A trade as the engine emits it (agents: the units' responsible agents)."""
     sa = REF.units[sell_unit].responsible if sell_unit in REF.units else "X"
     ba = REF.units[buy_unit].responsible if buy_unit in REF.units else "X"
-    return Trade(1_800_000_000_000 + tid, tid, contract, rnd, price, qty, "BUY", 100 + tid,
+    return Trade.of(1_800_000_000_000 + tid, tid, contract, rnd, price, qty, "BUY", 100 + tid,
                  "u", ba, buy_unit, 200 + tid, "u", sa, sell_unit)
 
 
@@ -536,7 +536,7 @@ def test_shared_units_in_settle_split_and_tax_like_the_plain_rules() -> None:
         for price in (1, -1, 7, -13, 4510, -1000, 781_250, 0, 999_900):
             for qty in (1, 3, 7, 11, 60, 9_990):
                 tid += 1
-                trades.append(Trade(tid, tid, C1, 1, price, qty, "BUY", tid, "u", "A1", "BU",
+                trades.append(Trade.of(tid, tid, C1, 1, price, qty, "BUY", tid, "u", "A1", "BU",
                                     tid, "u", "A0", f"SU{n}"))
     res = settle(1, 1, trades, ref, {}, (), {})
     sells = [e for e in res.entries if e.side == "SELL"]

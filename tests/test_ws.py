@@ -1208,7 +1208,7 @@ def test_a_subscriber_dropped_while_a_stream_is_delivered_does_not_cut_it_short(
     subs = [Sub(slow=i % 2 == 0) for i in range(6)]
     for s in subs:
         hub.private_subs["AG1"].add(s)
-    batch = [(None, "ana", [Reject(1, "ana", "AG1", str(i), None, None, "X", "why")
+    batch = [(None, "ana", [Reject.of(1, "ana", "AG1", str(i), None, None, "X", "why")
                             for i in range(3)])]
     hub.publish(batch)  # must not raise "Set changed size during iteration"
     assert all(s.got == [1, 2, 3] for s in subs if not s.slow)
