@@ -68,11 +68,40 @@ from engine.model import (
 )
 from engine.states import ContractState, check_contract_transition
 
-# Orders likewise: object.__new__ then Order.__init__ called as a plain function.  Calling
-# the class goes through type.__call__ and packs the 18 arguments into a tuple for
-# __init__; this skips that (about 0.07 µs of 0.42 µs per order) and runs the same __init__.
-_alloc = object.__new__
-_order_init = Order.__init__
+
+def _order_of(cmd: NewOrder, oid: int, arrival: int, basket: int, ts: int) -> Order:
+    """A new order's first instantiation, every field of :meth:`Order.new` set straight
+    from the command: 0.29 against 0.38 µs for ``Order.new`` with the command's eighteen
+    values passed through the call (the path of most orders; docs/performance.md)."""
+    o = Order()
+    o.id = oid
+    o.coid = cmd.client_order_id
+    o.contract = cmd.contract
+    o.user = cmd.user
+    o.agent = cmd.agent
+    o.unit = cmd.unit
+    o.side = cmd.side
+    o.price = cmd.price
+    o.qty = qty = cmd.qty
+    o.remaining = qty
+    o.visible = qty
+    o.peak = cmd.peak
+    o.incr = cmd.incr
+    o.exec = cmd.exec
+    o.validity = cmd.validity
+    o.expiry = cmd.expiry
+    o.status = ACTIVE
+    o.revision = 1
+    o.seq = 0
+    o.arrival = arrival
+    o.basket = basket
+    o.filled = 0
+    o.live = False
+    o.entered = ts
+    o.pub = 0
+    o.level = None
+    o.ext = None
+    return o
 
 NON = Exec.NON
 IOC = Exec.IOC
@@ -465,11 +494,7 @@ class Engine:
         self.next_order = oid + 1
         seq = self.next_seq
         self.next_seq = seq + 1
-        return Order(
-            oid, cmd.client_order_id, cmd.contract, cmd.user, cmd.agent, cmd.unit, cmd.side,
-            cmd.price, cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry, 1,
-            seq, basket, ts,
-        )
+        return _order_of(cmd, oid, seq, basket, ts)
 
     # ------------------------------------------------------------------ book operations
 
@@ -790,10 +815,7 @@ class Engine:
         self.next_order = oid + 1
         seq = self.next_seq
         self.next_seq = seq + 1
-        o = _alloc(Order)
-        _order_init(o, oid, cmd.client_order_id, cmd.contract, cmd.user, cmd.agent, cmd.unit,
-                    cmd.side, price, qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity,
-                    cmd.expiry, 1, seq, 0, ts)
+        o = _order_of(cmd, oid, seq, 0, ts)
         g = self.guard
         if g is not None:
             rej = g.admit(o, ts, None)
@@ -1019,10 +1041,9 @@ class Engine:
             if rej is not None:
                 self._reject(ts, u, a, rq, rej[0], rej[1], o.coid, o.id)
                 return
-        n = _alloc(Order)
-        _order_init(n, o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side, cmd.price,
-                    cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
-                    o.revision + 1, o.arrival, o.basket, ts)
+        n = Order.new(o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side, cmd.price,
+                      cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
+                      o.revision + 1, o.arrival, o.basket, ts)
         n.filled = o.filled
         g = self.guard
         if g is not None:

@@ -91,12 +91,40 @@ class Order:
         "visible",
     )
 
+    id: int
+    coid: str | None
+    contract: str
+    user: str
+    agent: str
+    unit: str
+    side: Side
+    price: int
+    qty: int
+    remaining: int
+    visible: int
+    peak: int
+    incr: int
+    exec: Exec
+    validity: Validity
+    expiry: int | None
+    status: OrderStatus
+    revision: int
+    seq: int
+    arrival: int
+    basket: int
+    filled: int
+    live: bool
+    entered: int
+    pub: int
+    level: object
+    ext: object
     # Free for the guard too, next to ``ext`` (risk/: the order's value per unit of
     # quantity); unset until the guard sets it, so it costs nothing without one.
     ext_v: int
 
-    def __init__(
-        self,
+    @classmethod
+    def new(
+        cls,
         id: int,
         coid: str | None,
         contract: str,
@@ -115,34 +143,40 @@ class Order:
         arrival: int,
         basket: int,
         entered: int,
-    ) -> None:
-        self.id = id
-        self.coid = coid
-        self.contract = contract
-        self.user = user
-        self.agent = agent
-        self.unit = unit
-        self.side = side
-        self.price = price  # price of the current instantiation
-        self.qty = qty  # total quantity of this instantiation when it was entered
-        self.remaining = qty  # open quantity, visible + hidden
-        self.visible = qty  # shown quantity (the current peak for an iceberg)
-        self.peak = peak  # 0 unless iceberg
-        self.incr = incr  # iceberg price increment (A1§3.4.1), 0 if none
-        self.exec = exec
-        self.validity = validity
-        self.expiry = expiry  # GTD instant, else None
-        self.status = ACTIVE
-        self.revision = revision
-        self.seq = 0  # time priority: lower is earlier
-        self.arrival = arrival  # first arrival on the platform (R46.2.7 reactivation order)
-        self.basket = basket  # basket id, 0 if none
-        self.filled = 0  # executed quantity over the life of the order id
-        self.live = False  # true exactly while it stands in a price level
-        self.entered = entered  # instant of this instantiation
-        self.pub = 0  # public (anonymous) id of the current book entry
-        self.level: object = None
-        self.ext: object = None  # the guard's own state for this instantiation (risk/)
+    ) -> Order:
+        """An instantiation with every field set.  ``Order()`` itself sets none: the class
+        has no ``__init__``, so that ``Order()`` is CPython's bare allocation, and the
+        engine's path for a new order (``engine.engine._order_of``) sets the same fields
+        straight from the command, without passing eighteen arguments through a call."""
+        o = cls()
+        o.id = id
+        o.coid = coid
+        o.contract = contract
+        o.user = user
+        o.agent = agent
+        o.unit = unit
+        o.side = side
+        o.price = price  # price of the current instantiation
+        o.qty = qty  # total quantity of this instantiation when it was entered
+        o.remaining = qty  # open quantity, visible + hidden
+        o.visible = qty  # shown quantity (the current peak for an iceberg)
+        o.peak = peak  # 0 unless iceberg
+        o.incr = incr  # iceberg price increment (A1§3.4.1), 0 if none
+        o.exec = exec
+        o.validity = validity
+        o.expiry = expiry  # GTD instant, else None
+        o.status = ACTIVE
+        o.revision = revision
+        o.seq = 0  # time priority: lower is earlier
+        o.arrival = arrival  # first arrival on the platform (R46.2.7 reactivation order)
+        o.basket = basket  # basket id, 0 if none
+        o.filled = 0  # executed quantity over the life of the order id
+        o.live = False  # true exactly while it stands in a price level
+        o.entered = entered  # instant of this instantiation
+        o.pub = 0  # public (anonymous) id of the current book entry
+        o.level = None
+        o.ext = None  # the guard's own state for this instantiation (risk/)
+        return o
 
     @property
     def hidden(self) -> int:
@@ -150,7 +184,7 @@ class Order:
 
     def clone(self, id_revision: int, entered: int) -> Order:
         """A fresh instantiation with the same identity (used by modify and reactivation)."""
-        o = Order(
+        o = Order.new(
             self.id, self.coid, self.contract, self.user, self.agent, self.unit, self.side,
             self.price, self.remaining, self.peak, self.incr, self.exec, self.validity,
             self.expiry, id_revision, self.arrival, self.basket, entered,
