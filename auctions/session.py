@@ -395,8 +395,9 @@ class Auctions:
         eng.dispatch(ResumeContracts(paused), ts)
         agents = {a for a, yes in self.reactivate.items() if yes}
         ids = set(paused)
-        sel = sorted((o for o in (eng.orders.get(i) for i in s.hibernated) if o is not None
-                      and o.status is HIBERNATED and o.contract in ids and o.agent in agents),
+        hibernated = set(s.hibernated)
+        sel = sorted((o for a in agents for o in eng.by_agent.get(a, {}).values()
+                      if o.id in hibernated and o.status is HIBERNATED and o.contract in ids),
                      key=arrival_key)
         for o in sel:
             eng.reactivate(o, ts, None)
