@@ -78,10 +78,21 @@ uvloop.run(main())
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: the sockets are held open together while they are chosen
+    (one at a time, the kernel may give the port of a server not yet listening twice; the
+    echo then took ronda's port and the benchmark measured the echo against itself)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def bench_refdata(path: Path, users: int) -> None:
@@ -480,19 +491,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         refdata = Path(tmp) / "refdata.toml"
         users = [f"u{i}" for i in range(args.connections)]
         bench_refdata(refdata, args.connections)
-        port = free_port()
+        port, eport = free_ports(2)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         srv = subprocess.Popen(
             [PY, "-m", "gateway.cli", "serve", "--data-dir", str(Path(tmp) / "data"),
              "--port", str(port), "--refdata", str(refdata), "--no-calendar",
              *args.server_arg],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        eport = free_port()
         echo = subprocess.Popen([PY, "-c", ECHO_SERVER, str(eport)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             await wait_port(port, srv)
             await wait_port(eport, echo)
+            if srv.poll() is not None:  # the port answering is not ronda's
+                raise RuntimeError("ronda exited: " + (srv.stderr.read().decode()
+                                                      if srv.stderr else ""))
             url = f"ws://127.0.0.1:{port}/ws"
             await open_bench_contract(url)
             # the load runs in this thread, blocking: nothing else runs on this loop
