@@ -11,6 +11,9 @@ keyed by their time priority ``seq``, which only grows, so the dict's insertion 
 the time priority.  A cancelled, modified or hibernated instantiation leaves its level at
 once (O(1), no dead entries, nothing to compact later), and a level that empties is dropped
 at once, so memory is exactly what rests.
+
+Orders are indexed once, by agent then id (:attr:`Engine.by_agent`): every trader's request
+names its agent; :attr:`Engine.orders` is a read-only view of the same orders by id alone.
 """
 
 from __future__ import annotations
