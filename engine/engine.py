@@ -130,6 +130,10 @@ class AllOrders(Mapping[int, Order]):
     def __len__(self) -> int:
         return sum(len(d) for d in self._by_agent.values())
 
+    def __repr__(self) -> str:
+        """As a dict's, so that a failing ``assert engine.orders == {...}`` shows them."""
+        return f"AllOrders({dict(self.items())!r})"
+
     def values(self) -> ValuesView[Order]:
         return _AllValues(self)
 

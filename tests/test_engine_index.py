@@ -67,3 +67,13 @@ def test_gtd_expiry_and_hibernated_orders_go_through_the_agents_index_a1_4_2() -
         ("BookChange", "REMOVE"), ("OrderReport", "EXPIRED"), ("Reject", None)]
     assert gtd.order_id not in e.orders and e.by_agent["A1"] == {}
     assert set(e.orders) == {keep.order_id}
+
+
+def test_the_view_shows_its_orders_as_a_dict_would() -> None:
+    """A failing comparison of ``engine.orders`` prints what it holds, not an address."""
+    e = bench.setup_engine()
+    assert repr(e.orders) == "AllOrders({})"
+    c = bench.CONTRACTS[0]
+    rep = e.apply(NewOrder("A1", "A1", "UA1", c, Side.BUY, 4900, 10), bench.T0 + 1)[-1]
+    o = e.orders[rep.order_id]
+    assert repr(e.orders) == f"AllOrders({{{rep.order_id}: {o!r}}})"
