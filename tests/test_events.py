@@ -75,3 +75,53 @@ def test_every_event_class_is_a_record() -> None:
         assert "__new__" not in cls.__dict__ and cls.__dict__["__slots__"] == ()
         assert cls.__new__ is tuple.__new__  # type: ignore[comparison-overlap]
         assert len(cls._fields) == len(set(cls._fields)) > 2
+
+
+def _event_classes() -> dict[str, type[Event]]:
+    import engine.events
+    import risk.events
+
+    found: dict[str, type[Event]] = {}
+    todo = list(Event.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    assert {engine.events.OrderReport, risk.events.RiskNotice} <= set(found.values())
+    return found
+
+
+def test_every_event_built_from_a_tuple_in_the_code_has_exactly_its_fields() -> None:
+    """An event is built from one tuple, and that constructor checks no arity (it is the
+    hot path's): a site that builds ``Trade((...))`` with a field too many or too few would
+    shift every field after it.  So every such site in the product's code is checked here
+    against its class's fields, rare paths included (the flows of the other tests reach
+    only some of them)."""
+    import ast
+    from pathlib import Path
+
+    classes = _event_classes()
+    root = Path(__file__).resolve().parents[1]
+    sites = 0
+    wrong: list[str] = []
+    for folder in ("engine", "risk", "auctions", "gateway", "sync", "clients"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not (isinstance(node, ast.Call) and len(node.args) == 1
+                        and not node.keywords and isinstance(node.args[0], ast.Tuple)):
+                    continue
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else (
+                    f.attr if isinstance(f, ast.Attribute) else None)
+                cls = classes.get(name or "")
+                if cls is None:
+                    continue
+                elts = node.args[0].elts
+                sites += 1
+                if any(isinstance(e, ast.Starred) for e in elts):
+                    wrong.append(f"{path.name}:{node.lineno} {name}: unpacks, arity unchecked")
+                elif len(elts) != len(cls._fields):
+                    wrong.append(f"{path.name}:{node.lineno} {name}: {len(elts)} values for "
+                                 f"{len(cls._fields)} fields")
+    assert not wrong, wrong
+    assert sites >= 20  # the engine's and the guard's sites were found (24 in all)
