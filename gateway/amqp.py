@@ -59,10 +59,12 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
 )
+from aiormq.abc import ChannelFrame
 from aiormq.channel import Channel as RawChannel
-from pamqp.commands import Basic
+from aiormq.exceptions import ChannelInvalidStateError
 from yarl import URL
 
+from gateway import amqpframes
 from gateway.sequencer import Done
 from gateway.session import Session
 from gateway.wire import fmt_instant, to_ticks
@@ -140,7 +142,7 @@ class _Publish:
     exchange: str  # "" (default exchange: reply queues) or BROADCAST_EXCHANGE
     routing_key: str
     body: bytes
-    properties: Basic.Properties
+    properties: bytes  # encoded (gateway.amqpframes.properties)
 
 
 @dataclass(slots=True)
@@ -524,36 +526,57 @@ class AmqpAdapter:
         return True
 
     async def _pump(self, link: _Link) -> None:
-        """Write the outbox to the broker in order.  Publishes and acks go to the
-        connection's frame queue without waiting for each to reach the socket (a batch of
-        up to :data:`PUMP_BATCH` is written back to back, the last one waits: that keeps
-        the socket's buffer bounded); bindings and declarations wait for the broker's
-        answer, as the order of a subscription's binding and its snapshot requires.
-        Nothing here confirms delivery: a request is acked after its reply was written on
-        the same channel, so the broker has the reply before it forgets the request."""
+        """Write the outbox to the broker in order.  Publishes and acks are encoded here
+        (``gateway.amqpframes``: the library's own marshalling cost more than anything
+        else the adapter does) and go to the connection's writer together, up to
+        :data:`PUMP_BATCH` in one write, which is waited for (that keeps the socket's
+        buffer bounded); bindings and declarations wait for the broker's answer, as the
+        order of a subscription's binding and its snapshot requires.  Nothing here
+        confirms delivery: a request is acked after its reply was written on the same
+        channel, so the broker has the reply before it forgets the request."""
         box = self._outbox
         ch = cast(RawChannel, await link.channel.get_underlay_channel())
+        if ch.publisher_confirms:  # its delivery tags would have to be counted here
+            raise RuntimeError("the adapter's channel must not confirm publishes")
+        number = ch.number
+        max_content = ch.max_content_size
+        publish, ack = amqpframes.publish, amqpframes.ack
+        gen = link.gen
         while True:
             if not box:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            n = 0
-            while box and n < PUMP_BATCH:
-                op = box.popleft()
-                n += 1
-                last = not box or n == PUMP_BATCH
+            frames: list[bytes] = []
+            while box and len(frames) < PUMP_BATCH:
+                op = box[0]
                 if type(op) is _Publish:
-                    # mandatory=False: a broadcast nobody is bound to is simply dropped
-                    await ch.basic_publish(op.body, exchange=op.exchange,
-                                           routing_key=op.routing_key,
-                                           properties=op.properties, mandatory=False,
-                                           wait=last)
+                    # not mandatory: a broadcast nobody is bound to is simply dropped
+                    frames.append(publish(number, op.exchange, op.routing_key,
+                                          op.properties, op.body, max_content))
                 elif type(op) is _Ack:
-                    if op.gen == link.gen:  # an older connection's delivery is redelivered
-                        await ch.basic_ack(op.delivery.delivery_tag or 0, wait=last)
+                    if op.gen == gen:  # an older connection's delivery is redelivered
+                        frames.append(ack(number, op.delivery.delivery_tag or 0))
                 else:
-                    await self._control(link, op)
+                    break  # a control operation: what came before it is written first
+                box.popleft()
+            if frames:
+                await self._write(ch, b"".join(frames))
+            elif box:
+                await self._control(link, box.popleft())
+
+    @staticmethod
+    async def _write(ch: RawChannel, payload: bytes) -> None:
+        """Whole frames to the connection's writer, in the queue the library's own frames
+        go through (so they never interleave with another frame of this channel), and
+        wait until they are handed to the socket.  Raises if the channel is closed, as
+        the library's publish does: the link is then re-established."""
+        if ch.is_closed:
+            raise ChannelInvalidStateError(f"{ch!r} closed")
+        drained = ch.create_future()  # failed by the library if the channel closes
+        await ch.write_queue.put(ChannelFrame(payload=payload, should_close=False,
+                                              drain_future=drained))
+        await drained
 
     async def _control(self, link: _Link, op: _Op) -> None:
         """A binding change or a queue declaration: waits for the broker's answer."""
@@ -575,7 +598,7 @@ class AmqpAdapter:
         headers: dict[str, Any] = {STREAM_HEADER: stream}
         if seq is not None:
             headers[SEQ_HEADER] = seq
-        props = Basic.Properties(
+        props = amqpframes.properties(
             content_type=JSON, headers=headers,
             delivery_mode=PERSISTENT if persistent else TRANSIENT,
             message_type=str(msg.get("type", "")), app_id="ronda",
@@ -772,18 +795,18 @@ class AmqpAdapter:
         corr = delivery.correlation_id or delivery.message_id
         typ = str(msg.get("type", ""))
         if delivery.reply_to:
-            props = Basic.Properties(content_type=ctype, correlation_id=corr,
-                               headers=headers or None, message_type=typ, app_id="ronda",
-                               delivery_mode=TRANSIENT)
+            props = amqpframes.properties(
+                content_type=ctype, correlation_id=corr, headers=headers or None,
+                message_type=typ, app_id="ronda", delivery_mode=TRANSIENT)
             self._enqueue(_Publish("", delivery.reply_to, body, props))
         elif user is not None:  # no reply_to: the answer goes to the user's own queue
             self._user_seq[user] += 1
             seq = self._user_seq[user]
-            props = Basic.Properties(content_type=ctype, correlation_id=corr,
-                               headers={**headers, STREAM_HEADER: f"user:{user}",
-                                        SEQ_HEADER: seq},
-                               message_type=typ, app_id="ronda", delivery_mode=PERSISTENT,
-                               message_id=f"user:{user}:{seq}")
+            props = amqpframes.properties(
+                content_type=ctype, correlation_id=corr,
+                headers={**headers, STREAM_HEADER: f"user:{user}", SEQ_HEADER: seq},
+                message_type=typ, app_id="ronda", delivery_mode=PERSISTENT,
+                message_id=f"user:{user}:{seq}")
             self._enqueue(_Publish(BROADCAST_EXCHANGE, f"user.{user}", body, props))
 
     # ------------------------------------------------------------------ sessions

@@ -1,0 +1,121 @@
+"""The AMQP adapter encodes its publishes and acks itself (gateway/amqpframes.py): the bytes
+must be exactly those the client library writes for the same message (pamqp's marshalling,
+the body split as aiormq splits it), so the broker sees the same frames either way."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiormq.abc import ChannelFrame
+from aiormq.channel import Channel as RawChannel
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pamqp import commands, header
+from pamqp import frame as pframe
+
+from gateway import amqpframes
+
+short_text = st.text(max_size=40)
+header_value = st.one_of(
+    st.text(max_size=60), st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.sampled_from([-129, -128, 127, 128, -32769, -32768, 32767, 32768, 65535, 65536,
+                     2**31 - 1, 2**31, 2**32 - 1, 2**32, -(2**31), -(2**31) - 1]))
+props_args = st.fixed_dictionaries({}, optional={
+    "content_type": st.one_of(st.none(), st.just(""), st.sampled_from(
+        ["application/json", "application/msgpack"]), short_text),
+    "headers": st.one_of(st.none(), st.dictionaries(st.text(min_size=1, max_size=20),
+                                                    header_value, max_size=5)),
+    "delivery_mode": st.one_of(st.none(), st.sampled_from([1, 2])),
+    "correlation_id": st.one_of(st.none(), st.just(""), short_text),
+    "expiration": st.one_of(st.none(), st.just(""), st.integers(0, 10**9).map(str)),
+    "message_id": st.one_of(st.none(), st.just(""), short_text),
+    "message_type": st.one_of(st.none(), st.just(""), short_text),
+    "app_id": st.one_of(st.none(), st.just("ronda"), short_text),
+})
+
+
+def _library_publish(channel: int, exchange: str, key: str, props: dict[str, Any],
+                     body: bytes, max_content: int) -> bytes:
+    """What aiormq's ``basic_publish`` puts in the write queue (without its random
+    message_id filler): its frames marshalled by pamqp, the body split by aiormq."""
+    frames: list[Any] = [
+        commands.Basic.Publish(exchange=exchange, routing_key=key, mandatory=False),
+        header.ContentHeader(properties=commands.Basic.Properties(**props),
+                             body_size=len(body)),
+        *RawChannel._split_body(SimpleNamespace(max_content_size=max_content),  # type: ignore[arg-type]
+                                body),
+    ]
+    return ChannelFrame.marshall(channel_number=channel, frames=frames).payload
+
+
+@settings(max_examples=400, deadline=None)
+@given(props=props_args, channel=st.integers(1, 65535),
+       exchange=st.sampled_from(["", "ronda.broadcast"])
+       | st.from_regex(r"[A-Za-z0-9_.:-]{0,40}", fullmatch=True),  # the library's rule
+       key=short_text, body=st.binary(max_size=300),
+       max_content=st.sampled_from([16, 100, 131064]))
+def test_a_publish_is_the_librarys_own_bytes(props: dict[str, Any], channel: int,
+                                             exchange: str, key: str, body: bytes,
+                                             max_content: int) -> None:
+    ours = amqpframes.publish(channel, exchange, key, amqpframes.properties(**props), body,
+                              max_content)
+    assert ours == _library_publish(channel, exchange, key, props, body, max_content)
+
+
+def test_the_adapters_own_shapes_are_the_librarys_bytes() -> None:
+    """The messages the adapter sends: an answer to ``reply_to``, a private-stream message
+    with its stream and sequence headers, a heartbeat that expires, a replayed answer; a
+    body exactly one frame long and one frame longer."""
+    cases: list[dict[str, Any]] = [
+        {"content_type": "application/json", "correlation_id": "c-1", "headers": None,
+         "message_type": "ack", "app_id": "ronda", "delivery_mode": 1},
+        {"content_type": "application/json", "headers": {"x-ronda-stream": "private:A1",
+                                                         "x-ronda-seq": 70_000},
+         "delivery_mode": 2, "message_type": "order", "app_id": "ronda",
+         "message_id": "private:A1:70000"},
+        {"content_type": "application/json", "headers": {"x-ronda-stream": "user:u1",
+                                                         "x-ronda-seq": 3},
+         "delivery_mode": 1, "message_type": "heartbeat", "app_id": "ronda",
+         "expiration": "30000", "message_id": "user:u1:3"},
+        {"content_type": "application/msgpack", "correlation_id": "m",
+         "headers": {"x-ronda-replayed": True}, "message_type": "reject",
+         "app_id": "ronda", "delivery_mode": 1},
+    ]
+    for props in cases:
+        for body in (b"", b"x" * 100, b"y" * 101, b"{}" * 1000):
+            assert amqpframes.publish(7, "ronda.broadcast", "private.u1",
+                                      amqpframes.properties(**props), body, 100) == \
+                _library_publish(7, "ronda.broadcast", "private.u1", props, body, 100)
+
+
+@given(channel=st.integers(1, 65535), tag=st.integers(0, 2**63 - 1))  # pamqp's range
+def test_an_ack_is_the_librarys_own_bytes(channel: int, tag: int) -> None:
+    assert amqpframes.ack(channel, tag) == pframe.marshal(
+        commands.Basic.Ack(delivery_tag=tag, multiple=False), channel)
+
+
+def test_what_the_library_refuses_is_refused_before_anything_is_written() -> None:
+    with pytest.raises(ValueError, match="short string of 256 bytes"):
+        amqpframes.publish(1, "", "k" * 256, amqpframes.properties(), b"", 100)
+    with pytest.raises(ValueError, match="short string"):
+        amqpframes.properties(correlation_id="é" * 128)  # 256 bytes in UTF-8
+    with pytest.raises(TypeError, match="float"):
+        amqpframes.properties(headers={"x": 1.5})
+    with pytest.raises(ValueError, match="out of range"):
+        amqpframes.properties(headers={"x": 2**63})
+    with pytest.raises(ValueError, match="delivery mode"):
+        amqpframes.properties(delivery_mode=0)
+    # the library refuses the same
+    with pytest.raises(TypeError):
+        commands.Basic.Properties(correlation_id="é" * 128).marshal()
+
+
+@pytest.mark.parametrize("value", [
+    -(2**63), -(2**31) - 1, -(2**31), -32769, -32768, -129, -128, -1, 0, 1, 127, 128, 255,
+    32767, 32768, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1])
+def test_an_integer_header_takes_the_librarys_smallest_type(value: int) -> None:
+    props = {"headers": {"x-ronda-seq": value}}
+    assert amqpframes.properties(**props) == commands.Basic.Properties(**props).marshal()
