@@ -57,9 +57,8 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractExchange,
-    AbstractIncomingMessage,
 )
-from aiormq.abc import ChannelFrame
+from aiormq.abc import ChannelFrame, DeliveredMessage
 from aiormq.channel import Channel as RawChannel
 from aiormq.exceptions import ChannelInvalidStateError
 from yarl import URL
@@ -113,6 +112,39 @@ def routing_key(stream: str) -> str:
 # ---------------------------------------------------------------------------- requests
 
 
+class Delivery:
+    """A request as the broker delivered it: what the adapter reads of it, taken from the
+    client library's delivered frames (aiormq's ``DeliveredMessage``) without building
+    aio-pika's message object for it (26 attributes set one by one: a tenth of the
+    adapter's time per request)."""
+
+    __slots__ = ("body", "content_type", "correlation_id", "delivery_tag", "message_id",
+                 "redelivered", "reply_to", "user_id")
+
+    def __init__(self, body: bytes, delivery_tag: int, redelivered: bool = False, *,
+                 content_type: str | None = None, correlation_id: str | None = None,
+                 message_id: str | None = None, reply_to: str | None = None,
+                 user_id: str | None = None) -> None:
+        self.body = body
+        self.delivery_tag = delivery_tag
+        self.redelivered = redelivered
+        self.content_type = content_type
+        self.correlation_id = correlation_id
+        self.message_id = message_id
+        self.reply_to = reply_to
+        self.user_id = user_id
+
+    @classmethod
+    def of(cls, m: DeliveredMessage) -> Delivery:
+        p = m.header.properties
+        d = m.delivery
+        # as aio-pika reads them: an empty string is no value
+        return cls(m.body, d.delivery_tag or 0, bool(d.redelivered),  # type: ignore[union-attr]
+                   content_type=p.content_type, correlation_id=p.correlation_id or None,
+                   message_id=p.message_id or None, reply_to=p.reply_to or None,
+                   user_id=p.user_id or None)
+
+
 @dataclass(eq=False)
 class _Request:
     """One request being processed, and every delivery of it (broker redeliveries and
@@ -120,7 +152,7 @@ class _Request:
 
     session: AmqpSession
     key: tuple[str, str] | None
-    deliveries: list[tuple[int, AbstractIncomingMessage]] = field(default_factory=list)
+    deliveries: list[tuple[int, Delivery]] = field(default_factory=list)
     internal: bool = False  # the adapter's own request (implicit login, restore)
     pending: bool = False  # a command is in the sequencer: the answer comes later
     answered: bool = False
@@ -148,7 +180,7 @@ class _Publish:
 @dataclass(slots=True)
 class _Ack:
     gen: int  # the connection the delivery came through
-    delivery: AbstractIncomingMessage
+    delivery: Delivery
 
 
 @dataclass(slots=True)
@@ -466,10 +498,12 @@ class AmqpAdapter:
         waiter = asyncio.get_running_loop().create_task(lost.wait())
         gen = link.gen
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            self.receive(message, gen)
+        raw = cast(RawChannel, await ch.get_underlay_channel())
 
-        tag = await queue.consume(on_message)
+        async def on_message(message: DeliveredMessage) -> None:
+            self.receive(Delivery.of(message), gen)
+
+        tag = (await raw.basic_consume(REQUEST_QUEUE, on_message)).consumer_tag
         self.connections += 1
         self.connected.set()
         log.info("AMQP: connected to %s (connection %d)", self.url.host, self.connections)
@@ -481,7 +515,7 @@ class AmqpAdapter:
         except asyncio.CancelledError:  # the server stops
             self._closed = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(queue.cancel(tag), 1)
+                await asyncio.wait_for(raw.basic_cancel(tag or ""), 1)
             await self._drain(pump, waiter)
             raise
         finally:
@@ -655,7 +689,7 @@ class AmqpAdapter:
 
     # ------------------------------------------------------------------ requests
 
-    def receive(self, message: AbstractIncomingMessage, gen: int) -> None:
+    def receive(self, message: Delivery, gen: int) -> None:
         """One request from the broker.  Synchronous up to ``Session.handle`` so that
         requests are handled in the order they arrive."""
         if self._closed:  # stopping: left unacknowledged, the broker requeues it
@@ -772,7 +806,7 @@ class AmqpAdapter:
             self._reply(gen, delivery, user, msg)
             self._enqueue(_Ack(gen, delivery))
 
-    def _answer_now(self, gen: int, message: AbstractIncomingMessage, user: str | None,
+    def _answer_now(self, gen: int, message: Delivery, user: str | None,
                     msg: Message) -> None:
         """An answer that needs no session (the request cannot be processed)."""
         if msg.get("type") == "error":
@@ -780,7 +814,7 @@ class AmqpAdapter:
         self._reply(gen, message, user, msg)
         self._enqueue(_Ack(gen, message))
 
-    def _reply(self, gen: int, delivery: AbstractIncomingMessage, user: str | None,
+    def _reply(self, gen: int, delivery: Delivery, user: str | None,
                msg: Message, replayed: bool = False) -> None:
         self.stats["answers"] += 1
         ctype = _media_type(delivery.content_type)

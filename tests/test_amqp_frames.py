@@ -119,3 +119,34 @@ def test_what_the_library_refuses_is_refused_before_anything_is_written() -> Non
 def test_an_integer_header_takes_the_librarys_smallest_type(value: int) -> None:
     props = {"headers": {"x-ronda-seq": value}}
     assert amqpframes.properties(**props) == commands.Basic.Properties(**props).marshal()
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=50), tag=st.integers(1, 2**63 - 1), redelivered=st.booleans(),
+       content_type=st.none() | st.sampled_from(["application/json", "application/msgpack"]),
+       correlation_id=st.none() | short_text, message_id=st.none() | short_text,
+       reply_to=st.none() | short_text, user_id=st.none() | short_text)
+def test_a_delivery_reads_what_aio_pikas_message_would(
+        body: bytes, tag: int, redelivered: bool, content_type: str | None,
+        correlation_id: str | None, message_id: str | None, reply_to: str | None,
+        user_id: str | None) -> None:
+    """The adapter takes a request from the library's delivered frames (gateway.amqp
+    Delivery) instead of aio-pika's message object: the same values either way."""
+    from aio_pika.message import IncomingMessage
+    from aiormq.abc import DeliveredMessage
+
+    from gateway.amqp import Delivery
+
+    delivered = DeliveredMessage(
+        delivery=commands.Basic.Deliver(consumer_tag="c", delivery_tag=tag,
+                                        redelivered=redelivered, exchange="ronda.requests",
+                                        routing_key="request"),
+        header=header.ContentHeader(properties=commands.Basic.Properties(
+            content_type=content_type, correlation_id=correlation_id,
+            message_id=message_id, reply_to=reply_to, user_id=user_id),
+            body_size=len(body)),
+        body=body, channel=None)  # type: ignore[arg-type]
+    ours = Delivery.of(delivered)
+    theirs = IncomingMessage(delivered, no_ack=False)
+    for name in Delivery.__slots__:
+        assert getattr(ours, name) == getattr(theirs, name), name
