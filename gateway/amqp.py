@@ -378,6 +378,9 @@ class AmqpAdapter:
 
     def __init__(self, server: Server, url: str, *, prefetch: int = 256,
                  remember: int = 20_000, max_outbox: int = 100_000) -> None:
+        # a request whose properties are not UTF-8 must not break the connection (and come
+        # back from the broker to break the next one): see amqpframes.tolerate_invalid_utf8
+        amqpframes.tolerate_invalid_utf8()
         self.server = server
         u = URL(url)
         if "heartbeat" not in u.query:

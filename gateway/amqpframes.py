@@ -1,5 +1,6 @@
 """The AMQP 0-9-1 frames the adapter writes most, encoded here: a ``basic.publish`` (its
-method frame, content header frame and body frames) and a ``basic.ack``.
+method frame, content header frame and body frames) and a ``basic.ack``; and what the
+adapter tolerates in the frames it reads (:func:`tolerate_invalid_utf8`).
 
 The client library marshals every frame through general objects (pamqp's ``Basic.Publish``,
 ``ContentHeader``, ``Basic.Properties``, one method call per property and per table value)
@@ -52,7 +53,8 @@ APP_ID = 1 << 3
 
 
 def short_string(value: str) -> bytes:
-    b = value.encode()
+    # a string read with tolerate_invalid_utf8 goes back as the bytes it came as
+    b = value.encode("utf-8", "surrogateescape")
     n = len(b)
     if n > 255:
         raise ValueError(f"short string of {n} bytes (at most 255): {value[:40]!r}...")
@@ -62,7 +64,7 @@ def short_string(value: str) -> bytes:
 def _table_value(value: Any) -> bytes:
     t = type(value)
     if t is str:
-        b: bytes = value.encode()
+        b: bytes = value.encode("utf-8", "surrogateescape")
         return b"S" + _U32.pack(len(b)) + b
     if t is bool:
         return b"t\x01" if value else b"t\x00"
@@ -87,7 +89,7 @@ def table(headers: dict[str, Any]) -> bytes:
     """A field table, its names in sorted order (as pamqp writes them)."""
     parts = []
     for name in sorted(headers):
-        if len(name.encode()) > 128:
+        if len(name.encode("utf-8", "surrogateescape")) > 128:
             raise ValueError(f"header name over 128 bytes: {name[:40]!r}...")
         parts.append(short_string(name))
         parts.append(_table_value(headers[name]))
@@ -160,3 +162,60 @@ def publish(channel: int, exchange: str, routing_key: str, props: bytes, body: b
 def ack(channel: int, delivery_tag: int) -> bytes:
     """A ``basic.ack`` of one delivery."""
     return _frame(FRAME_METHOD, channel, _ACK.pack(_ACK_METHOD, delivery_tag, 0))
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _short_str(value: bytes) -> tuple[int, str]:
+    """pamqp's ``short_str``, but bytes that are not UTF-8 are kept (``surrogateescape``)."""
+    try:
+        length = value[0]
+    except IndexError as err:
+        raise ValueError("Could not unpack short string value") from err
+    return length + 1, value[1:length + 1].decode("utf-8", "surrogateescape")
+
+
+def _field_table(value: bytes) -> tuple[int, dict[str, Any]]:
+    """pamqp's ``field_table``, but a name that is not UTF-8 is kept (``surrogateescape``)."""
+    from pamqp import decode
+
+    try:
+        length = _U32.unpack(value[0:4])[0]
+        offset = 4
+        data: dict[str, Any] = {}
+        end = offset + length
+        if end > len(value):
+            raise ValueError("Field table length exceeds available data")
+        while offset < end:
+            key_length = value[offset]
+            offset += 1
+            if offset + key_length > end:
+                raise ValueError("Field table key length exceeds data")
+            key = value[offset:offset + key_length].decode("utf-8", "surrogateescape")
+            offset += key_length
+            consumed, result = decode.embedded_value(value[offset:])
+            offset += consumed
+            data[key] = result
+        return end, data
+    except (struct.error, TypeError, IndexError) as err:
+        raise ValueError("Could not unpack data") from err
+
+
+def tolerate_invalid_utf8() -> None:
+    """Let the client library read short strings and table names that are not UTF-8.
+
+    AMQP's short strings are bytes; pamqp decodes them as UTF-8 and, when they are not, the
+    whole frame fails, aiormq closes the connection, the broker redelivers the request to
+    the next one, and so on: a single request with a ``correlation_id`` (or ``message_id``,
+    ``reply_to``, a header name...) that is not UTF-8 kept the adapter reconnecting and
+    served nobody.  With this, such a string is read with its undecodable bytes kept as
+    surrogates (``surrogateescape``), the request is handled (a field the adapter
+    validates is refused by name), and :func:`short_string` writes it back as the same
+    bytes (a ``correlation_id`` echoed on the answer is the client's own).  Valid UTF-8 is
+    read as before.  Installed in pamqp's decoder tables, for the process (idempotent)."""
+    from pamqp import decode
+
+    decode.METHODS["shortstr"] = _short_str
+    decode.METHODS["table"] = _field_table
+    decode.TABLE_MAPPING[b"F"] = _field_table

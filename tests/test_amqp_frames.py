@@ -150,3 +150,40 @@ def test_a_delivery_reads_what_aio_pikas_message_would(
     theirs = IncomingMessage(delivered, no_ack=False)
     for name in Delivery.__slots__:
         assert getattr(ours, name) == getattr(theirs, name), name
+
+
+@given(raw=st.binary(max_size=60))
+def test_a_short_string_that_is_not_utf8_is_read_and_written_back_as_its_bytes(
+        raw: bytes) -> None:
+    """gateway.amqpframes.tolerate_invalid_utf8: what pamqp refused (and with it the whole
+    frame, and the connection) is read, and goes back out as the same bytes; valid UTF-8
+    reads as pamqp reads it."""
+    from pamqp import decode
+
+    amqpframes.tolerate_invalid_utf8()
+    wire = bytes((len(raw),)) + raw
+    n, value = decode.by_type(wire + b"tail", "shortstr")
+    assert n == len(wire) and amqpframes.short_string(value) == wire
+    try:
+        assert value == decode.short_str(wire)[1]  # the library's own, where it reads it
+    except UnicodeDecodeError:
+        assert raw.decode("utf-8", "surrogateescape") == value
+
+
+@given(table=st.dictionaries(st.text(min_size=1, max_size=20), header_value, max_size=6),
+       bad_name=st.binary(min_size=1, max_size=20))
+def test_a_table_reads_as_the_library_reads_it_and_a_name_that_is_not_utf8_too(
+        table: dict[str, Any], bad_name: bytes) -> None:
+    from pamqp import decode
+
+    amqpframes.tolerate_invalid_utf8()
+    wire = amqpframes.table(table)
+    assert decode.METHODS["table"](wire) == decode.field_table(wire)  # the library's own
+    # a name that is not UTF-8 (the library raises there), nested in a table too
+    entry = bytes((len(bad_name),)) + bad_name + b"b\x07"
+    inner = len(entry).to_bytes(4, "big") + entry
+    outer_entry = b"\x01nF" + inner
+    outer = len(outer_entry).to_bytes(4, "big") + outer_entry
+    name = bad_name.decode("utf-8", "surrogateescape")
+    assert decode.METHODS["table"](outer) == (len(outer), {"n": {name: 7}})
+    assert amqpframes.table({name: 7}) == inner
