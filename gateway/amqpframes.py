@@ -116,21 +116,11 @@ def properties(content_type: str | None = None, headers: dict[str, Any] | None =
             raise ValueError(f"delivery mode {delivery_mode}: 1 (transient) or 2 (persistent)")
         flags |= DELIVERY_MODE
         parts.append(bytes((delivery_mode,)))
-    if correlation_id:
-        flags |= CORRELATION_ID
-        parts.append(short_string(correlation_id))
-    if expiration:
-        flags |= EXPIRATION
-        parts.append(short_string(expiration))
-    if message_id:
-        flags |= MESSAGE_ID
-        parts.append(short_string(message_id))
-    if message_type:
-        flags |= TYPE
-        parts.append(short_string(message_type))
-    if app_id:
-        flags |= APP_ID
-        parts.append(short_string(app_id))
+    for flag, value in ((CORRELATION_ID, correlation_id), (EXPIRATION, expiration),
+                        (MESSAGE_ID, message_id), (TYPE, message_type), (APP_ID, app_id)):
+        if value:  # the short strings, in the list's order
+            flags |= flag
+            parts.append(short_string(value))
     return _U16.pack(flags) + b"".join(parts)
 
 
