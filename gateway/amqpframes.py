@@ -133,14 +133,16 @@ def publish(channel: int, exchange: str, routing_key: str, props: bytes, body: b
     """A ``basic.publish`` (not mandatory, not immediate) with its content: the method
     frame, the content header (``props`` from :func:`properties`) and the body in frames
     of at most ``max_content`` bytes (the negotiated frame size less
-    :data:`FRAME_OVERHEAD`); no body frame for an empty body."""
+    :data:`FRAME_OVERHEAD`; zero or less when the broker set no limit, ``frame_max`` 0:
+    the whole body in one frame, as the library does); no body frame for an empty
+    body."""
     parts = [
         _frame(FRAME_METHOD, channel,
                _PUBLISH + short_string(exchange) + short_string(routing_key) + b"\x00"),
         _frame(FRAME_HEADER, channel, _HEADER.pack(_BASIC, len(body)) + props),
     ]
     n = len(body)
-    if n <= max_content:
+    if n <= max_content or max_content <= 0:
         if n:
             parts.append(_frame(FRAME_BODY, channel, body))
     else:

@@ -4,6 +4,7 @@ the body split as aiormq splits it), so the broker sees the same frames either w
 
 from __future__ import annotations
 
+import struct
 from types import SimpleNamespace
 from typing import Any
 
@@ -56,13 +57,36 @@ def _library_publish(channel: int, exchange: str, key: str, props: dict[str, Any
        exchange=st.sampled_from(["", "ronda.broadcast"])
        | st.from_regex(r"[A-Za-z0-9_.:-]{0,40}", fullmatch=True),  # the library's rule
        key=short_text, body=st.binary(max_size=300),
-       max_content=st.sampled_from([16, 100, 131064]))
+       # -8: the broker set no frame size limit (frame_max 0, less the frame overhead)
+       max_content=st.sampled_from([16, 100, 131064, -8]))
 def test_a_publish_is_the_librarys_own_bytes(props: dict[str, Any], channel: int,
                                              exchange: str, key: str, body: bytes,
                                              max_content: int) -> None:
     ours = amqpframes.publish(channel, exchange, key, amqpframes.properties(**props), body,
                               max_content)
     assert ours == _library_publish(channel, exchange, key, props, body, max_content)
+
+
+def test_with_no_frame_size_limit_the_body_goes_in_one_frame() -> None:
+    """A broker configured with ``frame_max = 0`` sets no limit; the library's
+    ``max_content_size`` is then negative.  The body must still be sent (one frame): a
+    content header announcing a body that never comes is a protocol error that closes the
+    connection (505 UNEXPECTED_FRAME), and every publish would do it again."""
+    body = bytes(range(256)) * 1000
+    out = amqpframes.publish(1, "", "q", amqpframes.properties(content_type="x"), body, -8)
+    frames = _split_frames(out)
+    assert [kind for kind, _ in frames] == [1, 2, 3]
+    assert frames[2][1] == body
+
+
+def _split_frames(data: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    while data:
+        kind, _channel, size = struct.unpack(">BHI", data[:7])
+        assert data[7 + size] == 0xCE
+        out.append((kind, data[7:7 + size]))
+        data = data[8 + size:]
+    return out
 
 
 def test_the_adapters_own_shapes_are_the_librarys_bytes() -> None:
