@@ -67,6 +67,7 @@ from gateway import amqpframes
 from gateway.sequencer import Done
 from gateway.session import Session
 from gateway.wire import fmt_instant, to_ticks
+from risk.refdata import CODE_RE
 
 if TYPE_CHECKING:
     from gateway.server import Server
@@ -365,6 +366,13 @@ def _decode(body: bytes, content_type: str) -> Any:
     return orjson.loads(body)
 
 
+def _stopping() -> bool:
+    """Whether the running task is being cancelled (the server stops), as opposed to a
+    CancelledError the client library raised into one of its calls."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 def _error(field_: str, reason: str, code: str = "INVALID_FIELD") -> Message:
     return {"type": "error", "code": code, "field": field_, "reason": reason}
 
@@ -421,9 +429,9 @@ class AmqpAdapter:
                 conn = await aio_pika.connect(
                     self.url, timeout=5,
                     client_properties={"connection_name": "ronda gateway"})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _stopping():
+                    raise
                 self.stats["connect_failures"] += 1
                 log.warning("AMQP: cannot connect (%s); again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -432,10 +440,12 @@ class AmqpAdapter:
             before = self.connections
             try:
                 await self._serve(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("AMQP: connection lost (%s)", exc)
+            except (Exception, asyncio.CancelledError) as exc:
+                # a CancelledError that is not this task's own cancellation is the client
+                # library's, raised into a call on a connection it gave up (see _serve)
+                if isinstance(exc, asyncio.CancelledError) and _stopping():
+                    raise
+                log.warning("AMQP: connection lost (%s)", str(exc) or type(exc).__name__)
             finally:
                 self._disconnected()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -514,6 +524,12 @@ class AmqpAdapter:
             done, _ = await asyncio.wait({pump, waiter},
                                          return_when=asyncio.FIRST_COMPLETED)
             if pump in done:
+                if pump.cancelled():
+                    # the library fails what waits on a connection it judged stuck (no
+                    # frame from the broker within the heartbeat grace) with
+                    # CancelledError: the connection is lost, the server is not stopping
+                    raise ConnectionError("the connection to the broker was given up "
+                                          "(no frame from it in time)")
                 pump.result()  # raises what broke the channel
         except asyncio.CancelledError:  # the server stops
             self._closed = True
@@ -589,8 +605,13 @@ class AmqpAdapter:
                 op = box[0]
                 if type(op) is _Publish:
                     # not mandatory: a broadcast nobody is bound to is simply dropped
-                    frames.append(publish(number, op.exchange, op.routing_key,
-                                          op.properties, op.body, max_content))
+                    try:
+                        frames.append(publish(number, op.exchange, op.routing_key,
+                                              op.properties, op.body, max_content))
+                    except ValueError as exc:  # a name over 255 bytes: this one only
+                        self.stats["unsendable"] += 1
+                        log.error("AMQP: a message to %.40r cannot be sent (%s); dropped",
+                                  op.routing_key, exc)
                 elif type(op) is _Ack:
                     if op.gen == gen:  # an older connection's delivery is redelivered
                         frames.append(ack(number, op.delivery.delivery_tag or 0))
@@ -703,6 +724,15 @@ class AmqpAdapter:
             self._answer_now(gen, message, None, _error(
                 "user_id", "the AMQP user_id property is required: set it to your broker "
                 "user name (the broker checks it)"))
+            return
+        if CODE_RE.match(user) is None:
+            # a broker user that cannot be a platform user (platform ids are at most 64
+            # plain characters): refused at once, and only to its reply_to, since a name of
+            # up to 255 bytes does not fit in the queue names and message ids made from it
+            self._answer_now(gen, message, None, {
+                "type": "reject", "code": "LOGIN_FAILED",
+                "reason": f"the AMQP user {user[:64]!r}{'...' if len(user) > 64 else ''} "
+                          "is not a platform user"})
             return
         cfg = self.server.config
         loop = asyncio.get_running_loop()
@@ -819,6 +849,18 @@ class AmqpAdapter:
 
     def _reply(self, gen: int, delivery: Delivery, user: str | None,
                msg: Message, replayed: bool = False) -> None:
+        try:
+            self._send_reply(delivery, user, msg, replayed)
+        except (ValueError, TypeError) as exc:
+            # nothing a client sends can make an answer unencodable (receive refuses what
+            # could); should it happen, the request is still acknowledged, never left to
+            # come back for ever, and the answer is counted as lost
+            self.stats["unanswerable"] += 1
+            log.error("AMQP: the answer to %s of %s cannot be encoded (%s); dropped",
+                      delivery.message_id, user, exc)
+
+    def _send_reply(self, delivery: Delivery, user: str | None, msg: Message,
+                    replayed: bool) -> None:
         self.stats["answers"] += 1
         ctype = _media_type(delivery.content_type)
         if ctype == MSGPACK:  # integer ticks and ms, as the WebSocket's ronda.msgpack

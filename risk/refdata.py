@@ -51,6 +51,8 @@ class _M(BaseModel):
 
 
 Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+# the same rule, for the gateways: a string that fails it cannot name a user, agent or unit
+CODE_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,64}\Z")
 
 
 class TaxDoc(_M):

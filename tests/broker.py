@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -142,6 +143,16 @@ class Broker:
             if time.monotonic() > deadline:
                 raise RuntimeError("the broker did not listen again after start_app")
             time.sleep(0.05)
+
+    def pause(self) -> None:
+        """Freeze the node (SIGSTOP to its process group): connections stay open but the
+        broker neither reads nor answers, as a hung or overloaded broker."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
 
     def start(self) -> None:
         with self.log_file.open("ab") as out:

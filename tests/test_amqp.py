@@ -889,3 +889,102 @@ async def test_properties_that_are_not_utf8_neither_break_the_link_nor_go_unansw
                                     "units": ["BUYU2"]}], carlos.answers.get(key)
     assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
     assert server.amqp.connections == 1 and server.amqp.stats["received"] == 2
+
+
+async def test_a_broker_user_that_cannot_be_a_platform_user_is_refused_and_acknowledged(
+        rabbitmq: Broker, carlos: AmqpClient, server: Server) -> None:
+    """Broker user names go up to 255 bytes, platform user ids to 64 plain characters
+    (risk.refdata).  The adapter built the names an answer needs (the message id
+    ``user:<name>:<seq>``, the routing key ``user.<name>``) from the broker's name and
+    failed on a long one: the request was never acknowledged, and as many as the prefetch
+    (256) stopped the AMQP API for everybody.  Such a user is refused (LOGIN_FAILED) to its
+    reply_to, and every request of it is acknowledged, with or without a reply_to."""
+    name = "z" * 255
+    if name not in rabbitmq.passwords:
+        await asyncio.to_thread(rabbitmq.add_user, name, "long-pw")
+    long_user = AmqpClient(rabbitmq.url_for(name), name)
+    await long_user.connect(consume_bcast=False)
+    try:
+        ans = await long_user.request({"type": "query_me"})
+        assert (ans["type"], ans["code"]) == ("reject", "LOGIN_FAILED")
+        assert "is not a platform user" in ans["reason"] and len(ans["reason"]) < 120
+        received = server.amqp.stats["received"]
+        n = server.amqp.prefetch + 20
+        for _ in range(n):  # no reply_to: nowhere to answer, but acknowledged all the same
+            m = long_user.message({"type": "query_me"})
+            m.reply_to = None
+            await long_user.exchange.publish(m, REQUEST_KEY, timeout=5)
+        await _until(lambda: server.amqp.stats["received"] == received + n, timeout=10)
+    finally:
+        await long_user.close()
+    assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+
+    def unacked() -> str:
+        return rabbitmq.ctl("list_queues", "-q", "name", "messages_ready",
+                            "messages_unacknowledged")
+
+    for _ in range(50):
+        row = [ln.split() for ln in (await asyncio.to_thread(unacked)).splitlines()
+               if ln.split()[:1] == [REQUEST_QUEUE]]
+        if row == [[REQUEST_QUEUE, "0", "0"]]:
+            break
+        await asyncio.sleep(0.1)
+    assert row == [[REQUEST_QUEUE, "0", "0"]]
+    assert name not in server.amqp.sessions
+    assert server.amqp.connections == 1 and server.amqp.stats["unanswerable"] == 0
+
+
+async def test_a_broker_that_stops_answering_is_reconnected_to(rabbitmq: Broker,
+                                                             tmp_path: Path) -> None:
+    """When no frame comes from the broker within the heartbeat grace, the client library
+    gives the connection up and fails what waits on it with CancelledError.  The adapter
+    took that for the server stopping and never connected again: the AMQP API was gone
+    until a restart.  Here the broker freezes while the adapter waits for its answer to a
+    binding; once it is back, the adapter connects again and serves."""
+    await _reset_broker(rabbitmq)
+    srv = Server(Config(data_dir=tmp_path / "data", calendar=None, fsync=False, port=0,
+                        amqp_url=rabbitmq.url + "?heartbeat=1", heartbeat_s=1.0))
+    await srv.start()
+    try:
+        await asyncio.wait_for(srv.amqp.connected.wait(), 10)
+        carlos = AmqpClient(rabbitmq.url_for("carlos"), "carlos")
+        await carlos.connect()
+        try:
+            assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+        finally:
+            await carlos.close()
+        session = srv.amqp.sessions["carlos"]
+        await asyncio.to_thread(rabbitmq.pause)
+        try:
+            srv.amqp.set_public(session, "states", True)  # a binding: waits for the broker
+            # the library's grace is 3 × (heartbeat + 1 s) = 6 s without a frame
+            await _until(lambda: not srv.amqp.connected.is_set(), timeout=15)
+        finally:
+            await asyncio.to_thread(rabbitmq.resume)
+        await _until(lambda: srv.amqp.connections == 2, timeout=15)
+        assert not srv.amqp._closed
+        carlos = AmqpClient(rabbitmq.url_for("carlos"), "carlos")
+        await carlos.connect()
+        try:
+            assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+        finally:
+            await carlos.close()
+    finally:
+        await srv.stop()
+
+
+async def test_a_message_that_cannot_be_encoded_is_dropped_alone(carlos: AmqpClient,
+                                                                server: Server) -> None:
+    """Defence in depth: should a message in the outbox carry a name the protocol cannot
+    hold (a routing key over 255 bytes), the writer drops that message alone and counts
+    it; the ones around it go out and the connection stays (it used to break the batch and
+    the link)."""
+    from gateway import amqp as amqp_mod
+
+    adapter = server.amqp
+    assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+    props = amqp_mod.amqpframes.properties(content_type=JSON)
+    adapter._enqueue(amqp_mod._Publish("", "q" * 256, b"{}", props))
+    adapter.to_user("carlos", {"type": "notice", "text": "after"})
+    await carlos.wait_bcast(lambda _k, _h, m: m == {"type": "notice", "text": "after"})
+    assert adapter.stats["unsendable"] == 1 and adapter.connections == 1
