@@ -679,6 +679,16 @@ def _slow_journal(server: Server, seconds: float) -> None:
     server.journal.append = slow  # type: ignore[method-assign]
 
 
+async def _carlos_is_served(broker: Broker) -> None:
+    """A new connection of carlos gets its request answered."""
+    carlos = AmqpClient(broker.url_for("carlos"), "carlos")
+    await carlos.connect()
+    try:
+        assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+    finally:
+        await carlos.close()
+
+
 async def _until(cond: Callable[[], bool], timeout: float = 5) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not cond():
@@ -840,12 +850,7 @@ async def test_server_starts_without_the_broker_and_connects_later(rabbitmq: Bro
         await asyncio.to_thread(rabbitmq.start_app)
     try:
         await asyncio.wait_for(srv.amqp.connected.wait(), 10)
-        carlos = AmqpClient(rabbitmq.url_for("carlos"), "carlos")
-        await carlos.connect()
-        try:
-            assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
-        finally:
-            await carlos.close()
+        await _carlos_is_served(rabbitmq)
     finally:
         await srv.stop()
 
@@ -947,12 +952,7 @@ async def test_a_broker_that_stops_answering_is_reconnected_to(rabbitmq: Broker,
     await srv.start()
     try:
         await asyncio.wait_for(srv.amqp.connected.wait(), 10)
-        carlos = AmqpClient(rabbitmq.url_for("carlos"), "carlos")
-        await carlos.connect()
-        try:
-            assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
-        finally:
-            await carlos.close()
+        await _carlos_is_served(rabbitmq)
         session = srv.amqp.sessions["carlos"]
         await asyncio.to_thread(rabbitmq.pause)
         try:
@@ -963,12 +963,7 @@ async def test_a_broker_that_stops_answering_is_reconnected_to(rabbitmq: Broker,
             await asyncio.to_thread(rabbitmq.resume)
         await _until(lambda: srv.amqp.connections == 2, timeout=15)
         assert not srv.amqp._closed
-        carlos = AmqpClient(rabbitmq.url_for("carlos"), "carlos")
-        await carlos.connect()
-        try:
-            assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
-        finally:
-            await carlos.close()
+        await _carlos_is_served(rabbitmq)
     finally:
         await srv.stop()
 
