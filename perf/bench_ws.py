@@ -237,7 +237,9 @@ def open_loop(loads: list[Load], rate: float, n: int) -> tuple[float, array[int]
             timeout = start + k * step - clock()
         pump(conns, max(0.0, timeout))
         if any(cn.closed for cn in conns):
-            raise RuntimeError("the server closed a connection during the load")
+            raise RuntimeError("the server closed a connection during the load: "
+                               + "; ".join(str(cn.close_reason) for cn in conns if cn.closed)
+                               + f" (at {rate:.0f}/s)")
     return clock() - start, late
 
 

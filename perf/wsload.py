@@ -84,6 +84,7 @@ class Conn:
         self.unparsed = bool(self.inbuf)  # to be parsed once ``on_text`` is set
         self.out = bytearray()
         self.closed = False
+        self.close_reason: str | None = None  # the server's close code and reason
         self.on_text: Callable[[bytes], None] = lambda data: None
 
     def fileno(self) -> int:
@@ -118,6 +119,8 @@ class Conn:
             return
         if not data:
             self.closed = True
+            if self.close_reason is None:
+                self.close_reason = "the socket ended without a close frame"
             return
         self.inbuf += data
         self.parse()
@@ -160,6 +163,8 @@ class Conn:
                 self.out += client_frame(0x8, payload[:2])
                 self.flush()
                 self.closed = True
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                self.close_reason = f"{code} {payload[2:].decode(errors='replace')}"
             else:
                 raise WsLoadError(f"unexpected frame: first byte {b0:#04x}")
         del buf[:pos]
