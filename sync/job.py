@@ -44,6 +44,8 @@ from engine.events import RoundClosed, Trade
 from gateway.codec import decode, encode
 from gateway.core import Core
 from risk.commands import DecideGuaranteeRequest, ReleaseObligations, SetSyncReduction
+from risk.guard import SCALE
+from risk.refdata import RefData
 from sync.settle import (
     PendingRequest,
     SyncResult,
@@ -62,10 +64,19 @@ Fault = Callable[[str], None]
 
 @dataclass(frozen=True, slots=True)
 class CloseSnapshot:
+    """What the settlement side needs from the platform at a round close (cents)."""
+
     round: int
     ts: int
-    uncommitted: dict[str, int]  # cents
-    requests: tuple[PendingRequest, ...]
+    uncommitted: dict[str, int]  # each agent's operative limit (R49.1.4.4 reductions)
+    requests: tuple[PendingRequest, ...]  # the pending guarantee requests
+    # the reference data in force (an immutable object: a reload replaces it; R53.6)
+    ref: RefData
+    # each agent's reduction d) as the platform applies it (R49.1.4.2 step 2)
+    reduction: dict[str, int]
+    # what the platform holds as reserved: GMIC + accepted increases − accepted reductions
+    # (R49.1.4.1, R49.1.4.4), which the settlement side's reserved amount must follow
+    reserved: dict[str, int]
 
 
 class SyncJob:
@@ -82,7 +93,8 @@ class SyncJob:
         self.last_synced = 0
         self.syncs_done = 0
         self.failures = 0
-        self.auctions: list[tuple[str, int, tuple[Any, ...]]] = []  # cleared, to settle
+        # cleared, to settle, with the reference data in force at the clearing (R53.6)
+        self.auctions: list[tuple[str, int, tuple[Any, ...], RefData]] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -108,17 +120,22 @@ class SyncJob:
                     self._wake.set()
                 elif t is AuctionCleared:
                     # R44: settled at the marginal price (the store keeps each session once)
-                    self.auctions.append((ev.session, ev.ts, ev.allocations))
+                    self.auctions.append((ev.session, ev.ts, ev.allocations,
+                                          self.core.ref))
                     self._wake.set()
 
     def _snapshot(self, rnd: int, ts: int) -> CloseSnapshot:
         risk = self.core.risk
         if risk is None:
-            return CloseSnapshot(rnd, ts, {}, ())
-        unc = {a: acct.limit_cents() for a, acct in risk.accounts.items()}
+            return CloseSnapshot(rnd, ts, {}, (), self.core.ref, {}, {})
+        accts = risk.accounts.items()
+        unc = {a: acct.limit_cents() for a, acct in accts}
         reqs = tuple(PendingRequest(r.id, r.agent, r.increase, r.amount)
                      for r in risk.requests.values() if r.state == "PENDING")
-        return CloseSnapshot(rnd, ts, unc, reqs)
+        # these terms are whole cents (set from cent amounts): exact
+        red = {a: acct.reduction // SCALE for a, acct in accts}
+        res = {a: (acct.gmic + acct.increases - acct.reductions) // SCALE for a, acct in accts}
+        return CloseSnapshot(rnd, ts, unc, reqs, risk.ref, red, res)
 
     # ------------------------------------------------------------------ syncing
 
@@ -161,8 +178,8 @@ class SyncJob:
         n = 0
         async with self._lock:
             while self.auctions:
-                session, ts, allocations = self.auctions[0]
-                entries = auction_entries(allocations, self.core.ref)
+                session, ts, allocations, ref = self.auctions[0]
+                entries = auction_entries(allocations, ref)
                 if await self.store.commit_auction(session, entries, ts):
                     n += 1
                 self.auctions.pop(0)
@@ -171,34 +188,37 @@ class SyncJob:
     async def sync_pending(self) -> SyncResult | None:
         await self.settle_auctions()
         async with self._lock:
-            closed = [r for r in self.closes if r > self.last_synced]
+            # a commit that raised may still have committed (the acknowledgement was lost):
+            # never recompute a sync the store has under a new id
+            if await self.store.last_sync() > self.last_synced:
+                await self._adopt_store()
+            closed = sorted(r for r in self.closes if r > self.last_synced)
             if not closed:
                 return None
-            target = max(closed)
+            # one sync covers only rounds closed under the same reference data
+            target = closed[0]
+            for r in closed[1:]:
+                if self.closes[r].ref is not self.closes[closed[0]].ref:
+                    break
+                target = r
+            if target != closed[-1]:
+                self._wake.set()  # the rest in a later sync
             snap = self.closes[target]
             first = self.last_synced + 1
             trades = [t for r in range(first, target + 1) for t in self.trades.get(r, ())]
             balances = await self.store.balances()
-            ref = self.core.ref
-            requests = await self._undecided(snap.requests)
+            requests, uncommitted, reserved = await self._platform(snap)
             # in a worker thread: a round of 100,000 trades takes the better part of a
             # second to settle, and the loop keeps serving traders meanwhile (every input is
             # immutable or this call's own: trades, reference data, snapshot, balances)
-            res = await asyncio.to_thread(settle, target, first, trades, ref, balances,
-                                          requests, snap.uncommitted)
+            res = await asyncio.to_thread(settle, target, first, trades, snap.ref, balances,
+                                          requests, uncommitted, reserved)
             feedback = [json.dumps(encode(c)) for c in self._feedback(res, balances)]
             self._fault("before_commit")
             if not await self.store.commit(res, feedback, snap.ts, self.fault):
                 # the store already has it (another job, or a stale view): never feed back a
                 # recomputation; catch up from what the store says instead
-                self.last_synced = await self.store.last_sync()
-                for r in [r for r in self.trades if r <= self.last_synced]:
-                    del self.trades[r]
-                for r in [r for r in self.closes if r <= self.last_synced]:
-                    del self.closes[r]
-                last = self.last_synced
-                if self.submit is not None and last not in self.released_seen:
-                    await self._feed(last, await self.store.feedback(last))
+                await self._adopt_store()
                 return None
             self._fault("after_commit")
             self.last_synced = target
@@ -213,19 +233,56 @@ class SyncJob:
                      res.trades, len(res.entries))
             return res
 
+    async def _adopt_store(self) -> None:
+        self.last_synced = await self.store.last_sync()
+        for r in [r for r in self.trades if r <= self.last_synced]:
+            del self.trades[r]
+        for r in [r for r in self.closes if r <= self.last_synced]:
+            del self.closes[r]
+        last = self.last_synced
+        if self.submit is not None and last not in self.released_seen:
+            await self._feed(last, await self.store.feedback(last))
+        self._wake.set()  # rounds closed after it are still to be synchronised
+
+    async def _platform(self, snap: CloseSnapshot
+                        ) -> tuple[tuple[PendingRequest, ...], dict[str, int], dict[str, int]]:
+        """The platform's figures at the close as the sync must read them: the requests
+        still to decide, each agent's uncommitted amount and its reserved amount.  The last
+        sync's feedback may not have been applied at the close (a round closed while it
+        was on its way, or a restart came between the commit and the feedback), so what
+        it decided is added here: an accepted reduction no longer counts as uncommitted,
+        nor does a reduction d) communicated and not yet applied (R49.1.4.4: a reduction
+        only of what is not committed), and accepted requests move the reserved amount."""
+        requests, accepted = await self._undecided(snap.requests)
+        uncommitted = dict(snap.uncommitted)
+        reserved = dict(snap.reserved)
+        for r in accepted:
+            if r.increase:
+                reserved[r.agent] = reserved.get(r.agent, 0) + r.amount
+            else:
+                reserved[r.agent] = reserved.get(r.agent, 0) - r.amount
+                uncommitted[r.agent] = uncommitted.get(r.agent, 0) - r.amount
+        for row in await self.store.query("SELECT agent, reduction FROM balances"):
+            late = int(row["reduction"]) - snap.reduction.get(row["agent"], 0)
+            if late > 0:
+                uncommitted[row["agent"]] = uncommitted.get(row["agent"], 0) - late
+        return requests, uncommitted, reserved
+
     async def _undecided(self, requests: tuple[PendingRequest, ...]
-                         ) -> tuple[PendingRequest, ...]:
-        """The snapshot's requests that no earlier sync has decided.  A round may close
-        after a sync has decided a request but before its decision is applied on the
-        platform; that round's snapshot still lists the request as pending, and it must not
-        be decided twice (R49.1.4.4: each request is answered once)."""
+                         ) -> tuple[tuple[PendingRequest, ...], list[PendingRequest]]:
+        """The snapshot's requests that no earlier sync has decided, and those an earlier
+        sync accepted.  A round may close after a sync has decided a request but before its
+        decision is applied on the platform; that round's snapshot still lists the request
+        as pending, and it must not be decided twice (R49.1.4.4: each request is answered
+        once)."""
         if not requests:
-            return requests
+            return requests, []
         rows = await self.store.query(
-            "SELECT request_id FROM decisions WHERE request_id >= ?",
+            "SELECT request_id, accept FROM decisions WHERE request_id >= ?",
             (min(r.id for r in requests),))
-        done = {int(r["request_id"]) for r in rows}
-        return tuple(r for r in requests if r.id not in done)
+        done = {int(r["request_id"]): bool(r["accept"]) for r in rows}
+        return (tuple(r for r in requests if r.id not in done),
+                [r for r in requests if done.get(r.id)])
 
     def _feedback(self, res: SyncResult, before: dict[str, Any]) -> list[Any]:
         cmds: list[Any] = []

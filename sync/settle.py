@@ -298,17 +298,22 @@ def _collector_paused() -> Iterator[None]:
 
 def settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefData,
            balances: Mapping[str, Balance], requests: Iterable[PendingRequest],
-           uncommitted: Mapping[str, int]) -> SyncResult:
+           uncommitted: Mapping[str, int],
+           platform_reserved: Mapping[str, int] | None = None) -> SyncResult:
     """One synchronisation: ``trades`` of rounds ``from_round..sync_id`` (``Trade`` events
     or :func:`trade_row` rows); ``balances`` as they stand; ``uncommitted`` each agent's
-    operative limit on the platform (cents)."""
+    operative limit on the platform (cents); ``platform_reserved`` what the platform holds
+    as each agent's reserved guarantees (cents), which the balance's reserved amount is set
+    to first (an officer's GMIC or decision moves the surplus, R49.1.4.1, R49.1.4.4)."""
     with _collector_paused():
-        return _settle(sync_id, from_round, trades, ref, balances, requests, uncommitted)
+        return _settle(sync_id, from_round, trades, ref, balances, requests, uncommitted,
+                       platform_reserved)
 
 
 def _settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefData,
             balances: Mapping[str, Balance], requests: Iterable[PendingRequest],
-            uncommitted: Mapping[str, int]) -> SyncResult:
+            uncommitted: Mapping[str, int],
+            platform_reserved: Mapping[str, int] | None = None) -> SyncResult:
     tl = sorted(trades, key=_TRADE_ID)
     res = SyncResult(sync_id, from_round, len(tl))
     bal = {k: Balance(v.deposited, v.reserved, v.balance) for k, v in balances.items()}
@@ -316,6 +321,15 @@ def _settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefD
         if code not in bal:
             bal[code] = Balance(a.deposited * 10, a.guarantees * 10,
                                 (a.deposited - a.guarantees) * 10)
+    # R49.1.4.1, R49.1.4.4: guarantees the platform reserved outside the sync's own
+    # decisions (an officer's GMIC or decision) leave (or return to) the SIOM surplus
+    for agent, cents in sorted((platform_reserved or {}).items()):
+        b = bal.setdefault(agent, Balance(0, 0, 0))
+        d = cents * 10 - b.reserved
+        if d:
+            b.reserved += d
+            b.balance -= d
+            res.history.append((agent, -d, "reserved amount set on the platform", b.balance))
     ctx = _Ctx(ref)
     delta = ctx.delta
     out = res.entries

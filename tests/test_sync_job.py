@@ -49,13 +49,14 @@ from engine.model import Side
 from gateway.codec import decode
 from gateway.core import Core
 from gateway.journal import Journal
-from gateway.refdata_file import read_and_validate
+from gateway.refdata_file import canonical_json, read_and_validate
 from gateway.sequencer import Sequencer
 from risk.commands import (
     DecideGuaranteeRequest,
     LoadReferenceData,
     ReleaseObligations,
     RequestGuaranteeChange,
+    SetGuarantees,
     SetSyncReduction,
 )
 from sync.job import SyncJob
@@ -626,6 +627,197 @@ async def test_a_round_closing_before_the_decisions_arrive_does_not_decide_them_
         risk = m.core.risk
         assert risk is not None
         assert {r.state for r in risk.requests.values()} <= {"ACCEPTED", "REFUSED"}
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------ what settlement must hear of
+
+
+async def _market(store: Store, fault: Callable[[str], None] | None = None) -> Market:
+    m = Market(store, fault)
+    await m.job.open()
+    m.at(0)
+    await s0_setup(m)
+    m.at(1)
+    return m
+
+
+async def test_a_commit_whose_outcome_was_lost_is_adopted_even_after_another_round_closed(
+        tmp_path: Path) -> None:
+    """R49.1.4.2: every closed round not yet synchronised, once.  The store committed sync
+    1 but the job heard an error (a connection lost during COMMIT), and round 2 closed
+    before the retry.  The retry must start from what the store has: recomputing rounds 1-2
+    as a new sync put round 1's trades in twice (refused by the entries' key, and then on
+    every later retry: nothing was ever synchronised again, and sync 1's feedback, its
+    release of the round-1 obligations, never reached the platform)."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    lost = []
+
+    def fault(point: str) -> None:
+        if point == "after_commit" and not lost:
+            lost.append(point)
+            raise Crash("the commit's answer was lost")
+
+    try:
+        m = await _market(store, fault)
+        await s1_round1(m)
+        m.at(2)
+        await m.submit(CloseContracts((C1,)), "calendar")
+        with pytest.raises(Crash):
+            await m.job.sync_pending()  # run() logs it and retries after a back-off
+        assert await store.last_sync() == 1
+        m.at(3)
+        await m.order("ana", "AG1", "SELLU1", C2, SELL, 4000, 10)
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C2, BUY, 4000, 10))
+        await m.submit(CloseContracts((C2,)), "calendar")
+        await m.job.sync_pending()  # the retry: adopts sync 1 and feeds it back
+        await m.job.sync_pending()  # then round 2
+        assert [r["sync_id"] for r in await store.query(
+            "SELECT sync_id FROM syncs ORDER BY sync_id")] == [1, 2]
+        rows = await store.query("SELECT trade_id, COUNT(*) AS n FROM entries"
+                                 " GROUP BY trade_id ORDER BY trade_id")
+        assert [(r["trade_id"], r["n"]) for r in rows] == [(1, 2), (2, 3), (3, 2)]
+        assert m.account("AG2")["obligations_by_round"] == {}  # both rounds released
+    finally:
+        await store.close()
+
+
+async def test_an_officers_accepted_increase_leaves_the_settlement_surplus(
+        tmp_path: Path) -> None:
+    """R49.1.4.4: an accepted increase is reserved for the continuous market and «se
+    reducirá el excedente» in the settlement side.  A risk officer may decide a request on
+    the platform; the next sync must move the amount out of the surplus, or the same euros
+    count twice (as platform guarantees and as surplus for another increase)."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        # AG1: 60 000 € deposited, 50 000 € reserved: 10 000 € of surplus
+        await m.submit(RequestGuaranteeChange("ana", "AG1", True, 1_000_000), "ana")
+        await m.submit(DecideGuaranteeRequest("rita", 1, True, "ok"), "rita")
+        assert m.limit("AG1") == 6_000_000
+        m.at(2)
+        await close_and_sync(m, C1)
+        b = (await store.balances())["AG1"]
+        assert (b.deposited, b.reserved, b.balance) == (60_000_000, 60_000_000, 0)
+        hist = await store.query("SELECT delta, reason FROM balance_history"
+                                 " WHERE agent = 'AG1' ORDER BY sync_id, n")
+        assert [(h["delta"], h["reason"]) for h in hist][:1] == [
+            (-10_000_000, "reserved amount set on the platform")]
+    finally:
+        await store.close()
+
+
+async def test_a_request_refused_on_the_platform_after_the_sync_accepted_it_is_given_back(
+        tmp_path: Path) -> None:
+    """The request is pending at the round close, so the sync decides it (accepted: 10 000
+    € move from the surplus to the reserved amount); meanwhile an officer refused it on the
+    platform, which keeps the first decision.  The next sync must give the 10 000 € back to
+    the surplus: the settlement side's reserved amount is what the platform can use."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        await m.submit(RequestGuaranteeChange("ana", "AG1", True, 1_000_000), "ana")
+        m.at(2)
+        await m.submit(CloseContracts((C1,)), "calendar")  # the snapshot: request 1 pending
+        await m.submit(DecideGuaranteeRequest("rita", 1, False, "no"), "rita")
+        await m.job.sync_pending()
+        b = (await store.balances())["AG1"]
+        assert (b.reserved, b.balance) == (60_000_000, 0)  # the sync accepted it
+        assert m.account("AG1")["reserved"] == 5_000_000  # the platform did not
+        m.at(3)
+        await close_and_sync(m, C2)
+        b = (await store.balances())["AG1"]
+        assert (b.reserved, b.balance) == (50_000_000, 10_000_000)
+    finally:
+        await store.close()
+
+
+async def test_guarantees_an_officer_sets_leave_the_settlement_surplus(tmp_path: Path) -> None:
+    """R49.1.4.1: the amount reserved for the continuous market «se reducirá
+    automáticamente del excedente».  An officer sets AG1's reserved guarantees to all it
+    deposited (60 000 €); an increase asked of the settlement side must then find no
+    surplus, or the platform could use 70 000 € backed by 60 000 €."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        await m.submit(SetGuarantees("rita", "AG1", 6_000_000), "rita")
+        await m.submit(RequestGuaranteeChange("ana", "AG1", True, 1_000_000), "ana")
+        m.at(2)
+        await close_and_sync(m, C1)
+        b = (await store.balances())["AG1"]
+        assert (b.reserved, b.balance) == (60_000_000, 0)
+        assert [(d["request_id"], d["accept"]) for d in await store.query(
+            "SELECT request_id, accept FROM decisions")] == [(1, 0)]
+        assert m.limit("AG1") == 6_000_000
+    finally:
+        await store.close()
+
+
+async def test_a_reduction_in_flight_is_not_accepted_twice_against_the_same_limit(
+        tmp_path: Path) -> None:
+    """R49.1.4.4: a reduction is accepted only for an amount not committed.  Sync 1
+    accepts 30 000 € of AG1's 50 000 €; before its decision reaches the platform the agent
+    asks for 30 000 € more and round 2 closes, so round 2's snapshot still shows the whole
+    50 000 € as free.  Sync 2 must count the first reduction as taken and refuse the
+    second."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+
+    def fault(point: str) -> None:
+        if point == "after_commit" and m.job.syncs_done == 0:
+            m.now += 1
+            m.apply(RequestGuaranteeChange("ana", "AG1", False, 3_000_000), "ana", m.now)
+            m.now += 1
+            m.apply(CloseContracts((C2,)), "calendar", m.now)
+
+    try:
+        m = await _market(store, fault)
+        await m.submit(RequestGuaranteeChange("ana", "AG1", False, 3_000_000), "ana")
+        m.at(2)
+        await close_and_sync(m, C1)
+        m.at(3)
+        await m.job.sync_pending()
+        assert [(d["request_id"], d["accept"]) for d in await store.query(
+            "SELECT request_id, accept FROM decisions ORDER BY request_id")] == [(1, 1), (2, 0)]
+        acc = m.account("AG1")
+        assert (acc["requested_reductions"], acc["operative_limit"]) == (3_000_000, 2_000_000)
+        b = (await store.balances())["AG1"]
+        assert (b.reserved, b.balance) == (20_000_000, 40_000_000)
+    finally:
+        await store.close()
+
+
+async def test_trades_are_settled_with_the_reference_data_in_force_at_the_close(
+        tmp_path: Path) -> None:
+    """R53.6: changes of billing data «no tendrán efecto sobre fechas cuya casación … ya se
+    hubiera producido».  AG2's VAT changes after round 1 closed, before the job ran (the
+    server journals reference data at every start whose file changed, before the sync
+    catches up): round 1 is settled at the 21 % it was traded (and charged) at; a round
+    closed after the change at the new rate, in a sync of its own."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        await s1_round1(m)  # AG2 buys 6.0 MWh at 45.10 with VAT 21 %
+        m.at(2)
+        await m.submit(CloseContracts((C1,)), "calendar")
+        doc = json.loads(REFDATA_TEXT)
+        for a in doc["agents"]:
+            if a["code"] == "AG2":
+                a["tax"]["vat"] = "10"
+        await m.submit(LoadReferenceData(canonical_json(doc)), "operator")
+        m.at(3)
+        await m.order("ana", "AG1", "SELLU1", C2, SELL, 4510, 60)
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C2, BUY, 4510, 60))
+        await m.submit(CloseContracts((C2,)), "calendar")
+        await m.job.sync_pending()
+        await m.job.sync_pending()
+        assert [r["sync_id"] for r in await store.query(
+            "SELECT sync_id FROM syncs ORDER BY sync_id")] == [1, 2]
+        rows = await store.query("SELECT round, base, iee, vat FROM entries"
+                                 " WHERE agent = 'AG2' AND base = 270600 ORDER BY round")
+        # (270 600 + 13 835) × 21 % = 59 731; × 10 % = 28 444 (m€)
+        assert [(r["round"], r["base"], r["iee"], r["vat"]) for r in rows] == [
+            (1, 270_600, 13_835, 59_731), (2, 270_600, 13_835, 28_444)]
     finally:
         await store.close()
 
