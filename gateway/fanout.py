@@ -364,9 +364,12 @@ class Hub:
             s.deliver(msg)
 
     def unsubscribe_all(self, session: Any) -> None:
-        for subs in (*self.book_subs.values(), *self.trade_subs.values(),
-                     *self.private_subs.values()):
-            subs.discard(session)
+        for table in (self.book_subs, self.trade_subs, self.private_subs):
+            for key in [k for k, subs in table.items() if session in subs]:
+                subs = table[key]
+                subs.discard(session)
+                if not subs:
+                    del table[key]
         self.state_subs.discard(session)
         self.officer_subs.discard(session)
 

@@ -13,7 +13,7 @@ The same models serve the gateway (WebSocket, AMQP) and the replay tool.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -51,6 +52,9 @@ __all__ = [
 _MAX_PRICE_TICKS = 10**9
 _MAX_QTY_TICKS = 10**9
 _MAX_ID = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_INSTANT = 946_684_800_000  # 2000-01-01T00:00Z
+_MAX_INSTANT = 32_503_680_000_000 - 1  # before 3000-01-01T00:00Z
 # ASCII digits only, and nothing after the number (a trailing newline is not a number)
 _DEC_RE = re.compile(r"(-?)([0-9]{1,12})(?:\.([0-9]{1,12}))?\Z")
 
@@ -84,7 +88,8 @@ def _decimal_to_ticks(v: Any, decimals: int, unit: str, info: ValidationInfo) ->
         )
     m = _DEC_RE.match(v)
     if m is None:
-        raise ValueError(f"{v!r} is not a decimal number")
+        shown = repr(v) if len(v) <= 24 else repr(v[:20]) + f"... ({len(v)} characters)"
+        raise ValueError(f"{shown} is not a decimal number")
     sign: str = m.group(1)
     whole: str = m.group(2)
     frac: str = m.group(3) or ""
@@ -124,20 +129,28 @@ def parse_instant(v: Any) -> int:
         dt = datetime.fromisoformat(v)
     except ValueError:
         raise ValueError(f"{v!r} is not an ISO-8601 instant") from None
-    if dt.tzinfo is None:
+    off = dt.utcoffset()
+    if off is None:
         raise ValueError(f"{v!r} has no UTC offset; write it with Z or +01:00")
+    if off % timedelta(minutes=1):
+        raise ValueError(f"{v!r}: the UTC offset must be whole minutes (+01:00)")
     if dt.microsecond % 1000:
         raise ValueError(f"{v!r} is more precise than a millisecond")
-    return int(dt.timestamp() * 1000) if dt.microsecond == 0 else (
-        int(dt.replace(microsecond=0).timestamp()) * 1000 + dt.microsecond // 1000
-    )
+    ms = (dt - _EPOCH) // timedelta(milliseconds=1)
+    return _instant_range(ms)
+
+
+def _instant_range(ms: int) -> int:
+    if not _MIN_INSTANT <= ms <= _MAX_INSTANT:
+        raise ValueError("is outside the years 2000 to 2999")
+    return ms
 
 
 def _instant(v: Any, info: ValidationInfo) -> int:
     if _ticks_mode(info) and not isinstance(v, str):
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError("must be an integer of milliseconds since the epoch (UTC)")
-        return v
+        return _instant_range(v)
     return parse_instant(v)
 
 
@@ -269,7 +282,7 @@ class BreachActionReq(_Request):
     """A trader's own choice: hibernate my orders if I breach my rate limit (R48.c)."""
 
     type: Literal["set_breach_action"]
-    hibernate_on_breach: bool
+    hibernate_on_breach: StrictBool
 
 
 class SetGuaranteesReq(_Request):
@@ -281,7 +294,7 @@ class SetGuaranteesReq(_Request):
 class DecideRequestReq(_Request):
     type: Literal["decide_guarantee_request"]
     request_id: Id
-    accept: bool
+    accept: StrictBool
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
@@ -305,8 +318,8 @@ class SetRateLimitsReq(_Request):
     type: Literal["set_rate_limits"]
     user: Name | None = None
     rules: Annotated[list[RateRule], Field(min_length=1, max_length=10)]
-    warning_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
-    hibernate_on_breach: bool = False
+    warning_ratio: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.8
+    hibernate_on_breach: StrictBool = False
 
 
 class InterruptContractReq(_Request):
@@ -375,7 +388,7 @@ class SetReactivationReq(_Request):
     """Reactivate my hibernated orders after each auction (R46.2.7)."""
 
     type: Literal["set_reactivation"]
-    reactivate: bool
+    reactivate: StrictBool
 
 
 class AuctionRunReq(_Request):
@@ -486,12 +499,15 @@ def _first_error(exc: ValidationError) -> ProtocolError:
     if loc and loc[0] in _TAGS:
         loc = loc[1:]
     field = ".".join(loc) or "message"
+    if len(field) > 100:  # an attacker's key: named, not replayed
+        field = field[:97] + "..."
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if err["type"] == "union_tag_invalid":
         field = "type"
-        msg = f"unknown message type {err.get('input', {}).get('type')!r}"
+        shown = repr(err.get("input", {}).get("type"))
+        msg = f"unknown message type {shown if len(shown) <= 40 else shown[:37] + '...'}"
     elif err["type"] == "union_tag_not_found":
         field = "type"
         msg = "missing message type"
@@ -640,7 +656,7 @@ def _fast_expiry(data: dict[str, Any], ticks: bool) -> tuple[bool, int | None]:
             return True, parse_instant(v)
         except ValueError:
             return False, None
-    if ticks and type(v) is int:
+    if ticks and type(v) is int and _MIN_INSTANT <= v <= _MAX_INSTANT:
         return True, v
     return False, None
 

@@ -92,6 +92,7 @@ SESSION_FIELDS: dict[str, frozenset[str]] = {
     "query_agents": _BASE, "query_public_trades": _BASE | {"contract"},
     "query_audit": _BASE | {"agent", "before", "limit"},
 }
+SETTLEMENT_QUERIES = 4  # query_settlement tasks per session at a time, at most
 AUDIT_LIMIT = 1000  # entries per query_audit answer, at most
 WRITE_BATCH = 256  # queued messages handed to the transport at once, at most
 
@@ -107,6 +108,17 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
     def abort(self) -> None: ...
+
+
+def shown(v: Any, limit: int = 40) -> str:
+    """An attacker's value in an error message: its repr, cut to ``limit`` characters."""
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def _cut(name: str, limit: int = 100) -> str:
+    """A field name the client made up, as the error's ``field``: at most ``limit``."""
+    return name if len(name) <= limit else name[:limit - 3] + "..."
 
 
 def token_hash(token: str) -> str:
@@ -142,6 +154,9 @@ class Session:
         self._send_now = getattr(transport, "send_now", None)
         self._errors: deque[float] = deque()
         self._failed_logins = 0
+        self._logout_req: Any = None  # a logout waiting for the answers in flight
+        self._logging_out = False
+        self._settlements = 0  # query_settlement tasks running
         self.sent = 0
         self.dropped_book_messages = 0
 
@@ -298,6 +313,9 @@ class Session:
             self._close_after_flush(f"too many malformed messages ({n} in 10 s)")
 
     def throttled(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        while self._errors and self._errors[0] < now - 10:
+            self._errors.popleft()
         return len(self._errors) > self.server.config.max_errors_per_10s // 2
 
     def reject(self, req_id: Any, code: str, reason: str, **extra: Any) -> None:
@@ -310,7 +328,7 @@ class Session:
     def handle(self, data: Any, str_keys: bool = False) -> None:
         """One decoded message.  Never raises for bad input.  ``str_keys``: the decoder
         gives only text keys (JSON), so they need no check."""
-        if self._closing:
+        if self._closing or self._logging_out:
             return
         if not isinstance(data, dict):
             self.error("message", f"must be an object, got {type(data).__name__}")
@@ -342,7 +360,7 @@ class Session:
         if typ in SESSION_TYPES:
             extra = set(data) - SESSION_FIELDS[typ]
             if extra:
-                self.error(sorted(extra)[0], "unknown field", req_id)
+                self.error(_cut(sorted(extra)[0]), "unknown field", req_id)
                 return
             self._session_request(typ, data, req_id)
             return
@@ -357,7 +375,7 @@ class Session:
             return
         extra = set(data) - SESSION_FIELDS["login"]
         if extra:
-            self.error(sorted(map(str, extra))[0], "unknown field", req_id)
+            self.error(_cut(sorted(map(str, extra))[0]), "unknown field", req_id)
             return
         user = data.get("user", self.cert_user)
         token = data.get("token")
@@ -413,7 +431,7 @@ class Session:
     def _command(self, typ: str, data: dict[str, Any], req_id: Any) -> None:
         allowed = ROLES.get(typ)
         if allowed is None:
-            self.error("type", f"unknown message type {typ!r}", req_id)
+            self.error("type", f"unknown message type {shown(typ)}", req_id)
             return
         if self.roles.isdisjoint(allowed):
             self.reject(req_id, "NOT_PERMITTED",
@@ -449,9 +467,22 @@ class Session:
         that needs anything of the request's own context captures it here."""
         return lambda events, exc: self._answer(typ, req_id, events, exc)
 
+    def _finish_logout(self) -> None:
+        if self._logging_out and self.inflight == 0 and self._settlements == 0:
+            self._logging_out = False
+            self.send({"type": "ack", "kind": "logout", "req_id": self._logout_req})
+            self._close_after_flush("logged out")
+
     def _answer(self, typ: str, req_id: Any, events: list[Any] | None,
                 exc: BaseException | None) -> None:
         self.inflight -= 1
+        try:
+            self._answer_one(typ, req_id, events, exc)
+        finally:
+            self._finish_logout()
+
+    def _answer_one(self, typ: str, req_id: Any, events: list[Any] | None,
+                    exc: BaseException | None) -> None:
         if self._input_paused and self.inflight <= self.max_inflight // 2:
             self._input_paused = False
             self.transport.resume_input()  # type: ignore[attr-defined]
@@ -472,8 +503,11 @@ class Session:
             self.send({"type": "heartbeat", "req_id": req_id,
                        "server_time": fmt_instant(srv.sequencer.clock.now())})
         elif typ == "logout":
-            self.send({"type": "ack", "kind": "logout", "req_id": req_id})
-            self._close_after_flush("logged out")
+            # the answers of the requests in flight come first (each request gets its
+            # one answer); nothing sent after the logout is handled
+            self._logging_out = True
+            self._logout_req = req_id
+            self._finish_logout()
         elif typ == "query_me":
             units = sorted(u.code for u in core.ref.units.values()
                            if u.responsible == self.agent)
@@ -551,19 +585,33 @@ class Session:
             if agent is None:
                 return
             try:
-                ok = isinstance(day, str) and bool(date.fromisoformat(day))
+                ok = (isinstance(day, str) and len(day) == 10
+                      and date.fromisoformat(day).isoformat() == day)
             except ValueError:
                 ok = False
             if not ok:
                 self.error("day", "must be a delivery day YYYY-MM-DD", req_id)
                 return
+            if self._settlements >= SETTLEMENT_QUERIES:
+                self.reject(req_id, "RATE_LIMIT",
+                            f"at most {SETTLEMENT_QUERIES} settlement queries at a time")
+                return
+            self._settlements += 1
             asyncio.get_running_loop().create_task(self._settlement(agent, str(day), req_id))
 
     async def _settlement(self, agent: str, day: str, req_id: Any) -> None:
         from sync.report import report
 
-        rep = await report(self.server.store, agent, day)
-        self.send({"type": "settlement", "req_id": req_id, **rep})
+        try:
+            rep = await report(self.server.store, agent, day)
+        except Exception as exc:  # the store failed: still one answer
+            log.exception("settlement report failed")
+            self.reject(req_id, "UNAVAILABLE", f"settlement store: {type(exc).__name__}")
+        else:
+            self.send({"type": "settlement", "req_id": req_id, **rep})
+        finally:
+            self._settlements -= 1
+            self._finish_logout()
 
     def _query_audit(self, data: dict[str, Any], req_id: Any) -> None:
         """The audit trail (gateway/audit.py), newest first.  Officers and the market
@@ -643,6 +691,9 @@ class Session:
             return
         agent = self._agent_param({"agent": agent}, req_id)
         if agent is None:
+            return
+        if agent not in self.server.core.ref.agents:
+            self.reject(req_id, "AGENT_UNKNOWN", "no such agent")
             return
         subs = hub.private_subs[agent]
         (subs.add if on else subs.discard)(self)

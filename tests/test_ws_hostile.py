@@ -1,0 +1,227 @@
+"""Hostile and careless input on the WebSocket API (a review's findings, each once a
+defect): every such input gets a clear error naming the field, is never guessed, never
+breaks the server for anyone else and never loses what was accepted.
+
+Real server, real sockets (tests/wsclient.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from wsclient import JSON, MSGPACK, Client, contract_id, order, start_server
+
+from gateway.protocol import parse_instant
+
+C1 = contract_id(10)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------------------- instants
+
+
+@pytest.mark.parametrize("proto,close_at", [
+    (JSON, "9999-12-31T23:59:59.000-23:00"),  # UTC year 10000
+    (JSON, "0001-01-01T00:00:00.000+01:00"),  # UTC year 0
+    (MSGPACK, 2**62),
+])
+async def test_an_instant_outside_the_years_2000_to_2999_is_refused(
+        tmp_path: Path, proto: str, close_at: object) -> None:
+    """Such an instant was acknowledged and journaled; the fan-out then failed on it,
+    every later query_contracts closed the asker's connection, and the server could no
+    longer start (the journal's replay could not format it)."""
+    server = await start_server(tmp_path / "d")
+    try:
+        m = await Client.connect(server.port, proto)
+        await m.login("marta")
+        ans = await m.request({"type": "contract_create", "contract": contract_id(5),
+                               "close_at": close_at})
+        assert (ans["type"], ans["field"]) == ("error", "close_at"), ans
+        assert "2000 to 2999" in ans["reason"]
+        a = await Client.connect(server.port)
+        await a.login("ana")
+        assert (await a.request({"type": "query_contracts"}))["type"] == "contracts"
+    finally:
+        await server.stop()
+    server = await start_server(tmp_path / "d")  # the journal replays
+    await server.stop()
+
+
+@pytest.mark.parametrize("text", ["2027-01-15T09:00:00.001+01:00:00.500000",
+                                  "2027-01-15T09:00:00-01:00:00.000400",
+                                  "2027-01-15T09:00:00.000+01:00:30"])
+def test_a_utc_offset_that_is_not_whole_minutes_is_refused(text: str) -> None:
+    """The offset's fraction of a second was dropped: an expiry 500 ms off, or finer than
+    a millisecond and silently cut."""
+    with pytest.raises(ValueError, match="whole minutes"):
+        parse_instant(text)
+
+
+@pytest.mark.parametrize("text,ms", [
+    ("2027-01-15T09:00:00.001+01:00", 1_800_000_000_001),  # 08:00:00.001 UTC
+    ("2027-01-15T08:00:00.001Z", 1_800_000_000_001),
+    ("2027-01-15T02:30:00.999-05:30", 1_800_000_000_999),
+])
+def test_an_instant_is_read_to_the_millisecond(text: str, ms: int) -> None:
+    assert parse_instant(text) == ms == (datetime.fromisoformat(text) - EPOCH) // timedelta(
+        milliseconds=1)
+
+
+# ---------------------------------------------------------------------------- answers
+
+
+async def test_an_order_sent_just_before_logout_gets_its_answer(tmp_path: Path) -> None:
+    """Each accepted request gets its one answer: the order was live in the book, but the
+    logout closed the session before its answer went out."""
+    server = await start_server(tmp_path / "d", (C1,))
+    try:
+        c = await Client.connect(server.port)
+        await c.login("ana")
+        await c.send({**order(C1, "SELLU1", "SELL", "50.00", "1.0"), "req_id": "o1"})
+        await c.send({"type": "logout", "req_id": "bye"})
+        await c.send({"type": "query_me", "req_id": "after"})  # after the logout: ignored
+        await c.wait_closed()
+        assert len(server.core.orders_of("AG1")) == 1
+        assert [m["type"] for m in c.answers.get("o1", [])] == ["ack"], c.received
+        order_of = [m.get("req_id") for m in c.received if m.get("req_id") in ("o1", "bye")]
+        assert order_of[-1] == "bye"
+        assert "after" not in c.answers
+    finally:
+        await server.stop()
+
+
+async def test_settlement_queries_are_bounded_per_connection(tmp_path: Path) -> None:
+    """One connection could queue any number of store queries on the settlement store's
+    worker thread: another user's query waited behind 20,000 of them."""
+    server = await start_server(tmp_path / "d")
+    try:
+        a = await Client.connect(server.port, read=False)
+        await a.ws.send(orjson.dumps({"type": "login", "user": "ana",
+                                      "token": "ana-demo-token"}).decode())
+        b = await Client.connect(server.port)
+        await b.login("carlos")
+        before = len(asyncio.all_tasks())
+        msg = orjson.dumps({"type": "query_settlement", "day": "2027-01-15"}).decode()
+        for _ in range(5_000):
+            await a.ws.send(msg)
+        await asyncio.sleep(0.5)
+        assert len(asyncio.all_tasks()) - before <= 4
+        ans = await b.request({"type": "query_settlement", "day": "2027-01-15"}, timeout=60)
+        assert ans["type"] == "settlement"
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("day", ["20270115", "2027-W03-5", "2027W035"])
+async def test_a_settlement_day_must_be_written_yyyy_mm_dd(tmp_path: Path, day: str) -> None:
+    """Such a day was read as a date, then looked up as text: an empty report."""
+    server = await start_server(tmp_path / "d")
+    try:
+        c = await Client.connect(server.port)
+        await c.login("ana")
+        ans = await c.request({"type": "query_settlement", "day": day})
+        assert (ans["type"], ans["field"]) == ("error", "day"), ans
+    finally:
+        await server.stop()
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("proto", [MSGPACK, JSON])
+@pytest.mark.parametrize("case", ["type", "price", "unknown_field", "session_field",
+                                  "login_field"])
+async def test_an_error_names_the_field_without_replaying_the_input(
+        tmp_path: Path, proto: str, case: str) -> None:
+    """A 60,000-character value came back as a 240,000-character reason."""
+    big = "\x00" * (60_000 if proto == MSGPACK else 10_000)  # JSON: 6 bytes per NUL
+    server = await start_server(tmp_path / "d", (C1,))
+    try:
+        c = await Client.connect(server.port, proto)
+        if case != "login_field":
+            await c.login("ana")
+        msg = {
+            "type": {"type": big},
+            "price": order(C1, "SELLU1", "SELL", big, "1.0"),
+            "unknown_field": {**order(C1, "SELLU1", "SELL", "50.00", "1.0"), big: 1},
+            "session_field": {"type": "query_me", big: 1},
+            "login_field": {"type": "login", "user": "ana", "token": "t", big: 1},
+        }[case]
+        ans = await c.request(msg)
+        assert ans["type"] == "error"
+        assert len(ans["reason"]) + len(ans["field"]) <= 200, ans["field"][:30]
+    finally:
+        await server.stop()
+
+
+async def test_an_error_burst_long_past_does_not_throttle_a_valid_request(
+        tmp_path: Path) -> None:
+    """The throttle read its 10-second window without dropping what had left it."""
+    server = await start_server(tmp_path / "d", (C1,))
+    try:
+        c = await Client.connect(server.port)
+        await c.login("ana")
+        for _ in range(server.config.max_errors_per_10s // 2 + 1):
+            assert (await c.request({"type": "order_entry", "price": "x"}))["type"] == "error"
+        ans = await c.request(order(C1, "SELLU1", "SELL", "50.00", "1.0"))
+        assert (ans["type"], ans.get("code")) == ("error", "THROTTLED"), ans
+        await asyncio.sleep(10.5)
+        ans = await c.request(order(C1, "SELLU1", "SELL", "50.00", "1.0"))
+        assert ans["type"] == "ack", ans
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("user,msg", [
+    ("ana", {"type": "set_breach_action", "hibernate_on_breach": "off"}),
+    ("ana", {"type": "set_breach_action", "hibernate_on_breach": 1}),
+    ("ana", {"type": "set_reactivation", "reactivate": "yes"}),
+    ("rita", {"type": "set_rate_limits", "rules": [{"window_ms": 1000, "max": 50}],
+              "warning_ratio": "1e-1"}),
+])
+async def test_a_value_of_the_wrong_type_is_refused_not_guessed(
+        tmp_path: Path, user: str, msg: dict[str, object]) -> None:
+    server = await start_server(tmp_path / "d")
+    try:
+        c = await Client.connect(server.port)
+        await c.login(user)
+        ans = await c.request(msg)
+        assert ans["type"] == "error", ans
+        assert ans["field"] in ("hibernate_on_breach", "reactivate", "warning_ratio")
+    finally:
+        await server.stop()
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+async def test_subscriptions_to_unknown_agents_are_refused_and_leave_nothing_behind(
+        tmp_path: Path) -> None:
+    """An officer's subscription to any agent text was accepted and its key kept for ever,
+    also after the connection closed: memory without bound."""
+    server = await start_server(tmp_path / "d")
+    try:
+        r = await Client.connect(server.port)
+        await r.login("rita")
+        ans = await r.request({"type": "subscribe", "stream": "private", "agent": "NOPE"})
+        assert (ans["type"], ans.get("code")) == ("reject", "AGENT_UNKNOWN"), ans
+        keys = len(server.hub.private_subs) + len(server.hub.private_seq)
+        for i in range(200):
+            await r.send({"type": "subscribe", "stream": "private", "agent": f"{i:06d}X"})
+        ans = await r.request({"type": "subscribe", "stream": "private", "agent": "AG2"})
+        assert ans["type"] == "ack"
+        await r.request({"type": "heartbeat"}, timeout=30)
+        await r.close()
+        for _ in range(100):
+            if "AG2" not in server.hub.private_subs:
+                break
+            await asyncio.sleep(0.01)
+        assert len(server.hub.private_subs) + len(server.hub.private_seq) <= keys + 1
+        assert "AG2" not in server.hub.private_subs  # emptied sets are removed
+    finally:
+        await server.stop()
+
+
