@@ -46,6 +46,7 @@ import json
 import logging
 import os
 from collections import OrderedDict, defaultdict, deque
+from collections.abc import Callable
 from contextvars import Context, ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -263,6 +264,21 @@ class AmqpSession(Session):
             self.adapter.complete(req, msg)
             return
         super().send(msg)
+
+    def _reply_later(self) -> Callable[[dict[str, Any]], None]:
+        req = _CURRENT.get()
+        if req is None or req.session is not self:
+            return super()._reply_later()
+        req.pending = True  # answered when the answers in flight are out
+
+        def reply(msg: dict[str, Any]) -> None:
+            token = _CURRENT.set(req)
+            try:
+                self.send(msg)
+            finally:
+                _CURRENT.reset(token)
+
+        return reply
 
     def _command(self, typ: str, data: dict[str, Any], req_id: Any) -> None:
         req = _CURRENT.get()

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import logging
 from collections import deque
+from collections.abc import Callable
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -154,7 +155,9 @@ class Session:
         self._send_now = getattr(transport, "send_now", None)
         self._errors: deque[float] = deque()
         self._failed_logins = 0
-        self._logout_req: Any = None  # a logout waiting for the answers in flight
+        # a logout waiting for the answers in flight: how to send its ack then
+        self._logout_reply: Callable[[dict[str, Any]], None] | None = None
+        self._logout_req: Any = None
         self._logging_out = False
         self._settlements = 0  # query_settlement tasks running
         self.sent = 0
@@ -467,10 +470,18 @@ class Session:
         that needs anything of the request's own context captures it here."""
         return lambda events, exc: self._answer(typ, req_id, events, exc)
 
+    def _reply_later(self) -> Callable[[dict[str, Any]], None]:
+        """How to answer, later, the request being handled now (a logout waits for the
+        answers in flight).  A transport that routes an answer by its request (AMQP)
+        captures the request here."""
+        return self.send
+
     def _finish_logout(self) -> None:
         if self._logging_out and self.inflight == 0 and self._settlements == 0:
             self._logging_out = False
-            self.send({"type": "ack", "kind": "logout", "req_id": self._logout_req})
+            reply = self._logout_reply or self.send
+            self._logout_reply = None
+            reply({"type": "ack", "kind": "logout", "req_id": self._logout_req})
             self._close_after_flush("logged out")
 
     def _answer(self, typ: str, req_id: Any, events: list[Any] | None,
@@ -507,6 +518,7 @@ class Session:
             # one answer); nothing sent after the logout is handled
             self._logging_out = True
             self._logout_req = req_id
+            self._logout_reply = self._reply_later()
             self._finish_logout()
         elif typ == "query_me":
             units = sorted(u.code for u in core.ref.units.values()

@@ -924,17 +924,7 @@ async def test_a_broker_user_that_cannot_be_a_platform_user_is_refused_and_ackno
         await long_user.close()
     assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
 
-    def unacked() -> str:
-        return rabbitmq.ctl("list_queues", "-q", "name", "messages_ready",
-                            "messages_unacknowledged")
-
-    for _ in range(50):
-        row = [ln.split() for ln in (await asyncio.to_thread(unacked)).splitlines()
-               if ln.split()[:1] == [REQUEST_QUEUE]]
-        if row == [[REQUEST_QUEUE, "0", "0"]]:
-            break
-        await asyncio.sleep(0.1)
-    assert row == [[REQUEST_QUEUE, "0", "0"]]
+    assert await _request_queue(rabbitmq) == ["0", "0"]
     assert name not in server.amqp.sessions
     assert server.amqp.connections == 1 and server.amqp.stats["unanswerable"] == 0
 
@@ -983,3 +973,35 @@ async def test_a_message_that_cannot_be_encoded_is_dropped_alone(carlos: AmqpCli
     adapter.to_user("carlos", {"type": "notice", "text": "after"})
     await carlos.wait_bcast(lambda _k, _h, m: m == {"type": "notice", "text": "after"})
     assert adapter.stats["unsendable"] == 1 and adapter.connections == 1
+
+
+async def test_a_logout_after_an_order_in_progress_answers_both_in_order(
+        rabbitmq: Broker, carlos: AmqpClient, server: Server) -> None:
+    """The logout waits for the answers of the requests before it (each request gets its
+    one answer, as over WebSocket); over AMQP its own answer still goes to its reply_to and
+    its delivery is acknowledged, and the session ends."""
+    _slow_journal(server, 0.3)
+    placed = await carlos.submit(order("BUY", "41.00", client_order_id="before-logout"))
+    bye = await carlos.submit({"type": "logout"})
+    ans = await asyncio.wait_for(placed, 10)
+    assert ans["type"] == "ack" and ans["kind"] == "order_entry"
+    done = await asyncio.wait_for(bye, 10)
+    assert (done["type"], done["kind"]) == ("ack", "logout")
+    assert set(carlos.replies.values()) == {1}  # one answer each, nothing else
+    await _until(lambda: "carlos" not in server.amqp.sessions)
+    assert [v["client_order_id"] for v in live_orders(server, "AG2")] == ["before-logout"]
+    assert await _request_queue(rabbitmq) == ["0", "0"]  # nothing ready, nothing unacked
+
+
+async def _request_queue(broker: Broker) -> list[str]:
+    """The request queue's ready and unacknowledged counts, once both are 0 (or after 5 s)."""
+    row: list[str] = []
+    for _ in range(50):
+        out = await asyncio.to_thread(broker.ctl, "list_queues", "-q", "name",
+                                      "messages_ready", "messages_unacknowledged")
+        rows = [ln.split() for ln in out.splitlines() if ln.split()[:1] == [REQUEST_QUEUE]]
+        row = rows[0][1:] if rows else []
+        if row == ["0", "0"]:
+            break
+        await asyncio.sleep(0.1)
+    return row
