@@ -94,6 +94,17 @@ SESSION_FIELDS: dict[str, frozenset[str]] = {
     "query_audit": _BASE | {"agent", "before", "limit"},
 }
 SETTLEMENT_QUERIES = 4  # query_settlement tasks per session at a time, at most
+# Query answers can be large (an agent's orders, trades, audit entries...) and cost the
+# event loop to build.  A connection may have at most QUERY_BACKLOG of them built and not
+# yet written to its socket, holding at most QUERY_BACKLOG_ITEMS listed items in all;
+# beyond that a query is refused (RATE_LIMIT) until the client reads.  This bounds both
+# the memory a client that does not read can make the server hold and the time one
+# burst of queries can take the event loop from everybody else.
+QUERY_BACKLOG = 8
+QUERY_BACKLOG_ITEMS = 10_000
+QUERIES = frozenset({"query_agents", "query_audit", "query_public_trades", "query_contracts",
+                     "query_orders", "query_trades", "query_account", "query_book",
+                     "query_settlement"})
 AUDIT_LIMIT = 1000  # entries per query_audit answer, at most
 WRITE_BATCH = 256  # queued messages handed to the transport at once, at most
 
@@ -160,6 +171,10 @@ class Session:
         self._logout_req: Any = None
         self._logging_out = False
         self._settlements = 0  # query_settlement tasks running
+        # query answers in the outbound queue: (messages pushed when it was, its items)
+        self._queries: deque[tuple[int, int]] = deque()
+        self._query_items = 0
+        self._pushed = 0  # messages ever put in the outbound queue
         self.sent = 0
         self.dropped_book_messages = 0
 
@@ -171,6 +186,7 @@ class Session:
         if len(self._out) >= self.max_queue:
             return False
         self._out.append(msg)
+        self._pushed += 1
         if not self._flush_due:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -507,7 +523,44 @@ class Session:
 
     # ------------------------------------------------------------------ session requests
 
+    def _query_room(self, req_id: Any) -> bool:
+        """Whether another query may be answered now (see :data:`QUERY_BACKLOG`); if not,
+        it is refused."""
+        q = self._queries
+        while q and q[0][0] <= self.sent:  # written to the socket: no longer held
+            self._query_items -= q.popleft()[1]
+        if len(q) < QUERY_BACKLOG and self._query_items < QUERY_BACKLOG_ITEMS:
+            return True
+        self.reject(req_id, "RATE_LIMIT",
+                    f"{len(q)} query answers ({self._query_items} items) not yet read by"
+                    " this connection: read them before asking again")
+        return False
+
+    def _held_query(self, pushed_before: int) -> None:
+        """The answer just queued by a query is held until written: count it."""
+        n = self._pushed - pushed_before
+        if n <= 0:  # answered another way (AMQP), or not at all
+            return
+        out = self._out
+        items = 1
+        for i in range(len(out) - min(n, len(out)), len(out)):
+            for v in out[i].values():
+                if type(v) is list:
+                    items += len(v)
+        self._queries.append((self._pushed, items))
+        self._query_items += items
+
     def _session_request(self, typ: str, data: dict[str, Any], req_id: Any) -> None:
+        if typ in QUERIES:
+            if not self._query_room(req_id):
+                return
+            before = self._pushed
+            self._do_session_request(typ, data, req_id)
+            self._held_query(before)
+            return
+        self._do_session_request(typ, data, req_id)
+
+    def _do_session_request(self, typ: str, data: dict[str, Any], req_id: Any) -> None:
         srv = self.server
         core = srv.core
         if typ == "heartbeat":
@@ -620,7 +673,9 @@ class Session:
             log.exception("settlement report failed")
             self.reject(req_id, "UNAVAILABLE", f"settlement store: {type(exc).__name__}")
         else:
+            before = self._pushed
             self.send({"type": "settlement", "req_id": req_id, **rep})
+            self._held_query(before)
         finally:
             self._settlements -= 1
             self._finish_logout()

@@ -7,6 +7,7 @@ Real server, real sockets (tests/wsclient.py)."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,10 @@ import orjson
 import pytest
 from wsclient import JSON, MSGPACK, Client, contract_id, order, start_server
 
+from engine.commands import NewOrder
+from engine.model import Side
 from gateway.protocol import parse_instant
+from gateway.server import Server
 
 C1 = contract_id(10)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -225,3 +229,76 @@ async def test_subscriptions_to_unknown_agents_are_refused_and_leave_nothing_beh
         await server.stop()
 
 
+
+
+# ---------------------------------------------------------------------------- queries
+
+
+async def _with_orders(tmp_path: Path, n: int) -> Server:
+    contracts = [contract_id(h) for h in range(1, 24)]
+    server = await start_server(tmp_path / "d", contracts)
+    for i in range(n):
+        await server.sequencer.submit(NewOrder("ana", "AG1", "SELLU1", contracts[i % 23],
+                                               Side.SELL, 5000 + i % 500, 1), "ana")
+    return server
+
+
+async def test_a_burst_of_queries_is_answered_only_as_far_as_the_backlog_allows(
+        tmp_path: Path) -> None:
+    """300 query_orders over 3,000 orders written at once took the event loop for 6.6 s
+    (every user waited): each is built when it is read.  A connection has at most
+    QUERY_BACKLOG answers built and not yet written; the rest of the burst is refused at
+    once with RATE_LIMIT, and every query gets its one answer."""
+    server = await _with_orders(tmp_path, 3000)
+    try:
+        a = await Client.connect(server.port)
+        await a.login("ana")
+        msg = orjson.dumps({"type": "query_orders"})
+        frame = bytes((0x81, 0x80 | len(msg))) + bytes(4) + msg  # masked with key 0
+        a.ws.transport.write(frame * 300)  # type: ignore[attr-defined]
+        for _ in range(300):
+            if sum(1 for m in a.received if m["type"] in ("orders", "reject")) >= 300:
+                break
+            await asyncio.sleep(0.05)
+        kinds = Counter(m["type"] for m in a.received if m["type"] in ("orders", "reject"))
+        assert sum(kinds.values()) == 300, kinds
+        assert 1 <= kinds["orders"] < 300 and kinds["reject"] > 0, kinds
+        assert {m["code"] for m in a.received if m["type"] == "reject"} == {"RATE_LIMIT"}
+        assert all(len(m["orders"]) == 3000 for m in a.received if m["type"] == "orders")
+        # read: the next query is answered
+        assert (await a.request({"type": "query_orders"}))["type"] == "orders"
+    finally:
+        await server.stop()
+
+
+async def test_a_client_that_does_not_read_cannot_make_the_server_hold_its_answers(
+        tmp_path: Path) -> None:
+    """The outbound queue bounds messages, not bytes: 1,900 answers of 1,000 orders each
+    (1.4 GB) waited for a client that never read.  Now at most QUERY_BACKLOG answers (8)
+    and about QUERY_BACKLOG_ITEMS items (10,000) are held for it in its queue, and as
+    many in the socket's buffer; the other queries are refused."""
+    server = await _with_orders(tmp_path, 1000)
+    try:
+        a = await Client.connect(server.port, read=False)
+        await a.ws.send(orjson.dumps({"type": "login", "user": "ana",
+                                      "token": "ana-demo-token"}).decode())
+        msg = orjson.dumps({"type": "query_orders"}).decode()
+        for _ in range(1900):
+            await a.ws.send(msg)
+        s = None
+        for _ in range(400):
+            s = next(iter(server.sessions_of["ana"]), None)
+            if s is not None and s._pushed >= 1901:
+                break
+            await asyncio.sleep(0.05)
+        assert s is not None and s._pushed >= 1901  # every query answered (mostly refused)
+        # held: in the session's queue, and written to the socket's buffer (a few 1,000-
+        # order answers, about 150 kB each; without the bound, 1,389 answers in the
+        # queue and 162 MB in the socket's buffer)
+        held = sum(len(m.get("orders", ())) for m in s._out)
+        assert held <= 10_000 and len(s._queries) <= 8, (held, len(s._queries))
+        buffered = s.transport.ws.transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        assert buffered < 5_000_000, buffered
+        assert not s._closing  # a client that reads later gets its answers
+    finally:
+        await server.stop()
