@@ -96,10 +96,12 @@ SESSION_FIELDS: dict[str, frozenset[str]] = {
 SETTLEMENT_QUERIES = 4  # query_settlement tasks per session at a time, at most
 # Query answers can be large (an agent's orders, trades, audit entries...) and cost the
 # event loop to build.  A connection may have at most QUERY_BACKLOG of them built and not
-# yet written to its socket, holding at most QUERY_BACKLOG_ITEMS listed items in all;
-# beyond that a query is refused (RATE_LIMIT) until the client reads.  This bounds both
-# the memory a client that does not read can make the server hold and the time one
-# burst of queries can take the event loop from everybody else.
+# yet written to its socket, holding at most QUERY_BACKLOG_ITEMS listed items in all; at
+# that point the server stops reading the connection (as for requests in flight) until
+# they are written, and goes on in a later turn of the event loop.  This bounds both the
+# memory a client that does not read can make the server hold and the time one burst of
+# queries takes the event loop from everybody else.  (A transport that cannot stop
+# reading gets RATE_LIMIT for a query beyond the bound.)
 QUERY_BACKLOG = 8
 QUERY_BACKLOG_ITEMS = 10_000
 QUERIES = frozenset({"query_agents", "query_audit", "query_public_trades", "query_contracts",
@@ -174,6 +176,7 @@ class Session:
         # query answers in the outbound queue: (messages pushed when it was, its items)
         self._queries: deque[tuple[int, int]] = deque()
         self._query_items = 0
+        self._queries_full = False  # input paused until the query answers are written
         self._pushed = 0  # messages ever put in the outbound queue
         self.sent = 0
         self.dropped_book_messages = 0
@@ -216,6 +219,8 @@ class Session:
                     self._wake.set()
                     return
                 self.sent += n
+                if self._queries_full:
+                    self._queries_written()
         except Exception as exc:
             # send_now refuses (returns False) when the connection is closing, so this is a
             # message that cannot be encoded: a defect.  Going on would leave a gap in the
@@ -295,6 +300,8 @@ class Session:
                 batch = [out.popleft() for _ in range(n)]
                 await self.transport.send_many(batch)
                 self.sent += n
+                if self._queries_full:
+                    self._queries_written()
                 if self._stale_books and len(self._out) < self.max_queue // 2:
                     self._refresh_books()
         except asyncio.CancelledError:
@@ -512,7 +519,8 @@ class Session:
                     exc: BaseException | None) -> None:
         if self._input_paused and self.inflight <= self.max_inflight // 2:
             self._input_paused = False
-            self.transport.resume_input()  # type: ignore[attr-defined]
+            if not self._queries_full:
+                self.transport.resume_input()  # type: ignore[attr-defined]
         if events is None:
             if getattr(exc, "in_doubt", False):  # may be journaled: not a refusal
                 self.reject(req_id, "OUTCOME_UNKNOWN", str(exc))
@@ -523,18 +531,36 @@ class Session:
 
     # ------------------------------------------------------------------ session requests
 
-    def _query_room(self, req_id: Any) -> bool:
-        """Whether another query may be answered now (see :data:`QUERY_BACKLOG`); if not,
-        it is refused."""
+    def _backlog_full(self) -> bool:
+        """Whether the query answers built and not yet written reach the bound (see
+        :data:`QUERY_BACKLOG`)."""
         q = self._queries
         while q and q[0][0] <= self.sent:  # written to the socket: no longer held
             self._query_items -= q.popleft()[1]
-        if len(q) < QUERY_BACKLOG and self._query_items < QUERY_BACKLOG_ITEMS:
+        return len(q) >= QUERY_BACKLOG or self._query_items >= QUERY_BACKLOG_ITEMS
+
+    def _query_room(self, req_id: Any) -> bool:
+        if not self._backlog_full():
             return True
         self.reject(req_id, "RATE_LIMIT",
-                    f"{len(q)} query answers ({self._query_items} items) not yet read by"
-                    " this connection: read them before asking again")
+                    f"{len(self._queries)} query answers ({self._query_items} items) not"
+                    " yet read by this connection: read them before asking again")
         return False
+
+    def _pause_for_queries(self) -> None:
+        if not self._queries_full and self._backlog_full():
+            pause = getattr(self.transport, "pause_input", None)
+            if pause is not None:
+                self._queries_full = True
+                pause()
+
+    def _queries_written(self) -> None:
+        """Messages went to the socket: read the connection again if the query answers
+        that stopped it are out (and the requests in flight do not hold it)."""
+        if not self._backlog_full():
+            self._queries_full = False
+            if not self._input_paused and not self._closing:
+                self.transport.resume_input()  # type: ignore[attr-defined]
 
     def _held_query(self, pushed_before: int) -> None:
         """The answer just queued by a query is held until written: count it."""
@@ -557,6 +583,7 @@ class Session:
             before = self._pushed
             self._do_session_request(typ, data, req_id)
             self._held_query(before)
+            self._pause_for_queries()
             return
         self._do_session_request(typ, data, req_id)
 
@@ -676,6 +703,7 @@ class Session:
             before = self._pushed
             self.send({"type": "settlement", "req_id": req_id, **rep})
             self._held_query(before)
+            self._pause_for_queries()
         finally:
             self._settlements -= 1
             self._finish_logout()
