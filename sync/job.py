@@ -208,11 +208,12 @@ class SyncJob:
             trades = [t for r in range(first, target + 1) for t in self.trades.get(r, ())]
             balances = await self.store.balances()
             requests, uncommitted, reserved = await self._platform(snap)
+            auctions = await self._auctions(snap.ts)
             # in a worker thread: a round of 100,000 trades takes the better part of a
             # second to settle, and the loop keeps serving traders meanwhile (every input is
             # immutable or this call's own: trades, reference data, snapshot, balances)
             res = await asyncio.to_thread(settle, target, first, trades, snap.ref, balances,
-                                          requests, uncommitted, reserved)
+                                          requests, uncommitted, reserved, auctions)
             feedback = [json.dumps(encode(c)) for c in self._feedback(res, balances)]
             self._fault("before_commit")
             if not await self.store.commit(res, feedback, snap.ts, self.fault):
@@ -243,6 +244,24 @@ class SyncJob:
         if self.submit is not None and last not in self.released_seen:
             await self._feed(last, await self.store.feedback(last))
         self._wake.set()  # rounds closed after it are still to be synchronised
+
+    async def _auctions(self, until: int) -> list[tuple[str, str, int]]:
+        """The auction sessions cleared up to the round close and not yet in a balance, as
+        (session, agent, rights − obligations in milli-euros).  ``settle_auctions`` has
+        stored every session cleared before the close (the job observed it first), so the
+        set depends only on the journal and the store."""
+        rows = await self.store.query(
+            "SELECT e.session AS session, e.agent AS agent, e.kind AS kind,"
+            " SUM(e.total) AS total FROM auction_entries e JOIN auction_sessions s"
+            " ON s.session = e.session WHERE s.synced_in IS NULL AND s.completed_at <= ?"
+            " GROUP BY e.session, e.agent, e.kind ORDER BY e.session, e.agent, e.kind",
+            (until,))
+        net: dict[tuple[str, str], int] = {}
+        for r in rows:
+            key = (str(r["session"]), str(r["agent"]))
+            total = int(r["total"])
+            net[key] = net.get(key, 0) + (total if r["kind"] == "DCIC" else -total)
+        return [(session, agent, amount) for (session, agent), amount in sorted(net.items())]
 
     async def _platform(self, snap: CloseSnapshot
                         ) -> tuple[tuple[PendingRequest, ...], dict[str, int], dict[str, int]]:

@@ -131,6 +131,7 @@ class SyncResult:
     reductions: dict[str, int] = field(default_factory=dict)  # agent -> cents
     decisions: list[Decision] = field(default_factory=list)
     programs: dict[tuple[str, str], int] = field(default_factory=dict)  # (unit, period) -> Δ
+    auctions: list[str] = field(default_factory=list)  # sessions entered in the balance
 
 
 def _rate_int(percent: str) -> tuple[int, int]:
@@ -299,21 +300,25 @@ def _collector_paused() -> Iterator[None]:
 def settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefData,
            balances: Mapping[str, Balance], requests: Iterable[PendingRequest],
            uncommitted: Mapping[str, int],
-           platform_reserved: Mapping[str, int] | None = None) -> SyncResult:
+           platform_reserved: Mapping[str, int] | None = None,
+           auctions: Iterable[tuple[str, str, int]] = ()) -> SyncResult:
     """One synchronisation: ``trades`` of rounds ``from_round..sync_id`` (``Trade`` events
     or :func:`trade_row` rows); ``balances`` as they stand; ``uncommitted`` each agent's
     operative limit on the platform (cents); ``platform_reserved`` what the platform holds
     as each agent's reserved guarantees (cents), which the balance's reserved amount is set
-    to first (an officer's GMIC or decision moves the surplus, R49.1.4.1, R49.1.4.4)."""
+    to first (an officer's GMIC or decision moves the surplus, R49.1.4.1, R49.1.4.4);
+    ``auctions`` the auction sessions cleared since the last synchronisation, as (session,
+    agent, rights − obligations in milli-euros), which enter the balance (R55.7.2 b, c)."""
     with _collector_paused():
         return _settle(sync_id, from_round, trades, ref, balances, requests, uncommitted,
-                       platform_reserved)
+                       platform_reserved, auctions)
 
 
 def _settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefData,
             balances: Mapping[str, Balance], requests: Iterable[PendingRequest],
             uncommitted: Mapping[str, int],
-            platform_reserved: Mapping[str, int] | None = None) -> SyncResult:
+            platform_reserved: Mapping[str, int] | None = None,
+            auctions: Iterable[tuple[str, str, int]] = ()) -> SyncResult:
     tl = sorted(trades, key=_TRADE_ID)
     res = SyncResult(sync_id, from_round, len(tl))
     bal = {k: Balance(v.deposited, v.reserved, v.balance) for k, v in balances.items()}
@@ -330,6 +335,15 @@ def _settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefD
             b.reserved += d
             b.balance -= d
             res.history.append((agent, -d, "reserved amount set on the platform", b.balance))
+    # R55.7.2 b), c): the rights and obligations of the auction sessions cleared since
+    # the last synchronisation (their entries are stored at the clearing, R44)
+    sessions: set[str] = set()
+    for session, agent, amount in auctions:
+        sessions.add(session)
+        b = bal.setdefault(agent, Balance(0, 0, 0))
+        b.balance += amount
+        res.history.append((agent, amount, f"auction {session}", b.balance))
+    res.auctions = sorted(sessions)
     ctx = _Ctx(ref)
     delta = ctx.delta
     out = res.entries

@@ -51,6 +51,7 @@ def _rows(res: SyncResult, at: int) -> dict[str, list[tuple[Any, ...]]]:
         "programs": [(u, p, e, sid) for (u, p), e in sorted(res.programs.items())],
         "balances": [(a, b.deposited, b.reserved, b.balance, res.reductions.get(a, 0))
                      for a, b in sorted(res.balances.items())],
+        "auctions": [(sid, session) for session in res.auctions],
     }
 
 
@@ -107,6 +108,7 @@ def _entry_params(sync_id: int, entries: Sequence[Any]) -> list[Any]:
     return [sync_id, *chain.from_iterable(entries)]
 
 
+MARK_AUCTION = "UPDATE auction_sessions SET synced_in = ? WHERE session = ?"
 INSERT_HISTORY = ("INSERT INTO balance_history (sync_id, n, agent, delta, reason,"
                   " balance_after, at) VALUES (?, ?, ?, ?, ?, ?, ?)")
 INSERT_DECISION = ("INSERT INTO decisions (request_id, sync_id, agent, accept, reason)"
@@ -234,6 +236,8 @@ class SqliteStore:
             db.executemany(INSERT_DECISION, rows["decisions"])
             db.executemany(UPSERT_PROGRAM, rows["programs"])
             db.executemany(UPSERT_BALANCE, rows["balances"])
+            if rows["auctions"]:
+                db.executemany(MARK_AUCTION, rows["auctions"])
             db.executemany(INSERT_FEEDBACK, [(res.sync_id, n, c)
                                              for n, c in enumerate(feedback)])
             db.execute("COMMIT")
@@ -367,6 +371,8 @@ class PostgresStore:
             await con.executemany(_pg(INSERT_DECISION), rows["decisions"])
             await con.executemany(_pg(UPSERT_PROGRAM), rows["programs"])
             await con.executemany(_pg(UPSERT_BALANCE), rows["balances"])
+            if rows["auctions"]:
+                await con.executemany(_pg(MARK_AUCTION), rows["auctions"])
             await con.executemany(_pg(INSERT_FEEDBACK),
                                   [(res.sync_id, n, c) for n, c in enumerate(feedback)])
         return True

@@ -39,6 +39,7 @@ from auctions.session import (
     SubmitAuctionBid,
 )
 from engine.commands import (
+    CloseContracts,
     CreateContract,
     Deactivate,
     EnterBasket,
@@ -59,7 +60,7 @@ from engine.model import BasketType, Side
 from gateway.codec import decode, encode
 from gateway.core import Core
 from gateway.refdata_file import read_and_validate
-from risk.commands import LoadReferenceData, SetProgram
+from risk.commands import LoadReferenceData, RequestGuaranteeChange, SetProgram
 
 REFDATA = Path(__file__).resolve().parents[1] / "examples" / "refdata.toml"
 T0 = 1_800_000_000_000  # 2027-01-15 08:00 UTC
@@ -652,6 +653,53 @@ async def test_settlement_of_two_bids_of_one_unit(tmp_path: Path) -> None:
                                  " WHERE agent = 'AG1'")
         assert sum(r["energy"] for r in rows) == 200
         assert sum(r["base"] for r in rows) == 200 * 5000
+    finally:
+        await store.close()
+
+
+async def test_an_auctions_rights_and_obligations_enter_the_guarantee_balance(
+        tmp_path: Path) -> None:
+    """R55.7.2 b), c): the guarantee balance counts the purchases and sales of every market
+    session («tan pronto como se realice la facturación tras cada casación»).  The job
+    stored an auction's entries (R44) but never added them to the balance: AG2, owing
+    2 289.355 € for 40.0 MWh bought at 45.00, kept its whole surplus, and an increase of
+    its guarantees for all of it was accepted.  They enter the balance in the
+    synchronisation that follows the clearing, in its history, once."""
+    m = Mkt()
+    m.schedule()
+    m.bid("ana", "SELLU1", C1, "SELL", (4000, 300), (4500, 200))
+    m.bid("carlos", "BUYU2", C1, "BUY", (5000, 400))
+    for cmd in (CloseAuction, ClearAuction, ReopenAfterAuction):
+        m.do(cmd(SID))
+    # AG2 (deposited 150 000 €, reserved 100 000 €) asks for its whole surplus
+    m.do(RequestGuaranteeChange("carlos", "AG2", True, 5_000_000))
+    m.do(CloseContracts((C3,)))  # a round closes: a synchronisation
+    store, job = await settle(m, tmp_path)
+    try:
+        job.observe([(None, "calendar", m.events)])
+        res = await job.sync_pending()
+        assert res is not None and res.auctions == [SID]
+        owed = expected_entry(400 * 4500, "5.11269632", "21")[3]
+        assert owed == 2_289_355
+        sold = expected_entry(400 * 4500, "0", "21")[3]
+        b = await store.balances()
+        assert (b["AG2"].deposited, b["AG2"].reserved, b["AG2"].balance) == (
+            150_000_000, 100_000_000, 50_000_000 - owed)
+        assert b["AG1"].balance == 10_000_000 + sold
+        assert [(d.request_id, d.accept) for d in res.decisions] == [(1, False)]
+        hist = await store.query("SELECT agent, delta, reason FROM balance_history"
+                                 " WHERE reason LIKE 'auction %' ORDER BY agent")
+        assert [(h["agent"], h["delta"], h["reason"]) for h in hist] == [
+            ("AG1", sold, f"auction {SID}"), ("AG2", -owed, f"auction {SID}")]
+        # once: the next synchronisation does not count it again
+        n = len(m.events)
+        m.do(CloseContracts((C2,)))
+        job.observe([(None, "calendar", m.events[n:])])
+        res2 = await job.sync_pending()
+        assert res2 is not None and res2.auctions == []
+        assert (await store.balances())["AG2"].balance == 50_000_000 - owed
+        rows = await store.query("SELECT session, synced_in FROM auction_sessions")
+        assert [(r["session"], r["synced_in"]) for r in rows] == [(SID, res.sync_id)]
     finally:
         await store.close()
 
