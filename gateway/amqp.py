@@ -65,6 +65,7 @@ from aiormq.exceptions import ChannelInvalidStateError
 from yarl import URL
 
 from gateway import amqpframes
+from gateway.inbound import decode_json, decode_msgpack
 from gateway.sequencer import Done
 from gateway.session import Session
 from gateway.wire import fmt_instant, to_ticks
@@ -378,8 +379,8 @@ def _media_type(content_type: str | None) -> str:
 
 def _decode(body: bytes, content_type: str) -> Any:
     if content_type == MSGPACK:
-        return msgpack.unpackb(body, raw=False, strict_map_key=True)
-    return orjson.loads(body)
+        return decode_msgpack(body)
+    return decode_json(body)
 
 
 def _stopping() -> bool:

@@ -33,6 +33,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.speedups import apply_mask
 
+from gateway.inbound import decode_json, decode_msgpack
 from gateway.session import Session
 from gateway.wire import to_ticks
 
@@ -481,10 +482,7 @@ async def _handler(server: Server, ws: ServerConnection) -> None:
                           code="TOO_LARGE")
             return
         try:
-            if isinstance(raw, bytes) and binary:
-                data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-            else:
-                data = orjson.loads(raw)
+            data = decode_msgpack(raw) if isinstance(raw, bytes) and binary else decode_json(raw)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError,
                 msgpack.StackError) as exc:
             session.error("message", f"cannot decode: {exc}", code="INVALID_ENCODING")

@@ -318,3 +318,26 @@ async def test_a_client_that_does_not_read_cannot_make_the_server_hold_its_answe
 async def _send_all(c: Client, msg: str, n: int) -> None:
     for _ in range(n):
         await c.ws.send(msg)
+
+
+@pytest.mark.parametrize("text", [
+    '{"type": "order_entry", "req_id": "d", "contract": "%s", "unit": "SELLU1",'
+    ' "side": "SELL", "price": "10.00", "price": "60.00", "quantity": "1.0"}',
+    '{"type" : "order_entry", "req_id" : "d", "contract" : "%s", "unit" : "SELLU1",'
+    ' "side" : "SELL", "price" : "10.00", "quantity" : "1.0", "price" : "60.00",'
+    ' "client_order_id" : ":"}',
+])
+async def test_an_object_with_a_key_given_twice_is_refused(tmp_path: Path, text: str) -> None:
+    """JSON parsers disagree on a repeated key (the first or the last): the request is
+    ambiguous, and the server refuses it rather than guess (it took the last price)."""
+    server = await start_server(tmp_path / "d", (C1,))
+    try:
+        c = await Client.connect(server.port)
+        await c.login("ana")
+        await c.send_raw(text % C1)
+        ans = await c.wait_for(lambda m: m.get("type") == "error")
+        assert (ans["field"], ans["code"]) == ("message", "INVALID_ENCODING"), ans
+        assert "'price' is given twice" in ans["reason"]
+        assert not list(server.core.orders_of("AG1"))
+    finally:
+        await server.stop()

@@ -1,0 +1,68 @@
+"""Request bodies to Python values, for both APIs: JSON (orjson) and msgpack.
+
+Neither decoder refuses an object with a key given twice: both keep the last value, where
+other parsers keep the first.  A request such as ``{"price": "10.00", "price": "60.00"}``
+is ambiguous, and the protocol refuses what it would have to guess (``docs/protocol.md``):
+such a message is refused as a whole (``ValueError``, reported as ``INVALID_ENCODING``).
+
+JSON: after orjson's parse, the keys of the result are counted against the ``":`` of the
+text.  When no blank comes before a colon anywhere in the text, every key written is
+followed by ``":`` (a string may hold more of them), so the text has at least as many as it
+has keys, and the result has fewer keys than the text exactly when a key came twice: equal
+counts prove there was none.  Otherwise (a duplicate, a blank before a colon, a string
+holding ``":``) the text is parsed again keeping every pair, to tell which.  What this
+costs a plain order: two counts of the text, about 0.4 µs (a GTD order, whose expiry holds
+colons, four more searches); msgpack: the map's pairs are checked as the map is built
+(about 0.4 µs)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+import orjson
+
+
+def _keys(v: Any) -> int:
+    """Keys of every object in ``v``."""
+    if type(v) is dict:
+        return len(v) + sum(_keys(x) for x in v.values() if type(x) in (dict, list))
+    if type(v) is list:
+        return sum(_keys(x) for x in v if type(x) in (dict, list))
+    return 0
+
+
+def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[Any] = set()
+        for k, _ in pairs:
+            if k in seen:
+                shown = repr(k) if len(repr(k)) <= 40 else repr(k)[:37] + "..."
+                raise ValueError(f"the key {shown} is given twice")
+            seen.add(k)
+    return d
+
+
+def decode_json(raw: str | bytes) -> Any:
+    data = orjson.loads(raw)
+    if isinstance(raw, bytes):
+        marks = raw.count(b'":')
+        # every colon right after a quote, or else no blank right before one (JSON's
+        # blanks: space, tab, line feed, carriage return; RFC 8259 §2)
+        keyed = marks == raw.count(b":") or not (
+            b" :" in raw or b"\n:" in raw or b"\t:" in raw or b"\r:" in raw)
+    else:
+        marks = raw.count('":')
+        keyed = marks == raw.count(":") or not (
+            " :" in raw or "\n:" in raw or "\t:" in raw or "\r:" in raw)
+    if keyed and ((type(data) is dict and marks == len(data))  # a flat request
+                  or marks == _keys(data)):
+        return data
+    json.loads(raw, object_pairs_hook=_pairs)  # raises on a key given twice
+    return data
+
+
+def decode_msgpack(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=True, object_pairs_hook=_pairs)
