@@ -24,6 +24,17 @@ import msgpack
 import orjson
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (the last three "..."), for an error that names
+    what a client sent without replaying all of it."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def shown(v: Any, limit: int = 40) -> str:
+    """A client's value in an error message: its repr, cut to ``limit`` characters."""
+    return clip(repr(v), limit)
+
+
 def _keys(v: Any) -> int:
     """Keys of every object in ``v``."""
     if type(v) is dict:
@@ -39,8 +50,7 @@ def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
         seen: set[Any] = set()
         for k, _ in pairs:
             if k in seen:
-                shown = repr(k) if len(repr(k)) <= 40 else repr(k)[:37] + "..."
-                raise ValueError(f"the key {shown} is given twice")
+                raise ValueError(f"the key {shown(k)} is given twice")
             seen.add(k)
     return d
 

@@ -31,6 +31,7 @@ from pydantic import (
 from engine import commands as c
 from engine.config import fmt_price
 from engine.model import BasketType, Exec, Side, Validity
+from gateway.inbound import clip, shown
 
 __all__ = [
     "OPERATOR_ADAPTER",
@@ -499,15 +500,13 @@ def _first_error(exc: ValidationError) -> ProtocolError:
     if loc and loc[0] in _TAGS:
         loc = loc[1:]
     field = ".".join(loc) or "message"
-    if len(field) > 100:  # an attacker's key: named, not replayed
-        field = field[:97] + "..."
+    field = clip(field, 100)  # an attacker's key: named, not replayed
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if err["type"] == "union_tag_invalid":
         field = "type"
-        shown = repr(err.get("input", {}).get("type"))
-        msg = f"unknown message type {shown if len(shown) <= 40 else shown[:37] + '...'}"
+        msg = f"unknown message type {shown(err.get('input', {}).get('type'))}"
     elif err["type"] == "union_tag_not_found":
         field = "type"
         msg = "missing message type"

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.events import Ack, OrderReport, Reject
 from gateway.fanout import account_message
+from gateway.inbound import clip, shown
 from gateway.protocol import (
     ProtocolError,
     fast_command,
@@ -122,17 +123,6 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
     def abort(self) -> None: ...
-
-
-def shown(v: Any, limit: int = 40) -> str:
-    """An attacker's value in an error message: its repr, cut to ``limit`` characters."""
-    r = repr(v)
-    return r if len(r) <= limit else r[:limit - 3] + "..."
-
-
-def _cut(name: str, limit: int = 100) -> str:
-    """A field name the client made up, as the error's ``field``: at most ``limit``."""
-    return name if len(name) <= limit else name[:limit - 3] + "..."
 
 
 def token_hash(token: str) -> str:
@@ -386,7 +376,7 @@ class Session:
         if typ in SESSION_TYPES:
             extra = set(data) - SESSION_FIELDS[typ]
             if extra:
-                self.error(_cut(sorted(extra)[0]), "unknown field", req_id)
+                self.error(clip(sorted(extra)[0], 100), "unknown field", req_id)
                 return
             self._session_request(typ, data, req_id)
             return
@@ -401,7 +391,7 @@ class Session:
             return
         extra = set(data) - SESSION_FIELDS["login"]
         if extra:
-            self.error(_cut(sorted(map(str, extra))[0]), "unknown field", req_id)
+            self.error(clip(sorted(map(str, extra))[0], 100), "unknown field", req_id)
             return
         user = data.get("user", self.cert_user)
         token = data.get("token")
@@ -510,9 +500,8 @@ class Session:
     def _answer(self, typ: str, req_id: Any, events: list[Any] | None,
                 exc: BaseException | None) -> None:
         self.inflight -= 1
-        try:
-            self._answer_one(typ, req_id, events, exc)
-        finally:
+        self._answer_one(typ, req_id, events, exc)
+        if self._logging_out:  # the logout waited for this answer
             self._finish_logout()
 
     def _answer_one(self, typ: str, req_id: Any, events: list[Any] | None,
