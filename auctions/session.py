@@ -444,6 +444,13 @@ class Auctions:
                          f"session {cmd.session} is "
                          f"{'unknown' if s is None else s.state}; bids only while OPEN")
             return
+        if ts >= s.closes_at:
+            # R39.4.1.1: the reception instant must be «anterior al momento de finalización
+            # del periodo de aceptación de ofertas», whenever the CloseAuction comes
+            self._reject(ts, u, a, rq, Code.AUCTION_NOT_OPEN,
+                         f"session {s.id}: the reception of bids closed at {s.closes_at};"
+                         f" this bid arrived at {ts} (ms UTC; R39.4.1.1)")
+            return
         if cmd.contract not in s.contracts:
             self._reject(ts, u, a, rq, Code.AUCTION_PERIOD_NOT_IN_HORIZON,
                          f"{cmd.contract} is not in the horizon of session {s.id}")
@@ -501,6 +508,13 @@ class Auctions:
         if s.state != OPEN:
             self._reject(ts, cmd.user, cmd.agent, cmd.req_id, Code.AUCTION_NOT_OPEN,
                          f"session {s.id} is {s.state}; bids can be cancelled only while OPEN")
+            return
+        if ts >= s.closes_at:
+            # R39.4.1.1, R39.5: the bids «devendrán firmes en el momento de finalización del
+            # periodo de aceptación de ofertas»
+            self._reject(ts, cmd.user, cmd.agent, cmd.req_id, Code.AUCTION_NOT_OPEN,
+                         f"session {s.id}: the reception of bids closed at {s.closes_at};"
+                         f" bids are firm (ms UTC {ts}; R39.4.1.1, R39.5)")
             return
         b.live = False
         key = (b.unit, b.contract, b.side)

@@ -422,7 +422,9 @@ def test_debtor_bid_beyond_the_operative_limit_refused(m: Mkt) -> None:
     # in another period
     m.order("ana", "SELLU1", C3, SELL, -10000, 100)
     assert m.core.account("AG1")["operative_limit"] == 5_000_000 - 121_000  # type: ignore[index]
-    m.do(ScheduleAuction("MI6-20270115", (C3,), m.t + 1, m.t + 2, m.t + 3))
+    # (reception open until 10 minutes from now: the bids below arrive before its close,
+    # R39.4.1.1)
+    m.do(ScheduleAuction("MI6-20270115", (C3,), m.t + 1000, m.t + 600_000, m.t + 900_000))
     m.do(OpenAuction("MI6-20270115"))
     r = m.bid("ana", "SELLU1", C3, "SELL", (-20661, 2000), sid="MI6-20270115")
     assert code(r) == "OPERATIVE_LIMIT"
