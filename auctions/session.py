@@ -243,7 +243,9 @@ class Session:
     hibernated: tuple[int, ...] = ()  # the orders this session's pause hibernated
     results: dict[str, PeriodResult] = field(default_factory=dict)
     reason: str | None = None
-    energy: dict[tuple[str, str, str], int] = field(default_factory=dict)  # live bids' MWh
+    # what the live bids offer, per (unit, side, quarter-hour start), in tenths of MW: hourly
+    # and 15-minute bids of a unit summed per quarter (only with a risk guard)
+    energy: dict[tuple[str, str, int], int] = field(default_factory=dict)
 
 
 class Auctions:
@@ -489,14 +491,35 @@ class Auctions:
                   self.next_bid)
         self.next_bid += 1
         s.bids[bid.id] = bid
-        key = (cmd.unit, cmd.contract, cmd.side)
-        s.energy[key] = s.energy.get(key, 0) + sum(q for _, q in cmd.steps)
+        self._add_energy(s, bid, 1)
         self.engine.emit(Ack.of(ts, u, rq, "auction_bid", (bid.id,)))
 
-    def _bid_energy(self, s: Session, unit: str, contract: str, side: str) -> int:
-        """Energy already bid by the unit, same side and period, in this session (a running
-        total: constant time however many bids the session has)."""
-        return s.energy.get((unit, contract, side), 0)
+    def _bid_energy(self, s: Session, unit: str, contract: str, side: str) -> dict[int, int]:
+        """What the unit's live bids of this session offer on this side in each quarter-hour
+        of the contract (tenths of MW): hourly and 15-minute bids summed per quarter, so an
+        hourly bid counts against a 15-minute bid for a quarter of its hour and the other
+        way round (running totals: constant time however many bids the session has)."""
+        assert self.risk is not None
+        quarters = self.risk.auction_quarters(contract)[0]
+        e = s.energy
+        return {q: e.get((unit, side, q), 0) for q in quarters}
+
+    def _add_energy(self, s: Session, b: Bid, sign: int) -> None:
+        """Count a bid's energy in (``sign`` 1) or out (−1) of the running totals: its
+        quantity times the contract's weight (1 hourly, 4 for 15 minutes), in each of the
+        quarter-hours it covers (the measure of :meth:`risk.guard.RiskGuard.auction_check`)."""
+        if self.risk is None:
+            return
+        quarters, k = self.risk.auction_quarters(b.contract)
+        d = sign * k * sum(q for _, q in b.steps)
+        e = s.energy
+        for q in quarters:
+            key = (b.unit, b.side, q)
+            v = e.get(key, 0) + d
+            if v:
+                e[key] = v
+            else:
+                del e[key]
 
     def _on_cancel_bid(self, cmd: CancelAuctionBid, ts: int) -> None:
         s = self.sessions.get(cmd.session)
@@ -517,8 +540,7 @@ class Auctions:
                          f" bids are firm (ms UTC {ts}; R39.4.1.1, R39.5)")
             return
         b.live = False
-        key = (b.unit, b.contract, b.side)
-        s.energy[key] -= sum(q for _, q in b.steps)
+        self._add_energy(s, b, -1)
         self.engine.emit(Ack.of(ts, cmd.user, cmd.req_id, "auction_bid_cancel", (b.id,)))
 
     def _on_reactivation(self, cmd: SetReactivation, ts: int) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from math import ceil
@@ -855,14 +855,26 @@ class RiskGuard:
                         return self._energy_reject(Code.ENERGY_MAX, o, total, cap, "R46.2.5")
         return None
 
+    def auction_quarters(self, contract: str) -> tuple[tuple[int, ...], int]:
+        """The quarter-hour starts (ms UTC) a contract covers and the weight of its energy
+        in each (1 hourly, 4 for 15 minutes): what an auction bid of q tenths of MWh adds,
+        ``weight × q`` tenths of MW, in each of those quarters."""
+        return self._period(contract)
+
     def auction_check(self, user: str, agent: str, unit: str, contract: str, side: str,
-                      steps: tuple[tuple[int, int], ...], ts: int, already_bid: int
-                      ) -> tuple[str, str] | None:
+                      steps: tuple[tuple[int, int], ...], ts: int,
+                      already_bid: Mapping[int, int]) -> tuple[str, str] | None:
         """Validation of an auction bid (R39): the R46.2.2 checks of the agent and the unit;
         the guarantees (the value of its debtor steps, with taxes and shares, within each
         owner's operative limit; nothing is reserved); and the energy: the whole bid, with the
         unit's other bids of the session, against the unit's program and limits in every
-        quarter (as R46.2.4/R46.2.5, without continuous resting orders, which are paused)."""
+        quarter (as R46.2.4/R46.2.5, without continuous resting orders, which are paused).
+
+        ``already_bid`` is what the unit's other bids of the session offer on the same side,
+        per quarter-hour start, in tenths of MW: hourly and 15-minute bids summed, an hourly
+        bid weighing its quantity in each of its four quarters and a 15-minute one four
+        times its quantity in its quarter (the same measure as the program; see
+        :meth:`auction_quarters`)."""
         rej = self._refusal(user, agent, unit, contract, ts)
         if rej is not None:
             return rej
@@ -881,11 +893,17 @@ class RiskGuard:
                         f" limit {fmt_money(to_cents_down(avail))} of agent {acct.agent}"
                         " (R49.1.4.3)")
         un = static.unit
-        e = static.k * (sum(q for _, q in steps) + already_bid)
-        for prog, sold, bought, rs, rb, cap, floor in static.hour.points(static.qi):
-            del rs, rb  # continuous resting orders are paused during the auction
+        e = static.k * sum(q for _, q in steps)
+        quarters = self._period(contract)[0]
+        points = static.hour.points(static.qi)
+        if len(points) != len(quarters):  # the hour has no particular quarter: its one
+            points = points * len(quarters)  # point stands for each of its four
+        for (prog, sold, bought, _rs, _rb, cap, floor), q in zip(points, quarters,
+                                                                   strict=True):
+            bid = already_bid.get(q, 0)
+            # (continuous resting orders _rs, _rb are paused during the auction)
             net = prog + sold - bought if un.sells else prog + bought - sold
-            total = net + e if (sell == un.sells) else net - e
+            total = net + e + bid if (sell == un.sells) else net - e - bid
             if total > cap:
                 return self._energy_reject(Code.ENERGY_MAX, _Named(unit, contract), total,
                                            cap, "R39")
