@@ -12,7 +12,10 @@ out.  A session goes through one table of states:
    against price limits, the unit (responsibility, validity), its energy and program, and the
    agent's guarantees (:meth:`risk.guard.RiskGuard.auction_check`).
 2. **Close** (CLOSED): continuous trading stops for the contracts of the session's horizon that
-   are trading: they go to INT and their orders are hibernated (R46.2.7, R56).
+   are trading: they go to INT and their orders are hibernated (R46.2.7, R56).  Then every
+   live bid is verified again, in submission order, against the energy traded
+   continuously up to the close and the guarantees at the close; a bid that fails is rejected
+   (R39.4.1.5, R39.4.2.2, R39.4.3.2, R39.4.3.4).
 3. **Clear** (CLEARED): every period by the simple method of R40.2 (:mod:`auctions.clearing`);
    results per unit to each agent (``auction_allocation``), public prices and volumes
    (``auction_price``); programs move (PHF, R50: ``AdjustProgram``); the settlement side
@@ -36,7 +39,7 @@ from engine.commands import InterruptContracts, ResumeContracts
 from engine.config import fmt_price, fmt_qty
 from engine.engine import Engine, arrival_key
 from engine.errors import Code, IllegalTransition
-from engine.events import EVENT_NAMES, EVENT_TYPES, Ack
+from engine.events import EVENT_NAMES, EVENT_TYPES, Ack, Reject
 from engine.model import HIBERNATED
 from engine.states import ContractState
 from risk.commands import AdjustProgram
@@ -329,7 +332,8 @@ class Auctions:
             self._set(s, OPEN, ts)
 
     def _on_close(self, cmd: CloseAuction, ts: int) -> None:
-        """R46.2.7, R56: the horizon's trading contracts pause; their orders hibernate."""
+        """R46.2.7, R56: the horizon's trading contracts pause; their orders hibernate.
+        R39.4.1.5: then the bids are verified again (:meth:`_verify_at_close`)."""
         s = self._session(cmd.session, ts, cmd.by, CLOSED)
         if s is None:
             return
@@ -344,6 +348,39 @@ class Auctions:
             s.hibernated = tuple(sorted(o.id for o in eng.orders.values()
                                         if o.live and o.contract in ids))
             eng.dispatch(InterruptContracts(trading, f"intraday auction {s.id}"), ts)
+        self._verify_at_close(s, ts)
+
+    def _verify_at_close(self, s: Session, ts: int) -> None:
+        """R39.4.1.5: «El operador del mercado repetirá dicha verificación al cierre de la
+        sesión intradiaria para todas las ofertas ... aceptadas de forma provisional durante
+        la sesión, teniendo en cuenta además las posibles energías casadas en cada periodo
+        hasta ese momento en el mercado intradiario continuo, siendo definitivamente
+        rechazadas o consideradas como válidas para el proceso de casación» (and R39.4.2.2,
+        R39.4.3.2 for the energy; R39.4.3.4 for the guarantees, «validada de nuevo ... en el
+        momento de cierre de recepción de ofertas»).
+
+        Every live bid, in submission order, passes the bid checks again as they stand at
+        the close: the unit's program and the energy traded continuously up to now, its
+        limits, the unit's earlier surviving bids of the session, the owners' operative
+        limits (after this close's pause released what the hibernated orders held).  A bid
+        that fails is rejected whole — the rule rejects, it does not reduce — privately to
+        its owner, with its id as ``order_id`` (as the bid's ack carried it), and takes no
+        part in the clearing."""
+        s.energy = {}
+        risk = self.risk
+        if risk is None:
+            return
+        for b in sorted((b for b in s.bids.values() if b.live), key=lambda b: b.order):
+            rej = risk.auction_check(b.user, b.agent, b.unit, b.contract, b.side, b.steps, ts,
+                                     self._bid_energy(s, b.unit, b.contract, b.side))
+            if rej is None:
+                self._add_energy(s, b, 1)
+                continue
+            b.live = False
+            self.engine.emit(Reject.of(
+                ts, b.user, b.agent, None, None, b.id, rej[0],
+                f"auction bid {b.id} of session {s.id} for {b.unit} in {b.contract} rejected"
+                f" at the close of reception (R39.4.1.5): {rej[1]}"))
 
     def _on_clear(self, cmd: ClearAuction, ts: int) -> None:
         """R40.2 per period; results out; programs (R50); settlement input (R44)."""

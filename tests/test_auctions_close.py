@@ -1,5 +1,6 @@
-"""Auction bids at the close of reception: the reception instant (R39.4.1.1), and the energy
-of a unit's hourly and 15-minute bids summed per quarter-hour (R39.4.2.2, R39.4.3.2).
+"""Auction bids at the close of reception: the reception instant (R39.4.1.1), the bids
+verified again at the close (R39.4.1.5), and the energy of a unit's hourly and 15-minute
+bids summed per quarter-hour (R39.4.2.2, R39.4.3.2).
 
 Reference data and helpers as in ``test_auctions.py``: SELLU1 (ana, AG1) is a selling unit
 with a maximum of 200.0 MWh per hour, i.e. 200.0 MW in every quarter-hour; BUYU2 (carlos,
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from test_auctions import BUY, C1, C2, C3, SELL, SID, Mkt, code, of
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_auctions import AGENT, BUY, C1, C2, C3, SELL, SID, Mkt, code, of
 
 from auctions.session import (
     AuctionAllocation,
@@ -19,6 +22,7 @@ from auctions.session import (
     ClearAuction,
     CloseAuction,
     DelayAuction,
+    SubmitAuctionBid,
 )
 from engine.commands import NewOrder
 from engine.events import Reject, Trade
@@ -26,6 +30,7 @@ from risk.commands import SetProgram
 
 # the four quarter-hours of C1 (PH-20270115-20: 19:00-20:00 local, 18:00-19:00 UTC)
 QS = tuple(f"QH-20270115-{77 + i:03d}" for i in range(4))
+MAX = 2000  # SELLU1: 200.0 MW
 
 
 def mkt() -> Mkt:
@@ -142,3 +147,136 @@ def test_r39_4_3_2_buy_bids_of_a_selling_unit_summed_per_quarter() -> None:
     assert isinstance(m.bid("ana", "SELLU1", QS[0], "BUY", (3000, 25)), int)  # 60 - 50 - 10
     assert isinstance(m.bid("ana", "SELLU1", QS[1], "BUY", (3000, 125)), int)  # 100 - 50 - 50
     assert code(m.bid("ana", "SELLU1", C1, "BUY", (3000, 1))) == "ENERGY_MIN"
+
+
+# ====================================================================== R39.4.1.5
+
+
+def test_r39_4_1_5_a_bid_beyond_the_maximum_with_continuous_trades_is_rejected_at_close(
+) -> None:
+    """R39.4.1.5: «repetirá dicha verificación al cierre de la sesión ... teniendo en cuenta
+    además las posibles energías casadas en cada periodo hasta ese momento en el mercado
+    intradiario continuo, siendo definitivamente rechazadas o consideradas como válidas».
+    SELLU1 (200.0 MWh) bids 150.0 MWh, then sells 150.0 MWh continuously in the same period:
+    300.0 > 200.0, so the bid is rejected at the close (whole: the rule does not reduce it),
+    privately to ana, and allocated nothing."""
+    m = mkt()
+    bid = m.bid("ana", "SELLU1", C1, "SELL", (4000, 1500))
+    m.bid("carlos", "BUYU2", C1, "BUY", (5000, 1500))
+    assert sell_continuously(m, C1, 1500)
+    evs = m.do(CloseAuction(SID))
+    (rej,) = of(evs, Reject)
+    assert (rej.user, rej.agent, rej.order_id, rej.code) == ("ana", "AG1", bid, "ENERGY_MAX")
+    assert "R39.4.1.5" in rej.reason and "300.0 MW" in rej.reason
+    assert not m.core.auctions.sessions[SID].bids[bid].live
+    evs = m.do(ClearAuction(SID))
+    assert of(evs, AuctionAllocation) == []
+    assert m.prog("SELLU1", C1) == {0}
+
+
+def test_r39_4_1_5_earlier_bids_survive_later_ones_are_rejected() -> None:
+    """In submission order, each against the unit's earlier surviving bids: 100.0 + 50.0
+    fitted at reception; after 60.0 MWh sold continuously the first (160.0) still fits, the
+    second (210.0) does not.  The running totals are rebuilt from the survivors."""
+    m = mkt()
+    first = m.bid("ana", "SELLU1", C1, "SELL", (4000, 1000))
+    second = m.bid("ana", "SELLU1", C1, "SELL", (4100, 500))
+    m.bid("carlos", "BUYU2", C1, "BUY", (5000, 2000))
+    assert sell_continuously(m, C1, 600)
+    rejected = closing_rejections(m.do(CloseAuction(SID)))
+    assert set(rejected) == {second} and "210.0 MW" in rejected[second].reason
+    s = m.core.auctions.sessions[SID]
+    assert m.core.risk is not None
+    quarters = m.core.risk.auction_quarters(C1)[0]
+    assert {k: v for k, v in s.energy.items() if k[0] == "SELLU1"} == {
+        ("SELLU1", "SELL", q): 1000 for q in quarters}
+    evs = m.do(ClearAuction(SID))
+    assert {(e.bid_id, e.qty) for e in of(evs, AuctionAllocation) if e.agent == "AG1"} == {
+        (first, 1000)}
+    assert m.prog("SELLU1", C1) == {1000}
+
+
+def test_r39_4_3_4_guarantees_verified_again_at_close() -> None:
+    """R39.4.3.4: the bid «será validada de nuevo con el balance de garantías ... en el
+    momento de cierre de recepción de ofertas ..., no incorporándose al proceso de casación
+    si alguno de los agentes no dispone de garantías suficientes».  AG1 (50 000.00 €, VAT
+    21 %) bids 200.0 MWh at -206.61 €/MWh (49 999.62 € with VAT: it fits); then sells 10.0
+    MWh at -100.00 €/MWh continuously in C3 (an obligation of 1 210.00 €): at the close the
+    bid no longer fits."""
+    m = mkt()
+    bid = m.bid("ana", "SELLU1", C1, "SELL", (-20661, 2000))
+    assert isinstance(bid, int)
+    m.do(NewOrder("ana", "AG1", "SELLU1", C3, SELL, -10000, 100))
+    assert of(m.do(NewOrder("carlos", "AG2", "BUYU2", C3, BUY, -10000, 100)), Trade)
+    rejected = closing_rejections(m.do(CloseAuction(SID)))
+    assert set(rejected) == {bid} and rejected[bid].code == "OPERATIVE_LIMIT"
+
+
+# ====================================================================== a reference model
+
+CONTRACTS = (C1, *QS)
+
+
+def covers(contract: str, qty: int) -> dict[int, int]:
+    """The quarters (0-3 of C1's hour) a contract covers and what ``qty`` weighs in each."""
+    if contract == C1:
+        return dict.fromkeys(range(4), qty)
+    return {QS.index(contract): 4 * qty}
+
+
+actions = st.lists(st.one_of(
+    st.tuples(st.just("bid"), st.sampled_from(CONTRACTS), st.sampled_from(("SELL", "BUY")),
+              st.integers(1, 1200)),
+    st.tuples(st.just("trade"), st.sampled_from(CONTRACTS), st.just("SELL"),
+              st.integers(1, 600)),
+), max_size=14)
+
+
+@given(actions)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_bids_at_reception_and_at_close_against_a_reference_model(
+        steps: list[tuple[str, str, str, int]]) -> None:
+    """A selling unit (200.0 MW) bids hourly and 15-minute, sells and buys, and trades
+    continuously in between.  Model: per quarter, traded + the same side's accepted bids
+    (each weighed per quarter) + the new bid ≤ 200.0 for sells, traded − buys ≥ 0 for buys
+    (R39.4.2.2, R39.4.3.2); at the close the same again in submission order, against what
+    was traded by then (R39.4.1.5)."""
+    m = mkt()
+    traded = [0, 0, 0, 0]
+    bids: list[tuple[int, str, dict[int, int]]] = []  # (id, side, per quarter)
+
+    def fits(side: str, w: dict[int, int], accepted: list[tuple[int, str, dict[int, int]]]
+             ) -> bool:
+        for q, x in w.items():
+            same = sum(b[2].get(q, 0) for b in accepted if b[1] == side)
+            if side == "SELL" and traded[q] + same + x > MAX:
+                return False
+            if side == "BUY" and traded[q] - same - x < 0:
+                return False
+        return True
+
+    for kind, contract, side, qty in steps:
+        w = covers(contract, qty)
+        if kind == "trade":
+            expect = all(traded[q] + x <= MAX for q, x in w.items())
+            assert sell_continuously(m, contract, qty) is expect
+            if expect:
+                for q, x in w.items():
+                    traded[q] += x
+            continue
+        r = m.do(SubmitAuctionBid("ana", AGENT["ana"], SID, "SELLU1", contract, side,
+                                  ((4000, qty),)))
+        (ev,) = r
+        if fits(side, w, bids):
+            assert type(ev) is not Reject, ev
+            bids.append((ev.order_ids[0], side, w))
+        else:
+            assert code(ev) in ("ENERGY_MAX", "ENERGY_MIN")
+    survivors: list[tuple[int, str, dict[int, int]]] = []
+    for b in bids:
+        if fits(b[1], b[2], survivors):
+            survivors.append(b)
+    rejected = closing_rejections(m.do(CloseAuction(SID)))
+    assert set(rejected) == {b[0] for b in bids} - {b[0] for b in survivors}
+    s = m.core.auctions.sessions[SID]
+    assert {b.id for b in s.bids.values() if b.live} == {b[0] for b in survivors}
