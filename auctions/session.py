@@ -12,18 +12,20 @@ out.  A session goes through one table of states:
    against price limits, the unit (responsibility, validity), its energy and program, and the
    agent's guarantees (:meth:`risk.guard.RiskGuard.auction_check`).
 2. **Close** (CLOSED): continuous trading stops for the contracts of the session's horizon that
-   are trading: they go to INT and their orders are hibernated (R46.2.7, R56).  Then every
-   live bid is verified again, in submission order, against the energy traded
+   are trading: they go to INT and their orders are hibernated (R46.2.7, R56); a contract that
+   an earlier session still holds paused is taken over with the orders it hibernated.  Then
+   every live bid is verified again, in submission order, against the energy traded
    continuously up to the close and the guarantees at the close; a bid that fails is rejected
    (R39.4.1.5, R39.4.2.2, R39.4.3.2, R39.4.3.4).
 3. **Clear** (CLEARED): every period by the simple method of R40.2 (:mod:`auctions.clearing`);
    results per unit to each agent (``auction_allocation``), public prices and volumes
    (``auction_price``); programs move (PHF, R50: ``AdjustProgram``); the settlement side
    settles the results at the marginal price (R44) from the ``auction_cleared`` event.
-4. **Reopen** (DONE): the hibernated orders of the agents that asked for it are reactivated in
-   arrival order, baskets kept in order, each re-validated against the updated programs and
-   current limits, failures rejected with the reason (R46.2.7); then the contracts reopen.
-   A cancelled session reopens the same way, with no results.
+4. **Reopen** (DONE): the paused contracts reopen (those that no other session still holds)
+   and the hibernated orders of the agents that asked for it are reactivated in arrival
+   order, baskets kept in order, each re-validated against the updated programs and current
+   limits, failures rejected with the reason (R46.2.7).  A cancelled session reopens the
+   same way, with no results.
 """
 
 from __future__ import annotations
@@ -242,8 +244,12 @@ class Session:
     publish_at: int
     state: str = SCHEDULED
     bids: dict[int, Bid] = field(default_factory=dict)
+    # the contracts this session holds paused: those its close paused, and those an earlier
+    # session still held paused then (R46.2.7 with overlapping horizons)
     paused: tuple[str, ...] = ()
-    hibernated: tuple[int, ...] = ()  # the orders this session's pause hibernated
+    # the orders it reactivates: those its pause hibernated, and those of the contracts it
+    # took over or was handed over (see Auctions._on_close and Auctions._reopen)
+    hibernated: tuple[int, ...] = ()
     results: dict[str, PeriodResult] = field(default_factory=dict)
     reason: str | None = None
     # what the live bids offer, per (unit, side, quarter-hour start), in tenths of MW: hourly
@@ -331,6 +337,11 @@ class Auctions:
         if s is not None:
             self._set(s, OPEN, ts)
 
+    def _holding(self, s: Session) -> list[Session]:
+        """The other sessions that hold contracts paused: closed, not yet reopened."""
+        return [t for t in self.sessions.values()
+                if t is not s and t.state in (CLOSED, CLEARED) and t.paused]
+
     def _on_close(self, cmd: CloseAuction, ts: int) -> None:
         """R46.2.7, R56: the horizon's trading contracts pause; their orders hibernate.
         R39.4.1.5: then the bids are verified again (:meth:`_verify_at_close`)."""
@@ -341,12 +352,25 @@ class Auctions:
         eng = self.engine
         trading = tuple(c for c in s.contracts
                         if c in eng.contracts and eng.contracts[c].state is ContractState.TRADE)
-        s.paused = trading
+        # R46.2.7 «se suspenderá la negociación del mercado continuo para los contratos
+        # incluidos en el horizonte de subasta ... durante el tiempo necesario para realizar
+        # la casación»: a contract of this horizon that an earlier session still holds
+        # paused (its results not yet published) stays paused until this session's are too.
+        # This session takes it over, with the orders the earlier one hibernated there; the
+        # earlier session's reopening leaves it to this one (see _reopen).
+        holders = self._holding(s)
+        held = {c for t in holders for c in t.paused}
+        held.intersection_update(s.contracts)
+        ids = set(trading)
+        s.paused = tuple(c for c in s.contracts if c in ids or c in held)
+        # R46.2.7: reactivation after the auction concerns the orders it hibernated
+        mine = {o.id for o in eng.orders.values() if o.live and o.contract in ids}
+        if held:
+            hib = {oid for t in holders for oid in t.hibernated}
+            mine.update(o.id for o in eng.orders.values()
+                        if o.id in hib and o.status is HIBERNATED and o.contract in held)
+        s.hibernated = tuple(sorted(mine))
         if trading:
-            ids = set(trading)
-            # R46.2.7: reactivation after the auction concerns the orders it hibernated
-            s.hibernated = tuple(sorted(o.id for o in eng.orders.values()
-                                        if o.live and o.contract in ids))
             eng.dispatch(InterruptContracts(trading, f"intraday auction {s.id}"), ts)
         self._verify_at_close(s, ts)
 
@@ -425,15 +449,43 @@ class Auctions:
 
     def _reopen(self, s: Session, ts: int) -> None:
         """R46.2.7: reopen the paused contracts with the requested reactivations, in one
-        command so no order can slip in between."""
+        command so no order can slip in between.
+
+        A contract that another session still holds paused (closed, results not yet
+        published: overlapping horizons) stays paused, and the orders this session
+        hibernated there are handed over to that session, which reopens it and reactivates
+        them.  A contract an operator already resumed by hand is not resumed again, but its
+        orders hibernated by the auction are reactivated all the same: R46.2.7 reactivates
+        «las ofertas previamente hibernadas» once the results are published, whatever the
+        contract's reopening."""
         eng = self.engine
-        paused = tuple(c for c in s.paused
-                       if c in eng.contracts and eng.contracts[c].state is ContractState.INT)
-        if not paused:
+        holders = self._holding(s)
+        states = eng.contracts
+        mine: list[str] = []  # the contracts this session releases
+        handed: dict[str, list[Session]] = {}
+        for c in s.paused:
+            others = [t for t in holders if c in t.paused]
+            if others:
+                handed[c] = others
+            elif c in states and states[c].state in (ContractState.INT, ContractState.TRADE):
+                mine.append(c)
+        if handed:
+            hib = set(s.hibernated)
+            extra: dict[str, set[int]] = {}
+            for o in eng.orders.values():
+                if o.id in hib and o.status is HIBERNATED and o.contract in handed:
+                    for t in handed[o.contract]:
+                        extra.setdefault(t.id, set()).add(o.id)
+            for sid, more in extra.items():
+                t = self.sessions[sid]
+                t.hibernated = tuple(sorted(more.union(t.hibernated)))
+        resume = tuple(c for c in mine if states[c].state is ContractState.INT)
+        if resume:
+            eng.dispatch(ResumeContracts(resume), ts)
+        if not mine:
             return
-        eng.dispatch(ResumeContracts(paused), ts)
         agents = {a for a, yes in self.reactivate.items() if yes}
-        ids = set(paused)
+        ids = set(mine)
         hibernated = set(s.hibernated)
         sel = sorted((o for a in agents for o in eng.by_agent.get(a, {}).values()
                       if o.id in hibernated and o.status is HIBERNATED and o.contract in ids),
