@@ -1,5 +1,5 @@
 """Reopening after an auction: overlapping horizons and contracts resumed by hand
-(R46.2.7).
+(R46.2.7), and VALID baskets reactivated whole or rejected whole (A1§5.2).
 
 Reference data and helpers as in ``test_auctions.py``: ana (AG1) trades SELLU1, a selling
 unit of 200.0 MWh; carlos (AG2) BUYU2.  Units: prices in cents of €/MWh, quantities in
@@ -8,9 +8,11 @@ tenths of MWh, instants in ms UTC.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from test_auctions import C1, C2, C3, SELL, Mkt, of, reports
+import pytest
+from test_auctions import BUY, C1, C2, C3, SELL, Mkt, of, reports
 
 from auctions.session import (
     CancelAuction,
@@ -19,8 +21,11 @@ from auctions.session import (
     ReopenAfterAuction,
     SetReactivation,
 )
-from engine.commands import ResumeContracts
-from engine.events import ContractStateChanged
+from engine.commands import EnterBasket, NewOrder, ResumeContracts
+from engine.events import Ack, ContractStateChanged, OrderReport, Trade
+from engine.model import BasketType
+from gateway.codec import decode, encode
+from gateway.core import Core
 
 A, B = "MI5-20270115", "MI6-20270115"  # A's horizon C1, C2; B's C2, C3
 
@@ -125,3 +130,97 @@ def test_r46_2_7_orders_of_a_contract_resumed_by_hand_are_reactivated() -> None:
     evs = m.do(ReopenAfterAuction(A))
     assert moved(evs) == {(C2, "TRADE")}
     assert reports(evs) == [(o1, "ACTIVATED"), (o2, "ACTIVATED")]
+
+
+# ====================================================================== A1§5.2
+
+
+def basket_then_auction(kind: BasketType, first_fails: bool) -> tuple[Mkt, list[int], Any]:
+    """ana enters a basket selling 10.0 MWh on C1 and 150.0 MWh on C2 (in that order, or
+    the other); the auction on C1 and C2 sells 100.0 MWh of SELLU1 on C2, so at the
+    reopening the C2 order would put SELLU1 at 250.0 > 200.0 MW there."""
+    m = Mkt()
+    m.do(SetReactivation("ana", "AG1", True))
+    members = [NewOrder("ana", "AG1", "SELLU1", C1, SELL, 8000, 100),
+               NewOrder("ana", "AG1", "SELLU1", C2, SELL, 8000, 1500)]
+    if first_fails:
+        members.reverse()
+    evs = m.do(EnterBasket("ana", "AG1", kind, tuple(members)))
+    ids = list(of(evs, Ack)[0].order_ids)
+    other = m.order("carlos", "BUYU2", C1, BUY, 1000, 50)  # arrives after the basket
+    m.schedule(A, (C1, C2))
+    m.bid("ana", "SELLU1", C2, "SELL", (4000, 1000))
+    m.bid("carlos", "BUYU2", C2, "BUY", (5000, 1000))
+    m.do(SetReactivation("carlos", "AG2", True))
+    m.do(CloseAuction(A))
+    m.do(ClearAuction(A))
+    assert m.prog("SELLU1", C2) == {1000}
+    evs = m.do(ReopenAfterAuction(A))
+    assert (other, "ACTIVATED") in reports(evs)
+    return m, ids, evs
+
+
+@pytest.mark.parametrize("first_fails", [False, True])
+def test_a1_5_2_a_valid_basket_is_reactivated_whole_or_rejected_whole(
+        first_fails: bool) -> None:
+    """A1§5.2: the orders of a VALID basket «deberán ser todas aceptadas como válidas. Si
+    alguna ... es declarada no válida, ... serán todas rechazadas»; R46.2.7: a reactivated
+    order is validated as a new one.  The C2 member fails its re-validation: the C1 member,
+    which alone would pass, is rejected with it, and holds nothing afterwards."""
+    m, ids, evs = basket_then_auction(BasketType.VALID, first_fails)
+    c1_order, c2_order = (ids[1], ids[0]) if first_fails else (ids[0], ids[1])
+    got = {e.order_id: (e.action, e.status, e.code) for e in of(evs, OrderReport)
+           if e.order_id in ids}
+    assert got == {c2_order: ("REJECTED", "INACTIVE", "ENERGY_MAX"),
+                   c1_order: ("REJECTED", "INACTIVE", "BASKET_MEMBER_INVALID")}
+    # in the basket's order
+    assert [e.order_id for e in of(evs, OrderReport) if e.order_id in ids] == ids
+    (why,) = [e.reason for e in of(evs, OrderReport) if e.order_id == c1_order]
+    assert "A1§5.2" in why and str(c2_order) in why
+    assert c1_order not in m.core.engine.orders
+    assert m.core.engine.contracts[C1].book.resting(SELL) == []
+    # the trial admission of the C1 member was given back: SELLU1 can sell its whole
+    # 200.0 MWh on C1
+    evs = m.do(NewOrder("ana", "AG1", "SELLU1", C1, SELL, 9000, 2000))
+    assert [e.action for e in of(evs, OrderReport)] == ["ADDED"]
+
+
+def test_a1_5_1_a_none_basket_is_reactivated_order_by_order() -> None:
+    """A1§5.1: the orders of a NONE basket are «sin relación entre ellas»: the C1 order comes
+    back though the C2 order is rejected.  (With A1§5.2's VALID basket in the same place,
+    both are rejected.)"""
+    _m, ids, evs = basket_then_auction(BasketType.NONE, False)
+    got = {e.order_id: e.action for e in of(evs, OrderReport) if e.order_id in ids}
+    assert got == {ids[0]: "ACTIVATED", ids[1]: "REJECTED"}
+    _m, ids, evs = basket_then_auction(BasketType.VALID, False)
+    got = {e.order_id: e.action for e in of(evs, OrderReport) if e.order_id in ids}
+    assert got == {ids[0]: "REJECTED", ids[1]: "REJECTED"}
+
+
+def test_a1_5_2_a_valid_basket_that_passes_comes_back_whole_and_replays() -> None:
+    """Both members pass (the auction leaves room): both come back, in the basket's order,
+    and trade; the same journal replayed gives the same events and state."""
+    m = Mkt()
+    m.do(SetReactivation("ana", "AG1", True))
+    evs = m.do(EnterBasket("ana", "AG1", BasketType.VALID, (
+        NewOrder("ana", "AG1", "SELLU1", C1, SELL, 8000, 100),
+        NewOrder("ana", "AG1", "SELLU1", C2, SELL, 8000, 900),
+        NewOrder("ana", "AG1", "SELLU1", C3, SELL, 8000, 100))))
+    ids = list(of(evs, Ack)[0].order_ids)
+    m.schedule(A, (C1, C2))
+    m.bid("ana", "SELLU1", C2, "SELL", (4000, 1000))
+    m.bid("carlos", "BUYU2", C2, "BUY", (5000, 1000))
+    for cmd in (CloseAuction, ClearAuction):
+        m.do(cmd(A))
+    evs = m.do(ReopenAfterAuction(A))
+    # C3's member was never paused: only the two hibernated ones are reactivated
+    assert reports(evs) == [(ids[0], "ACTIVATED"), (ids[1], "ACTIVATED")]
+    evs = m.do(NewOrder("carlos", "AG2", "BUYU2", C2, BUY, 8000, 900))
+    assert [t.sell_order for t in of(evs, Trade)] == [ids[1]]
+    fresh = Core()
+    events: list[Any] = []
+    for cmd, t in m.log:
+        events += fresh.apply(decode(json.loads(json.dumps(encode(cmd)))), t)
+    assert events == m.events
+    assert fresh.state_hash() == m.core.state_hash()
+    assert fresh.auctions.valid_baskets == m.core.auctions.valid_baskets == {1}
