@@ -315,13 +315,15 @@ def test_bid_price_and_quantity_limits(m: Mkt) -> None:
     assert code(m.bid("ana", "SELLU1", C1, "SELL", (100, 0))) == "QTY_OUT_OF_RANGE"
     assert code(m.bid("ana", "SELLU1", C1, "SELL", (100, 9_991))) == "QTY_OUT_OF_RANGE"
     assert code(m.bid("ana", "SELLU1", C1, "SELL")) == "AUCTION_BID_INVALID"
-    many = tuple((100 + i, 1) for i in range(26))
+    # R39.1.1: «hasta un máximo de cinco tramos»
+    many = tuple((100 + i, 1) for i in range(6))
     assert code(m.bid("ana", "SELLU1", C1, "SELL", *many)) == "AUCTION_BID_INVALID"
     assert code(m.bid("ana", "SELLU1", C1, "HOLD", (100, 10))) == "AUCTION_BID_INVALID"
     # the bounds themselves are fine; rejected bids took no id
     assert m.bid("ana", "SELLU1", C1, "SELL", (999_900, 10)) == 1
     assert m.bid("ana", "SELLU1", C2, "SELL", (-999_900, 1)) == 2
-    assert set(m.core.auctions.sessions[SID].bids) == {1, 2}
+    assert m.bid("ana", "SELLU1", C2, "SELL", *many[:5]) == 3
+    assert set(m.core.auctions.sessions[SID].bids) == {1, 2, 3}
 
 
 def test_bid_price_limits_of_the_omie_profile() -> None:
