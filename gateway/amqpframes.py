@@ -13,9 +13,11 @@ and the class ``basic``), built here as the library builds them: the same bytes 
 same message, which ``tests/test_amqp_frames.py`` checks against pamqp's own marshalling.
 
 Only the properties the adapter sets are supported (content type, headers, delivery mode,
-correlation id, expiration, message id, type, app id); a header value is a str, a bool or
-an int, encoded as pamqp encodes it (its smallest integer type, a long string, a boolean);
-header names in sorted order, as pamqp writes them.  A property or header value the library
+correlation id, expiration, message id, type, app id), and the two a request carries
+(reply to, user id: the load generator of ``perf/bench_amqp.py`` writes requests with
+it); a header value is a str, a bool or an int, encoded as pamqp encodes it (its
+smallest integer type, a long string, a boolean); header names in sorted order, as pamqp
+writes them.  A property or header value the library
 would refuse (a short string over 255 bytes, another type) raises :class:`ValueError` or
 :class:`TypeError` here too, before anything is written.
 """
@@ -46,9 +48,11 @@ CONTENT_TYPE = 1 << 15
 HEADERS = 1 << 13
 DELIVERY_MODE = 1 << 12
 CORRELATION_ID = 1 << 10
+REPLY_TO = 1 << 9
 EXPIRATION = 1 << 8
 MESSAGE_ID = 1 << 7
 TYPE = 1 << 5
+USER_ID = 1 << 4
 APP_ID = 1 << 3
 
 
@@ -100,7 +104,8 @@ def table(headers: dict[str, Any]) -> bytes:
 def properties(content_type: str | None = None, headers: dict[str, Any] | None = None,
                delivery_mode: int | None = None, correlation_id: str | None = None,
                expiration: str | None = None, message_id: str | None = None,
-               message_type: str | None = None, app_id: str | None = None) -> bytes:
+               message_type: str | None = None, app_id: str | None = None,
+               reply_to: str | None = None, user_id: str | None = None) -> bytes:
     """The property flags and list of a content header.  As pamqp: a property that is
     None or an empty string is left out (an empty table is not: it is sent empty)."""
     flags = 0
@@ -116,8 +121,9 @@ def properties(content_type: str | None = None, headers: dict[str, Any] | None =
             raise ValueError(f"delivery mode {delivery_mode}: 1 (transient) or 2 (persistent)")
         flags |= DELIVERY_MODE
         parts.append(bytes((delivery_mode,)))
-    for flag, value in ((CORRELATION_ID, correlation_id), (EXPIRATION, expiration),
-                        (MESSAGE_ID, message_id), (TYPE, message_type), (APP_ID, app_id)):
+    for flag, value in ((CORRELATION_ID, correlation_id), (REPLY_TO, reply_to),
+                        (EXPIRATION, expiration), (MESSAGE_ID, message_id),
+                        (TYPE, message_type), (USER_ID, user_id), (APP_ID, app_id)):
         if value:  # the short strings, in the list's order
             flags |= flag
             parts.append(short_string(value))

@@ -13,10 +13,11 @@ aio-pika RPC echo baseline on the same broker.
 * **Requests** are published as docs/amqp.md says: to ``ronda.requests`` with routing key
   ``request``, ``user_id`` (validated by the broker), ``message_id`` = ``correlation_id``,
   ``reply_to`` an exclusive server-named queue, persistent, on a channel with publisher
-  confirms (not awaited in line: the send schedule never waits for a confirm), with
-  aiormq (aio-pika's own layer: the load generator shares the machine, so it should cost
-  little).  One connection per trader; each also consumes its broadcast queue (its private
-  stream, ~1.4 messages per request).
+  confirms (counted as they come, never awaited in line: the send schedule never waits for
+  a confirm), by a lean client of the protocol (``perf/amqpload.py``: the load generator
+  shares the machine, so it should cost little; through aiormq it cost ~290 µs of CPU per
+  request, as much as the server, and ~95 µs with it).  One connection per trader; each
+  also consumes its broadcast queue (its private stream, 1.4-2 messages per request).
 * **Open loop**: every request has a scheduled send time (rate R over C connections); its
   latency is measured from the *scheduled* time to the reply, so a stalled server is charged
   for the requests it delayed (no coordinated omission).  Percentiles come from an HDR
@@ -56,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import os
@@ -68,19 +70,18 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
-import aiormq
 import orjson
-from aiormq.abc import DeliveredMessage
 from hdrh.histogram import HdrHistogram
-from pamqp.commands import Basic
 
 ROOT = Path(__file__).resolve().parents[1]
 for _p in (ROOT, ROOT / "perf", ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+import amqpload  # noqa: E402
 from bench_ws import (  # noqa: E402
     CONTRACT,
     bench_refdata,
@@ -91,6 +92,7 @@ from bench_ws import (  # noqa: E402
 from broker import Broker, start_broker  # noqa: E402
 from procstat import CpuMeter  # noqa: E402
 
+from gateway import amqpframes  # noqa: E402
 from gateway.amqp import JSON, REQUEST_EXCHANGE, REQUEST_KEY, bcast_queue  # noqa: E402
 
 PY = sys.executable
@@ -157,24 +159,34 @@ class AmqpLoad:
         self.next_i = 0
         self.bcast = 0
         self.publish_errors: Counter[str] = Counter()
-        self._tasks: set[asyncio.Future[Any]] = set()
-        self.conn: aiormq.abc.AbstractConnection | None = None
+        self.conn: amqpload.LeanClient | None = None
         self.exchange = ECHO_EXCHANGE if echo else REQUEST_EXCHANGE
 
     async def connect(self) -> None:
-        # aiormq, under aio-pika: the load generator shares the machine, so it should cost
-        # as little as possible (with aio-pika's message objects it used ~40 % more CPU)
-        self.conn = await aiormq.connect(self.url)
-        self.ch = await self.conn.channel(publisher_confirms=True)  # as docs/amqp.md says
-        self.reply_to = (await self.ch.queue_declare(exclusive=True)).queue or ""
-        await self.ch.basic_consume(self.reply_to, self.on_reply, no_ack=True)
+        # the lean client (perf/amqpload.py): the load generator shares the machine, so it
+        # should cost as little as possible (through aiormq it cost as much CPU per request
+        # as the server; through aio-pika's message objects ~40 % more than that)
+        url = urlsplit(self.url)
+        self.conn = await amqpload.connect(url.hostname or "127.0.0.1", url.port or 5672,
+                                           unquote(url.username or ""),
+                                           unquote(url.password or ""))
+        self.reply_to = await self.conn.declare_reply_queue()
+        # requests as docs/amqp.md says: persistent, on a channel with publisher confirms
+        # (counted as they come, never awaited in line: the send schedule never waits)
+        self._props = functools.partial(
+            amqpframes.properties, content_type=JSON, user_id=self.user,
+            reply_to=self.reply_to, delivery_mode=PERSISTENT)
+        await self.conn.consume(self.reply_to, self.on_reply)
         if self.consume_bcast:
-            await self.ch.basic_consume(bcast_queue(self.user), self.on_bcast, no_ack=True)
+            await self.conn.consume(bcast_queue(self.user), self.on_bcast)
 
     async def close(self) -> None:
-        if self.conn is not None and not self.conn.is_closed:
+        if self.conn is not None:
+            for what, n in (("nack", self.conn.nacked), ("blocked", self.conn.blocked)):
+                if n:
+                    self.publish_errors[what] += n
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.conn.close(), 5)
+                await self.conn.close()
 
     def request(self, i: int) -> dict[str, Any]:
         if self.echo or i % 2 == 0 or not self.acked:
@@ -185,22 +197,12 @@ class AmqpLoad:
         return {"type": "order_cancel", "order_id": self.acked.pop()}
 
     def _publish(self, mid: str, msg: dict[str, Any]) -> None:
-        props = Basic.Properties(content_type=JSON, user_id=self.user, message_id=mid,
-                                 correlation_id=mid, reply_to=self.reply_to,
-                                 delivery_mode=PERSISTENT)
-        task = asyncio.ensure_future(self.ch.basic_publish(
-            orjson.dumps(msg), exchange=self.exchange, routing_key=REQUEST_KEY,
-            properties=props))
-        self._tasks.add(task)
-        task.add_done_callback(self._published)
-
-    def _published(self, task: asyncio.Future[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
+        assert self.conn is not None
+        if self.conn.error is not None:
+            self.publish_errors[self.conn.error] += 1
             return
-        exc = task.exception()
-        if exc is not None:
-            self.publish_errors[type(exc).__name__] += 1
+        self.conn.publish(self.exchange, REQUEST_KEY,
+                          self._props(message_id=mid, correlation_id=mid), orjson.dumps(msg))
 
     def send(self, i: int, t: float) -> None:
         mid = str(i)  # unique per user in the run: the server replays a known message_id
@@ -213,18 +215,17 @@ class AmqpLoad:
         self._publish(mid, msg)
         return await asyncio.wait_for(fut, timeout)
 
-    async def on_reply(self, m: DeliveredMessage) -> None:
+    def on_reply(self, cid: str, body: bytes) -> None:
         now = time.perf_counter()
-        cid = m.header.properties.correlation_id or ""
         fut = self.waiting.pop(cid, None)
         if fut is not None:
             if not fut.done():
-                fut.set_result(orjson.loads(m.body))
+                fut.set_result(orjson.loads(body))
             return
         t0 = self.sched.pop(cid, None)
         if t0 is None:
             return
-        d = orjson.loads(m.body)
+        d = orjson.loads(body)
         if d.get("type") == "ack":
             if d.get("kind") == "order_entry" and d.get("order_ids"):
                 self.acked.append(d["order_ids"][0])
@@ -240,7 +241,7 @@ class AmqpLoad:
             self.send(self.next_i, now)
             self.next_i += 1
 
-    async def on_bcast(self, m: DeliveredMessage) -> None:
+    def on_bcast(self, cid: str, body: bytes) -> None:
         self.bcast += 1
 
     async def open_loop(self, rate: float, n: int, start: float) -> None:

@@ -35,6 +35,8 @@ props_args = st.fixed_dictionaries({}, optional={
     "message_id": st.one_of(st.none(), st.just(""), short_text),
     "message_type": st.one_of(st.none(), st.just(""), short_text),
     "app_id": st.one_of(st.none(), st.just("ronda"), short_text),
+    "reply_to": st.one_of(st.none(), st.just(""), short_text),
+    "user_id": st.one_of(st.none(), st.just(""), short_text),
 })
 
 

@@ -1,0 +1,120 @@
+"""The AMQP benchmark's lean client (perf/amqpload.py) speaks the protocol right: checked
+against a real RabbitMQ, with messages published by aio-pika (the library the adapter and
+the benchmark's echo server use).  A client that misread a delivery would count answers
+it never got, or charge latency to the wrong request."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aio_pika
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
+import amqpload
+
+from gateway import amqpframes
+
+if TYPE_CHECKING:
+    from broker import Broker
+
+pytest_plugins = ["broker"]
+
+
+async def _client(rabbitmq: Broker, user: str = "ronda") -> amqpload.LeanClient:
+    return await amqpload.connect("127.0.0.1", rabbitmq.port, user,
+                                  rabbitmq.passwords[user])
+
+
+async def _collect(got: list[tuple[str, bytes]], n: int) -> None:
+    for _ in range(500):
+        if len(got) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"only {len(got)} of {n} deliveries arrived: {got[-3:]}")
+
+
+async def test_deliveries_of_every_shape_are_read_whole_with_their_correlation_id(
+        rabbitmq: Broker) -> None:
+    c = await _client(rabbitmq)
+    try:
+        queue = await c.declare_reply_queue()
+        got: list[tuple[str, bytes]] = []
+        await c.consume(queue, lambda corr, body: got.append((corr, body)))
+        # published by aio-pika, with every property that comes before correlation_id in
+        # the list set or not, and bodies of no frame, one frame and many frames
+        big = bytes(range(256)) * 1200  # 307,200 bytes: several frames of 128 KiB
+        sent = [
+            ("a", b"", {}),
+            ("b", b"x", {"content_type": "application/json"}),
+            ("c", b"{}" * 50, {"content_type": "t", "content_encoding": "gzip",
+                              "headers": {"stream": "private:A", "seq": 70000},
+                              "delivery_mode": aio_pika.DeliveryMode.PERSISTENT,
+                              "priority": 3}),
+            ("", b"no correlation id", {"message_id": "m1"}),
+            ("é-ü", big, {"headers": {"x": "y" * 300}, "priority": 0}),
+        ]
+        conn = await aio_pika.connect(rabbitmq.url)
+        try:
+            ch = await conn.channel()
+            for corr, body, props in sent:
+                await ch.default_exchange.publish(
+                    aio_pika.Message(body, correlation_id=corr or None, **props), queue)
+            await _collect(got, len(sent))
+        finally:
+            await conn.close()
+        assert got == [(corr, body) for corr, body, _ in sent]
+    finally:
+        await c.close()
+
+
+async def test_own_publishes_are_confirmed_and_delivered_to_the_other_consumer(
+        rabbitmq: Broker) -> None:
+    c = await _client(rabbitmq)
+    try:
+        replies = await c.declare_reply_queue()
+        other = await c.declare_reply_queue()
+        got_r: list[tuple[str, bytes]] = []
+        got_o: list[tuple[str, bytes]] = []
+        await c.consume(replies, lambda corr, body: got_r.append((corr, body)))
+        await c.consume(other, lambda corr, body: got_o.append((corr, body)))
+        for i in range(200):  # written back to back: frames of many messages per read
+            q = other if i % 3 == 0 else replies
+            c.publish("", q, amqpframes.properties(correlation_id=str(i), delivery_mode=2),
+                      b"%d" % i)
+        await _collect(got_r, 133)
+        await _collect(got_o, 67)
+        assert got_o == [(str(i), b"%d" % i) for i in range(0, 200, 3)]
+        assert got_r == [(str(i), b"%d" % i) for i in range(200) if i % 3]
+        for _ in range(200):
+            if c.confirmed == 200:
+                break
+            await asyncio.sleep(0.01)
+        assert (c.published, c.confirmed, c.nacked, c.error) == (200, 200, 0, None)
+    finally:
+        await c.close()
+
+
+async def test_a_refused_publish_closes_the_channel_with_the_brokers_reason(
+        rabbitmq: Broker) -> None:
+    # a trader may not publish to the default exchange (docs/amqp.md's permissions)
+    c = await _client(rabbitmq, "carlos")
+    try:
+        c.publish("", "anything", amqpframes.properties(), b"x")
+        for _ in range(200):
+            if c.error is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert c.error is not None and "ACCESS_REFUSED" in c.error
+        assert c.confirmed == 0
+    finally:
+        await c.close()
+
+
+async def test_a_wrong_password_fails_the_set_up(rabbitmq: Broker) -> None:
+    with pytest.raises(amqpload.AmqpError):
+        await asyncio.wait_for(
+            amqpload.connect("127.0.0.1", rabbitmq.port, "carlos", "wrong"), 10)
