@@ -38,7 +38,6 @@ _FRAME = struct.Struct(">BHI")
 _PUBLISH = struct.pack(">IH", 0x003C0028, 0)  # basic.publish, ticket 0
 _ACK = struct.Struct(">IQB")  # basic.ack: the method, delivery tag, multiple
 _ACK_METHOD = 0x003C0050
-_HEADER = struct.Struct(">HxxQ")  # class basic (60), weight 0, body size
 _BASIC = 60
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -130,8 +129,85 @@ def properties(content_type: str | None = None, headers: dict[str, Any] | None =
     return _U16.pack(flags) + b"".join(parts)
 
 
+# The properties of the adapter's two frequent messages, from cached parts: the same bytes
+# as properties() (tests/test_amqp_frames.py), without encoding the parts that do not
+# change from one message to the next.  The caches are emptied when they grow past
+# _CACHE_MAX (names that came from clients, like a reply type, are few but unbounded).
+_CACHE_MAX = 4096
+_answers: dict[tuple[str, str, str, int], tuple[bytes, bytes]] = {}
+_streams: dict[tuple[str, str, str, str, int, str, str, str | None, bool],
+               tuple[bytes, bytes, bool, bytes, bytes]] = {}
+
+
+def answer_properties(content_type: str, correlation_id: str | None, message_type: str,
+                      app_id: str, delivery_mode: int) -> bytes:
+    """``properties(content_type=..., correlation_id=..., message_type=..., app_id=...,
+    delivery_mode=...)``: an answer's (no headers)."""
+    key = (content_type, message_type, app_id, delivery_mode)
+    parts = _answers.get(key)
+    if parts is None:
+        with_corr = properties(content_type=content_type, delivery_mode=delivery_mode,
+                               correlation_id="x", message_type=message_type,
+                               app_id=app_id)
+        head = properties(content_type=content_type, delivery_mode=delivery_mode)[2:]
+        tail = properties(message_type=message_type, app_id=app_id)[2:]
+        if len(_answers) >= _CACHE_MAX:
+            _answers.clear()
+        parts = _answers[key] = (with_corr[:2] + head, tail)
+    if not correlation_id:
+        return properties(content_type=content_type, delivery_mode=delivery_mode,
+                          message_type=message_type, app_id=app_id)
+    return parts[0] + short_string(correlation_id) + parts[1]
+
+
+def stream_properties(content_type: str, stream_header: str, stream: str, seq_header: str,
+                      seq: int | None, delivery_mode: int, message_type: str, app_id: str,
+                      expiration: str | None = None) -> bytes:
+    """A stream message's: ``properties(content_type=..., headers={stream_header:
+    stream, seq_header: seq}, delivery_mode=..., expiration=..., message_id=
+    f"{stream}:{seq}", message_type=..., app_id=...)``; without a sequence number, no
+    ``seq_header`` and no message id."""
+    key = (content_type, stream_header, stream, seq_header, delivery_mode, message_type,
+           app_id, expiration, seq is None)
+    parts = _streams.get(key)
+    if parts is None:
+        if seq is None:
+            whole = properties(content_type=content_type, headers={stream_header: stream},
+                               delivery_mode=delivery_mode, expiration=expiration,
+                               message_type=message_type, app_id=app_id)
+            parts = (whole, b"", False, b"", b"")
+        else:
+            if seq_header == stream_header:
+                raise ValueError(f"one header name for the stream and its sequence: "
+                                 f"{seq_header!r}")
+            # checks every fixed part as properties() would, and gives the flags
+            probe = properties(content_type=content_type, headers={stream_header: stream},
+                               delivery_mode=delivery_mode, expiration=expiration,
+                               message_id="x", message_type=message_type, app_id=app_id)
+            table({seq_header: 0})  # the name's own checks
+            head = probe[:2] + (short_string(content_type) if content_type else b"")
+            entry = short_string(stream_header) + _table_value(stream)
+            middle = properties(delivery_mode=delivery_mode, expiration=expiration)[2:]
+            tail = properties(message_type=message_type, app_id=app_id)[2:]
+            parts = (head, entry, seq_header < stream_header, middle, tail)
+        if len(_streams) >= _CACHE_MAX:
+            _streams.clear()
+        _streams[key] = parts
+    head, entry, seq_first, middle, tail = parts
+    if seq is None:
+        return head
+    seq_entry = short_string(seq_header) + _table_value(seq)
+    table_data = seq_entry + entry if seq_first else entry + seq_entry
+    return b"".join((head, _U32.pack(len(table_data)), table_data, middle,
+                     short_string(f"{stream}:{seq}"), tail))
+
+
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:
     return _FRAME.pack(kind, channel, len(payload)) + payload + FRAME_END
+
+
+_methods: dict[tuple[int, str, str], bytes] = {}
+_CONTENT = struct.Struct(">BHIHxxQ")  # a content header frame's start: frame, class, size
 
 
 def publish(channel: int, exchange: str, routing_key: str, props: bytes, body: bytes,
@@ -141,16 +217,21 @@ def publish(channel: int, exchange: str, routing_key: str, props: bytes, body: b
     of at most ``max_content`` bytes (the negotiated frame size less
     :data:`FRAME_OVERHEAD`; zero or less when the broker set no limit, ``frame_max`` 0:
     the whole body in one frame, as the library does); no body frame for an empty
-    body."""
-    parts = [
-        _frame(FRAME_METHOD, channel,
-               _PUBLISH + short_string(exchange) + short_string(routing_key) + b"\x00"),
-        _frame(FRAME_HEADER, channel, _HEADER.pack(_BASIC, len(body)) + props),
-    ]
+    body.  The method frames are cached by channel, exchange and routing key."""
+    key = (channel, exchange, routing_key)
+    method = _methods.get(key)
+    if method is None:
+        method = _frame(FRAME_METHOD, channel, _PUBLISH + short_string(exchange)
+                        + short_string(routing_key) + b"\x00")
+        if len(_methods) >= _CACHE_MAX:
+            _methods.clear()
+        _methods[key] = method
     n = len(body)
+    parts = [method, _CONTENT.pack(FRAME_HEADER, channel, 12 + len(props), _BASIC, n), props,
+             FRAME_END]
     if n <= max_content or max_content <= 0:
         if n:
-            parts.append(_frame(FRAME_BODY, channel, body))
+            parts += (_FRAME.pack(FRAME_BODY, channel, n), body, FRAME_END)
     else:
         for i in range(0, n, max_content):
             parts.append(_frame(FRAME_BODY, channel, body[i:i + max_content]))

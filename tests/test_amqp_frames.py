@@ -213,3 +213,43 @@ def test_a_table_reads_as_the_library_reads_it_and_a_name_that_is_not_utf8_too(
     name = bad_name.decode("utf-8", "surrogateescape")
     assert decode.METHODS["table"](outer) == (len(outer), {"n": {name: 7}})
     assert amqpframes.table({name: 7}) == inner
+
+
+@settings(max_examples=400, deadline=None)
+@given(ctype=st.sampled_from(["application/json", "application/msgpack", ""]) | short_text,
+       corr=st.one_of(st.none(), st.just(""), short_text),
+       typ=st.sampled_from(["ack", "error", "order_report", ""]) | short_text,
+       app=st.sampled_from(["ronda", ""]) | short_text, mode=st.sampled_from([1, 2]))
+def test_an_answers_cached_properties_are_the_general_encoders(
+        ctype: str, corr: str | None, typ: str, app: str, mode: int) -> None:
+    for _ in range(2):  # the first call fills the cache, the second reads it
+        assert amqpframes.answer_properties(ctype, corr, typ, app, mode) == \
+            amqpframes.properties(content_type=ctype, correlation_id=corr,
+                                  message_type=typ, app_id=app, delivery_mode=mode)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ctype=st.sampled_from(["application/json", ""]),
+       names=st.sampled_from([("x-ronda-stream", "x-ronda-seq"), ("b", "a"), ("a", "b")])
+       | st.tuples(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20)
+                   ).filter(lambda t: t[0] != t[1]),
+       stream=st.sampled_from(["private:A1", "user:carlos", "trades:MI-1", "states"])
+       | short_text,
+       seq=st.one_of(st.none(), st.integers(0, 2**63 - 1), st.sampled_from(
+           [0, 127, 128, 32767, 32768, 65535, 65536, 2**31 - 1, 2**31, 2**32])),
+       mode=st.sampled_from([1, 2]), typ=st.sampled_from(["order_report", ""]) | short_text,
+       app=st.sampled_from(["ronda", ""]),
+       exp=st.one_of(st.none(), st.just(""), st.integers(0, 10**6).map(str)))
+def test_a_stream_messages_cached_properties_are_the_general_encoders(
+        ctype: str, names: tuple[str, str], stream: str, seq: int | None, mode: int,
+        typ: str, app: str, exp: str | None) -> None:
+    stream_h, seq_h = names
+    headers: dict[str, Any] = {stream_h: stream}
+    if seq is not None:
+        headers[seq_h] = seq
+    for _ in range(2):  # the first call fills the cache, the second reads it
+        assert amqpframes.stream_properties(ctype, stream_h, stream, seq_h, seq, mode, typ,
+                                            app, exp) == \
+            amqpframes.properties(content_type=ctype, headers=headers, delivery_mode=mode,
+                                  expiration=exp, message_type=typ, app_id=app,
+                                  message_id=None if seq is None else f"{stream}:{seq}")
