@@ -45,6 +45,7 @@ import contextlib
 import json
 import logging
 import os
+import uuid
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from contextvars import Context, ContextVar
@@ -64,7 +65,8 @@ from aiormq.channel import Channel as RawChannel
 from aiormq.exceptions import ChannelInvalidStateError
 from yarl import URL
 
-from gateway import amqpframes
+from gateway import amqpframes, amqpread
+from gateway.amqpread import Delivery
 from gateway.inbound import decode_json, decode_msgpack
 from gateway.sequencer import Done
 from gateway.session import Session
@@ -113,39 +115,6 @@ def routing_key(stream: str) -> str:
 
 
 # ---------------------------------------------------------------------------- requests
-
-
-class Delivery:
-    """A request as the broker delivered it: what the adapter reads of it, taken from the
-    client library's delivered frames (aiormq's ``DeliveredMessage``) without building
-    aio-pika's message object for it (26 attributes set one by one: a tenth of the
-    adapter's time per request)."""
-
-    __slots__ = ("body", "content_type", "correlation_id", "delivery_tag", "message_id",
-                 "redelivered", "reply_to", "user_id")
-
-    def __init__(self, body: bytes, delivery_tag: int, redelivered: bool = False, *,
-                 content_type: str | None = None, correlation_id: str | None = None,
-                 message_id: str | None = None, reply_to: str | None = None,
-                 user_id: str | None = None) -> None:
-        self.body = body
-        self.delivery_tag = delivery_tag
-        self.redelivered = redelivered
-        self.content_type = content_type
-        self.correlation_id = correlation_id
-        self.message_id = message_id
-        self.reply_to = reply_to
-        self.user_id = user_id
-
-    @classmethod
-    def of(cls, m: DeliveredMessage) -> Delivery:
-        p = m.header.properties
-        d = m.delivery
-        # as aio-pika reads them: an empty string is no value
-        return cls(m.body, d.delivery_tag or 0, bool(d.redelivered),  # type: ignore[union-attr]
-                   content_type=p.content_type, correlation_id=p.correlation_id or None,
-                   message_id=p.message_id or None, reply_to=p.reply_to or None,
-                   user_id=p.user_id or None)
 
 
 @dataclass(eq=False)
@@ -406,6 +375,8 @@ class AmqpAdapter:
         # a request whose properties are not UTF-8 must not break the connection (and come
         # back from the broker to break the next one): see amqpframes.tolerate_invalid_utf8
         amqpframes.tolerate_invalid_utf8()
+        # requests are read from the connection's bytes (gateway/amqpread.py)
+        amqpread.install()
         self.server = server
         u = URL(url)
         if "heartbeat" not in u.query:
@@ -531,9 +502,19 @@ class AmqpAdapter:
         raw = cast(RawChannel, await ch.get_underlay_channel())
 
         async def on_message(message: DeliveredMessage) -> None:
+            # only if the connection was opened before amqpread.install (it never is)
             self.receive(Delivery.of(message), gen)
 
-        tag = (await raw.basic_consume(REQUEST_QUEUE, on_message)).consumer_tag
+        def on_delivery(delivery: Delivery) -> None:
+            self.receive(delivery, gen)
+
+        tag = f"ronda-gateway-{uuid.uuid4().hex}"
+        amqpread.intercept(tag, on_delivery)
+        try:
+            await raw.basic_consume(REQUEST_QUEUE, on_message, consumer_tag=tag)
+        except BaseException:
+            amqpread.release(tag)
+            raise
         self.connections += 1
         self.connected.set()
         log.info("AMQP: connected to %s (connection %d)", self.url.host, self.connections)
@@ -551,10 +532,11 @@ class AmqpAdapter:
         except asyncio.CancelledError:  # the server stops
             self._closed = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(raw.basic_cancel(tag or ""), 1)
+                await asyncio.wait_for(raw.basic_cancel(tag), 1)
             await self._drain(pump, waiter)
             raise
         finally:
+            amqpread.release(tag)
             waiter.cancel()
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -670,15 +652,10 @@ class AmqpAdapter:
         if self._link is None or len(self._outbox) >= self.max_outbox:
             self.stats["dropped"] += 1
             return
-        headers: dict[str, Any] = {STREAM_HEADER: stream}
-        if seq is not None:
-            headers[SEQ_HEADER] = seq
-        props = amqpframes.properties(
-            content_type=JSON, headers=headers,
-            delivery_mode=PERSISTENT if persistent else TRANSIENT,
-            message_type=str(msg.get("type", "")), app_id="ronda",
-            message_id=f"{stream}:{seq}" if seq is not None else None,
-            expiration=None if expiration is None else str(int(expiration * 1000)))
+        props = amqpframes.stream_properties(
+            JSON, STREAM_HEADER, stream, SEQ_HEADER, seq,
+            PERSISTENT if persistent else TRANSIENT, str(msg.get("type", "")), "ronda",
+            None if expiration is None else str(int(expiration * 1000)))
         self._enqueue(_Publish(BROADCAST_EXCHANGE, key, orjson.dumps(msg), props))
 
     def to_user(self, user: str, msg: Message) -> None:
@@ -892,8 +869,9 @@ class AmqpAdapter:
         typ = str(msg.get("type", ""))
         if delivery.reply_to:
             props = amqpframes.properties(
-                content_type=ctype, correlation_id=corr, headers=headers or None,
-                message_type=typ, app_id="ronda", delivery_mode=TRANSIENT)
+                content_type=ctype, correlation_id=corr, headers=headers,
+                message_type=typ, app_id="ronda", delivery_mode=TRANSIENT) if headers \
+                else amqpframes.answer_properties(ctype, corr, typ, "ronda", TRANSIENT)
             self._enqueue(_Publish("", delivery.reply_to, body, props))
         elif user is not None:  # no reply_to: the answer goes to the user's own queue
             self._user_seq[user] += 1
