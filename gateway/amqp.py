@@ -179,6 +179,8 @@ class _Link:
     channel: AbstractChannel
     broadcast: AbstractExchange
     declared: set[str] = field(default_factory=set)
+    # the deliveries on the channel not acknowledged yet (at most the prefetch count)
+    unacked: set[int] = field(default_factory=set)
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -503,9 +505,10 @@ class AmqpAdapter:
 
         async def on_message(message: DeliveredMessage) -> None:
             # only if the connection was opened before amqpread.install (it never is)
-            self.receive(Delivery.of(message), gen)
+            on_delivery(Delivery.of(message))
 
         def on_delivery(delivery: Delivery) -> None:
+            link.unacked.add(delivery.delivery_tag)
             self.receive(delivery, gen)
 
         tag = f"ronda-gateway-{uuid.uuid4().hex}"
@@ -600,7 +603,8 @@ class AmqpAdapter:
                 await self._wake.wait()
                 continue
             frames: list[bytes] = []
-            while box and len(frames) < PUMP_BATCH:
+            acks: list[int] = []
+            while box and len(frames) + len(acks) < PUMP_BATCH:
                 op = box[0]
                 if type(op) is _Publish:
                     # not mandatory: a broadcast nobody is bound to is simply dropped
@@ -613,10 +617,18 @@ class AmqpAdapter:
                                   op.routing_key, exc)
                 elif type(op) is _Ack:
                     if op.gen == gen:  # an older connection's delivery is redelivered
-                        frames.append(ack(number, op.delivery.delivery_tag or 0))
+                        acks.append(op.delivery.delivery_tag)
                 else:
                     break  # a control operation: what came before it is written first
                 box.popleft()
+            if acks:
+                # after the batch's answers (each request's answer came before its ack);
+                # one ack with "multiple" for the requests done below the oldest one
+                # still in progress, one each for the others (amqpframes.coalesce_acks)
+                upto, single = amqpframes.coalesce_acks(link.unacked, acks)
+                if upto is not None:
+                    frames.append(ack(number, upto, True))
+                frames += [ack(number, t) for t in single]
             if frames:
                 await self._write(ch, b"".join(frames))
             elif box:

@@ -238,9 +238,24 @@ def publish(channel: int, exchange: str, routing_key: str, props: bytes, body: b
     return b"".join(parts)
 
 
-def ack(channel: int, delivery_tag: int) -> bytes:
-    """A ``basic.ack`` of one delivery."""
-    return _frame(FRAME_METHOD, channel, _ACK.pack(_ACK_METHOD, delivery_tag, 0))
+def ack(channel: int, delivery_tag: int, multiple: bool = False) -> bytes:
+    """A ``basic.ack`` of one delivery, or with ``multiple`` of every delivery up to
+    ``delivery_tag`` not acknowledged yet on the channel."""
+    return _frame(FRAME_METHOD, channel, _ACK.pack(_ACK_METHOD, delivery_tag, multiple))
+
+
+def coalesce_acks(unacked: set[int], acks: list[int]) -> tuple[int | None, list[int]]:
+    """How to acknowledge ``acks`` (delivery tags, all in ``unacked``: the channel's
+    deliveries not acknowledged yet) in few frames: one ``multiple`` ack up to the first
+    returned tag (None: none) covers every ack below the lowest delivery that stays
+    unacknowledged; the rest, one ack each.  A delivery left unacknowledged (a request
+    not done yet, or never: the broker must redeliver it) is never covered.  Removes
+    ``acks`` from ``unacked``."""
+    unacked.difference_update(acks)
+    low = min(unacked) if unacked else None
+    below = [t for t in acks if low is None or t < low]
+    above = [t for t in acks if low is not None and t > low]
+    return (max(below) if below else None), above
 
 
 # ---------------------------------------------------------------------------- reading

@@ -253,3 +253,34 @@ def test_a_stream_messages_cached_properties_are_the_general_encoders(
             amqpframes.properties(content_type=ctype, headers=headers, delivery_mode=mode,
                                   expiration=exp, message_type=typ, app_id=app,
                                   message_id=None if seq is None else f"{stream}:{seq}")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.data())
+def test_coalesced_acks_acknowledge_exactly_what_was_done(data: st.DataObject) -> None:
+    # a model of the broker's channel: deliveries 1..n; the adapter finishes some of
+    # them in any order, in batches, and never some others (left for redelivery)
+    n = data.draw(st.integers(1, 40))
+    order = data.draw(st.permutations(range(1, n + 1)))
+    never = data.draw(st.sets(st.sampled_from(order), max_size=n // 3))
+    done = [t for t in order if t not in never]
+    unacked = set(range(1, n + 1))  # the adapter's view
+    broker = set(range(1, n + 1))  # the broker's: what a redelivery would bring back
+    frames = 0
+    i = 0
+    while i < len(done):
+        k = data.draw(st.integers(1, 6))
+        batch, i = done[i:i + k], i + k
+        upto, single = amqpframes.coalesce_acks(unacked, batch)
+        if upto is not None:  # multiple: everything up to it the broker still holds
+            assert upto in broker  # else the broker closes the channel (unknown tag)
+            broker -= {t for t in broker if t <= upto}
+            frames += 1
+        for t in single:
+            assert t in broker
+            broker.discard(t)
+            frames += 1
+        assert not (set(never) - broker), "a request never done was acknowledged"
+        assert not (set(done[:i]) & broker), "a done request is still unacknowledged"
+    assert broker == set(never) == unacked
+    assert frames <= len(done)
