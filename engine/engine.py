@@ -520,7 +520,8 @@ class Engine:
             return Code.EXPIRY_WITHOUT_GTD, "an expiry instant is only allowed with GTD"
         return None
 
-    def _make(self, cmd: NewOrder, ts: int, basket: int) -> Order:
+    def _make(self, cmd: NewOrder, ts: int, basket: int, kind: BasketType) -> Order:
+        """A basket member (A1§5): its basket's id and condition go on the order."""
         oid = self.next_order
         self.next_order = oid + 1
         seq = self.next_seq
@@ -528,7 +529,7 @@ class Engine:
         return Order.new(
             oid, cmd.client_order_id, cmd.contract, cmd.user, cmd.agent, cmd.unit, cmd.side,
             cmd.price, cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry, 1,
-            seq, basket, ts,
+            seq, basket, kind, ts,
         )
 
     # ------------------------------------------------------------------ book operations
@@ -868,6 +869,7 @@ class Engine:
         o.seq = 0
         o.arrival = seq
         o.basket = 0
+        o.basket_type = None
         o.filled = 0
         o.live = False
         o.entered = ts
@@ -942,7 +944,7 @@ class Engine:
             ids: list[int] = []
             for m in members:
                 n_before = self.next_order
-                self._on_new_member(m, ts, bid)
+                self._on_new_member(m, ts, bid, kind)
                 if self.next_order > n_before:
                     ids.append(n_before)
             self._out.append(Ack((ts, u, rq, "basket_entry", tuple(ids))))
@@ -967,7 +969,7 @@ class Engine:
         if not errors:
             g = self.guard
             for i, m in enumerate(members):
-                o = self._make(m, ts, bid)
+                o = self._make(m, ts, bid, kind)
                 if g is not None:
                     rej = g.admit(o, ts, None)
                     if rej is not None:
@@ -1008,10 +1010,11 @@ class Engine:
                 self._enter(o, m, ts)
         self._out.append(Ack((ts, u, rq, "basket_entry", tuple(o.id for o in admitted))))
 
-    def _on_new_member(self, cmd: NewOrder, ts: int, basket: int) -> None:
+    def _on_new_member(self, cmd: NewOrder, ts: int, basket: int, kind: BasketType
+                       ) -> None:
         rej = self._check_new(cmd, ts)
         if rej is None:
-            o = self._make(cmd, ts, basket)
+            o = self._make(cmd, ts, basket, kind)
             g = self.guard
             if g is not None:
                 rej = g.admit(o, ts, None)
@@ -1098,7 +1101,7 @@ class Engine:
                 return
         n = Order.new(o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side, cmd.price,
                       cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
-                      o.revision + 1, o.arrival, o.basket, ts)
+                      o.revision + 1, o.arrival, o.basket, o.basket_type, ts)
         n.filled = o.filled
         g = self.guard
         if g is not None:
@@ -1452,8 +1455,9 @@ class Engine:
             h.update(repr((o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side.value,
                            o.price, o.qty, o.remaining, o.visible, o.peak, o.incr,
                            o.exec.value, o.validity.value, o.expiry, o.status.value,
-                           o.revision, o.seq, o.arrival, o.basket, o.filled, o.live,
-                           o.entered, o.pub)).encode())
+                           o.revision, o.seq, o.arrival, o.basket,
+                           None if o.basket_type is None else o.basket_type.value, o.filled,
+                           o.live, o.entered, o.pub)).encode())
         h.update(repr(sorted(g[:3] for g in self._gtd)).encode())
         if self.guard is not None:
             h.update(self.guard.digest())

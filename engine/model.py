@@ -64,6 +64,7 @@ class Order:
         "agent",
         "arrival",
         "basket",
+        "basket_type",
         "coid",
         "contract",
         "entered",
@@ -112,6 +113,10 @@ class Order:
     seq: int
     arrival: int
     basket: int
+    # A1§5: the condition of the order's basket (None when basket is 0).  Kept on the order,
+    # so it lives exactly as long as a member rests or sleeps: nothing to prune (A1§5.2 at
+    # reactivation reads it: Engine.reactivate_orders).
+    basket_type: BasketType | None
     filled: int
     live: bool
     entered: int
@@ -142,6 +147,7 @@ class Order:
         revision: int,
         arrival: int,
         basket: int,
+        basket_type: BasketType | None,
         entered: int,
     ) -> Order:
         """An instantiation with every field set.  ``Order()`` itself sets none: the class
@@ -171,6 +177,7 @@ class Order:
         o.seq = 0  # time priority: lower is earlier
         o.arrival = arrival  # first arrival on the platform (R46.2.7 reactivation order)
         o.basket = basket  # basket id, 0 if none
+        o.basket_type = basket_type  # its condition (A1§5), None if no basket
         o.filled = 0  # executed quantity over the life of the order id
         o.live = False  # true exactly while it stands in a price level
         o.entered = entered  # instant of this instantiation
@@ -188,7 +195,7 @@ class Order:
         o = Order.new(
             self.id, self.coid, self.contract, self.user, self.agent, self.unit, self.side,
             self.price, self.remaining, self.peak, self.incr, self.exec, self.validity,
-            self.expiry, id_revision, self.arrival, self.basket, entered,
+            self.expiry, id_revision, self.arrival, self.basket, self.basket_type, entered,
         )
         o.filled = self.filled
         o.status = self.status
