@@ -38,12 +38,12 @@ from itertools import pairwise
 from typing import Any, NamedTuple
 
 from auctions.clearing import PeriodResult, Step, clear
-from engine.commands import EnterBasket, InterruptContracts, ResumeContracts
+from engine.commands import InterruptContracts, ResumeContracts
 from engine.config import fmt_price, fmt_qty
-from engine.engine import ACTIVATED, REJECTED, Engine, arrival_key
+from engine.engine import Engine, arrival_key
 from engine.errors import Code, IllegalTransition
 from engine.events import EVENT_NAMES, EVENT_TYPES, Ack, Reject
-from engine.model import ACTIVE, HIBERNATED, INACTIVE, BasketType, Order
+from engine.model import HIBERNATED
 from engine.states import ContractState
 from risk.commands import AdjustProgram
 from risk.guard import RiskGuard
@@ -265,10 +265,6 @@ class Auctions:
         self.sessions: dict[str, Session] = {}
         self.reactivate: dict[str, bool] = {}
         self.next_bid = 1
-        # the ids of VALID baskets that may still have orders (A1§5.2 at reactivation);
-        # pruned of baskets with no live order when it doubles (see _watch_baskets)
-        self.valid_baskets: set[int] = set()
-        self._prune_at = 1024
 
     @classmethod
     def install(cls, engine: Engine, risk: RiskGuard | None) -> Auctions:
@@ -282,32 +278,8 @@ class Auctions:
         }
         for t, h in handlers.items():
             engine.register(t, h)
-        a._watch_baskets()
         engine.add_digest(a.state_digest)
         return a
-
-    def _watch_baskets(self) -> None:
-        """A1§5.2 at reactivation needs each basket's condition, which the engine does not
-        keep on its orders (an order has its basket's id only): record the id of every VALID
-        basket as the engine enters it, from the same command, so a replay records the same.
-
-        This reaches into the engine's table of handlers; it belongs in the engine (with the
-        all-or-none reactivation of :meth:`_reactivate_valid`), which this change did not
-        touch."""
-        eng = self.engine
-        inner = eng._handlers[EnterBasket]
-
-        def on_basket(cmd: EnterBasket, ts: int) -> None:
-            first = eng.next_basket
-            inner(cmd, ts)
-            if cmd.basket is BasketType.VALID and eng.next_basket > first:
-                self.valid_baskets.add(first)
-                if len(self.valid_baskets) > self._prune_at:
-                    live = {o.basket for o in eng.orders.values() if o.basket}
-                    self.valid_baskets &= live
-                    self._prune_at = max(1024, 2 * len(self.valid_baskets))
-
-        eng._handlers[EnterBasket] = on_basket
 
     # ------------------------------------------------------------------ helpers
 
@@ -344,8 +316,7 @@ class Auctions:
                             for b in s.bids.values()],
                            sorted((c, r.price, r.volume, sorted(r.allocations.items()))
                                   for c, r in s.results.items()))).encode())
-        h.update(repr((sorted(self.reactivate.items()), self.next_bid,
-                       sorted(self.valid_baskets))).encode())
+        h.update(repr((sorted(self.reactivate.items()), self.next_bid)).encode())
         return h.digest()
 
     # ------------------------------------------------------------------ life cycle
@@ -520,66 +491,10 @@ class Auctions:
         sel = sorted((o for a in agents for o in eng.by_agent.get(a, {}).values()
                       if o.id in hibernated and o.status is HIBERNATED and o.contract in ids),
                      key=arrival_key)
-        # A1§5.2: the members of a VALID basket come back together or not at all (the
-        # members reactivated here: those hibernated in the contracts this session reopens)
-        valid: dict[int, list[Order]] = {}
-        for o in sel:
-            if o.basket in self.valid_baskets:
-                valid.setdefault(o.basket, []).append(o)
-        for o in sel:
-            group = valid.get(o.basket) if o.basket else None
-            if group is None or len(group) == 1:
-                eng.reactivate(o, ts, None)
-            elif group[0] is o:  # the basket at its first member's place, in its order
-                self._reactivate_valid(group, ts)
-
-    def _reactivate_valid(self, members: list[Order], ts: int) -> None:
-        """A1§5.2, «deberán ser todas aceptadas como válidas. Si alguna de las ofertas
-        incluidas en la cesta es declarada no válida ... serán todas rechazadas», at the
-        reactivation of R46.2.7: every member is validated first, each as a new order
-        (R46.2.7) with the members before it held, as the engine enters a VALID basket;
-        then all are reactivated, in the basket's order, or all rejected — the one that
-        failed with its reason, the others with BASKET_MEMBER_INVALID.
-
-        What :meth:`engine.engine.Engine.reactivate` does for one order, in two phases; it
-        uses the engine's own steps, which belong in the engine (not changed here)."""
-        eng = self.engine
-        g = eng.guard
-        admitted: list[tuple[Order, Order]] = []
-        failed: tuple[int, str, str] | None = None
-        for i, o in enumerate(members):
-            n = o.clone(o.revision + 1, ts)
-            n.status = ACTIVE
-            rej = eng._validate(eng.contracts.get(o.contract), o.contract, o.side, o.price,
-                                o.remaining, o.exec, o.validity, o.expiry,
-                                o.peak if o.peak <= o.remaining else o.remaining, o.incr, ts)
-            if rej is None and g is not None:
-                rej = g.admit(n, ts, None)
-            if rej is not None:
-                failed = (i, rej[0], rej[1])
-                break
-            admitted.append((o, n))
-        if failed is None:
-            for o, n in admitted:
-                eng._unindex(o)
-                eng._execute(n, eng.contracts[o.contract].book, ts, None, ACTIVATED)
-            return
-        if g is not None:
-            for _, n in admitted:
-                g.released(n, n.remaining)
-        bad, bad_code, bad_reason = failed
-        for i, o in enumerate(members):
-            if i == bad:
-                code, reason = bad_code, bad_reason
-            else:
-                code = Code.BASKET_MEMBER_INVALID
-                reason = (f"basket VALID: rejected with order {members[bad].id}, which failed"
-                          f" its reactivation with {bad_code} (A1§5.2, R46.2.7)")
-            o.status = INACTIVE
-            o.remaining = 0
-            o.visible = 0
-            eng._unindex(o)
-            eng._report(o, ts, REJECTED, None, code, reason)
+        # R46.2.7 in arrival order; A1§5.2: the members of a VALID basket reactivated here
+        # (those hibernated in the contracts this session reopens) come back together or
+        # are rejected together: the engine's one reactivation path
+        eng.reactivate_orders(sel, ts)
 
     def _on_reopen(self, cmd: ReopenAfterAuction, ts: int) -> None:
         s = self._session(cmd.session, ts, cmd.by, DONE)

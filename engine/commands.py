@@ -105,7 +105,8 @@ class Deactivate:
 @dataclass(frozen=True, slots=True)
 class Activate:
     """The owner reactivates one order, a list, or all its hibernated orders (R46.2.7):
-    in order of arrival, baskets kept in order, each whole or rejected."""
+    in order of arrival, baskets kept in order, each whole or rejected; the members of a
+    VALID basket being reactivated all come back or are all rejected (A1§5.2)."""
 
     user: str
     agent: str
@@ -170,7 +171,8 @@ class HibernateOrders:
 @dataclass(frozen=True, slots=True)
 class ReactivateOrders:
     """The platform reactivates hibernated orders on the agents' behalf (after an auction,
-    R46.2.7), in arrival order; ``agents`` None means every agent."""
+    R46.2.7), in arrival order, the members of a VALID basket all or none (A1§5.2);
+    ``agents`` None means every agent."""
 
     contracts: tuple[str, ...]
     agents: tuple[str, ...] | None = None

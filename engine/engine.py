@@ -71,6 +71,7 @@ from engine.model import (
 )
 from engine.states import ContractState, check_contract_transition
 
+VALID_BASKET = BasketType.VALID
 NON = Exec.NON
 IOC = Exec.IOC
 FOK = Exec.FOK
@@ -324,9 +325,19 @@ class Engine:
         """A registered module's state joins the state hash."""
         self._digests.append(fn)
 
-    def reactivate(self, o: Order, ts: int, req_id: str | None = None) -> None:
-        """R46.2.7 reactivation of one hibernated order (for registered modules)."""
-        self._reactivate(o, ts, req_id)
+    def reactivate_orders(self, orders: Iterable[Order], ts: int, req_id: str | None = None
+                          ) -> None:
+        """R46.2.7 reactivation of hibernated orders, for registered modules (the auctions'
+        reopening): in arrival order, the members of a VALID basket validated together and
+        reactivated all or rejected all (A1§5.2); see :meth:`_reactivate_all`.  Every
+        order must be a live HIBERNATED order of this engine (else :class:`EngineMisuse`,
+        before anything changes)."""
+        sel: dict[int, Order] = {}
+        for o in orders:
+            if o.status is not HIBERNATED or self._owned(o.id, o.agent) is not o:
+                raise EngineMisuse(f"order {o.id} is not a hibernated order of this engine")
+            sel[o.id] = o
+        self._reactivate_all(sorted(sel.values(), key=_arrival_key), ts, req_id)
 
     def emit(self, event: Any) -> None:
         """Append an event to the current command's output (for registered handlers)."""
@@ -1217,26 +1228,131 @@ class Engine:
         o.visible = o.peak if o.peak and o.remaining > o.peak else o.remaining
         self._report(o, ts, HIBERNATED_A, req_id, None, reason)
 
+    def _reactivate_all(self, sel: list[Order], ts: int, req_id: str | None) -> None:
+        """R46.2.7 and A1§5: reactivate ``sel``, hibernated orders in arrival order (the
+        one place every reactivation goes through: the owner's ``Activate``, the platform's
+        ``ReactivateOrders``, the auctions' reopening).
+
+        R46.2.7: «serán reactivadas por orden de llegada ... En caso de pertenecer a una
+        misma Cesta de Ofertas, la reactivación se realizará respetando el orden en dicha
+        cesta».  A basket's members arrive in the basket's order, one after the other with
+        no other order between them, and a modification keeps the arrival, so arrival
+        order is the basket's order too.
+
+        A1§5.2 (VALID): «deberán ser todas aceptadas como válidas. Si alguna de las ofertas
+        incluidas en la cesta es declarada no válida, no se tendrá en cuenta el resto puesto
+        que serán todas rechazadas».  The members of one VALID basket in ``sel`` are taken
+        together, at the place of the first of them: validated as a VALID basket is entered
+        (:meth:`_reactivate_valid`), then all reactivated or all rejected.  A NONE basket's
+        members (A1§5.1: «sin relación entre ellas») and orders of no basket come back or
+        fail one by one.  A LINKED basket's members are all FoK (A1§5.3) and never rest, so
+        they are never hibernated.
+
+        Only the members in ``sel`` are taken: a basket that is only partly hibernated (a
+        member already filled, cancelled, or still active in a contract that was not
+        paused) or partly selected (the owner named a subset, R46.2.7 «activar
+        individualmente sólo un subconjunto de ellas»; the platform reactivates the contracts
+        it reopens) has the members being reactivated validated together, and the others
+        are left as they are.  An active member is not rejected because a sleeping one fails:
+        it was accepted with its basket and has been in the book since, and no rule lets the
+        platform take an active order away but a cancellation (R46.2.6.2).  A member left
+        hibernated is validated, with the members then reactivated with it, when it comes
+        back."""
+        valid: dict[int, list[Order]] | None = None
+        for o in sel:
+            if o.basket_type is VALID_BASKET:
+                if valid is None:
+                    valid = {}
+                group = valid.get(o.basket)
+                if group is None:
+                    valid[o.basket] = [o]
+                else:
+                    group.append(o)
+        for o in sel:
+            if o.basket_type is not VALID_BASKET:
+                self._reactivate(o, ts, req_id)
+                continue
+            assert valid is not None
+            group = valid[o.basket]
+            if group[0] is o:  # the basket at its first member's place, in its order
+                self._reactivate_valid(group, ts, req_id)
+
+    def _revalidate(self, o: Order, ts: int) -> tuple[str, str] | None:
+        """R46.2.7: the engine's checks of a hibernated order as if it were entered again
+        now (its open quantity, a peak no larger than it)."""
+        return self._validate(self.contracts[o.contract], o.contract, o.side, o.price,
+                              o.remaining, o.exec, o.validity, o.expiry,
+                              o.peak if o.peak <= o.remaining else o.remaining, o.incr, ts)
+
+    def _reject_hibernated(self, o: Order, ts: int, req_id: str | None, code: str,
+                           reason: str) -> None:
+        """R46.2.7: a hibernated order that fails its reactivation is rejected, with the
+        reason (its value was released when it was hibernated)."""
+        o.status = INACTIVE
+        o.remaining = 0
+        o.visible = 0
+        self._unindex(o)
+        self._report(o, ts, REJECTED, req_id, code, reason)
+
     def _reactivate(self, o: Order, ts: int, req_id: str | None) -> None:
         """R46.2.7: a reactivated order is validated exactly as a new order and behaves as
         one (new priority, may match at once); it comes back whole or is rejected."""
         n = o.clone(o.revision + 1, ts)
         n.status = ACTIVE
-        c = self.contracts[o.contract]
-        rej = self._validate(c, o.contract, o.side, o.price, o.remaining, o.exec, o.validity,
-                             o.expiry, o.peak if o.peak <= o.remaining else o.remaining,
-                             o.incr, ts)
+        rej = self._revalidate(o, ts)
         if rej is None and self.guard is not None:
             rej = self.guard.admit(n, ts, None)
         if rej is not None:
-            o.status = INACTIVE
-            o.remaining = 0
-            o.visible = 0
-            self._unindex(o)
-            self._report(o, ts, REJECTED, req_id, rej[0], rej[1])
+            self._reject_hibernated(o, ts, req_id, rej[0], rej[1])
             return
         self._unindex(o)
-        self._execute(n, c.book, ts, req_id, ACTIVATED)
+        self._execute(n, self.contracts[o.contract].book, ts, req_id, ACTIVATED)
+
+    def _reactivate_valid(self, members: list[Order], ts: int, req_id: str | None) -> None:
+        """A1§5.2 at the reactivation of R46.2.7: the hibernated ``members`` of one VALID
+        basket, in the basket's order, are checked as entering a VALID basket checks its
+        orders (:meth:`_on_basket`): the engine's checks on every member, then the guard's
+        admission of each in turn, holding the members before it; then all are
+        reactivated, in the basket's order, each behaving as a new order, or all are
+        rejected: a member that failed with its own reason, the others with
+        BASKET_MEMBER_INVALID naming the first that failed."""
+        fresh: list[Order] = []
+        errors: dict[int, tuple[str, str]] = {}
+        first_bad = -1
+        for i, o in enumerate(members):
+            n = o.clone(o.revision + 1, ts)
+            n.status = ACTIVE
+            fresh.append(n)
+            rej = self._revalidate(o, ts)
+            if rej is not None:
+                errors[i] = rej
+                if first_bad < 0:
+                    first_bad = i
+        g = self.guard
+        if first_bad < 0 and g is not None:
+            for i, n in enumerate(fresh):
+                rej = g.admit(n, ts, None)
+                if rej is not None:
+                    errors[i] = rej
+                    first_bad = i
+                    for held in fresh[:i]:  # give back the trial admissions
+                        g.released(held, held.remaining)
+                    break
+        if first_bad < 0:
+            contracts = self.contracts
+            for o, n in zip(members, fresh, strict=True):
+                self._unindex(o)
+                self._execute(n, contracts[o.contract].book, ts, req_id, ACTIVATED)
+            return
+        bad = members[first_bad]
+        bad_code = errors[first_bad][0]
+        for i, o in enumerate(members):
+            err = errors.get(i)
+            if err is None:
+                err = (Code.BASKET_MEMBER_INVALID,
+                       f"basket VALID: rejected with order {bad.id}, which failed its"
+                       f" reactivation with {bad_code} (A1§5.2, R46.2.7)")
+            self._reject_hibernated(o, ts, req_id, err[0], err[1])
 
     def _on_deactivate(self, cmd: Deactivate, ts: int) -> None:
         u, a, rq = cmd.user, cmd.agent, cmd.req_id
@@ -1262,7 +1378,10 @@ class Engine:
 
     def _on_activate(self, cmd: Activate, ts: int) -> None:
         """R46.2.7: the owner reactivates one order, a list, or all its hibernated orders:
-        in arrival order, baskets kept in order, each whole or rejected."""
+        in arrival order, baskets kept in order, each whole or rejected; the members of a
+        VALID basket among them all back or all rejected (A1§5.2, :meth:`_reactivate_all`).
+        A list naming some members of a VALID basket takes those only (R46.2.7: «activar
+        individualmente sólo un subconjunto de ellas»)."""
         u, a, rq = cmd.user, cmd.agent, cmd.req_id
         if cmd.order_ids is None:
             sel = [o for o in self._select(a, None, cmd.contract, HIBERNATED)
@@ -1288,8 +1407,7 @@ class Engine:
                     return
                 sel.append(o)
             sel = sorted(set(sel), key=_arrival_key)
-        for o in sel:
-            self._reactivate(o, ts, rq)
+        self._reactivate_all(sel, ts, rq)  # a VALID basket's members together (A1§5.2)
         self._out.append(Ack((ts, u, rq, "order_activate", tuple(o.id for o in sel))))
 
     # ------------------------------------------------------------------ time
@@ -1414,7 +1532,9 @@ class Engine:
 
     def _on_reactivate(self, cmd: ReactivateOrders, ts: int) -> None:
         """R46.2.7: after an auction, the hibernated orders of the agents that asked for it
-        come back in arrival order, each re-validated, whole or rejected."""
+        come back in arrival order, each re-validated, whole or rejected; the members of a
+        VALID basket in the named contracts all back or all rejected (A1§5.2,
+        :meth:`_reactivate_all`)."""
         ids = set(cmd.contracts)
         agents = None if cmd.agents is None else set(cmd.agents)
         sel = sorted(
@@ -1424,8 +1544,7 @@ class Engine:
              and (agents is None or o.agent in agents)),
             key=_arrival_key,
         )
-        for o in sel:
-            self._reactivate(o, ts, None)
+        self._reactivate_all(sel, ts, None)  # a VALID basket's members together (A1§5.2)
 
     def _on_cancel_agent(self, cmd: CancelAgentOrders, ts: int) -> None:
         """R46.2.6.2: deregistration, exclusion or suspension cancels all the agent's orders."""

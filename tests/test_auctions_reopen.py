@@ -223,4 +223,6 @@ def test_a1_5_2_a_valid_basket_that_passes_comes_back_whole_and_replays() -> Non
         events += fresh.apply(decode(json.loads(json.dumps(encode(cmd)))), t)
     assert events == m.events
     assert fresh.state_hash() == m.core.state_hash()
-    assert fresh.auctions.valid_baskets == m.core.auctions.valid_baskets == {1}
+    # the basket's condition is the engine's, on its orders (A1§5), and replays with them
+    assert {(o.basket, o.basket_type) for o in fresh.engine.orders.values()
+            if o.id in ids} == {(1, BasketType.VALID)}
