@@ -1005,3 +1005,22 @@ async def _request_queue(broker: Broker) -> list[str]:
             break
         await asyncio.sleep(0.1)
     return row
+
+
+async def test_requests_are_read_by_the_adapter_not_through_the_librarys_messages(
+        carlos: AmqpClient, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    # gateway/amqpread.py: the adapter's consumer is served from the connection's bytes; the
+    # library's delivered-message path (Delivery.of) is only a fallback, never taken
+    from aiormq import connection as aiormq_connection
+
+    from gateway.amqpread import Delivery, FrameReader
+
+    def refuse(_m: object) -> Delivery:
+        raise AssertionError("a request came through the library's delivered messages")
+
+    monkeypatch.setattr(Delivery, "of", staticmethod(refuse))
+    assert aiormq_connection.FrameReceiver is FrameReader
+    assert any(t.startswith("ronda-gateway-") for t in FrameReader.consumers)
+    ans = await carlos.request(order("BUY", "40.00", client_order_id="via-reader"))
+    assert ans["type"] == "ack" and ans["kind"] == "order_entry"
+    assert [o["order_id"] for o in live_orders(server, "AG2")] == ans["order_ids"]
