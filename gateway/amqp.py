@@ -504,10 +504,16 @@ class AmqpAdapter:
         raw = cast(RawChannel, await ch.get_underlay_channel())
 
         async def on_message(message: DeliveredMessage) -> None:
-            # only if the connection was opened before amqpread.install (it never is)
+            # a delivery the library read: after amqpread.release at the end of this
+            # connection (or, never, on a connection opened before amqpread.install)
             on_delivery(Delivery.of(message))
 
         def on_delivery(delivery: Delivery) -> None:
+            if self._link is not link:
+                # read after this connection was given up: its answer and ack could not
+                # go out, so it is not executed here; unacknowledged, the broker
+                # delivers it again on the next connection
+                return
             link.unacked.add(delivery.delivery_tag)
             self.receive(delivery, gen)
 

@@ -176,10 +176,19 @@ class FrameReader(aiormq.connection.FrameReceiver):
         self._pending: dict[int, _Pending] = {}
         self._alive_at = 0.0
 
-    async def _more(self) -> bool:
-        """Read what the socket has; False at the end of the stream."""
+    async def _more(self, missing: int) -> bool:
+        """Read what the socket has; False at the end of the stream.  A frame that needs
+        more than a read's worth (``missing`` bytes) is read whole at once, not copied
+        again with each chunk."""
         try:
-            data = await self.reader.read(READ_SIZE)
+            if missing > READ_SIZE:
+                data = await self.reader.readexactly(missing)
+            else:
+                data = await self.reader.read(READ_SIZE)
+        except asyncio.IncompleteReadError as e:
+            raise AMQPConnectionError(
+                "Server connection unexpectedly closed. "
+                f"Read {len(e.partial)} bytes but {e.expected} bytes expected") from e
         except ConnectionRefusedError as e:
             raise AMQPConnectionError(f"Server connection refused: {e!r}") from e
         except ConnectionResetError as e:
@@ -199,17 +208,19 @@ class FrameReader(aiormq.connection.FrameReceiver):
         while True:
             buf, pos = self._buf, self._pos
             n = len(buf) - pos
-            if n < 7 or n < 8 + _FRAME.unpack_from(buf, pos)[2]:
+            need = 8 + _FRAME.unpack_from(buf, pos)[2] if n >= 7 else 8
+            if n < need:
                 if not self.started and n >= 4 and buf[pos:pos + 4] == b"AMQP":
                     raise ProtocolSyntaxError("Unexpected AMQP protocol header")
                 if not n and self.reader.at_eof():
+                    # the stream had ended before this frame was asked for: as the
+                    # library's reader, the end of the frames, not an error
                     raise StopAsyncIteration
-                if not await self._more():
-                    if len(self._buf) == self._pos:
-                        raise StopAsyncIteration
+                if not await self._more(need - n):
+                    # the broker closed the connection while a frame was awaited
                     raise AMQPConnectionError(
-                        "Server connection unexpectedly closed. Read "
-                        f"{len(self._buf) - self._pos} bytes of an incomplete frame")
+                        "Server connection unexpectedly closed. "
+                        f"Read {n} bytes but {need} bytes expected")
                 continue
             if not self.started:
                 if buf[pos:pos + 4] == b"AMQP":

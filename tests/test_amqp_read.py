@@ -224,3 +224,60 @@ def test_deliveries_alone_still_show_the_library_the_connection_is_alive() -> No
     finally:
         amqpread.release(TAG)
     assert [type(f).__name__ for _, f in frames] == ["Heartbeat"]
+
+
+def test_the_broker_closing_while_a_frame_is_awaited_is_an_error_as_for_the_library(
+) -> None:
+    # a frame, then the broker's end of stream while the next one is awaited: the
+    # library's reader raises AMQPConnectionError (a lost connection, not a clean end)
+    async def run(cls: type[FrameReceiver]) -> list[str]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(frame.marshal(commands.Basic.QosOk(), 1))
+        rec = cls(reader)
+        got = [type((await rec.get_frame())[2]).__name__]
+        waiting = asyncio.ensure_future(rec.get_frame())
+        await asyncio.sleep(0.01)
+        reader.feed_eof()
+        try:
+            await waiting
+        except (AMQPConnectionError, StopAsyncIteration) as e:
+            got.append(type(e).__name__)
+        return got
+
+    assert asyncio.run(run(FrameReceiver)) == ["QosOk", "AMQPConnectionError"]
+    assert asyncio.run(run(FrameReader)) == ["QosOk", "AMQPConnectionError"]
+
+
+def test_a_large_delivery_arriving_in_small_pieces_is_read_whole() -> None:
+    body = bytes(range(256)) * 4000  # 1,024,000 bytes in one body frame
+    deliver = frame.marshal(_deliver(TAG, 9, True), 1)
+    props = amqpframes.properties(correlation_id="big")
+    data = (deliver + amqpframes._CONTENT.pack(2, 1, 12 + len(props), 60, len(body)) + props
+            + b"\xce" + amqpframes._FRAME.pack(3, 1, len(body)) + body + b"\xce")
+
+    async def run() -> list[Delivery]:
+        reader = asyncio.StreamReader()
+        got: list[Delivery] = []
+        amqpread.intercept(TAG, got.append)
+        try:
+            rec = FrameReader(reader)
+
+            async def feed() -> None:
+                for i in range(0, len(data), 1448):  # as TCP segments come
+                    reader.feed_data(data[i:i + 1448])
+                    if i % (1448 * 64) == 0:
+                        await asyncio.sleep(0)
+                reader.feed_eof()
+
+            feeder = asyncio.ensure_future(feed())
+            with pytest.raises(StopAsyncIteration):
+                while True:
+                    await rec.get_frame()
+            await feeder
+        finally:
+            amqpread.release(TAG)
+        return got
+
+    got = asyncio.run(run())
+    assert [(d.delivery_tag, d.redelivered, d.correlation_id, d.body == body)
+            for d in got] == [(9, True, "big", True)]
