@@ -43,7 +43,7 @@ Last line: one JSON object.  Targets: p99 <= 5 ms at 2,000 orders/s; saturated t
 
     python perf/bench_amqp.py [--rate 2000] [--seconds 10] [--connections 4]
                               [--inflight 32] [--rounds 4] [--saturate-seconds 1]
-                              [--profile-server FILE.prof]
+                              [--transient-requests] [--profile-server FILE.prof]
 
 ``--profile-server`` runs the server under cProfile with a CPU clock (the event loop's
 thread: time spent preempted by the other processes of a busy machine is not counted; the
@@ -99,6 +99,7 @@ PY = sys.executable
 ECHO_EXCHANGE = ECHO_QUEUE = "bench.echo"
 ECHO_USER = ("echo", "echo-pw")
 PERSISTENT = 2
+TRANSIENT = 1
 DRAIN_S = 30.0  # how long to wait for the last answers
 
 # The baseline: the same consumer settings as the server's adapter (prefetch 256, manual
@@ -139,8 +140,9 @@ class AmqpLoad:
     answer sends the next request (a fixed number in flight) until :attr:`refill_until`."""
 
     def __init__(self, url: str, user: str, unit: str, echo: bool,
-                 consume_bcast: bool) -> None:
+                 consume_bcast: bool, delivery_mode: int = PERSISTENT) -> None:
         self.url = url
+        self.delivery_mode = delivery_mode
         self.user = user
         self.unit = unit
         self.echo = echo
@@ -175,7 +177,7 @@ class AmqpLoad:
         # (counted as they come, never awaited in line: the send schedule never waits)
         self._props = functools.partial(
             amqpframes.properties, content_type=JSON, user_id=self.user,
-            reply_to=self.reply_to, delivery_mode=PERSISTENT)
+            reply_to=self.reply_to, delivery_mode=self.delivery_mode)
         await self.conn.consume(self.reply_to, self.on_reply)
         if self.consume_bcast:
             await self.conn.consume(bcast_queue(self.user), self.on_bcast)
@@ -321,7 +323,9 @@ class Target:
         self.args = args
         self.loads = [AmqpLoad(broker.url_for(ECHO_USER[0] if echo else u),
                                ECHO_USER[0] if echo else u, "X" if echo else f"U{u[1:]}",
-                               echo, not args.no_bcast) for u in users]
+                               echo, not args.no_bcast,
+                               TRANSIENT if args.transient_requests else PERSISTENT)
+                      for u in users]
         self.procs = ("client", "broker", "echo" if echo else "server")
         self.sat_answers = 0
         self.sat_seconds = 0.0
@@ -576,6 +580,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fsync": True,
         "loadavg_at_start": load_at_start,
         "profiled": bool(args.profile_server),
+        "requests_delivery_mode": "transient" if args.transient_requests else "persistent",
     }
 
 
@@ -589,6 +594,9 @@ def main() -> None:
                     help="length of one saturation window")
     ap.add_argument("--rounds", type=int, default=4,
                     help="saturation windows of each side, in turn")
+    ap.add_argument("--transient-requests", action="store_true",
+                    help="publish the requests (ronda's and the echo's) transient instead of "
+                         "persistent: the client's other choice (docs/amqp.md)")
     ap.add_argument("--no-bcast", action="store_true",
                     help="do not consume the traders' broadcast queues")
     ap.add_argument("--profile-server", metavar="FILE",
