@@ -27,6 +27,7 @@ from typing import Any, cast
 from pamqp import commands, frame, header, heartbeat
 
 from gateway import amqpframes
+from gateway.amqpread import read_header
 
 CHANNEL = 1
 _FRAME = struct.Struct(">BHI")
@@ -38,9 +39,6 @@ _NACK = 0x003C0078  # basic.nack
 _BLOCKED = 0x000A003C  # connection.blocked
 _UNBLOCKED = 0x000A003D
 _HEARTBEAT = heartbeat.Heartbeat().marshal()
-# property flags before correlation_id in the list (AMQP 0-9-1, class basic)
-_CONTENT_ENCODING = 1 << 14
-_PRIORITY = 1 << 11
 
 OnMessage = Callable[[str, bytes], None]  # (correlation_id, body)
 
@@ -144,20 +142,8 @@ class LeanClient(asyncio.Protocol):
         size = _U64.unpack_from(payload, 4)[0]
         self._cur_size, self._cur_got, self._cur_body = size, 0, []
         if self._cur is not None:
-            flags = (payload[12] << 8) | payload[13]
-            if flags & amqpframes.CORRELATION_ID:
-                off = 14
-                if flags & amqpframes.CONTENT_TYPE:
-                    off += 1 + payload[off]
-                if flags & _CONTENT_ENCODING:
-                    off += 1 + payload[off]
-                if flags & amqpframes.HEADERS:
-                    off += 4 + _U32.unpack_from(payload, off)[0]
-                if flags & amqpframes.DELIVERY_MODE:
-                    off += 1
-                if flags & _PRIORITY:
-                    off += 1
-                self._cur_corr = payload[off + 1:off + 1 + payload[off]].decode()
+            # the gateway's own reader of a content header (gateway/amqpread.py)
+            self._cur_corr = read_header(payload)[2] or ""
         if size == 0:
             self._deliver(b"")
 
