@@ -30,7 +30,7 @@ async def _client(rabbitmq: Broker, user: str = "ronda") -> amqpload.LeanClient:
 
 
 async def _collect(got: list[tuple[str, bytes]], n: int) -> None:
-    for _ in range(500):
+    for _ in range(3000):
         if len(got) >= n:
             return
         await asyncio.sleep(0.01)
@@ -89,7 +89,7 @@ async def test_own_publishes_are_confirmed_and_delivered_to_the_other_consumer(
         await _collect(got_o, 67)
         assert got_o == [(str(i), b"%d" % i) for i in range(0, 200, 3)]
         assert got_r == [(str(i), b"%d" % i) for i in range(200) if i % 3]
-        for _ in range(200):
+        for _ in range(3000):  # persistent: the broker confirms after its disk sync
             if c.confirmed == 200:
                 break
             await asyncio.sleep(0.01)
@@ -104,7 +104,7 @@ async def test_a_refused_publish_closes_the_channel_with_the_brokers_reason(
     c = await _client(rabbitmq, "carlos")
     try:
         c.publish("", "anything", amqpframes.properties(), b"x")
-        for _ in range(200):
+        for _ in range(3000):
             if c.error is not None:
                 break
             await asyncio.sleep(0.01)
