@@ -68,6 +68,11 @@ class LeanClient(asyncio.Protocol):
         self.published = 0
         self.confirmed = 0
         self.nacked = 0
+        # publisher confirms: every tag up to _settled_upto is confirmed or nacked, and the
+        # tags above it answered singly (the broker answers out of order: a message to a
+        # queue that syncs sooner is confirmed before an older one to another queue)
+        self._settled_upto = 0
+        self._settled_above: set[int] = set()
         self.blocked = 0
         self.error: str | None = None
 
@@ -119,8 +124,7 @@ class LeanClient(asyncio.Protocol):
             return
         if method in (_ACK, _NACK):
             tag = _U64.unpack_from(payload, 4)[0]
-            multiple = payload[12] & 1
-            count = (tag - self.confirmed - self.nacked) if multiple else 1
+            count = self._settle(tag, bool(payload[12] & 1))
             if method == _ACK:
                 self.confirmed += count
             else:
@@ -137,6 +141,29 @@ class LeanClient(asyncio.Protocol):
             else:
                 self._write(frame.marshal(commands.Channel.CloseOk(), CHANNEL))
         self._control.put_nowait(value)
+
+    def _settle(self, tag: int, multiple: bool) -> int:
+        """How many publishes a confirm (or nack) of ``tag`` answers for the first time:
+        with ``multiple`` every tag up to it not answered yet, else the tag itself (none if
+        it was answered already or is not one of ours)."""
+        upto, above = self._settled_upto, self._settled_above
+        if tag <= upto or tag > self.published:
+            return 0
+        if multiple:
+            below = [t for t in above if t <= tag] if above else []
+            above.difference_update(below)
+            count = tag - upto - len(below)
+            upto = tag
+        elif tag in above:
+            return 0
+        else:
+            above.add(tag)
+            count = 1
+        while upto + 1 in above:
+            upto += 1
+            above.discard(upto)
+        self._settled_upto = upto
+        return count
 
     def _header(self, payload: bytes) -> None:
         size = _U64.unpack_from(payload, 4)[0]

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import aio_pika
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
 import amqpload
@@ -118,3 +120,47 @@ async def test_a_wrong_password_fails_the_set_up(rabbitmq: Broker) -> None:
     with pytest.raises(amqpload.AmqpError):
         await asyncio.wait_for(
             amqpload.connect("127.0.0.1", rabbitmq.port, "carlos", "wrong"), 10)
+
+
+@st.composite
+def _confirms(draw: st.DrawFn) -> tuple[int, list[tuple[bool, int, bool]]]:
+    """Publishes and the broker's answers to them, in an order the broker may use: each
+    publish answered once, singly or by a ``multiple`` answer covering every tag up to it
+    not answered yet, in any order across tags; plus repeats of answers already given."""
+    n = draw(st.integers(1, 40))
+    pending = set(range(1, n + 1))
+    out: list[tuple[bool, int, bool]] = []
+    while pending:
+        tag = draw(st.sampled_from(sorted(pending)))
+        multiple = draw(st.booleans())
+        ack = draw(st.integers(0, 9)) > 0
+        out.append((ack, tag, multiple))
+        pending -= {t for t in pending if t <= tag} if multiple else {tag}
+        if draw(st.integers(0, 9)) == 0:  # a repeat of an answer already given
+            out.append(draw(st.sampled_from(out)))
+    return n, out
+
+
+@given(_confirms())
+def test_out_of_order_confirms_count_each_publish_once(
+        case: tuple[int, list[tuple[bool, int, bool]]]) -> None:
+    # RabbitMQ confirms a persistent message when its queue has synced it: a message to one
+    # queue may be confirmed before an older one to another, and a later "multiple" answer
+    # covers only the tags not answered yet.  Reference model: the set of answered tags.
+    n, answers = case
+    c = amqpload.LeanClient()
+    c.published = n
+    answered: set[int] = set()
+    want_ack = want_nack = 0
+    for ack, tag, multiple in answers:
+        new = {t for t in range(1, tag + 1) if t not in answered} if multiple else (
+            {tag} - answered)
+        answered |= new
+        want_ack += len(new) if ack else 0
+        want_nack += 0 if ack else len(new)
+        method = amqpframes.ack(amqpload.CHANNEL, tag, multiple)
+        if not ack:  # basic.nack (60/120): the same fields, "requeue" a bit beside "multiple"
+            method = method[:9] + b"\x00\x78" + method[11:]
+        c.data_received(method)
+        assert (c.confirmed, c.nacked) == (want_ack, want_nack)
+    assert c.confirmed + c.nacked == n
