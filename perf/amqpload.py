@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import selectors
 import struct
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from pamqp import commands, frame, header, heartbeat
@@ -41,6 +44,37 @@ _UNBLOCKED = 0x000A003D
 _HEARTBEAT = heartbeat.Heartbeat().marshal()
 
 OnMessage = Callable[[str, bytes], None]  # (correlation_id, body)
+
+
+def precise_loop() -> asyncio.AbstractEventLoop:
+    """An event loop whose timers keep to the microsecond: the standard library's, on
+    ``select`` (whose timeout is in microseconds).  uvloop's timers, and the standard
+    loop's on ``epoll``, have a resolution of a millisecond, uvloop's truncating
+    (``asyncio.sleep(0.0005)`` returns at once, ``sleep(0.0015)`` after one millisecond):
+    requests paced by them go out up to a millisecond early or late, and their latency,
+    measured from the scheduled time, is understated or overstated by as much.  ``select``
+    is fine for the few sockets of a load generator."""
+    return asyncio.SelectorEventLoop(selectors.SelectSelector())
+
+
+async def pace(items: Sequence[tuple[float, Any]],
+               fire: Callable[[list[tuple[float, Any]]], None]) -> None:
+    """Hand ``items`` (``(scheduled perf_counter time, payload)``, in time order) to
+    ``fire`` when their times come, never before, every item due by then in one call: the
+    send schedule of an open-loop benchmark.  Run it on :func:`precise_loop`."""
+    if any(a[0] > b[0] for a, b in itertools.pairwise(items)):
+        raise ValueError("items must be in time order")
+    clock, n, k = time.perf_counter, len(items), 0
+    while k < n:
+        wait = items[k][0] - clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+            continue
+        now, j = clock(), k + 1
+        while j < n and items[j][0] <= now:
+            j += 1
+        fire(list(items[k:j]))
+        k = j
 
 
 class AmqpError(Exception):

@@ -18,9 +18,14 @@ aio-pika RPC echo baseline on the same broker.
   shares the machine, so it should cost little; through aiormq it cost ~290 µs of CPU per
   request, as much as the server, and ~95 µs with it).  One connection per trader; each
   also consumes its broadcast queue (its private stream, 1.4-2 messages per request).
-* **Open loop**: every request has a scheduled send time (rate R over C connections); its
-  latency is measured from the *scheduled* time to the reply, so a stalled server is charged
-  for the requests it delayed (no coordinated omission).  Percentiles come from an HDR
+* **Open loop**: every request has a scheduled send time (request k at start + k/R, on
+  connection k mod C); its latency is measured from the *scheduled* time to the reply, so a
+  stalled server is charged for the requests it delayed (no coordinated omission).  Each
+  request is sent when its time comes, never before (``amqpload.pace``), on the standard
+  library's event loop on ``select`` (``amqpload.precise_loop``): uvloop's timers have a
+  resolution of a millisecond and would send up to a millisecond early, understating every
+  latency.  ``send_late_p50_us``/``send_late_p99_us`` say how late the generator sent, its
+  own share of the latencies.  Percentiles come from an HDR
   histogram (µs resolution, 3 significant digits).  A request still unanswered 30 s after
   the last send is charged with its age and counted as ``missing``.
 * **The flow**: orders that rest (no crossing, risk checks in full, with a
@@ -246,17 +251,11 @@ class AmqpLoad:
     def on_bcast(self, cid: str, body: bytes) -> None:
         self.bcast += 1
 
-    async def open_loop(self, rate: float, n: int, start: float) -> None:
-        """Send n requests at ``rate`` per second from ``start`` (scheduled times)."""
-        clock = time.perf_counter
+    def start_open(self, n: int) -> None:
+        """Phase ``open``: ``n`` requests will be sent at their scheduled times (by the
+        run's :class:`amqpload.Pacer`)."""
         self.phase = "open"
         self.expected = n
-        for i in range(n):
-            t = start + i / rate
-            d = t - clock()
-            if d > 0:
-                await asyncio.sleep(d)
-            self.send(i, t)
 
     def charge_missing(self) -> int:
         """Unanswered requests: charged with their age so far."""
@@ -353,9 +352,24 @@ class Target:
         per = args.rate / len(loads)
         n = int(per * args.seconds)
         total = len(loads) * n
+        # request k at start + k/R, on connection k mod C (a steady stream at the rate,
+        # not every connection at the same instants), never before its time, on a loop whose
+        # timers keep to the microsecond (uvloop's would send up to a millisecond early)
         start = time.perf_counter() + 0.2
+        items = [(start + k / args.rate, (loads[k % len(loads)], k // len(loads)))
+                 for k in range(total)]
+        late = HdrHistogram(1, 60_000_000, 3)
+        clock = time.perf_counter
+
+        def fire(due: list[tuple[float, tuple[AmqpLoad, int]]]) -> None:
+            for t, (ld, i) in due:
+                late.record_value(max(1, int((clock() - t) * 1e6)))
+                ld.send(i, t)
+
+        for ld in loads:
+            ld.start_open(n)
         t0 = cpu.snapshot()
-        await asyncio.gather(*(ld.open_loop(per, n, start) for ld in loads))
+        await amqpload.pace(items, fire)
         sent_at = time.perf_counter()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(ld.done.wait() for ld in loads)), DRAIN_S)
@@ -376,6 +390,9 @@ class Target:
             "p999_us": hist.get_value_at_percentile(99.9),
             "max_us": hist.get_max_value(),
             "missing": missing,
+            # how late the generator sent (its own share of the latencies above)
+            "send_late_p50_us": late.get_value_at_percentile(50),
+            "send_late_p99_us": late.get_value_at_percentile(99),
             **({} if self.echo else {"broadcast_per_request": round(bcast / total, 2)}),
             "cpu_us_per_request": {k: round(used[k] * 1e6 / total) for k in self.procs},
         }
@@ -520,8 +537,6 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import uvloop
-
     # SIGTERM, and SIGINT even when started in the background (where it is ignored), stop
     # the run through the finally clauses below: every process started here is stopped
     signal.signal(signal.SIGTERM, _interrupted)
@@ -552,7 +567,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
             echo = subprocess.Popen([PY, "-c", ECHO_SERVER, broker.url, ECHO_QUEUE], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            ronda, base = uvloop.run(measure(broker, port, srv, echo, users, args))
+            with asyncio.Runner(loop_factory=amqpload.precise_loop) as runner:
+                ronda, base = runner.run(measure(broker, port, srv, echo, users, args))
         except BaseException:
             with contextlib.suppress(OSError):
                 tail = srv_log.read_text(errors="replace").splitlines()[-30:]

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aio_pika
 import pytest
+import uvloop
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -164,3 +167,39 @@ def test_out_of_order_confirms_count_each_publish_once(
         c.data_received(method)
         assert (c.confirmed, c.nacked) == (want_ack, want_nack)
     assert c.confirmed + c.nacked == n
+
+
+@pytest.mark.parametrize("loop_factory", [amqpload.precise_loop, uvloop.new_event_loop],
+                         ids=["select", "uvloop"])
+def test_the_pace_hands_every_item_once_in_order_and_never_before_its_time(
+        loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    # an open-loop benchmark measures latency from the scheduled time: a request sent
+    # early would have its latency understated (uvloop's timers truncate to the
+    # millisecond: one sleep per request sent a third of the requests up to 1.1 ms early;
+    # the pace checks the clock again after every sleep)
+    fired: list[tuple[float, int, float]] = []
+
+    def fire(due: list[tuple[float, int]]) -> None:
+        now = time.perf_counter()
+        fired.extend((t, k, now) for t, k in due)
+
+    async def run() -> None:
+        start = time.perf_counter() + 0.01
+        # spacings below, at and above a millisecond, and items due at the same instant
+        gaps = [0.0003, 0.0, 0.0011, 0.0025, 0.0007, 0.0]
+        items, t = [], start
+        for k in range(120):
+            t += gaps[k % len(gaps)]
+            items.append((t, k))
+        await amqpload.pace(items, fire)
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run())
+    assert [k for _, k, _ in fired] == list(range(120))
+    early = [(k, t - now) for t, k, now in fired if now < t]
+    assert not early, early
+
+
+async def test_the_pace_refuses_items_out_of_time_order() -> None:
+    with pytest.raises(ValueError, match="time order"):
+        await amqpload.pace([(2.0, "b"), (1.0, "a")], lambda due: None)
