@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import selectors
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -46,29 +45,28 @@ _HEARTBEAT = heartbeat.Heartbeat().marshal()
 OnMessage = Callable[[str, bytes], None]  # (correlation_id, body)
 
 
-def precise_loop() -> asyncio.AbstractEventLoop:
-    """An event loop whose timers keep to the microsecond: the standard library's, on
-    ``select`` (whose timeout is in microseconds).  uvloop's timers, and the standard
-    loop's on ``epoll``, have a resolution of a millisecond, uvloop's truncating
-    (``asyncio.sleep(0.0005)`` returns at once, ``sleep(0.0015)`` after one millisecond):
-    requests paced by them go out up to a millisecond early or late, and their latency,
-    measured from the scheduled time, is understated or overstated by as much.  ``select``
-    is fine for the few sockets of a load generator."""
-    return asyncio.SelectorEventLoop(selectors.SelectSelector())
-
-
 async def pace(items: Sequence[tuple[float, Any]],
-               fire: Callable[[list[tuple[float, Any]]], None]) -> None:
+               fire: Callable[[list[tuple[float, Any]]], None],
+               resolution: float = 0.0) -> None:
     """Hand ``items`` (``(scheduled perf_counter time, payload)``, in time order) to
     ``fire`` when their times come, never before, every item due by then in one call: the
-    send schedule of an open-loop benchmark.  Run it on :func:`precise_loop`."""
+    send schedule of an open-loop benchmark, whose latencies are measured from the
+    scheduled times (an item handed early would have its latency understated).
+
+    The clock is read again after every sleep, because the event loop's timers are not
+    exact: uvloop's have a resolution of a millisecond and truncate (``asyncio.sleep(0.0005)``
+    returns at once, ``sleep(0.0015)`` after one millisecond), so one sleep per item handed
+    a third of the benchmark's requests up to 1.1 ms early.  ``resolution`` is the shortest
+    sleep: on uvloop give it a millisecond, or the last fraction of a millisecond before
+    each item is spent polling the clock (then an item is handed up to about a
+    millisecond late, which its latency is charged with: pessimistic, never flattering)."""
     if any(a[0] > b[0] for a, b in itertools.pairwise(items)):
         raise ValueError("items must be in time order")
     clock, n, k = time.perf_counter, len(items), 0
     while k < n:
         wait = items[k][0] - clock()
         if wait > 0:
-            await asyncio.sleep(wait)
+            await asyncio.sleep(wait if wait > resolution else resolution)
             continue
         now, j = clock(), k + 1
         while j < n and items[j][0] <= now:

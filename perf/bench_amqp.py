@@ -18,16 +18,18 @@ aio-pika RPC echo baseline on the same broker.
   shares the machine, so it should cost little; through aiormq it cost ~290 µs of CPU per
   request, as much as the server, and ~95 µs with it).  One connection per trader; each
   also consumes its broadcast queue (its private stream, 1.4-2 messages per request).
-* **Open loop**: every request has a scheduled send time (request k at start + k/R, on
-  connection k mod C); its latency is measured from the *scheduled* time to the reply, so a
-  stalled server is charged for the requests it delayed (no coordinated omission).  Each
-  request is sent when its time comes, never before (``amqpload.pace``), on the standard
-  library's event loop on ``select`` (``amqpload.precise_loop``): uvloop's timers have a
-  resolution of a millisecond and would send up to a millisecond early, understating every
-  latency.  ``send_late_p50_us``/``send_late_p99_us`` say how late the generator sent, its
-  own share of the latencies.  Percentiles come from an HDR
-  histogram (µs resolution, 3 significant digits).  A request still unanswered 30 s after
-  the last send is charged with its age and counted as ``missing``.
+* **Open loop**: every request has a scheduled send time (each connection at R/C per
+  second, all of them at the same instants; ``--spread``: request k at start + k/R on
+  connection k mod C, an even stream); its latency is measured from the *scheduled* time to
+  the reply, so a stalled server is charged for the requests it delayed (no coordinated
+  omission).  A request is never sent before its time (``amqpload.pace``: uvloop's timers
+  truncate to the millisecond, and one sleep per request sent a third of them up to 1.1 ms
+  early, understating their latency); the shortest sleep is a millisecond, so a request
+  goes out up to about a millisecond late and is charged with it.
+  ``send_late_p50_us``/``send_late_p99_us`` say how late the generator sent, its own share
+  of the latencies.  Percentiles come from an HDR histogram (µs resolution, 3 significant
+  digits).  A request still unanswered 30 s after the last send is charged with its age and
+  counted as ``missing``.
 * **The flow**: orders that rest (no crossing, risk checks in full, with a
   ``client_order_id``) and cancels of acknowledged ones, so the book stays at a stationary
   size (as perf/bench_ws.py).
@@ -106,6 +108,7 @@ ECHO_USER = ("echo", "echo-pw")
 PERSISTENT = 2
 TRANSIENT = 1
 DRAIN_S = 30.0  # how long to wait for the last answers
+PACE_RESOLUTION_S = 0.001  # uvloop's timers: the shortest sleep of the send schedule
 
 # The baseline: the same consumer settings as the server's adapter (prefetch 256, manual
 # ack after the reply is published on the same channel, no confirms on that channel).
@@ -352,12 +355,14 @@ class Target:
         per = args.rate / len(loads)
         n = int(per * args.seconds)
         total = len(loads) * n
-        # request k at start + k/R, on connection k mod C (a steady stream at the rate,
-        # not every connection at the same instants), never before its time, on a loop whose
-        # timers keep to the microsecond (uvloop's would send up to a millisecond early)
+        # request i of each connection at start + i/(R/C), every connection at the same
+        # instants; with --spread, request k at start + k/R on connection k mod C.  Sent
+        # never before its time (amqpload.pace: uvloop's timers alone would send up to a
+        # millisecond early)
         start = time.perf_counter() + 0.2
-        items = [(start + k / args.rate, (loads[k % len(loads)], k // len(loads)))
-                 for k in range(total)]
+        c = len(loads)
+        items = [(start + (k / args.rate if args.spread else (k // c) / per),
+                  (loads[k % c], k // c)) for k in range(total)]
         late = HdrHistogram(1, 60_000_000, 3)
         clock = time.perf_counter
 
@@ -369,7 +374,7 @@ class Target:
         for ld in loads:
             ld.start_open(n)
         t0 = cpu.snapshot()
-        await amqpload.pace(items, fire)
+        await amqpload.pace(items, fire, PACE_RESOLUTION_S)
         sent_at = time.perf_counter()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(ld.done.wait() for ld in loads)), DRAIN_S)
@@ -537,6 +542,8 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import uvloop
+
     # SIGTERM, and SIGINT even when started in the background (where it is ignored), stop
     # the run through the finally clauses below: every process started here is stopped
     signal.signal(signal.SIGTERM, _interrupted)
@@ -567,8 +574,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
             echo = subprocess.Popen([PY, "-c", ECHO_SERVER, broker.url, ECHO_QUEUE], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            with asyncio.Runner(loop_factory=amqpload.precise_loop) as runner:
-                ronda, base = runner.run(measure(broker, port, srv, echo, users, args))
+            ronda, base = uvloop.run(measure(broker, port, srv, echo, users, args))
         except BaseException:
             with contextlib.suppress(OSError):
                 tail = srv_log.read_text(errors="replace").splitlines()[-30:]
@@ -597,6 +603,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "loadavg_at_start": load_at_start,
         "profiled": bool(args.profile_server),
         "requests_delivery_mode": "transient" if args.transient_requests else "persistent",
+        "schedule": "spread" if args.spread else "together",
     }
 
 
@@ -610,6 +617,9 @@ def main() -> None:
                     help="length of one saturation window")
     ap.add_argument("--rounds", type=int, default=4,
                     help="saturation windows of each side, in turn")
+    ap.add_argument("--spread", action="store_true",
+                    help="request k on connection k mod C at start + k/R (default: every "
+                         "connection at R/C per second, at the same instants)")
     ap.add_argument("--transient-requests", action="store_true",
                     help="publish the requests (ronda's and the echo's) transient instead of "
                          "persistent: the client's other choice (docs/amqp.md)")
