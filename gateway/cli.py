@@ -85,18 +85,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
+        accept_replay_divergence=args.accept_replay_divergence,
     )
 
     async def run() -> int:
         server = Server(cfg, clock)
         await server.start()
-        print(f"ronda: serving on http://{cfg.host}:{server.port} (WebSocket: /ws);"
-              f" journal {cfg.data_dir / 'journal'}; recovered {server.recovered} commands",
-              flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # before saying it serves: a stop
+            loop.add_signal_handler(sig, stop.set)  # asked for at once is a clean one
+        print(f"ronda: serving on http://{cfg.host}:{server.port} (WebSocket: /ws);"
+              f" journal {cfg.data_dir / 'journal'}; recovered {server.recovered} records",
+              flush=True)
         # a failed journal: nothing more can be made durable; stop, and exit with status 3
         server.sequencer.on_failure.append(lambda _exc: stop.set())
         bots = None
@@ -122,10 +123,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                   "replay the journal.", file=sys.stderr)
         return rc
 
+    from gateway.core import ReplayDiverged
+
     try:
         import uvloop
 
         rc = uvloop.run(run())
+    except ReplayDiverged as exc:
+        print(f"ronda serve: {exc}. Nothing was served. Run the server that wrote the "
+              "journal, or, if the change of behaviour is deliberate and the traders are to "
+              "be told, start with --accept-replay-divergence.", file=sys.stderr)
+        return 4
     except RefDataError as exc:
         print(f"ronda serve: {exc}", file=sys.stderr)
         return 2
@@ -242,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not open and close contracts by the calendar")
     v.add_argument("--no-fsync", action="store_true",
                    help="journal without fsync (loses durability on a machine crash)")
+    v.add_argument("--accept-replay-divergence", action="store_true",
+                   help="start even if replaying the journal does not give the state the "
+                        "server had at one of its checkpoints (after a deliberate change of "
+                        "the engine's behaviour); logged")
     v.add_argument("--amqp-url", help="also serve AMQP through this RabbitMQ broker")
     v.add_argument("--settlement-url",
                    help="postgresql://… for the settlement store (default: SQLite in the"

@@ -7,8 +7,10 @@ same way live and in replay, so a replay reproduces the live state exactly.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from engine.config import EngineConfig
@@ -49,6 +51,56 @@ def _register_auction_commands() -> None:
 _register_auction_commands()
 
 
+def _server_name() -> str:
+    try:
+        return f"ronda {importlib.metadata.version('ronda')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "ronda (source)"
+
+
+SERVER = _server_name()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The server's own journal record, not a trading command (applying it changes nothing):
+    the core's state hash after every record before it.  The server writes one when it
+    starts (after replaying its journal) and one when it stops; replaying the journal
+    recomputes the hash at each and compares (:class:`ReplayDiverged`), so that a replay
+    which does not reproduce the state the server had (another engine's behaviour after an
+    upgrade, a step that was not deterministic) is found at that record instead of going
+    unnoticed (DESIGN rule 3)."""
+
+    state_hash: str
+    reason: str  # "start", "stop", or ACCEPTED
+    server: str  # the server that wrote it, e.g. "ronda 0.1.0"
+
+
+# the reason of the checkpoint a server writes at start when the operator accepted that
+# replaying the journal diverged from earlier checkpoints (ronda serve
+# --accept-replay-divergence)
+ACCEPTED = "accepted"
+
+
+default_codec().register(Checkpoint, "checkpoint")
+
+
+class ReplayDiverged(RuntimeError):
+    """Replaying the journal gave another state than the server had when it wrote the
+    checkpoint at ``seq``."""
+
+    def __init__(self, seq: int, ts: int, checkpoint: Checkpoint, replayed: str,
+                 replayed_by: str = SERVER) -> None:
+        super().__init__(
+            f"replaying the journal gave another state than the server had at record {seq}"
+            f" (the {checkpoint.reason} checkpoint of {checkpoint.server}): its state hash "
+            f"was {checkpoint.state_hash}, the replay by {replayed_by} gives {replayed}")
+        self.seq = seq
+        self.ts = ts
+        self.checkpoint = checkpoint
+        self.replayed = replayed
+
+
 class Core:
     def __init__(self, config: EngineConfig | None = None, risk: bool = True) -> None:
         self.engine = Engine(config)
@@ -59,6 +111,8 @@ class Core:
         self.failures = 0
 
     def apply(self, cmd: Any, ts: int) -> list[Any]:
+        if type(cmd) is Checkpoint:  # the server's own record: nothing to apply
+            return []
         try:
             return self.engine.apply(cmd, ts)
         except Exception:  # a bug: keep the single writer alive, identically in replay

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from engine.config import EngineConfig
+from gateway.core import Checkpoint
 from gateway.protocol import (
     ProtocolError,
     parse_instant,
@@ -168,6 +169,15 @@ def replay(lines: Iterable[bytes | str], config: EngineConfig | None = None,
             loaded = True
             for ev in core.engine.apply(LoadReferenceData(refdata_json or ""), step.at):
                 yield orjson.dumps(event_to_wire(ev))
+        if type(step.command) is Checkpoint:  # the server's own record (ronda journal export)
+            got = core.state_hash()
+            cp = step.command
+            if got != cp.state_hash:
+                raise ScenarioError(step.line, "command", (
+                    f"the replay's state differs from the server's at its {cp.reason} "
+                    f"checkpoint ({cp.server}): the server's state hash was "
+                    f"{cp.state_hash}, the replay's is {got}"))
+            continue
         for ev in core.engine.apply(step.command, step.at):
             yield orjson.dumps(event_to_wire(ev))
     yield orjson.dumps({"type": "state_hash", "hash": core.state_hash()})

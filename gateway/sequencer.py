@@ -39,7 +39,7 @@ from typing import Any
 
 from engine.contracts import local_day_of, local_midnight_utc
 from gateway.codec import Codec, default_codec
-from gateway.core import Core
+from gateway.core import ACCEPTED, SERVER, Checkpoint, Core, ReplayDiverged
 from gateway.journal import Journal, Record
 
 log = logging.getLogger("ronda.sequencer")
@@ -208,17 +208,36 @@ class Sequencer:
         self._handed = 0  # commands of the current batch handed to the journal
         self.day: date | None = None  # local trading day of the last journaled record
         self._day_span = (0, 0)  # [start, end) of ``day`` in ms UTC
+        self.divergences: list[ReplayDiverged] = []  # accepted by the operator at recovery
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self, listeners: list[Listener] | None = None) -> int:
-        """Replay the journal into the core; return the number of commands replayed.
+    def recover(self, listeners: list[Listener] | None = None,
+                accept_divergence: bool = False) -> int:
+        """Replay the journal into the core; return the number of records replayed.
         ``listeners`` see every replayed command's events (e.g. the sync job, which rebuilds
-        the trades of unsynchronised rounds)."""
+        the trades of unsynchronised rounds).
+
+        At each :class:`Checkpoint` record the core's state hash is compared with the one
+        the server had when it wrote it.  A difference means the replay does not reproduce
+        what the traders were told: at the end of the replay it raises
+        :class:`ReplayDiverged` (the first one), unless ``accept_divergence`` (an operator's
+        decision, after a deliberate change of the engine's behaviour): then each is logged
+        and kept in :attr:`divergences`, and the server journals an ``accepted`` checkpoint
+        of the state it starts from.  A later replay that reaches that checkpoint with the
+        same state reproduces what was accepted: the divergences before it are settled."""
         n = 0
         last_ts = 0
+        pending: list[ReplayDiverged] = []
         for rec in self.journal.records():
-            events = self.core.apply(rec.command, rec.ts)
+            cmd = rec.command
+            if type(cmd) is Checkpoint:
+                got = self.core.state_hash()
+                if got != cmd.state_hash:
+                    pending.append(ReplayDiverged(rec.seq, rec.ts, cmd, got))
+                elif cmd.reason == ACCEPTED:  # an earlier start accepted this very replay
+                    pending.clear()
+            events = self.core.apply(cmd, rec.ts)
             if listeners:
                 one = [(rec.command, rec.origin, events)]
                 for listener in listeners:
@@ -230,6 +249,11 @@ class Sequencer:
         if n:
             self._set_day(last_ts)
         self.applied = n
+        if pending and not accept_divergence:
+            raise pending[0]
+        for d in pending:
+            log.critical("%s; going on, as the operator accepted", d)
+        self.divergences = pending
         return n
 
     # ------------------------------------------------------------------ running
@@ -279,6 +303,18 @@ class Sequencer:
     async def submit(self, cmd: Any, origin: str) -> list[Any]:
         """Journal ``cmd`` durably, apply it, and return the events it caused."""
         return await self.submit_nowait(cmd, origin)
+
+    async def checkpoint(self, reason: str, server: str = SERVER) -> Checkpoint:
+        """Journal a :class:`Checkpoint` of the core's state once every command submitted
+        before it is applied (the hash is the state the record follows), and return it."""
+        if self._task is None or self._task.done():
+            raise SequencerStopped("the sequencer is not running")
+        while self._pending or not self._idle.is_set():
+            await self._idle.wait()
+            await asyncio.sleep(0)  # the batch's callbacks, then look again
+        cp = Checkpoint(self.core.state_hash(), reason, server)
+        await self.submit(cp, "server")  # nothing can come in between: no await before
+        return cp
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -21,7 +21,7 @@ from typing import Any
 from auctions.calendar import Calendar
 from engine.config import PROFILES
 from gateway.audit import AuditLog
-from gateway.core import Core
+from gateway.core import ACCEPTED, Core
 from gateway.fanout import Hub
 from gateway.journal import Journal
 from gateway.refdata_file import read_and_validate
@@ -56,6 +56,9 @@ class Config:
     tls_client_ca: Path | None = None
     web_root: Path | None = None
     settlement_url: str | None = None  # None: SQLite in the data folder
+    # start even if replaying the journal does not give the state the server had at a
+    # checkpoint (an operator's decision after a deliberate change of the engine)
+    accept_replay_divergence: bool = False
 
 
 class Server:
@@ -96,11 +99,17 @@ class Server:
         await self.store.open()
         self.sync = SyncJob(self.core, self.store, self.sequencer.submit)
         await self.sync.open()
-        self.recovered = self.sequencer.recover([self.sync.observe, self.hub.observe_replay,
-                                                 self.audit.observe])
+        try:
+            self.recovered = self.sequencer.recover(
+                [self.sync.observe, self.hub.observe_replay, self.audit.observe],
+                accept_divergence=self.config.accept_replay_divergence)
+        except BaseException:  # ReplayDiverged: nothing is served from that state
+            self.journal.close()
+            await self.store.close()
+            raise
         self.sequencer.command_listeners.append(self.sync.observe)
         self.hub.rebuild(self.core)
-        log.info("recovered %d commands; state %s", self.recovered, self.core.state_hash())
+        log.info("recovered %d records; state %s", self.recovered, self.core.state_hash())
         # the core creates no reference cycles: freeze what start-up built, so that no
         # collection walks it again; what trading keeps for long (unsettled trades, the
         # agents' latest trades) is held in untracked tuples and dicts, so the collections
@@ -114,6 +123,13 @@ class Server:
             risk.loaded_json)
         if loaded != json.loads(text):  # first start, or the file changed: journal it
             await self.sequencer.submit(LoadReferenceData(text), "operator")
+        # the state this server starts from, for the next replay to check (gateway.core)
+        # (or, when the operator accepted that the replay diverged, the accepted state)
+        accepted = bool(self.sequencer.divergences)
+        cp = await self.sequencer.checkpoint(ACCEPTED if accepted else "start")
+        log.log(logging.CRITICAL if accepted else logging.INFO, "checkpoint at start%s: "
+                "state %s (%s)", " (divergence accepted)" if accepted else "", cp.state_hash,
+                cp.server)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._timekeeper(), name="timekeeper"))
         self._tasks.append(loop.create_task(self._heartbeats(), name="heartbeats"))
@@ -151,6 +167,12 @@ class Server:
         if self.ws_server is not None:
             self.ws_server.close()
             await self.ws_server.wait_closed()
+        if self.failure is None:  # the state it stops with, for the next replay to check
+            try:
+                cp = await self.sequencer.checkpoint("stop")
+                log.info("checkpoint at stop: state %s", cp.state_hash)
+            except SequencerStopped:  # the journal failed meanwhile: nothing to record
+                pass
         await self.sequencer.stop()
         self.journal.close()
         await self.store.close()

@@ -82,7 +82,7 @@ class ServerProcess:
         deadline = time.monotonic() + 20
         while True:
             text = self.log.read_bytes()[offset:].decode(errors="replace")
-            m = re.search(r"serving on http://127\.0\.0\.1:(\d+) .*recovered (\d+) commands",
+            m = re.search(r"serving on http://127\.0\.0\.1:(\d+) .*recovered (\d+) records",
                           text)
             if m:
                 break
@@ -90,7 +90,7 @@ class ServerProcess:
             assert time.monotonic() < deadline, f"the server did not start:\n{text}"
             await asyncio.sleep(0.05)
         self.port, self.recovered = int(m.group(1)), int(m.group(2))
-        logged = re.search(r"recovered (\d+) commands; state (\w+)", text)
+        logged = re.search(r"recovered (\d+) records; state (\w+)", text)
         assert logged is not None, text
         assert int(logged.group(1)) == self.recovered
         self.state_hash = logged.group(2)
