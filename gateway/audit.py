@@ -36,6 +36,7 @@ from engine.commands import (
 from engine.config import fmt_price, fmt_qty
 from engine.events import OrderReport, Reject
 from gateway.codec import Codec
+from gateway.core import Checkpoint
 from gateway.wire import fmt_instant
 
 AUDIT_KEPT = 20_000
@@ -49,6 +50,9 @@ INSTANT_FIELDS = frozenset({"close_at", "expiry", "opens_at", "closes_at", "publ
 TRADING: frozenset[type] = frozenset({NewOrder, EnterBasket, ModifyOrder, CancelOrder,
                                       CancelAll, Deactivate, Activate, Tick,
                                       SubmitAuctionBid, CancelAuctionBid})
+# not in the trail either: the server's checkpoints (no action of anyone's, and no event to
+# date them by)
+NOT_AUDITED: frozenset[type] = TRADING | {Checkpoint}
 
 Message = dict[str, Any]
 
@@ -89,7 +93,7 @@ class AuditLog:
                 ts = getattr(ev, "ts", None)
                 if type(ts) is int and ts > self.last_ts:
                     self.last_ts = ts
-            if type(cmd) in TRADING:
+            if type(cmd) in NOT_AUDITED:
                 continue
             self.seq += 1
             self.entries.append(self._entry(cmd, origin, events))

@@ -64,7 +64,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from auctions.calendar import PROFILES as CALENDARS
     from gateway.protocol import parse_instant
-    from gateway.sequencer import Clock
+    from gateway.sequencer import Clock, SequencerStopped
     from gateway.server import Config, Server
     from risk.refdata import RefDataError
 
@@ -129,6 +129,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         import uvloop
 
         rc = uvloop.run(run())
+    except SequencerStopped as exc:  # the journal failed while the server started
+        print(f"ronda serve: the journal failed at start ({exc}); nothing was served.",
+              file=sys.stderr)
+        return 3
     except ReplayDiverged as exc:
         print(f"ronda serve: {exc}. Nothing was served. Run the server that wrote the "
               "journal, or, if the change of behaviour is deliberate and the traders are to "

@@ -87,18 +87,63 @@ default_codec().register(Checkpoint, "checkpoint")
 
 class ReplayDiverged(RuntimeError):
     """Replaying the journal gave another state than the server had when it wrote the
-    checkpoint at ``seq``."""
+    checkpoint at ``seq`` (a record's seq, or a line of an exported journal)."""
 
-    def __init__(self, seq: int, ts: int, checkpoint: Checkpoint, replayed: str,
-                 replayed_by: str = SERVER) -> None:
-        super().__init__(
+    def __init__(self, seq: int, ts: int, checkpoint: Checkpoint, replayed: str | None,
+                 message: str | None = None) -> None:
+        super().__init__(message or (
             f"replaying the journal gave another state than the server had at record {seq}"
             f" (the {checkpoint.reason} checkpoint of {checkpoint.server}): its state hash "
-            f"was {checkpoint.state_hash}, the replay by {replayed_by} gives {replayed}")
+            f"was {checkpoint.state_hash}, the replay by {SERVER} gives {replayed}"))
         self.seq = seq
         self.ts = ts
         self.checkpoint = checkpoint
         self.replayed = replayed
+
+
+class ReplayUnchecked(ReplayDiverged):
+    """Records after the journal's last checkpoint, written by another server (version)
+    than the one replaying them: nothing can tell whether the replay reproduces them (the
+    upgrade after a crash, which left no checkpoint at stop)."""
+
+    def __init__(self, first: int, last: int, ts: int, checkpoint: Checkpoint) -> None:
+        super().__init__(first, ts, checkpoint, None, (
+            f"records {first} to {last} were written by {checkpoint.server} after its last "
+            f"checkpoint (no checkpoint at stop: it did not stop cleanly) and are replayed by "
+            f"{SERVER}: whether the replay reproduces them cannot be checked"))
+        self.last = last
+
+
+class CheckpointCheck:
+    """What a replay finds at the checkpoints of a journal (the server's recovery and
+    ``ronda replay``): each checkpoint whose state it does not reproduce is a divergence,
+    unless a later ``accepted`` checkpoint whose state it does reproduce settles it (an
+    earlier start accepted this very replay)."""
+
+    def __init__(self) -> None:
+        self.divergences: list[ReplayDiverged] = []
+        self.last: Checkpoint | None = None
+        self.tail: tuple[int, int, int] | None = None  # first, last seq, ts since ``last``
+
+    def check(self, seq: int, ts: int, cp: Checkpoint, replayed: str) -> None:
+        """At a checkpoint record, with the replay's state hash before it."""
+        if replayed != cp.state_hash:
+            self.divergences.append(ReplayDiverged(seq, ts, cp, replayed))
+        elif cp.reason == ACCEPTED:
+            self.divergences.clear()
+        self.last, self.tail = cp, None
+
+    def replayed(self, seq: int, ts: int) -> None:
+        """After any other record."""
+        self.tail = (seq, seq, ts) if self.tail is None else (self.tail[0], seq, ts)
+
+    def unsettled(self) -> list[ReplayDiverged]:
+        """At the end of the journal: the divergences nothing settled, and the records
+        after the last checkpoint if another server wrote them (:class:`ReplayUnchecked`)."""
+        out = list(self.divergences)
+        if self.last is not None and self.tail is not None and self.last.server != SERVER:
+            out.append(ReplayUnchecked(self.tail[0], self.tail[1], self.tail[2], self.last))
+        return out
 
 
 class Core:

@@ -39,7 +39,7 @@ from typing import Any
 
 from engine.contracts import local_day_of, local_midnight_utc
 from gateway.codec import Codec, default_codec
-from gateway.core import ACCEPTED, SERVER, Checkpoint, Core, ReplayDiverged
+from gateway.core import SERVER, Checkpoint, CheckpointCheck, Core, ReplayDiverged
 from gateway.journal import Journal, Record
 
 log = logging.getLogger("ronda.sequencer")
@@ -219,24 +219,24 @@ class Sequencer:
         the trades of unsynchronised rounds).
 
         At each :class:`Checkpoint` record the core's state hash is compared with the one
-        the server had when it wrote it.  A difference means the replay does not reproduce
-        what the traders were told: at the end of the replay it raises
-        :class:`ReplayDiverged` (the first one), unless ``accept_divergence`` (an operator's
-        decision, after a deliberate change of the engine's behaviour): then each is logged
-        and kept in :attr:`divergences`, and the server journals an ``accepted`` checkpoint
-        of the state it starts from.  A later replay that reaches that checkpoint with the
-        same state reproduces what was accepted: the divergences before it are settled."""
+        the server had when it wrote it (:class:`CheckpointCheck`).  A difference means the
+        replay does not reproduce what the traders were told; so do records after the last
+        checkpoint that another server (version) wrote, which cannot be checked.  At the end
+        of the replay the first such finding is raised (:class:`ReplayDiverged`), unless
+        ``accept_divergence`` (an operator's decision, after a deliberate change of the
+        engine's behaviour): then each is logged and kept in :attr:`divergences`, and the
+        server journals an ``accepted`` checkpoint of the state it starts from.  A later
+        replay that reaches that checkpoint with the same state reproduces what was
+        accepted: the divergences before it are settled."""
         n = 0
         last_ts = 0
-        pending: list[ReplayDiverged] = []
+        check = CheckpointCheck()
         for rec in self.journal.records():
             cmd = rec.command
             if type(cmd) is Checkpoint:
-                got = self.core.state_hash()
-                if got != cmd.state_hash:
-                    pending.append(ReplayDiverged(rec.seq, rec.ts, cmd, got))
-                elif cmd.reason == ACCEPTED:  # an earlier start accepted this very replay
-                    pending.clear()
+                check.check(rec.seq, rec.ts, cmd, self.core.state_hash())
+            else:
+                check.replayed(rec.seq, rec.ts)
             events = self.core.apply(cmd, rec.ts)
             if listeners:
                 one = [(rec.command, rec.origin, events)]
@@ -249,11 +249,12 @@ class Sequencer:
         if n:
             self._set_day(last_ts)
         self.applied = n
-        if pending and not accept_divergence:
-            raise pending[0]
-        for d in pending:
+        found = check.unsettled()
+        if found and not accept_divergence:
+            raise found[0]
+        for d in found:
             log.critical("%s; going on, as the operator accepted", d)
-        self.divergences = pending
+        self.divergences = found
         return n
 
     # ------------------------------------------------------------------ running

@@ -117,6 +117,29 @@ class Server:
         gc.collect()
         gc.freeze()
         self.sequencer.start()
+        try:
+            await self._start_journaling()
+        except BaseException:  # the journal failed (SequencerStopped: exit status 3), or
+            await self.sequencer.stop()  # the reference data are refused: nothing served
+            self.journal.close()
+            await self.store.close()
+            raise
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._timekeeper(), name="timekeeper"))
+        self._tasks.append(loop.create_task(self._heartbeats(), name="heartbeats"))
+        self._tasks.append(loop.create_task(self.sync.run(), name="sync"))
+        from gateway.ws import serve_ws
+
+        self.ws_server = await serve_ws(self)
+        if self.config.amqp_url:
+            from gateway.amqp import AmqpAdapter
+
+            self.amqp = AmqpAdapter(self, self.config.amqp_url)
+            self._tasks.append(loop.create_task(self.amqp.run(), name="amqp"))
+
+    async def _start_journaling(self) -> None:
+        """What a start journals: the reference data if they changed, then the state the
+        server starts from."""
         text, _ = read_and_validate(self.config.refdata)
         risk = self.core.risk
         loaded = None if risk is None or risk.loaded_json is None else json.loads(
@@ -130,18 +153,6 @@ class Server:
         log.log(logging.CRITICAL if accepted else logging.INFO, "checkpoint at start%s: "
                 "state %s (%s)", " (divergence accepted)" if accepted else "", cp.state_hash,
                 cp.server)
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._timekeeper(), name="timekeeper"))
-        self._tasks.append(loop.create_task(self._heartbeats(), name="heartbeats"))
-        self._tasks.append(loop.create_task(self.sync.run(), name="sync"))
-        from gateway.ws import serve_ws
-
-        self.ws_server = await serve_ws(self)
-        if self.config.amqp_url:
-            from gateway.amqp import AmqpAdapter
-
-            self.amqp = AmqpAdapter(self, self.config.amqp_url)
-            self._tasks.append(loop.create_task(self.amqp.run(), name="amqp"))
 
     def _journal_failed(self, exc: BaseException) -> None:
         log.critical("the journal failed (%r): the server stops; a restart replays the "

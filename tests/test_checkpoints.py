@@ -71,11 +71,9 @@ async def test_the_journal_records_the_state_at_start_and_stop_and_a_restart_che
     try:
         assert again.sequencer.divergences == []
         assert again.core.state_hash() == at_stop
-        # the officers' audit trail shows the server's starts and stops
-        trail = [(e["by"], e["fields"]["reason"], e["fields"]["state_hash"])
-                 for e in reversed(again.audit.query()) if e["action"] == "checkpoint"]
-        assert trail == [("server", cp.reason, cp.state_hash) for _, cp in cps] + [
-            ("server", "start", at_stop)]
+        # not in the officers' audit trail: no one's action, and no event to date it by
+        trail = again.audit.query()
+        assert trail and not [e for e in trail if e["action"] == "checkpoint"]
     finally:
         await again.stop()
     # the restart starts from the state the first run stopped with, and stops with it
@@ -237,3 +235,152 @@ def test_the_replay_tool_checks_the_checkpoints_of_an_exported_journal(
     refused = cli("replay", str(out))
     assert refused.returncode != 0
     assert f"line {k + 1}: command: the replay's state differs" in refused.stderr.decode()
+
+
+def _export(data: Path) -> list[bytes]:
+    """The journal as `ronda journal export` writes it."""
+    from gateway.codec import encode
+    from gateway.wire import fmt_instant
+
+    with Journal(data / "journal", fsync=False) as j:
+        return [orjson.dumps({"at": fmt_instant(r.ts), "origin": r.origin,
+                              "command": encode(r.command)}) for r in j.records()]
+
+
+async def test_the_replay_tool_settles_divergences_as_the_server_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.replay import ScenarioError, replay
+
+    data = tmp_path / "data"
+    async with running_server(data, (C1,)) as srv:
+        await trade_a_little(srv)
+    with monkeypatch.context() as m:
+        cancels_ignored(m)
+        srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False,
+                            accept_replay_divergence=True))
+        await srv.start()
+        changed = srv.core.state_hash()
+        await srv.stop()
+        lines = _export(data)
+        # the engine that was accepted replays the whole journal: the accepted checkpoint
+        # settles the divergence at the first run's stop checkpoint
+        out = list(replay(lines))
+        assert orjson.loads(out[-1]) == {"type": "state_hash", "hash": changed}
+    # the original engine does not reproduce the accepted state: refused, at that line
+    k = next(i for i, x in enumerate(lines, 1) if b'"accepted"' in x)
+    with pytest.raises(ScenarioError) as caught:
+        list(replay(lines))
+    assert caught.value.line == k and "accepted checkpoint" in str(caught.value)
+
+
+def _journal_of_another_server(data: Path) -> Any:
+    """A journal whose last checkpoint another server version wrote (at its start, the
+    state of a fresh core), followed by records it journaled and then crashed (no
+    checkpoint at stop)."""
+    from engine.commands import Tick
+    from engine.config import PROFILES
+    from gateway.core import Core
+
+    fresh = Core(PROFILES["harmonised"]).state_hash()
+    with Journal(data / "journal", fsync=False) as j:
+        j.append([Record(1, 1_800_000_000_000, "server",
+                         Checkpoint(fresh, "start", "ronda 0.0.9")),
+                  Record(2, 1_800_000_001_000, "calendar", Tick()),
+                  Record(3, 1_800_000_002_000, "calendar", Tick())])
+
+
+async def test_records_after_another_servers_last_checkpoint_are_refused_as_unchecked(
+        tmp_path: Path) -> None:
+    # the upgrade after a crash: nothing recorded the old server's state at its end, so
+    # nothing can tell whether the new one reproduces it
+    from gateway.core import ReplayUnchecked
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _journal_of_another_server(data)
+    srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False))
+    with pytest.raises(ReplayUnchecked) as caught:
+        await srv.start()
+    err = caught.value
+    assert (err.seq, err.last, err.checkpoint.server) == (2, 3, "ronda 0.0.9")
+    assert "records 2 to 3" in str(err) and "cannot be checked" in str(err)
+    # accepted once, the server's own checkpoint follows them: later starts check from it
+    srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False,
+                        accept_replay_divergence=True))
+    await srv.start()
+    assert [type(d) for d in srv.sequencer.divergences] == [ReplayUnchecked]
+    await srv.stop()
+    async with running_server(data) as srv:
+        assert srv.sequencer.divergences == []
+
+
+async def test_records_after_its_own_last_checkpoint_replay_unchecked_by_the_same_server(
+        tmp_path: Path) -> None:
+    # a crash before the stop checkpoint, restarted by the same server: its replay is
+    # deterministic, so the tail is not refused; cutting the journal's last record as a
+    # crash in the middle of writing it would
+    data = tmp_path / "data"
+    async with running_server(data, (C1,)) as srv:
+        await trade_a_little(srv)
+        at_crash = srv.core.state_hash()
+    seg = sorted((data / "journal").glob("*.rjl"))[-1]
+    seg.write_bytes(seg.read_bytes()[:-5])  # the stop checkpoint torn: never durable
+    assert [cp.reason for _, cp in checkpoints(data)] == ["start"]
+    srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False))
+    await srv.start()
+    try:
+        assert srv.sequencer.divergences == []
+        assert srv.core.state_hash() == at_crash
+    finally:
+        await srv.stop()
+
+
+async def test_a_journal_failing_at_start_serves_nothing_and_lets_the_journal_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import gateway.journal as journal_mod
+    from gateway.sequencer import SequencerStopped
+
+    data = tmp_path / "data"
+    async with running_server(data, (C1,)) as srv:
+        await trade_a_little(srv)
+    with Journal(data / "journal", fsync=False) as j:
+        before = list(j.records())
+
+    def full_disk(fd: int, data: bytes, at: int | None = None) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(journal_mod, "_write_all", full_disk)
+        srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False))
+        with pytest.raises(SequencerStopped):
+            await srv.start()  # its start checkpoint cannot be written
+        assert srv.ws_server is None and srv.failure is not None
+    with Journal(data / "journal", fsync=False) as j:  # closed, and as it was
+        assert list(j.records()) == before
+
+
+def test_ronda_serve_exits_with_status_3_when_the_journal_fails_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # the disk is full: the start checkpoint cannot be written, so nothing is served
+    # (ronda serve run in this process, to give it the full disk)
+    import errno
+
+    import gateway.journal as journal_mod
+    from gateway.cli import main
+
+    data = tmp_path / "data"
+    asyncio.run(_journal_with_trades(data))
+
+    def full_disk(fd: int, data: bytes, at: int | None = None) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(journal_mod, "_write_all", full_disk)
+    rc = main(["serve", "--data-dir", str(data), "--port", "0", "--no-calendar",
+               "--no-fsync"])
+    out, err = capsys.readouterr()
+    assert rc == 3, err
+    assert "the journal failed at start" in err and "nothing was served" in err
+    assert "serving" not in out
