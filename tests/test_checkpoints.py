@@ -46,6 +46,26 @@ async def trade_a_little(srv: Any) -> None:
     await srv.sequencer.submit(CancelOrder("ana", "AG1", ids[1]), "ana")
 
 
+async def traded_journal(data: Path) -> str:
+    """A server's journal with a little trading, the server stopped cleanly; its state
+    hash at stop."""
+    async with running_server(data, (C1,)) as srv:
+        await trade_a_little(srv)
+        return str(srv.core.state_hash())
+
+
+async def restarted_state(data: Path) -> str:
+    """A server started on ``data`` (without --accept-replay-divergence) finds no
+    divergence; its state hash; stopped."""
+    srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False))
+    await srv.start()
+    try:
+        assert srv.sequencer.divergences == []
+        return str(srv.core.state_hash())
+    finally:
+        await srv.stop()
+
+
 def cancels_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine whose behaviour changed: it ignores cancellations (the upgrade case)."""
     monkeypatch.setattr(Engine, "_on_cancel", lambda self, cmd, ts: None)
@@ -54,9 +74,7 @@ def cancels_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_the_journal_records_the_state_at_start_and_stop_and_a_restart_checks_them(
         tmp_path: Path) -> None:
     data = tmp_path / "data"
-    async with running_server(data, (C1,)) as srv:
-        await trade_a_little(srv)
-        at_stop = srv.core.state_hash()
+    at_stop = await traded_journal(data)
     cps = checkpoints(data)
     # one at start (after the reference data, before anything traded), one at stop
     assert [cp.reason for _, cp in cps] == ["start", "stop"]
@@ -84,9 +102,7 @@ async def test_the_journal_records_the_state_at_start_and_stop_and_a_restart_che
 async def test_a_replay_that_gives_another_state_is_refused_and_nothing_is_served(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "data"
-    async with running_server(data, (C1,)) as srv:
-        await trade_a_little(srv)
-        at_stop = srv.core.state_hash()
+    at_stop = await traded_journal(data)
     with Journal(data / "journal", fsync=False) as j:
         before = list(j.records())
     cancels_ignored(monkeypatch)
@@ -107,9 +123,7 @@ async def test_a_replay_that_gives_another_state_is_refused_and_nothing_is_serve
 async def test_an_accepted_divergence_is_journaled_and_settles_the_next_replays(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "data"
-    async with running_server(data, (C1,)) as srv:
-        await trade_a_little(srv)
-        original = srv.core.state_hash()
+    original = await traded_journal(data)
     with monkeypatch.context() as m:
         cancels_ignored(m)
         srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False,
@@ -126,13 +140,7 @@ async def test_an_accepted_divergence_is_journaled_and_settles_the_next_replays(
         assert cps[2][1].state_hash == changed
         # the same engine again, without the flag: the accepted state is reproduced, so
         # the divergence before it is settled
-        srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False))
-        await srv.start()
-        try:
-            assert srv.sequencer.divergences == []
-            assert srv.core.state_hash() == changed
-        finally:
-            await srv.stop()
+        assert await restarted_state(data) == changed
     # the original engine does not reproduce the accepted state: refused again, there
     srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False))
     with pytest.raises(ReplayDiverged) as caught:
@@ -170,15 +178,12 @@ def _tamper(data: Path) -> int:
         return j.next_seq - 1
 
 
-async def _journal_with_trades(data: Path) -> None:
-    async with running_server(data, (C1,)) as srv:
-        await trade_a_little(srv)
 
 
 def test_ronda_serve_refuses_to_start_on_a_diverging_replay_unless_told_to(
         tmp_path: Path) -> None:
     data = tmp_path / "data"
-    asyncio.run(_journal_with_trades(data))
+    asyncio.run(traded_journal(data))
     seq = _tamper(data)
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(data),
            "--port", "0", "--no-calendar", "--no-fsync"]
@@ -209,7 +214,7 @@ def test_ronda_serve_refuses_to_start_on_a_diverging_replay_unless_told_to(
 def test_the_replay_tool_checks_the_checkpoints_of_an_exported_journal(
         tmp_path: Path) -> None:
     data = tmp_path / "data"
-    asyncio.run(_journal_with_trades(data))
+    asyncio.run(traded_journal(data))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -252,8 +257,7 @@ async def test_the_replay_tool_settles_divergences_as_the_server_does(
     from gateway.replay import ScenarioError, replay
 
     data = tmp_path / "data"
-    async with running_server(data, (C1,)) as srv:
-        await trade_a_little(srv)
+    await traded_journal(data)
     with monkeypatch.context() as m:
         cancels_ignored(m)
         srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False,
@@ -320,19 +324,11 @@ async def test_records_after_its_own_last_checkpoint_replay_unchecked_by_the_sam
     # deterministic, so the tail is not refused; cutting the journal's last record as a
     # crash in the middle of writing it would
     data = tmp_path / "data"
-    async with running_server(data, (C1,)) as srv:
-        await trade_a_little(srv)
-        at_crash = srv.core.state_hash()
+    at_crash = await traded_journal(data)
     seg = sorted((data / "journal").glob("*.rjl"))[-1]
     seg.write_bytes(seg.read_bytes()[:-5])  # the stop checkpoint torn: never durable
     assert [cp.reason for _, cp in checkpoints(data)] == ["start"]
-    srv = Server(Config(data_dir=data, port=0, calendar=None, fsync=False))
-    await srv.start()
-    try:
-        assert srv.sequencer.divergences == []
-        assert srv.core.state_hash() == at_crash
-    finally:
-        await srv.stop()
+    assert await restarted_state(data) == at_crash
 
 
 async def test_a_journal_failing_at_start_serves_nothing_and_lets_the_journal_go(
@@ -343,8 +339,7 @@ async def test_a_journal_failing_at_start_serves_nothing_and_lets_the_journal_go
     from gateway.sequencer import SequencerStopped
 
     data = tmp_path / "data"
-    async with running_server(data, (C1,)) as srv:
-        await trade_a_little(srv)
+    await traded_journal(data)
     with Journal(data / "journal", fsync=False) as j:
         before = list(j.records())
 
@@ -372,7 +367,7 @@ def test_ronda_serve_exits_with_status_3_when_the_journal_fails_at_start(
     from gateway.cli import main
 
     data = tmp_path / "data"
-    asyncio.run(_journal_with_trades(data))
+    asyncio.run(traded_journal(data))
 
     def full_disk(fd: int, data: bytes, at: int | None = None) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
