@@ -65,7 +65,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from auctions.calendar import PROFILES as CALENDARS
     from gateway.protocol import parse_instant
     from gateway.sequencer import Clock, SequencerStopped
-    from gateway.server import Config, Server
+    from gateway.server import Config, EngineIdError, Server
     from risk.refdata import RefDataError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -124,6 +124,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return rc
 
     from gateway.core import ReplayDiverged
+    from sync.store import StoreOwned
 
     try:
         import uvloop
@@ -133,6 +134,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"ronda serve: the journal failed at start ({exc}); nothing was served.",
               file=sys.stderr)
         return 3
+    except (StoreOwned, EngineIdError) as exc:
+        print(f"ronda serve: {exc}. Nothing was served.", file=sys.stderr)
+        return 2
     except ReplayDiverged as exc:
         print(f"ronda serve: {exc}. Nothing was served. Run the server that wrote the "
               "journal, or, if the change of behaviour is deliberate and the traders are to "

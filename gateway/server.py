@@ -13,6 +13,9 @@ import contextlib
 import gc
 import json
 import logging
+import os
+import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +64,42 @@ class Config:
     accept_replay_divergence: bool = False
 
 
+ENGINE_ID = "engine-id"
+
+
+class EngineIdError(ValueError):
+    """The data folder's ``engine-id`` file is not an engine id."""
+
+
+def engine_id(data_dir: Path) -> str:
+    """The id of the engine whose journal is in ``data_dir`` (its file ``engine-id``, a
+    UUID made at the first start): the settlement store records whose rounds it settles.
+    Made durable (the file and its folder synced) before any store can record it."""
+    path = data_dir / ENGINE_ID
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if text:
+        try:
+            return str(uuid.UUID(text))
+        except ValueError:
+            raise EngineIdError(f"{path}: not an engine id (a UUID): {text[:60]!r}") from None
+    made = str(uuid.uuid4())
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(made + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return made
+
+
 class Server:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
@@ -97,6 +136,12 @@ class Server:
 
         self.store = open_store(self.config.settlement_url, self.config.data_dir)
         await self.store.open()
+        try:  # the store settles this data folder's rounds, and no other engine's
+            await self.store.claim(engine_id(self.config.data_dir), int(time.time() * 1000))
+        except BaseException:
+            self.journal.close()
+            await self.store.close()
+            raise
         self.sync = SyncJob(self.core, self.store, self.sequencer.submit)
         await self.sync.open()
         try:

@@ -135,8 +135,46 @@ def _auction_rows(session: str, entries: list[Any]) -> list[tuple[Any, ...]]:
              e.share_bp, e.base, e.iee, e.vat, e.total) for e in entries]
 
 
+CLAIM = ("INSERT INTO owner (one, engine, claimed_at) VALUES (1, ?, ?)"
+         " ON CONFLICT (one) DO NOTHING")
+OWNER = "SELECT engine, claimed_at FROM owner"
+
+
+class StoreOwned(RuntimeError):
+    """The store settles another engine's rounds (migration 005): two engines must not
+    share one."""
+
+    def __init__(self, where: str, owner: str, claimed_at: int, engine: str) -> None:
+        from datetime import UTC, datetime
+
+        since = datetime.fromtimestamp(claimed_at / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        super().__init__(
+            f"the settlement store {where} settles the rounds of another engine ({owner}, "
+            f"since {since}); this data folder's engine is {engine}. Two engines must not "
+            "share a store: their round numbers and trade ids collide, and the rounds one "
+            "synced would be skipped by the other. Use this data folder's own store, or a "
+            "new one")
+        self.owner = owner
+        self.engine = engine
+
+
+def _without_password(url: str) -> str:
+    """A store's URL fit for a message: no user or password."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    return u._replace(netloc=u.netloc.rpartition("@")[2]).geturl()
+
+
+def _owned(where: str, rows: list[dict[str, Any]], engine: str) -> None:
+    owner = rows[0]
+    if owner["engine"] != engine:
+        raise StoreOwned(where, owner["engine"], int(owner["claimed_at"]), engine)
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
+    async def claim(self, engine: str, at: int) -> None: ...
     async def close(self) -> None: ...
     async def last_sync(self) -> int: ...
     async def balances(self) -> dict[str, Balance]: ...
@@ -178,6 +216,12 @@ class SqliteStore:
 
     async def open(self) -> None:
         await self._run(self._open)
+
+    async def claim(self, engine: str, at: int) -> None:
+        """The store settles ``engine``'s rounds: claimed if nobody has, else refused
+        (:class:`StoreOwned`) if another engine did."""
+        await self.query(CLAIM, (engine, at))
+        _owned(self.path, await self.query(OWNER), engine)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -328,6 +372,11 @@ class PostgresStore:
                     # the one SQLite-only clause of the shared schema (a storage hint)
                     await con.execute(stmt.replace(") WITHOUT ROWID", ")"))
                 await con.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+    async def claim(self, engine: str, at: int) -> None:
+        """As :meth:`SqliteStore.claim` (the row's key makes two claims race safely)."""
+        await self.query(CLAIM, (engine, at))
+        _owned(_without_password(self.url), await self.query(OWNER), engine)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -48,7 +49,7 @@ ALL_AGENTS = (*AGENTS, "OMIE", "REE")
 DAYS = (DAY, "2027-01-16")
 EXPECTED_TABLES = sorted(["schema_version", "syncs", "entries", "balances",
                           "balance_history", "decisions", "programs", "feedback",
-                          "auction_sessions", "auction_entries"])
+                          "auction_sessions", "auction_entries", "owner"])
 
 
 async def replay_into(store: Store, history: list[tuple[Any, str, int]]) -> Core:
@@ -434,8 +435,9 @@ async def test_migration_3_rekeys_the_entries_of_an_existing_store(
         assert await _entries_key(store) == (["agent", "day", "trade_id", "side"], [])
         after = await dump(store)
         assert len(after["entries"]) == len(before["entries"]) == 5 + 148
-        assert {t: r for t, r in after.items() if t != "schema_version"} == {
+        assert {t: r for t, r in after.items() if t != "schema_version" and t in before} == {
             t: r for t, r in before.items() if t != "schema_version"}
+        assert {t for t in after if t not in before} == {"owner"}  # later versions' table
         assert await all_reports(store) == reports
         assert await tables(store) == EXPECTED_TABLES
         # the store goes on as before: a sync once, an entry once
@@ -465,3 +467,88 @@ async def test_report_reads_an_agents_day_straight_from_the_key(tmp_path: Path) 
     finally:
         await store.close()
     assert [r["detail"] for r in plan] == ["SEARCH entries USING PRIMARY KEY (agent=? AND day=?)"]
+
+
+# ------------------------------------------------------------------ one engine per store
+
+
+async def test_a_store_settles_one_engines_rounds_and_refuses_another(
+        store_url: str, tmp_path: Path) -> None:
+    # two engines sharing a store would collide: round numbers and trade ids repeat, and
+    # the rounds one synced would be skipped by the other (its last_sync is the store's)
+    from sync.store import StoreOwned
+
+    store = open_store(store_url, tmp_path)
+    await store.open()
+    try:
+        await store.claim("engine-a", T_AT)
+        await store.claim("engine-a", T_AT + 1)  # its own store, again: fine
+        with pytest.raises(StoreOwned) as caught:
+            await store.claim("engine-b", T_AT + 2)
+        msg = str(caught.value)
+        assert "engine-a" in msg and "engine-b" in msg and "must not share" in msg
+        if store_url.startswith("postgresql"):  # where, without the credentials
+            assert store_url.rpartition("@")[2] in msg and "@" not in msg
+        rows = await store.query("SELECT one, engine, claimed_at FROM owner")
+        assert rows == [{"one": 1, "engine": "engine-a", "claimed_at": T_AT}]
+    finally:
+        await store.close()
+
+
+async def test_a_server_refuses_the_store_of_another_data_folder(tmp_path: Path) -> None:
+    from wsclient import contract_id, running_server
+
+    from gateway.server import ENGINE_ID, Config, Server
+    from sync.store import StoreOwned
+
+    shared = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    async with running_server(tmp_path / "a", (contract_id(10),), settlement_url=shared):
+        pass
+    ident = (tmp_path / "a" / ENGINE_ID).read_text().strip()
+    srv = Server(Config(data_dir=tmp_path / "b", port=0, calendar=None, fsync=False,
+                        settlement_url=shared))
+    with pytest.raises(StoreOwned) as caught:
+        await srv.start()
+    assert caught.value.owner == ident
+    assert caught.value.engine == (tmp_path / "b" / ENGINE_ID).read_text().strip() != ident
+    assert srv.ws_server is None
+    # nothing was served from b, and a keeps its store across restarts
+    async with running_server(tmp_path / "a", settlement_url=shared):
+        assert (tmp_path / "a" / ENGINE_ID).read_text().strip() == ident
+    async with running_server(tmp_path / "b"):  # b with its own store is fine
+        pass
+
+
+def test_ronda_serve_says_why_it_refuses_a_store_or_a_broken_engine_id(
+        tmp_path: Path) -> None:
+    from gateway.server import ENGINE_ID
+
+    shared = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    args = ["--port", "0", "--no-calendar", "--no-fsync", "--settlement-url", shared]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def serve(data: Path) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--data-dir",
+                               str(data), *args], env=env, capture_output=True, timeout=60)
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ENGINE_ID).write_text("not-a-uuid\n")
+    done = serve(tmp_path / "a")
+    assert done.returncode == 2
+    assert b"engine-id: not an engine id (a UUID): 'not-a-uuid'" in done.stderr
+    (tmp_path / "a" / ENGINE_ID).unlink()
+    asyncio.run(_claim(shared, tmp_path))
+    done = serve(tmp_path / "a")
+    assert done.returncode == 2
+    err = done.stderr.decode()
+    assert "settles the rounds of another engine (someone-else" in err
+    assert "Nothing was served" in err and b"serving" not in done.stdout
+
+
+async def _claim(url: str, tmp_path: Path) -> None:
+    store = open_store(url, tmp_path)
+    await store.open()
+    try:
+        await store.claim("someone-else", T_AT)
+    finally:
+        await store.close()
