@@ -160,6 +160,10 @@ class SetReactivation:
     req_id: str | None = None
 
 
+# the reason of a contract's interruption by an auction's close (R46.2.7), the session's id
+# after it: the contracts a reopening resumes are those still interrupted by an auction
+PAUSE_REASON = "intraday auction "
+
 AUCTION_COMMANDS = (ScheduleAuction, OpenAuction, CloseAuction, ClearAuction,
                     ReopenAfterAuction, CancelAuction, DelayAuction, SubmitAuctionBid,
                     CancelAuctionBid, SetReactivation)
@@ -372,7 +376,7 @@ class Auctions:
                         if o.id in hib and o.status is HIBERNATED and o.contract in held)
         s.hibernated = tuple(sorted(mine))
         if trading:
-            eng.dispatch(InterruptContracts(trading, f"intraday auction {s.id}"), ts)
+            eng.dispatch(InterruptContracts(trading, PAUSE_REASON + s.id), ts)
         self._verify_at_close(s, ts)
 
     def _verify_at_close(self, s: Session, ts: int) -> None:
@@ -448,6 +452,15 @@ class Auctions:
                 self.engine.dispatch(AdjustProgram("auction", unit_code, contract, delta), ts)
         self.engine.emit(AuctionCleared(ts, s.id, tuple(cleared)))
 
+    def _auction_pause(self, contract: str) -> bool:
+        """Whether the contract is interrupted by an auction's close (a session that paused
+        it), not for another reason (R48.b)."""
+        reason = self.engine.contracts[contract].reason or ""
+        if not reason.startswith(PAUSE_REASON):
+            return False
+        t = self.sessions.get(reason[len(PAUSE_REASON):])
+        return t is not None and contract in t.paused
+
     def _reopen(self, s: Session, ts: int) -> None:
         """R46.2.7: reopen the paused contracts with the requested reactivations, in one
         command so no order can slip in between.
@@ -458,7 +471,10 @@ class Auctions:
         them.  A contract an operator already resumed by hand is not resumed again, but its
         orders hibernated by the auction are reactivated all the same: R46.2.7 reactivates
         «las ofertas previamente hibernadas» once the results are published, whatever the
-        contract's reopening."""
+        contract's reopening.  A contract interrupted since for another reason (R48.b: an
+        operator resumed it by hand and interrupted it again) is the operator's: it stays
+        interrupted and its orders stay hibernated, to come back when the operator resumes
+        and reactivates it."""
         eng = self.engine
         holders = self._holding(s)
         states = eng.contracts
@@ -468,7 +484,8 @@ class Auctions:
             others = [t for t in holders if c in t.paused]
             if others:
                 handed[c] = others
-            elif c in states and states[c].state in (ContractState.INT, ContractState.TRADE):
+            elif c in states and (states[c].state is ContractState.TRADE or (
+                    states[c].state is ContractState.INT and self._auction_pause(c))):
                 mine.append(c)
         if handed:
             hib = set(s.hibernated)

@@ -226,3 +226,31 @@ def test_a1_5_2_a_valid_basket_that_passes_comes_back_whole_and_replays() -> Non
     # the basket's condition is the engine's, on its orders (A1§5), and replays with them
     assert {(o.basket, o.basket_type) for o in fresh.engine.orders.values()
             if o.id in ids} == {(1, BasketType.VALID)}
+
+
+def test_r48_b_a_contract_interrupted_since_for_another_reason_stays_the_operators() -> None:
+    """R48.b: the operator may interrupt trading.  During the auction an operator resumed C1
+    by hand and interrupted it again for an incident: the reopening resumes C2 (still paused
+    by the auction) but not C1, and C1's order stays hibernated instead of being reactivated
+    in a contract that does not trade (which would reject it).  When the operator resumes
+    C1 and reactivates, it comes back."""
+    from engine.commands import InterruptContracts, ReactivateOrders
+
+    m = Mkt()
+    m.do(SetReactivation("ana", "AG1", True))
+    o1 = m.order("ana", "SELLU1", C1, SELL, 6000, 100)
+    o2 = m.order("ana", "SELLU1", C2, SELL, 6000, 100)
+    m.schedule(A, (C1, C2))
+    m.do(CloseAuction(A))
+    m.do(ResumeContracts((C1,)))
+    m.do(InterruptContracts((C1,), "incident on the platform"))
+    m.do(ClearAuction(A))
+    evs = m.do(ReopenAfterAuction(A))
+    assert moved(evs) == {(C2, "TRADE")}
+    assert reports(evs) == [(o2, "ACTIVATED")]
+    c1 = m.core.engine.contracts[C1]
+    assert (c1.state.value, c1.reason) == ("INT", "incident on the platform")
+    assert m.status(o1) == "HIBERNATED"
+    m.do(ResumeContracts((C1,)))
+    evs = m.do(ReactivateOrders((C1,)))
+    assert reports(evs) == [(o1, "ACTIVATED")]
