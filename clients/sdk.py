@@ -232,7 +232,8 @@ class OrderReport(_StreamModel):
     peak: Decimal
     price_increment: Decimal
     revision: int
-    basket: int
+    basket: int  # the basket's id, 0 outside one
+    basket_type: str | None = None  # its condition: NONE VALID LINKED
     code: str | None = None
     reason: str | None = None
 
@@ -268,7 +269,8 @@ class Order(_Model):
     peak: Decimal
     price_increment: Decimal
     revision: int
-    basket: int
+    basket: int  # the basket's id, 0 outside one
+    basket_type: str | None = None  # its condition: NONE VALID LINKED
     active: bool
 
     @property
@@ -282,7 +284,7 @@ class Order(_Model):
                    status=r.status, price=r.price, visible=r.visible, hidden=r.hidden,
                    filled=r.filled, exec=r.exec, validity=r.validity, expiry=r.expiry,
                    peak=r.peak, price_increment=r.price_increment, revision=r.revision,
-                   basket=r.basket, active=r.status == "ACTIVE")
+                   basket=r.basket, basket_type=r.basket_type, active=r.status == "ACTIVE")
 
 
 class Trade(_StreamModel):

@@ -412,7 +412,8 @@ class Engine:
             OrderReport((
                 ts, o.id, o.coid, req_id, o.contract, o.user, o.agent, o.unit, o.side,
                 action, o.status, o.price, vis, o.remaining - vis, o.filled, o.exec,
-                o.validity, o.expiry, o.peak, o.incr, o.revision, o.basket, code, reason,
+                o.validity, o.expiry, o.peak, o.incr, o.revision, o.basket, o.basket_type,
+                code, reason,
             ))
         )
 
@@ -618,7 +619,7 @@ class Engine:
             self._out.append(OrderReport((
                 ts, o.id, o.coid, req_id, o.contract, o.user, o.agent, o.unit, o.side,
                 FILLED, INACTIVE, o.price, 0, 0, o.filled, ex, o.validity, o.expiry, o.peak,
-                o.incr, o.revision, o.basket, None, None)))
+                o.incr, o.revision, o.basket, o.basket_type, None, None)))
             return
         if ex is NON:
             pk = o.peak
@@ -636,7 +637,7 @@ class Engine:
             self._out.append(OrderReport((
                 ts, oid, o.coid, req_id, o.contract, o.user, o.agent, o.unit, o.side,
                 action, ACTIVE, o.price, vis, rem - vis, o.filled, ex, o.validity, o.expiry,
-                pk, o.incr, o.revision, o.basket, None, None)))
+                pk, o.incr, o.revision, o.basket, o.basket_type, None, None)))
         else:
             # A1§3.2: the unmatched rest of an IoC is removed
             self._finish(o, ts, CANCELLED, req_id, Code.IOC_REMAINDER,
@@ -714,8 +715,8 @@ class Engine:
                     append(OrderReport((
                         ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
                         PARTIALLY_FILLED, ACTIVE, lp, vis, rrem - vis, rfilled, r.exec,
-                        r.validity, r.expiry, r.peak, r.incr, r.revision, r.basket, None,
-                        None)))
+                        r.validity, r.expiry, r.peak, r.incr, r.revision, r.basket,
+                        r.basket_type, None, None)))
                     continue
                 # the visible part is gone
                 del dq[r.seq]
@@ -728,7 +729,7 @@ class Engine:
                     append(OrderReport((
                         ts, rid, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
                         FILLED, INACTIVE, lp, 0, 0, rfilled, r.exec, r.validity, r.expiry,
-                        r.peak, r.incr, r.revision, r.basket, None, None)))
+                        r.peak, r.incr, r.revision, r.basket, r.basket_type, None, None)))
                     continue
                 # A1§3.4: iceberg refill with a new creation time (and price, A1§3.4.1);
                 # one REFILLED report tells the owner both the fill and the new peak
@@ -756,7 +757,7 @@ class Engine:
                 append(OrderReport((
                     ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
                     REFILLED, ACTIVE, r.price, rv, rrem - rv, rfilled, r.exec, r.validity,
-                    r.expiry, pk, r.incr, r.revision, r.basket, None, None)))
+                    r.expiry, pk, r.incr, r.revision, r.basket, r.basket_type, None, None)))
                 pseq = book.pub_seq
             if g is not None and remaining != at_level:
                 # the aggressor's fills at this level, all at its price: one call
@@ -1180,7 +1181,7 @@ class Engine:
         self._out.append(OrderReport((
             ts, oid, o.coid, cmd.req_id, o.contract, o.user, o.agent, o.unit, o.side,
             CANCELLED, INACTIVE, o.price, 0, 0, o.filled, o.exec, o.validity, o.expiry, o.peak,
-            o.incr, o.revision, o.basket, None, None)))
+            o.incr, o.revision, o.basket, o.basket_type, None, None)))
 
     def _select(
         self, agent: str, user: str | None, contract: str | None, status: Any | None

@@ -120,6 +120,7 @@ class OrderReport(Event):
     incr: int
     revision: int
     basket: int
+    basket_type: str | None  # the basket's condition (NONE VALID LINKED), None outside one
     code: str | None
     reason: str | None
 

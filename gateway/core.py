@@ -194,6 +194,7 @@ class Core:
             "hidden": o.remaining - vis, "filled": o.filled, "exec": o.exec.value,
             "validity": o.validity.value, "expiry": o.expiry, "peak": o.peak,
             "price_increment": o.incr, "revision": o.revision, "basket": o.basket,
+            "basket_type": None if o.basket_type is None else o.basket_type.value,
             "active": o.status is OrderStatus.ACTIVE,
         }
 

@@ -574,6 +574,27 @@ def test_A1_5_1_basket_NONE_orders_are_independent() -> None:
     assert m.public_levels(SELL) == [(5000, 20)]
 
 
+def test_R46_2_10_every_report_of_a_basket_member_carries_the_baskets_condition() -> None:
+    """R46.2.10: a basket is sent with its condition; each member's report says which, so
+    a screen that lost its state (or a trader after a reconnection) knows how its members
+    will be reactivated (A1§5.1, A1§5.2).  Outside a basket: none."""
+    m = Market(CID, CID2)
+    m.buy("bob", 5000, 10)
+    ev = m.send(basket(
+        "alice", BasketType.VALID,
+        order("alice", SELL, 5000, 30),  # trades 1.0 with bob: FILLED part, then ADDED
+        order("alice", BUY, 4000, 10, contract=CID2),
+    ))
+    own = [r for r in reports(ev) if r.agent == m.engine.orders[m.created[0]].agent]
+    assert {r.action for r in own} >= {"ADDED"}
+    assert {r.basket_type for r in own} == {"VALID"}
+    bob = [r for r in reports(ev) if r.user == "bob"]
+    assert bob and {r.basket_type for r in bob} == {None}  # bob's order is in no basket
+    ev = m.send(basket("alice", BasketType.NONE, order("alice", BUY, 3900, 10, contract=CID2)))
+    assert [r.basket_type for r in reports(ev)] == ["NONE"]
+    assert m.report(m.sell("alice", 5200, 10)).basket_type is None
+
+
 def test_A1_5_2_basket_VALID_all_rejected_when_one_is_invalid() -> None:
     """A1§5.2: «deberán ser todas aceptadas como válidas. Si alguna de las ofertas incluidas
     en la cesta es declarada no válida, no se tendrá en cuenta el resto puesto que serán

@@ -306,6 +306,11 @@ async def test_baskets_none_valid_linked(env: Env) -> None:
     assert none.ok and len(none.order_ids) == 2
     assert [(r.client_order_id, r.code) for r in none.rejects] == [
         ("too-high", "PRICE_OUT_OF_RANGE")]
+    # each member's report, and the order as queried, carries the basket's condition
+    assert {(r.basket_type, r.basket != 0) for r in none.reports} == {("NONE", True)}
+    mine = {o.order_id: o for o in await carlos.query_orders()}
+    assert {mine[i].basket_type for i in none.order_ids} == {"NONE"}
+    assert {carlos.orders[i].basket_type for i in none.order_ids} == {"NONE"}  # the stream's
 
     bad = [OrderSpec(C1, "BUYU2", "BUY", "20.00", "1.0", client_order_id="v-1"),
            OrderSpec(C1, "BUYU2", "BUY", "99999.00", "1.0", client_order_id="v-2")]

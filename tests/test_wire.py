@@ -15,7 +15,7 @@ from gateway.wire import event_to_wire, event_to_wire_copy, event_to_wire_last
 def _report(price: int) -> OrderReport:
     return OrderReport.of(1_800_000_000_123, 7, "c-1", "r-1", "PH-20270115-10", "ana", "AG1",
                        "SELLU1", "SELL", "ADDED", "ACTIVE", price, 125, 0, 0, "NON", "GFS",
-                       None, 0, 0, 1, 0, None, None)
+                       None, 0, 0, 1, 0, None, None, None)
 
 
 def test_an_order_report_on_the_wire() -> None:
