@@ -112,12 +112,9 @@ def test_r46_2_7_a_cancelled_session_leaves_a_shared_contract_to_the_other() -> 
     assert reports(evs) == [(ids[C1], "ACTIVATED"), (ids[C2], "ACTIVATED")]
 
 
-def test_r46_2_7_orders_of_a_contract_resumed_by_hand_are_reactivated() -> None:
-    """R46.2.7: «Una vez publicados los resultados de la casación ... se reactivarán las
-    ofertas previamente hibernadas en caso de que el agente lo hubiera solicitado».  An
-    operator resumed C1 by hand during the auction; its orders stayed hibernated (resuming
-    a contract does not reactivate).  At the reopening they come back, and C1 is not resumed
-    a second time."""
+def closed_with_c1_resumed_by_hand() -> tuple[Mkt, int, int]:
+    """ana asks for reactivation and rests one order in C1 and one in C2; session A (C1, C2)
+    closes, and an operator resumes C1 by hand during the auction."""
     m = Mkt()
     m.do(SetReactivation("ana", "AG1", True))
     o1 = m.order("ana", "SELLU1", C1, SELL, 6000, 100)
@@ -125,6 +122,16 @@ def test_r46_2_7_orders_of_a_contract_resumed_by_hand_are_reactivated() -> None:
     m.schedule(A, (C1, C2))
     m.do(CloseAuction(A))
     m.do(ResumeContracts((C1,)))
+    return m, o1, o2
+
+
+def test_r46_2_7_orders_of_a_contract_resumed_by_hand_are_reactivated() -> None:
+    """R46.2.7: «Una vez publicados los resultados de la casación ... se reactivarán las
+    ofertas previamente hibernadas en caso de que el agente lo hubiera solicitado».  An
+    operator resumed C1 by hand during the auction; its orders stayed hibernated (resuming
+    a contract does not reactivate).  At the reopening they come back, and C1 is not resumed
+    a second time."""
+    m, o1, o2 = closed_with_c1_resumed_by_hand()
     assert (state(m, C1), m.status(o1)) == ("TRADE", "HIBERNATED")
     m.do(ClearAuction(A))
     evs = m.do(ReopenAfterAuction(A))
@@ -236,13 +243,7 @@ def test_r48_b_a_contract_interrupted_since_for_another_reason_stays_the_operato
     C1 and reactivates, it comes back."""
     from engine.commands import InterruptContracts, ReactivateOrders
 
-    m = Mkt()
-    m.do(SetReactivation("ana", "AG1", True))
-    o1 = m.order("ana", "SELLU1", C1, SELL, 6000, 100)
-    o2 = m.order("ana", "SELLU1", C2, SELL, 6000, 100)
-    m.schedule(A, (C1, C2))
-    m.do(CloseAuction(A))
-    m.do(ResumeContracts((C1,)))
+    m, o1, o2 = closed_with_c1_resumed_by_hand()
     m.do(InterruptContracts((C1,), "incident on the platform"))
     m.do(ClearAuction(A))
     evs = m.do(ReopenAfterAuction(A))
