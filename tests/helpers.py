@@ -31,7 +31,7 @@ from engine.contracts import HOUR_MS, ContractSpec
 from engine.engine import Engine
 from engine.events import Ack, BookChange, OrderReport, PublicTrade, Reject, Trade
 from engine.guard import Guard
-from engine.model import BasketType, Exec, Side, Validity
+from engine.model import BasketType, Exec, Order, Side, Validity
 
 BUY = Side.BUY
 SELL = Side.SELL
@@ -156,6 +156,32 @@ def acked_ids(events: Iterable[Any]) -> tuple[int, ...]:
     acks = of(events, Ack)
     assert len(acks) == 1, f"expected one Ack, got {events!r}"
     return acks[0].order_ids
+
+
+class NullGuard:
+    """A pre-trade guard (engine/guard.py) that admits everything and keeps nothing: the base
+    of the tests' guards, which override what they check."""
+
+    def admit(self, order: Order, ts: int, replaces: Order | None) -> tuple[str, str] | None:
+        return None
+
+    def filled(self, order: Order, qty: int, price: int) -> None:
+        pass
+
+    def released(self, order: Order, qty: int) -> None:
+        pass
+
+    def repriced(self, order: Order, old_price: int) -> None:
+        pass
+
+    def round_closed(self, round_no: int, ts: int) -> None:
+        pass
+
+    def gate(self, cmd: object, ts: int) -> tuple[str, str] | None:
+        return None
+
+    def digest(self) -> bytes:
+        return b""
 
 
 def reject_codes(events: Iterable[Any]) -> list[str]:

@@ -38,6 +38,7 @@ from helpers import (
     SELL,
     TRADERS,
     Market,
+    NullGuard,
     activate,
     basket,
     cancel,
@@ -68,7 +69,7 @@ CAP = Code.OPERATIVE_LIMIT  # what CapGuard answers when its cap is reached
 REFUSED = Code.ENERGY_MAX  # what it answers for an order id it is told to refuse
 
 
-class CapGuard:
+class CapGuard(NullGuard):
     """A pre-trade guard (engine/guard.py) that holds each admitted order's open quantity
     until it fills or is released, refuses an order that would take the total it holds over
     ``cap`` (OPERATIVE_LIMIT) and the order ids in ``refuse`` (ENERGY_MAX)."""
@@ -105,15 +106,6 @@ class CapGuard:
     def released(self, order: Order, qty: int) -> None:
         if qty:
             self._take(order.id, qty)
-
-    def repriced(self, order: Order, old_price: int) -> None:
-        pass
-
-    def round_closed(self, round_no: int, ts: int) -> None:
-        pass
-
-    def gate(self, cmd: object, ts: int) -> tuple[str, str] | None:
-        return None
 
     def digest(self) -> bytes:
         return repr((self.cap, sorted(self.refuse), sorted(self.held.items()))).encode()

@@ -22,6 +22,7 @@ from helpers import (
     T0,
     TRADERS,
     Market,
+    NullGuard,
     activate,
     basket,
     book_changes,
@@ -61,7 +62,7 @@ from engine.events import BookChange, ContractStateChanged, PublicTrade, RoundCl
 from engine.model import BasketType, Order, Validity
 
 
-class RefusingGuard:
+class RefusingGuard(NullGuard):
     """A pre-trade guard (engine/guard.py) that refuses the order ids it is told to."""
 
     def __init__(self) -> None:
@@ -73,24 +74,6 @@ class RefusingGuard:
             return Code.OPERATIVE_LIMIT, f"order {order.id}: operative limit exceeded"
         self.admitted.append((order.id, order.remaining))
         return None
-
-    def filled(self, order: Order, qty: int, price: int) -> None:
-        pass
-
-    def released(self, order: Order, qty: int) -> None:
-        pass
-
-    def repriced(self, order: Order, old_price: int) -> None:
-        pass
-
-    def round_closed(self, round_no: int, ts: int) -> None:
-        pass
-
-    def gate(self, cmd: object, ts: int) -> tuple[str, str] | None:
-        return None
-
-    def digest(self) -> bytes:
-        return b""
 
 
 def live_snapshot(m: Market) -> dict[int, tuple[Any, ...]]:
