@@ -123,7 +123,7 @@ class CheckpointCheck:
     def __init__(self) -> None:
         self.divergences: list[ReplayDiverged] = []
         self.last: Checkpoint | None = None
-        self.tail: tuple[int, int, int] | None = None  # first, last seq, ts since ``last``
+        self.tail_from = 0  # the first record after ``last`` (0: none yet)
 
     def check(self, seq: int, ts: int, cp: Checkpoint, replayed: str) -> None:
         """At a checkpoint record, with the replay's state hash before it."""
@@ -131,18 +131,15 @@ class CheckpointCheck:
             self.divergences.append(ReplayDiverged(seq, ts, cp, replayed))
         elif cp.reason == ACCEPTED:
             self.divergences.clear()
-        self.last, self.tail = cp, None
+        self.last, self.tail_from = cp, 0
 
-    def replayed(self, seq: int, ts: int) -> None:
-        """After any other record."""
-        self.tail = (seq, seq, ts) if self.tail is None else (self.tail[0], seq, ts)
-
-    def unsettled(self) -> list[ReplayDiverged]:
-        """At the end of the journal: the divergences nothing settled, and the records
-        after the last checkpoint if another server wrote them (:class:`ReplayUnchecked`)."""
+    def unsettled(self, last_seq: int, last_ts: int) -> list[ReplayDiverged]:
+        """At the end of the journal (its last record's seq and instant): the divergences
+        nothing settled, and the records after the last checkpoint if another server wrote
+        them (:class:`ReplayUnchecked`)."""
         out = list(self.divergences)
-        if self.last is not None and self.tail is not None and self.last.server != SERVER:
-            out.append(ReplayUnchecked(self.tail[0], self.tail[1], self.tail[2], self.last))
+        if self.last is not None and self.tail_from and self.last.server != SERVER:
+            out.append(ReplayUnchecked(self.tail_from, last_seq, last_ts, self.last))
         return out
 
 

@@ -229,14 +229,14 @@ class Sequencer:
         replay that reaches that checkpoint with the same state reproduces what was
         accepted: the divergences before it are settled."""
         n = 0
-        last_ts = 0
+        last_seq = last_ts = 0
         check = CheckpointCheck()
         for rec in self.journal.records():
             cmd = rec.command
             if type(cmd) is Checkpoint:
                 check.check(rec.seq, rec.ts, cmd, self.core.state_hash())
-            else:
-                check.replayed(rec.seq, rec.ts)
+            elif not check.tail_from:
+                check.tail_from = rec.seq
             events = self.core.apply(cmd, rec.ts)
             if listeners:
                 one = [(rec.command, rec.origin, events)]
@@ -245,11 +245,11 @@ class Sequencer:
             if rec.ts > self.clock.last:
                 self.clock.last = rec.ts
             n += 1
-            last_ts = rec.ts
+            last_seq, last_ts = rec.seq, rec.ts
         if n:
             self._set_day(last_ts)
         self.applied = n
-        found = check.unsettled()
+        found = check.unsettled(last_seq, last_ts)
         if found and not accept_divergence:
             raise found[0]
         for d in found:
