@@ -558,7 +558,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         echo: subprocess.Popen[bytes] | None = None
         srv_log = tmp / "server.log"
         try:
-            broker = start_broker(tmp / "rabbitmq", {u: f"{u}-pw" for u in users})
+            broker = start_broker(tmp / "rabbitmq", {u: f"{u}-pw" for u in users},
+                                  args.broker_erl_args)
             broker.add_user(*ECHO_USER, permissions=echo_permissions())
             refdata = tmp / "refdata.toml"
             bench_refdata(refdata, args.connections)
@@ -604,6 +605,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "profiled": bool(args.profile_server),
         "requests_delivery_mode": "transient" if args.transient_requests else "persistent",
         "schedule": "spread" if args.spread else "together",
+        "broker_erl_args": args.broker_erl_args,
     }
 
 
@@ -625,6 +627,8 @@ def main() -> None:
                          "persistent: the client's other choice (docs/amqp.md)")
     ap.add_argument("--no-bcast", action="store_true",
                     help="do not consume the traders' broadcast queues")
+    ap.add_argument("--broker-erl-args", default="", metavar="FLAGS",
+                    help="flags added to the broker's Erlang VM (e.g. '+sbwt none')")
     ap.add_argument("--profile-server", metavar="FILE",
                     help="run the server under cProfile, write its stats to FILE")
     args = ap.parse_args()

@@ -193,9 +193,11 @@ class Broker:
         return "\n".join(lines)
 
 
-def start_broker(base: Path, users: dict[str, str] | None = None) -> Broker:
+def start_broker(base: Path, users: dict[str, str] | None = None,
+                 erl_args: str = "") -> Broker:
     """Start a private node in ``base``; ``users`` (name -> password) get client
-    permissions, the administrator ``ronda`` gets everything."""
+    permissions, the administrator ``ronda`` gets everything; ``erl_args`` are added to the
+    Erlang VM's flags (RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS)."""
     server_cmd, ctl_cmd = _find("rabbitmq-server"), _find("rabbitmqctl")
     if server_cmd is None or ctl_cmd is None:
         pytest.fail("RabbitMQ is not installed (rabbitmq-server / rabbitmqctl not found). "
@@ -247,7 +249,7 @@ def start_broker(base: Path, users: dict[str, str] | None = None) -> Broker:
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
         "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
         "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": loopback,
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"{loopback} {erl_args}".strip(),
         "RABBITMQ_CTL_ERL_ARGS": loopback,
         "ERL_EPMD_PORT": str(epmd_port),
         "ERL_EPMD_ADDRESS": "127.0.0.1",
