@@ -35,13 +35,31 @@ def shown(v: Any, limit: int = 40) -> str:
     return clip(repr(v), limit)
 
 
+# the deepest nesting a request may have: the protocol's deepest message (a basket's
+# orders, an auction bid's steps) has four levels; anything far deeper is refused as a whole
+# before it reaches code that recurses (a recursion error is not a client's error message)
+MAX_DEPTH = 32
+
+
 def _keys(v: Any) -> int:
-    """Keys of every object in ``v``."""
-    if type(v) is dict:
-        return len(v) + sum(_keys(x) for x in v.values() if type(x) in (dict, list))
-    if type(v) is list:
-        return sum(_keys(x) for x in v if type(x) in (dict, list))
-    return 0
+    """Keys of every object in ``v``; :class:`ValueError` if it nests deeper than
+    :data:`MAX_DEPTH` (walked without recursion)."""
+    n = 0
+    level: list[Any] = [v]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise ValueError(f"the message nests deeper than {MAX_DEPTH} levels")
+        inner: list[Any] = []
+        for x in level:
+            if type(x) is dict:
+                n += len(x)
+                inner.extend(y for y in x.values() if type(y) is dict or type(y) is list)
+            elif type(x) is list:
+                inner.extend(y for y in x if type(y) is dict or type(y) is list)
+        level = inner
+    return n
 
 
 def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
@@ -63,16 +81,29 @@ def decode_json(raw: str | bytes) -> Any:
         # blanks: space, tab, line feed, carriage return; RFC 8259 §2)
         keyed = marks == raw.count(b":") or not (
             b" :" in raw or b"\n:" in raw or b"\t:" in raw or b"\r:" in raw)
+        opens = raw.count(b"[") + raw.count(b"{")
     else:
         marks = raw.count('":')
         keyed = marks == raw.count(":") or not (
             " :" in raw or "\n:" in raw or "\t:" in raw or "\r:" in raw)
+        opens = raw.count("[") + raw.count("{")
+    # a value nests at most as deep as the text has opening brackets: only a text with
+    # more of them than MAX_DEPTH needs the walk that refuses a deeper one
+    keys = _keys(data) if opens > MAX_DEPTH else -1
     if keyed and ((type(data) is dict and marks == len(data))  # a flat request
-                  or marks == _keys(data)):
+                  or marks == (keys if keys >= 0 else _keys(data))):
         return data
     json.loads(raw, object_pairs_hook=_pairs)  # raises on a key given twice
     return data
 
 
 def decode_msgpack(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=True, object_pairs_hook=_pairs)
+    data = msgpack.unpackb(raw, raw=False, strict_map_key=True, object_pairs_hook=_pairs)
+    if type(data) is dict:
+        for v in data.values():
+            if type(v) is dict or type(v) is list:
+                _keys(data)  # nested: check the depth
+                break
+    elif type(data) is list:
+        _keys(data)
+    return data

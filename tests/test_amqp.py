@@ -573,7 +573,10 @@ async def test_malformed_messages_get_an_error_naming_the_field(carlos: AmqpClie
     # undecodable bodies and unknown content types (built by hand)
     for body, ctype, field in ((b"{not json", JSON, "message"),
                                (b"\xc1", MSGPACK, "message"),
-                               (b"{}", "text/plain", "content_type")):
+                               (b"{}", "text/plain", "content_type"),
+                               # nested deeper than any request (was a recursion error)
+                               (b"[" * 500 + b"]" * 500, JSON, "message"),
+                               (b"\x91" * 499 + b"\x90", MSGPACK, "message")):
         m = carlos.message({})
         m.body, m.content_type = body, ctype
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -584,6 +587,26 @@ async def test_malformed_messages_get_an_error_naming_the_field(carlos: AmqpClie
     # the session lives on
     assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
     assert live_orders(server, "AG2") == []
+
+
+async def test_unanswerable_requests_do_not_hold_the_adapters_prefetch(
+        rabbitmq: Broker, carlos: AmqpClient, server: Server) -> None:
+    """Requests that fail to decode are acknowledged too: more of them than the adapter's
+    prefetch (256) from one user, none with a reply_to, leave the gateway taking another
+    user's order (deeply nested ones each held a slot for ever, and came back at every
+    reconnection, until the gateway took nothing more from anyone)."""
+    for i in range(300):
+        m = aio_pika.Message(b"[" * 500 + b"]" * 500, content_type=JSON,
+                             message_id=f"deep-{i}", user_id="carlos")
+        await carlos.exchange.publish(m, REQUEST_KEY)
+    ana = AmqpClient(rabbitmq.url_for("ana"), "ana")
+    await ana.connect()
+    try:
+        ans = await ana.request(order("SELL", "50.00", unit="SELLU1", client_order_id="a-1"),
+                                timeout=10)
+        assert ans["type"] == "ack", ans
+    finally:
+        await ana.close()
 
 
 async def test_flood_of_malformed_messages_is_throttled_then_blocked(

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.inbound import decode_json, decode_msgpack
+from gateway.inbound import MAX_DEPTH, decode_json, decode_msgpack
 
 keys = st.sampled_from(["type", "price", "p", "x", 'a":b', "ñ", "q \" :"])
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
@@ -82,3 +82,44 @@ def test_the_refusal_names_the_key_briefly() -> None:
     with pytest.raises(ValueError) as e:
         decode_json(orjson.dumps({long: 1}).decode()[:-1] + f', "{long}": 2}}')
     assert len(str(e.value)) < 80
+
+
+def _nested_json(depth: int, blank: bool) -> str:
+    inner = "[" * (depth - 1) + "]" * (depth - 1)
+    return '{"type"' + (" " if blank else "") + ": " + inner + "}"
+
+
+@pytest.mark.parametrize("blank", [False, True])
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_nesting_up_to_max_depth_decodes_and_deeper_is_refused_as_a_value_error(
+        blank: bool, as_bytes: bool) -> None:
+    """A value nested deeper than any request is refused before anything recurses over it
+    (500 levels made the key count, then the stdlib's parser, raise RecursionError: the
+    WebSocket session was closed with 1011, an AMQP request left unanswered and unacked)."""
+    def enc(text: str) -> str | bytes:
+        return text.encode() if as_bytes else text
+
+    ok = _nested_json(MAX_DEPTH, blank)
+    assert decode_json(enc(ok)) == orjson.loads(ok)
+    for depth in (MAX_DEPTH + 1, 500, 1000):
+        with pytest.raises(ValueError, match=f"nests deeper than {MAX_DEPTH} levels"):
+            decode_json(enc(_nested_json(depth, blank)))
+    with pytest.raises(ValueError, match="nests deeper"):
+        decode_json(enc("[" * 600 + "]" * 600))  # a bare array, no key at all
+
+
+def test_many_brackets_in_strings_are_not_nesting() -> None:
+    text = orjson.dumps({"type": "x", "note": "[{" * 100}).decode()
+    assert decode_json(text) == {"type": "x", "note": "[{" * 100}
+
+
+def test_msgpack_nesting_up_to_max_depth_decodes_and_deeper_is_refused() -> None:
+    def packed(depth: int) -> bytes:  # {"type": [[...[]...]]}, depth levels in all
+        return b"\x81\xa4type" + b"\x91" * (depth - 2) + b"\x90"
+
+    assert decode_msgpack(packed(MAX_DEPTH)) == msgpack.unpackb(packed(MAX_DEPTH))
+    for depth in (MAX_DEPTH + 1, 500, 1000):
+        with pytest.raises(ValueError, match=f"nests deeper than {MAX_DEPTH} levels"):
+            decode_msgpack(packed(depth))
+    with pytest.raises(ValueError, match="nests deeper"):
+        decode_msgpack(b"\x91" * 600 + b"\x90")

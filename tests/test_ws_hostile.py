@@ -341,3 +341,24 @@ async def test_an_object_with_a_key_given_twice_is_refused(tmp_path: Path, text:
         assert not list(server.core.orders_of("AG1"))
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("subprotocol", [JSON, MSGPACK])
+async def test_a_deeply_nested_message_gets_an_error_and_the_session_lives(
+        tmp_path: Path, subprotocol: str) -> None:
+    """1,000 bytes of valid JSON (500 nested arrays), or the msgpack of the same: an
+    INVALID_ENCODING error naming the reason, and the session goes on (it was closed with
+    1011, internal error, by a recursion error)."""
+    server = await start_server(tmp_path / "d", (C1,))
+    try:
+        c = await Client.connect(server.port, subprotocol)
+        assert (await c.login("ana"))["type"] == "ack"
+        await c.send_raw("[" * 500 + "]" * 500 if subprotocol == JSON
+                         else b"\x91" * 499 + b"\x90")
+        err = await c.wait_for(lambda m: m.get("type") == "error")
+        assert (err["field"], err["code"]) == ("message", "INVALID_ENCODING"), err
+        assert "nests deeper than 32 levels" in err["reason"]
+        ans = await c.request(order(C1, "SELLU1", "SELL", "50.00", "1.0"))
+        assert ans["type"] == "ack", ans
+    finally:
+        await server.stop()
