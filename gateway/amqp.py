@@ -126,7 +126,8 @@ class _Request:
     key: tuple[str, str] | None
     deliveries: list[tuple[int, Delivery]] = field(default_factory=list)
     internal: bool = False  # the adapter's own request (implicit login, restore)
-    pending: bool = False  # a command is in the sequencer: the answer comes later
+    pending: bool = False  # answered later (a command in the sequencer, a store read)
+    command: bool = False  # a command went to the sequencer (it may not have been executed)
     answered: bool = False
     answer: Message | None = None
 
@@ -255,7 +256,7 @@ class AmqpSession(Session):
     def _command(self, typ: str, data: dict[str, Any], req_id: Any) -> None:
         req = _CURRENT.get()
         if req is not None and req.session is self:
-            req.pending = True  # answered now (refused) or when the command is durable
+            req.pending = req.command = True  # answered now (refused) or once durable
         super()._command(typ, data, req_id)
 
     def _answerer(self, typ: str, req_id: Any) -> Done:
@@ -827,14 +828,14 @@ class AmqpAdapter:
             self._inflight.pop(req.key, None)
         if req.internal:
             return
-        if req.pending and msg.get("type") == "reject" and msg.get("code") == "UNAVAILABLE":
+        if req.command and msg.get("type") == "reject" and msg.get("code") == "UNAVAILABLE":
             # the sequencer is stopping or its journal failed: the command was not
             # executed; leave the request unacknowledged for the broker to redeliver
             log.warning("AMQP: request of %s not executed (%s); left to the broker",
                         req.session.user, msg.get("reason"))
             return
         user = req.session.user
-        if req.pending and msg.get("type") == "reject" and msg.get("code") == "OUTCOME_UNKNOWN":
+        if req.command and msg.get("type") == "reject" and msg.get("code") == "OUTCOME_UNKNOWN":
             # the journal failed while recording it and the server stops: the sender is
             # told, and the request is left unacknowledged, so that the broker redelivers it
             # to the restarted server, which finds it done (client_order_id) or does it

@@ -678,19 +678,28 @@ class Session:
                             f"at most {SETTLEMENT_QUERIES} settlement queries at a time")
                 return
             self._settlements += 1
-            asyncio.get_running_loop().create_task(self._settlement(agent, str(day), req_id))
+            # answered from a task (the store is read off the loop): over AMQP the answer
+            # must still go to this request, not to the user's broadcast queue
+            reply = self._reply_later()
+            asyncio.get_running_loop().create_task(
+                self._settlement(agent, str(day), req_id, reply))
 
-    async def _settlement(self, agent: str, day: str, req_id: Any) -> None:
+    async def _settlement(self, agent: str, day: str, req_id: Any,
+                          reply: Callable[[dict[str, Any]], None]) -> None:
         from sync.report import report
 
         try:
             rep = await report(self.server.store, agent, day)
         except Exception as exc:  # the store failed: still one answer
             log.exception("settlement report failed")
-            self.reject(req_id, "UNAVAILABLE", f"settlement store: {type(exc).__name__}")
+            msg: dict[str, Any] = {"type": "reject", "code": "UNAVAILABLE",
+                                   "reason": f"settlement store: {type(exc).__name__}"}
+            if isinstance(req_id, str):
+                msg["req_id"] = req_id
+            reply(msg)
         else:
             before = self._pushed
-            self.send({"type": "settlement", "req_id": req_id, **rep})
+            reply({"type": "settlement", "req_id": req_id, **rep})
             self._held_query(before)
             self._pause_for_queries()
         finally:
@@ -699,8 +708,8 @@ class Session:
 
     def _query_audit(self, data: dict[str, Any], req_id: Any) -> None:
         """The audit trail (gateway/audit.py), newest first.  Officers and the market
-        operator see every entry (``agent`` filters); anyone else the entries about its own
-        agent."""
+        operator see every entry whole (``agent`` filters); anyone else the entries about its
+        own agent, each narrowed to what concerns that agent (``view_of``)."""
         staff = not self.roles.isdisjoint({OFFICER, MARKET})
         agent = data.get("agent")
         if agent is not None and not isinstance(agent, str):
@@ -721,7 +730,8 @@ class Session:
             return
         audit = self.server.audit
         self.send({"type": "audit", "req_id": req_id, "agent": agent, "last_seq": audit.seq,
-                   "entries": audit.query(agent, before, limit)})
+                   "entries": audit.query(agent, before, limit,
+                                          view_of=None if staff else agent or "")})
 
     def _agent_param(self, data: dict[str, Any], req_id: Any) -> str | None:
         agent = data.get("agent", self.agent)

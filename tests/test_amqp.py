@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -401,6 +402,29 @@ async def test_queries_login_and_heartbeat(carlos: AmqpClient, server: Server) -
     # the session's own heartbeats reach the broadcast queue, with their own sequence
     _, h, _ = await carlos.wait_bcast(lambda k, h, m: m["type"] == "heartbeat", timeout=5)
     assert h[STREAM_HEADER] == "user:carlos" and h[SEQ_HEADER] >= 1
+
+
+async def test_a_settlement_query_is_answered_to_its_request(
+        carlos: AmqpClient, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """query_settlement reads the store off the event loop: its answer still goes to the
+    request's reply_to (it got an UNAVAILABLE "the session is closing" at once, and the
+    report went, unasked, to the broadcast queue); a failing store gets a reject, answered
+    and acknowledged, not left to the broker as an unexecuted command."""
+    day = datetime.now(UTC).date().isoformat()
+    ans = await carlos.request({"type": "query_settlement", "day": day, "req_id": "s1"})
+    assert (ans["type"], ans["req_id"], ans["agent"]) == ("settlement", "s1", "AG2"), ans
+    import sync.report
+
+    async def failing(*args: Any) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(sync.report, "report", failing)
+    ans = await carlos.request({"type": "query_settlement", "day": day, "req_id": "s2"})
+    assert (ans["type"], ans["code"], ans["req_id"]) == ("reject", "UNAVAILABLE", "s2"), ans
+    assert "settlement store: OSError" in ans["reason"]
+    await asyncio.sleep(0.3)
+    assert not any(m.get("req_id") in ("s1", "s2") for _, _, m in carlos.bcast), carlos.bcast
+    assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
 
 
 async def test_ws_and_amqp_trade_in_one_book(carlos: AmqpClient, ana_ws: WsClient,
