@@ -221,6 +221,8 @@ class AmqpSession(Session):
     """A :class:`Session` whose answers go to the request's ``reply_to`` and whose public
     subscriptions are bindings of the user's broadcast queue."""
 
+    connection_bound = False  # kept until logout, across connections and restarts
+
     def __init__(self, adapter: AmqpAdapter, user: str) -> None:
         transport = AmqpTransport(adapter, user)
         # the broker authenticated ``user``: it logs in like a verified client certificate

@@ -130,6 +130,9 @@ def token_hash(token: str) -> str:
 
 
 class Session:
+    # the session lives as long as one connection (WebSocket); an AMQP session does not
+    connection_bound = True
+
     def __init__(self, server: Server, transport: Transport, cert_user: str | None = None,
                  max_queue: int = 2000, ticks: bool = False, max_inflight: int = 1000
                  ) -> None:
@@ -433,7 +436,11 @@ class Session:
         if self.user is not None:
             others = self.server.sessions_of[self.user]
             others.discard(self)
-            if self.on_disconnect == "hibernate" and TRADER in self.roles and not others:
+            # another connection of the user keeps its orders active; an AMQP session does
+            # not count (it outlives every connection until logout: counting it would make
+            # the option a no-op for a user who ever sent an AMQP request)
+            if (self.on_disconnect == "hibernate" and TRADER in self.roles
+                    and not any(o.connection_bound for o in others)):
                 from engine.commands import HibernateOrders
 
                 with contextlib.suppress(SequencerStopped):

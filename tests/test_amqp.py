@@ -188,10 +188,10 @@ class WsClient:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def login(cls, port: int, user: str, token: str) -> WsClient:
+    async def login(cls, port: int, user: str, token: str, **extra: Any) -> WsClient:
         ws = await connect(f"ws://127.0.0.1:{port}/ws")
         c = cls(ws)
-        ans = await c.request({"type": "login", "user": user, "token": token})
+        ans = await c.request({"type": "login", "user": user, "token": token, **extra})
         assert ans["type"] == "ack", ans
         return c
 
@@ -425,6 +425,32 @@ async def test_a_settlement_query_is_answered_to_its_request(
     await asyncio.sleep(0.3)
     assert not any(m.get("req_id") in ("s1", "s2") for _, _, m in carlos.bcast), carlos.bcast
     assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+
+
+async def test_on_disconnect_hibernates_when_the_last_connection_drops_amqp_or_not(
+        carlos: AmqpClient, server: Server) -> None:
+    """A user with an AMQP session (kept until its logout, connected or not) who logs in on
+    the WebSocket with on_disconnect "hibernate": a second WebSocket connection keeps the
+    orders active, the last one dropping hibernates them (the AMQP session counted as a
+    connection, and the option never fired)."""
+    assert (await carlos.request({"type": "query_me"}))["type"] == "me"
+    first = await WsClient.login(server.port, "carlos", "carlos-demo-token",
+                                 on_disconnect="hibernate")
+    second = await WsClient.login(server.port, "carlos", "carlos-demo-token",
+                                  on_disconnect="hibernate")
+    ans = await first.request(order("BUY", "40.00"))
+    assert ans["type"] == "ack", ans
+    oid = ans["order_ids"][0]
+    await first.ws.close()
+    await asyncio.sleep(0.3)
+    assert server.core.engine.orders[oid].status.value == "ACTIVE"
+    await second.ws.close()
+    for _ in range(50):
+        if server.core.engine.orders[oid].status.value == "HIBERNATED":
+            break
+        await asyncio.sleep(0.05)
+    assert server.core.engine.orders[oid].status.value == "HIBERNATED"
+    assert "carlos" in server.amqp.sessions  # the AMQP session itself goes on
 
 
 async def test_ws_and_amqp_trade_in_one_book(carlos: AmqpClient, ana_ws: WsClient,
