@@ -266,10 +266,13 @@ class Hub:
         self.private_seq[agent] += 1
         msg["stream"] = f"private:{agent}"
         msg["seq"] = self.private_seq[agent]
-        for s in tuple(self.private_subs.get(agent, ())):
-            s.deliver(msg)
+        subs = self.private_subs.get(agent)
+        if subs:
+            for s in tuple(subs):
+                s.deliver(msg)
         for s in tuple(self.officer_subs):
-            s.deliver(msg)
+            if not subs or s not in subs:  # an officer following both "*" and this agent
+                s.deliver(msg)  # gets each message once
 
     def publish(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
         """The sequencer's listener: every event of every command of a batch."""

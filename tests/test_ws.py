@@ -13,6 +13,7 @@ import asyncio
 import socket
 from collections import deque
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from wsclient import (
     JSON,
     MSGPACK,
     Client,
+    connect_as,
     contract_id,
     is_answer,
     iso,
@@ -1259,3 +1261,25 @@ async def test_a_journal_failure_tells_in_doubt_apart_from_refused(env: Env) -> 
     ana2 = await env.client(again, "ana")
     live = await orders_of(ana2)
     assert [o["client_order_id"] for o in live.values()] == ["doubt"]
+
+
+async def test_an_officer_following_every_agent_and_one_gets_each_message_once(
+        tmp_path: Path) -> None:
+    """A risk officer subscribed to private "*" and to private AG1: AG1's stream reaches it
+    once, its seq never repeated (every message came twice, the same seq on both)."""
+    c = contract_id(10)
+    server = await start_server(tmp_path / "d", [c])
+    try:
+        rita = await connect_as(server.port, "rita")
+        ana = await connect_as(server.port, "ana")
+        for agent in ("*", "AG1"):
+            a = await rita.request({"type": "subscribe", "stream": "private", "agent": agent})
+            assert a["type"] == "ack", a
+        for price in ("50.00", "51.00"):
+            a = await ana.request(order(c, "SELLU1", "SELL", price, "1.0"))
+            assert a["type"] == "ack", a
+        await asyncio.sleep(0.3)
+        seqs = [m["seq"] for m in rita.stream("private:AG1")]
+        assert len(seqs) >= 4 and seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    finally:
+        await server.stop()
