@@ -13,6 +13,17 @@ The trail is built from the sequencer's applied commands, live and during the re
 rebuilds the core at start, so it is exactly what the journal says, survives restarts, and
 is the same on every replay.  The last :data:`AUDIT_KEPT` entries are kept in memory for
 ``query_audit``; the journal keeps everything (``ronda journal export``).
+
+Who sees what.  The officers and the market operator (who may see every agent) get each
+entry whole (:attr:`AuditEntry.entry`).  Anyone else is limited to its own agent and gets,
+of an entry that concerns its agent, only that agent's part (:attr:`AuditEntry.views`):
+``agents`` and the command's ``agents``/``agent`` fields narrowed to its own agent, the
+outcome of its own orders (the first rejection of one of them, or a rejection of the
+command as a whole) and the count of its own orders affected.  Another agent's rejection
+(its text names that agent, its order and amounts, e.g. its operative limit), order ids
+and counts never reach it (R46.2.12: a trader sees only its own agent's orders).  The
+issuer (``by``), the action, the time and the command's other fields (contracts, reason)
+are the platform's, not another agent's, and are shown.
 """
 
 from __future__ import annotations
@@ -78,12 +89,43 @@ def _value(v: Any) -> Any:
     return v
 
 
+def _is_reject(ev: Any) -> bool:
+    return type(ev) is Reject or (type(ev) is OrderReport and ev.action == "REJECTED")
+
+
+def _outcome(rejects: list[Any]) -> Message:
+    if not rejects:
+        return {"outcome": "OK"}
+    r = rejects[0]
+    return {"outcome": "REJECTED", "code": r.code, "reason": r.reason}
+
+
+def _concerns(ev: Any, agent: str, concerned: frozenset[str]) -> bool:
+    """Whether rejection ``ev`` of a command about the ``concerned`` agents is ``agent``'s
+    to see: an order's rejection only by its own agent; a rejection of the command as a
+    whole (no order: a refused request, bad arguments) by every agent the command is
+    about, unless it is another of those agents' own."""
+    if type(ev) is OrderReport or ev.order_id is not None:
+        return bool(ev.agent == agent)
+    return ev.agent == agent or ev.agent not in concerned
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One administrative action: ``entry`` whole (officers, market operator), and for
+    each agent it concerns what that agent's users may see of it (``views``; the same
+    object as ``entry`` where nothing in it is another agent's)."""
+
+    entry: Message
+    views: dict[str, Message]
+
+
 class AuditLog:
     """A sequencer listener keeping the last :data:`AUDIT_KEPT` administrative actions."""
 
     def __init__(self, codec: Codec, kept: int = AUDIT_KEPT) -> None:
         self.codec = codec
-        self.entries: deque[Message] = deque(maxlen=kept)
+        self.entries: deque[AuditEntry] = deque(maxlen=kept)
         self.seq = 0
         self.last_ts = 0
 
@@ -98,38 +140,58 @@ class AuditLog:
             self.seq += 1
             self.entries.append(self._entry(cmd, origin, events))
 
-    def _entry(self, cmd: Any, origin: str, events: list[Any]) -> Message:
+    def _entry(self, cmd: Any, origin: str, events: list[Any]) -> AuditEntry:
         fields = {f.name: _field(f.name, getattr(cmd, f.name))
                   for f in dataclasses.fields(cmd)}
         fields.pop("req_id", None)
         for who in ("by", "user"):  # the issuer, already in ``by`` (a target user stays)
             if fields.get(who) == origin:
                 del fields[who]
-        rejects = [e for e in events if type(e) is Reject
-                   or (type(e) is OrderReport and e.action == "REJECTED")]
-        outcome: Message = {"outcome": "OK"}
-        if rejects:
-            r = rejects[0]
-            outcome = {"outcome": "REJECTED", "code": r.code, "reason": r.reason}
+        rejects = [e for e in events if _is_reject(e)]
         agents = {a for a in (getattr(cmd, "agent", None),) if isinstance(a, str)}
         agents.update(a for a in (getattr(cmd, "agents", None) or ()) if isinstance(a, str))
-        return {"seq": self.seq, "ts": fmt_instant(self.last_ts), "by": origin,
-                "action": self.codec.name_of(type(cmd)), "agents": sorted(agents),
-                "fields": fields, **outcome, "orders_affected": sum(
-                    1 for e in events if type(e) is OrderReport and e.action != "REJECTED")}
+        head: Message = {"seq": self.seq, "ts": fmt_instant(self.last_ts), "by": origin,
+                         "action": self.codec.name_of(type(cmd))}
+        done = [e for e in events if type(e) is OrderReport and e.action != "REJECTED"]
+        entry: Message = {**head, "agents": sorted(agents), "fields": fields,
+                          **_outcome(rejects), "orders_affected": len(done)}
+        concerned = frozenset(agents)
+        views: dict[str, Message] = {}
+        for a in sorted(agents):
+            own = dict(fields)
+            if "agents" in own:
+                own["agents"] = [a]
+            if "agent" in own and own["agent"] != a:
+                del own["agent"]
+            view: Message = {
+                **head, "agents": [a], "fields": own,
+                **_outcome([r for r in rejects if _concerns(r, a, concerned)]),
+                "orders_affected": sum(1 for e in done if e.agent == a)}
+            views[a] = entry if view == entry else view
+        return AuditEntry(entry, views)
 
     def query(self, agent: str | None = None, before: int | None = None,
-              limit: int = 200) -> list[Message]:
+              limit: int = 200, *, view_of: str | None = None) -> list[Message]:
         """The newest entries first: those about ``agent`` (or every entry), older than
-        ``before`` (an entry's ``seq``), at most ``limit``."""
+        ``before`` (an entry's ``seq``), at most ``limit``.  Whole, as the officers see
+        them; with ``view_of`` (a user limited to that agent's data), only the entries
+        about that agent, each as that agent may see it (:class:`AuditEntry`)."""
+        if view_of is not None:
+            if agent is not None and agent != view_of:
+                raise ValueError(f"an audit view of {view_of} cannot list {agent}'s entries")
+            agent = view_of
         out: list[Message] = []
-        it: Iterable[Message] = reversed(self.entries)
+        it: Iterable[AuditEntry] = reversed(self.entries)
         for e in it:
-            if before is not None and e["seq"] >= before:
+            if before is not None and e.entry["seq"] >= before:
                 continue
-            if agent is not None and agent not in e["agents"]:
-                continue
-            out.append(e)
+            if agent is None:
+                out.append(e.entry)
+            else:
+                view = e.views.get(agent)
+                if view is None:
+                    continue
+                out.append(e.entry if view_of is None else view)
             if len(out) >= limit:
                 break
         return out

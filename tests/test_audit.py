@@ -9,6 +9,11 @@ from typing import Any
 
 from wsclient import Client, connect_as, contract_id, order, running_server
 
+from engine.commands import ReactivateOrders
+from engine.events import OrderReport, Reject
+from gateway.audit import AuditLog
+from gateway.codec import default_codec
+
 C1 = contract_id(10)
 
 
@@ -120,3 +125,153 @@ async def test_the_trail_is_rebuilt_from_the_journal_after_a_restart(tmp_path: P
         finally:
             await rita.close()
     assert after[-len(before):] == before  # the same entries, seq and ts included
+
+
+# ------------------------------------------------- commands about several agents (R46.2.12)
+
+async def _enter_hibernated(c: Client, unit: str, side: str, price: str) -> None:
+    """An order of ``c``'s agent in C1, entered then deactivated (hibernated)."""
+    ans = await c.request(order(C1, unit, side, price, "1.0"))
+    assert ans["type"] == "ack", ans
+    ans = await c.request({"type": "order_deactivate", "order_ids": ans["order_ids"]})
+    assert ans["type"] == "ack", ans
+
+
+async def test_a_trader_sees_only_its_own_part_of_a_command_about_several_agents(
+        tmp_path: Path) -> None:
+    """The market operator reactivates the hibernated orders of AG1 and AG2; AG2's order
+    is rejected (its guarantees are 0).  AG1's trader sees the entry with only AG1 in it:
+    its own outcome (OK), its own order counted, and nothing of AG2 (neither the agent in
+    ``agents`` or in the command's fields, nor AG2's rejection with its amounts and
+    operative limit).  AG2's trader sees its own rejection and nothing of AG1.  The officer
+    and the operator see the entry whole, filtered by agent or not."""
+    async with running_server(tmp_path, (C1,)) as server:
+        ana = await connect_as(server.port, "ana")        # AG1
+        carlos = await connect_as(server.port, "carlos")  # AG2
+        rita = await connect_as(server.port, "rita")      # risk officer
+        marta = await connect_as(server.port, "marta")    # market operator
+        try:
+            await _enter_hibernated(ana, "SELLU1", "SELL", "60.00")
+            await _enter_hibernated(carlos, "BUYU2", "BUY", "40.00")
+            ans = await rita.request({"type": "set_guarantees", "agent": "AG2",
+                                      "amount": "0.00"})
+            assert ans["type"] == "ack", ans
+            ans = await marta.request({"type": "reactivate", "contracts": [C1],
+                                       "agents": ["AG1", "AG2"]})
+            assert ans["type"] == "ack", ans
+
+            [own] = [e for e in (await _audit(ana))["entries"]
+                     if e["action"] == "reactivate_orders"]
+            assert own["by"] == "marta" and own["agents"] == ["AG1"], own
+            assert own["fields"] == {"contracts": [C1], "agents": ["AG1"]}, own
+            assert own["outcome"] == "OK" and "reason" not in own and "code" not in own, own
+            assert own["orders_affected"] == 1, own  # ana's order, reactivated
+            assert "AG2" not in str(own) and "carlos" not in str(own), own
+
+            [theirs] = [e for e in (await _audit(carlos))["entries"]
+                        if e["action"] == "reactivate_orders"]
+            assert theirs["agents"] == ["AG2"], theirs
+            assert theirs["fields"] == {"contracts": [C1], "agents": ["AG2"]}, theirs
+            assert theirs["outcome"] == "REJECTED", theirs
+            assert "AG2" in theirs["reason"], theirs  # its own rejection, with its reason
+            assert theirs["orders_affected"] == 0, theirs
+            assert "AG1" not in str(theirs) and "ana" not in str(theirs), theirs
+            assert theirs["seq"] == own["seq"] and theirs["ts"] == own["ts"]
+
+            for c, kw in ((rita, {}), (marta, {}), (rita, {"agent": "AG1"}),
+                          (marta, {"agent": "AG2"})):
+                [whole] = [e for e in (await _audit(c, **kw))["entries"]
+                           if e["action"] == "reactivate_orders"]
+                assert whole["agents"] == ["AG1", "AG2"], whole
+                assert whole["fields"] == {"contracts": [C1], "agents": ["AG1", "AG2"]}
+                assert (whole["outcome"], whole["reason"]) == ("REJECTED", theirs["reason"])
+                assert whole["orders_affected"] == 1, whole
+        finally:
+            for c in (ana, carlos, rita, marta):
+                await c.close()
+
+
+async def test_a_trader_counts_only_its_own_orders_a_command_affected(
+        tmp_path: Path) -> None:
+    """The operator reactivates AG1's hibernated sell, which trades at once with AG2's
+    resting buy.  The command is about AG1 only, but it touched AG2's order too: AG1's
+    trader sees as ``orders_affected`` only the reports of its own order, not the count of
+    another agent's orders (the officer sees them all)."""
+    async with running_server(tmp_path, (C1,)) as server:
+        ana = await connect_as(server.port, "ana")        # AG1
+        carlos = await connect_as(server.port, "carlos")  # AG2
+        marta = await connect_as(server.port, "marta")    # market operator
+        try:
+            await _enter_hibernated(ana, "SELLU1", "SELL", "40.00")
+            ans = await carlos.request(order(C1, "BUYU2", "BUY", "40.00", "1.0"))
+            assert ans["type"] == "ack", ans
+            ans = await marta.request({"type": "reactivate", "contracts": [C1],
+                                       "agents": ["AG1"]})
+            assert ans["type"] == "ack", ans
+            [whole] = [e for e in (await _audit(marta))["entries"]
+                       if e["action"] == "reactivate_orders"]
+            [own] = [e for e in (await _audit(ana))["entries"]
+                     if e["action"] == "reactivate_orders"]
+            # AG2's order was filled by the reactivated one: one report of the whole
+            # command's is AG2's, and not AG1's to count
+            assert (whole["orders_affected"], own["orders_affected"]) == (2, 1), (whole, own)
+            assert own["agents"] == whole["agents"] == ["AG1"]
+            # carlos's agent is not one the command names: the entry is not listed for him
+            assert not [e for e in (await _audit(carlos))["entries"]
+                        if e["action"] == "reactivate_orders"]
+        finally:
+            for c in (ana, carlos, marta):
+                await c.close()
+
+
+def _report(order_id: int, agent: str, action: str, reason: str | None = None
+            ) -> OrderReport:
+    return OrderReport.of(
+        ts=1_800_000_000_000, order_id=order_id, client_order_id=None, req_id=None,
+        contract=C1, user=f"user-of-{agent}", agent=agent, unit=f"U-{agent}", side="BUY",
+        action=action, status="INACTIVE" if action == "REJECTED" else "ACTIVE",
+        price=4000, visible=10, hidden=0, filled=0, exec="NON", validity="GFS",
+        expiry=None, peak=0, incr=0, revision=2, basket=0, basket_type=None,
+        code="LIMIT_EXCEEDED" if action == "REJECTED" else None, reason=reason)
+
+
+def _refusal(agent: str, reason: str) -> Reject:
+    return Reject.of(ts=1_800_000_000_000, user="marta", agent=agent, req_id=None,
+                     client_order_id=None, order_id=None, code="NOT_PERMITTED", reason=reason)
+
+
+def test_each_agent_gets_the_first_rejection_of_its_own_orders_only() -> None:
+    """Several agents' orders rejected by one command: each agent's view has the first
+    rejection of its own orders (not the command's first, another agent's), counts only
+    its own orders, and an agent with none rejected sees OK; the whole entry keeps the
+    command's first rejection.  A rejection of the command as a whole (no order: here
+    the issuer's own, under the operator's agent) is every concerned agent's outcome; one
+    that is another concerned agent's own is not shown to the rest."""
+    log = AuditLog(default_codec())
+    log.observe([(ReactivateOrders((C1,), ("AG1", "AG2", "AG3")), "marta", [
+        _report(7, "AG2", "REJECTED", "order 7 of agent AG2 exceeds 12.00 €"),
+        _report(8, "AG1", "REJECTED", "order 8 of agent AG1 exceeds 3.00 €"),
+        _report(9, "AG1", "ACTIVATED"), _report(10, "AG2", "ACTIVATED"),
+        _report(11, "AG4", "FILLED"),  # a counterparty, not named by the command
+    ])])
+    [whole] = log.query()
+    assert (whole["reason"], whole["orders_affected"]) == (
+        "order 7 of agent AG2 exceeds 12.00 €", 3)
+    [ag1] = log.query(view_of="AG1")
+    assert (ag1["agents"], ag1["fields"]["agents"]) == (["AG1"], ["AG1"])
+    assert (ag1["outcome"], ag1["reason"], ag1["orders_affected"]) == (
+        "REJECTED", "order 8 of agent AG1 exceeds 3.00 €", 1)
+    [ag3] = log.query(view_of="AG3")
+    assert (ag3["outcome"], ag3["orders_affected"]) == ("OK", 0) and "reason" not in ag3
+    assert log.query(view_of="AG4") == []  # not an agent the command is about
+    assert log.query("AG4") == []
+    assert log.query("AG3") == [whole]  # an officer filtering by agent: the whole entry
+
+    log.observe([(ReactivateOrders((C1,), ("AG1", "AG2")), "marta", [
+        _refusal("AG2", "agent AG2 is suspended"),
+        _refusal("OMIE", "user marta may not reactivate"),
+    ])])
+    ag1, _ = log.query(view_of="AG1")
+    ag2, _ = log.query(view_of="AG2")
+    assert ag1["reason"] == "user marta may not reactivate", ag1
+    assert ag2["reason"] == "agent AG2 is suspended", ag2
