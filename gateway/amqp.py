@@ -23,8 +23,9 @@ command's answer exists only after the command is durable in the journal (the se
 future; DESIGN rule 7).  The answer is published to ``reply_to`` before the ack on the same
 channel.  If the server or the connection dies first, the broker redelivers the request.
 Redeliveries and client resends are made harmless by ``message_id``: the answers of the
-last :attr:`AmqpAdapter.remember` requests are kept per ``(user, message_id)`` and sent
-again instead of executing the request again; a request still in progress collects the
+last :attr:`AmqpAdapter.remember` commands (within :attr:`AmqpAdapter.remember_items`
+items) are kept per ``(user, message_id)`` and sent again instead of executing the command
+again; a query's repeat is answered again; a request still in progress collects the
 duplicate and answers both.  A repeat the map does not know (after a server restart) is
 processed again: the engine refuses a repeated ``client_order_id`` with
 ``DUPLICATE_CLIENT_ORDER_ID``, a stale ``revision`` with ``STALE_REVISION``, a cancelled
@@ -376,7 +377,8 @@ class AmqpAdapter:
     reconnects with exponential back-off when the broker goes away."""
 
     def __init__(self, server: Server, url: str, *, prefetch: int = 256,
-                 remember: int = 20_000, max_outbox: int = 100_000) -> None:
+                 remember: int = 20_000, remember_items: int = 200_000,
+                 max_outbox: int = 100_000) -> None:
         # a request whose properties are not UTF-8 must not break the connection (and come
         # back from the broker to break the next one): see amqpframes.tolerate_invalid_utf8
         amqpframes.tolerate_invalid_utf8()
@@ -389,13 +391,19 @@ class AmqpAdapter:
         self.url = u
         self.prefetch = prefetch
         self.remember = remember
+        # the answers kept hold at most this many items in all (an answer counts 1, plus
+        # the length of each of its lists: reports, order ids): a few large answers
+        # (cancel_all, order_activate of every order) cannot fill the memory either
+        self.remember_items = remember_items
         self.max_outbox = max_outbox
         self.sessions: dict[str, AmqpSession] = {}
         self.connected = asyncio.Event()
         self.connections = 0  # successful connections so far
         self.stats: dict[str, int] = defaultdict(int)
         self._writers: dict[str, asyncio.Task[None]] = {}
-        self._done: OrderedDict[tuple[str, str], Message] = OrderedDict()
+        # (user, message_id) -> (answer, its items): the answers of commands only
+        self._done: OrderedDict[tuple[str, str], tuple[Message, int]] = OrderedDict()
+        self._done_items = 0
         self._inflight: dict[tuple[str, str], _Request] = {}
         self._pending: set[_Request] = set()
         self._public_users: dict[str, set[str]] = defaultdict(set)  # stream -> users
@@ -785,7 +793,7 @@ class AmqpAdapter:
             if done is not None:  # processed already: the same answer again
                 self._done.move_to_end(key)
                 self.stats["replayed"] += 1
-                self._reply(gen, message, user, done, replayed=True)
+                self._reply(gen, message, user, done[0], replayed=True)
                 self._enqueue(_Ack(gen, message))
                 return
             running = self._inflight.get(key)
@@ -846,10 +854,19 @@ class AmqpAdapter:
             for gen, delivery in req.deliveries:
                 self._reply(gen, delivery, user, msg)
             return
-        if req.key is not None:
-            self._done[req.key] = msg
-            while len(self._done) > self.remember:
-                self._done.popitem(last=False)
+        if req.key is not None and req.command:
+            # a command's answer, for a repeat (it must not be executed again); a query's
+            # or a subscription's is not kept: a repeat is simply answered again, and
+            # keeping every query's answer (orders, trades) let a client fill the memory
+            items = 1 + sum(len(v) for v in msg.values() if type(v) is list)
+            old = self._done.pop(req.key, None)
+            if old is not None:
+                self._done_items -= old[1]
+            self._done[req.key] = (msg, items)
+            self._done_items += items
+            while self._done and (len(self._done) > self.remember
+                                  or self._done_items > self.remember_items):
+                self._done_items -= self._done.popitem(last=False)[1][1]
         for gen, delivery in req.deliveries:
             self._reply(gen, delivery, user, msg)
             self._enqueue(_Ack(gen, delivery))

@@ -25,8 +25,10 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from websockets.asyncio.client import ClientConnection, connect
+from wsclient import lift_rate_limits
 
-from engine.commands import CreateContract, OpenContracts
+from engine.commands import CreateContract, NewOrder, OpenContracts
+from engine.model import Side
 from gateway.amqp import (
     JSON,
     MSGPACK,
@@ -672,6 +674,44 @@ async def test_flood_of_malformed_messages_is_throttled_then_blocked(
 
 
 # ---------------------------------------------------------------------------- idempotency
+
+
+async def test_only_commands_answers_are_kept_for_repeats_within_a_bound(
+        carlos: AmqpClient, server: Server) -> None:
+    """The answers kept for repeats are commands' (a repeat must not execute again), at
+    most ``remember`` of them and ``remember_items`` items in all; a query's answer is not
+    kept (a repeat is answered again): 300 query_orders over 300 orders held 30 MiB, and
+    the 20,000 answers kept could have held gigabytes."""
+    await lift_rate_limits(server)
+    for i in range(300):
+        await server.sequencer.submit(
+            NewOrder("carlos", "AG2", "BUYU2", CID, Side.BUY, 1000 + i, 10), "carlos")
+    adapter = server.amqp
+    futs = [await carlos.submit({"type": "query_orders"}) for _ in range(50)]
+    for f in futs:
+        ans = await asyncio.wait_for(f, 30)
+        assert ans["type"] == "orders" and len(ans["orders"]) == 300
+    assert len(adapter._done) == 0
+    again = await carlos.request({"type": "query_orders"}, message_id="q-1")
+    gone = again["orders"][0]["order_id"]
+    cancel = await carlos.request({"type": "order_cancel", "order_id": gone})
+    assert cancel["type"] == "ack", cancel
+    repeat = await carlos.request({"type": "query_orders"}, message_id="q-1")
+    assert (len(again["orders"]), len(repeat["orders"])) == (300, 299)  # answered again
+    assert [m["kind"] for m, _ in adapter._done.values()] == ["order_cancel"]
+    # commands' answers: bounded by count and by items (1 + the length of their lists)
+    assert (await carlos.request({"type": "cancel_all"}))["type"] == "ack"  # room for more
+    adapter.remember, adapter.remember_items = 5, 12
+    for i in range(8):
+        await carlos.request(order("BUY", "30.00", client_order_id=f"b-{i}"),
+                             message_id=f"b-{i}")
+    kept = list(adapter._done.values())
+    # an order's ack counts 3 (itself, its order id, its report): the items bind first
+    assert len(kept) == 4 and adapter._done_items == sum(n for _, n in kept) == 12
+    assert [k[1] for k in adapter._done] == [f"b-{i}" for i in range(8 - len(kept), 8)]
+    repeat = await carlos.request(order("BUY", "30.00", client_order_id="b-7"),
+                                  message_id="b-7")
+    assert carlos.headers["b-7"].get(REPLAYED_HEADER) is True and repeat["type"] == "ack"
 
 
 async def test_resent_request_gets_the_same_answer_once(carlos: AmqpClient,
