@@ -20,7 +20,9 @@ What it does for you (docs/sdk.md is the guide):
   fresh snapshot by itself.  Events reach callbacks (:meth:`Client.on`) and async iterators
   (:meth:`Client.events`).
 * **Reconnection.**  A lost connection is re-established with exponential back-off; the
-  client logs in again, subscribes again, and re-sends every request that had no answer.
+  client logs in again, subscribes again, and re-sends every request that had no answer and
+  whose repeat is harmless (:data:`RESENDABLE`); any other (a guarantee request, an auction
+  bid) is not sent twice: its call raises :class:`OutcomeUnknown`.
   Every order carries a ``client_order_id`` (assigned by the SDK if the caller gave none), so
   a re-sent order is never executed twice: if the first one went through, the server refuses
   the repeat with ``DUPLICATE_CLIENT_ORDER_ID`` and the SDK answers the call with the order
@@ -647,6 +649,13 @@ class ConnectionLost(RondaError):
     """The client is closed, or the connection is lost and the client does not reconnect."""
 
 
+class OutcomeUnknown(ConnectionLost):
+    """A request that cannot be repeated safely was sent, and the connection dropped (or the
+    server's journal failed) before its answer: it may or may not have been executed, so
+    the SDK does not send it again.  Look before sending it again (``query_account`` for a
+    guarantee request, the auction's bids for a bid)."""
+
+
 class RequestTimeout(RondaError, TimeoutError):
     """No answer in time.  The request may still have been executed: look the order up by
     its ``client_order_id``."""
@@ -1112,6 +1121,24 @@ class _Pending:
     on_answer: Callable[[dict[str, Any]], None] | None = None  # run in the stream's order
 
 
+# What the SDK sends again after a reconnection (or an OUTCOME_UNKNOWN) when the first
+# sending had no answer: the requests whose repeat is harmless. Orders carry a
+# client_order_id (a repeat is refused DUPLICATE_CLIENT_ORDER_ID), a modification its
+# revision; a cancellation, (de)activation or cancel_all finds its work done; queries,
+# subscriptions and settings only read or set. Anything else (a guarantee request, an
+# auction bid, an operator's command, a type this SDK does not know) has no key that makes
+# a repeat harmless: the call raises OutcomeUnknown instead of doing it twice.
+RESENDABLE = frozenset({
+    "login", "logout", "heartbeat", "subscribe", "unsubscribe",
+    "order_entry", "basket_entry", "order_modify", "order_cancel", "order_deactivate",
+    "order_activate", "cancel_all", "set_breach_action", "query_me", "query_contracts",
+    "query_book", "query_orders", "query_trades", "query_public_trades", "query_account",
+    "query_throttling", "query_audit", "query_settlement", "query_agents",
+    "set_reactivation", "auction_bid_cancel", "set_guarantees", "decide_guarantee_request",
+    "suspend_agent", "reinstate_agent", "set_rate_limits",
+})
+
+
 def _is_answer(msg: dict[str, Any]) -> bool:
     """An answer carries the request's req_id and is not a stream message (private order
     reports and rejections carry the req_id too, but also a ``stream``)."""
@@ -1290,6 +1317,15 @@ class Client:
             if not unsent:
                 break
             for p in unsent:
+                if p.sent_gen is not None and p.msg.get("type") not in RESENDABLE:
+                    # it may have been executed: say so instead of doing it twice
+                    self.stats["outcome_unknown_raised"] += 1
+                    self._pending.pop(p.req_id, None)
+                    p.future.set_exception(OutcomeUnknown(
+                        f"{p.msg.get('type')} {p.req_id} was sent but not answered before "
+                        f"the connection dropped: it may have been executed; not sent "
+                        f"again (look before sending it again)"))
+                    continue
                 if p.sent_gen is not None:
                     p.resent = True
                     self.stats["resent"] += 1
@@ -1972,7 +2008,8 @@ class Client:
         p = self._pending.get(rid) if isinstance(rid, str) else None
         try:
             if p is not None and _is_answer(msg):
-                if msg.get("code") == OUTCOME_UNKNOWN and msg.get("type") == "reject":
+                if (msg.get("code") == OUTCOME_UNKNOWN and msg.get("type") == "reject"
+                        and p.msg.get("type") in RESENDABLE):
                     # the server failed while recording it and stops: the request waits
                     # for the reconnection and is re-sent, as one that had no answer
                     self.stats["outcome_unknown"] += 1

@@ -654,6 +654,36 @@ async def test_unanswered_request_is_resent_and_executed_once(env: Env, kind: st
     assert (await ana.query_me()).user == "ana"
 
 
+async def test_a_request_without_a_key_is_not_resent_but_said_to_be_in_doubt(
+        env: Env) -> None:
+    """A guarantee request has no key that makes a repeat harmless: when the connection
+    drops after the server executed it but before its answer, the SDK does not send it
+    again (the agent had two requests of 1,000 EUR) but raises OutcomeUnknown; the
+    engine holds the request once, and the client goes on."""
+    ana = await env.client("ana", private=False)
+    (session,) = env.srv.sessions_of["ana"]
+    original = session.send
+
+    def send(msg: dict[str, Any]) -> None:
+        if msg.get("type") == "ack" and msg.get("kind") == "guarantee_request":
+            session.send = original  # type: ignore[method-assign]
+            session._closing = "test: the connection drops before the answer"
+            session._wake.set()
+            return
+        original(msg)
+
+    session.send = send  # type: ignore[method-assign]
+    with pytest.raises(sdk.OutcomeUnknown, match="may have been executed"):
+        await ana.request({"type": "guarantee_request", "change": "increase",
+                           "amount": "1000.00"})
+    assert ana.stats["outcome_unknown_raised"] == 1 and ana.stats["resent"] == 0
+    account = env.srv.core.account("AG1")
+    assert account is not None and len(account["pending_requests"]) == 1
+    assert (await ana.query_me()).user == "ana"
+    assert "order_entry" in sdk.RESENDABLE and "guarantee_request" not in sdk.RESENDABLE
+    assert "auction_bid" not in sdk.RESENDABLE
+
+
 def fail_the_sync_of(srv: Server, client_order_id: str) -> None:
     """The journal writes the batch holding that order, then its sync fails."""
     real_append = srv.journal.append
