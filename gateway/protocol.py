@@ -156,10 +156,10 @@ def _instant(v: Any, info: ValidationInfo) -> int:
 
 
 Price = Annotated[int, BeforeValidator(_price), WithJsonSchema({
-    "type": "string", "pattern": r"^-?\d{1,12}(\.\d{1,2})?$",
+    "type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,2})?$",
     "description": "€/MWh as a decimal string, at most 2 decimals (msgpack: integer cents)"})]
 Qty = Annotated[int, BeforeValidator(_qty), WithJsonSchema({
-    "type": "string", "pattern": r"^\d{1,12}(\.\d)?$",
+    "type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9])?$",
     "description": "MWh as a decimal string, at most 1 decimal (msgpack: integer tenths)"})]
 Instant = Annotated[int, BeforeValidator(_instant), WithJsonSchema({
     "type": "string", "format": "date-time",
@@ -169,7 +169,7 @@ Revision = Annotated[int, Field(strict=True, gt=0, le=_MAX_ID)]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 ReqId = Annotated[str, Field(min_length=1, max_length=64)]
 ClientOrderId = Annotated[str, Field(min_length=1, max_length=40)]
-ContractId = Annotated[str, Field(pattern=r"^(PH-\d{8}-\d{2}|QH-\d{8}-\d{3})$")]
+ContractId = Annotated[str, Field(pattern=r"^(PH-[0-9]{8}-[0-9]{2}|QH-[0-9]{8}-[0-9]{3})$")]
 
 
 class _Model(BaseModel):
@@ -263,10 +263,10 @@ def _energy(v: Any, info: ValidationInfo) -> int:
 
 
 Money = Annotated[int, BeforeValidator(_money), WithJsonSchema({
-    "type": "string", "pattern": r"^-?\d{1,13}(\.\d{1,2})?$",
+    "type": "string", "pattern": r"^-?[0-9]{1,13}(\.[0-9]{1,2})?$",
     "description": "€ as a decimal string, at most 2 decimals (msgpack: integer cents)"})]
 Energy = Annotated[int, BeforeValidator(_energy), WithJsonSchema({
-    "type": "string", "pattern": r"^\d{1,12}(\.\d)?$",
+    "type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9])?$",
     "description": "MWh in the period, at most 1 decimal (msgpack: integer tenths)"})]
 Reason = Annotated[str, Field(min_length=1, max_length=200)]
 

@@ -772,9 +772,12 @@ class Session:
             if stream == "trades":
                 ack["seq"] = hub.trade_seq[contract]
             self.send(ack)
-            if on and stream == "book":
+            if stream == "book":
+                # a conflated book's fresh snapshot is due no more: sent now on a subscribe,
+                # not at all after an unsubscribe
                 self._stale_books.discard(contract)
-                self.send(hub.book_snapshot(contract))
+                if on:
+                    self.send(hub.book_snapshot(contract))
             return
         if stream == "states":
             (hub.state_subs.add if on else hub.state_subs.discard)(self)

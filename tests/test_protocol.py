@@ -260,3 +260,13 @@ def test_decimals_are_ascii_digits_and_nothing_else(bad: str) -> None:
     with pytest.raises(ProtocolError) as ei:
         parse_request(entry(price=bad))
     assert ei.value.field == "price"
+
+
+@pytest.mark.parametrize("contract", ["PH-٢٠٢٧٠١١٥-10", "PH-20270115-١٠", "QH-２０２７0115-001"])
+def test_a_contract_id_is_written_with_ascii_digits_only(contract: str) -> None:
+    """Digits of other scripts (which a Unicode-aware \\d matches) are refused at the edge,
+    naming the field, as the engine's own parser refuses them."""
+    with pytest.raises(ProtocolError) as e:
+        parse_request(entry(contract=contract))
+    assert e.value.field == "contract"
+    assert fast_command("order_entry", entry(contract=contract), False, "u1", "A1") is None

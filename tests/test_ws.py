@@ -820,6 +820,36 @@ async def test_slow_book_consumer_is_conflated(env: Env) -> None:
     assert not slow.closed.is_set()
 
 
+async def test_a_book_unsubscribed_while_conflated_gets_no_snapshot_later(env: Env) -> None:
+    """A slow consumer's book falls behind (a fresh snapshot is due), then the client
+    unsubscribes: nothing of that book reaches it afterwards (a conflated snapshot of the
+    book it had left arrived once it caught up)."""
+    srv = await env.server(max_queue=40, heartbeat_s=3600)
+    slow = await _slow_client(env, srv, "bea", {"type": "subscribe", "stream": "book",
+                                                "contract": C1})
+    session = _shrink_server_sndbuf(srv, "bea")
+    for k in range(6):
+        await _churn(srv, 100, start=100 * k)
+        if session._stale_books:
+            break
+    assert session._stale_books == {C1}
+    await slow.send({"type": "unsubscribe", "stream": "book", "contract": C1,
+                     "req_id": "u"})
+    for _ in range(100):
+        if session not in srv.hub.book_subs[C1]:
+            break
+        await asyncio.sleep(0.01)
+    assert session not in srv.hub.book_subs[C1] and not session._stale_books
+    slow.start_reading()
+    await slow.wait_for(lambda m: m.get("req_id") == "u", timeout=10)
+    await _churn(srv, 20, start=1000)
+    heartbeat = await slow.request({"type": "heartbeat"})  # everything before it is read
+    i = slow.received.index(heartbeat)
+    u = next(j for j, m in enumerate(slow.received) if m.get("req_id") == "u")
+    assert not [m for m in slow.received[u + 1:i] if m.get("type") == "book"]
+    assert not [m for m in slow.received if m.get("conflated")]
+
+
 async def test_slow_private_consumer_is_disconnected_with_a_reason(env: Env) -> None:
     srv = await env.server(max_queue=30, heartbeat_s=3600)
     slow = await _slow_client(env, srv, "ana", {"type": "subscribe", "stream": "private"})
