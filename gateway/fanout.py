@@ -214,13 +214,18 @@ class Hub:
         return b
 
     def observe_replay(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
-        """During recovery: the agents' trades of the journal (for query_trades)."""
+        """During recovery: the agents' trades of the journal (for query_trades) and each
+        contract's public trades, numbered as they were (query_public_trades, and the
+        trades streams go on from the same seq)."""
         for _cmd, _origin, events in batch:
             for ev in events:
-                if type(ev) is Trade:
+                t = type(ev)
+                if t is Trade:
                     for side in ("buy", "sell"):
                         agent = getattr(ev, f"{side}_agent")
                         self.trades_by_agent[agent].append(_own_trade(ev, side))
+                elif t is PublicTrade:
+                    self._keep_public_trade(ev)
 
     def rebuild(self, core: Core) -> None:
         """Mirror the engine's books as they are (after recovery)."""
@@ -350,6 +355,13 @@ class Hub:
         side = "SELL" if ev.aggressor == "BUY" else "BUY"  # the resting entry's side
         self._book_delta(ev.contract, ev.ts, "UPDATE" if ev.left else "REMOVE", ev.entry,
                          side, 0, ev.left)
+        msg = self._keep_public_trade(ev)
+        for s in tuple(self.trade_subs.get(ev.contract, ())):
+            s.deliver(msg)
+
+    def _keep_public_trade(self, ev: PublicTrade) -> Message:
+        """The trade's message on its contract's trades stream, numbered and kept for
+        query_public_trades (live, and in the replay at a restart)."""
         seq = self.trade_seq[ev.contract] + 1
         self.trade_seq[ev.contract] = seq
         # kept (query_public_trades): built of plain values only, the aggressor's side as
@@ -363,8 +375,7 @@ class Hub:
         if recent is None:
             recent = self.public_trades[ev.contract] = deque(maxlen=PUBLIC_TRADES_KEPT)
         recent.append(msg)
-        for s in tuple(self.trade_subs.get(ev.contract, ())):
-            s.deliver(msg)
+        return msg
 
     def unsubscribe_all(self, session: Any) -> None:
         for table in (self.book_subs, self.trade_subs, self.private_subs):

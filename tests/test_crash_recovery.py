@@ -371,8 +371,10 @@ async def test_sigkill_at_random_points_loses_nothing_acknowledged(
 
 async def test_trades_of_the_day_survive_a_restart(tmp_path: Path,
                                                    servers: list[ServerProcess]) -> None:
-    """query_trades («trades of the day, own side», docs/protocol.md) after a crash still
-    lists the trades from before it: they are in the journal."""
+    """query_trades («trades of the day, own side», docs/protocol.md) and
+    query_public_trades (a contract's last trades, each with its trades stream seq) after a
+    crash still list the trades from before it: they are in the journal (the public ones
+    were lost), and the trades stream goes on numbering from there."""
     data = tmp_path / "data"
     srv = ServerProcess(data)
     servers.append(srv)
@@ -387,17 +389,34 @@ async def test_trades_of_the_day_survive_a_restart(tmp_path: Path,
             "reports"][0]["action"] == "FILLED"
         before = (await ana.request({"type": "query_trades"}))["trades"]
         assert len(before) == 1
+        public = (await ana.request({"type": "query_public_trades",
+                                     "contract": CONTRACTS[0]}))["trades"]
+        assert [(t["trade_id"], t["seq"]) for t in public] == [(before[0]["trade_id"], 1)]
     finally:
         await ana.close()
         await carlos.close()
     srv.kill()
     await srv.start()
     ana = await connect_as(srv.port, "ana")
+    carlos = await connect_as(srv.port, "carlos")
     try:
         after = (await ana.request({"type": "query_trades"}))["trades"]
         assert [t["trade_id"] for t in after] == [t["trade_id"] for t in before]
+        again = (await ana.request({"type": "query_public_trades",
+                                    "contract": CONTRACTS[0]}))["trades"]
+        assert again == public
+        sub = await ana.request({"type": "subscribe", "stream": "trades",
+                                 "contract": CONTRACTS[0]})
+        assert sub["seq"] == 1  # the stream goes on from the trade before the crash
+        assert (await ana.request(order(CONTRACTS[0], "SELLU1", "SELL", "50.00", "1.0")))[
+            "type"] == "ack"
+        assert (await carlos.request(order(CONTRACTS[0], "BUYU2", "BUY", "50.00", "1.0")))[
+            "type"] == "ack"
+        new = await ana.wait_for(lambda m: m.get("type") == "public_trade")
+        assert new["seq"] == 2
     finally:
         await ana.close()
+        await carlos.close()
     srv.terminate()
 
 
