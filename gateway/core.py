@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.config import EngineConfig
 from engine.engine import Engine
+from engine.events import EVENT_NAMES, EVENT_TYPES, Event
 from engine.model import Order
 from engine.states import OrderStatus
 from gateway.codec import default_codec
@@ -143,6 +144,21 @@ class CheckpointCheck:
         return out
 
 
+class CommandFailed(Event):
+    """The command raised inside the core (a defect, logged): the core's only event for
+    it.  Its sender is answered ``INTERNAL_ERROR`` instead of an empty ``ack``, and the
+    replay tool shows it; a replay gives the same event (the exception's type name only:
+    its message may hold addresses)."""
+
+    __slots__ = ()
+
+    error: str
+
+
+EVENT_TYPES["command_failed"] = CommandFailed
+EVENT_NAMES[CommandFailed] = "command_failed"
+
+
 class Core:
     def __init__(self, config: EngineConfig | None = None, risk: bool = True) -> None:
         self.engine = Engine(config)
@@ -157,10 +173,10 @@ class Core:
             return []
         try:
             return self.engine.apply(cmd, ts)
-        except Exception:  # a bug: keep the single writer alive, identically in replay
-            self.failures += 1
+        except Exception as exc:  # a bug: keep the single writer alive, identically in
+            self.failures += 1  # replay
             log.exception("command %r at %d failed", cmd, ts)
-            return []
+            return [CommandFailed((type(exc).__name__,))]
 
     def state_hash(self) -> str:
         return self.engine.state_hash()

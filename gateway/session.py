@@ -27,6 +27,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.events import Ack, OrderReport, Reject
+from gateway.core import CommandFailed
 from gateway.fanout import account_message
 from gateway.inbound import clip, shown
 from gateway.protocol import (
@@ -522,6 +523,12 @@ class Session:
                 self.reject(req_id, "OUTCOME_UNKNOWN", str(exc))
             else:
                 self.reject(req_id, "UNAVAILABLE", str(exc))
+            return
+        if events and type(events[-1]) is CommandFailed:
+            self.reject(req_id, "INTERNAL_ERROR",
+                        f"the command failed inside the engine ({events[-1].error}); the "
+                        f"operator is alerted; check the state (query_orders) before sending "
+                        f"it again")
             return
         self.send(answer(typ, req_id, self.user, events))
 

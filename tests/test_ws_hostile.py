@@ -362,3 +362,28 @@ async def test_a_deeply_nested_message_gets_an_error_and_the_session_lives(
         assert ans["type"] == "ack", ans
     finally:
         await server.stop()
+
+
+async def test_a_command_that_fails_inside_the_engine_is_answered_internal_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A defect that makes a command raise inside the core: the core stays up (the single
+    writer lives, identically in a replay) and the sender gets a reject INTERNAL_ERROR
+    naming the exception's type (it got an empty ack, as if the order had been taken)."""
+    server = await start_server(tmp_path / "d", (C1,))
+    try:
+        c = await Client.connect(server.port)
+        await c.login("ana")
+        engine = server.core.engine
+
+        def broken(*args: object, **kw: object) -> None:
+            raise KeyError("defect")
+
+        monkeypatch.setitem(engine._handlers, NewOrder, broken)
+        ans = await c.request(order(C1, "SELLU1", "SELL", "50.00", "1.0"))
+        assert (ans["type"], ans["code"]) == ("reject", "INTERNAL_ERROR"), ans
+        assert "KeyError" in ans["reason"] and server.core.failures == 1
+        monkeypatch.undo()
+        ans = await c.request(order(C1, "SELLU1", "SELL", "50.00", "1.0"))
+        assert ans["type"] == "ack" and ans["order_ids"], ans
+    finally:
+        await server.stop()
