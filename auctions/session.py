@@ -10,7 +10,9 @@ out.  A session goes through one table of states:
 
 1. **Reception** (OPEN): simple bids per unit and period (price-quantity steps), validated
    against price limits, the unit (responsibility, validity), its energy and program, and the
-   agent's guarantees (:meth:`risk.guard.RiskGuard.auction_check`).
+   agent's guarantees (:meth:`risk.guard.RiskGuard.auction_check`); an accepted bid holds
+   its debtor value on its owners' operative limits until it is cancelled, refused at the
+   close or cleared (R39.4.3.4, :meth:`risk.guard.RiskGuard.hold_bid`).
 2. **Close** (CLOSED): continuous trading stops for the contracts of the session's horizon that
    are trading: they go to INT and their orders are hibernated (R46.2.7, R56); a contract that
    an earlier session still holds paused is taken over with the orders it hibernated.  Then
@@ -19,7 +21,8 @@ out.  A session goes through one table of states:
    (R39.4.1.5, R39.4.2.2, R39.4.3.2, R39.4.3.4).
 3. **Clear** (CLEARED): every period by the simple method of R40.2 (:mod:`auctions.clearing`);
    results per unit to each agent (``auction_allocation``), public prices and volumes
-   (``auction_price``); programs move (PHF, R50: ``AdjustProgram``); the settlement side
+   (``auction_price``); the bids' holds give way to the obligations of what was allocated
+   at a debtor price (R39.4.3.4); programs move (PHF, R50: ``AdjustProgram``); the settlement side
    settles the results at the marginal price (R44) from the ``auction_cleared`` event.
 4. **Reopen** (DONE): the paused contracts reopen (those that no other session still holds)
    and the hibernated orders of the agents that asked for it are reactivated in arrival
@@ -399,11 +402,17 @@ class Auctions:
         risk = self.risk
         if risk is None:
             return
-        for b in sorted((b for b in s.bids.values() if b.live), key=lambda b: b.order):
+        live = sorted((b for b in s.bids.values() if b.live), key=lambda b: b.order)
+        # R39.4.3.4: each bid is checked with what the earlier surviving bids hold, so the
+        # holds are taken again in submission order (a bid's own hold is not in its way)
+        for b in live:
+            risk.release_bid(b.id)
+        for b in live:
             rej = risk.auction_check(b.user, b.agent, b.unit, b.contract, b.side, b.steps, ts,
                                      self._bid_energy(s, b.unit, b.contract, b.side))
             if rej is None:
                 self._add_energy(s, b, 1)
+                risk.hold_bid(b.id, b.unit, b.side, b.steps)
                 continue
             b.live = False
             self.engine.emit(Reject.of(
@@ -426,6 +435,7 @@ class Auctions:
         self._set(s, CLEARED, ts)
         cleared: list[tuple[str, str, str, str, int, int]] = []
         net: dict[tuple[str, str], int] = {}
+        allocated: dict[int, int] = {}
         for contract in s.contracts:
             res = clear(by_contract.get(contract, []))
             s.results[contract] = res
@@ -436,6 +446,7 @@ class Auctions:
             per_bid: dict[int, int] = {}
             for (bid_id, _n), q in res.allocations.items():
                 per_bid[bid_id] = per_bid.get(bid_id, 0) + q
+            allocated.update(per_bid)
             for bid_id in sorted(per_bid):
                 b = s.bids[bid_id]
                 q = per_bid[bid_id]
@@ -447,6 +458,13 @@ class Auctions:
                 sign = 1 if (b.side == "SELL") == sells else -1
                 key = (b.unit, contract)
                 net[key] = net.get(key, 0) + sign * q
+        if self.risk is not None:
+            # R39.4.3.4: the holds of the bids give way to the results: what was allocated
+            # at a debtor price becomes an obligation, the rest is released
+            for b in sorted(s.bids.values(), key=lambda b: b.id):
+                if b.live:
+                    self.risk.clear_bid(b.id, b.unit, b.side, s.results[b.contract].price,
+                                        allocated.get(b.id, 0))
         for (unit_code, contract), delta in sorted(net.items()):
             if delta and self.risk is not None:
                 self.engine.dispatch(AdjustProgram("auction", unit_code, contract, delta), ts)
@@ -526,6 +544,9 @@ class Auctions:
             return
         was_closed = s.state == CLOSED
         self._set(s, CANCELLED, ts, cmd.reason)
+        if self.risk is not None:  # no results: the bids' holds go back (R39.4.3.4)
+            for bid_id in sorted(s.bids):
+                self.risk.release_bid(bid_id)
         if was_closed:
             self._reopen(s, ts)
 
@@ -601,6 +622,8 @@ class Auctions:
         self.next_bid += 1
         s.bids[bid.id] = bid
         self._add_energy(s, bid, 1)
+        if self.risk is not None:  # R39.4.3.4: its value is held until it leaves
+            self.risk.hold_bid(bid.id, bid.unit, bid.side, bid.steps)
         self.engine.emit(Ack.of(ts, u, rq, "auction_bid", (bid.id,)))
 
     def _bid_energy(self, s: Session, unit: str, contract: str, side: str) -> dict[int, int]:
@@ -650,6 +673,8 @@ class Auctions:
             return
         b.live = False
         self._add_energy(s, b, -1)
+        if self.risk is not None:
+            self.risk.release_bid(b.id)
         self.engine.emit(Ack.of(ts, cmd.user, cmd.req_id, "auction_bid_cancel", (b.id,)))
 
     def _on_reactivation(self, cmd: SetReactivation, ts: int) -> None:

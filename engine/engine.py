@@ -1552,6 +1552,15 @@ class Engine:
         for o in self._select(cmd.agent, None, None, None):
             self._remove(o, ts, CANCELLED, None, Code.OPERATOR_CANCEL, cmd.reason)
 
+    def cancel_orders(self, orders: Iterable[Order], ts: int, reason: str) -> None:
+        """R46.2.6.2 for registered modules (the risk guard, when it suspends an owner of
+        units other agents offer): the operator cancels these live or hibernated orders,
+        in arrival order, as :meth:`_on_cancel_agent` does; one no longer in this engine
+        is skipped."""
+        sel = {o.id: o for o in orders if self._owned(o.id, o.agent) is o}
+        for o in sorted(sel.values(), key=_arrival_key):
+            self._remove(o, ts, CANCELLED, None, Code.OPERATOR_CANCEL, reason)
+
     # ------------------------------------------------------------------ inspection
 
     def state_hash(self) -> str:

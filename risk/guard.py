@@ -126,8 +126,8 @@ class Account:
     what the other terms leave (:attr:`debtor`); every term is an exact integer, so each
     is exactly what it would be if it were kept on its own."""
 
-    __slots__ = ("_gmic", "_increases", "_reduction", "_reductions", "agent", "by_round",
-                 "folded", "lim", "obligations")
+    __slots__ = ("_gmic", "_increases", "_reduction", "_reductions", "agent", "bids",
+                 "by_round", "folded", "lim", "obligations")
 
     def __init__(self, agent: str, gmic_cents: int) -> None:
         self.agent = agent
@@ -140,13 +140,17 @@ class Account:
         self._reduction = 0  # d) reduction communicated after the last synchronisation
         self._reductions = 0  # e) reductions requested by the agent, accepted
         self._increases = 0  # f) increases requested by the agent, accepted
-        self.lim = self._gmic  # the operative limit, a) to f)
+        # the value of the agent's debtor auction bids taken into the auction and not yet
+        # cleared (R39.4.3.4: «se anotará una reducción del balance de garantías»), with
+        # taxes: held like c) until the bid is cancelled, refused at the close or cleared
+        self.bids = 0
+        self.lim = self._gmic  # the operative limit, a) to f), less the bids held
 
     @property
     def debtor(self) -> int:
         """c) value of resting debtor orders, with taxes."""
         return (self._gmic - self.obligations - self._reduction - self._reductions
-                + self._increases - self.lim)
+                + self._increases - self.bids - self.lim)
 
     gmic = _LimitTerm(+1)  # a)
     reduction = _LimitTerm(-1)  # d)
@@ -180,7 +184,9 @@ class Account:
         """In cents: charges rounded up, the limit rounded down."""
         return {
             "reserved": to_cents_down(self.gmic), "obligations": to_cents_up(self.obligations),
-            "debtor_orders": to_cents_up(self.debtor),
+            # c) and the auction bids held (R39.4.3.4), shown apart as well
+            "debtor_orders": to_cents_up(self.debtor + self.bids),
+            "auction_bids": to_cents_up(self.bids),
             "sync_reduction": to_cents_up(self.reduction),
             "requested_reductions": to_cents_up(self.reductions),
             "requested_increases": to_cents_down(self.increases),
@@ -444,6 +450,10 @@ class RiskGuard:
         # R46.2.2 static checks passed, by contract, unit and user (see _pass)
         self._static: dict[str, dict[str, dict[str, _Pass]]] = {}
         self.loaded_json: str | None = None  # the last LoadReferenceData document
+        # R39.4.3.4: what each debtor auction bid holds, by bid id: the owners' accounts
+        # with their multipliers (as when it was taken) and its value |price| × qty summed
+        # over its debtor steps (see hold_bid)
+        self.bid_holds: dict[int, tuple[tuple[tuple[Account, int], ...], int]] = {}
 
     # ------------------------------------------------------------------ installation
 
@@ -757,11 +767,12 @@ class RiskGuard:
             sell = True
             ap = -price if price < 0 else 0  # a debtor sell: negative price
         if ap:
-            for i, (acct, mul, _) in enumerate(static.owners):
+            held = self._held(replaces) if pv else None
+            for acct, mul, _ in static.owners:
                 c = ap * rem * mul
                 avail = acct.lim
-                if pv:
-                    avail += self._held(replaces, i)
+                if held:
+                    avail += held.get(acct.agent, 0)
                 if c > avail:
                     return self._limit_refusal(c, avail, acct, static.single)
         # -- energy (R46.2.4, R46.2.5), every quarter of the contract
@@ -787,12 +798,20 @@ class RiskGuard:
         return None
 
     @staticmethod
-    def _held(replaced: Order | None, i: int) -> int:
-        """What the instantiation a modification replaces holds on its owner ``i``: it is
-        released if the modification is accepted, so it counts as available."""
+    def _held(replaced: Order | None) -> dict[str, int]:
+        """What the instantiation a modification replaces holds on each of its owners, by
+        agent: it is released if the modification is accepted, so it counts as available
+        (R46.2.6.1) — to the agent it is held on.  By agent, not by position in the owner
+        list: the owners it was charged to (its own :class:`_Pass`) are those of the
+        reference data when it was admitted, and a reload may have changed the unit's
+        owners, their order or their number since."""
         assert replaced is not None
         p: _Pass = replaced.ext  # type: ignore[assignment]
-        return replaced.ext_v * replaced.remaining * p.owners[i][1]
+        v = replaced.ext_v * replaced.remaining
+        out: dict[str, int] = {}
+        for acct, mul, _ in p.owners:
+            out[acct.agent] = out.get(acct.agent, 0) + v * mul
+        return out
 
     def _limit_refusal(self, c: int, avail: int, acct: Account, single: bool
                        ) -> tuple[str, str]:
@@ -865,8 +884,10 @@ class RiskGuard:
                       steps: tuple[tuple[int, int], ...], ts: int,
                       already_bid: Mapping[int, int]) -> tuple[str, str] | None:
         """Validation of an auction bid (R39): the R46.2.2 checks of the agent and the unit;
-        the guarantees (the value of its debtor steps, with taxes and shares, within each
-        owner's operative limit; nothing is reserved); and the energy: the whole bid, with the
+        the guarantees (the value of its debtor steps, with taxes and shares, within what is
+        left of each owner's operative limit: the bids already taken hold their value,
+        R39.4.3.4, see :meth:`hold_bid`; the caller holds this one's once it is accepted);
+        and the energy: the whole bid, with the
         unit's other bids of the session, against the unit's program and limits in every
         quarter (as R46.2.4/R46.2.5, without continuous resting orders, which are paused).
 
@@ -881,11 +902,9 @@ class RiskGuard:
         static = self._pass(user, agent, unit, contract, ts)
         assert static is not None
         sell = side == "SELL"
+        v = self.bid_value(side, steps)
         for acct, mul, _ in static.owners:
-            value = 0
-            for price, qty in steps:
-                if (price < 0) if sell else (price > 0):
-                    value += abs(price) * qty * mul
+            value = v * mul
             avail = acct.limit()
             if value > avail:
                 return (Code.OPERATIVE_LIMIT,
@@ -903,14 +922,91 @@ class RiskGuard:
             bid = already_bid.get(q, 0)
             # (continuous resting orders _rs, _rb are paused during the auction)
             net = prog + sold - bought if un.sells else prog + bought - sold
-            total = net + e + bid if (sell == un.sells) else net - e - bid
-            if total > cap:
-                return self._energy_reject(Code.ENERGY_MAX, _Named(unit, contract), total,
-                                           cap, "R39")
-            if total < floor:
-                return self._energy_reject(Code.ENERGY_MIN, _Named(unit, contract), total,
-                                           floor, "R39")
+            if sell == un.sells:
+                # R39.4.2.2 (a sell of a selling unit), R39.4.3.2 (a buy of a buying unit):
+                # bid + program must not exceed the maximum; nothing else is checked (a
+                # unit below its minimum may bid to come up to it)
+                total = net + e + bid
+                if total > cap:
+                    return self._energy_reject(
+                        Code.ENERGY_MAX, _Named(unit, contract), total, cap,
+                        "R39.4.2.2" if sell else "R39.4.3.2")
+            else:
+                # R39.4.2.2 (a sell of a buying unit), R39.4.3.2 (a buy of a selling unit):
+                # program − bid must stay at or above the minimum
+                total = net - e - bid
+                if total < floor:
+                    return self._energy_reject(
+                        Code.ENERGY_MIN, _Named(unit, contract), total, floor,
+                        "R39.4.2.2" if sell else "R39.4.3.2")
         return None
+
+    @staticmethod
+    def bid_value(side: str, steps: tuple[tuple[int, int], ...]) -> int:
+        """|price| × quantity summed over a bid's debtor steps (buys at positive prices,
+        sells at negative prices, R49.1.4.3): what it can cost at most, since every step is
+        matched at a marginal price no worse than its own."""
+        sell = side == "SELL"
+        return sum(abs(price) * qty for price, qty in steps
+                   if ((price < 0) if sell else (price > 0)))
+
+    def hold_bid(self, bid_id: int, unit: str, side: str,
+                 steps: tuple[tuple[int, int], ...]) -> None:
+        """R39.4.3.4: «Por cada oferta de compra incorporada al proceso de casación se anotará
+        una reducción del balance de garantías excedentarias de los agentes correspondientes
+        por el valor aplicable de dicha oferta»: an accepted bid's debtor value, with each
+        owner's taxes and share, is taken from the owners' operative limits, so the next
+        bids and continuous trading see only what is left (the bids are checked against
+        the operative limit, see :meth:`auction_check`).  Held until :meth:`release_bid`
+        (the bid is cancelled or refused at the close) or :meth:`clear_bid`."""
+        v = self.bid_value(side, steps)
+        if not v or bid_id in self.bid_holds:
+            return
+        held = tuple((acct, mul) for acct, mul, _ in self._owners(self.ref.units[unit]))
+        for acct, mul in held:
+            c = v * mul
+            acct.lim -= c
+            acct.bids += c
+        self.bid_holds[bid_id] = (held, v)
+
+    def release_bid(self, bid_id: int) -> None:
+        """What a bid holds goes back to its owners' operative limits, exactly."""
+        h = self.bid_holds.pop(bid_id, None)
+        if h is None:
+            return
+        held, v = h
+        for acct, mul in held:
+            c = v * mul
+            acct.lim += c
+            acct.bids -= c
+
+    def clear_bid(self, bid_id: int, unit: str, side: str, price: int | None, qty: int
+                  ) -> None:
+        """At the clearing, R39.4.3.4: «Una vez se realice la liquidación, en lugar de dicha
+        anotación figurarán los resultados de la facturación».  The bid's hold is released
+        and its allocation ``qty`` at the marginal ``price``, if it is a payment obligation
+        (a buy at a positive price, a sell at a negative one: R44.4), is charged to its
+        owners as an obligation of the current round, with taxes and shares, like a
+        continuous trade's (R49.1.4.3 b): the sync that enters the session's billing in
+        the settlement balance (R55.7.2, the synchronisation of this round) releases it
+        with the round's obligations.  The rest of the hold is simply released."""
+        h = self.bid_holds.get(bid_id)
+        self.release_bid(bid_id)
+        if price is None or not qty:
+            return
+        if not ((price > 0) if side == "BUY" else (price < 0)):
+            return  # a collection right: nothing on the platform
+        if h is not None:
+            owners = h[0]
+        else:  # (an obligation always comes from a debtor step, which was held)
+            un = self.ref.units.get(unit)
+            if un is None:
+                return
+            owners = tuple((acct, mul) for acct, mul, _ in self._owners(un))
+        for acct, mul in owners:
+            c = abs(price) * qty * mul
+            acct.obligations += c
+            acct.lim -= c
 
     def _pass(self, user: str, agent: str, unit: str, contract: str, ts: int
               ) -> _Pass | None:
@@ -1098,6 +1194,11 @@ class RiskGuard:
             h.update(repr((code, a.gmic, a.obligations,
                            sorted(a.rounds(self.engine.round).items()), a.debtor,
                            a.reduction, a.reductions, a.increases)).encode())
+            if a.bids:  # (only then: the hash of a journal with no bid held is as before)
+                h.update(repr(("bids", a.bids)).encode())
+        if self.bid_holds:
+            h.update(repr(sorted((b, v, tuple((a.agent, m) for a, m in held))
+                                 for b, (held, v) in self.bid_holds.items())).encode())
         for key in sorted(self.hours):
             hr = self.hours[key]
             h.update(repr((key, hr.prog, hr.adj, hr.sold, hr.bought, hr.rs, hr.rb)).encode())
@@ -1143,11 +1244,15 @@ class RiskGuard:
         for o in self.engine.orders.values():
             if o.ext is None or o.status.value != "ACTIVE" or not o.ext_v:
                 continue
-            un = self.ref.units[o.unit]
-            for (acct, mul, _), (ag, _) in zip(self._owners(un), un.owners, strict=True):
-                if ag == agent:
+            # charged to the owners of its pass (the reference data it was admitted under)
+            p: _Pass = o.ext  # type: ignore[assignment]
+            for acct, mul, _ in p.owners:
+                if acct.agent == agent:
                     debtor += abs(o.price) * o.remaining * mul
-                    assert acct.agent == agent
+        for held, v in self.bid_holds.values():  # auction bids held (R39.4.3.4)
+            for acct, mul in held:
+                if acct.agent == agent:
+                    debtor += v * mul
         return {"debtor_orders": to_cents_up(debtor),
                 "obligations": to_cents_up(sum(
                     self.accounts[agent].rounds(self.engine.round).values()))}
@@ -1167,17 +1272,48 @@ class RiskGuard:
             return
         self.ref = ref
         self.loaded_json = cmd.document_json
+        newly: list[str] = []
         for a in ref.agents.values():
             acct = self.accounts.get(a.code)
             if acct is None:
                 self.accounts[a.code] = Account(a.code, a.guarantees)
-            if a.suspended:
+            if a.suspended and a.code not in self.suspended:
                 self.suspended.add(a.code)
+                newly.append(a.code)
         self._owners_cache.clear()
         self._static.clear()
         self.throttles.clear()
+        self._refresh_bounds()
         self._notice(ts, "REFERENCE_DATA_LOADED", None, cmd.by,
                      f"{len(ref.agents)} agents, {len(ref.users)} users, {len(ref.units)} units")
+        # R46.2.6.2: a suspension is a suspension however it arrives: the orders of an
+        # agent the document suspends are cancelled as an officer's suspension cancels them
+        for code in sorted(newly):
+            reason = "suspended by the reference data"
+            self._notice(ts, "AGENT_SUSPENDED", code, cmd.by, reason)
+            self._cancel_liable(code, reason, ts)
+
+    def _refresh_bounds(self) -> None:
+        """R46.2.4, R46.2.5: an order is checked against «la energía máxima de la unidad en
+        la base de datos del operador de mercado» (and its minimum) as they are now.  Each
+        unit-hour and quarter keeps a copy of them (made when the period is first touched),
+        so a reload sets every copy of a unit it still lists to the new values, at once,
+        and recomputes the quarters' bounds (unavailabilities and limitations stay as
+        they were).  Orders already resting are not re-checked (the rules check an order
+        when it is entered, modified or reactivated)."""
+        units = self.ref.units
+        for (code, _start), h in self.hours.items():
+            un = units.get(code)
+            if un is None:
+                continue
+            mx, mn = un.max_energy, un.min_energy
+            h.max = mx
+            h.min = mn
+            for q in h.quarters or ():
+                if q.max != mx or q.min != mn:
+                    q.max = mx
+                    q.min = mn
+                    q.rebound()
 
     def _officer(self, ts: int, by: str, req_id: str | None, agent: str | None) -> bool:
         if not self._has_role(by, "risk_officer", "market_operator"):
@@ -1232,16 +1368,25 @@ class RiskGuard:
                        f"no pending guarantee request {cmd.request_id}")
             return
         acct = self.accounts[r.agent]
-        if (cmd.accept and not r.increase and r.amount * SCALE > acct.limit()
-                and cmd.by != "sync"):
-            # an officer's approval is checked here; the settlement side decided with the
-            # platform's figures at the round close and is authoritative (R49.1.4.4)
-            # R49.1.4.4: a reduction committed to obligations or orders is refused
+        if cmd.accept and not r.increase and r.amount * SCALE > acct.limit():
+            # R49.1.4.4: a reduction «será validada por la Plataforma de Negociación ... en
+            # el siguiente instante de sincronización» and accepted only if the amount is
+            # not committed to payment obligations; otherwise «se informará al agente de que
+            # su solicitud ha sido rechazada, no considerándose para otras
+            # sincronizaciones»: the whole request is refused, never a part of it.  This
+            # holds for the sync's acceptance too: the settlement side decided with the
+            # operative limit at the round close, and the agent may have traded or placed
+            # debtor orders since (R49.1.4.3 b, c), so the platform checks the limit as it
+            # stands now, when the decision is applied; the limit never goes below zero
+            # through a reduction.  (The settlement side, which released the amount, takes
+            # it back at the next synchronisation: its reserved amount follows the
+            # platform's, docs/settlement.md step 0.)
             r.state = "REFUSED"
+            when = (" at the synchronisation instant" if cmd.by == "sync" else "")
             self._notice(ts, "REQUEST_REFUSED", r.agent, cmd.by,
-                         f"reduction of {fmt_money(r.amount)} refused: only"
+                         f"reduction of {fmt_money(r.amount)} refused{when}: only"
                          f" {fmt_money(max(acct.limit_cents(), 0))} is not committed"
-                         " (R49.1.4.4)",
+                         " to obligations or debtor orders; not retried (R49.1.4.4)",
                          r.amount, r.id)
             return
         r.state = "ACCEPTED" if cmd.accept else "REFUSED"
@@ -1289,8 +1434,30 @@ class RiskGuard:
             return
         self.suspended.add(cmd.agent)
         self._notice(ts, "AGENT_SUSPENDED", cmd.agent, cmd.by, cmd.reason)
-        self.engine.dispatch(CancelAgentOrders(cmd.agent, f"agent suspended: {cmd.reason}"),
-                             ts)
+        self._cancel_liable(cmd.agent, cmd.reason, ts)
+
+    def _cancel_liable(self, agent: str, reason: str, ts: int) -> None:
+        """R46.2.6.2: «en caso de baja, exclusión o suspensión temporal de un agente de
+        mercado, las ofertas existentes en el Libro de Ofertas correspondientes a dicho
+        agente de mercado, serán canceladas por el operador del mercado».  The orders that
+        correspond to the agent are those it placed and those it is liable for: the orders
+        a representative placed on a unit the agent owns, wholly or in part, whose value is
+        held on the agent's guarantee account and whose trades would be its obligations
+        (R49.1.4.1, R46.2.2: every owner must cover its share).  New orders on such a unit
+        are refused while the owner is suspended (:meth:`_refusal`), so its resting ones
+        are cancelled too, active or hibernated; those of the representative on other
+        units stay."""
+        self.engine.dispatch(CancelAgentOrders(agent, f"agent suspended: {reason}"), ts)
+        owned = {u.code for u in self.ref.units.values()
+                 if any(a == agent for a, _ in u.owners)}
+        sel = []
+        for o in self.engine.orders.values():
+            p: _Pass | None = o.ext  # type: ignore[assignment]
+            if o.unit in owned or (p is not None and agent in p.owner_codes):
+                sel.append(o)
+        if sel:
+            self.engine.cancel_orders(
+                sel, ts, f"agent {agent}, an owner of the unit, suspended: {reason}")
 
     def _on_reinstate(self, cmd: ReinstateAgent, ts: int) -> None:
         if not self._officer(ts, cmd.by, cmd.req_id, cmd.agent):

@@ -3,9 +3,12 @@ unsynchronised round go to the settlement side; its results come back as command
 
 **Inputs, captured in the event stream.** The job listens to every applied command — live,
 and during the replay that rebuilds the core after a restart.  It keeps the trades of
-unsynchronised rounds and, at each round close (the ``round_closed`` event), a snapshot of
-what the settlement side needs from the platform at that instant: each agent's uncommitted
-amount (its operative limit, for R49.1.4.4 reductions) and the pending guarantee requests.
+unsynchronised rounds, each with the reference data in force when it was made (R53.6: a
+trade is settled to the owners and with the taxes the platform charged it with, even if the
+reference data are reloaded before its round closes), and, at each round close (the
+``round_closed`` event), a snapshot of what the settlement side needs from the platform at
+that instant: each agent's uncommitted amount (its operative limit, for R49.1.4.4
+reductions) and the pending guarantee requests.
 A synchronisation's inputs therefore depend only on the journal, so a recomputation after a
 crash gives exactly the same result.
 
@@ -88,6 +91,9 @@ class SyncJob:
         self.fault = fault
         # the trades of unsettled rounds, as plain rows (see settle.trade_row)
         self.trades: dict[int, list[TradeRow]] = defaultdict(list)
+        # the reference data each kept trade was made under (R53.6): (first trade id,
+        # reference data), one entry per change, in trade id order
+        self.trade_refs: list[tuple[int, RefData]] = []
         self.closes: dict[int, CloseSnapshot] = {}
         self.released_seen: set[int] = set()
         self.last_synced = 0
@@ -114,6 +120,11 @@ class SyncJob:
                 if t is Trade:
                     if ev.round > self.last_synced:
                         self.trades[ev.round].append(trade_row(ev))
+                        # R53.6: settled with the reference data it was made (and charged
+                        # on the platform) under, whatever is loaded before its round closes
+                        ref = self.core.ref
+                        if not self.trade_refs or self.trade_refs[-1][1] is not ref:
+                            self.trade_refs.append((ev.trade_id, ref))
                 elif t is RoundClosed:
                     if ev.round > self.last_synced:
                         self.closes[ev.round] = self._snapshot(ev.round, ev.ts)
@@ -212,8 +223,9 @@ class SyncJob:
             # in a worker thread: a round of 100,000 trades takes the better part of a
             # second to settle, and the loop keeps serving traders meanwhile (every input is
             # immutable or this call's own: trades, reference data, snapshot, balances)
+            refs = self._refs_of(trades)
             res = await asyncio.to_thread(settle, target, first, trades, snap.ref, balances,
-                                          requests, uncommitted, reserved, auctions)
+                                          requests, uncommitted, reserved, auctions, refs)
             feedback = [json.dumps(encode(c)) for c in self._feedback(res, balances)]
             self._fault("before_commit")
             if not await self.store.commit(res, feedback, snap.ts, self.fault):
@@ -228,11 +240,36 @@ class SyncJob:
                 del self.trades[r]
             for r in [r for r in self.closes if r <= target]:
                 del self.closes[r]
+            self._prune_refs()
             if self.submit is not None:
                 await self._feed(target, feedback)
             log.info("sync %d: rounds %d-%d, %d trades, %d entries", target, first, target,
                      res.trades, len(res.entries))
             return res
+
+    def _refs_of(self, trades: list[TradeRow]) -> list[tuple[int, RefData]]:
+        """The entries of ``trade_refs`` that apply to ``trades`` (R53.6)."""
+        if not trades or not self.trade_refs:
+            return []
+        lo = min(t[1] for t in trades)
+        hi = max(t[1] for t in trades)
+        out = [e for e in self.trade_refs if e[0] <= hi]
+        i = 0
+        while i + 1 < len(out) and out[i + 1][0] <= lo:
+            i += 1
+        return out[i:]
+
+    def _prune_refs(self) -> None:
+        """Forget the reference data no kept trade was made under (the last entry stays:
+        it is the one in force for the next trade, unless a reload comes first)."""
+        # (each round's rows are in trade id order)
+        first = min((rows[0][1] for rows in self.trades.values() if rows), default=None)
+        refs = self.trade_refs
+        i = 0
+        while i + 1 < len(refs) and (first is None or refs[i + 1][0] <= first):
+            i += 1
+        if i:
+            del refs[:i]
 
     async def _adopt_store(self) -> None:
         self.last_synced = await self.store.last_sync()
@@ -240,6 +277,7 @@ class SyncJob:
             del self.trades[r]
         for r in [r for r in self.closes if r <= self.last_synced]:
             del self.closes[r]
+        self._prune_refs()
         last = self.last_synced
         if self.submit is not None and last not in self.released_seen:
             await self._feed(last, await self.store.feedback(last))

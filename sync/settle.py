@@ -27,7 +27,7 @@ obligation, taxes included.  After adding a synchronisation's entries:
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -158,14 +158,15 @@ class _Ctx:
     """Per-settlement caches: each agent's taxes as integers, each contract's delivery day,
     each unit's owners with their taxes (the hot loop does integer arithmetic only)."""
 
-    def __init__(self, ref: RefData) -> None:
+    def __init__(self, ref: RefData, delta: dict[str, int] | None = None) -> None:
         self.ref = ref
         self.taxes: dict[str, tuple[int, int, int, int]] = {}
         for code, a in ref.agents.items():
             self.taxes[code] = (*_rate_int(a.tax_iee), *_rate_int(a.tax_vat))
         self.days: dict[str, str] = {}
         self.units: dict[tuple[str, str], _Plan] = {}
-        self.delta: dict[str, int] = {}
+        # each agent's balance change (shared by the contexts of one settlement)
+        self.delta: dict[str, int] = {} if delta is None else delta
 
     def day(self, contract: str) -> str:
         d = self.days.get(contract)
@@ -301,9 +302,15 @@ def settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefDa
            balances: Mapping[str, Balance], requests: Iterable[PendingRequest],
            uncommitted: Mapping[str, int],
            platform_reserved: Mapping[str, int] | None = None,
-           auctions: Iterable[tuple[str, str, int]] = ()) -> SyncResult:
+           auctions: Iterable[tuple[str, str, int]] = (),
+           trade_refs: Sequence[tuple[int, RefData]] = ()) -> SyncResult:
     """One synchronisation: ``trades`` of rounds ``from_round..sync_id`` (``Trade`` events
-    or :func:`trade_row` rows); ``balances`` as they stand; ``uncommitted`` each agent's
+    or :func:`trade_row` rows); ``ref`` the reference data at the last round's close;
+    ``trade_refs`` the reference data each trade was made under (R53.6, R49.1.4.2 step 1:
+    a trade is settled to the owners and with the taxes the platform charged it with), as
+    (first trade id, reference data) in increasing trade id: a trade takes the last entry
+    whose id is not above its own (``ref`` if none is); ``balances`` as they stand;
+    ``uncommitted`` each agent's
     operative limit on the platform (cents); ``platform_reserved`` what the platform holds
     as each agent's reserved guarantees (cents), which the balance's reserved amount is set
     to first (an officer's GMIC or decision moves the surplus, R49.1.4.1, R49.1.4.4);
@@ -311,14 +318,15 @@ def settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefDa
     agent, rights − obligations in milli-euros), which enter the balance (R55.7.2 b, c)."""
     with _collector_paused():
         return _settle(sync_id, from_round, trades, ref, balances, requests, uncommitted,
-                       platform_reserved, auctions)
+                       platform_reserved, auctions, trade_refs)
 
 
 def _settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefData,
             balances: Mapping[str, Balance], requests: Iterable[PendingRequest],
             uncommitted: Mapping[str, int],
             platform_reserved: Mapping[str, int] | None = None,
-            auctions: Iterable[tuple[str, str, int]] = ()) -> SyncResult:
+            auctions: Iterable[tuple[str, str, int]] = (),
+            trade_refs: Sequence[tuple[int, RefData]] = ()) -> SyncResult:
     tl = sorted(trades, key=_TRADE_ID)
     res = SyncResult(sync_id, from_round, len(tl))
     bal = {k: Balance(v.deposited, v.reserved, v.balance) for k, v in balances.items()}
@@ -349,8 +357,23 @@ def _settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefD
     out = res.entries
     programs = res.programs
     entries = ctx.entries
+    # R53.6: each trade with the reference data it was made under (a change of owners or
+    # taxes «no tendrá efecto» on trades already made); the trades are in trade id order
+    contexts: dict[int, _Ctx] = {id(ref): ctx}
+    changes = sorted(trade_refs, key=itemgetter(0))
+    nxt = 0  # the next change not yet in force
+    upto = changes[0][0] if changes else None  # its first trade id
     for (_ts, trade_id, contract, rnd, price, qty, _aggressor, _bo, _bu, buy_agent, buy_unit,
          _so, _su, sell_agent, sell_unit) in tl:
+        if upto is not None and trade_id >= upto:
+            while nxt < len(changes) and changes[nxt][0] <= trade_id:
+                nxt += 1
+            r1 = changes[nxt - 1][1]
+            c1 = contexts.get(id(r1))
+            if c1 is None:
+                c1 = contexts[id(r1)] = _Ctx(r1, delta)
+            entries = c1.entries
+            upto = changes[nxt][0] if nxt < len(changes) else None
         # R50: a selling unit's program grows with its sells, a buying unit's with its buys
         unit_code = buy_unit
         sells = entries(out, trade_id, "BUY", unit_code, buy_agent, contract, rnd, price, qty)

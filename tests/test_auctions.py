@@ -418,7 +418,16 @@ def test_debtor_bid_beyond_the_operative_limit_refused(m: Mkt) -> None:
     assert m.core.account("AG1")["operative_limit"] == 5_000_000  # type: ignore[index]
     r = m.bid("ana", "SELLU1", C1, "SELL", (-20662, 2000))
     assert code(r) == "OPERATIVE_LIMIT" and "AG1" in r.reason
-    assert isinstance(m.bid("ana", "SELLU1", C1, "SELL", (-20661, 2000)), int)
+    bid = m.bid("ana", "SELLU1", C1, "SELL", (-20661, 2000))
+    assert isinstance(bid, int)
+    # (corrected: this test placed the continuous order below with the bid still live,
+    # which passed only because an accepted bid held nothing.  R39.4.3.4: the bid holds
+    # its value, so the continuous debtor order does not fit until the bid is cancelled)
+    assert m.core.account("AG1")["operative_limit"] == 38  # type: ignore[index]
+    evs = m.do(NewOrder("ana", "AG1", "SELLU1", C3, SELL, -10000, 100))
+    assert [e.code for e in of(evs, Reject)] == ["OPERATIVE_LIMIT"]
+    m.do(CancelAuctionBid("ana", "AG1", SID, bid))
+    assert m.core.account("AG1")["operative_limit"] == 5_000_000  # type: ignore[index]
     # the operative limit counts resting debtor orders of continuous trading: a sell of
     # 10.0 MWh at -100.00 €/MWh (1 210.00 € with VAT) leaves too little for the same bid
     # in another period
@@ -704,6 +713,44 @@ async def test_an_auctions_rights_and_obligations_enter_the_guarantee_balance(
         assert (await store.balances())["AG2"].balance == 50_000_000 - owed
         rows = await store.query("SELECT session, synced_in FROM auction_sessions")
         assert [(r["session"], r["synced_in"]) for r in rows] == [(SID, res.sync_id)]
+    finally:
+        await store.close()
+
+
+async def test_r39_4_3_4_cleared_bids_become_obligations_released_by_the_sync(
+        tmp_path: Path) -> None:
+    """R39.4.3.4: a bid taken into the auction holds its value; «Una vez se realice la
+    liquidación, en lugar de dicha anotación figurarán los resultados de la facturación».
+    carlos (AG2) bids 40.0 MWh up to 50.00 €/MWh: 2 543.73 € held (with IEE and VAT).  It
+    is allocated 40.0 MWh at 45.00 (R44.4): the hold gives way to an obligation of
+    2 289.36 € in the current round, the rest (254.37 €) is released; the synchronisation
+    that enters the session's billing in the settlement balance (R55.7.2) releases it."""
+    m, _ids = cycle("close")
+    acct = m.core.account("AG2")
+    assert acct is not None
+    # 200 000 c × 1.271863625472 = 254 372.73 c (the continuous orders are hibernated)
+    assert (acct["auction_bids"], acct["obligations"]) == (254_373, 0)
+    m.do(ClearAuction(SID))
+    acct = m.core.account("AG2")
+    assert acct is not None
+    # 180 000 c × 1.271863625472 = 228 935.45 c
+    assert (acct["auction_bids"], acct["obligations"]) == (0, 228_936)
+    assert acct["operative_limit"] == 10_000_000 - 228_936
+    assert m.core.account("AG1")["obligations"] == 0  # type: ignore[index]  # a right
+    m.do(CloseContracts((C3,)))  # the round closes: a synchronisation
+    store, job = await settle(m, tmp_path)
+
+    async def submit(cmd: Any, origin: str) -> list[Any]:
+        return m.do(cmd)
+
+    job.submit = submit
+    try:
+        job.observe([(None, "calendar", m.events)])
+        res = await job.sync_pending()
+        assert res is not None and res.auctions == [SID]
+        acct = m.core.account("AG2")
+        assert acct is not None
+        assert (acct["obligations"], acct["operative_limit"]) == (0, 10_000_000)
     finally:
         await store.close()
 

@@ -18,6 +18,7 @@ from test_auctions import AGENT, BUY, C1, C2, C3, SELL, SID, Mkt, code, of
 
 from auctions.session import (
     AuctionAllocation,
+    CancelAuction,
     CancelAuctionBid,
     ClearAuction,
     CloseAuction,
@@ -26,7 +27,7 @@ from auctions.session import (
 )
 from engine.commands import NewOrder
 from engine.events import Reject, Trade
-from risk.commands import SetProgram
+from risk.commands import SetProgram, SetSyncReduction
 
 # the four quarter-hours of C1 (PH-20270115-20: 19:00-20:00 local, 18:00-19:00 UTC)
 QS = tuple(f"QH-20270115-{77 + i:03d}" for i in range(4))
@@ -200,16 +201,84 @@ def test_r39_4_3_4_guarantees_verified_again_at_close() -> None:
     """R39.4.3.4: the bid «será validada de nuevo con el balance de garantías ... en el
     momento de cierre de recepción de ofertas ..., no incorporándose al proceso de casación
     si alguno de los agentes no dispone de garantías suficientes».  AG1 (50 000.00 €, VAT
-    21 %) bids 200.0 MWh at -206.61 €/MWh (49 999.62 € with VAT: it fits); then sells 10.0
-    MWh at -100.00 €/MWh continuously in C3 (an obligation of 1 210.00 €): at the close the
-    bid no longer fits."""
+    21 %) bids 200.0 MWh at -206.61 €/MWh (49 999.62 € with VAT: it fits, and is held);
+    then the settlement side communicates a reduction d) of 1 210.00 € (R49.1.4.2 step 2):
+    at the close the bid no longer fits, is rejected, and its hold is released.
+
+    (Corrected: this test lowered the limit with a continuous sell of 10.0 MWh at -100.00
+    €/MWh placed after the bid; it was accepted only because the bid held nothing.  Since
+    an accepted bid holds its value (R39.4.3.4) that order is refused at once, so the limit
+    now drops by a reduction d) instead, which the bid cannot stop.)"""
     m = mkt()
     bid = m.bid("ana", "SELLU1", C1, "SELL", (-20661, 2000))
     assert isinstance(bid, int)
-    m.do(NewOrder("ana", "AG1", "SELLU1", C3, SELL, -10000, 100))
-    assert of(m.do(NewOrder("carlos", "AG2", "BUYU2", C3, BUY, -10000, 100)), Trade)
+    assert m.core.account("AG1")["operative_limit"] == 38  # type: ignore[index]
+    m.do(SetSyncReduction("sync", "AG1", 121_000))
     rejected = closing_rejections(m.do(CloseAuction(SID)))
     assert set(rejected) == {bid} and rejected[bid].code == "OPERATIVE_LIMIT"
+    acct = m.core.account("AG1")
+    assert acct is not None
+    assert (acct["operative_limit"], acct["auction_bids"]) == (5_000_000 - 121_000, 0)
+
+
+def test_r39_4_3_4_each_bid_taken_reduces_what_is_left_for_the_next_bids_and_trading(
+        ) -> None:
+    """R39.4.3.4: «Por cada oferta de compra incorporada al proceso de casación se anotará
+    una reducción del balance de garantías excedentarias».  AG2 (100 000.00 €; IEE
+    5.11269632 %, VAT 21 %) bids 300.0 MWh at 200.00 €/MWh in C1: 76 311.82 € with taxes,
+    which fits and is held; the same bid in C2 no longer fits what is left (23 688.18 €),
+    nor does a continuous buy of 25 437.27 €.  Cancelling the first bid gives its value
+    back; cancelling the session gives back the other's."""
+    m = Mkt()
+    m.schedule()  # C1 and C2
+    assert m.core.account("AG2")["operative_limit"] == 10_000_000  # type: ignore[index]
+    b1 = m.bid("carlos", "BUYU2", C1, "BUY", (20000, 3000))
+    assert isinstance(b1, int)
+    acct = m.core.account("AG2")
+    assert acct is not None
+    # 6 000 000 c × 1.271863625472 = 7 631 181.75 c held
+    assert (acct["auction_bids"], acct["operative_limit"]) == (7_631_182, 2_368_818)
+    r = m.bid("carlos", "BUYU2", C2, "BUY", (20000, 3000))
+    assert code(r) == "OPERATIVE_LIMIT" and "23688.18" in r.reason
+    evs = m.do(NewOrder("carlos", "AG2", "BUYU2", C3, BUY, 20000, 1000))
+    assert [e.code for e in of(evs, Reject)] == ["OPERATIVE_LIMIT"]
+    m.do(CancelAuctionBid("carlos", "AG2", SID, b1))
+    assert m.core.account("AG2")["operative_limit"] == 10_000_000  # type: ignore[index]
+    b2 = m.bid("carlos", "BUYU2", C2, "BUY", (20000, 3000))
+    assert isinstance(b2, int)
+    assert m.core.account("AG2")["operative_limit"] == 2_368_818  # type: ignore[index]
+    # a creditor bid (a buy at a negative price) holds nothing
+    assert isinstance(m.bid("carlos", "BUYU2", C1, "BUY", (-500, 100)), int)
+    assert m.core.account("AG2")["operative_limit"] == 2_368_818  # type: ignore[index]
+    m.do(CancelAuction(SID, "incident"))
+    acct = m.core.account("AG2")
+    assert acct is not None
+    assert (acct["auction_bids"], acct["operative_limit"]) == (0, 10_000_000)
+    assert m.core.risk is not None and m.core.risk.bid_holds == {}
+
+
+def test_r39_4_3_4_the_bids_verified_at_close_count_the_earlier_survivors() -> None:
+    """R39.4.3.4 at the close: the bids are verified again in submission order, each
+    against what the earlier surviving bids hold (not against its own hold).  Two bids of
+    AG2 that fit together at reception (40 000.00 € of bids against 100 000.00 €) both
+    survive a reduction d) that leaves room for both; a larger reduction rejects the
+    later one only."""
+    m = Mkt()
+    m.schedule()
+    b1 = m.bid("carlos", "BUYU2", C1, "BUY", (10000, 2000))  # 25 437.27 €
+    b2 = m.bid("carlos", "BUYU2", C2, "BUY", (10000, 2000))
+    assert isinstance(b1, int) and isinstance(b2, int)
+    # 50 874.55 € held; a reduction of 49 000.00 € leaves 51 000.00 € for both
+    m.do(SetSyncReduction("sync", "AG2", 4_900_000))
+    assert m.core.account("AG2")["operative_limit"] == 10_000_000 - 4_900_000 - 5_087_455  # type: ignore[index]
+    m.do(SetSyncReduction("sync", "AG2", 5_000_000))  # 50 000.00 €: room for one
+    rejected = closing_rejections(m.do(CloseAuction(SID)))
+    assert set(rejected) == {b2} and rejected[b2].code == "OPERATIVE_LIMIT"
+    acct = m.core.account("AG2")
+    assert acct is not None
+    # 2 000 000 c × 1.271863625472 = 2 543 727.25 c still held by b1
+    assert acct["auction_bids"] == 2_543_728
+    assert acct["operative_limit"] == 10_000_000 - 5_000_000 - 2_543_728
 
 
 # ====================================================================== a reference model

@@ -613,6 +613,30 @@ def test_r49_1_4_4_reduction_committed_to_obligations_is_refused_and_not_retried
     assert core.limit("BUYER") == 0
 
 
+def test_r49_1_4_4_sync_acceptance_of_a_reduction_now_committed_is_refused_whole() -> None:
+    """R49.1.4.4: the platform validates a reduction at the synchronisation instant and
+    refuses it whole if the amount is committed («se informará al agente de que su
+    solicitud ha sido rechazada»), even when the settlement side accepted it on the figures
+    of the round close: applied, it would make the operative limit negative.  GMIC
+    1000.00 €, 700.00 € now committed to an obligation: a reduction of 1000.00 € accepted
+    by the sync is refused (not reduced to 300.00 €), and is not retried."""
+    core = Core(std_doc(buyer_guarantees="1000.00"))
+    ev = core.send(RequestGuaranteeChange(by="bea", agent="BUYER", increase=False,
+                                          amount=100000))
+    rid = notices(ev, "REQUEST_PENDING")[0].request_id
+    core.new("sam", "SELLU", SELL, 5000, 140)
+    core.new("bea", "BUYU", BUY, 5000, 140)
+    assert core.limit("BUYER") == 30000
+    ev = core.send(DecideGuaranteeRequest(by="sync", request_id=rid, accept=True,
+                                          reason="reduction accepted: not committed"))
+    (n,) = notices(ev, "REQUEST_REFUSED")
+    assert "1000.00" in n.detail and "300.00" in n.detail
+    assert core.acct("BUYER")["requested_reductions"] == 0
+    assert core.limit("BUYER") == 30000
+    ev = core.send(DecideGuaranteeRequest(by="sync", request_id=rid, accept=True))
+    assert reject_codes(ev) == ["REQUEST_UNKNOWN"]
+
+
 def test_r49_1_4_1_set_guarantees_changes_the_limit() -> None:
     core = Core(std_doc(buyer_guarantees="1000.00"))
     core.new("bea", "BUYU", BUY, 5000, 100)  # 500.00 €
@@ -650,6 +674,63 @@ def test_r46_2_6_2_suspension_cancels_every_order_and_refuses_new_ones() -> None
     core.send(ReinstateAgent(by="rita", agent="BUYER"))
     assert accepted(core.new("bea", "BUYU", BUY, 5000, 10))
     assert not core.acct("BUYER")["suspended"]
+
+
+def test_r46_2_6_2_suspending_an_owner_cancels_the_orders_on_its_units_whoever_placed_them(
+        ) -> None:
+    """R46.2.6.2: on a suspension «las ofertas existentes en el Libro de Ofertas
+    correspondientes a dicho agente de mercado, serán canceladas».  OWN2 places no order
+    itself, but REP's orders on SHARED (REP 60 %, OWN2 40 %) hold 40 % of their value on
+    OWN2's account and would make it trade (R49.1.4.1): they correspond to OWN2 and are
+    cancelled, active or hibernated, while REP's order on its own unit REPU stays.  A sell
+    then finds nothing of SHARED's to trade with."""
+    doc = std_doc()
+    doc["units"].append(unit("REPU", "buy", "REP"))
+    core = Core(doc, CID, CID2)
+    core.new("rui", "SHARED", BUY, 5000, 100)
+    shared = core.order_id()
+    core.new("rui", "SHARED", BUY, 5000, 20, contract=CID2)
+    hib = core.order_id()
+    core.send(Deactivate(user="rui", agent="REP", order_ids=(hib,)))
+    core.new("rui", "REPU", BUY, 4000, 10)
+    own = core.order_id()
+    assert core.debtor("OWN2") == 20000  # 40 % of 500.00 €
+    ev = core.send(SuspendAgent(by="rita", agent="OWN2", reason="margin call"))
+    cancelled = reports(ev, "CANCELLED")
+    assert sorted(r.order_id for r in cancelled) == sorted([shared, hib])
+    assert {r.code for r in cancelled} == {"OPERATOR_CANCEL"}
+    assert all("OWN2" in (r.reason or "") for r in cancelled)
+    assert own in core.engine.orders and shared not in core.engine.orders
+    assert core.debtor("OWN2") == 0 and core.debtor("REP") == 4000
+    assert not trades(core.new("sam", "SELLU", SELL, 5000, 100))
+    assert core.obligations("OWN2") == 0
+
+
+# ============================================================================ auction bids
+
+
+def test_r39_4_3_2_a_buy_bid_of_a_buying_unit_is_checked_against_its_maximum_only() -> None:
+    """R39.4.3.2: for a buy bid of a buying unit the rule checks only that the bid plus the
+    program does not exceed the maximum (the unit's, under unavailabilities, under
+    limitations).  BUYU's minimum is 5.0 MWh and its program 0: a bid of 1.0 MWh that
+    brings it towards its minimum is accepted; one beyond its maximum is not."""
+    core = Core(set_unit(std_doc(), "BUYU", min_energy="5.0"))
+    g = core.guard
+    assert g.auction_check("bea", "BUYER", "BUYU", CID, "BUY", ((5000, 10),), core.now,
+                           {}) is None
+    rej = g.auction_check("bea", "BUYER", "BUYU", CID, "BUY", ((5000, 5001),), core.now, {})
+    assert rej is not None and rej[0] == "ENERGY_MAX" and "R39.4.3.2" in rej[1]
+    # the other direction, a sell of the buying unit, is checked against the minimum
+    rej = g.auction_check("bea", "BUYER", "BUYU", CID, "SELL", ((5000, 10),), core.now, {})
+    assert rej is not None and rej[0] == "ENERGY_MIN"
+
+
+def test_r39_4_2_2_a_sell_bid_of_a_selling_unit_is_checked_against_its_maximum_only() -> None:
+    """R39.4.2.2, the same for a sell bid of a selling unit below its minimum (5.0 MWh,
+    program 0): a bid of 1.0 MWh is accepted."""
+    core = Core(set_unit(std_doc(), "SELLU", min_energy="5.0"))
+    assert core.guard.auction_check("sam", "SELLER", "SELLU", CID, "SELL", ((5000, 10),),
+                                    core.now, {}) is None
 
 
 # ============================================================================ roles

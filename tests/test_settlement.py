@@ -24,6 +24,7 @@ m€; reductions and requests in cents.
 
 from __future__ import annotations
 
+import json
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from math import ceil
@@ -51,6 +52,7 @@ from sync.settle import (
 
 ROOT = Path(__file__).resolve().parents[1]
 REF: RefData = read_and_validate(ROOT / "examples" / "refdata.toml")[1]
+_DEMO_DOC = json.loads(read_and_validate(ROOT / "examples" / "refdata.toml")[0])
 C1 = "PH-20270115-10"
 C2 = "PH-20270115-11"
 DAY = "2027-01-15"
@@ -555,6 +557,39 @@ def test_shared_units_in_settle_split_and_tax_like_the_plain_rules() -> None:
             assert e.vat == _tax(e.base + e.iee, a.tax_vat)
     # and settle() gives what entries_of() gives trade by trade
     assert res.entries == [e for t in trades for e in entries_of(t, ref)]
+
+
+def test_r53_6_each_trade_is_settled_with_the_reference_data_it_was_made_under() -> None:
+    """R53.6: a change of owners or taxes has no effect on trades already matched.  Trades
+    1 and 2 were made under the demo data, trade 3 after SELLU3 became AG3's alone and
+    AG3's VAT 10 %, trade 4 after another change (AG3's VAT 5 %); the close's data are the
+    last.  Each is settled with its own; trades given in any order."""
+    import copy
+
+    from risk.refdata import load
+
+    def doc_with(owners: list[dict[str, str]], vat: str) -> RefData:
+        d = copy.deepcopy(_DEMO_DOC)
+        for u in d["units"]:
+            if u["code"] == "SELLU3":
+                u["owners"] = owners
+        for a in d["agents"]:
+            if a["code"] == "AG3":
+                a.setdefault("tax", {})["vat"] = vat
+        return load(d)
+
+    r2 = doc_with([{"agent": "AG3", "share": "100"}], "10")
+    r3 = doc_with([{"agent": "AG3", "share": "100"}], "5")
+    ts = [trade(i, -1000, 20, sell_unit="SELLU3") for i in (4, 2, 3, 1)]
+    res = settle(1, 1, ts, r3, {}, (), {}, trade_refs=[(3, r2), (1, REF), (4, r3)])
+    sells = sorted((e.trade_id, e.agent, e.share_bp, e.base, e.vat)
+                   for e in res.entries if e.side == "SELL")
+    assert sells == [(1, "AG3", 6000, 12_000, 2_520), (1, "AG4", 4000, 8_000, 1_840),
+                     (2, "AG3", 6000, 12_000, 2_520), (2, "AG4", 4000, 8_000, 1_840),
+                     (3, "AG3", 10_000, 20_000, 2_000), (4, "AG3", 10_000, 20_000, 1_000)]
+    # without trade_refs: everything with the data given (the close's), as before
+    res = settle(1, 1, ts, REF, {}, (), {})
+    assert {e.agent for e in res.entries if e.side == "SELL"} == {"AG3", "AG4"}
 
 
 def test_settle_pauses_the_collector_and_leaves_no_cyclic_garbage(

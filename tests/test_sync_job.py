@@ -733,6 +733,45 @@ async def test_a_request_refused_on_the_platform_after_the_sync_accepted_it_is_g
         await store.close()
 
 
+async def test_r49_1_4_4_a_reduction_committed_after_the_close_is_refused_at_the_sync_instant(
+        tmp_path: Path) -> None:
+    """R49.1.4.4: a reduction «será validada por la Plataforma de Negociación ... en el
+    siguiente instante de sincronización» and accepted only if the amount is not committed
+    to payment obligations.  AG2 asks to reduce its 100 000 € by all of it; round 1 closes
+    with nothing committed, so the settlement side accepts; but before the decision reaches
+    the platform AG2 buys 100.0 MWh at 400.00 € (50 874.55 € with taxes).  Applying the
+    acceptance then would leave the operative limit at −50 874.55 € (obligations uncovered):
+    the platform refuses the whole request, and the next sync takes the 100 000 € back from
+    the settlement surplus into the reserved amount."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        await m.submit(RequestGuaranteeChange("carlos", "AG2", False, 10_000_000), "carlos")
+        m.at(2)
+        await m.submit(CloseContracts((C1,)), "calendar")  # the snapshot: all uncommitted
+        await m.order("ana", "AG1", "SELLU1", C2, SELL, 40_000, 1000)
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C2, BUY, 40_000, 1000))
+        # 4 000 000 c × 1.271863625472 = 5 087 454.5 -> 5 087 455 c
+        assert m.limit("AG2") == 10_000_000 - 5_087_455
+        await m.job.sync_pending()
+        assert [(d["request_id"], d["accept"]) for d in await store.query(
+            "SELECT request_id, accept FROM decisions")] == [(1, 1)]  # at the close: free
+        acc = m.account("AG2")
+        assert acc["requested_reductions"] == 0
+        assert acc["operative_limit"] == 10_000_000 - 5_087_455 >= 0
+        assert m.accounts()["requests"] == [(1, "AG2", False, 10_000_000, "REFUSED")]
+        m.at(3)
+        await close_and_sync(m, C2)
+        b = (await store.balances())["AG2"]
+        assert b.reserved == 100_000_000  # the platform still holds it: given back
+        hist = await store.query("SELECT sync_id, delta, reason FROM balance_history"
+                                 " WHERE agent = 'AG2' ORDER BY sync_id, n")
+        assert (2, -100_000_000, "reserved amount set on the platform") in [
+            (h["sync_id"], h["delta"], h["reason"]) for h in hist]
+    finally:
+        await store.close()
+
+
 async def test_guarantees_an_officer_sets_leave_the_settlement_surplus(tmp_path: Path) -> None:
     """R49.1.4.1: the amount reserved for the continuous market «se reducirá
     automáticamente del excedente».  An officer sets AG1's reserved guarantees to all it
@@ -818,6 +857,45 @@ async def test_trades_are_settled_with_the_reference_data_in_force_at_the_close(
         # (270 600 + 13 835) × 21 % = 59 731; × 10 % = 28 444 (m€)
         assert [(r["round"], r["base"], r["iee"], r["vat"]) for r in rows] == [
             (1, 270_600, 13_835, 59_731), (2, 270_600, 13_835, 28_444)]
+    finally:
+        await store.close()
+
+
+async def test_r53_6_a_trade_is_settled_to_the_owners_charged_when_it_was_made(
+        tmp_path: Path) -> None:
+    """R53.6: changes of ownership and billing data «no tendrán efecto sobre fechas cuya
+    casación ... ya se hubiera producido»; R49.1.4.2 step 1.  SELLU3 (AG3 60 %, AG4 40 %)
+    sells 2.0 MWh at −10.00 €/MWh (a payment obligation): the platform charges AG3 1 452 c
+    and AG4 984 c.  Later in the same round the reference data make AG3 its only owner,
+    and SELLU3 sells 1.0 MWh more.  The round closes after the change: the first trade is
+    settled on AG3 and AG4 (the obligation the platform releases from AG4 is booked on
+    AG4), the second on AG3 alone."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        await m.order("bea", "AG3", "SELLU3", C1, SELL, -1000, 20)
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C1, BUY, -1000, 20))
+        assert (m.account("AG3")["obligations"], m.account("AG4")["obligations"]) == (
+            1452, 984)
+        doc = json.loads(REFDATA_TEXT)
+        for u in doc["units"]:
+            if u["code"] == "SELLU3":
+                u["owners"] = [{"agent": "AG3", "share": "100"}]
+        await m.submit(LoadReferenceData(canonical_json(doc)), "operator")
+        await m.order("bea", "AG3", "SELLU3", C1, SELL, -1000, 10)
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C1, BUY, -1000, 10))
+        assert (m.account("AG3")["obligations"], m.account("AG4")["obligations"]) == (
+            1452 + 1210, 984)
+        m.at(2)
+        await close_and_sync(m, C2)  # round 1 closes after the change
+        rows = await store.query("SELECT trade_id, agent, share_bp, base, vat FROM entries"
+                                 " WHERE side = 'SELL' ORDER BY trade_id, agent")
+        assert [(r["trade_id"], r["agent"], r["share_bp"], r["base"], r["vat"])
+                for r in rows] == [(1, "AG3", 6000, 12_000, 2_520),
+                                   (1, "AG4", 4000, 8_000, 1_840),
+                                   (2, "AG3", 10_000, 10_000, 2_100)]
+        assert (await store.balances())["AG4"].balance == -9_840
+        assert m.account("AG4")["obligations"] == 0  # released: it lives in the balance
     finally:
         await store.close()
 
