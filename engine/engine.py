@@ -79,6 +79,7 @@ GTD = Validity.GTD
 GFS = Validity.GFS
 TRADE = ContractState.TRADE
 INT = ContractState.INT
+UPC = ContractState.UPC
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
@@ -331,12 +332,17 @@ class Engine:
         reopening): in arrival order, the members of a VALID basket validated together and
         reactivated all or rejected all (A1§5.2); see :meth:`_reactivate_all`.  Every
         order must be a live HIBERNATED order of this engine (else :class:`EngineMisuse`,
-        before anything changes)."""
+        before anything changes).  An order of a contract whose gate closure has come
+        stays hibernated, for the close to cancel (A1§4.1), as if the close had come first:
+        it is not reactivated, and does not take down the members of its VALID basket in
+        other contracts (:func:`_past_gate_closure`)."""
         sel: dict[int, Order] = {}
+        contracts = self.contracts
         for o in orders:
             if o.status is not HIBERNATED or self._owned(o.id, o.agent) is not o:
                 raise EngineMisuse(f"order {o.id} is not a hibernated order of this engine")
-            sel[o.id] = o
+            if ts < contracts[o.contract].close_at:  # R45.f gate closure
+                sel[o.id] = o
         self._reactivate_all(sorted(sel.values(), key=_arrival_key), ts, req_id)
 
     def emit(self, event: Any) -> None:
@@ -347,7 +353,9 @@ class Engine:
         """Apply one command at instant ``ts`` (ms UTC, never decreasing); return its events.
 
         GTD orders whose instant has come expire first (A1§4.2), so that no command ever
-        sees an order past its validity, whether or not a :class:`Tick` arrived.
+        sees an order past its validity, whether or not a :class:`Tick` arrived.  A
+        contract's gate closure is not applied here but checked wherever an order would
+        enter, change or come back, against ``ts`` (:func:`_past_gate_closure` says why).
         """
         if ts < self.now:
             raise EngineMisuse(f"time went backwards: {ts} < {self.now}")
@@ -452,8 +460,8 @@ class Engine:
         incr: int,
         ts: int,
     ) -> tuple[str, str] | None:
-        """The engine's acceptance checks (R46.2.2 contract state, R46.2.1 bounds, A1§3.4
-        iceberg, A1§4 validity).  Returns (code, reason) or None."""
+        """The engine's acceptance checks (R46.2.2 contract state and gate closure, R46.2.1
+        bounds, A1§3.4 iceberg, A1§4 validity).  Returns (code, reason) or None."""
         cfg = self.cfg
         if c is None:
             return Code.CONTRACT_UNKNOWN, f"contract {contract_id} does not exist"
@@ -463,6 +471,8 @@ class Engine:
                 f"contract {contract_id} is {c.state.value}; orders are accepted only in TRADE"
                 " (R46.2.2)",
             )
+        if ts >= c.close_at:
+            return _past_gate_closure(c)
         if price < cfg.price_min or price > cfg.price_max:
             return (
                 Code.PRICE_OUT_OF_RANGE,
@@ -841,7 +851,8 @@ class Engine:
         qty = cmd.qty
         cfg = self.cfg
         if (
-            c is not None and c.state is TRADE and not cmd.peak and not cmd.incr
+            c is not None and c.state is TRADE and ts < c.close_at  # R45.f gate closure
+            and not cmd.peak and not cmd.incr
             and cmd.expiry is None and cmd.validity is GFS and not cmd.hibernated
             and cmd.client_order_id is None
             and cfg.price_min <= price <= cfg.price_max and cfg.qty_min <= qty <= cfg.qty_max
@@ -1101,7 +1112,8 @@ class Engine:
         c = self.contracts[o.contract]
         cfg = self.cfg
         if not (
-            c.state is TRADE and cmd.exec is NON and not cmd.peak and not cmd.incr
+            c.state is TRADE and ts < c.close_at  # R45.f gate closure, A1§3.1
+            and cmd.exec is NON and not cmd.peak and not cmd.incr
             and cmd.expiry is None and cmd.validity is GFS
             and cfg.price_min <= cmd.price <= cfg.price_max
             and cfg.qty_min <= cmd.qty <= cfg.qty_max
@@ -1143,13 +1155,14 @@ class Engine:
         self._unindex(o)
         self._report(o, ts, action, req_id, code, reason)
 
-    def _cancellable(self, o: Order) -> tuple[str, str] | None:
-        """A1§3.1, R46.2.6.2: cancellation while the contract allows sending orders (TRADE);
-        hibernated orders too, «en los momentos que el mercado permita la anulación»
-        (R46.2.7)."""
-        st = self.contracts[o.contract].state
+    def _cancellable(self, o: Order, ts: int) -> tuple[str, str] | None:
+        """A1§3.1, R46.2.6.2: cancellation while the contract allows sending orders (TRADE,
+        and before its gate closure: see :func:`_past_gate_closure`); hibernated orders too,
+        «en los momentos que el mercado permita la anulación» (R46.2.7)."""
+        c = self.contracts[o.contract]
+        st = c.state
         if st is TRADE:
-            return None
+            return None if ts < c.close_at else _past_gate_closure(c)
         return (Code.CONTRACT_NOT_TRADING,
                 f"contract {o.contract} is {st.value}; orders can be cancelled only while it"
                 " is in TRADE (A1§3.1, R46.2.6.2)")
@@ -1163,8 +1176,8 @@ class Engine:
                          order_id=cmd.order_id)
             return
         c = self.contracts[o.contract]
-        if c.state is not TRADE:
-            rej = self._cancellable(o)
+        if c.state is not TRADE or ts >= c.close_at:  # A1§3.1, R45.f gate closure
+            rej = self._cancellable(o, ts)
             assert rej is not None
             self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1], o.coid, o.id)
             return
@@ -1211,7 +1224,7 @@ class Engine:
         sel = self._select(a, u if cmd.scope == "user" else None, cmd.contract, None)
         done = []
         for o in sel:
-            if self._cancellable(o) is None:
+            if self._cancellable(o, ts) is None:
                 self._remove(o, ts, CANCELLED, rq, None, None)
                 done.append(o.id)
         self._out.append(Ack((ts, u, rq, "cancel_all", tuple(done))))
@@ -1385,8 +1398,10 @@ class Engine:
         individualmente sólo un subconjunto de ellas»)."""
         u, a, rq = cmd.user, cmd.agent, cmd.req_id
         if cmd.order_ids is None:
+            contracts = self.contracts
             sel = [o for o in self._select(a, None, cmd.contract, HIBERNATED)
-                   if self.contracts[o.contract].state is TRADE]
+                   if contracts[o.contract].state is TRADE
+                   and ts < contracts[o.contract].close_at]  # R45.f gate closure
         else:
             sel = []
             for oid in cmd.order_ids:
@@ -1400,11 +1415,16 @@ class Engine:
                                  f"order {oid} is {o.status.value}, not HIBERNATED",
                                  o.coid, oid)
                     return
-                st = self.contracts[o.contract].state
+                c = self.contracts[o.contract]
+                st = c.state
                 if st is not TRADE:
                     self._reject(ts, u, a, rq, Code.CONTRACT_NOT_TRADING,
                                  f"contract {o.contract} is {st.value}; orders can be"
                                  " reactivated only in TRADE", o.coid, oid)
+                    return
+                if ts >= c.close_at:
+                    code, reason = _past_gate_closure(c)
+                    self._reject(ts, u, a, rq, code, reason, o.coid, oid)
                     return
                 sel.append(o)
             sel = sorted(set(sel), key=_arrival_key)
@@ -1483,18 +1503,30 @@ class Engine:
             self._set_state(c, TRADE, ts, None)
 
     def _on_close(self, cmd: CloseContracts, ts: int) -> None:
-        """R45.g: closing contracts closes the round; A1§4.1: what is left is cancelled."""
+        """R45.g: closing the negotiation of contracts closes the round; A1§4.1: what is
+        left is cancelled.
+
+        R45.g: «El cierre de una ronda está asociado con el cierre de negociación de un
+        contrato».  Only a contract that was in negotiation (TRADE, or INT: negotiation
+        interrupted, R45.f; INT is reached only from TRADE) has its negotiation closed.  A
+        contract withdrawn from UPC («cerrado y a la espera de ser abierto a negociación»)
+        was never negotiated: it goes to FIN, but closes no round, so the trades of the
+        contracts still trading stay in the current round and no round sync runs.  A close
+        naming both kinds closes one round, listing the contracts that were negotiated."""
         found = self._contracts_for(cmd.contracts, ContractState.FIN, ts)
         if found is None:
             return
         ids = {c.id for c in found}
+        negotiated = tuple(c.id for c in found if c.state is not UPC)
         left = sorted((o for o in self.orders.values() if o.contract in ids), key=_arrival_key)
         for o in left:
             self._remove(o, ts, CANCELLED, None, Code.CONTRACT_CLOSE,
                          f"contract {o.contract} closed (A1§4.1)")
         for c in found:
             self._set_state(c, ContractState.FIN, ts, "closed")
-        self._out.append(RoundClosed((ts, self.round, tuple(c.id for c in found))))
+        if not negotiated:
+            return
+        self._out.append(RoundClosed((ts, self.round, negotiated)))
         if self.guard is not None:
             self.guard.round_closed(self.round, ts)
         self.round += 1
@@ -1535,13 +1567,16 @@ class Engine:
         """R46.2.7: after an auction, the hibernated orders of the agents that asked for it
         come back in arrival order, each re-validated, whole or rejected; the members of a
         VALID basket in the named contracts all back or all rejected (A1§5.2,
-        :meth:`_reactivate_all`)."""
-        ids = set(cmd.contracts)
+        :meth:`_reactivate_all`).  The orders of a contract that is not in TRADE, or whose
+        gate closure has come (:func:`_past_gate_closure`), stay hibernated: the close
+        cancels them (A1§4.1)."""
+        ids = {cid for cid in cmd.contracts
+               if (c := self.contracts.get(cid)) is not None
+               and c.state is TRADE and ts < c.close_at}  # R45.f gate closure
         agents = None if cmd.agents is None else set(cmd.agents)
         sel = sorted(
             (o for o in self.orders.values()
              if o.status is HIBERNATED and o.contract in ids
-             and self.contracts[o.contract].state is TRADE
              and (agents is None or o.agent in agents)),
             key=_arrival_key,
         )
@@ -1601,6 +1636,46 @@ _TRADER_COMMANDS = frozenset(
 
 def _order_id(o: Order) -> int:
     return o.id
+
+
+def _past_gate_closure(c: Contract) -> tuple[str, str]:
+    """R45.f, A1§4.1: at and after its gate closure (``close_at``) a contract takes no order.
+
+    R45.f: «FIN: Contrato cerrado y finalizado. No se admiten ofertas»; A1§4.1: orders are
+    «válidas hasta el cierre de la negociación del contrato»; A1§3.1: an order «podrá ser
+    modificada o cancelada mientras el contrato ... esté en un estado que permita el envío
+    de ofertas (TRADE)».  The calendar's :class:`CloseContracts` reaches the sequencer a
+    little after ``close_at`` (the timekeeper wakes, then queues behind traders' commands),
+    so a contract may still be in TRADE when a command stamped at or after its close is
+    applied.  The engine compares the command's instant with ``close_at`` itself, so that
+    nothing enters, changes or trades after the gate closure, whatever the lag, and the
+    outcome is the one the close would have given had it come in time: a new order, a
+    basket member, a modification, a cancellation and the owner's activation of named
+    orders in such a contract are refused as in a closed contract (CONTRACT_NOT_TRADING,
+    with this reason); the reactivations that select orders (the owner's "activate all",
+    the operator's ReactivateOrders, an auction's reopening) leave that contract's
+    hibernated orders hibernated, for the close to cancel, and reactivate the others (the
+    members of a VALID basket in other contracts too, as if the close had taken these
+    first).
+
+    The alternative, closing due contracts at the start of :meth:`Engine.apply` as GTD
+    orders expire there, was not chosen: a close ends a round (R45.g), so the round close,
+    the risk guard's new round and the round sync would be set off by whichever command came
+    first (a trader's order), grouped differently from the calendar's one close of every
+    due contract; the calendar's own close would then fail as an illegal FIN → FIN
+    transition, and the auctions module, which pauses and resumes contracts by state, would
+    find a contract closed under it.  So the contract's state and the rounds stay what the
+    journaled commands made them: the contract stays in TRADE (or INT, or UPC) until its
+    :class:`CloseContracts`, which closes the round and cancels its orders (A1§4.1) as
+    before; a transition applied after ``close_at`` (OpenContracts, ResumeContracts by an
+    auction's reopening) is still allowed, but lets no order in.  What may still happen
+    meanwhile takes orders out of the market only: the owner's deactivation, the platform's
+    hibernation, an agent's suspension, GTD expiries."""
+    return (
+        Code.CONTRACT_NOT_TRADING,
+        f"contract {c.id} reached its gate closure at {c.close_at}; it takes no order,"
+        " modification, cancellation or reactivation from then on (R45.f, A1§4.1)",
+    )
 
 
 def arrival_key(o: Order) -> tuple[int, int]:

@@ -34,8 +34,19 @@ Interpretations where the rules leave a choice (and that the engine shares):
   cancelled by the modification, the new order is killed;
 * a client order id is used only by an order that is accepted (unique per user and local
   day), so a basket member repeating the id of an *invalid* member is no duplicate;
-* every close of contracts (even of a contract withdrawn before it opened) closes the
-  current round (R45.g);
+* a close of contracts closes the current round only if one of them was in negotiation
+  (TRADE, or INT: interrupted): R45.g ties a round's close to «el cierre de negociación de
+  un contrato», and a contract withdrawn from UPC («a la espera de ser abierto a
+  negociación», R45.f) had none, so its withdrawal leaves the round open (an earlier
+  version of this model closed the round at any close, the withdrawal of a contract that
+  never opened included; that split a round of the contracts still trading, and set off a
+  round sync, for a contract that had no trade and no negotiation);
+* from its gate closure (``close_at``, A1§4.1 «válidas hasta el cierre de la negociación»)
+  a contract takes nothing from the traders even while the calendar's close has not come
+  yet: its new orders, modifications, cancellations (A1§3.1) and the owner's activation of
+  named orders are refused with CONTRACT_NOT_TRADING, as in FIN, and the reactivations
+  that select orders (activate all, the operator's reactivation) leave its hibernated
+  orders hibernated, for the close to cancel;
 * the contract transitions are the table of R45.f whatever the command's name: "open" and
   "resume" both move UPC or INT to TRADE.
 
@@ -200,6 +211,11 @@ class ReferenceModel:
     def book_ids(self, contract: str, side: Side) -> list[int]:
         return [o.id for o in self.book(contract, side)]
 
+    def _trading(self, contract: str) -> bool:
+        """Open for the traders: in TRADE and before its gate closure (R45.f, A1§4.1)."""
+        c = self.contracts[contract]
+        return c.state == TRADE and self.now < c.close_at
+
     def _by_arrival(self, orders: list[RefOrder]) -> list[RefOrder]:
         return sorted(orders, key=lambda o: (o.arrival, o.id))
 
@@ -257,7 +273,7 @@ class ReferenceModel:
         if c is None:
             return [Code.CONTRACT_UNKNOWN]
         bad: list[str] = []
-        if c.state != TRADE:
+        if not self._trading(contract):
             bad.append(Code.CONTRACT_NOT_TRADING)
         if not self.price_min <= price <= self.price_max:
             bad.append(Code.PRICE_OUT_OF_RANGE)
@@ -513,7 +529,7 @@ class ReferenceModel:
         if o is None:
             out.rejects.append(frozenset({Code.ORDER_UNKNOWN}))
             return
-        if self.contracts[o.contract].state != TRADE:
+        if not self._trading(o.contract):
             out.rejects.append(frozenset({Code.CONTRACT_NOT_TRADING}))
             return
         self._drop(o, out, CANCELLED, None)
@@ -527,7 +543,7 @@ class ReferenceModel:
                 o.agent == cmd.agent
                 and (cmd.scope == "agent" or o.user == cmd.user)
                 and (cmd.contract is None or o.contract == cmd.contract)
-                and self.contracts[o.contract].state == TRADE
+                and self._trading(o.contract)
             ):
                 self._drop(o, out, CANCELLED, None)
 
@@ -560,7 +576,7 @@ class ReferenceModel:
             chosen = [
                 o for o in self.orders.values()
                 if o.agent == cmd.agent and o.status == HIBERNATED
-                and self.contracts[o.contract].state == TRADE
+                and self._trading(o.contract)
                 and (cmd.contract is None or o.contract == cmd.contract)
             ]
         else:
@@ -573,7 +589,7 @@ class ReferenceModel:
                 if o.status != HIBERNATED:
                     out.rejects.append(frozenset({Code.ORDER_NOT_HIBERNATED}))
                     return
-                if self.contracts[o.contract].state != TRADE:
+                if not self._trading(o.contract):
                     out.rejects.append(frozenset({Code.CONTRACT_NOT_TRADING}))
                     return
                 if all(c.id != o.id for c in chosen):
@@ -598,7 +614,7 @@ class ReferenceModel:
         chosen = [
             o for o in self.orders.values()
             if o.status == HIBERNATED and o.contract in cmd.contracts
-            and self.contracts[o.contract].state == TRADE
+            and self._trading(o.contract)
             and (cmd.agents is None or o.agent in cmd.agents)
         ]
         for o in self._by_arrival(chosen):
@@ -652,11 +668,16 @@ class ReferenceModel:
                 self._hibernate(o)
 
     def _on_close(self, cmd: CloseContracts, out: Outcome) -> None:
-        """R45.g: a close closes the round; A1§4.1: every order left is cancelled."""
+        """R45.g: closing a contract's negotiation closes the round (a contract withdrawn
+        from UPC was never negotiated: no round closes for it alone); A1§4.1: every order
+        left is cancelled."""
+        negotiated = [cid for cid in cmd.contracts
+                      if cid in self.contracts and self.contracts[cid].state != UPC]
         done = self._transition(cmd.contracts, FIN, out)
         if not done:
             return
         for o in self._by_arrival(list(self.orders.values())):
             if o.contract in done:
                 self._drop(o, out, CANCELLED, Code.CONTRACT_CLOSE)
-        self.round += 1
+        if negotiated:
+            self.round += 1

@@ -650,6 +650,11 @@ def commands(draw: Any, h: Harness) -> tuple[Any, int]:
     elif k < 94:
         cmd = Tick()
         dt += pick(draw, (10, 50, 200))
+        ahead = sorted(t for t in CLOSE_AT.values() if t > now)
+        if ahead and very_rare(draw):
+            # to a gate closure (just before, at, just after) with the contract still open:
+            # the calendar's close comes later, if at all (R45.f, A1§4.1)
+            dt = ahead[0] - h.ts + pick(draw, (0, -1, 1))
     elif k < 96:
         cmd = HibernateOrders(contract=pick(draw, (None, *CONTRACTS)),
                               agent=pick(draw, (None, *AGENTS)))
@@ -831,14 +836,18 @@ def test_client_order_id_is_free_again_the_next_day() -> None:
     """Client order ids are unique per user and local day (protocol)."""
     h = Harness()
     next_midnight = T0 + 15 * 3_600_000  # T0 is 09:00 local time (CET)
+    # a contract still trading the next day: the others close at T0 + 2-3 s (R45.f)
+    late = "PH-20270116-10"
     h.run([
-        (order(A1, BUY, 99, 1, client_order_id="x"), 0),
-        (order(A1, BUY, 99, 1, client_order_id="x"), 0),  # refused: same day
-        (order(A2, BUY, 99, 1, client_order_id="x"), 0),  # another user: fine
+        (CreateContract(late, T0 + 23 * 3_600_000), 0),
+        (OpenContracts((late,)), 0),
+        (order(A1, BUY, 99, 1, late, client_order_id="x"), 0),
+        (order(A1, BUY, 99, 1, late, client_order_id="x"), 0),  # refused: same day
+        (order(A2, BUY, 99, 1, late, client_order_id="x"), 0),  # another user: fine
         (Tick(), next_midnight - T0 - 1),
-        (order(A1, BUY, 99, 1, client_order_id="x"), 0),  # 23:59:59.999: refused
+        (order(A1, BUY, 99, 1, late, client_order_id="x"), 0),  # 23:59:59.999: refused
         (Tick(), 1),
-        (order(A1, BUY, 99, 1, client_order_id="x"), 0),  # the next day: fine
+        (order(A1, BUY, 99, 1, late, client_order_id="x"), 0),  # the next day: fine
     ])
     assert h.engine.next_order == 4
 
@@ -899,3 +908,61 @@ def test_cancellation_only_while_the_contract_trades() -> None:
     codes = [r.code for out in h.outputs[h.first:] for r in out if isinstance(r, Reject)]
     assert codes == ["CONTRACT_NOT_TRADING"]
     assert h.engine.orders == {}
+
+
+def test_nothing_enters_changes_or_comes_back_after_gate_closure() -> None:
+    """R45.f («FIN: ... No se admiten ofertas»), A1§4.1 (GFS «válidas hasta el cierre de la
+    negociación del contrato»), A1§3.1 (modified or cancelled while the contract allows
+    sending orders): from its gate closure (CLOSE_AT, T0 + 2 s for C0) the contract takes
+    nothing from the traders, though the calendar's close comes later: the model and the
+    engine agree on every refusal, and the orders left are the close's to cancel."""
+    u = USERS[A1][0]
+    close = CLOSE_AT[C0] - T0
+    h = Harness()
+    h.run([
+        (order(A2, SELL, 100, 2), 0),  # 1
+        (order(A1, BUY, 99, 1), 0),  # 2
+        (order(A1, SELL, 101, 1, hibernated=True), 0),  # 3
+        (order(A1, BUY, 100, 1), close - 1),  # 4: 1 ms before the gate closure: trades
+        (order(A3, BUY, 100, 1), 1),  # at the gate closure: refused, no trade
+        (ModifyOrder(u, A1, 2, 1, 100, 1), 0),  # refused
+        (CancelOrder(u, A1, 2), 0),  # refused
+        (CancelAll(u, A1, "agent"), 0),  # nothing cancelled
+        (Activate(u, A1, (3,)), 0),  # refused
+        (Activate(u, A1, None), 0),  # nothing reactivated
+        (ReactivateOrders((C0,), None), 0),  # nothing reactivated
+        (EnterBasket(u, A1, BasketType.VALID, (order(A1, BUY, 100, 1),
+                                              order(A1, BUY, 99, 1, C1))), 0),  # refused
+        (order(A3, BUY, 99, 1, C1), 0),  # 5: C1 closes later: accepted
+        (CloseContracts((C0,)), 10),  # 1, 2, 3 cancelled by the close; round 2
+    ])
+    assert trades_of(h, 3) == [(100, 1, 4, 1)]
+    assert all(not trades_of(h, i) for i in range(4, 14))
+    codes = [[r.code for r in out if isinstance(r, Reject)] for out in h.outputs[h.first:]]
+    assert codes[4:12] == [["CONTRACT_NOT_TRADING"]] * 3 + [[]] + [["CONTRACT_NOT_TRADING"]] + [
+        [], [], ["CONTRACT_NOT_TRADING", "BASKET_MEMBER_INVALID", "BASKET_MEMBER_INVALID"]]
+    closed = {r.order_id: r.code for r in h.outputs[-1] if isinstance(r, OrderReport)}
+    assert closed == {1: "CONTRACT_CLOSE", 2: "CONTRACT_CLOSE", 3: "CONTRACT_CLOSE"}
+    assert list(h.engine.orders) == [5] and h.engine.round == 2
+
+
+def test_withdrawing_a_contract_that_never_opened_closes_no_round() -> None:
+    """R45.g: «El cierre de una ronda está asociado con el cierre de negociación de un
+    contrato»; C2 is UPC («a la espera de ser abierto a negociación», R45.f): withdrawing it
+    closes no round, so the trades before and after are of round 1; a close of a negotiated
+    contract (even with C2 in the same command) closes one."""
+    C2 = CONTRACTS[2]
+    h = Harness()
+    h.run([
+        (order(A2, SELL, 100, 2), 0),  # 1
+        (order(A1, BUY, 100, 1), 0),  # 2: round 1
+        (CloseContracts((C2,)), 1),  # UPC -> FIN: no round closes
+        (order(A1, BUY, 100, 1), 1),  # 3: still round 1
+    ])
+    rounds = [t.round for out in h.outputs for t in out if isinstance(t, Trade)]
+    assert rounds == [1, 1] and h.engine.round == 1
+    assert not [e for e in h.outputs[-2] if isinstance(e, RoundClosed)]
+    h2 = Harness()
+    h2.run([(CloseContracts((C0, C2)), 1)])
+    (rc,) = [e for e in h2.outputs[-1] if isinstance(e, RoundClosed)]
+    assert (rc.round, rc.contracts) == (1, (C0,)) and h2.engine.round == 2

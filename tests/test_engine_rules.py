@@ -7,6 +7,7 @@ Units: prices in cents of €/MWh (5000 = 50.00 €/MWh), quantities in tenths o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from helpers import (
     BUY,
     CID,
     CID2,
+    CID3,
     FOK,
     GTD,
     IOC,
@@ -23,6 +25,7 @@ from helpers import (
     TRADERS,
     Market,
     NullGuard,
+    acked_ids,
     activate,
     basket,
     book_changes,
@@ -1145,6 +1148,213 @@ def test_R45_f_engine_refuses_illegal_contract_transitions() -> None:
     assert m.engine.contracts[CID].state.value == "FIN"
     assert m.engine.contracts[CID2].state.value == "TRADE"
     assert m.engine.round == 2
+
+
+# =============================================================================== R45.f gate closure
+# The calendar's CloseContracts is sequenced a little after the gate closure (close_at):
+# until it comes, the contract is still TRADE, but takes nothing from the traders.
+
+
+def _past_closure(reason: str) -> bool:
+    return "gate closure" in reason and "R45.f" in reason
+
+
+def _at_gate_closure(offset: int) -> tuple[Market, dict[str, int]]:
+    """CID (close at 07:00 UTC) and CID2 (08:00) trading: bob's sell 50.00 and carol's buy
+    49.00 rest on CID, alice's sell is hibernated there; the clock at CID's gate closure +
+    ``offset`` ms, its CloseContracts not applied yet."""
+    m = Market(CID, CID2)
+    ids = {
+        "sell": m.sell("bob", 5000, 20),
+        "buy": m.buy("carol", 4900, 20),
+        "hib": m.sell("alice", 5100, 10, hibernated=True),
+    }
+    m.now = gate_closure(CID) + offset - SECOND  # the next command at close + offset
+    return m, ids
+
+
+GATE_CLOSED_ENTRIES: dict[str, Any] = {
+    "plain GFS (fast path)": lambda: order("alice", BUY, 5000, 10),
+    "IoC": lambda: order("alice", BUY, 5000, 10, exec=IOC),
+    "FoK": lambda: order("alice", BUY, 5000, 10, exec=FOK),
+    "iceberg": lambda: order("alice", BUY, 5000, 10, peak=5),
+    "client order id": lambda: order("alice", BUY, 5000, 10, client_order_id="late"),
+    "GTD": lambda: order("alice", BUY, 5000, 10, validity=GTD,
+                         expiry=gate_closure(CID) + 60 * SECOND),
+    "entered hibernated": lambda: order("alice", BUY, 5000, 10, hibernated=True),
+    "basket NONE": lambda: basket("alice", BasketType.NONE, order("alice", BUY, 5000, 10)),
+    "basket VALID": lambda: basket("alice", BasketType.VALID, order("alice", BUY, 5000, 10),
+                                   order("alice", BUY, 5000, 10, contract=CID2)),
+    "basket LINKED": lambda: basket("alice", BasketType.LINKED,
+                                    order("alice", BUY, 5000, 10, exec=FOK)),
+}
+
+
+@pytest.mark.parametrize("offset", [0, 1, 60 * SECOND])
+@pytest.mark.parametrize("kind", list(GATE_CLOSED_ENTRIES))
+def test_R45_f_A1_4_1_no_order_enters_or_trades_at_or_after_gate_closure(
+        kind: str, offset: int) -> None:
+    """R45.f: «FIN: Contrato cerrado y finalizado. No se admiten ofertas»; A1§4.1: orders
+    are «válidas hasta el cierre de la negociación del contrato».  At CID's gate closure
+    (and after), before the calendar's CloseContracts is applied, an order that would cross
+    bob's sell at 50.00 is refused like one sent to a closed contract (CONTRACT_NOT_TRADING,
+    the reason naming the gate closure), whatever its conditions or basket: no trade,
+    nothing rests, the book is as it was."""
+    m, _ = _at_gate_closure(offset)
+    before = live_snapshot(m)
+    book = m.public_book(CID)
+    ev = m.send(GATE_CLOSED_ENTRIES[kind]())
+    assert m.now == gate_closure(CID) + offset
+    assert not trades(ev) and not reports(ev)
+    rj = rejects(ev)
+    assert rj and rj[0].code == Code.CONTRACT_NOT_TRADING and _past_closure(rj[0].reason)
+    assert live_snapshot(m) == before and m.public_book(CID) == book
+    assert m.engine.contracts[CID].state.value == "TRADE"  # the close has not come yet
+
+
+def test_R45_f_an_order_one_ms_before_gate_closure_still_trades() -> None:
+    """R45.f, A1§4.1: the contract takes orders until its gate closure, exclusive: 1 ms
+    before it the same order trades with bob's sell at 50.00."""
+    m, ids = _at_gate_closure(-1)
+    ev = m.send(order("alice", BUY, 5000, 10))
+    assert fills(ev) == [(5000, 10)] and trades(ev)[0].sell_order == ids["sell"]
+
+
+def test_A1_3_1_no_modification_or_cancellation_after_gate_closure() -> None:
+    """A1§3.1: an order «podrá ser modificada o cancelada mientras el contrato al que se
+    presentó esté en un estado que permita el envío de ofertas (TRADE)»; past its gate
+    closure CID allows none (R45.f, A1§4.1).  Carol's buy cannot be modified to cross bob's
+    sell (neither a plain modification, the fast path, nor an IoC), nor cancelled, nor
+    cancelled by cancel-all; the calendar's close then cancels every order with
+    CONTRACT_CLOSE (A1§4.1) and closes round 1 (R45.g)."""
+    m, ids = _at_gate_closure(0)
+    before = live_snapshot(m)
+    close = gate_closure(CID)
+    for cmd in (modify("carol", ids["buy"], 1, 5000, 20),
+                modify("carol", ids["buy"], 1, 5000, 20, exec=IOC),
+                cancel("carol", ids["buy"]),
+                cancel("alice", ids["hib"])):
+        ev = m.send(cmd, at=close)
+        (rj,) = rejects(ev)
+        assert rj.code == Code.CONTRACT_NOT_TRADING and _past_closure(rj.reason), cmd
+        assert rj.order_id == cmd.order_id and not trades(ev) and not reports(ev)
+    ev = m.send(cancel_all("carol", "agent"), at=close)
+    assert acked_ids(ev) == () and not reports(ev)
+    assert live_snapshot(m) == before
+    ev = m.send(CloseContracts((CID,)))
+    assert {r.order_id: r.code for r in reports(ev, "CANCELLED")} == {
+        i: Code.CONTRACT_CLOSE for i in ids.values()}
+    assert [rc.round for rc in of(ev, RoundClosed)] == [1]
+
+
+@dataclass(frozen=True)
+class _Reopen:
+    """A test command standing for an auction's reopening (auctions/session.py), which
+    reactivates the orders it hibernated through :meth:`Engine.reactivate_orders`."""
+
+    orders: tuple[int, ...]
+
+
+def test_R46_2_7_no_reactivation_after_gate_closure() -> None:
+    """R46.2.7: a reactivated order is validated as a new one, and past CID's gate closure
+    no order is admitted (R45.f, A1§4.1).  The owner naming alice's hibernated sell is
+    refused (CONTRACT_NOT_TRADING); "activate all", the operator's ReactivateOrders and an
+    auction's reopening (Engine.reactivate_orders) leave it hibernated, for the close to
+    cancel, as if the close had come in time.  The reopening still brings back the member
+    of the same VALID basket in CID2 (closing an hour later): had the close come first, the
+    CID member would be gone and the CID2 member reactivated alone (A1§5.2)."""
+    m = Market(CID, CID2)
+    s = m.sell("bob", 5100, 20)
+    m.sell("dave", 5200, 20, contract=CID2)
+    m.send(basket("alice", BasketType.VALID, order("alice", BUY, 5100, 10, hibernated=True),
+                  order("alice", BUY, 5200, 10, contract=CID2, hibernated=True)))
+    hib, mate = m.created
+    m.now = gate_closure(CID) - SECOND
+    for cmd in (activate("alice", (hib,)), activate("alice", (hib, mate))):
+        ev = m.send(cmd, at=m.now + SECOND)
+        (rj,) = rejects(ev)
+        assert rj.code == Code.CONTRACT_NOT_TRADING and _past_closure(rj.reason)
+        assert rj.order_id == hib and not reports(ev)
+    ev = m.send(activate("alice", contract=CID), at=m.now)
+    assert acked_ids(ev) == () and not reports(ev)
+    ev = m.send(ReactivateOrders((CID,)), at=m.now)
+    assert not reports(ev) and not trades(ev)
+    e = m.engine
+    assert e.orders[hib].status.value == "HIBERNATED"
+    # an auction's reopening: a registered module's command calling reactivate_orders
+    e.register(_Reopen, lambda cmd, ts: e.reactivate_orders(
+        [e.orders[i] for i in cmd.orders], ts))
+    ev = m.send(_Reopen((hib, mate)), at=m.now)
+    assert hib not in {r.order_id for r in reports(ev)} and not rejects(ev)
+    assert m.report(mate).status == "INACTIVE" and m.report(mate).filled == 10
+    assert [(t.contract, t.price, t.qty, t.buy_order) for t in trades(ev)] == [
+        (CID2, 5200, 10, mate)]
+    assert e.orders[hib].status.value == "HIBERNATED"
+    assert e.orders[s].remaining == 20  # bob's sell on CID never traded
+    ev = m.send(CloseContracts((CID,)))
+    assert [(r.order_id, r.code) for r in reports(ev, "CANCELLED")] == [
+        (s, Code.CONTRACT_CLOSE), (hib, Code.CONTRACT_CLOSE)]
+
+
+def test_R45_f_contract_opened_or_resumed_after_gate_closure_takes_no_order() -> None:
+    """R45.f, A1§4.1: a transition applied after the gate closure (an operator's late
+    OpenContracts, an auction's reopening resuming the contract it paused) is allowed, the
+    contract's state is what the journaled commands made it, but no order enters it: the
+    calendar's close is all that is left for it."""
+    m = Market(CID, CID2, open_contracts=False)
+    m.send(OpenContracts((CID2,)))
+    m.send(InterruptContracts((CID2,)))
+    m.send(OpenContracts((CID,)), at=gate_closure(CID))
+    m.send(ResumeContracts((CID2,)), at=gate_closure(CID2) + 1)
+    for cid in (CID, CID2):
+        assert m.engine.contracts[cid].state.value == "TRADE"
+        (rj,) = rejects(m.send(order("alice", BUY, 5000, 10, contract=cid), at=m.now))
+        assert rj.code == Code.CONTRACT_NOT_TRADING and _past_closure(rj.reason)
+    assert m.engine.orders == {}
+
+
+# =============================================================================== R45.g
+
+
+class RoundRecordingGuard(NullGuard):
+    """Records the rounds the engine tells the guard are closed (the risk guard starts a
+    new round there: A1§6, R49.1.4.3)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[tuple[int, int]] = []
+
+    def round_closed(self, round_no: int, ts: int) -> None:
+        self.rounds.append((round_no, ts))
+
+
+def test_R45_g_withdrawing_a_contract_that_never_opened_closes_no_round() -> None:
+    """R45.g: «El cierre de una ronda está asociado con el cierre de negociación de un
+    contrato»; R45.f: UPC is «Contrato cerrado y a la espera de ser abierto a negociación».
+    Withdrawing CID3, never opened, takes it to FIN but closes no negotiation: no
+    RoundClosed, no new round for the guard (so no round sync), and CID's trades before and
+    after it are of the same round 1.  A close of CID (in negotiation) together with the
+    never-opened CID4 closes one round, naming CID; an interrupted contract (INT: its
+    negotiation interrupted) closes a round too."""
+    cid4 = "PH-20270115-13"
+    g = RoundRecordingGuard()
+    m = Market(CID, CID2, CID3, cid4, guard=g, open_contracts=False)
+    m.send(OpenContracts((CID, CID2)))
+    m.sell("bob", 5000, 20)
+    t1 = trades(m.send(order("alice", BUY, 5000, 10)))
+    ev = m.send(CloseContracts((CID3,)))
+    assert [(c.contract, c.previous, c.state) for c in of(ev, ContractStateChanged)] == [
+        (CID3, "UPC", "FIN")]
+    assert not of(ev, RoundClosed) and g.rounds == [] and m.engine.round == 1
+    t2 = trades(m.send(order("alice", BUY, 5000, 10)))
+    assert [t.round for t in t1 + t2] == [1, 1]
+    ev = m.send(CloseContracts((CID, cid4)))
+    (rc,) = of(ev, RoundClosed)
+    assert (rc.round, rc.contracts) == (1, (CID,)) and g.rounds == [(1, m.now)]
+    m.send(InterruptContracts((CID2,)))
+    ev = m.send(CloseContracts((CID2,)))
+    (rc,) = of(ev, RoundClosed)
+    assert (rc.round, rc.contracts) == (2, (CID2,)) and m.engine.round == 3
+    assert [r for r, _ in g.rounds] == [1, 2]
 
 
 # =============================================================================== R46.2.12
