@@ -53,14 +53,17 @@ class EnterBasket:
 @dataclass(frozen=True, slots=True)
 class ModifyOrder:
     """R46.2.6.1: new price, quantity (open quantity) and conditions of a resting order.
-    ``revision`` must be the order's current revision: a stale one is refused."""
+    ``revision`` must be the order's current revision: a stale one is refused.  ``qty``
+    None keeps the open quantity the order has when the modification is applied: a
+    trader changing only the price cannot put back what was filled meanwhile (fills do
+    not change the revision)."""
 
     user: str
     agent: str
     order_id: int
     revision: int
     price: int
-    qty: int
+    qty: int | None
     exec: Exec = Exec.NON
     validity: Validity = Validity.GFS
     expiry: int | None = None

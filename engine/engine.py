@@ -1111,20 +1111,21 @@ class Engine:
             return
         c = self.contracts[o.contract]
         cfg = self.cfg
+        qty = o.remaining if cmd.qty is None else cmd.qty  # None: the open quantity now
         if not (
             c.state is TRADE and ts < c.close_at  # R45.f gate closure, A1§3.1
             and cmd.exec is NON and not cmd.peak and not cmd.incr
             and cmd.expiry is None and cmd.validity is GFS
             and cfg.price_min <= cmd.price <= cfg.price_max
-            and cfg.qty_min <= cmd.qty <= cfg.qty_max
+            and cfg.qty_min <= qty <= cfg.qty_max
         ):  # else a plain valid modification: every check is in _validate
-            rej = self._validate(c, o.contract, o.side, cmd.price, cmd.qty, cmd.exec,
+            rej = self._validate(c, o.contract, o.side, cmd.price, qty, cmd.exec,
                                  cmd.validity, cmd.expiry, cmd.peak, cmd.incr, ts)
             if rej is not None:
                 self._reject(ts, u, a, rq, rej[0], rej[1], o.coid, o.id)
                 return
         n = Order.new(o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side, cmd.price,
-                      cmd.qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
+                      qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
                       o.revision + 1, o.arrival, o.basket, o.basket_type, ts)
         n.filled = o.filled
         g = self.guard

@@ -216,7 +216,8 @@ class OrderModify(_Request):
     order_id: Id
     revision: Revision
     price: Price
-    quantity: Qty
+    # absent: the open quantity the order has when the modification is applied (R46.2.6.1)
+    quantity: Qty | None = None
     exec: Exec = Exec.NON
     validity: Validity = Validity.GFS
     expiry: Instant | None = None

@@ -91,7 +91,7 @@ def basket(user: str, kind: BasketType, *orders: NewOrder, req_id: str | None = 
                        req_id=req_id)
 
 
-def modify(user: str, order_id: int, revision: int, price: int, qty: int, **kw: Any
+def modify(user: str, order_id: int, revision: int, price: int, qty: int | None, **kw: Any
            ) -> ModifyOrder:
     agent, _ = TRADERS[user]
     return ModifyOrder(user=user, agent=agent, order_id=order_id, revision=revision,

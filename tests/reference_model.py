@@ -508,8 +508,9 @@ class ReferenceModel:
             bad.append(Code.ORDER_NOT_ACTIVE)
         if cmd.revision != o.revision:
             bad.append(Code.STALE_REVISION)
+        qty = o.remaining if cmd.qty is None else cmd.qty  # None: keep the open quantity
         bad += self._order_problems(
-            o.contract, o.side, cmd.price, cmd.qty, cmd.exec, cmd.validity, cmd.expiry,
+            o.contract, o.side, cmd.price, qty, cmd.exec, cmd.validity, cmd.expiry,
             cmd.peak, cmd.incr,
         )
         if bad:
@@ -518,7 +519,7 @@ class ReferenceModel:
         del self.orders[o.id]
         n = RefOrder(
             id=o.id, contract=o.contract, user=o.user, agent=o.agent, unit=o.unit,
-            side=o.side, price=cmd.price, remaining=cmd.qty, peak=cmd.peak, incr=cmd.incr,
+            side=o.side, price=cmd.price, remaining=qty, peak=cmd.peak, incr=cmd.incr,
             exec=cmd.exec, validity=cmd.validity, expiry=cmd.expiry, coid=o.coid,
             basket=o.basket, arrival=o.arrival, revision=o.revision + 1, filled=o.filled,
         )

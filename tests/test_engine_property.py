@@ -325,7 +325,8 @@ class Harness:
                 self.entered[oid] = m.qty
         if isinstance(cmd, ModifyOrder) and not rejected:
             oid = cmd.order_id
-            self.entered[oid] += cmd.qty - pre_remaining[oid]
+            if cmd.qty is not None:  # None kept the open quantity: nothing entered
+                self.entered[oid] += cmd.qty - pre_remaining[oid]
         # every new order id is reported; every change of an order is reported (R46.2.12)
         after = {oid: engine_change_key(o) for oid, o in e.orders.items()}
         for oid in before.keys() | after.keys():
@@ -610,6 +611,8 @@ def commands(draw: Any, h: Harness) -> tuple[Any, int]:
         if very_rare(draw):
             rev += pick(draw, (-1, 1))
         p = draw_params(draw, side, contract, now)
+        if draw(st.integers(0, 3)) == 0:
+            p["qty"] = None  # keep the open quantity it has then (R46.2.6.1)
         cmd = ModifyOrder(pick(draw, USERS[agent]), agent, oid, rev, **p)
     elif k < 61:
         oid, agent = draw_order_ref(draw, h)

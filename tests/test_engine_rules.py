@@ -743,6 +743,25 @@ def test_R46_2_6_1_stale_revision_rejected() -> None:
     assert m.report(s).revision == 2 and m.report(s).price == 5010
 
 
+def test_R46_2_6_1_a_modification_without_quantity_keeps_the_open_quantity_it_finds() -> None:
+    """R46.2.6.1: bob offers 10, loads the order to move its price, and 6 are bought
+    meanwhile (a fill does not change the revision). Sent with the 10 he saw, the
+    modification puts 10 back in the book (16 in all); sent without a quantity, the new
+    order takes the 4 still open when it is applied, at the new price, with the fills."""
+    m = Market()
+    s = m.sell("bob", 5000, 100)
+    m.buy("alice", 5000, 60)
+    assert m.report(s).revision == 1  # the fill left the revision as it was
+    ev = m.send(modify("bob", s, 1, 5010, None))
+    r = m.report(s)
+    assert (r.action, r.price, r.visible, r.filled, r.revision) == ("MODIFIED", 5010, 40, 60, 2)
+    assert not rejects(ev)
+    s2 = m.sell("bob", 5000, 100)
+    m.buy("alice", 5000, 60)
+    m.send(modify("bob", s2, 1, 5010, 100))  # the quantity he saw: 100 open again
+    assert m.report(s2).visible == 100 and m.report(s2).filled == 60
+
+
 def test_R46_2_6_1_refused_modification_leaves_the_original_intact() -> None:
     """R46.2.6.1: «La oferta se considerará modificada cuando, una vez realizadas las
     validaciones...» - a modification that fails validation (price beyond 9999.00, or the

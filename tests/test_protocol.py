@@ -270,3 +270,17 @@ def test_a_contract_id_is_written_with_ascii_digits_only(contract: str) -> None:
         parse_request(entry(contract=contract))
     assert e.value.field == "contract"
     assert fast_command("order_entry", entry(contract=contract), False, "u1", "A1") is None
+
+
+def test_a_modification_may_leave_out_the_quantity_to_keep_the_open_one() -> None:
+    """R46.2.6.1: order_modify without quantity keeps the open quantity the order has when
+    the modification is applied (what was filled meanwhile is not put back)."""
+    msg = {"type": "order_modify", "req_id": "m", "order_id": 7, "revision": 2,
+           "price": "51.00"}
+    cmd = to_command(parse_request(msg), "u1", "A1")
+    assert isinstance(cmd, ModifyOrder)
+    assert (cmd.order_id, cmd.revision, cmd.price, cmd.qty) == (7, 2, 5100, None)
+    given_qty = to_command(parse_request({**msg, "quantity": "4.0"}), "u1", "A1")
+    assert given_qty.qty == 40
+    assert fast_command("order_modify", {**msg, "quantity": "4.0"}, False, "u1", "A1") == \
+        given_qty
