@@ -12,8 +12,11 @@ Each bot is configured by a :class:`BotConfig` (user, token, contracts, units pe
 seed, pace), runs until its stop event is set (or :meth:`Bot.stop` is called), tolerates
 refusals (counted in :attr:`Bot.stats`), follows the market when its contracts close (it
 moves to the nearest contracts still trading), and on the way out cancels the orders it
-placed - never the user's other orders.  :func:`run_demo_bots` starts a few of them with
-the demo users for ``ronda demo``.
+placed - never the user's other orders.  Stopped while its connection is being
+re-established, it waits for the reconnection (at most ``stop_timeout`` seconds) before
+cancelling; what it could not cancel is logged at error level and listed in the
+:class:`StopResult` that :meth:`Bot.run` returns.  :func:`run_demo_bots` starts a few of
+them with the demo users for ``ronda demo``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ TICK = Decimal("0.01")
 QTY_TICK = Decimal("0.1")
 # refusals that say "not now on this side" (a unit's energy, the agent's guarantees)
 LIMIT_CODES = frozenset({"ENERGY_MAX", "ENERGY_MIN", "OPERATIVE_LIMIT"})
+# a modification or cancellation refused with these: the order is no longer live
+GONE_CODES = frozenset({"ORDER_UNKNOWN", "ORDER_NOT_ACTIVE"})
 DEMO_TOKENS = {"ana": "ana-demo-token", "carlos": "carlos-demo-token",
                "bea": "bea-demo-token"}
 
@@ -71,6 +76,25 @@ class BotConfig:
     fair: Decimal = Decimal("50.00")  # where prices start
     size: Decimal = Decimal("1.0")  # typical quantity
     params: dict[str, Any] = field(default_factory=dict)  # per-bot knobs (see each class)
+    # when stopping: how long to wait for a connection being re-established, and for the
+    # cancellations of the bot's orders, before giving up (and saying so)
+    stop_timeout: float = 3.0
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """How a bot stopped (:meth:`Bot.run`'s result, also :attr:`Bot.result`).
+
+    ``clean``: every order the bot placed is known to be gone (cancelled by it, filled,
+    or never placed).  Otherwise ``live`` lists the orders it placed that **may still be
+    in the book** - it could not cancel them (the connection did not come back within
+    ``stop_timeout``, the client was closed, a cancellation was refused or unanswered) -
+    and ``reason`` says why; the bot logged it at error level.  Cancel them by hand
+    (``query_orders``) or let the contract's close cancel them."""
+
+    clean: bool
+    live: tuple[int, ...] = ()
+    reason: str = ""
 
 
 class Bot:
@@ -89,6 +113,7 @@ class Bot:
         self._stop = asyncio.Event()
         self._refreshed = -1e9
         self._cooldown: dict[tuple[str, str], int] = {}  # (contract, side) -> until step
+        self.result: StopResult | None = None  # set when run() ends
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.cfg.user}, {self.contracts})"
@@ -130,44 +155,116 @@ class Bot:
             for w in waits:
                 w.cancel()
 
-    async def run(self, stop: asyncio.Event | None = None) -> None:
+    async def run(self, stop: asyncio.Event | None = None) -> StopResult:
         """Trade until ``stop`` is set or :meth:`stop` is called (or the task is
-        cancelled)."""
+        cancelled), then cancel the orders this bot placed and close the connection.
+        Returns (and keeps in :attr:`result`) a :class:`StopResult`: not ``clean`` when
+        some of its orders may still be live."""
         stop = stop or asyncio.Event()
         if not await self._connect(stop):
-            return
+            self.result = StopResult(True)
+            return self.result
         try:
-            await self.refresh_contracts(force=True)
-            await self.setup()
-            while not (stop.is_set() or self._stop.is_set()):
-                try:
-                    await self.refresh_contracts()
-                    if self.contracts:
-                        await self.step()
-                except Rejected as exc:
-                    self.stats["rejected"] += 1
-                    self.stats[exc.code] += 1
-                    log.debug("%s: refused: %s", self, exc)
-                except (ConnectionLost, RequestTimeout) as exc:
-                    self.stats["errors"] += 1
-                    log.info("%s: %s", self, exc)
-                    if self.c.closed:
-                        return
-                self.stats["steps"] += 1
-                await self._sleep(stop, self.cfg.interval * self.rng.uniform(0.5, 1.5))
+            await self._trade(stop)
         finally:
-            await self._cleanup()
+            self.result = await self._cleanup()
+        return self.result
 
-    async def _cleanup(self) -> None:
+    async def _trade(self, stop: asyncio.Event) -> None:
+        await self.refresh_contracts(force=True)
+        await self.setup()
+        while not (stop.is_set() or self._stop.is_set()):
+            try:
+                await self.refresh_contracts()
+                if self.contracts:
+                    await self.step()
+            except Rejected as exc:
+                self.stats["rejected"] += 1
+                self.stats[exc.code] += 1
+                log.debug("%s: refused: %s", self, exc)
+            except (ConnectionLost, RequestTimeout) as exc:
+                self.stats["errors"] += 1
+                log.info("%s: %s", self, exc)
+                if self.c.closed:
+                    return
+            self.stats["steps"] += 1
+            await self._sleep(stop, self.cfg.interval * self.rng.uniform(0.5, 1.5))
+
+    def _mine(self, client: Client) -> set[int]:
+        """The orders this bot placed that the client still sees live."""
+        return self.placed & set(client.orders)
+
+    async def _cleanup(self) -> StopResult:
+        """Cancel the orders this bot placed (never the user's others), then close.  While
+        the connection is being re-established, wait for it (``stop_timeout`` seconds at
+        most, for the waiting and the cancelling together): the reconnection reloads the
+        live orders, then they are cancelled.  What cannot be cancelled is logged at
+        error level and returned as a StopResult that is not clean."""
         client = self.client
         if client is None:
-            return
-        with contextlib.suppress(Exception):
-            if client.connected:
-                for oid in sorted(self.placed & set(client.orders)):
-                    await client.cancel(oid, raise_on_reject=False, timeout=2)
+            return StopResult(True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.stop_timeout
+        refused: dict[int, str] = {}  # order -> why the platform would not cancel it
+        reason = ""
+        try:
+            while True:
+                todo = sorted(self._mine(client) - set(refused))
+                if not todo:
+                    break
+                left = deadline - loop.time()
+                if client.closed:
+                    reason = "the client is closed"
+                    break
+                if left <= 0:
+                    reason = (f"not cancelled within {self.cfg.stop_timeout:g} s"
+                              + ("" if client.connected else
+                                 " (the connection was not re-established)"))
+                    break
+                if not client.connected:  # being re-established (or closed meanwhile)
+                    with contextlib.suppress(TimeoutError):
+                        await client.wait_connected(min(left, 0.25))
+                    continue  # the reconnection reloaded client.orders
+                for oid in todo:
+                    try:
+                        ans = await client.cancel(
+                            oid, raise_on_reject=False,
+                            timeout=max(0.05, min(2.0, deadline - loop.time())))
+                    except (RondaError, TimeoutError) as exc:
+                        log.info("%s: cancelling %d on the way out: %s", self, oid, exc)
+                        break  # look at the connection again (and the time left)
+                    if ans.ok or ans.code in GONE_CODES:
+                        self.placed.discard(oid)
+                    else:
+                        refused[oid] = f"{ans.code}: {ans.reason}"
+                else:
+                    continue
+                await asyncio.sleep(0.05)  # a lost connection or a timeout: not a busy loop
+        except asyncio.CancelledError:
+            self.result = self._report_left(
+                client, "the bot's task was cancelled while cleaning up", refused)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(client.close(), 1)
+            raise
+        except Exception as exc:  # never hide why orders stay behind
+            reason = f"cleanup failed: {exc!r}"
+        result = self._report_left(client, reason, refused)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.close(), 5)
+        return result
+
+    def _report_left(self, client: Client, reason: str, refused: dict[int, str]
+                     ) -> StopResult:
+        live = tuple(sorted(self._mine(client)))
+        if not live:
+            return StopResult(True)
+        if refused:
+            why = "; ".join(f"{o} refused {r}" for o, r in sorted(refused.items()))
+            reason = f"{reason}; {why}" if reason else f"cancellation refused: {why}"
+        log.error("%s stopped, but %d order(s) it placed may still be live: %s (%s)",
+                  self, len(live), ", ".join(map(str, live)), reason)
+        self.stats["left_live"] = len(live)
+        return StopResult(False, live, reason)
 
     async def refresh_contracts(self, force: bool = False) -> None:
         """Keep trading: the configured contracts while they trade; when they close (or
@@ -271,6 +368,8 @@ class MarketMaker(Bot):
                     continue
                 sign = -1 if side == "BUY" else 1
                 for level in range(self.levels):
+                    if not self.resting_allowed(contract, side):
+                        break  # a level was just refused for a limit: the side backs off
                     price = price_tick(fair + sign * (self.spread / 2 + level * self.level_step))
                     qty = qty_tick(self.cfg.size * Decimal(str(self.rng.uniform(0.5, 1.5))))
                     await self.quote(contract, side, unit, level, price, qty)
@@ -287,9 +386,12 @@ class MarketMaker(Bot):
             if ans.ok:
                 self.stats["requotes"] += 1
                 return
-            self.stats[str(ans.code)] += 1
-            if ans.code not in ("ORDER_UNKNOWN", "ORDER_NOT_ACTIVE"):
-                return  # e.g. a stale revision: the next step tries again
+            if ans.code not in GONE_CODES:
+                # a limit refusal (ENERGY_MAX, ENERGY_MIN, OPERATIVE_LIMIT) starts the
+                # side's cooldown; anything else (a stale revision...) is retried next step
+                self.track(ans, contract, side)
+                return
+            self.stats[str(ans.code)] += 1  # the quote is gone: place a new one
         ans = await self.c.place(contract, unit, side, price, qty,  # type: ignore[arg-type]
                                  raise_on_reject=False)
         self.track(ans, contract, side)
@@ -425,15 +527,23 @@ class LinkedBasketTrader(Bot):
             self.stats["baskets_filled" if filled else "baskets_not_fillable"] += 1
 
 
-async def run_bots(bots: Sequence[Bot], stop_event: asyncio.Event) -> None:
-    """Run bots until ``stop_event`` is set (or this task is cancelled); each cleans up."""
+async def run_bots(bots: Sequence[Bot], stop_event: asyncio.Event) -> list[StopResult]:
+    """Run bots until ``stop_event`` is set (or this task is cancelled); each cleans up.
+    Returns each bot's :class:`StopResult` (in order; not clean for a bot that failed)."""
     tasks = [asyncio.get_running_loop().create_task(b.run(stop_event), name=repr(b))
              for b in bots]
+    out: list[StopResult] = []
     try:
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for b, r in zip(bots, results, strict=True):
-            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+            if isinstance(r, StopResult):
+                out.append(r)
+                continue
+            if not isinstance(r, asyncio.CancelledError):
                 log.error("%s stopped with %r", b, r)
+            out.append(b.result or StopResult(
+                not b.placed, (), "" if not b.placed else f"the bot stopped with {r!r}"))
+        return out
     finally:
         for t in tasks:
             t.cancel()

@@ -198,6 +198,73 @@ def _decode(raw: str | bytes) -> Any:
     return msg
 
 
+# msgpack carries the same objects as JSON with every price and amount in integer cents,
+# every quantity in integer tenths of MWh and every instant in integer ms UTC
+# (docs/protocol.md, Conventions; the server's gateway/wire.py ``to_ticks`` decides by
+# field name).  The SDK reads such a message back into its JSON form, so that nothing
+# downstream (models, local books, the orders cache) ever sees a tick as a value.
+_TICK_PRICES = frozenset({
+    "price", "price_increment", "amount", "reserved", "obligations", "debtor_orders",
+    "sync_reduction", "requested_reductions", "requested_increases", "operative_limit",
+    "used", "free"})
+_TICK_QTYS = frozenset({"quantity", "visible", "hidden", "filled", "peak", "left"})
+_TICK_INSTANTS = frozenset({"ts", "expiry", "close_at", "opens_at", "closes_at",
+                            "publish_at", "server_time", "delivery_start", "delivery_end"})
+# fields whose values are integers in JSON as well (so never ticks): the throttling
+# status's rules (``used`` there is a count of requests, not an amount)
+_NO_TICKS = frozenset({"rules"})
+
+
+def _ticks_text(ticks: int, decimals: int) -> str:
+    """Integer ticks as the protocol's decimal string, exactly (``4510, 2 -> '45.10'``)."""
+    sign = "-" if ticks < 0 else ""
+    whole, frac = divmod(abs(ticks), 10**decimals)
+    return f"{sign}{whole}.{frac:0{decimals}d}"
+
+
+def _ms_text(ms: int) -> str:
+    """Integer ms UTC as the protocol's instant string (``2027-01-15T09:00:00.000Z``)."""
+    sec, milli = divmod(ms, 1000)
+    return datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{milli:03d}Z"
+
+
+def _from_ticks(msg: Any, floats: bool = False) -> Any:
+    """A msgpack message in its JSON form: integer ticks and ms under the fields that carry
+    them become decimal and instant strings (recursively; anything else is unchanged;
+    with ``floats``, a float becomes the exact :class:`~decimal.Decimal` of its shortest
+    text, as the settlement report's JSON numbers are read)."""
+    if isinstance(msg, dict):
+        out: dict[Any, Any] = {}
+        for k, v in msg.items():
+            if type(v) is int:
+                if k in _TICK_PRICES:
+                    v = _ticks_text(v, PRICE_DECIMALS)
+                elif k in _TICK_QTYS:
+                    v = _ticks_text(v, QTY_DECIMALS)
+                elif k in _TICK_INSTANTS:
+                    v = _ms_text(v)
+            elif isinstance(v, dict | list) and k not in _NO_TICKS:
+                v = _from_ticks(v, floats)
+            elif floats and type(v) is float:
+                v = Decimal(repr(v))
+            out[k] = v
+        return out
+    if isinstance(msg, list):
+        return [_from_ticks(x, floats) for x in msg]
+    if floats and type(msg) is float:
+        return Decimal(repr(msg))
+    return msg
+
+
+def _decode_msgpack(raw: bytes) -> Any:
+    """A msgpack body (AMQP ``application/msgpack``) in its JSON form (:func:`_from_ticks`)."""
+    import msgpack
+
+    msg = msgpack.unpackb(raw, raw=False)
+    settlement = isinstance(msg, dict) and msg.get("type") == "settlement"
+    return _from_ticks(msg, floats=settlement)
+
+
 # ============================================================================ models
 
 
@@ -1025,10 +1092,19 @@ class _AmqpConnection(_Connection):
 
     @staticmethod
     def _body(m: AbstractIncomingMessage) -> Any:
-        if (m.content_type or "").lower() == "application/msgpack":
-            import msgpack
-
-            return msgpack.unpackb(m.body, raw=False)
+        """An answer or a broadcast message as a JSON-form dict.  The SDK asks in JSON, but
+        a msgpack message can still come: on the user's broadcast queue, the answer to
+        another process's msgpack request sent without ``reply_to`` (docs/amqp.md); its
+        integer ticks and ms are read back as decimals and instants, never as values."""
+        ctype = (m.content_type or "").split(";")[0].strip().lower()
+        if ctype == "application/msgpack":
+            try:
+                return _decode_msgpack(m.body)
+            except ImportError as exc:  # msgpack is optional for the SDK
+                raise ValueError(f"a msgpack message, and msgpack is not installed ({exc})"
+                                 ) from exc
+            except Exception as exc:  # msgpack's own errors (ExtraData, FormatError...)
+                raise ValueError(f"undecodable msgpack: {exc!r}") from exc
         return _decode(m.body)
 
     async def on_reply(self, m: AbstractIncomingMessage) -> None:
@@ -1254,7 +1330,9 @@ class Client:
 
         The user's broadcast queue ``ronda.bcast.<user>`` is consumed; with ``purge`` (the
         default) what an earlier run left in it is discarded first (state comes from
-        queries)."""
+        queries).  It also receives the answers to the user's requests sent without
+        ``reply_to`` (by any process); msgpack ones are read back from their integer ticks
+        into decimals and instants, like every msgpack body (:func:`_from_ticks`)."""
         if user is None:
             user = unquote(urlsplit(amqp_url).username or "")
             if not user:
@@ -1690,29 +1768,44 @@ class Client:
         """Modify a resting order (``order_modify``): it keeps its id, gets a new revision and
         a new time priority.  ``revision`` is the current one (refused with
         ``STALE_REVISION`` otherwise).  Given an :class:`Order` (or an id found in
-        :attr:`orders`), what is not given is kept from it: price, open quantity, execution
-        condition, validity and expiry, iceberg peak and increment."""
+        :attr:`orders`), what is not given is kept from it: price, execution condition,
+        validity and expiry, iceberg peak and increment - each on its own, so a new
+        ``peak`` keeps the increment and a new ``price_increment`` keeps the peak.  Without
+        ``quantity`` (with or without an Order) no quantity is sent: the server keeps the
+        open quantity the order has when it applies the modification, so a fill that came
+        after the Order was read is not undone.  A ``price_increment`` with no peak (given
+        or kept) raises :class:`ValueError`, as in :meth:`place`: it is never dropped
+        silently."""
         oid, known = self._known(order)
         if revision is None:
             if known is None:
                 raise ValueError(f"revision of order {oid} unknown: pass it")
             revision = known.revision
-        if price is None or quantity is None:
+        if price is None:
             if known is None:
-                raise ValueError(f"order {oid} unknown: pass price and quantity")
-            price = known.price if price is None else price
-            quantity = known.remaining if quantity is None else quantity
+                raise ValueError(f"order {oid} unknown: pass its price")
+            price = known.price
+        # no quantity: none is sent, and the server keeps the open quantity the order has
+        # when the modification is applied (docs/protocol.md).  A quantity read from the
+        # cache could be from before a fill, which does not change the revision: sending
+        # it would put the filled part back.
         if known is not None:
             exec = exec or known.exec  # type: ignore[assignment]
             validity = validity or known.validity  # type: ignore[assignment]
             if expiry is None and validity == "GTD":
                 expiry = known.expiry
-            if peak is None and known.peak:
-                peak = known.peak
+            if known.peak:  # an iceberg: peak and increment are kept each on its own
+                if peak is None:
+                    peak = known.peak
                 if price_increment is None and known.price_increment:
                     price_increment = known.price_increment
+        if price_increment is not None and peak is None:
+            raise ValueError("price_increment needs an iceberg peak (pass peak, or modify"
+                             " an iceberg)")
         msg: dict[str, Any] = {"type": "order_modify", "order_id": oid, "revision": revision,
-                               "price": wire_price(price), "quantity": wire_qty(quantity)}
+                               "price": wire_price(price)}
+        if quantity is not None:
+            msg["quantity"] = wire_qty(quantity)
         if exec and exec != "NON":
             msg["exec"] = exec
         if validity and validity != "GFS":

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
+import msgpack
 import pytest
 
 from clients import sdk
@@ -37,6 +38,7 @@ from clients.sdk import (
     OrderReport,
     OrderSpec,
     PublicTrade,
+    RawEvent,
     Rejected,
     RequestError,
     Settlement,
@@ -203,6 +205,74 @@ def test_amqp_layout_matches_the_gateway() -> None:
     assert amqp.bcast_queue("ana") == sdk.AMQP_BCAST_PREFIX + "ana"
 
 
+
+def test_msgpack_tick_fields_match_the_gateway() -> None:
+    """The SDK reads msgpack's integer ticks back by field name: the same names the server
+    converts (gateway/wire.py), so a new field cannot reach listeners as ticks."""
+    from gateway import wire
+
+    assert sdk._TICK_PRICES == wire._TICK_PRICES
+    assert sdk._TICK_QTYS == wire._TICK_QTYS
+    assert sdk._TICK_INSTANTS == wire._TICK_INSTANTS
+    msg = {"type": "order_report", "price": -350, "visible": 125, "peak": 5,
+           "price_increment": 0, "ts": 1_800_000_000_007, "expiry": None, "revision": 3,
+           "order_ids": [4510], "rules": [{"used": 3, "max": 50}], "suspended": True}
+    assert sdk._decode_msgpack(msgpack.packb(msg)) == {
+        "type": "order_report", "price": "-3.50", "visible": "12.5", "peak": "0.5",
+        "price_increment": "0.00", "ts": "2027-01-15T08:00:00.007Z", "expiry": None,
+        "revision": 3, "order_ids": [4510], "rules": [{"used": 3, "max": 50}],
+        "suspended": True}
+    # the settlement report's numbers are exact decimals, as when it comes in JSON
+    settlement = sdk._decode_msgpack(msgpack.packb(
+        {"type": "settlement", "entries": [{"price": 4510, "x": 0.1}]}))
+    assert settlement["entries"] == [{"price": "45.10", "x": Decimal("0.1")}]
+
+
+async def test_msgpack_messages_read_back_exactly_as_their_json_form(env: Env) -> None:
+    """Every kind of message a session gets, sent as msgpack (the server's to_ticks), is
+    read back by the SDK into exactly the JSON message: decimals, quantities and instants
+    from their ticks, counts left as counts."""
+    from gateway.wire import to_ticks
+
+    ana, carlos = await env.client("ana"), await env.client("carlos")
+    seen: list[dict[str, Any]] = []
+    dispatch = carlos._dispatch
+
+    def record(msg: Any, gen: int) -> None:
+        if isinstance(msg, dict):
+            seen.append(msg)
+        dispatch(msg, gen)
+
+    carlos._dispatch = record  # type: ignore[method-assign]
+    await carlos.subscribe_book(C1)
+    await carlos.subscribe("trades", C1)
+    await carlos.subscribe("states")
+    expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
+    await carlos.place(C1, "BUYU2", "BUY", "40.10", "5.0", validity="GTD", expiry=expiry,
+                       peak="1.5", price_increment="-0.05")
+    await ana.place(C1, "SELLU1", "SELL", "40.10", "0.7")
+    await carlos.query_account()
+    await carlos.query_throttling()
+    await carlos.query_contracts()
+    await carlos.query_orders()
+    await carlos.query_trades()
+    await carlos.query_book(C1)
+    await carlos.query_settlement(datetime.now(UTC).date())
+    await carlos.heartbeat()
+    await carlos.cancel(424242, raise_on_reject=False)
+    await eventually(lambda: {"trade", "public_trade"} <= {m.get("type") for m in seen})
+    types = {m.get("type") for m in seen}
+    assert types >= {"ack", "order_report", "trade", "public_trade", "book", "account",
+                     "throttling", "contracts", "orders", "trades", "settlement",
+                     "heartbeat", "reject"}, types
+    changed = 0
+    for m in seen:
+        ticks = to_ticks(m)
+        changed += ticks != m
+        assert sdk._decode_msgpack(msgpack.packb(ticks, use_bin_type=True)) == m
+    assert changed >= 10  # not vacuous: most messages carry ticks in msgpack
+
+
 # ====================================================================== trading
 
 
@@ -294,6 +364,82 @@ async def test_execution_conditions_validity_iceberg_and_states(env: Env) -> Non
     gone = await carlos.cancel_all()
     assert sorted(gone.order_ids) == sorted([gtd.order_id, hib.order_id])
     assert await carlos.query_orders() == [] and env.srv.core.orders_of("AG2") == []
+
+
+async def test_modify_keeps_each_iceberg_field_on_its_own(env: Env) -> None:
+    """Given an Order, modify() keeps what is not given, each field on its own: a new peak
+    keeps the price increment (it used to be dropped: the server's default 0 replaced
+    0.10), a new increment keeps the peak, and GTD with its expiry stays.  An increment
+    with no peak at all is refused before anything is sent, as in place()."""
+    ana = await env.client("ana")
+    expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
+    ans = await ana.place(C1, "SELLU1", "SELL", "50.00", "10.0", validity="GTD",
+                          expiry=expiry, peak="2.0", price_increment="0.10")
+    oid = ans.order_id
+    assert oid is not None
+    await eventually(lambda: oid in ana.orders)
+
+    def engine_view() -> tuple[int, int, int, int, str, int | None]:
+        v = env.srv.core.order_view(env.srv.core.orders_of("AG1")[0])
+        return (v["price"], v["peak"], v["price_increment"], v["revision"],
+                str(v["validity"]), v["expiry"])
+
+    mod = await ana.modify(ana.orders[oid], peak="3.0")  # only the peak changes
+    r = mod.report
+    assert r is not None
+    assert (r.price, r.remaining, r.peak, r.price_increment, r.validity, r.expiry) == (
+        Decimal("50.00"), Decimal("10.0"), Decimal("3.0"), Decimal("0.10"), "GTD", expiry)
+    exp_ms = int(expiry.timestamp() * 1000)
+    assert engine_view() == (5000, 30, 10, 2, "GTD", exp_ms)
+
+    await eventually(lambda: ana.orders[oid].revision == 2)
+    mod = await ana.modify(ana.orders[oid], price_increment="0.20")  # only the increment
+    r = mod.report
+    assert r is not None and (r.peak, r.price_increment) == (Decimal("3.0"), Decimal("0.20"))
+    await eventually(lambda: ana.orders[oid].revision == 3)
+    mod = await ana.modify(ana.orders[oid], price_increment="0")  # an explicit 0 is sent
+    r = mod.report
+    assert r is not None and (r.peak, r.price_increment) == (Decimal("3.0"), Decimal(0))
+    assert engine_view() == (5000, 30, 0, 4, "GTD", exp_ms)
+
+    # an increment without a peak (a plain order, or an order the SDK does not know) is
+    # refused locally instead of being dropped: nothing is sent
+    plain = await ana.place(C1, "SELLU1", "SELL", "51.00", "1.0")
+    assert plain.order_id is not None
+    await eventually(lambda: plain.order_id in ana.orders)
+    sent = ana.stats["requests"]
+    with pytest.raises(ValueError, match="peak"):
+        await ana.modify(ana.orders[plain.order_id], price_increment="0.10")
+    with pytest.raises(ValueError, match="peak"):
+        await ana.modify(424242, 1, price="51.00", quantity="1.0", price_increment="0.10")
+    assert ana.stats["requests"] == sent
+    assert [o.revision for o in env.srv.core.orders_of("AG1")] == [4, 1]
+
+
+async def test_modify_without_quantity_does_not_undo_a_fill(env: Env) -> None:
+    """modify(order, price=...) sends no quantity: the server keeps the open quantity the
+    order has when it applies the modification.  The SDK used to send the quantity of the
+    Order it was given, which can be from before a fill (a fill does not change the
+    revision): the filled part came back into the book."""
+    ana, carlos = await env.client("ana"), await env.client("carlos")
+    ans = await ana.place(C1, "SELLU1", "SELL", "50.00", "5.0")
+    oid = ans.order_id
+    assert oid is not None
+    await eventually(lambda: oid in ana.orders)
+    before = ana.orders[oid]  # read before the fill
+    await carlos.place(C1, "BUYU2", "BUY", "50.00", "2.0")
+    await eventually(lambda: ana.orders[oid].remaining == Decimal("3.0"))
+    assert ana.orders[oid].revision == before.revision == 1
+
+    mod = await ana.modify(before, price="51.00")
+    assert mod.report is not None
+    assert (mod.report.price, mod.report.remaining, mod.report.filled,
+            mod.report.revision) == (Decimal("51.00"), Decimal("3.0"), Decimal("2.0"), 2)
+    (o,) = env.srv.core.orders_of("AG1")
+    assert (o.price, o.remaining, o.filled) == (5100, 30, 20)
+    # an order the SDK does not know needs only its revision and price
+    mod = await ana.modify(424242, 1, price="51.00", raise_on_reject=False)
+    assert (mod.ok, mod.code) == (False, "ORDER_UNKNOWN")
 
 
 async def test_baskets_none_valid_linked(env: Env) -> None:
@@ -857,6 +1003,65 @@ async def test_amqp_reconnect_sends_waiting_order_once(rabbitmq: Broker,
     await books_agree(book, ana, C1)
     assert [b.price for b in book.bids()] == [Decimal("45.00")]
     assert [a.price for a in book.asks()] == [Decimal("46.00")]
+
+
+async def test_amqp_msgpack_messages_on_the_broadcast_queue_carry_decimals(
+        rabbitmq: Broker, amqp_env: Env) -> None:
+    """Another process of the same user sends msgpack requests without ``reply_to``: the
+    answers (integer ticks) land on the user's broadcast queue, which the SDK consumes.
+    They reach the listeners in their JSON form, decimals and instants, never as ticks (an
+    order's price was 4510, the local book's prices and the account's euros x100)."""
+    carlos = await Client.connect_amqp(rabbitmq.url_for("carlos"), backoff_min=0.05,
+                                       backoff_max=0.3)
+    env = amqp_env
+    env.clients.append(carlos)
+    other = await aio_pika.connect(rabbitmq.url_for("carlos"), timeout=5)
+    try:
+        ch = await other.channel()
+        exchange = await ch.get_exchange(sdk.AMQP_REQUEST_EXCHANGE, ensure=False)
+
+        async def send(msg: dict[str, Any], mid: str) -> None:  # no reply_to
+            await exchange.publish(aio_pika.Message(
+                msgpack.packb(msg), content_type="application/msgpack", message_id=mid,
+                user_id="carlos"), sdk.AMQP_REQUEST_KEY)
+
+        async with carlos.events(RawEvent, OrderReport) as events:
+            await send({"type": "order_entry", "contract": C1, "unit": "BUYU2",
+                        "side": "BUY", "price": 4510, "quantity": 15,
+                        "client_order_id": "mp-1"}, "mp-1")
+            # the answer (msgpack: an ack with the report) and the private stream's report
+            got = [await events.get(timeout=5), await events.get(timeout=5)]
+        (ack,) = [e for e in got if isinstance(e, RawEvent)]
+        (report,) = [e for e in got if isinstance(e, OrderReport)]
+        assert ack.type == "ack" and ack.data["order_ids"] == [report.order_id]
+        (r,) = ack.data["reports"]  # the JSON form, as a listener reads it over JSON
+        assert (r["client_order_id"], r["price"], r["visible"], r["hidden"]) == (
+            "mp-1", "45.10", "1.5", "0.0")
+        assert r["ts"] == report.ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        assert OrderReport.model_validate(r) == report.model_copy(update={"stream": None,
+                                                                          "seq": None})
+
+        # a book snapshot answered to the other process is applied to the local book
+        book = await carlos.subscribe_book(C1)
+        snapshots = book.snapshots
+        await send({"type": "query_book", "contract": C1}, "mp-3")
+        await eventually(lambda: book.snapshots > snapshots)
+        assert [(b.price, b.quantity) for b in book.bids()] == [(Decimal("45.10"),
+                                                                 Decimal("1.5"))]
+
+        acct = await carlos.query_account()  # JSON, on the reply queue
+        assert acct.debtor_orders > 0
+        async with carlos.events(Account) as accounts:
+            await send({"type": "query_account"}, "mp-2")
+            answer = await accounts.get(timeout=5)
+            while answer.stream is not None:  # a late one of the private stream (JSON)
+                answer = await accounts.get(timeout=5)
+        fields = {"agent", "reserved", "obligations", "debtor_orders", "sync_reduction",
+                  "requested_reductions", "requested_increases", "operative_limit",
+                  "used", "free", "suspended"}
+        assert answer.model_dump(include=fields) == acct.model_dump(include=fields)
+    finally:
+        await other.close()
 
 
 # ====================================================================== bots
