@@ -507,6 +507,9 @@ class LinkedBasketTrader(Bot):
         unit = self.unit(side)
         assert unit is not None
         pair = self.rng.sample(self.contracts, 2)
+        if not all(self.resting_allowed(c, side) for c in pair):  # cooling down after a
+            self.stats["cooling_down"] += 1  # limit refusal of one of them
+            return
         orders: list[OrderSpec] = []
         qty = qty_tick(self.cfg.size * Decimal(str(self.rng.uniform(0.3, 1.2))))
         for contract in pair:
@@ -521,7 +524,9 @@ class LinkedBasketTrader(Bot):
             orders.append(OrderSpec(contract, unit, side, price, qty,  # type: ignore[arg-type]
                                     exec="FOK"))
         ans = await self.c.basket(orders, "LINKED", raise_on_reject=False)
-        self.track(ans)
+        self.track(ans, pair[0], side)
+        if (pair[0], side) in self._cooldown:  # a limit refusal: leave both contracts alone
+            self._cooldown[(pair[1], side)] = self._cooldown[(pair[0], side)]  # a while
         if ans.ok:
             filled = all(r.action == "FILLED" for r in ans.reports)
             self.stats["baskets_filled" if filled else "baskets_not_fillable"] += 1

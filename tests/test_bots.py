@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sdk import C1, Env, eventually
+from test_sdk import C1, C2, Env, eventually
 
-from clients.bots import BotConfig, MarketMaker, StopResult, run_bots
+from clients.bots import BotConfig, LinkedBasketTrader, MarketMaker, StopResult, run_bots
 from clients.sdk import Answer, Order
 
 
@@ -144,3 +144,43 @@ async def test_bot_that_cannot_cancel_says_its_orders_may_still_be_live(
         assert mm.c.closed and mm.stats["left_live"] == 2
     finally:
         await env.close()
+
+
+class _Ask:
+    price = Decimal("50.00")
+
+
+class _SyncedBook:
+    synced = True
+
+    def best_ask(self) -> _Ask:
+        return _Ask()
+
+    def best_bid(self) -> _Ask:
+        return _Ask()
+
+
+@pytest.mark.parametrize("code", ["OPERATIVE_LIMIT", "ENERGY_MAX"])
+async def test_linked_basket_trader_backs_off_after_a_limit_refusal(code: str) -> None:
+    """A LINKED basket refused for a limit leaves both its contracts alone for the
+    cooldown (it was sent again at every step); another refusal is not a limit: the
+    next step tries again."""
+    for refusal, expected in ((code, 1), ("FOK_NOT_FILLABLE", 5)):
+        bot = LinkedBasketTrader(BotConfig("ws://unused", "carlos", "x", [C1, C2],
+                                           {"BUY": "BUYU2"}, params={"cooldown": 10}))
+        bot.contracts = [C1, C2]
+        client = RefusingClient([], refusal)
+        client.books = {C1: _SyncedBook(), C2: _SyncedBook()}
+        sent = 0
+
+        async def basket(*a: Any, _c: RefusingClient = client, **kw: Any) -> Answer:
+            nonlocal sent
+            sent += 1
+            return _c._refusal()
+
+        client.basket = basket  # type: ignore[attr-defined]
+        bot.client = client  # type: ignore[assignment]
+        for _ in range(5):
+            await bot.step()
+            bot.stats["steps"] += 1
+        assert sent == expected, (refusal, sent)
