@@ -399,12 +399,15 @@ class _Pass:
     admitted (:meth:`RiskGuard.admit`)."""
 
     __slots__ = ("acct", "agent", "end", "fast_end", "hour", "k", "mul", "owner_codes",
-                 "owners", "qi", "sells", "single", "start", "tgt", "unit")
+                 "owners", "qi", "ref", "sells", "single", "start", "tgt", "unit")
 
     def __init__(self, agent: str, unit: Unit, start: int, end: int,
                  owners: tuple[tuple[Account, int, int], ...], hour: Hour, qi: int | None,
-                 k: int) -> None:
+                 k: int, ref: RefData) -> None:
         self.agent = agent  # the agent it was checked for
+        # the reference data it was built from: its owners, shares and taxes (R53.6: the
+        # settlement settles the trades of the orders it admitted with the same ones)
+        self.ref = ref
         self.unit = unit
         self.sells = unit.sells
         self.start = start
@@ -454,6 +457,10 @@ class RiskGuard:
         # with their multipliers (as when it was taken) and its value |price| × qty summed
         # over its debtor steps (see hold_bid)
         self.bid_holds: dict[int, tuple[tuple[tuple[Account, int], ...], int]] = {}
+        # R49.1.4.4: the reductions the platform decided at the last round close (the
+        # synchronisation instant), as (request id, agent, amount in cents, accepted,
+        # reason): the settlement side records them as they are (see round_closed)
+        self.close_decisions: tuple[tuple[int, str, int, bool, str], ...] = ()
 
     # ------------------------------------------------------------------ installation
 
@@ -1042,7 +1049,8 @@ class RiskGuard:
         a0, a1 = _window(ag.registered_from, ag.registered_to)
         u0, u1 = _window(un.valid_from, un.valid_to)
         hour, qi, k = self._locate(un, contract)
-        return _Pass(agent, un, max(a0, u0), min(a1, u1), self._owners(un), hour, qi, k)
+        return _Pass(agent, un, max(a0, u0), min(a1, u1), self._owners(un), hour, qi, k,
+                     ref)
 
     def _refusal(self, user: str, agent: str, unit: str, contract: str, ts: int
                  ) -> tuple[str, str] | None:
@@ -1172,9 +1180,11 @@ class RiskGuard:
     def round_closed(self, round_no: int, ts: int) -> None:
         """A new round starts at ``ts``: unavailabilities and limitations received at least
         five minutes earlier take effect (A1§6).  The obligations charged since the last
-        close are round ``round_no``'s."""
+        close are round ``round_no``'s.  The pending reductions are decided
+        (:meth:`_decide_reductions`, R49.1.4.4)."""
         for acct in self.accounts.values():
             acct.fold(round_no)
+        self._decide_reductions(ts)
         if not self.pending:
             return
         due = [p for p in self.pending if p[0] <= ts - A1_6_NOTICE_MS]
@@ -1186,6 +1196,62 @@ class RiskGuard:
             self._notice(ts, "LIMITATION_EFFECTIVE", None, cmd.by,
                          f"{type(cmd).__name__} for {cmd.unit} {cmd.period} received at"
                          f" {received} is effective from round {round_no + 1} (A1§6)")
+
+    def _decide_reductions(self, ts: int) -> None:
+        """R49.1.4.4: «cualquier solicitud de reducción de garantías ... será validada por la
+        Plataforma de Negociación del Operador del Mercado en el siguiente instante de
+        sincronización y, en caso de no tener comprometido dicho importe con obligaciones
+        de pago, será aceptada procediendo a considerar dicha reducción en la Plataforma
+        ... y a liberar las garantías retenidas en [SIOM] por dicho valor»; otherwise it
+        is refused «no considerándose para otras sincronizaciones».
+
+        The platform decides, and only the platform: the synchronisation instant is the
+        round close (the sync's inputs are captured there, docs/settlement.md), so every
+        pending reduction is judged here, in request order, against the operative limit
+        as it stands at the close — the obligations of the rounds not yet synchronised
+        (b), the resting debtor orders and auction bids (c), the last reduction d) — each
+        accepted one taking its amount from what the next may use.  An accepted reduction
+        counts at once (e), so the limit never goes below zero through it and no trade
+        can commit the amount between the decision and its effect; the settlement side
+        reads these decisions from the close (``close_decisions``) and frees the amount
+        in its balance, so the two sides never disagree and a refused reduction never
+        funds an increase.  Increases are the settlement side's to decide (surplus,
+        R49.1.4.4), after the sync."""
+        out: list[tuple[int, str, int, bool, str]] = []
+        for r in self.requests.values():
+            if r.state != "PENDING" or r.increase:
+                continue
+            acct = self.accounts.get(r.agent)
+            if acct is None:
+                continue
+            if r.amount * SCALE <= acct.limit():
+                r.state = "ACCEPTED"
+                acct.reductions += r.amount * SCALE
+                reason = ("reduction accepted at the synchronisation instant: not committed"
+                          " to payment obligations (R49.1.4.4)")
+                self._notice(ts, "REQUEST_ACCEPTED", r.agent, "sync", reason, r.amount, r.id)
+            else:
+                r.state = "REFUSED"
+                reason = (f"reduction of {fmt_money(r.amount)} refused at the synchronisation"
+                          f" instant: only {fmt_money(max(acct.limit_cents(), 0))} is not"
+                          " committed to obligations or debtor orders; not retried"
+                          " (R49.1.4.4)")
+                self._notice(ts, "REQUEST_REFUSED", r.agent, "sync", reason, r.amount, r.id)
+            out.append((r.id, r.agent, r.amount, r.state == "ACCEPTED", reason))
+        self.close_decisions = tuple(out)
+
+    def charged_refs(self) -> dict[int, RefData]:
+        """The live orders charged under reference data other than those now in force (they
+        rest from before a reload), by order id, with the reference data of their
+        admission: their trades' obligations are charged to those owners with those taxes
+        (R49.1.4.3 b), and the settlement must settle them the same way (R53.6)."""
+        ref = self.ref
+        out: dict[int, RefData] = {}
+        for o in self.engine.orders.values():
+            p: _Pass | None = o.ext  # type: ignore[assignment]
+            if p is not None and p.ref is not ref:
+                out[o.id] = p.ref
+        return out
 
     def digest(self) -> bytes:
         h = hashlib.sha256()
@@ -1270,6 +1336,7 @@ class RiskGuard:
         except (RefDataError, ValueError) as exc:
             self._deny(ts, cmd.by, None, Code.REFERENCE_DATA_INVALID, str(exc))
             return
+        prev = self.ref
         self.ref = ref
         self.loaded_json = cmd.document_json
         newly: list[str] = []
@@ -1277,7 +1344,14 @@ class RiskGuard:
             acct = self.accounts.get(a.code)
             if acct is None:
                 self.accounts[a.code] = Account(a.code, a.guarantees)
-            if a.suspended and a.code not in self.suspended:
+            # R46.2.6.2: a suspension the document brings — the agent is new, or was not
+            # suspended in the document this one replaces.  A document that still says
+            # «suspended», as the one before it did, brings none: an officer who has
+            # reinstated the agent since (a later, journaled decision) is not overruled by
+            # an unchanged line of master data, and its orders are not cancelled again
+            before = prev.agents.get(a.code)
+            if (a.suspended and (before is None or not before.suspended)
+                    and a.code not in self.suspended):
                 self.suspended.add(a.code)
                 newly.append(a.code)
         self._owners_cache.clear()

@@ -16,10 +16,11 @@ The settlement side's guarantee balance of an agent (R55.7.2): deposited guarant
 amount reserved for continuous trading + every synchronised right − every synchronised
 obligation, taxes included.  After adding a synchronisation's entries:
 
-1. pending requests are settled (R49.1.4.4), in order: an increase is accepted if the balance
-   has that surplus (it moves to the reserved amount); a reduction is accepted if the amount
-   is not committed on the platform (it is within the operative limit) — otherwise it is
-   refused and not retried;
+1. the reductions the platform decided at the synchronisation instant are recorded as it
+   decided them (R49.1.4.4: the platform validates a reduction; an accepted one frees its
+   amount here), and pending increases are settled in order (R49.1.4.4): an increase is
+   accepted if the balance has that surplus (it moves to the reserved amount).  A refused
+   reduction frees nothing, so it never funds an increase;
 2. if the balance is negative, the reserved amount must be reduced by that much for the next
    round (R49.1.4.2 step 2): the reduction communicated to the platform.
 """
@@ -117,6 +118,9 @@ class Decision:
     agent: str
     accept: bool
     reason: str
+    # decided by the platform (a reduction, R49.1.4.4): recorded here, not fed back
+    platform: bool = False
+    amount: int = 0  # cents (the platform's reductions: what an acceptance frees)
 
 
 @dataclass(slots=True)
@@ -303,30 +307,44 @@ def settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefDa
            uncommitted: Mapping[str, int],
            platform_reserved: Mapping[str, int] | None = None,
            auctions: Iterable[tuple[str, str, int]] = (),
-           trade_refs: Sequence[tuple[int, RefData]] = ()) -> SyncResult:
+           trade_refs: Sequence[tuple[int, RefData]] = (),
+           side_refs: Mapping[tuple[int, str], RefData] | None = None,
+           platform_decisions: Sequence[Decision] = ()) -> SyncResult:
     """One synchronisation: ``trades`` of rounds ``from_round..sync_id`` (``Trade`` events
     or :func:`trade_row` rows); ``ref`` the reference data at the last round's close;
     ``trade_refs`` the reference data each trade was made under (R53.6, R49.1.4.2 step 1:
     a trade is settled to the owners and with the taxes the platform charged it with), as
     (first trade id, reference data) in increasing trade id: a trade takes the last entry
-    whose id is not above its own (``ref`` if none is); ``balances`` as they stand;
-    ``uncommitted`` each agent's
-    operative limit on the platform (cents); ``platform_reserved`` what the platform holds
+    whose id is not above its own (``ref`` if none is); ``side_refs`` the exceptions, by
+    (trade id, ``BUY``/``SELL``): a side whose resting order was admitted (and is charged,
+    R49.1.4.3 b) under older reference data than those in force at the trade — it rested
+    across a reload — is settled with those (R53.6); ``balances`` as they stand;
+    ``requests`` the pending increases (R49.1.4.4: the settlement side decides them; a
+    reduction is the platform's to decide, and passing one is an error);
+    ``platform_decisions`` the reductions the platform decided at the synchronisation
+    instant, recorded as decided; ``uncommitted`` is no longer used (the platform decides
+    the reductions against its operative limit); ``platform_reserved`` what the platform holds
     as each agent's reserved guarantees (cents), which the balance's reserved amount is set
     to first (an officer's GMIC or decision moves the surplus, R49.1.4.1, R49.1.4.4);
     ``auctions`` the auction sessions cleared since the last synchronisation, as (session,
     agent, rights − obligations in milli-euros), which enter the balance (R55.7.2 b, c)."""
     with _collector_paused():
-        return _settle(sync_id, from_round, trades, ref, balances, requests, uncommitted,
-                       platform_reserved, auctions, trade_refs)
+        return _settle(sync_id, from_round, trades, ref, balances, requests,
+                       platform_reserved, auctions, trade_refs, side_refs or {},
+                       platform_decisions)
 
 
 def _settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefData,
             balances: Mapping[str, Balance], requests: Iterable[PendingRequest],
-            uncommitted: Mapping[str, int],
-            platform_reserved: Mapping[str, int] | None = None,
-            auctions: Iterable[tuple[str, str, int]] = (),
-            trade_refs: Sequence[tuple[int, RefData]] = ()) -> SyncResult:
+            platform_reserved: Mapping[str, int] | None,
+            auctions: Iterable[tuple[str, str, int]],
+            trade_refs: Sequence[tuple[int, RefData]],
+            side_refs: Mapping[tuple[int, str], RefData],
+            platform_decisions: Sequence[Decision]) -> SyncResult:
+    pending = sorted(requests, key=lambda r: r.id)
+    if any(not r.increase for r in pending):
+        raise ValueError("a reduction is decided by the platform at the synchronisation"
+                         " instant (R49.1.4.4): pass it in platform_decisions")
     tl = sorted(trades, key=_TRADE_ID)
     res = SyncResult(sync_id, from_round, len(tl))
     bal = {k: Balance(v.deposited, v.reserved, v.balance) for k, v in balances.items()}
@@ -334,6 +352,17 @@ def _settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefD
         if code not in bal:
             bal[code] = Balance(a.deposited * 10, a.guarantees * 10,
                                 (a.deposited - a.guarantees) * 10)
+    # R49.1.4.4: the platform's decisions on reductions, recorded as it made them; an
+    # accepted one «libera las garantías retenidas» here: its amount returns to the surplus
+    for pd in sorted(platform_decisions, key=lambda x: x.request_id):
+        res.decisions.append(pd)
+        if pd.accept:
+            b = bal.setdefault(pd.agent, Balance(0, 0, 0))
+            m = pd.amount * 10
+            b.reserved -= m
+            b.balance += m
+            res.history.append((pd.agent, m, f"reduction {pd.request_id} accepted on the"
+                                " platform", b.balance))
     # R49.1.4.1, R49.1.4.4: guarantees the platform reserved outside the sync's own
     # decisions (an officer's GMIC or decision) leave (or return to) the SIOM surplus
     for agent, cents in sorted((platform_reserved or {}).items()):
@@ -363,25 +392,39 @@ def _settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefD
     changes = sorted(trade_refs, key=itemgetter(0))
     nxt = 0  # the next change not yet in force
     upto = changes[0][0] if changes else None  # its first trade id
+    # (R53.6) the trades with a side whose resting order was charged under older data
+    stale = {tid for tid, _side in side_refs}
+
+    def ctx_of(r1: RefData) -> _Ctx:
+        c1 = contexts.get(id(r1))
+        if c1 is None:
+            c1 = contexts[id(r1)] = _Ctx(r1, delta)
+        return c1
+
     for (_ts, trade_id, contract, rnd, price, qty, _aggressor, _bo, _bu, buy_agent, buy_unit,
          _so, _su, sell_agent, sell_unit) in tl:
         if upto is not None and trade_id >= upto:
             while nxt < len(changes) and changes[nxt][0] <= trade_id:
                 nxt += 1
-            r1 = changes[nxt - 1][1]
-            c1 = contexts.get(id(r1))
-            if c1 is None:
-                c1 = contexts[id(r1)] = _Ctx(r1, delta)
-            entries = c1.entries
+            entries = ctx_of(changes[nxt - 1][1]).entries
             upto = changes[nxt][0] if nxt < len(changes) else None
+        buy_entries = sell_entries = entries
+        if stale and trade_id in stale:
+            rb = side_refs.get((trade_id, "BUY"))
+            if rb is not None:
+                buy_entries = ctx_of(rb).entries
+            rs = side_refs.get((trade_id, "SELL"))
+            if rs is not None:
+                sell_entries = ctx_of(rs).entries
         # R50: a selling unit's program grows with its sells, a buying unit's with its buys
         unit_code = buy_unit
-        sells = entries(out, trade_id, "BUY", unit_code, buy_agent, contract, rnd, price, qty)
+        sells = buy_entries(out, trade_id, "BUY", unit_code, buy_agent, contract, rnd, price,
+                            qty)
         key = (unit_code, contract)
         programs[key] = programs.get(key, 0) + (-qty if sells else qty)
         unit_code = sell_unit
-        sells = entries(out, trade_id, "SELL", unit_code, sell_agent, contract, rnd, price,
-                        qty)
+        sells = sell_entries(out, trade_id, "SELL", unit_code, sell_agent, contract, rnd,
+                             price, qty)
         key = (unit_code, contract)
         programs[key] = programs.get(key, 0) + (qty if sells else -qty)
     for agent in sorted(delta):
@@ -389,36 +432,22 @@ def _settle(sync_id: int, from_round: int, trades: Iterable[TradeRow], ref: RefD
         b.balance += delta[agent]
         res.history.append((agent, delta[agent],
                             f"sync {sync_id}: rounds {from_round}-{sync_id}", b.balance))
-    free_left = dict(uncommitted)
-    for r in sorted(requests, key=lambda r: r.id):
+    # R49.1.4.4: increases, in order, from the surplus as it stands (after the entries, the
+    # auctions and the reductions the platform accepted — only those)
+    for r in pending:
         b = bal.setdefault(r.agent, Balance(0, 0, 0))
         m = r.amount * 10
-        if r.increase:
-            if b.balance >= m:
-                b.balance -= m
-                b.reserved += m
-                res.decisions.append(Decision(r.id, r.agent, True,
-                                              "increase accepted: surplus available"))
-                res.history.append((r.agent, -m, f"increase {r.id} accepted", b.balance))
-            else:
-                res.decisions.append(Decision(
-                    r.id, r.agent, False,
-                    f"increase refused: surplus {b.balance / 1000:.2f} € below"
-                    f" {m / 1000:.2f} € (R49.1.4.4)"))
+        if b.balance >= m:
+            b.balance -= m
+            b.reserved += m
+            res.decisions.append(Decision(r.id, r.agent, True,
+                                          "increase accepted: surplus available"))
+            res.history.append((r.agent, -m, f"increase {r.id} accepted", b.balance))
         else:
-            free = free_left.get(r.agent, 0)
-            if r.amount <= free:
-                free_left[r.agent] = free - r.amount  # what one reduction takes is gone
-                b.balance += m
-                b.reserved -= m
-                res.decisions.append(Decision(r.id, r.agent, True,
-                                              "reduction accepted: not committed"))
-                res.history.append((r.agent, m, f"reduction {r.id} accepted", b.balance))
-            else:
-                res.decisions.append(Decision(
-                    r.id, r.agent, False,
-                    f"reduction refused: only {max(free, 0) / 100:.2f} € is not committed to"
-                    " obligations on the platform; not retried (R49.1.4.4)"))
+            res.decisions.append(Decision(
+                r.id, r.agent, False,
+                f"increase refused: surplus {b.balance / 1000:.2f} € below"
+                f" {m / 1000:.2f} € (R49.1.4.4)"))
     for agent in sorted(bal):
         b = bal[agent]
         # R49.1.4.2 step 2: reduce the reserved amount so that the balance is not negative

@@ -755,6 +755,46 @@ async def test_r39_4_3_4_cleared_bids_become_obligations_released_by_the_sync(
         await store.close()
 
 
+async def test_r39_4_3_4_a_reload_between_close_and_clearing_keeps_the_bids_owners(
+        tmp_path: Path) -> None:
+    """R39.4.3.4, R53.6 (review of ea0ac4b, defect 2).  SELLU3 (AG3 60 %, AG4 40 %) bids a
+    sell at −50.00 (a debtor sell): at the close of reception its value is verified and
+    held on AG3 and AG4.  A reload then makes AG3 its only owner, before the clearing.
+    The clearing charges the allocation's obligation to the owners the bid was held for
+    (AG3 and AG4), so the settlement must settle the session with the reference data of
+    the close: before, it took those of the clearing and booked all of it on AG3, while
+    the obligation the platform held, and released at the sync, on AG4 was never booked."""
+    m = Mkt()
+    m.schedule()
+    store, job = await settle(m, tmp_path)
+
+    def do(cmd: Any) -> list[Any]:
+        evs = m.do(cmd)
+        job.observe([(cmd, "calendar", evs)])  # per command, as the server wires it
+        return evs
+
+    try:
+        assert isinstance(m.bid("bea", "SELLU3", C1, "SELL", (-5000, 100)), int)
+        assert isinstance(m.bid("carlos", "BUYU2", C1, "BUY", (-4000, 100)), int)
+        do(CloseAuction(SID))
+        doc = json.loads(read_and_validate(REFDATA)[0])
+        for u in doc["units"]:
+            if u["code"] == "SELLU3":
+                u["owners"] = [{"agent": "AG3", "share": "100"}]
+        from gateway.refdata_file import canonical_json
+
+        do(LoadReferenceData(canonical_json(doc)))
+        do(ClearAuction(SID))
+        charged = {a for a in ("AG3", "AG4") if m.core.account(a)["obligations"]}  # type: ignore[index]
+        assert charged == {"AG3", "AG4"}
+        await job.settle_auctions()
+        rows = await store.query("SELECT agent, share_bp FROM auction_entries"
+                                 " WHERE kind = 'OPIC' ORDER BY agent")
+        assert [(r["agent"], r["share_bp"]) for r in rows] == [("AG3", 6000), ("AG4", 4000)]
+    finally:
+        await store.close()
+
+
 # ====================================================================== determinism
 
 

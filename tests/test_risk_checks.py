@@ -637,6 +637,41 @@ def test_r49_1_4_4_sync_acceptance_of_a_reduction_now_committed_is_refused_whole
     assert reject_codes(ev) == ["REQUEST_UNKNOWN"]
 
 
+def test_r49_1_4_4_the_platform_decides_pending_reductions_at_the_round_close() -> None:
+    """R49.1.4.4: «cualquier solicitud de reducción ... será validada por la Plataforma ...
+    en el siguiente instante de sincronización»: at the round close (where the sync takes
+    its inputs), in request order, against the operative limit as it stands — each
+    accepted one counting at once for the next and for every order after it; a committed
+    one is refused whole and not retried; increases wait for the settlement side.  GMIC
+    1000.00 €, 700.00 € committed: 200.00 € accepted (100.00 € left), 150.00 € refused,
+    100.00 € accepted (0 left); the increase stays pending.  (Before, nothing was decided
+    on the platform until the sync's feedback came, where the sync's acceptance was judged
+    again on other figures: review of ea0ac4b, defects 3 and 4.)"""
+    core = Core(std_doc(buyer_guarantees="1000.00"))
+    core.new("sam", "SELLU", SELL, 5000, 140)
+    core.new("bea", "BUYU", BUY, 5000, 140)
+    rids = []
+    for inc, amount in ((False, 20000), (True, 50000), (False, 15000), (False, 10000)):
+        ev = core.send(RequestGuaranteeChange(by="bea", agent="BUYER", increase=inc,
+                                              amount=amount))
+        rids.append(notices(ev, "REQUEST_PENDING")[0].request_id)
+    ev = core.close_round()
+    assert [(n.kind, n.request_id) for n in notices(ev, "REQUEST_ACCEPTED")
+            + notices(ev, "REQUEST_REFUSED")] == [
+        ("REQUEST_ACCEPTED", rids[0]), ("REQUEST_ACCEPTED", rids[3]),
+        ("REQUEST_REFUSED", rids[2])]
+    assert {r.id: r.state for r in core.guard.requests.values()} == {
+        rids[0]: "ACCEPTED", rids[1]: "PENDING", rids[2]: "REFUSED", rids[3]: "ACCEPTED"}
+    assert core.acct("BUYER")["requested_reductions"] == 30000
+    assert core.limit("BUYER") == 0
+    assert [d[:4] for d in core.guard.close_decisions] == [
+        (rids[0], "BUYER", 20000, True), (rids[2], "BUYER", 15000, False),
+        (rids[3], "BUYER", 10000, True)]
+    # not retried: the next close decides nothing
+    core.close_round()
+    assert core.guard.close_decisions == ()
+
+
 def test_r49_1_4_1_set_guarantees_changes_the_limit() -> None:
     core = Core(std_doc(buyer_guarantees="1000.00"))
     core.new("bea", "BUYU", BUY, 5000, 100)  # 500.00 €

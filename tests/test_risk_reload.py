@@ -28,7 +28,7 @@ from risk_helpers import (
 )
 
 from engine.commands import ModifyOrder
-from risk.commands import LoadReferenceData, SetProgram
+from risk.commands import LoadReferenceData, ReinstateAgent, SetProgram
 
 
 def reload(core: Core, doc: dict[str, Any]) -> list[Any]:
@@ -110,6 +110,31 @@ def test_r46_2_6_2_a_suspension_by_reference_data_cancels_the_orders_it_is_liabl
     assert core.debtor("BUYER") == core.debtor("OWN2") == core.debtor("REP") == 0
     assert not trades(core.new("sam", "SELLU", SELL, 5000, 100))
     assert not reports(reload(core, new), "CANCELLED")
+
+
+def test_r46_2_6_2_a_reload_that_still_says_suspended_does_not_undo_a_reinstatement(
+        ) -> None:
+    """R46.2.6.2: a suspension cancels the agent's orders; the officer's ``reinstate_agent``
+    lifts it.  A later reload of a document that still marks BUYER suspended, as the one
+    loaded before it did, brings no new suspension: BUYER stays reinstated and its new
+    order stays.  (Before, every such reload suspended BUYER again and cancelled its
+    orders: an unchanged line of master data overruled the officer's later decision.)
+    A document that changes BUYER from active to suspended still suspends it."""
+    doc = std_doc()
+    core = Core(doc)
+    suspended = set_agent(doc, "BUYER", status="suspended")
+    reload(core, suspended)
+    assert "BUYER" in core.guard.suspended
+    core.send(ReinstateAgent(by="rita", agent="BUYER"))
+    assert not reject_codes(core.new("bea", "BUYU", BUY, 5000, 100))
+    mine = core.order_id()
+    ev = reload(core, suspended)
+    assert not notices(ev, "AGENT_SUSPENDED") and not reports(ev, "CANCELLED")
+    assert "BUYER" not in core.guard.suspended and mine in core.engine.orders
+    reload(core, doc)  # the master data say active
+    ev = reload(core, suspended)  # and now suspended: a suspension
+    assert [n.agent for n in notices(ev, "AGENT_SUSPENDED")] == ["BUYER"]
+    assert [r.order_id for r in reports(ev, "CANCELLED")] == [mine]
 
 
 # ============================================================== R46.2.6.1: modification

@@ -40,6 +40,7 @@ from gateway.refdata_file import read_and_validate
 from risk.refdata import RefData
 from sync.settle import (
     Balance,
+    Decision,
     Entry,
     PendingRequest,
     SyncResult,
@@ -332,58 +333,69 @@ def test_requests_are_settled_in_order_against_the_moving_balance() -> None:
     assert res.balances["AG1"].reserved == 56_000_000
 
 
-def test_reduction_accepted_when_not_committed_and_refused_when_committed() -> None:
-    # uncommitted (the platform's operative limit at the round close): AG2 10 000 000 c,
-    # AG3 2 998 548 c.
-    # 3: AG2 −500.00 € (50 000 c <= 10 000 000 c): accepted; 500 000 m€ back to the balance:
+# R49.1.4.4: a reduction «será validada por la Plataforma de Negociación ... en el siguiente
+# instante de sincronización»: the platform decides it at the round close (risk/guard.py
+# round_closed) and the settlement side records what it decided.  These tests replace four
+# that had settle() decide reductions itself from the limit at the close: the platform then
+# decided them again when the feedback came, on other figures, so the two sides could
+# disagree (the store ACCEPTED, the platform REFUSED) and a refused reduction could fund an
+# increase accepted in the same sync (the review of commit ea0ac4b, defect 4).
+
+
+def platform(rid: int, agent: str, amount: int, accept: bool) -> Decision:
+    return Decision(rid, agent, accept, "accepted" if accept else "refused", True, amount)
+
+
+def test_r49_1_4_4_the_platforms_reductions_are_recorded_as_decided() -> None:
+    # 3: AG2 −500.00 € accepted on the platform: 500 000 m€ back to the balance,
     #    50 000 000 + 500 000 = 50 500 000; reserved 100 000 000 − 500 000 = 99 500 000.
-    # 4: AG3 −29 990.00 € (2 999 000 c > 2 998 548 c): refused, committed, not retried.
-    res = fresh(requests=(PendingRequest(3, "AG2", False, 50_000),
-                          PendingRequest(4, "AG3", False, 2_999_000)),
-                uncommitted={"AG2": 10_000_000, "AG3": 2_998_548})
-    d = {x.request_id: x for x in res.decisions}
-    assert d[3].accept and "not committed" in d[3].reason
-    assert not d[4].accept
-    assert "only 29985.48 € is not committed" in d[4].reason and "not retried" in d[4].reason
+    # 4: AG3 −29 990.00 € refused on the platform: nothing moves.
+    res = settle(1, 1, (), REF, {}, (), {},
+                 platform_decisions=(platform(3, "AG2", 50_000, True),
+                                     platform(4, "AG3", 2_999_000, False)))
+    assert [(x.request_id, x.accept, x.platform) for x in res.decisions] == [
+        (3, True, True), (4, False, True)]
     assert (res.balances["AG2"].balance, res.balances["AG2"].reserved) == (
         50_500_000, 99_500_000)
     assert (res.balances["AG3"].balance, res.balances["AG3"].reserved) == (0, 30_000_000)
-    assert ("AG2", 500_000, "reduction 3 accepted", 50_500_000) in res.history
+    assert ("AG2", 500_000, "reduction 3 accepted on the platform", 50_500_000) in res.history
 
 
-def test_reduction_boundary_and_unknown_uncommitted() -> None:
-    exact = fresh(requests=(PendingRequest(1, "AG2", False, 1234),), uncommitted={"AG2": 1234})
-    assert exact.decisions[0].accept
-    # an agent without a figure at the round close has nothing uncommitted
-    none = fresh(requests=(PendingRequest(1, "AG2", False, 1),))
-    assert not none.decisions[0].accept
-    assert "only 0.00 €" in none.decisions[0].reason
+def test_r49_1_4_4_a_reduction_is_never_decided_by_the_settlement_side() -> None:
+    with pytest.raises(ValueError, match=r"R49\.1\.4\.4"):
+        fresh(requests=(PendingRequest(1, "AG2", False, 1234),))
+
+
+def test_r49_1_4_4_a_reduction_the_platform_refused_funds_no_increase() -> None:
+    # AG2: 150 000 € deposited, 100 000 € reserved: 50 000 € of surplus.  It asked to
+    # reduce by 100 000 € and to increase by 150 000 €.  The platform refused the reduction
+    # (committed), so the surplus is still 50 000 €: the increase is refused.  (Before, the
+    # settlement accepted the reduction itself, then the increase from the 150 000 € it
+    # freed, and the platform, refusing the reduction, ended at 250 000 € reserved.)
+    res = settle(1, 1, (), REF, {}, (PendingRequest(2, "AG2", True, 15_000_000),), {},
+                 {"AG2": 10_000_000},
+                 platform_decisions=(platform(1, "AG2", 10_000_000, False),))
+    assert [(x.request_id, x.accept) for x in res.decisions] == [(1, False), (2, False)]
+    b = res.balances["AG2"]
+    assert (b.deposited, b.reserved, b.balance) == (150_000_000, 100_000_000, 50_000_000)
+    # accepted on the platform, the same reduction funds it: 150 000 € of surplus
+    res = settle(1, 1, (), REF, {}, (PendingRequest(2, "AG2", True, 15_000_000),), {},
+                 {"AG2": 0},
+                 platform_decisions=(platform(1, "AG2", 10_000_000, True),))
+    assert [(x.request_id, x.accept) for x in res.decisions] == [(1, True), (2, True)]
+    b = res.balances["AG2"]
+    assert (b.reserved, b.balance) == (150_000_000, 0)  # never more than deposited
 
 
 def test_accepted_reduction_can_cover_a_negative_balance() -> None:
-    # AG3 −14 520 m€ after trade 2; its reduction request of 20.00 € (uncommitted) moves
-    # 20 000 m€ back: −14 520 + 20 000 = 5 480 >= 0, so no reduction is imposed.
-    res = fresh(trade(2, -1000, 20, sell_unit="SELLU3"),
-                requests=(PendingRequest(1, "AG3", False, 2000),),
-                uncommitted={"AG3": 2_998_548})
+    # AG3 −14 520 m€ after trade 2; its reduction of 20.00 €, accepted on the platform,
+    # moves 20 000 m€ back: −14 520 + 20 000 = 5 480 >= 0, so no reduction is imposed.
+    res = settle(1, 1, (trade(2, -1000, 20, sell_unit="SELLU3"),), REF, {}, (), {},
+                 platform_decisions=(platform(1, "AG3", 2000, True),))
     assert res.decisions[0].accept
     assert res.balances["AG3"].balance == 5_480
     assert res.reductions["AG3"] == 0
     assert res.reductions["AG4"] == 984
-
-
-def test_two_reductions_cannot_both_use_the_same_uncommitted_amount() -> None:
-    # AG2 has 5 000.00 € not committed at the round close.  Two pending reductions of
-    # 3 000.00 € each: once the first is accepted only 2 000.00 € is left uncommitted, so
-    # the second is committed and must be refused (R49.1.4.4: "a reduction is accepted if
-    # the amount is not committed to payment obligations on the platform").  Accepting both
-    # takes 6 000 € out of a 5 000 € operative limit: the platform's limit goes negative
-    # (the guard applies the settlement side's decisions without checking).
-    res = fresh(requests=(PendingRequest(1, "AG2", False, 300_000),
-                          PendingRequest(2, "AG2", False, 300_000)),
-                uncommitted={"AG2": 500_000})
-    assert [(x.request_id, x.accept) for x in res.decisions] == [(1, True), (2, False)]
-    assert res.balances["AG2"].reserved == 100_000_000 - 3_000_000
 
 
 # ------------------------------------------------------------------ programs (R50)
@@ -590,6 +602,29 @@ def test_r53_6_each_trade_is_settled_with_the_reference_data_it_was_made_under()
     # without trade_refs: everything with the data given (the close's), as before
     res = settle(1, 1, ts, REF, {}, (), {})
     assert {e.agent for e in res.entries if e.side == "SELL"} == {"AG3", "AG4"}
+
+
+def test_r53_6_a_resting_sides_reference_data_override_those_of_its_trade() -> None:
+    """R53.6, R49.1.4.3 b: a side whose resting order was admitted before a reload is
+    settled with the reference data of its admission (the platform charged its obligation
+    to those owners), the other side with those in force at the trade.  Trade 1: SELLU3's
+    sell rested from before SELLU3 became AG3's alone (AG3 60 %, AG4 40 %); the aggressor
+    BUYU2 is settled with the new data.  Trade 2: a later sell, admitted after the reload."""
+    import copy
+
+    from risk.refdata import load
+
+    d = copy.deepcopy(_DEMO_DOC)
+    for u in d["units"]:
+        if u["code"] == "SELLU3":
+            u["owners"] = [{"agent": "AG3", "share": "100"}]
+    r2 = load(d)
+    ts = [trade(1, -1000, 20, sell_unit="SELLU3"), trade(2, -1000, 10, sell_unit="SELLU3")]
+    res = settle(1, 1, ts, r2, {}, (), {}, trade_refs=[(1, r2)],
+                 side_refs={(1, "SELL"): REF})
+    sells = sorted((e.trade_id, e.agent, e.share_bp) for e in res.entries if e.side == "SELL")
+    assert sells == [(1, "AG3", 6000), (1, "AG4", 4000), (2, "AG3", 10_000)]
+    assert res.reductions["AG4"] == 984  # 8 000 m€ + 23 % VAT: AG4's part, as charged
 
 
 def test_settle_pauses_the_collector_and_leaves_no_cyclic_garbage(

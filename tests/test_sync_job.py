@@ -43,7 +43,21 @@ from typing import Any
 
 import pytest
 
-from engine.commands import CancelOrder, CloseContracts, CreateContract, NewOrder, OpenContracts
+from auctions.session import (
+    ClearAuction,
+    CloseAuction,
+    OpenAuction,
+    ScheduleAuction,
+    SubmitAuctionBid,
+)
+from engine.commands import (
+    CancelOrder,
+    CloseContracts,
+    CreateContract,
+    ModifyOrder,
+    NewOrder,
+    OpenContracts,
+)
 from engine.events import OrderReport, Reject, Trade
 from engine.model import Side
 from gateway.codec import decode
@@ -203,7 +217,10 @@ async def s7_sync4(m: Market) -> None:
 STEPS: list[Callable[[Market], Awaitable[None]]] = [
     s0_setup, s1_round1, s2_sync1, s3_round2, s4_sync2, s5_round3, s6_sync3, s7_sync4]
 SYNC_STEPS = {1: 2, 2: 4, 3: 6, 4: 7}  # sync number -> its step
-FEEDBACK_LENGTHS = {1: 3, 2: 7, 3: 3, 4: 3}  # commands fed back by each sync
+# commands fed back by each sync (sync 2: two reductions d), the two increases it decided
+# and the release; the two reductions were decided on the platform at round 2's close,
+# R49.1.4.4, and are not fed back)
+FEEDBACK_LENGTHS = {1: 3, 2: 5, 3: 3, 4: 3}
 
 
 async def run_steps(m: Market, start: int = 0, stop: int = len(STEPS)) -> None:
@@ -317,10 +334,13 @@ async def _walk(m: Market, store: Store) -> None:
     # -- sync 2.  Entries: AG3 DCIC 150 000 + vat 31 500 = 181 500; AG4 DCIC 100 000 +
     # 23 000 = 123 000; AG2 OPIC 250 000, iee 12 781.74 -> 12 782, vat 262 782 × 0.21 =
     # 55 184.22 -> 55 184, total 317 966.
-    # AG2: 49 681 272 − 317 966 = 49 363 306; +1 000 € accepted (1 000 000 m€ to the
-    #   reserve): 48 363 306, reserved 101 000 000; −500 € accepted (not committed: limit
-    #   10 000 000 − 31 797 c at the close): 48 863 306, reserved 100 500 000.
-    # AG1: 10 327 426 < 11 000 000: refused.  AG3: 2 999 000 c > 2 998 548 c: refused.
+    # R49.1.4.4: the platform decided the reductions at round 2's close: AG2's −500 € (not
+    # committed: limit 10 000 000 − 31 797 c) accepted, AG3's 2 999 000 c > 2 998 548 c
+    # refused; the settlement side records them and decides the increases.
+    # AG2: 49 681 272 + 500 000 (its reduction, accepted on the platform) = 50 181 272,
+    #   reserved 99 500 000; − 317 966 = 49 863 306; +1 000 € accepted (1 000 000 m€ to the
+    #   reserve): 48 863 306, reserved 100 500 000.
+    # AG1: 10 327 426 < 11 000 000: refused.
     # AG3: −14 520 + 181 500 = 166 980;  AG4: −9 840 + 123 000 = 113 160: reductions to 0.
     bal = await store.balances()
     assert bal["AG2"] == Balance(150_000_000, 100_500_000, 48_863_306)
@@ -332,10 +352,9 @@ async def _walk(m: Market, store: Store) -> None:
         (1, 2, "AG2", 1), (2, 2, "AG1", 0), (3, 2, "AG3", 0), (4, 2, "AG2", 1)]
     fb = [decode(json.loads(c)) for c in await store.feedback(2)]
     assert fb[:2] == [SetSyncReduction("sync", "AG3", 0), SetSyncReduction("sync", "AG4", 0)]
-    assert [(type(c), c.request_id, c.accept) for c in fb[2:6]] == [
-        (DecideGuaranteeRequest, 1, True), (DecideGuaranteeRequest, 2, False),
-        (DecideGuaranteeRequest, 3, False), (DecideGuaranteeRequest, 4, True)]
-    assert fb[6] == ReleaseObligations("sync", 2)
+    assert [(type(c), c.request_id, c.accept) for c in fb[2:4]] == [
+        (DecideGuaranteeRequest, 1, True), (DecideGuaranteeRequest, 2, False)]
+    assert fb[4] == ReleaseObligations("sync", 2)
     # the platform: +1 000 € (f), −500 € (e), obligations released, AG3's reduction gone
     a2 = m.account("AG2")
     assert (a2["requested_increases"], a2["requested_reductions"], a2["obligations"]) == (
@@ -599,7 +618,8 @@ async def test_a_round_closing_before_the_decisions_arrive_does_not_decide_them_
         tmp_path: Path) -> None:
     """R49.1.4.4: each guarantee request is answered once.  Round 3 closes while sync 2's
     feedback is on its way (its decisions not yet applied), so round 3's snapshot still
-    lists the four requests as pending; sync 3 must not decide them again (the store
+    lists the two increases as pending (the platform decided the two reductions at round
+    2's close, R49.1.4.4); sync 3 must not decide them again (the store
     refuses a second decision of a request, and the job would retry that sync forever)."""
     store = await open_sqlite(tmp_path / "s.sqlite")
     closed: list[int] = []
@@ -616,7 +636,7 @@ async def test_a_round_closing_before_the_decisions_arrive_does_not_decide_them_
         await run_steps(m, 0, 4)  # round 2 ends with four guarantee requests
         m.at(4)
         await close_and_sync(m, C2)
-        assert closed == [4]  # round 3's snapshot saw them pending
+        assert closed == [2]  # round 3's snapshot saw the increases pending
         res = await m.job.sync_pending()
         assert isinstance(res, SyncResult) and res.sync_id == 3
         assert res.decisions == []
@@ -733,41 +753,133 @@ async def test_a_request_refused_on_the_platform_after_the_sync_accepted_it_is_g
         await store.close()
 
 
-async def test_r49_1_4_4_a_reduction_committed_after_the_close_is_refused_at_the_sync_instant(
+async def test_r49_1_4_4_a_reduction_accepted_at_the_sync_instant_counts_at_once(
         tmp_path: Path) -> None:
     """R49.1.4.4: a reduction «será validada por la Plataforma de Negociación ... en el
-    siguiente instante de sincronización» and accepted only if the amount is not committed
-    to payment obligations.  AG2 asks to reduce its 100 000 € by all of it; round 1 closes
-    with nothing committed, so the settlement side accepts; but before the decision reaches
-    the platform AG2 buys 100.0 MWh at 400.00 € (50 874.55 € with taxes).  Applying the
-    acceptance then would leave the operative limit at −50 874.55 € (obligations uncovered):
-    the platform refuses the whole request, and the next sync takes the 100 000 € back from
-    the settlement surplus into the reserved amount."""
+    siguiente instante de sincronización» and, accepted, «procediendo a considerar dicha
+    reducción en la Plataforma».  AG2 asks to reduce its 100 000 € by all of it; round 1
+    closes with nothing committed: the platform accepts at the close and the limit is 0 at
+    once, so a buy of 100.0 MWh at 400.00 € after the close is refused (the operative
+    limit), and the settlement side records the acceptance and frees the 100 000 €.
+    (This test replaces one that let the buy through and had the platform refuse, at the
+    feedback, the reduction the sync had accepted at the close: two decisions on two sets
+    of figures, which could disagree — the review of commit ea0ac4b, defects 3 and 4.)"""
     store = await open_sqlite(tmp_path / "s.sqlite")
     try:
         m = await _market(store)
         await m.submit(RequestGuaranteeChange("carlos", "AG2", False, 10_000_000), "carlos")
         m.at(2)
-        await m.submit(CloseContracts((C1,)), "calendar")  # the snapshot: all uncommitted
+        await m.submit(CloseContracts((C1,)), "calendar")  # the synchronisation instant
+        assert m.accounts()["requests"] == [(1, "AG2", False, 10_000_000, "ACCEPTED")]
+        assert m.limit("AG2") == 0
         await m.order("ana", "AG1", "SELLU1", C2, SELL, 40_000, 1000)
-        assert trades(await m.order("carlos", "AG2", "BUYU2", C2, BUY, 40_000, 1000))
-        # 4 000 000 c × 1.271863625472 = 5 087 454.5 -> 5 087 455 c
-        assert m.limit("AG2") == 10_000_000 - 5_087_455
+        ev = await m.order("carlos", "AG2", "BUYU2", C2, BUY, 40_000, 1000)
+        assert not trades(ev) and [e.code for e in rejects(ev)] == ["OPERATIVE_LIMIT"]
         await m.job.sync_pending()
         assert [(d["request_id"], d["accept"]) for d in await store.query(
-            "SELECT request_id, accept FROM decisions")] == [(1, 1)]  # at the close: free
-        acc = m.account("AG2")
-        assert acc["requested_reductions"] == 0
-        assert acc["operative_limit"] == 10_000_000 - 5_087_455 >= 0
-        assert m.accounts()["requests"] == [(1, "AG2", False, 10_000_000, "REFUSED")]
-        m.at(3)
-        await close_and_sync(m, C2)
+            "SELECT request_id, accept FROM decisions")] == [(1, 1)]
         b = (await store.balances())["AG2"]
-        assert b.reserved == 100_000_000  # the platform still holds it: given back
-        hist = await store.query("SELECT sync_id, delta, reason FROM balance_history"
+        assert (b.deposited, b.reserved, b.balance) == (150_000_000, 0, 150_000_000)
+        hist = await store.query("SELECT delta, reason FROM balance_history"
                                  " WHERE agent = 'AG2' ORDER BY sync_id, n")
-        assert (2, -100_000_000, "reserved amount set on the platform") in [
-            (h["sync_id"], h["delta"], h["reason"]) for h in hist]
+        assert [(h["delta"], h["reason"]) for h in hist][:1] == [
+            (100_000_000, "reduction 1 accepted on the platform")]
+        assert m.accounts()["requests"] == [(1, "AG2", False, 10_000_000, "ACCEPTED")]
+    finally:
+        await store.close()
+
+
+async def test_r49_1_4_4_the_syncs_own_feedback_does_not_refuse_a_free_reduction(
+        tmp_path: Path) -> None:
+    """R49.1.4.4, R49.1.4.2 step 3 (review of ea0ac4b, defect 3).  AG2 (150 000 €
+    deposited, 100 000 € reserved) buys 176.9 MWh at 400.00 € in round 1: 89 997.08 € with
+    taxes; its limit at the close is 10 002.92 €, and it asks to reduce by 10 000 €: not
+    committed.  The platform must accept it.  Before, the sync accepted it and the
+    platform judged it again while the sync's feedback was half applied — the new
+    reduction d) (the round's obligations, less the 10 000 €) already set, the same
+    obligations not yet released from b) — and refused it (not retried), leaving its limit
+    ~10 000 € above what the deposits cover until the next sync."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        await m.order("ana", "AG1", "SELLU1", C1, SELL, 40_000, 1769)
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C1, BUY, 40_000, 1769))
+        assert m.limit("AG2") == 1_000_292
+        await m.submit(RequestGuaranteeChange("carlos", "AG2", False, 1_000_000), "carlos")
+        m.at(2)
+        await close_and_sync(m, C1)
+        assert [(d["request_id"], d["accept"]) for d in await store.query(
+            "SELECT request_id, accept FROM decisions")] == [(1, 1)]
+        assert m.accounts()["requests"] == [(1, "AG2", False, 1_000_000, "ACCEPTED")]
+        # settlement: 150 000 − 90 000 reserved − 89 997.07 (its entries) = −29 997.07 €
+        b = (await store.balances())["AG2"]
+        assert (b.reserved, b.balance) == (90_000_000, -29_997_070)
+        a = m.account("AG2")
+        assert (a["requested_reductions"], a["sync_reduction"], a["obligations"]) == (
+            1_000_000, 2_999_707, 0)
+        # 100 000 − 10 000 − 29 997.07 = 60 002.93 € = 150 000 − 89 997.07: what is covered
+        assert m.limit("AG2") == 6_000_293
+    finally:
+        await store.close()
+
+
+async def test_r49_1_4_4_a_refused_reduction_funds_no_increase(tmp_path: Path) -> None:
+    """R49.1.4.4 (review of ea0ac4b, defect 4).  AG2 (150 000 € deposited, 100 000 €
+    reserved: 50 000 € of surplus) asks to reduce by 100 000 € and to increase by
+    150 000 €; round 1 closes with nothing committed, and AG2 then tries to buy 100.0 MWh
+    at 400.00 € (50 874.55 € with taxes).  Before, the sync accepted the reduction on the
+    close's figures and funded the increase with it; the buy went through; the platform,
+    refusing the reduction at the feedback (committed by then) but applying the increase,
+    reserved 250 000 € against 150 000 € deposited, and the store said ACCEPTED for good.
+    Now the platform decides the reduction at the close and it counts at once: the buy is
+    refused by the operative limit, the increase is funded by a reduction the platform did
+    accept, both sides say the same, and what is reserved never exceeds the deposits."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        await m.submit(RequestGuaranteeChange("carlos", "AG2", False, 10_000_000), "carlos")
+        await m.submit(RequestGuaranteeChange("carlos", "AG2", True, 15_000_000), "carlos")
+        m.at(2)
+        await m.submit(CloseContracts((C1,)), "calendar")
+        await m.order("ana", "AG1", "SELLU1", C2, SELL, 40_000, 1000)
+        ev = await m.order("carlos", "AG2", "BUYU2", C2, BUY, 40_000, 1000)
+        assert [e.code for e in rejects(ev)] == ["OPERATIVE_LIMIT"]
+        await m.job.sync_pending()
+        platform = {r[0]: r[4] for r in m.accounts()["requests"]}
+        store_said = {d["request_id"]: ("ACCEPTED" if d["accept"] else "REFUSED")
+                      for d in await store.query("SELECT request_id, accept FROM decisions")}
+        assert platform == store_said == {1: "ACCEPTED", 2: "ACCEPTED"}
+        a = m.account("AG2")
+        held = a["reserved"] + a["requested_increases"] - a["requested_reductions"]
+        b = (await store.balances())["AG2"]
+        assert held * 10 == b.reserved == 150_000_000 <= b.deposited
+        assert b.balance == 0
+    finally:
+        await store.close()
+
+
+async def test_r49_1_4_4_a_committed_reduction_is_refused_on_both_sides(
+        tmp_path: Path) -> None:
+    """R49.1.4.4: AG2 has bought 100.0 MWh at 400.00 € (50 874.55 € with taxes) before
+    asking to reduce by 100 000 € and increase by 150 000 €: the platform refuses the
+    reduction at the close (committed), the increase finds only the surplus left (50 000 €
+    less the purchase): refused too; the store says what the platform said."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        await m.order("ana", "AG1", "SELLU1", C1, SELL, 40_000, 1000)
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C1, BUY, 40_000, 1000))
+        await m.submit(RequestGuaranteeChange("carlos", "AG2", False, 10_000_000), "carlos")
+        await m.submit(RequestGuaranteeChange("carlos", "AG2", True, 15_000_000), "carlos")
+        m.at(2)
+        await close_and_sync(m, C1)
+        platform = {r[0]: r[4] for r in m.accounts()["requests"]}
+        store_said = {d["request_id"]: ("ACCEPTED" if d["accept"] else "REFUSED")
+                      for d in await store.query("SELECT request_id, accept FROM decisions")}
+        assert platform == store_said == {1: "REFUSED", 2: "REFUSED"}
+        a = m.account("AG2")
+        held = a["reserved"] + a["requested_increases"] - a["requested_reductions"]
+        assert held * 10 == (await store.balances())["AG2"].reserved == 100_000_000
     finally:
         await store.close()
 
@@ -896,6 +1008,117 @@ async def test_r53_6_a_trade_is_settled_to_the_owners_charged_when_it_was_made(
                                    (2, "AG3", 10_000, 10_000, 2_100)]
         assert (await store.balances())["AG4"].balance == -9_840
         assert m.account("AG4")["obligations"] == 0  # released: it lives in the balance
+    finally:
+        await store.close()
+
+
+async def test_r53_6_an_order_resting_across_a_reload_is_settled_to_the_owners_charged(
+        tmp_path: Path) -> None:
+    """R53.6, R49.1.4.3 b (review of ea0ac4b, defect 1).  SELLU3 (AG3 60 %, AG4 40 %)
+    rests a sell of 2.0 MWh at −10.00 €/MWh; the reference data then make AG3 its only
+    owner; AG2 hits the resting sell.  The platform charges the obligation to the owners of
+    the order's admission (AG3 1 452 c, AG4 984 c, docs/refdata.md), so the settlement
+    must book it on the same owners: before, the trade took the reference data in force
+    at the trade and all of it went on AG3, while the obligation released from AG4 at the
+    sync was never booked on it.  A sell admitted after the reload is AG3's alone, and the
+    aggressor's side takes the data in force."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        await m.order("bea", "AG3", "SELLU3", C1, SELL, -1000, 30)  # 1.0 MWh stays after
+        doc = json.loads(REFDATA_TEXT)
+        for u in doc["units"]:
+            if u["code"] == "SELLU3":
+                u["owners"] = [{"agent": "AG3", "share": "100"}]
+        await m.submit(LoadReferenceData(canonical_json(doc)), "operator")
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C1, BUY, -1000, 20))
+        assert (m.account("AG3")["obligations"], m.account("AG4")["obligations"]) == (
+            1452, 984)
+        await m.order("bea", "AG3", "SELLU3", C2, SELL, -1000, 10)  # under the new data
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C2, BUY, -1000, 10))
+        # the rest of the first order fills: still charged to AG3 and AG4
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C1, BUY, -1000, 10))
+        assert (m.account("AG3")["obligations"], m.account("AG4")["obligations"]) == (
+            1452 + 1210 + 726, 984 + 492)
+        m.at(2)
+        await close_and_sync(m, C1)
+        rows = await store.query("SELECT trade_id, agent, share_bp FROM entries"
+                                 " WHERE side = 'SELL' ORDER BY trade_id, agent")
+        assert [(r["trade_id"], r["agent"], r["share_bp"]) for r in rows] == [
+            (1, "AG3", 6000), (1, "AG4", 4000), (2, "AG3", 10_000),
+            (3, "AG3", 6000), (3, "AG4", 4000)]
+        # what the platform charged AG4 is what the settlement booked on it
+        assert (await store.balances())["AG4"].balance == -(9_840 + 4_920)
+        assert m.account("AG4")["obligations"] == 0
+        assert m.job.order_refs == {}  # the order is gone: forgotten
+    finally:
+        await store.close()
+
+
+async def test_r53_6_a_resting_order_modified_after_a_reload_takes_the_new_owners(
+        tmp_path: Path) -> None:
+    """R46.2.6.1: a modification is a new order, checked and charged with the reference
+    data in force; its trades are settled with them too (and so with the owners the
+    platform charged)."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        ev = await m.order("bea", "AG3", "SELLU3", C1, SELL, -1000, 20)
+        oid = next(e.order_id for e in ev if type(e) is OrderReport)
+        doc = json.loads(REFDATA_TEXT)
+        for u in doc["units"]:
+            if u["code"] == "SELLU3":
+                u["owners"] = [{"agent": "AG3", "share": "100"}]
+        await m.submit(LoadReferenceData(canonical_json(doc)), "operator")
+        assert oid in m.job.order_refs
+        await m.submit(ModifyOrder("bea", "AG3", oid, 1, -1100, 20), "bea")
+        assert oid not in m.job.order_refs
+        assert trades(await m.order("carlos", "AG2", "BUYU2", C1, BUY, -1100, 20))
+        assert m.account("AG4")["obligations"] == 0
+        m.at(2)
+        await close_and_sync(m, C1)
+        rows = await store.query("SELECT agent FROM entries WHERE side = 'SELL'")
+        assert [r["agent"] for r in rows] == ["AG3"]
+    finally:
+        await store.close()
+
+
+async def test_r39_4_3_4_an_auction_cleared_in_the_ms_of_a_round_close_is_settled_with_its_round(
+        tmp_path: Path) -> None:
+    """R39.4.3.4, R49.1.4.2 (review of ea0ac4b, defect 5).  The calendar closes round 1 and
+    clears an auction in the same millisecond, the close first (auctions/scheduler.py
+    ``due``).  The clearing charges AG2's obligation to round 2, the round current then;
+    the session's billing must enter the balance in sync 2, whose ReleaseObligations(2)
+    releases it — not in sync 1 (its instant is not after the close), which would leave
+    the obligation on the platform for all of round 2 while the balance counts it too."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        t = m.now
+        await m.submit(ScheduleAuction("S", (C3,), t, t + 5_000, t + 6_000), "calendar")
+        await m.submit(OpenAuction("S"), "calendar")
+        await m.submit(SubmitAuctionBid("carlos", "AG2", "S", "BUYU2", C3, "BUY",
+                                        ((20_000, 2000),)), "carlos")
+        await m.submit(SubmitAuctionBid("ana", "AG1", "S", "SELLU1", C3, "SELL",
+                                        ((20_000, 2000),)), "ana")
+        m.now = t + 5_000
+        await m.submit(CloseAuction("S"), "calendar")
+        T = t + 6_000
+        m.apply(CloseContracts((C1,)), "calendar", T)  # round 1 closes at T
+        m.apply(ClearAuction("S"), "calendar", T)  # the clearing, same ms, after it
+        m.now = T
+        assert m.account("AG2")["obligations_by_round"] == {2: 5_087_455}
+        await m.job.sync_pending()
+        hist = await store.query("SELECT sync_id, reason FROM balance_history"
+                                 " WHERE agent = 'AG2' AND reason = 'auction S'")
+        assert hist == []  # not in sync 1
+        assert m.account("AG2")["obligations"] == 5_087_455
+        m.at(3)
+        await close_and_sync(m, C2)
+        hist = await store.query("SELECT sync_id, delta FROM balance_history"
+                                 " WHERE agent = 'AG2' AND reason = 'auction S'")
+        assert [(h["sync_id"], h["delta"]) for h in hist] == [(2, -50_874_546)]
+        assert m.account("AG2")["obligations"] == 0  # released with it
     finally:
         await store.close()
 
