@@ -753,15 +753,10 @@ async def test_server_restart_reconnects_resubscribes_and_sends_waiting_order_on
     conn_events.close()
 
 
-@pytest.mark.parametrize("kind", ["order_entry", "basket_entry", "order_modify"])
-async def test_unanswered_request_is_resent_and_executed_once(env: Env, kind: str) -> None:
-    """The server executes the request but the connection drops before its answer: the SDK
-    reconnects, re-sends, and answers the call from what the engine holds."""
-    ana = await env.client("ana", private=False)  # no private stream: found by query
-    base = None
-    if kind == "order_modify":
-        base = await ana.place(C1, "SELLU1", "SELL", "55.00", "1.0", client_order_id="m-1")
-    (session,) = env.srv.sessions_of["ana"]
+def drop_before_the_answer(srv: Server, user: str, kind: str) -> None:
+    """The server executes the user's next ``kind`` request, then the connection drops
+    before its ack is sent."""
+    (session,) = srv.sessions_of[user]
     original = session.send
 
     def send(msg: dict[str, Any]) -> None:
@@ -773,6 +768,17 @@ async def test_unanswered_request_is_resent_and_executed_once(env: Env, kind: st
         original(msg)
 
     session.send = send  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("kind", ["order_entry", "basket_entry", "order_modify"])
+async def test_unanswered_request_is_resent_and_executed_once(env: Env, kind: str) -> None:
+    """The server executes the request but the connection drops before its answer: the SDK
+    reconnects, re-sends, and answers the call from what the engine holds."""
+    ana = await env.client("ana", private=False)  # no private stream: found by query
+    base = None
+    if kind == "order_modify":
+        base = await ana.place(C1, "SELLU1", "SELL", "55.00", "1.0", client_order_id="m-1")
+    drop_before_the_answer(env.srv, "ana", kind)
     if kind == "order_entry":
         ans = await ana.place(C1, "SELLU1", "SELL", "55.00", "1.0", client_order_id="once-1")
         coids = ["once-1"]
@@ -807,18 +813,7 @@ async def test_a_request_without_a_key_is_not_resent_but_said_to_be_in_doubt(
     again (the agent had two requests of 1,000 EUR) but raises OutcomeUnknown; the
     engine holds the request once, and the client goes on."""
     ana = await env.client("ana", private=False)
-    (session,) = env.srv.sessions_of["ana"]
-    original = session.send
-
-    def send(msg: dict[str, Any]) -> None:
-        if msg.get("type") == "ack" and msg.get("kind") == "guarantee_request":
-            session.send = original  # type: ignore[method-assign]
-            session._closing = "test: the connection drops before the answer"
-            session._wake.set()
-            return
-        original(msg)
-
-    session.send = send  # type: ignore[method-assign]
+    drop_before_the_answer(env.srv, "ana", "guarantee_request")
     with pytest.raises(sdk.OutcomeUnknown, match="may have been executed"):
         await ana.request({"type": "guarantee_request", "change": "increase",
                            "amount": "1000.00"})

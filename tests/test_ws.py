@@ -791,11 +791,16 @@ async def _churn(srv: Any, rounds: int, contract: str = C1, start: int = 0) -> N
     await asyncio.gather(*(seq.submit(CancelOrder("ana", "AG1", o), "ana") for o in live))
 
 
-async def test_slow_book_consumer_is_conflated(env: Env) -> None:
+async def _slow_book_reader(env: Env) -> tuple[Any, Client, Any]:
+    """A server, bea following C1's book without reading, and her session there."""
     srv = await env.server(max_queue=40, heartbeat_s=3600)
     slow = await _slow_client(env, srv, "bea", {"type": "subscribe", "stream": "book",
                                                 "contract": C1})
-    session = _shrink_server_sndbuf(srv, "bea")
+    return srv, slow, _shrink_server_sndbuf(srv, "bea")
+
+
+async def test_slow_book_consumer_is_conflated(env: Env) -> None:
+    srv, slow, session = await _slow_book_reader(env)
     for k in range(6):
         await _churn(srv, 100, start=100 * k)
         assert len(session._out) <= 40  # bounded, whatever the client does
@@ -824,10 +829,7 @@ async def test_a_book_unsubscribed_while_conflated_gets_no_snapshot_later(env: E
     """A slow consumer's book falls behind (a fresh snapshot is due), then the client
     unsubscribes: nothing of that book reaches it afterwards (a conflated snapshot of the
     book it had left arrived once it caught up)."""
-    srv = await env.server(max_queue=40, heartbeat_s=3600)
-    slow = await _slow_client(env, srv, "bea", {"type": "subscribe", "stream": "book",
-                                                "contract": C1})
-    session = _shrink_server_sndbuf(srv, "bea")
+    srv, slow, session = await _slow_book_reader(env)
     for k in range(6):
         await _churn(srv, 100, start=100 * k)
         if session._stale_books:
