@@ -22,7 +22,7 @@ import pytest
 pytest.register_assert_rewrite("browser")
 
 from browser import C1, C2, Market, Screens, expect, take_screenshots  # noqa: E402
-from wsclient import session_of  # noqa: E402
+from wsclient import iso, now_ms, session_of  # noqa: E402
 
 pytest_plugins = ["browser"]
 
@@ -357,6 +357,302 @@ async def test_screen_reconnects_and_catches_up_after_a_dropped_connection(
     await expect(row(ana, "SELL", "56.50")).to_have_count(1)
 
 
+async def orders_of(market: Market, user: str) -> dict[int, dict[str, Any]]:
+    """The user's agent's live orders as the server has them (query_orders), by id."""
+    c = await market.client(user)
+    ans = await c.request({"type": "query_orders"})
+    assert ans["type"] == "orders", ans
+    return {o["order_id"]: o for o in ans["orders"]}
+
+
+async def drop_connection(market: Market, page: Any, user: str) -> None:
+    """The server drops the user's connection; the screen says it is reconnecting."""
+    await session_of(market.server, user).transport.close(1012, "test: connection dropped")
+    await expect(page.locator("#conn")).to_have_text("reconnecting")
+
+
+async def test_banner_reactivate_all_acts_on_its_own_contract_only(
+        screens: Screens, market: Market) -> None:
+    """A "trading again" banner's Reactivate all is for its contract: neither every contract
+    (ana deliberately deactivated her order in C2) nor the one selected with "selected
+    contract only"."""
+    ana = await screens.trader("ana", C1)
+    c1 = (await market.trade("ana", C1, "SELL", "55.00", "5.0"))["order_ids"][0]
+    c2 = (await market.trade("ana", C2, "SELL", "65.00", "5.0"))["order_ids"][0]
+    c = await market.client("ana")
+    assert (await c.request({"type": "order_deactivate", "order_ids": [c2]}))["type"] == "ack"
+    banner = ana.locator(f'.banner[data-contract="{C1}"]')
+
+    # "selected contract only" with C2 selected
+    await market.interrupt(C1, "intraday auction")
+    await market.resume(C1)
+    await ana.click(f'#contract-list .crow[data-contract="{C2}"]')
+    await ana.check("#only-selected")
+    await expect(banner).to_contain_text("trading again: 1 of your orders there are hibernated")
+    await banner.get_by_role("button", name="Reactivate all").click()
+    await expect(banner).to_have_count(0)
+    statuses = {k: o["status"] for k, o in (await orders_of(market, "ana")).items()}
+    assert statuses == {c1: "ACTIVE", c2: "HIBERNATED"}, statuses
+
+    # and with every contract shown
+    await ana.uncheck("#only-selected")
+    await market.interrupt(C1, "intraday auction")
+    await market.resume(C1)
+    await banner.get_by_role("button", name="Reactivate all").click()
+    await expect(banner).to_have_count(0)
+    await expect(ana.locator("#orders-table tbody tr.hib")).to_have_count(1)
+    statuses = {k: o["status"] for k, o in (await orders_of(market, "ana")).items()}
+    assert statuses == {c1: "ACTIVE", c2: "HIBERNATED"}, statuses
+
+
+async def test_modify_is_refused_when_the_order_changed_elsewhere(
+        screens: Screens, market: Market) -> None:
+    """The modification carries the revision the ticket was loaded at: a change made
+    elsewhere meanwhile (ana's other session) is said at once, and Enter is refused
+    STALE_REVISION instead of overwriting it; loading the order again works."""
+    ana = await screens.trader("ana", C1)
+    await key_order(ana, "SELLU1", "SELL", "50.00", "10.0")
+    await ticket_ok(ana, "resting: SELL 10.0 @ 50.00")
+    await order_row(ana, "50.00").locator('button[data-act="modify"]').click()
+    status = ana.locator("#t-status")
+    await expect(status).to_contain_text("revision 1")
+    (oid,) = await orders_of(market, "ana")
+    other = await market.client("ana")
+    ans = await other.request({"type": "order_modify", "order_id": oid, "revision": 1,
+                               "price": "40.00", "quantity": "2.0"})
+    assert ans["type"] == "ack", ans
+    await expect(status).to_contain_text(
+        f"#{oid} was changed elsewhere: now revision 2, 2.0 @ 40.00")
+    await ana.fill("#t-price", "51.00")
+    await ana.press("#t-price", "Enter")
+    await expect(status).to_have_class(re.compile(r"\bbad\b"))
+    await expect(status).to_contain_text(
+        f"STALE_REVISION: #{oid} was changed elsewhere after you loaded it at revision 1 "
+        "(now revision 2: 2.0 @ 40.00)")
+    o = (await orders_of(market, "ana"))[oid]
+    assert (o["revision"], o["price"], o["visible"]) == (2, "40.00", "2.0"), o
+    # the ticket still holds the modification; loading the order again sends revision 2
+    await expect(ana.locator("#ticket-title")).to_have_text(f"Modify order #{oid}")
+    await order_row(ana, "40.00").locator('button[data-act="modify"]').click()
+    await expect(status).to_contain_text("revision 2")
+    await ana.fill("#t-price", "51.00")
+    await ana.press("#t-price", "Enter")
+    await ticket_ok(ana, "modified (rev 3): 2.0 @ 51.00")
+
+
+async def test_a_fill_while_modifying_is_not_put_back(screens: Screens, market: Market) -> None:
+    """Fills do not change an order's revision, so the server cannot tell that the ticket's
+    quantity was typed against an older open quantity: the screen must.  An untouched
+    quantity follows the open quantity (with a notice); a typed one must be confirmed; an
+    order filled completely stops the modification without sending anything."""
+    ana = await screens.trader("ana", C1)
+    status = ana.locator("#t-status")
+    await key_order(ana, "SELLU1", "SELL", "50.00", "10.0")
+    await ticket_ok(ana, "resting: SELL 10.0 @ 50.00")
+    (oid,) = await orders_of(market, "ana")
+    await ana.evaluate("""() => {
+        window.__modifies = [];
+        const send = WebSocket.prototype.send;
+        WebSocket.prototype.send = function (data) {
+          const m = JSON.parse(data);
+          if (m.type === 'order_modify') window.__modifies.push(m);
+          send.call(this, data);
+        };
+    }""")
+
+    # the quantity untouched: it follows the fill, only the price changes
+    await order_row(ana, "50.00").locator('button[data-act="modify"]').click()
+    await expect(ana.locator("#t-qty")).to_have_value("10.0")
+    await market.trade("carlos", C1, "BUY", "50.00", "6.0")
+    await expect(ana.locator("#t-qty")).to_have_value("4.0")
+    await expect(status).to_contain_text(
+        f"#{oid}: 6.0 filled since you loaded it; open quantity now 4.0 (was 10.0)")
+    await ana.fill("#t-price", "50.50")
+    await ana.press("#t-price", "Enter")
+    await ticket_ok(ana, "modified (rev 2): 4.0 @ 50.50")
+    o = (await orders_of(market, "ana"))[oid]
+    assert (o["filled"], o["visible"], o["price"]) == ("6.0", "4.0", "50.50"), o
+
+    # a typed quantity: Enter refuses once and explains, the second Enter sends it
+    await order_row(ana, "50.50").locator('button[data-act="modify"]').click()
+    await ana.fill("#t-qty", "3.0")
+    await market.trade("carlos", C1, "BUY", "50.50", "1.0")
+    await expect(status).to_contain_text("open quantity now 3.0 (was 4.0). Your quantity 3.0")
+    await expect(ana.locator("#t-qty")).to_have_value("3.0")
+    await ana.press("#t-qty", "Enter")
+    await expect(status).to_have_class(re.compile(r"\bbad\b"))
+    await expect(status).to_contain_text(f"not sent: #{oid} traded 1.0 since you loaded it — "
+                                         "3.0 open, not 4.0")
+    o = (await orders_of(market, "ana"))[oid]
+    assert (o["revision"], o["visible"]) == (2, "3.0"), o
+    await ana.press("#t-qty", "Enter")
+    await ticket_ok(ana, "modified (rev 3): 3.0 @ 50.50")
+
+    # filled completely while loaded: nothing is sent, not even as a new order
+    await order_row(ana, "50.50").locator('button[data-act="modify"]').click()
+    await ana.fill("#t-price", "52.00")
+    await market.trade("carlos", C1, "BUY", "50.50", "3.0")
+    await expect(status).to_contain_text(f"#{oid} was filled (10.0) while the ticket was loaded: "
+                                         "nothing was sent")
+    await expect(ana.locator("#ticket-title")).to_have_text("Order ticket")
+    await expect(ana.locator("#t-qty")).to_have_value("")
+    await ana.press("#t-price", "Enter")
+    await expect(status).to_contain_text("quantity: required")
+    assert await orders_of(market, "ana") == {}
+    # an untouched quantity is not sent (the server keeps the open quantity it has when it
+    # applies the modification: a fill on its way to the screen is not put back either)
+    sent = await ana.evaluate("window.__modifies")
+    assert [(m["revision"], m["price"], m.get("quantity")) for m in sent] == [
+        (1, "50.50", None), (2, "50.50", "3.0")], sent
+
+
+async def test_modify_keeps_an_untouched_gtd_expiry(screens: Screens, market: Market) -> None:
+    """A GTD order's expiry has milliseconds: the modify form shows them and, the field
+    untouched, sends the expiry exactly as the order has it (only the price changes)."""
+    ana = await screens.trader("ana", C1)
+    expiry = iso((now_ms() // 1000 + 1200) * 1000 + 250)
+    oid = (await market.trade("ana", C1, "SELL", "70.00", "1.0", validity="GTD",
+                              expiry=expiry))["order_ids"][0]
+    await order_row(ana, "70.00").locator('button[data-act="modify"]').click()
+    await expect(ana.locator("#t-expiry")).to_have_value(re.compile(r"T\d\d:\d\d:\d\d\.25$"))
+    await ana.fill("#t-price", "71.00")
+    await ana.press("#t-price", "Enter")
+    await ticket_ok(ana, "modified (rev 2): 1.0 @ 71.00")
+    o = (await orders_of(market, "ana"))[oid]
+    assert (o["price"], o["expiry"]) == ("71.00", expiry), o
+
+
+async def test_an_order_whose_answer_was_lost_is_looked_up_not_failed(
+        screens: Screens, market: Market) -> None:
+    """The order reaches the server but the connection drops before its answer: the ticket
+    says "outcome unknown" (not a failure inviting a resend with a new client_order_id) and,
+    back online, finds the order by its client_order_id.  An order not live any more
+    (traded at once) is said so; sending the same ticket again reuses its client_order_id,
+    so the server refuses it and nothing trades twice."""
+    ana = await screens.trader("ana", C1)
+    status = ana.locator("#t-status")
+    await ana.fill("#t-unit", "SELLU1")
+    await ana.click("#side-sell")
+    await ana.fill("#t-price", "60.00")
+    await ana.fill("#t-qty", "1.0")
+    send_and_drop = ("() => { document.querySelector('#t-send').click();"
+                     " window.ronda.conn().ws.close(); }")
+    await ana.evaluate(send_and_drop)
+    await expect(status).to_contain_text("outcome unknown")
+    await expect(status).not_to_have_class(re.compile(r"\bbad\b"))
+    await expect(ana.locator("#conn")).to_have_text("online", timeout=8000)
+    (oid,) = await orders_of(market, "ana")
+    await expect(status).to_have_class(re.compile(r"\bgood\b"))
+    await expect(status).to_contain_text(f"✔ #{oid} resting: SELL 1.0 @ 60.00")
+    await expect(status).to_contain_text("found on the server by its client_order_id web-")
+
+    # traded at once, its report lost with the connection
+    await market.trade("carlos", C1, "BUY", "45.00", "1.0")
+    await ana.fill("#t-price", "45.00")
+    await ana.evaluate(send_and_drop)
+    await expect(ana.locator("#conn")).to_have_text("online", timeout=8000)
+    # (a page drops what arrives once it closed its socket: the report is lost too)
+    await expect(status).to_contain_text("? SELL 1.0 @ 45.00")
+    await expect(status).to_contain_text("is not live on the server: it never arrived, or it "
+                                         "traded or was cancelled at once")
+    await expect(status).not_to_have_class(re.compile(r"\bbad\b"))
+    await ana.press("#t-price", "Enter")
+    await expect(status).to_contain_text(
+        "the server already had it (DUPLICATE_CLIENT_ORDER_ID), so it was not done twice")
+    c = await market.client("ana")
+    trades = (await c.request({"type": "query_trades"}))["trades"]
+    assert [(t["price"], t["quantity"]) for t in trades] == [("45.00", "1.0")], trades
+    assert list(await orders_of(market, "ana")) == [oid]
+
+    # a modification whose answer is lost: the reloaded order's revision tells
+    await order_row(ana, "60.00").locator('button[data-act="modify"]').click()
+    await ana.fill("#t-price", "61.00")
+    await ana.evaluate(send_and_drop)
+    await expect(status).to_contain_text(f"? modification of #{oid}: outcome unknown")
+    await expect(ana.locator("#conn")).to_have_text("online", timeout=8000)
+    await expect(status).to_contain_text(f"✔ #{oid} is now revision 2: 1.0 @ 61.00")
+    await expect(ana.locator("#ticket-title")).to_have_text("Order ticket")
+
+
+async def test_reconnection_reloads_the_last_trades_and_nothing_is_live_meanwhile(
+        screens: Screens, market: Market) -> None:
+    """The last price, last trades and chart come from query_public_trades at every
+    (re)subscription, so trades before the screen opened or while it was reconnecting are
+    there; a gap in the trades stream reloads them.  While the connection is down the book
+    pill says "offline", not "live", and the market data is dimmed."""
+    await market.trade("bea", C1, "SELL", "50.00", "1.0")
+    await market.trade("carlos", C1, "BUY", "50.00", "1.0")  # before ana's screen opens
+    ana = await screens.trader("ana", C1)
+    await expect(ana.locator("#m-last")).to_have_text("50.00")
+    await expect(ana.locator("#last-trades tbody tr")).to_have_count(1)
+    await expect(ana.locator("#chart")).to_have_attribute("data-points", "1")
+
+    await market.trade("bea", C1, "SELL", "52.00", "1.0")  # an ask that goes while offline
+    await expect(row(ana, "SELL", "52.00")).to_have_count(1)
+    await drop_connection(market, ana, "ana")
+    pill = ana.locator("#book-status")
+    await expect(pill).to_have_text(re.compile(r"^offline"))
+    await expect(pill).to_have_class(re.compile(r"\bbad\b"))
+    await expect(ana.locator("#app")).to_have_class(re.compile(r"\boffline\b"))
+    await market.trade("carlos", C1, "BUY", "52.00", "1.0")
+    await market.trade("bea", C1, "SELL", "54.00", "1.0")
+    await market.trade("carlos", C1, "BUY", "54.00", "1.0")
+    await expect(ana.locator("#conn")).to_have_text("online", timeout=8000)
+    await expect(pill).to_have_text(re.compile(r"^live · seq \d+$"))
+    await expect(ana.locator("#app")).not_to_have_class(re.compile(r"\boffline\b"))
+    await expect(ana.locator("#m-last")).to_have_text("54.00")
+    await expect(ana.locator(f'.crow[data-contract="{C1}"] .last')).to_have_text("54.00")
+    await expect(ana.locator("#last-trades tbody tr")).to_have_count(3)
+    await expect(ana.locator("#chart")).to_have_attribute("data-points", "3")
+    await expect(ana.locator("#m-vol")).to_have_text("3.0")
+    await expect(row(ana, "SELL", "52.00")).to_have_count(0)
+
+    # a trades message that skips numbers: the screen reloads the trades, not that message
+    await ana.evaluate("""(c) => window.ronda.route({type: 'public_trade', stream: 'trades:' + c,
+        contract: c, seq: window.ronda.S.pubSeq.get(c) + 3, trade_id: 999999,
+        price: '77.77', quantity: '9.0', aggressor: 'BUY', ts: new Date().toISOString()})""", C1)
+    await expect(ana.locator("#log .k-info").first).to_contain_text("reloading the last trades")
+    await ana.wait_for_timeout(300)
+    await expect(ana.locator("#m-last")).to_have_text("54.00")
+    await expect(ana.locator("#last-trades tbody tr")).to_have_count(3)
+    await market.trade("bea", C1, "SELL", "55.00", "2.0")
+    await market.trade("carlos", C1, "BUY", "55.00", "2.0")
+    await expect(ana.locator("#m-last")).to_have_text("55.00")
+    await expect(ana.locator("#last-trades tbody tr")).to_have_count(4)
+
+
+async def test_reconnecting_goes_on_when_the_login_answer_is_lost(
+        screens: Screens, market: Market) -> None:
+    """The connection drops again while the screen logs in anew: no answer to the login is
+    no refusal, so the screen keeps reconnecting (it used to stop for good)."""
+    ana = await screens.trader("ana", C1)
+    await ana.evaluate("""() => {
+        const send = WebSocket.prototype.send;
+        let armed = true;
+        WebSocket.prototype.send = function (data) {
+          send.call(this, data);
+          if (armed && JSON.parse(data).type === 'login') { armed = false; this.close(); }
+        };
+    }""")
+    await drop_connection(market, ana, "ana")
+    await expect(ana.locator("#conn")).to_have_text("online", timeout=12000)
+    await expect(ana.locator("#book-status")).to_have_class(re.compile(r"\bok\b"))
+    await market.trade("bea", C1, "SELL", "56.50", "1.0")
+    await expect(row(ana, "SELL", "56.50")).to_have_count(1)
+
+
+async def test_order_value_is_exact_and_signed(screens: Screens) -> None:
+    """Price × quantity in integers (cents × tenths): never rounded, negative with a
+    negative price."""
+    ana = await screens.trader("ana", C1)
+    for price, qty, value in (("45.15", "0.1", "4.515 €"), ("-12.35", "2.0", "-24.70 €"),
+                              ("-0.05", "0.3", "-0.015 €"),
+                              ("9999.99", "999.0", f"9{NBSP}989{NBSP}990.01 €")):
+        await ana.fill("#t-price", price)
+        await ana.fill("#t-qty", qty)
+        await expect(ana.locator("#t-value")).to_have_text(value)
+
+
 # ---------------------------------------------------------------------- risk console
 
 
@@ -482,6 +778,36 @@ async def test_console_limits_requests_contracts_rate_limits_and_role_check(
     # carlos's screen shows his new limit (it polls its throttling status every 5 s)
     await expect(carlos.locator("#throttle")).to_contain_text("per 1 s", timeout=8000)
     await expect(carlos.locator("#throttle")).to_contain_text("/ 7 per 1 s", timeout=8000)
+
+
+async def test_console_guarantee_amount_is_the_selected_agents(screens: Screens) -> None:
+    """The reserved-guarantees field shows the selected agent's amount, never the agent
+    selected before it (Set would give that amount to this one): empty until this agent's
+    account is there, then filled with it."""
+    rita = await screens.console("rita")
+    ag1 = rita.locator('#agents-table tr[data-agent="AG1"]')
+    ag2 = rita.locator('#agents-table tr[data-agent="AG2"]')
+    await expect(ag2.locator("td.reserved")).to_have_text(f"100{NBSP}000.00")
+    await ag1.click()
+    await expect(rita.locator("#g-amount")).to_have_value("50000.00")
+    # AG2's account not there yet (as right after it is watched, or while it loads)
+    await rita.evaluate("window.rondaConsole.C.agents.get('AG2').account = null")
+    await ag2.click()
+    await expect(rita.locator("#d-agent")).to_have_text("AG2")
+    await expect(rita.locator("#g-amount")).to_have_value("")
+    await rita.click("#g-set")
+    await expect(rita.locator(".toast.warn")).to_contain_text(
+        "set_guarantees: enter the amount for AG2")
+    # its account arrives (an account message on the officers' stream)
+    await rita.evaluate("""() => window.rondaConsole.route({type: 'account',
+        stream: 'private:AG2', agent: 'AG2', reserved: '100000.00', used: '0.00',
+        free: '100000.00', obligations: '0.00', debtor_orders: '0.00', sync_reduction: '0.00',
+        requested_reductions: '0.00', requested_increases: '0.00',
+        operative_limit: '100000.00', suspended: false, pending_requests: []})""")
+    await expect(rita.locator("#g-amount")).to_have_value("100000.00")
+    await expect(ag2.locator("td.reserved")).to_have_text(f"100{NBSP}000.00")
+    audit = rita.locator("#audit-table tbody tr")
+    await expect(audit.filter(has_text="set_guarantees")).to_have_count(0)
 
 
 # ---------------------------------------------------------------------- static files, docs

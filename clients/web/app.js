@@ -35,6 +35,14 @@ const S = {
   statesSeq: 0,
   side: 'BUY',
   modifying: null, // order_id being modified through the ticket
+  // the modification loaded in the ticket: the revision and open quantity it was loaded at
+  // (sent and checked, not the order's newest ones), the expiry as loaded, a pending
+  // confirmation after a fill, whether its request is in flight or its answer was lost
+  mod: null,
+  unresolved: new Map(), // client_order_id -> an order entry whose answer was lost
+  coidReports: new Map(), // client_order_id -> its latest order report (recent ones)
+  ticketCoid: null, // the client_order_id the ticket's status speaks of
+  session: 0, // counts logins: public trades are tagged with the session that saw them
   basket: [],
   myReqs: new Set(),
   seenRejects: new Set(),
@@ -108,8 +116,15 @@ function toast(kind, text, ms = 6000) {
   setTimeout(() => t.remove(), ms);
 }
 
-/** A refused request of this screen: shown with code and reason, logged once. */
+/** A refused request of this screen: shown with code and reason, logged once.  A request
+ * whose answer was lost (`outcome_unknown`) is no refusal: it may have been done. */
 function problem(ans, what) {
+  if (ans.outcome_unknown) {
+    const text = `${what}: outcome unknown (${describeProblem(ans)}); what it did shows once the screen has reloaded`;
+    log('info', text, 'warn');
+    toast('warn', text);
+    return text;
+  }
   const text = `${what}: ${describeProblem(ans)}`;
   const key = `${ans.req_id}|${ans.code}`;
   if (!S.seenRejects.has(key)) {
@@ -169,9 +184,45 @@ function ensureTradeSubs() {
       if (a.type !== 'ack') {
         S.tradeSubs.delete(c.contract);
         problem(a, `trades of ${c.contract}`);
+        return;
       }
+      // the stream goes on from the ack's seq; what came before (while this screen was
+      // closed or disconnected, or before a server restart) is reloaded
+      if (typeof a.seq === 'number' && !S.pubSeq.has(c.contract)) S.pubSeq.set(c.contract, a.seq);
+      loadPublicTrades(c.contract);
     });
   }
+}
+
+function pubPoint(m) {
+  return { t: Date.parse(m.ts), ts: m.ts, p: priceTicks(m.price), q: qtyTicks(m.quantity),
+    aggressor: m.aggressor, id: m.trade_id, seq: m.seq, s: S.session };
+}
+
+/** The contract's recent public trades (query_public_trades: the last 500 and the stream's
+ * seq): the last price, volume, chart and last trades are rebuilt from them, and the stream
+ * goes on after their seq. */
+async function loadPublicTrades(contract) {
+  const session = S.session;
+  const a = await conn.request({ type: 'query_public_trades', contract });
+  if (session !== S.session) return; // a reconnection since: it reloads again
+  if (a.type !== 'public_trades') {
+    if (a.code !== 'DISCONNECTED') problem(a, `last trades of ${contract}`);
+    return;
+  }
+  // stream messages of this session after the answer's seq stay (none are expected: the
+  // answer comes before them)
+  const later = (S.pub.get(contract) || []).filter((p) => p.s === session && p.seq > a.seq);
+  const list = [...a.trades.map(pubPoint), ...later].slice(-MAX_PUBLIC);
+  S.pub.set(contract, list);
+  S.pubSeq.set(contract, Math.max(a.seq, ...later.map((p) => p.seq)));
+  const ct = S.contracts.get(contract);
+  if (ct) {
+    ct.last = list.length ? list[list.length - 1].p : null;
+    ct.vol = list.reduce((v, p) => v + p.q, 0);
+    ct.volComplete = !list.length || list[0].seq === 1;
+  }
+  invalidate('pub', 'contracts', 'market');
 }
 
 function visibleContracts() {
@@ -308,11 +359,20 @@ function ownActive(contract) {
 }
 
 function renderBook() {
-  if (!S.book) return;
+  const st = $('#book-status');
+  if (!S.book) {
+    setText(st, S.online ? 'loading…' : 'offline');
+    setClass(st, `pill small ${S.online ? 'warn' : 'bad'}`);
+    return;
+  }
   const sides = S.book.sides();
   ladder.render(sides, matchOwn(sides, ownActive(S.book.contract)));
-  const st = $('#book-status');
-  if (S.book.live) {
+  st.title = S.online ? '' : 'the connection is down: this book is as it was; it is reloaded on reconnection';
+  if (!S.online) {
+    // nothing is live while the connection is down: what is shown may be gone already
+    setText(st, S.book.snapshots ? `offline · as of seq ${S.book.seq}` : 'offline');
+    setClass(st, 'pill small bad');
+  } else if (S.book.live) {
     setText(st, `live · seq ${S.book.seq}`);
     setClass(st, 'pill small ok');
   } else {
@@ -339,15 +399,17 @@ function pickFromBook(e, { join }) {
 function onPublicTrade(msg) {
   const c = msg.contract;
   const last = S.pubSeq.get(c);
-  if (last !== undefined && msg.seq > last + 1) {
-    log('info', `${c}: ${msg.seq - last - 1} public trade(s) missed (seq ${last} → ${msg.seq})`);
-  }
   if (last !== undefined && msg.seq <= last) return;
+  if (last !== undefined && msg.seq > last + 1) {
+    log('info', `${c}: ${msg.seq - last - 1} public trade(s) missed (seq ${last} → ${msg.seq}); reloading the last trades`);
+    S.pubSeq.set(c, msg.seq);
+    loadPublicTrades(c);
+    return;
+  }
   S.pubSeq.set(c, msg.seq);
   if (!S.pub.has(c)) S.pub.set(c, []);
   const list = S.pub.get(c);
-  list.push({ t: Date.parse(msg.ts), ts: msg.ts, p: priceTicks(msg.price), q: qtyTicks(msg.quantity),
-    aggressor: msg.aggressor, id: msg.trade_id });
+  list.push(pubPoint(msg));
   if (list.length > MAX_PUBLIC) list.splice(0, list.length - MAX_PUBLIC);
   const ct = S.contracts.get(c);
   if (ct) {
@@ -371,10 +433,11 @@ function renderMarket() {
   updateCountdown($('#m-countdown'), c);
   setText($('#m-last'), c && c.last !== null ? fmtPrice(c.last) : '—');
   setText($('#m-vol'), c ? fmtQty(c.vol) : '0.0');
+  $('#m-vol').title = c && c.volComplete === false ? `volume of the last ${MAX_PUBLIC} trades` : 'volume traded';
   const pts = (S.pub.get(S.selected) || []);
   const ownIds = new Set(S.trades.filter((t) => t.contract === S.selected).map((t) => t.trade_id));
   chart.draw(pts.map((p) => ({ ...p, own: ownIds.has(p.id) })),
-    c && c.state === 'TRADE' ? 'No trades since this screen opened' : 'No trades');
+    'No trades');
   lastTradeRows.sync(pts.slice(-50).reverse());
 }
 
@@ -439,7 +502,12 @@ function applyReport(r, fromStream) {
     log('order', describeReport(r), r.action === 'REJECTED' ? 'reject' : bad ? 'warn' : r.action === 'FILLED' || r.action === 'PARTIALLY_FILLED' ? 'fill' : 'order');
     if (r.action === 'REJECTED') toast('bad', `#${r.order_id} not reactivated — ${r.code}: ${r.reason}`);
   }
-  if (S.modifying === r.order_id && r.status !== 'ACTIVE') stopModify();
+  if (r.client_order_id) {
+    S.coidReports.set(r.client_order_id, r);
+    capSet(S.coidReports, 2000);
+    if (S.unresolved.has(r.client_order_id)) resolveUnknown(r.client_order_id, r);
+  }
+  if (S.modifying === r.order_id) modCheck(r);
   invalidate('orders', 'banners');
 }
 
@@ -495,6 +563,8 @@ async function loadOrders() {
     S.orders.set(o.order_id, normOrder(o, old.get(o.order_id)));
     if (o.user === S.user) rememberUnit(o.unit);
   }
+  modCheck(null, true);
+  checkUnresolved();
   invalidate('orders', 'banners');
 }
 
@@ -705,8 +775,11 @@ async function orderAction(act, id) {
   if (a.type !== 'ack') problem(a, `${msg.type} #${id}`);
 }
 
-async function bulk(kind) {
-  const only = $('#only-selected').checked && S.selected ? { contract: S.selected } : {};
+/** Deactivate, reactivate or cancel all orders: of `contract` when given (a banner's),
+ * else of the selected contract with "selected contract only", else of every contract. */
+async function bulk(kind, contract = null) {
+  const only = contract ? { contract }
+    : $('#only-selected').checked && S.selected ? { contract: S.selected } : {};
   const msg = kind === 'deact' ? { type: 'order_deactivate', ...only }
     : kind === 'react' ? { type: 'order_activate', ...only }
       : { type: 'cancel_all', scope: 'user', ...only };
@@ -721,11 +794,11 @@ async function bulk(kind) {
   }
 }
 
-/** Forget the oldest members of a set that only has to remember recent things. */
+/** Forget the oldest members of a set (or map) that only has to remember recent things. */
 function capSet(set, max) {
   if (set.size <= max) return;
   let extra = set.size - max;
-  for (const k of set) {
+  for (const k of [...set.keys()]) {
     if (extra-- <= 0) break;
     set.delete(k);
   }
@@ -819,7 +892,8 @@ function renderBanners() {
     if (!b) {
       b = el('div', { class: 'banner', dataset: { key: it.key }, role: 'status' }, el('span', { class: 'btext' }));
       if (it.action) {
-        b.append(el('button', { type: 'button', class: 'small', onclick: () => bulk('react') }, 'Reactivate all'));
+        // this banner's contract only, whatever the orders table shows
+        b.append(el('button', { type: 'button', class: 'small', onclick: () => bulk('react', it.contract) }, 'Reactivate all'));
       }
       if (it.contract) {
         b.append(el('button', { type: 'button', class: 'small link', onclick: () => selectContract(it.contract) }, 'show'));
@@ -909,10 +983,12 @@ function newCoid() {
   return `web-${Date.now().toString(36)}-${coidN}`;
 }
 
-function ticketStatus(kind, text) {
+/** The ticket's answer line; `coid` names the order entry it speaks of, if any. */
+function ticketStatus(kind, text, coid = null) {
   const s = $('#t-status');
   s.className = `tstatus ${kind}`;
   s.textContent = text;
+  S.ticketCoid = coid;
 }
 
 function describeAck(a) {
@@ -944,27 +1020,124 @@ async function sendTicket() {
     ticketStatus('bad', `✖ ${error}`);
     return;
   }
-  order.client_order_id = newCoid();
-  ticketStatus('busy', `sending ${order.side} ${order.quantity} @ ${order.price}…`);
+  // the same ticket again while an earlier sending of it has no known outcome: the same
+  // client_order_id, so the server refuses it (DUPLICATE_CLIENT_ORDER_ID) if it had it
+  const key = JSON.stringify(order);
+  const again = [...S.unresolved].find(([, u]) => u.key === key);
+  const coid = again ? again[0] : newCoid();
+  order.client_order_id = coid;
+  ticketStatus('busy', `sending ${order.side} ${order.quantity} @ ${order.price}${again ? ` again with the same client_order_id ${coid}` : ''}…`, coid);
   const a = await trading({ type: 'order_entry', ...order });
   if (a.type === 'ack') {
+    S.unresolved.delete(coid);
     const { kind, text } = describeAck(a);
-    ticketStatus(kind, text);
+    ticketStatus(kind, text, coid);
     storageSet(`ronda.unit.${S.user}`, order.unit);
+  } else if (a.outcome_unknown) {
+    outcomeUnknown(coid, `${order.side} ${order.quantity} @ ${order.price} · ${order.contract}`, key, a);
+    if (S.online) loadOrders(); // no answer in time but still connected: look now
+  } else if (again && a.code === 'DUPLICATE_CLIENT_ORDER_ID') {
+    log('order', `order ${coid}: the server already had it (DUPLICATE_CLIENT_ORDER_ID); not done twice`);
+    resolveUnknown(coid, null);
   } else {
-    ticketStatus('bad', `✖ ${problem(a, 'order')}`);
+    ticketStatus('bad', `✖ ${problem(a, 'order')}${again ? ' (the first sending is still unaccounted for)' : ''}`, coid);
   }
 }
 
+// ------------------------------------------------------------------ lost answers
+//
+// An order entry whose answer was lost (the connection dropped, or no answer in time) may be
+// resting or have traded: it is "outcome unknown", never "failed".  It is looked up by its
+// client_order_id: its order report on the private stream (before the drop or after the
+// reconnection), or the live orders reloaded after the reconnection (query_orders).  Sending
+// the same ticket again reuses its client_order_id, so the server never does it twice.
+
+function outcomeUnknown(coid, text, key, ans) {
+  S.unresolved.set(coid, { text, key, lookedUp: false });
+  capSet(S.unresolved, 200);
+  log('order', `order ${coid} (${text}): outcome unknown — ${describeProblem(ans)}`, 'warn');
+  if (S.coidReports.has(coid)) {
+    resolveUnknown(coid, S.coidReports.get(coid)); // its report came before the drop
+    return;
+  }
+  if (S.ticketCoid === coid) {
+    ticketStatus('warn', `? ${text}: outcome unknown — ${ans.reason}. It may be resting or have traded: `
+      + `looking it up by its client_order_id ${coid} ${S.online ? 'now' : 'once the screen is back online'}…`, coid);
+  }
+}
+
+/** The order entries with no known outcome, looked up in the orders just (re)loaded. */
+function checkUnresolved() {
+  for (const [coid, u] of [...S.unresolved]) {
+    const r = S.coidReports.get(coid) || [...S.orders.values()].find((o) => o.client_order_id === coid);
+    if (r) {
+      resolveUnknown(coid, r);
+      continue;
+    }
+    if (u.lookedUp) continue;
+    u.lookedUp = true;
+    const text = `? ${u.text} (client_order_id ${coid}) is not live on the server: it never arrived, or it traded `
+      + 'or was cancelled at once (see My trades).' + (u.key === null ? '' : ' Sending the same ticket again reuses its '
+      + 'client_order_id: if the server had it, it refuses it (DUPLICATE_CLIENT_ORDER_ID) and nothing is done twice.');
+    log('order', text, 'warn');
+    if (S.ticketCoid === coid) ticketStatus('warn', text, coid);
+  }
+}
+
+/** What happened to an order entry whose answer was lost: `r` its report or live order,
+ * null when the server refused a resend as a duplicate (it had it). */
+function resolveUnknown(coid, r) {
+  const u = S.unresolved.get(coid);
+  if (!u) return;
+  S.unresolved.delete(coid);
+  let kind = 'good';
+  let what;
+  if (!r) {
+    kind = 'warn';
+    what = `◼ ${u.text}: the server already had it (DUPLICATE_CLIENT_ORDER_ID), so it was not done twice — see My orders and My trades`;
+  } else {
+    const open = fmtQty(qtyTicks(r.visible) + qtyTicks(r.hidden));
+    const filled = qtyTicks(r.filled) > 0 ? `, filled ${r.filled}` : '';
+    if (r.status === 'ACTIVE') what = `✔ #${r.order_id} resting: ${r.side} ${open} @ ${r.price}${filled}`;
+    else if (r.status === 'HIBERNATED') what = `✔ #${r.order_id} hibernated: ${r.side} ${open} @ ${r.price}${filled}`;
+    else if (r.action === 'FILLED') what = `✔ #${r.order_id} filled ${r.filled}`;
+    else {
+      kind = 'warn';
+      what = `◼ #${r.order_id} ${r.action}${filled} — ${r.code || ''}${r.reason ? `: ${r.reason}` : ''}`;
+    }
+    what += ` (${u.text}; its answer was lost, found on the server by its client_order_id ${coid})`;
+  }
+  log('order', what, kind === 'good' ? 'order' : 'warn');
+  if (S.ticketCoid === coid) ticketStatus(kind, what, coid);
+  else toast(kind, what);
+}
+
+// ------------------------------------------------------------------ modification
+
 function startModify(o) {
   S.modifying = o.order_id;
+  // as the field holds it (the browser writes '…:58.250' as '…:58.25')
+  $('#t-expiry').value = o.expiry ? isoToLocalInput(o.expiry) : '';
+  const expiryShown = $('#t-expiry').value;
+  S.mod = {
+    id: o.order_id,
+    revision: o.revision, // sent with the modification: a change made elsewhere is refused
+    baseT: o.openT, // the open quantity the ticket's quantity was loaded or confirmed against
+    shownT: o.openT, // the quantity the screen put in the field (untouched while equal)
+    filledT: qtyTicks(o.filled),
+    expiry: o.expiry || null, // sent as it was unless the trader changes the field
+    expiryShown,
+    confirm: null, // {from, to}: the open quantity changed under a quantity the trader typed
+    staleShown: null,
+    sending: false,
+    unknown: false,
+  };
   S.side = o.side;
   T.unit().value = o.unit;
   T.price().value = o.price;
   T.qty().value = fmtQty(o.openT);
   setExec(o.exec);
   $(`input[name=validity][value=${o.validity}]`).checked = true;
-  $('#t-expiry').value = o.expiry ? isoToLocalInput(o.expiry) : '';
   $('#t-ice').checked = o.peakT > 0;
   $('#t-peak').value = o.peakT > 0 ? o.peak : '';
   $('#t-incr').value = o.peakT > 0 && priceTicks(o.price_increment || '0') !== 0 ? o.price_increment : '';
@@ -979,33 +1152,124 @@ function startModify(o) {
 function stopModify() {
   if (!S.modifying) return;
   S.modifying = null;
+  S.mod = null;
   setText($('#t-contract'), S.selected || '—');
   invalidate('ticket', 'orders');
 }
 
-async function sendModify() {
-  const id = S.modifying;
+/**
+ * The order loaded in the ticket may have changed meanwhile (a report `r`, or a reload):
+ * - it left (filled, cancelled, hibernated): the modification stops, nothing is sent, and
+ *   the quantity is cleared so that Enter does not send it as a new order;
+ * - another modification (a new revision): said at once; Enter will be refused STALE_REVISION;
+ * - a fill (the same revision, less open): an untouched quantity follows the open quantity;
+ *   a quantity the trader typed must be confirmed against the new open quantity.
+ */
+function modCheck(r = null, reloaded = false) {
+  const m = S.mod;
+  if (!m || m.sending) return;
+  const id = m.id;
   const o = S.orders.get(id);
-  if (!o) {
-    ticketStatus('bad', `✖ order #${id} is no longer live`);
+  if (m.unknown && reloaded) {
+    // the answer to the modification was lost: the reloaded order tells
+    m.unknown = false;
+    if (o && o.revision !== m.revision) {
+      stopModify();
+      ticketStatus('good', `✔ #${id} is now revision ${o.revision}: ${fmtQty(o.openT)} @ ${o.price} — the answer was lost, the reloaded order shows the modification (or another) was made`);
+      return;
+    }
+    if (o && o.status === 'ACTIVE') {
+      ticketStatus('warn', `◼ #${id} is still revision ${m.revision}: the modification did not reach the server; Enter sends it again`);
+    }
+  }
+  if (!o || o.status !== 'ACTIVE') {
     stopModify();
+    T.qty().value = '';
+    const what = !r ? 'is no longer live' : r.action === 'FILLED' ? `was filled (${r.filled})`
+      : r.status === 'HIBERNATED' ? 'was hibernated' : `was ${r.action.toLowerCase()}${r.code ? ` (${r.code})` : ''}`;
+    ticketStatus('warn', `◼ #${id} ${what} while the ticket was loaded: nothing was sent; the ticket is for a new order again`);
     return;
   }
+  if (o.revision !== m.revision) {
+    if (m.staleShown === o.revision) return;
+    m.staleShown = o.revision;
+    ticketStatus('warn', `⚠ #${id} was changed elsewhere: now revision ${o.revision}, ${fmtQty(o.openT)} @ ${o.price}. `
+      + `This ticket was loaded at revision ${m.revision}, so the server will refuse it (STALE_REVISION): ✎ loads the order again.`);
+    return;
+  }
+  if (o.openT === m.baseT) return;
+  const field = T.qty();
+  const filled = fmtQty(qtyTicks(o.filled) - m.filledT);
+  if (qtyTicks(normDecimal(field.value)) === m.shownT) {
+    field.value = fmtQty(o.openT);
+    ticketStatus('warn', `⚠ #${id}: ${filled} filled since you loaded it; open quantity now ${fmtQty(o.openT)} `
+      + `(was ${fmtQty(m.baseT)}): the ticket's quantity follows it`);
+    m.shownT = o.openT;
+    m.baseT = o.openT;
+    invalidate('ticket');
+    return;
+  }
+  m.confirm = { from: m.confirm ? m.confirm.from : m.baseT, to: o.openT };
+  m.baseT = o.openT;
+  ticketStatus('warn', `⚠ #${id}: ${filled} filled since you loaded it; open quantity now ${fmtQty(o.openT)} `
+    + `(was ${fmtQty(m.confirm.from)}). Your quantity ${field.value} would be its new open quantity: Enter asks you to confirm it`);
+}
+
+async function sendModify() {
+  const id = S.modifying;
+  const m = S.mod;
+  if (m.sending) return;
+  if (m.unknown) {
+    ticketStatus('warn', `? the outcome of the modification of #${id} is not known yet: the order is looked up ${S.online ? 'now' : 'once the screen is back online'}; nothing was sent`);
+    return;
+  }
+  modCheck(); // anything that came while an earlier request was in flight
+  if (S.mod !== m) return;
+  const o = S.orders.get(id);
   const { order, error } = readTicket();
   if (error) {
     ticketStatus('bad', `✖ ${error}`);
     return;
   }
-  const msg = { type: 'order_modify', order_id: id, revision: o.revision, price: order.price,
-    quantity: order.quantity, exec: order.exec, validity: order.validity };
-  if (order.expiry) msg.expiry = order.expiry;
+  if (m.confirm) {
+    const { from, to } = m.confirm;
+    m.confirm = null;
+    ticketStatus('bad', `✖ not sent: #${id} traded ${fmtQty(qtyTicks(o.filled) - m.filledT)} since you loaded it — `
+      + `${fmtQty(to)} open, not ${fmtQty(from)}. ${order.quantity} would be its new open quantity (on top of what `
+      + 'traded). Check the quantity, then press Enter again to send it.');
+    return;
+  }
+  const msg = { type: 'order_modify', order_id: id, revision: m.revision, price: order.price,
+    exec: order.exec, validity: order.validity };
+  // a quantity the trader did not touch is left out: the server keeps the open quantity the
+  // order has when it applies the modification, so even a fill still on its way to this
+  // screen is not put back (docs/protocol.md, order_modify)
+  if (qtyTicks(order.quantity) !== m.shownT) msg.quantity = order.quantity;
+  if (order.expiry) {
+    // an expiry the trader did not touch is sent exactly as the order has it (milliseconds too)
+    msg.expiry = m.expiry && $('#t-expiry').value === m.expiryShown ? m.expiry : order.expiry;
+  }
   if (order.iceberg) msg.iceberg = order.iceberg;
+  m.sending = true;
   ticketStatus('busy', `modifying #${id}…`);
   const a = await trading(msg);
+  m.sending = false;
+  if (S.mod !== m) return; // stopped meanwhile
   if (a.type === 'ack') {
     const { kind, text } = describeAck(a);
     ticketStatus(kind, text);
     stopModify();
+  } else if (a.outcome_unknown) {
+    m.unknown = true;
+    log('order', `modification of #${id}: outcome unknown — ${describeProblem(a)}`, 'warn');
+    ticketStatus('warn', `? modification of #${id}: outcome unknown — ${a.reason}. The order is looked up ${S.online ? 'now' : 'once the screen is back online'}…`);
+    if (S.online) loadOrders();
+  } else if (a.code === 'STALE_REVISION') {
+    problem(a, `modify #${id}`);
+    const now = S.orders.get(id);
+    if (now) m.staleShown = now.revision;
+    ticketStatus('bad', `✖ not changed — STALE_REVISION: #${id} was changed elsewhere after you loaded it at revision ${m.revision}`
+      + `${now ? ` (now revision ${now.revision}: ${fmtQty(now.openT)} @ ${now.price})` : ''}. Your change was not applied; ✎ loads the order again.`);
   } else {
     ticketStatus('bad', `✖ ${problem(a, `modify #${id}`)}`);
   }
@@ -1039,8 +1303,7 @@ function renderTicket() {
   const pT = priceTicks(normDecimal(T.price().value));
   const qT = qtyTicks(normDecimal(T.qty().value));
   const valid = Number.isFinite(pT) && Number.isFinite(qT);
-  // value in cents: price (cents/MWh) × qty (tenths of MWh) / 10
-  setText($('#t-value'), valid ? `${fmtMoney(fromCents(Math.abs(pT) * qT / 10))} €` : '—');
+  setText($('#t-value'), valid ? `${fmtMoney(orderValue(pT, qT))} €` : '—');
   const send = $('#t-send');
   send.classList.toggle('buy', buy);
   send.classList.toggle('sell', !buy);
@@ -1055,9 +1318,15 @@ function renderTicket() {
   $('#t-hib').disabled = Boolean(S.modifying);
 }
 
-function fromCents(c) {
-  const v = Math.round(c);
-  return `${Math.floor(v / 100)}.${String(v % 100).padStart(2, '0')}`;
+/** Price × quantity exactly: cents × tenths of MWh = thousandths of €, as a decimal string
+ * with its sign (a negative price gives a negative value) and 2 or 3 decimals, never rounded. */
+function orderValue(pT, qT) {
+  if (!Number.isSafeInteger(pT) || !Number.isSafeInteger(qT)) return '';
+  const v = BigInt(pT) * BigInt(qT);
+  const a = v < 0n ? -v : v;
+  let frac = String(a % 1000n).padStart(3, '0');
+  if (frac.endsWith('0')) frac = frac.slice(0, 2);
+  return `${v < 0n ? '-' : ''}${a / 1000n}.${frac}`;
 }
 
 function stepField(input, decimals, big, dir) {
@@ -1121,6 +1390,17 @@ async function sendBasket() {
     for (const r of a.rejects || []) log('reject', `basket member ${r.client_order_id}: ${r.code}: ${r.reason}`);
     S.basket = [];
     invalidate('basket');
+  } else if (a.outcome_unknown) {
+    // each member may be resting or have traded: looked up by its client_order_id
+    for (const o of orders) {
+      outcomeUnknown(o.client_order_id, `basket member ${o.side} ${o.quantity} @ ${o.price} · ${o.contract}`, null, a);
+    }
+    status.className = 'tstatus warn';
+    status.textContent = `? basket ${basket}: outcome unknown — ${a.reason}. Its orders are looked up by their client_order_ids `
+      + `(${orders.map((o) => o.client_order_id).join(', ')}) ${S.online ? 'now' : 'once the screen is back online'}; see the activity log.`;
+    S.basket = [];
+    invalidate('basket');
+    if (S.online) loadOrders();
   } else {
     const text = problem(a, `basket ${basket}`);
     const lines = [`✖ ${text}`, ...(a.details || []).map((d) => `  ${d.client_order_id || ''} ${d.code}: ${d.reason}`)];
@@ -1197,7 +1477,10 @@ function setConn(state, note) {
   setClass(pill, `pill ${state === 'online' ? 'ok' : state === 'connecting' ? 'warn' : 'bad'}`);
   pill.title = note || '';
   if (state !== 'online' && state !== 'connecting') log('info', `connection: ${state}${note ? ` — ${note}` : ''}`);
-  invalidate('banners');
+  // while the connection is down nothing on the screen is live: the book's pill says so and
+  // the market data, orders and account are dimmed until they are reloaded
+  $('#app').classList.toggle('offline', !S.online);
+  invalidate('banners', 'book');
 }
 
 function route(msg) {
@@ -1234,6 +1517,7 @@ async function onReady(ans) {
   if (saved && !T.unit().value) T.unit().value = saved;
   log('info', `logged in as ${S.user} (${S.agent})`);
   // a new session: streams start again
+  S.session += 1;
   S.tradeSubs.clear();
   S.pubSeq.clear();
   const prevSelected = S.selected;

@@ -2,7 +2,11 @@
 // every request answered exactly once by its req_id, streams pushed in between.
 //
 // - request(msg) returns a promise of the request's one answer (ack, reject, error or the
-//   query's result); a lost connection answers pending requests with error DISCONNECTED.
+//   query's result).  A request that could not be sent is answered error DISCONNECTED ('not
+//   connected'): it never reached the server.  A request that was sent but whose answer
+//   never came (the connection was lost first: DISCONNECTED 'connection lost before the
+//   answer', or no answer in time: TIMEOUT) is answered with `outcome_unknown: true`: the
+//   server may have done it, so the screen must look it up, not report a failure.
 // - every other message goes to onMessage in arrival order; answers that are also stream
 //   messages (a query_book snapshot) go to both.
 // - liveness: the server sends a heartbeat every 5 s; after 15 s of silence the socket is
@@ -75,6 +79,12 @@ export class Connection {
         const msg = { type: 'login', user, token };
         if (options.on_disconnect) msg.on_disconnect = options.on_disconnect;
         const ans = await this.request(msg);
+        if (ans.outcome_unknown) {
+          // no answer to the login (the connection dropped, or stayed silent): not a refusal.
+          // onclose settles the start and, after a first login, reconnects.
+          if (ws.readyState === WebSocket.OPEN) ws.close(4001, 'no answer to the login');
+          return;
+        }
         settled = true;
         if (ans.type === 'ack') {
           this.retry = 0;
@@ -106,8 +116,9 @@ export class Connection {
       };
       ws.onclose = (ev) => {
         clearInterval(this.watchdog);
-        for (const [, res] of this.pending) {
-          res({ type: 'error', code: 'DISCONNECTED', reason: 'connection lost' });
+        for (const [reqId, res] of this.pending) {
+          res({ type: 'error', code: 'DISCONNECTED', reason: 'connection lost before the answer',
+            req_id: reqId, outcome_unknown: true });
         }
         this.pending.clear();
         if (this.ws !== ws) return;
@@ -170,7 +181,8 @@ export class Connection {
       }
       const timer = setTimeout(() => {
         if (this.pending.delete(m.req_id)) {
-          resolve({ type: 'error', code: 'TIMEOUT', reason: `no answer in ${timeoutMs / 1000} s`, req_id: m.req_id });
+          resolve({ type: 'error', code: 'TIMEOUT', reason: `no answer in ${timeoutMs / 1000} s`, req_id: m.req_id,
+            outcome_unknown: true });
         }
       }, timeoutMs);
       this.pending.set(m.req_id, (a) => {

@@ -292,10 +292,19 @@ function renderDetail() {
   setClass(st, `pill small ${acc ? (acc.suspended ? 'bad' : 'ok') : ''}`);
   $('#s-suspend').disabled = Boolean(acc && acc.suspended);
   $('#s-reinstate').disabled = Boolean(acc && !acc.suspended);
+  // the amount field belongs to one agent: emptied when another agent is selected, then
+  // filled with that agent's reserved guarantees once its account is there (never another
+  // agent's amount, which a click on Set would give this one)
+  // follows it while the officer has not typed in it
   const g = $('#g-amount');
-  if (acc && document.activeElement !== g && g.dataset.agent !== A.code) {
-    g.value = acc.reserved;
+  if (g.dataset.agent !== A.code) {
+    g.value = '';
     g.dataset.agent = A.code;
+    g.dataset.shown = '';
+  }
+  if (acc && document.activeElement !== g && g.value === g.dataset.shown && g.value !== acc.reserved) {
+    g.value = acc.reserved;
+    g.dataset.shown = acc.reserved;
   }
   const reqs = acc ? acc.pending_requests || [] : [];
   reqRows.sync(reqs);
@@ -567,9 +576,14 @@ function init() {
   });
   $('#g-form').addEventListener('submit', async (e) => {
     e.preventDefault();
-    const amount = normDecimal($('#g-amount').value);
-    await act({ type: 'set_guarantees', agent: C.selected, amount }, C.selected);
-    $('#g-amount').dataset.agent = '';
+    const g = $('#g-amount');
+    const amount = normDecimal(g.value);
+    if (!C.selected || g.dataset.agent !== C.selected || !amount) {
+      toast('warn', `set_guarantees: enter the amount for ${C.selected || 'an agent'}`);
+      return;
+    }
+    const a = await act({ type: 'set_guarantees', agent: C.selected, amount }, C.selected);
+    if (a.type === 'ack' && g.dataset.agent === C.selected) g.dataset.shown = g.value; // follows the account again
   });
   $('#s-form').addEventListener('submit', async (e) => {
     e.preventDefault();

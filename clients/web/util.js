@@ -204,11 +204,13 @@ export function localInputToIso(v) {
   return d.toISOString();
 }
 
+/** An ISO instant as a datetime-local input value, milliseconds included when not zero. */
 export function isoToLocalInput(iso) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return '';
+  const ms = d.getMilliseconds();
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T`
-    + `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    + `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}${ms ? `.${String(ms).padStart(3, '0')}` : ''}`;
 }
 
 // ---------------------------------------------------------------- rendering cadence
