@@ -206,6 +206,10 @@ class Hub:
         self.public_trades: dict[str, deque[Message]] = {}
         self.trades_by_agent: dict[str, deque[Message]] = defaultdict(
             lambda: deque(maxlen=TRADES_KEPT))
+        # during recovery: the last trades' events, made into messages by rebuild()
+        self._replayed_own: dict[str, deque[tuple[Trade, str]]] = defaultdict(
+            lambda: deque(maxlen=TRADES_KEPT))
+        self._replayed_public: dict[str, deque[tuple[PublicTrade, int]]] = {}
 
     def book(self, contract: str) -> BookMirror:
         b = self.books.get(contract)
@@ -216,20 +220,38 @@ class Hub:
     def observe_replay(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
         """During recovery: the agents' trades of the journal (for query_trades) and each
         contract's public trades, numbered as they were (query_public_trades, and the
-        trades streams go on from the same seq)."""
+        trades streams go on from the same seq).  Only the events are kept here, as many
+        as will be shown; :meth:`rebuild` makes their messages once, at the end."""
+        own, public = self._replayed_own, self._replayed_public
         for _cmd, _origin, events in batch:
             for ev in events:
                 t = type(ev)
                 if t is Trade:
-                    for side in ("buy", "sell"):
-                        agent = getattr(ev, f"{side}_agent")
-                        self.trades_by_agent[agent].append(_own_trade(ev, side))
+                    own[ev.buy_agent].append((ev, "buy"))
+                    own[ev.sell_agent].append((ev, "sell"))
                 elif t is PublicTrade:
-                    self._keep_public_trade(ev)
+                    c = ev.contract
+                    seq = self.trade_seq[c] + 1
+                    self.trade_seq[c] = seq
+                    kept = public.get(c)
+                    if kept is None:
+                        kept = public[c] = deque(maxlen=PUBLIC_TRADES_KEPT)
+                    kept.append((ev, seq))
 
     def rebuild(self, core: Core) -> None:
-        """Mirror the engine's books as they are (after recovery)."""
+        """Mirror the engine's books as they are, and make the messages of the trades the
+        replay kept (after recovery)."""
         from engine.model import BUY, SELL
+
+        for agent, trades in self._replayed_own.items():
+            self.trades_by_agent[agent].extend(_own_trade(ev, side) for ev, side in trades)
+        for contract, public in self._replayed_public.items():
+            recent = self.public_trades.get(contract)
+            if recent is None:
+                recent = self.public_trades[contract] = deque(maxlen=PUBLIC_TRADES_KEPT)
+            recent.extend(_public_trade_message(ev, seq) for ev, seq in public)
+        self._replayed_own.clear()
+        self._replayed_public.clear()
 
         self.books.clear()
         for cid, c in core.engine.contracts.items():
@@ -361,16 +383,10 @@ class Hub:
 
     def _keep_public_trade(self, ev: PublicTrade) -> Message:
         """The trade's message on its contract's trades stream, numbered and kept for
-        query_public_trades (live, and in the replay at a restart)."""
+        query_public_trades."""
         seq = self.trade_seq[ev.contract] + 1
         self.trade_seq[ev.contract] = seq
-        # kept (query_public_trades): built of plain values only, the aggressor's side as
-        # its text (the same on the wire), so the collector never tracks it
-        # (tests/test_kept_state_gc.py)
-        msg = {"type": "public_trade", "ts": fmt_instant(ev.ts), "contract": ev.contract,
-               "seq": seq, "trade_id": ev.trade_id, "price": _p(ev.price),
-               "quantity": _q(ev.qty), "aggressor": str(ev.aggressor),
-               "stream": f"trades:{ev.contract}"}
+        msg = _public_trade_message(ev, seq)
         recent = self.public_trades.get(ev.contract)
         if recent is None:
             recent = self.public_trades[ev.contract] = deque(maxlen=PUBLIC_TRADES_KEPT)
@@ -395,6 +411,16 @@ _q = qty_text
 def _prices(snap: dict[str, Any]) -> dict[str, Any]:
     return {k: [{"entry": x["entry"], "price": _p(x["price"]), "quantity": _q(x["quantity"])}
                 for x in v] for k, v in snap.items()}
+
+
+def _public_trade_message(ev: PublicTrade, seq: int) -> Message:
+    """Kept (query_public_trades): built of plain values only, the aggressor's side as its
+    text (the same on the wire), so the collector never tracks it
+    (tests/test_kept_state_gc.py)."""
+    return {"type": "public_trade", "ts": fmt_instant(ev.ts), "contract": ev.contract,
+            "seq": seq, "trade_id": ev.trade_id, "price": _p(ev.price),
+            "quantity": _q(ev.qty), "aggressor": str(ev.aggressor),
+            "stream": f"trades:{ev.contract}"}
 
 
 def _own_trade(ev: Trade, side: str) -> Message:
