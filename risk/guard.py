@@ -326,6 +326,10 @@ class GuaranteeRequest:
     increase: bool
     amount: int
     state: str  # PENDING ACCEPTED REFUSED
+    # an increase pending at a round close: the sync of that round decides it, and only
+    # the sync (R49.1.4.4; an officer's decision meanwhile would contradict the one the
+    # settlement side records)
+    with_sync: bool = False
 
 
 class Throttle:
@@ -1219,7 +1223,10 @@ class RiskGuard:
         R49.1.4.4), after the sync."""
         out: list[tuple[int, str, int, bool, str]] = []
         for r in self.requests.values():
-            if r.state != "PENDING" or r.increase:
+            if r.state != "PENDING":
+                continue
+            if r.increase:  # the settlement side's, from this close's inputs
+                r.with_sync = True
                 continue
             acct = self.accounts.get(r.agent)
             if acct is None:
@@ -1272,7 +1279,7 @@ class RiskGuard:
                 h.update(repr((q.prog_set, q.adj, q.sold, q.bought, q.rs, q.rb, q.unavail,
                                q.lmin, q.lmax)).encode())
         h.update(repr((sorted(self.suspended), self.next_request,
-                       [(r.id, r.agent, r.increase, r.amount, r.state)
+                       [(r.id, r.agent, r.increase, r.amount, r.state, r.with_sync)
                         for r in self.requests.values()],
                        sorted(self.breach_hibernate.items()),
                        sorted((u, t.starts, t.counted(), t.state)
@@ -1440,6 +1447,11 @@ class RiskGuard:
         if r is None or r.state != "PENDING":
             self._deny(ts, cmd.by, cmd.req_id, Code.REQUEST_UNKNOWN,
                        f"no pending guarantee request {cmd.request_id}")
+            return
+        if r.with_sync and cmd.by != "sync":
+            self._deny(ts, cmd.by, cmd.req_id, Code.REQUEST_WITH_SYNC,
+                       f"guarantee request {r.id} was pending at a round close: the"
+                       " synchronisation of that round decides it (R49.1.4.4)")
             return
         acct = self.accounts[r.agent]
         if cmd.accept and not r.increase and r.amount * SCALE > acct.limit():

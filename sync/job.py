@@ -183,6 +183,8 @@ class SyncJob:
                         # R39.4.3.4: the bids' guarantees are verified again and held for
                         # the owners in force now; the clearing charges those owners
                         self.session_refs[ev.session] = self.core.ref
+                    elif ev.state == "CANCELLED":  # never cleared: nothing to settle
+                        self.session_refs.pop(ev.session, None)
                 elif t is AuctionCleared:
                     # R44: settled at the marginal price (the store keeps each session
                     # once), with the reference data the bids were held under (R53.6)

@@ -44,6 +44,7 @@ from typing import Any
 import pytest
 
 from auctions.session import (
+    CancelAuction,
     ClearAuction,
     CloseAuction,
     OpenAuction,
@@ -73,6 +74,7 @@ from risk.commands import (
     SetGuarantees,
     SetSyncReduction,
 )
+from risk.guard import SCALE
 from sync.job import SyncJob
 from sync.settle import Balance, SyncResult
 from sync.store import SqliteStore, Store
@@ -728,27 +730,31 @@ async def test_an_officers_accepted_increase_leaves_the_settlement_surplus(
         await store.close()
 
 
-async def test_a_request_refused_on_the_platform_after_the_sync_accepted_it_is_given_back(
+async def test_a_request_pending_at_the_close_is_not_the_officers_to_decide_any_more(
         tmp_path: Path) -> None:
     """The request is pending at the round close, so the sync decides it (accepted: 10 000
-    € move from the surplus to the reserved amount); meanwhile an officer refused it on the
-    platform, which keeps the first decision.  The next sync must give the 10 000 € back to
-    the surplus: the settlement side's reserved amount is what the platform can use."""
+    € move from the surplus to the reserved amount); an officer's refusal after the close is
+    refused REQUEST_WITH_SYNC (R49.1.4.4), so the platform applies the sync's acceptance
+    and the two sides agree at once and at the next sync.  (Before, the officer's refusal
+    won on the platform and the settlement side gave the amount back one sync later, its
+    decisions table contradicting the platform for ever.)"""
     store = await open_sqlite(tmp_path / "s.sqlite")
     try:
         m = await _market(store)
         await m.submit(RequestGuaranteeChange("ana", "AG1", True, 1_000_000), "ana")
         m.at(2)
         await m.submit(CloseContracts((C1,)), "calendar")  # the snapshot: request 1 pending
-        await m.submit(DecideGuaranteeRequest("rita", 1, False, "no"), "rita")
+        ev = await m.submit(DecideGuaranteeRequest("rita", 1, False, "no"), "rita")
+        assert [e.code for e in ev if type(e) is Reject] == ["REQUEST_WITH_SYNC"]
         await m.job.sync_pending()
         b = (await store.balances())["AG1"]
         assert (b.reserved, b.balance) == (60_000_000, 0)  # the sync accepted it
-        assert m.account("AG1")["reserved"] == 5_000_000  # the platform did not
+        acct = m.account("AG1")  # and so did the platform: GMIC + the increase
+        assert (acct["reserved"], acct["requested_increases"]) == (5_000_000, 1_000_000)
         m.at(3)
         await close_and_sync(m, C2)
         b = (await store.balances())["AG1"]
-        assert (b.reserved, b.balance) == (50_000_000, 10_000_000)
+        assert (b.reserved, b.balance) == (60_000_000, 0)
     finally:
         await store.close()
 
@@ -1288,3 +1294,69 @@ async def test_server_sync_survives_a_failed_sync(tmp_path: Path) -> None:
         assert srv.sync.failures == 1
     finally:
         await srv.stop()
+
+
+async def test_r49_1_4_4_an_increase_pending_at_a_close_is_decided_by_its_sync_only(
+        tmp_path: Path) -> None:
+    """R49.1.4.4: AG1 asks for +5,000 EUR; round 1 closes with it pending, so the sync of
+    round 1 decides it. While that sync's acceptance is on its way, round 2 closes and the
+    risk officer tries to refuse it by hand: refused REQUEST_WITH_SYNC (the officer's
+    refusal won on the platform, the store kept the sync's acceptance: 55,000 EUR reserved
+    in the store against 50,000 on the platform, and a decisions table contradicting the
+    platform for ever). After both syncs the two sides agree."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        await m.submit(RequestGuaranteeChange("ana", "AG1", True, 500_000), "ana")
+        m.at(2)
+        await m.submit(CloseContracts((C1,)), "calendar")
+        real = m.job.submit
+        officer: list[list[Any]] = []
+
+        async def submit(cmd: Any, origin: str) -> list[Any]:
+            if not officer:
+                await m.submit(CloseContracts((C2,)), "calendar")  # round 2 closes
+                officer.append(await m.submit(
+                    DecideGuaranteeRequest("rita", 1, False, "officer: no"), "rita"))
+            return await real(cmd, origin)
+
+        m.job.submit = submit  # type: ignore[method-assign]
+        await m.job.sync_pending()
+        m.job.submit = real  # type: ignore[method-assign]
+        await m.job.sync_pending()
+        assert m.job.last_synced == 2
+        (rej,) = [e for e in officer[0] if type(e) is Reject]
+        assert rej.code == "REQUEST_WITH_SYNC"
+        risk = m.core.risk
+        assert risk is not None and risk.requests[1].state == "ACCEPTED"
+        acct = risk.accounts["AG1"]
+        platform = (acct.gmic + acct.increases - acct.reductions) // SCALE
+        (bal,) = [r for r in await store.query("SELECT * FROM balances")
+                  if r["agent"] == "AG1"]
+        assert bal["reserved"] == platform * 10 == 55_000_000
+        decisions = {int(r["request_id"]): int(r["accept"])
+                     for r in await store.query("SELECT request_id, accept FROM decisions")}
+        assert decisions[1] == 1
+    finally:
+        await store.close()
+
+
+async def test_a_session_cancelled_after_its_close_is_forgotten_by_the_sync_job(
+        tmp_path: Path) -> None:
+    """The job keeps the reference data of a session's close of reception until its
+    clearing; a session cancelled instead gives them up (they were kept for ever, one
+    RefData per cancelled session)."""
+    store = await open_sqlite(tmp_path / "s.sqlite")
+    try:
+        m = await _market(store)
+        for i in range(3):
+            sid = f"S{i}"
+            t = m.now
+            await m.submit(ScheduleAuction(sid, (C3,), t, t + 5_000, t + 6_000), "calendar")
+            await m.submit(OpenAuction(sid), "calendar")
+            await m.submit(CloseAuction(sid), "calendar")
+            assert sid in m.job.session_refs
+            await m.submit(CancelAuction(sid, "incident"), "operator")
+        assert not m.job.session_refs
+    finally:
+        await store.close()
