@@ -47,7 +47,7 @@ from engine.commands import (
 from engine.config import fmt_price, fmt_qty
 from engine.events import OrderReport, Reject
 from gateway.codec import Codec
-from gateway.core import Checkpoint
+from gateway.core import Checkpoint, CommandFailed
 from gateway.wire import fmt_instant
 
 AUDIT_KEPT = 20_000
@@ -93,7 +93,10 @@ def _is_reject(ev: Any) -> bool:
     return type(ev) is Reject or (type(ev) is OrderReport and ev.action == "REJECTED")
 
 
-def _outcome(rejects: list[Any]) -> Message:
+def _outcome(rejects: list[Any], failed: Any = None) -> Message:
+    if failed is not None:  # the command raised inside the core: nothing can be said done
+        return {"outcome": "FAILED", "code": "INTERNAL_ERROR",
+                "reason": f"the command failed inside the engine ({failed.error})"}
     if not rejects:
         return {"outcome": "OK"}
     r = rejects[0]
@@ -148,13 +151,14 @@ class AuditLog:
             if fields.get(who) == origin:
                 del fields[who]
         rejects = [e for e in events if _is_reject(e)]
+        failed = next((e for e in events if type(e) is CommandFailed), None)
         agents = {a for a in (getattr(cmd, "agent", None),) if isinstance(a, str)}
         agents.update(a for a in (getattr(cmd, "agents", None) or ()) if isinstance(a, str))
         head: Message = {"seq": self.seq, "ts": fmt_instant(self.last_ts), "by": origin,
                          "action": self.codec.name_of(type(cmd))}
         done = [e for e in events if type(e) is OrderReport and e.action != "REJECTED"]
         entry: Message = {**head, "agents": sorted(agents), "fields": fields,
-                          **_outcome(rejects), "orders_affected": len(done)}
+                          **_outcome(rejects, failed), "orders_affected": len(done)}
         concerned = frozenset(agents)
         views: dict[str, Message] = {}
         for a in sorted(agents):
@@ -165,7 +169,7 @@ class AuditLog:
                 del own["agent"]
             view: Message = {
                 **head, "agents": [a], "fields": own,
-                **_outcome([r for r in rejects if _concerns(r, a, concerned)]),
+                **_outcome([r for r in rejects if _concerns(r, a, concerned)], failed),
                 "orders_affected": sum(1 for e in done if e.agent == a)}
             views[a] = entry if view == entry else view
         return AuditEntry(entry, views)

@@ -152,6 +152,7 @@ class CommandFailed(Event):
 
     __slots__ = ()
 
+    ts: int
     error: str
 
 
@@ -176,7 +177,7 @@ class Core:
         except Exception as exc:  # a bug: keep the single writer alive, identically in
             self.failures += 1  # replay
             log.exception("command %r at %d failed", cmd, ts)
-            return [CommandFailed((type(exc).__name__,))]
+            return [CommandFailed((ts, type(exc).__name__))]
 
     def state_hash(self) -> str:
         return self.engine.state_hash()

@@ -275,3 +275,20 @@ def test_each_agent_gets_the_first_rejection_of_its_own_orders_only() -> None:
     ag2, _ = log.query(view_of="AG2")
     assert ag1["reason"] == "user marta may not reactivate", ag1
     assert ag2["reason"] == "agent AG2 is suspended", ag2
+
+
+def test_a_command_that_failed_inside_the_engine_is_audited_failed() -> None:
+    """A command that raised inside the core (its event command_failed, its sender answered
+    INTERNAL_ERROR) is in the trail as FAILED, for the officers and the agent concerned,
+    at its instant (it was shown OK, dated by the event before it)."""
+    from gateway.core import CommandFailed
+    from gateway.protocol import parse_instant
+    from risk.commands import SetGuarantees
+
+    log = AuditLog(default_codec())
+    cmd = SetGuarantees(by="rita", agent="AG2", amount=63594, req_id="g1")
+    log.observe([(cmd, "rita", [CommandFailed((1_800_000_000_123, "KeyError"))])])
+    for entry in (log.query()[0], log.query(view_of="AG2")[0]):
+        assert (entry["outcome"], entry["code"]) == ("FAILED", "INTERNAL_ERROR"), entry
+        assert "KeyError" in entry["reason"]
+        assert parse_instant(entry["ts"]) == 1_800_000_000_123

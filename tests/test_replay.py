@@ -127,3 +127,34 @@ def test_risk_demo_refuses_what_the_rules_refuse() -> None:
     assert hib and {e["user"] for e in hib} == {"carlos"}
     states = [e["state"] for e in events if e["type"] == "throttling"]
     assert states == ["WARNING", "BREACHED"]
+
+
+def test_a_command_that_raises_is_shown_and_the_replay_goes_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay tool applies a command as the server does (gateway/core.py): one that
+    raises inside the engine (a defect, injected into the new-order handler) is a
+    command_failed event and the replay goes on to the end (it stopped with the exception,
+    so an incident's journal could not be replayed past it)."""
+    import gateway.core as gcore
+    from engine.commands import NewOrder
+
+    whole = [orjson.loads(x) for x in replay(DEMO.read_bytes().splitlines())]
+    real = gcore.Engine
+
+    class Broken(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, **kw)
+
+            def broken(*args: object, **kwargs: object) -> None:
+                raise KeyError("defect")
+
+            self._handlers[NewOrder] = broken
+
+    monkeypatch.setattr(gcore, "Engine", Broken)
+    out = [orjson.loads(x) for x in replay(DEMO.read_bytes().splitlines())]
+    failed = [e for e in out if e["type"] == "command_failed"]
+    assert failed and {e["error"] for e in failed} == {"KeyError"}
+    assert "ts" in failed[0]
+    # what follows the failures is still replayed: the contracts' closes at the end
+    assert [e for e in out if e["type"] == "contract_state"][-1] == \
+        [e for e in whole if e["type"] == "contract_state"][-1]
