@@ -574,6 +574,35 @@ async def test_an_order_whose_answer_was_lost_is_looked_up_not_failed(
     await expect(ana.locator("#ticket-title")).to_have_text("Order ticket")
 
 
+async def test_an_order_the_engine_failed_on_is_outcome_unknown_and_looked_up(
+        screens: Screens, market: Market) -> None:
+    """A request answered INTERNAL_ERROR (it raised inside the engine: a defect, part of it
+    may have been done) is "outcome unknown", not a refusal inviting a resend with a new
+    client_order_id; still connected, the screen looks the order up at once."""
+    from engine.commands import NewOrder
+
+    ana = await screens.trader("ana", C1)
+    status = ana.locator("#t-status")
+    engine = market.server.core.engine
+    real = engine._handlers[NewOrder]
+
+    def broken(*args: Any, **kw: Any) -> None:
+        raise KeyError("defect")
+
+    engine._handlers[NewOrder] = broken
+    try:
+        await ana.fill("#t-unit", "SELLU1")
+        await ana.click("#side-sell")
+        await ana.fill("#t-price", "60.00")
+        await ana.fill("#t-qty", "1.0")
+        await ana.click("#t-send")
+        await expect(status).to_contain_text("is not live on the server")
+        await expect(status).not_to_have_class(re.compile(r"\bbad\b"))
+    finally:
+        engine._handlers[NewOrder] = real
+    assert list(await orders_of(market, "ana")) == []
+
+
 async def test_reconnection_reloads_the_last_trades_and_nothing_is_live_meanwhile(
         screens: Screens, market: Market) -> None:
     """The last price, last trades and chart come from query_public_trades at every

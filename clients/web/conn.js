@@ -187,7 +187,10 @@ export class Connection {
       }, timeoutMs);
       this.pending.set(m.req_id, (a) => {
         clearTimeout(timer);
-        resolve(a);
+        // the server's own "may or may not be done": its journal failed while recording the
+        // request (OUTCOME_UNKNOWN), or the command raised inside the engine (INTERNAL_ERROR)
+        const unknown = a.code === 'OUTCOME_UNKNOWN' || a.code === 'INTERNAL_ERROR';
+        resolve(unknown ? { ...a, outcome_unknown: true } : a);
       });
       this.sentCount += 1;
       this.ws.send(JSON.stringify(m));
