@@ -1111,21 +1111,25 @@ class Engine:
             return
         c = self.contracts[o.contract]
         cfg = self.cfg
-        qty = o.remaining if cmd.qty is None else cmd.qty  # None: the open quantity now
+        qty, peak = cmd.qty, cmd.peak
+        if qty is None:  # the open quantity now; an iceberg's peak at most that (as at
+            qty = o.remaining  # a reactivation): a fill meanwhile cannot make it refused
+            if peak > qty:
+                peak = qty
         if not (
             c.state is TRADE and ts < c.close_at  # R45.f gate closure, A1§3.1
-            and cmd.exec is NON and not cmd.peak and not cmd.incr
+            and cmd.exec is NON and not peak and not cmd.incr
             and cmd.expiry is None and cmd.validity is GFS
             and cfg.price_min <= cmd.price <= cfg.price_max
             and cfg.qty_min <= qty <= cfg.qty_max
         ):  # else a plain valid modification: every check is in _validate
             rej = self._validate(c, o.contract, o.side, cmd.price, qty, cmd.exec,
-                                 cmd.validity, cmd.expiry, cmd.peak, cmd.incr, ts)
+                                 cmd.validity, cmd.expiry, peak, cmd.incr, ts)
             if rej is not None:
                 self._reject(ts, u, a, rq, rej[0], rej[1], o.coid, o.id)
                 return
         n = Order.new(o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side, cmd.price,
-                      qty, cmd.peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
+                      qty, peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
                       o.revision + 1, o.arrival, o.basket, o.basket_type, ts)
         n.filled = o.filled
         g = self.guard
@@ -1157,13 +1161,14 @@ class Engine:
         self._report(o, ts, action, req_id, code, reason)
 
     def _cancellable(self, o: Order, ts: int) -> tuple[str, str] | None:
-        """A1§3.1, R46.2.6.2: cancellation while the contract allows sending orders (TRADE,
-        and before its gate closure: see :func:`_past_gate_closure`); hibernated orders too,
-        «en los momentos que el mercado permita la anulación» (R46.2.7)."""
-        c = self.contracts[o.contract]
-        st = c.state
+        """A1§3.1, R46.2.6.2: cancellation while the contract is in TRADE; hibernated orders
+        too, «en los momentos que el mercado permita la anulación» (R46.2.7).  Past the
+        gate closure, until the calendar's close is applied, the owner may still cancel:
+        it only takes an order out, as the close would at once (its guarantee and energy
+        holds are freed for the contracts still trading; see :func:`_past_gate_closure`)."""
+        st = self.contracts[o.contract].state
         if st is TRADE:
-            return None if ts < c.close_at else _past_gate_closure(c)
+            return None
         return (Code.CONTRACT_NOT_TRADING,
                 f"contract {o.contract} is {st.value}; orders can be cancelled only while it"
                 " is in TRADE (A1§3.1, R46.2.6.2)")
@@ -1177,7 +1182,7 @@ class Engine:
                          order_id=cmd.order_id)
             return
         c = self.contracts[o.contract]
-        if c.state is not TRADE or ts >= c.close_at:  # A1§3.1, R45.f gate closure
+        if c.state is not TRADE:  # A1§3.1 (past the gate closure, still: _cancellable)
             rej = self._cancellable(o, ts)
             assert rej is not None
             self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1], o.coid, o.id)
@@ -1651,9 +1656,11 @@ def _past_gate_closure(c: Contract) -> tuple[str, str]:
     applied.  The engine compares the command's instant with ``close_at`` itself, so that
     nothing enters, changes or trades after the gate closure, whatever the lag, and the
     outcome is the one the close would have given had it come in time: a new order, a
-    basket member, a modification, a cancellation and the owner's activation of named
-    orders in such a contract are refused as in a closed contract (CONTRACT_NOT_TRADING,
-    with this reason); the reactivations that select orders (the owner's "activate all",
+    basket member, a modification and the owner's activation of named orders in such a
+    contract are refused as in a closed contract (CONTRACT_NOT_TRADING, with this reason);
+    a cancellation (one order, or cancel-all) still goes through, as it only takes an order
+    out, as the close would at once, and frees its guarantee and energy holds for the
+    contracts still trading; the reactivations that select orders (the owner's "activate all",
     the operator's ReactivateOrders, an auction's reopening) leave that contract's
     hibernated orders hibernated, for the close to cancel, and reactivate the others (the
     members of a VALID basket in other contracts too, as if the close had taken these

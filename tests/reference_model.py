@@ -508,10 +508,13 @@ class ReferenceModel:
             bad.append(Code.ORDER_NOT_ACTIVE)
         if cmd.revision != o.revision:
             bad.append(Code.STALE_REVISION)
-        qty = o.remaining if cmd.qty is None else cmd.qty  # None: keep the open quantity
+        qty, peak = cmd.qty, cmd.peak
+        if qty is None:  # keep the open quantity, an iceberg's peak at most that
+            qty = o.remaining
+            peak = min(peak, qty)
         bad += self._order_problems(
             o.contract, o.side, cmd.price, qty, cmd.exec, cmd.validity, cmd.expiry,
-            cmd.peak, cmd.incr,
+            peak, cmd.incr,
         )
         if bad:
             out.rejects.append(frozenset(bad))
@@ -519,7 +522,7 @@ class ReferenceModel:
         del self.orders[o.id]
         n = RefOrder(
             id=o.id, contract=o.contract, user=o.user, agent=o.agent, unit=o.unit,
-            side=o.side, price=cmd.price, remaining=qty, peak=cmd.peak, incr=cmd.incr,
+            side=o.side, price=cmd.price, remaining=qty, peak=peak, incr=cmd.incr,
             exec=cmd.exec, validity=cmd.validity, expiry=cmd.expiry, coid=o.coid,
             basket=o.basket, arrival=o.arrival, revision=o.revision + 1, filled=o.filled,
         )
@@ -530,8 +533,8 @@ class ReferenceModel:
         if o is None:
             out.rejects.append(frozenset({Code.ORDER_UNKNOWN}))
             return
-        if not self._trading(o.contract):
-            out.rejects.append(frozenset({Code.CONTRACT_NOT_TRADING}))
+        if self.contracts[o.contract].state != TRADE:  # past the gate closure: still
+            out.rejects.append(frozenset({Code.CONTRACT_NOT_TRADING}))  # (as the close)
             return
         self._drop(o, out, CANCELLED, None)
 
@@ -544,7 +547,7 @@ class ReferenceModel:
                 o.agent == cmd.agent
                 and (cmd.scope == "agent" or o.user == cmd.user)
                 and (cmd.contract is None or o.contract == cmd.contract)
-                and self._trading(o.contract)
+                and self.contracts[o.contract].state == TRADE
             ):
                 self._drop(o, out, CANCELLED, None)
 

@@ -915,10 +915,11 @@ def test_cancellation_only_while_the_contract_trades() -> None:
 
 def test_nothing_enters_changes_or_comes_back_after_gate_closure() -> None:
     """R45.f («FIN: ... No se admiten ofertas»), A1§4.1 (GFS «válidas hasta el cierre de la
-    negociación del contrato»), A1§3.1 (modified or cancelled while the contract allows
-    sending orders): from its gate closure (CLOSE_AT, T0 + 2 s for C0) the contract takes
-    nothing from the traders, though the calendar's close comes later: the model and the
-    engine agree on every refusal, and the orders left are the close's to cancel."""
+    negociación del contrato»), A1§3.1: from its gate closure (CLOSE_AT, T0 + 2 s for C0)
+    the contract takes nothing from the traders, though the calendar's close comes later;
+    the owner may still take its orders out (a cancellation, cancel-all), as the close
+    would.  The model and the engine agree on every refusal, and the orders left are the
+    close's to cancel."""
     u = USERS[A1][0]
     close = CLOSE_AT[C0] - T0
     h = Harness()
@@ -929,23 +930,26 @@ def test_nothing_enters_changes_or_comes_back_after_gate_closure() -> None:
         (order(A1, BUY, 100, 1), close - 1),  # 4: 1 ms before the gate closure: trades
         (order(A3, BUY, 100, 1), 1),  # at the gate closure: refused, no trade
         (ModifyOrder(u, A1, 2, 1, 100, 1), 0),  # refused
-        (CancelOrder(u, A1, 2), 0),  # refused
-        (CancelAll(u, A1, "agent"), 0),  # nothing cancelled
         (Activate(u, A1, (3,)), 0),  # refused
         (Activate(u, A1, None), 0),  # nothing reactivated
         (ReactivateOrders((C0,), None), 0),  # nothing reactivated
         (EnterBasket(u, A1, BasketType.VALID, (order(A1, BUY, 100, 1),
                                               order(A1, BUY, 99, 1, C1))), 0),  # refused
         (order(A3, BUY, 99, 1, C1), 0),  # 5: C1 closes later: accepted
-        (CloseContracts((C0,)), 10),  # 1, 2, 3 cancelled by the close; round 2
+        (CancelOrder(u, A1, 2), 0),  # taken out: still
+        (CancelAll(u, A1, "agent"), 0),  # 3 taken out too
+        (CloseContracts((C0,)), 10),  # 1 cancelled by the close; round 2
     ])
     assert trades_of(h, 3) == [(100, 1, 4, 1)]
     assert all(not trades_of(h, i) for i in range(4, 14))
     codes = [[r.code for r in out if isinstance(r, Reject)] for out in h.outputs[h.first:]]
-    assert codes[4:12] == [["CONTRACT_NOT_TRADING"]] * 3 + [[]] + [["CONTRACT_NOT_TRADING"]] + [
-        [], [], ["CONTRACT_NOT_TRADING", "BASKET_MEMBER_INVALID", "BASKET_MEMBER_INVALID"]]
+    assert codes[4:13] == [["CONTRACT_NOT_TRADING"]] * 3 + [[], []] + [
+        ["CONTRACT_NOT_TRADING", "BASKET_MEMBER_INVALID", "BASKET_MEMBER_INVALID"], [], [], []]
+    taken = [(r.order_id, r.action) for out in h.outputs[h.first + 11:h.first + 13]
+             for r in out if isinstance(r, OrderReport)]
+    assert taken == [(2, "CANCELLED"), (3, "CANCELLED")]
     closed = {r.order_id: r.code for r in h.outputs[-1] if isinstance(r, OrderReport)}
-    assert closed == {1: "CONTRACT_CLOSE", 2: "CONTRACT_CLOSE", 3: "CONTRACT_CLOSE"}
+    assert closed == {1: "CONTRACT_CLOSE"}
     assert list(h.engine.orders) == [5] and h.engine.round == 2
 
 

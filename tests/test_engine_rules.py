@@ -762,6 +762,20 @@ def test_R46_2_6_1_a_modification_without_quantity_keeps_the_open_quantity_it_fi
     assert m.report(s2).visible == 100 and m.report(s2).filled == 60
 
 
+def test_R46_2_6_1_a_modification_without_quantity_caps_an_icebergs_peak() -> None:
+    """R46.2.6.1 with A1§3.4: bob's iceberg of 3.0 MWh shows 1.0; 2.5 are bought while he
+    moves its price, sending its peak again and no quantity: the new order takes the 0.5
+    still open, its peak capped at that (as a reactivation caps it), not refused
+    ICEBERG_PEAK_ABOVE_TOTAL for a peak above a total bob never sent."""
+    m = Market()
+    ice = m.sell("bob", 5000, 30, peak=10)
+    m.buy("alice", 5000, 25)
+    ev = m.send(modify("bob", ice, 1, 5100, None, peak=10))
+    assert not rejects(ev)
+    o = m.engine.orders[ice]
+    assert (o.price, o.remaining, o.peak, o.visible, o.filled) == (5100, 5, 5, 5, 25)
+
+
 def test_R46_2_6_1_refused_modification_leaves_the_original_intact() -> None:
     """R46.2.6.1: «La oferta se considerará modificada cuando, una vez realizadas las
     validaciones...» - a modification that fails validation (price beyond 9999.00, or the
@@ -1239,30 +1253,33 @@ def test_R45_f_an_order_one_ms_before_gate_closure_still_trades() -> None:
     assert fills(ev) == [(5000, 10)] and trades(ev)[0].sell_order == ids["sell"]
 
 
-def test_A1_3_1_no_modification_or_cancellation_after_gate_closure() -> None:
+def test_A1_3_1_no_modification_after_gate_closure_but_cancellation_still() -> None:
     """A1§3.1: an order «podrá ser modificada o cancelada mientras el contrato al que se
     presentó esté en un estado que permita el envío de ofertas (TRADE)»; past its gate
-    closure CID allows none (R45.f, A1§4.1).  Carol's buy cannot be modified to cross bob's
-    sell (neither a plain modification, the fast path, nor an IoC), nor cancelled, nor
-    cancelled by cancel-all; the calendar's close then cancels every order with
-    CONTRACT_CLOSE (A1§4.1) and closes round 1 (R45.g)."""
+    closure CID takes no order (R45.f, A1§4.1): carol's buy cannot be modified to cross
+    bob's sell (neither a plain modification, the fast path, nor an IoC).  It can still be
+    cancelled, as cancel-all can, until the calendar's close comes: that only takes the
+    order out, as the close would at once, and frees its holds for the contracts still
+    trading (refused, they kept the trader's limit and the unit's energy used). The close
+    then cancels what is left with CONTRACT_CLOSE (A1§4.1) and closes round 1 (R45.g)."""
     m, ids = _at_gate_closure(0)
     before = live_snapshot(m)
     close = gate_closure(CID)
     for cmd in (modify("carol", ids["buy"], 1, 5000, 20),
-                modify("carol", ids["buy"], 1, 5000, 20, exec=IOC),
-                cancel("carol", ids["buy"]),
-                cancel("alice", ids["hib"])):
+                modify("carol", ids["buy"], 1, 5000, 20, exec=IOC)):
         ev = m.send(cmd, at=close)
         (rj,) = rejects(ev)
         assert rj.code == Code.CONTRACT_NOT_TRADING and _past_closure(rj.reason), cmd
         assert rj.order_id == cmd.order_id and not trades(ev) and not reports(ev)
-    ev = m.send(cancel_all("carol", "agent"), at=close)
-    assert acked_ids(ev) == () and not reports(ev)
     assert live_snapshot(m) == before
+    ev = m.send(cancel("carol", ids["buy"]), at=close)
+    assert [(r.order_id, r.action) for r in reports(ev)] == [(ids["buy"], "CANCELLED")]
+    ev = m.send(cancel("alice", ids["hib"]), at=close + 1)
+    assert [(r.order_id, r.action) for r in reports(ev)] == [(ids["hib"], "CANCELLED")]
+    left = {i for k, i in ids.items() if k not in ("buy", "hib")}
     ev = m.send(CloseContracts((CID,)))
     assert {r.order_id: r.code for r in reports(ev, "CANCELLED")} == {
-        i: Code.CONTRACT_CLOSE for i in ids.values()}
+        i: Code.CONTRACT_CLOSE for i in left}
     assert [rc.round for rc in of(ev, RoundClosed)] == [1]
 
 
