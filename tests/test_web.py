@@ -603,6 +603,22 @@ async def test_an_order_the_engine_failed_on_is_outcome_unknown_and_looked_up(
     assert list(await orders_of(market, "ana")) == []
 
 
+async def test_a_read_cut_off_by_the_connection_is_no_warning(
+        screens: Screens, market: Market) -> None:
+    """Queries in flight when the connection drops (the orders, the trades, the last
+    trades) are read again once connected: no "outcome unknown" warning for them (one toast
+    per cut query at every reconnection), only a line in the activity log."""
+    ana = await screens.trader("ana", C1)
+    await ana.evaluate("""() => {
+        window.ronda.reloadPrivate();  // the orders, the trades, the account: in flight
+        window.ronda.conn().ws.close();
+    }""")
+    await expect(ana.locator("#conn")).to_have_text("online", timeout=8000)
+    await ana.wait_for_timeout(500)
+    assert await ana.locator("#toasts .toast.warn").count() == 0
+    assert await ana.locator("#toasts .toast.bad").count() == 0
+
+
 async def test_reconnection_reloads_the_last_trades_and_nothing_is_live_meanwhile(
         screens: Screens, market: Market) -> None:
     """The last price, last trades and chart come from query_public_trades at every

@@ -116,6 +116,16 @@ function toast(kind, text, ms = 6000) {
   setTimeout(() => t.remove(), ms);
 }
 
+/** A read (a query, a subscription) cut off by the connection: nothing to do, the screen
+ * reads it again once connected; anything else is a problem (below). */
+function readProblem(ans, what) {
+  if (ans.outcome_unknown || ans.code === 'DISCONNECTED') {
+    log('info', `${what}: cut off by the connection (${describeProblem(ans)}); read again once connected`);
+    return '';
+  }
+  return problem(ans, what);
+}
+
 /** A refused request of this screen: shown with code and reason, logged once.  A request
  * whose answer was lost (`outcome_unknown`) is no refusal: it may have been done. */
 function problem(ans, what) {
@@ -156,7 +166,7 @@ function normContract(c, old) {
 async function loadContracts() {
   const a = await conn.request({ type: 'query_contracts' });
   if (a.type !== 'contracts') {
-    problem(a, 'contracts');
+    readProblem(a, 'contracts');
     return;
   }
   for (const c of a.contracts) S.contracts.set(c.contract, normContract(c, S.contracts.get(c.contract)));
@@ -183,7 +193,7 @@ function ensureTradeSubs() {
     conn.request({ type: 'subscribe', stream: 'trades', contract: c.contract }).then((a) => {
       if (a.type !== 'ack') {
         S.tradeSubs.delete(c.contract);
-        problem(a, `trades of ${c.contract}`);
+        readProblem(a, `trades of ${c.contract}`);
         return;
       }
       // the stream goes on from the ack's seq; what came before (while this screen was
@@ -207,7 +217,7 @@ async function loadPublicTrades(contract) {
   const a = await conn.request({ type: 'query_public_trades', contract });
   if (session !== S.session) return; // a reconnection since: it reloads again
   if (a.type !== 'public_trades') {
-    if (a.code !== 'DISCONNECTED') problem(a, `last trades of ${contract}`);
+    readProblem(a, `last trades of ${contract}`);
     return;
   }
   // stream messages of this session after the answer's seq stay (none are expected: the
@@ -314,7 +324,7 @@ function selectContract(id) {
 
 async function subscribeBook(id) {
   const a = await conn.request({ type: 'subscribe', stream: 'book', contract: id });
-  if (a.type !== 'ack') problem(a, `book of ${id}`);
+  if (a.type !== 'ack') readProblem(a, `book of ${id}`);
 }
 
 function moveSelection(step) {
@@ -347,7 +357,7 @@ async function resnapshot(contract, why) {
   log('info', `${contract}: book messages lost (${why}); asking for a fresh snapshot`);
   invalidate('book');
   const a = await conn.request({ type: 'query_book', contract });
-  if (a.type !== 'book') problem(a, `snapshot of ${contract}`);
+  if (a.type !== 'book') readProblem(a, `snapshot of ${contract}`);
 }
 
 function ownActive(contract) {
@@ -554,7 +564,7 @@ async function resyncPrivate() {
 async function loadOrders() {
   const a = await conn.request({ type: 'query_orders' });
   if (a.type !== 'orders') {
-    problem(a, 'orders');
+    readProblem(a, 'orders');
     return;
   }
   const old = S.orders;
@@ -571,7 +581,7 @@ async function loadOrders() {
 async function loadTrades() {
   const a = await conn.request({ type: 'query_trades' });
   if (a.type !== 'trades') {
-    problem(a, 'trades');
+    readProblem(a, 'trades');
     return;
   }
   S.trades = [];
@@ -1527,7 +1537,7 @@ async function onReady(ans) {
   S.statesSeq = typeof st.seq === 'number' ? st.seq : 0;
   const pv = await conn.request({ type: 'subscribe', stream: 'private' });
   S.privSeq = typeof pv.seq === 'number' ? pv.seq : 0;
-  if (pv.type !== 'ack') problem(pv, 'private stream');
+  if (pv.type !== 'ack') readProblem(pv, 'private stream');
   if (prevSelected) storageSet('ronda.contract', prevSelected);
   await Promise.all([loadContracts(), loadOrders(), loadTrades(), loadAccount(), loadThrottling()]);
   invalidate('contracts', 'market', 'orders', 'trades', 'account', 'throttle', 'basket', 'ticket', 'banners');
@@ -1683,4 +1693,4 @@ function init() {
 init();
 
 // for the browser tests and for curious traders: the screen's state, read-only by convention
-window.ronda = { S, route, stats: S.stats, conn: () => conn };
+window.ronda = { S, route, stats: S.stats, conn: () => conn, reloadPrivate: resyncPrivate };
