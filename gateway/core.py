@@ -168,6 +168,7 @@ class Core:
 
         self.auctions = Auctions.install(self.engine, self.risk)
         self.failures = 0
+        self._no_ref = RefData()  # the reference data of a core without risk: one, kept
 
     def apply(self, cmd: Any, ts: int) -> list[Any]:
         if type(cmd) is Checkpoint:  # the server's own record: nothing to apply
@@ -186,7 +187,7 @@ class Core:
 
     @property
     def ref(self) -> RefData:
-        return self.risk.ref if self.risk is not None else RefData()
+        return self.risk.ref if self.risk is not None else self._no_ref
 
     def contracts(self) -> list[dict[str, Any]]:
         return [
