@@ -22,14 +22,16 @@ Acknowledgement: a request is acked to the broker only after its answer exists, 
 command's answer exists only after the command is durable in the journal (the sequencer's
 future; DESIGN rule 7).  The answer is published to ``reply_to`` before the ack on the same
 channel.  If the server or the connection dies first, the broker redelivers the request.
-Redeliveries and client resends are made harmless by ``message_id``: the answers of the
-last :attr:`AmqpAdapter.remember` commands (within :attr:`AmqpAdapter.remember_items`
-items) are kept per ``(user, message_id)`` and sent again instead of executing the command
-again; a query's repeat is answered again; a request still in progress collects the
-duplicate and answers both.  A repeat the map does not know (after a server restart) is
-processed again: the engine refuses a repeated ``client_order_id`` with
-``DUPLICATE_CLIENT_ORDER_ID``, a stale ``revision`` with ``STALE_REVISION``, a cancelled
-order with ``ORDER_UNKNOWN``/``ORDER_NOT_ACTIVE``.
+Redeliveries and client resends are made harmless by ``message_id``: a command is
+journaled with its request's ``message_id`` and a digest of the request, and the server
+remembers the commands it executed so (:mod:`gateway.executed`, rebuilt from the journal at
+a restart): a repeat gets the answer the command was given instead of executing it again,
+a different request under a ``message_id`` already used is refused
+(``MESSAGE_ID_REUSED``); a query's repeat is answered again; a request still in progress
+collects the duplicate and answers both.  A repeat older than what the server remembers
+(the last 20,000 commands) is processed again: the engine refuses a repeated
+``client_order_id`` with ``DUPLICATE_CLIENT_ORDER_ID``, a stale ``revision`` with
+``STALE_REVISION``, a cancelled order with ``ORDER_UNKNOWN``/``ORDER_NOT_ACTIVE``.
 
 Everything leaving the adapter (replies, acks, bindings, broadcast messages) goes through
 one FIFO drained by one task on one channel, so a queue receives what concerns it in the
@@ -47,7 +49,7 @@ import json
 import logging
 import os
 import uuid
-from collections import OrderedDict, defaultdict, deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from contextvars import Context, ContextVar
 from dataclasses import dataclass, field
@@ -68,9 +70,11 @@ from yarl import URL
 
 from gateway import amqpframes, amqpread
 from gateway.amqpread import Delivery
-from gateway.inbound import decode_json, decode_msgpack
+from gateway.executed import request_digest
+from gateway.inbound import decode_json, decode_msgpack, shown
+from gateway.journal import RequestKey
 from gateway.sequencer import Done
-from gateway.session import Session
+from gateway.session import Session, command_answer
 from gateway.wire import fmt_instant, to_ticks
 from risk.refdata import CODE_RE
 
@@ -124,8 +128,9 @@ class _Request:
     client resends with the same ``message_id`` that arrived meanwhile)."""
 
     session: AmqpSession
-    key: tuple[str, str] | None
+    key: tuple[str, str] | None  # (user, message_id)
     deliveries: list[tuple[int, Delivery]] = field(default_factory=list)
+    digest: bytes = b""  # of the request as received, with a key (gateway.executed)
     internal: bool = False  # the adapter's own request (implicit login, restore)
     pending: bool = False  # answered later (a command in the sequencer, a store read)
     command: bool = False  # a command went to the sequencer (it may not have been executed)
@@ -262,6 +267,12 @@ class AmqpSession(Session):
             req.pending = req.command = True  # answered now (refused) or once durable
         super()._command(typ, data, req_id)
 
+    def _key(self) -> RequestKey | None:
+        req = _CURRENT.get()
+        if req is None or req.session is not self or req.key is None:
+            return None
+        return req.key[1], req.digest
+
     def _answerer(self, typ: str, req_id: Any) -> Done:
         """The answer goes to the delivery being handled now: the sequencer calls back
         from its own task, so the request is captured here and made current again."""
@@ -365,6 +376,25 @@ def _stopping() -> bool:
     return task is None or task.cancelling() > 0
 
 
+def _is_text(s: str) -> bool:
+    """Whether ``s`` is text (a property that was not UTF-8 is read with surrogates)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _reused(message_id: str, data: Any) -> Message:
+    msg = _error("message_id", f"{shown(message_id)} was already used for a different "
+                 f"request; a repeat must be the same message, a new request needs a new "
+                 f"message_id", "MESSAGE_ID_REUSED")
+    req_id = data.get("req_id") if isinstance(data, dict) else None
+    if isinstance(req_id, str) and 1 <= len(req_id) <= 64:
+        msg["req_id"] = req_id
+    return msg
+
+
 def _error(field_: str, reason: str, code: str = "INVALID_FIELD") -> Message:
     return {"type": "error", "code": code, "field": field_, "reason": reason}
 
@@ -377,7 +407,6 @@ class AmqpAdapter:
     reconnects with exponential back-off when the broker goes away."""
 
     def __init__(self, server: Server, url: str, *, prefetch: int = 256,
-                 remember: int = 20_000, remember_items: int = 200_000,
                  max_outbox: int = 100_000) -> None:
         # a request whose properties are not UTF-8 must not break the connection (and come
         # back from the broker to break the next one): see amqpframes.tolerate_invalid_utf8
@@ -390,20 +419,14 @@ class AmqpAdapter:
             u = u.update_query(heartbeat=DEFAULT_HEARTBEAT_S)
         self.url = u
         self.prefetch = prefetch
-        self.remember = remember
-        # the answers kept hold at most this many items in all (an answer counts 1, plus
-        # the length of each of its lists: reports, order ids): a few large answers
-        # (cancel_all, order_activate of every order) cannot fill the memory either
-        self.remember_items = remember_items
+        # the commands executed under a message_id: the server's, rebuilt at recovery
+        self.executed = server.executed
         self.max_outbox = max_outbox
         self.sessions: dict[str, AmqpSession] = {}
         self.connected = asyncio.Event()
         self.connections = 0  # successful connections so far
         self.stats: dict[str, int] = defaultdict(int)
         self._writers: dict[str, asyncio.Task[None]] = {}
-        # (user, message_id) -> (answer, its items): the answers of commands only
-        self._done: OrderedDict[tuple[str, str], tuple[Message, int]] = OrderedDict()
-        self._done_items = 0
         self._inflight: dict[tuple[str, str], _Request] = {}
         self._pending: set[_Request] = set()
         self._public_users: dict[str, set[str]] = defaultdict(set)  # stream -> users
@@ -787,17 +810,34 @@ class AmqpAdapter:
             return
         if message.redelivered:
             self.stats["redelivered"] += 1
-        key = (user, message.message_id) if message.message_id else None
+        mid = message.message_id
+        key = (user, mid) if mid else None
+        digest = b""
         if key is not None:
-            done = self._done.get(key)
-            if done is not None:  # processed already: the same answer again
-                self._done.move_to_end(key)
+            assert mid is not None
+            if not _is_text(mid):
+                self._answer_now(gen, message, user, _error(
+                    "message_id", "must be UTF-8 text (it is the request's idempotency key)"))
+                return
+            digest = request_digest(ctype, body)
+            done = self.executed.get(user, mid)
+            if done is not None:  # executed already: the same answer again
+                if done.digest != digest:
+                    self._answer_now(gen, message, user, _reused(mid, data))
+                    return
+                ans = done.answer
+                if ans is None:  # recovered from the journal: answered as it was then
+                    ans = self._answer_again(user, data, done.events or [])
+                    self.executed.answered(done, ans)
                 self.stats["replayed"] += 1
-                self._reply(gen, message, user, done[0], replayed=True)
+                self._reply(gen, message, user, ans, replayed=True)
                 self._enqueue(_Ack(gen, message))
                 return
             running = self._inflight.get(key)
             if running is not None:  # still in progress: answer both when done
+                if running.digest != digest:
+                    self._answer_now(gen, message, user, _reused(mid, data))
+                    return
                 running.deliveries.append((gen, message))
                 return
         if message.redelivered:
@@ -812,7 +852,7 @@ class AmqpAdapter:
             if session is None:
                 self._answer_now(gen, message, user, refusal)
                 return
-        req = _Request(session, key, [(gen, message)])
+        req = _Request(session, key, [(gen, message)], digest)
         if key is not None:
             self._inflight[key] = req
         self._pending.add(req)
@@ -858,18 +898,19 @@ class AmqpAdapter:
             # a command's answer, for a repeat (it must not be executed again); a query's
             # or a subscription's is not kept: a repeat is simply answered again, and
             # keeping every query's answer (orders, trades) let a client fill the memory
-            items = 1 + sum(len(v) for v in msg.values() if type(v) is list)
-            old = self._done.pop(req.key, None)
-            if old is not None:
-                self._done_items -= old[1]
-            self._done[req.key] = (msg, items)
-            self._done_items += items
-            while self._done and (len(self._done) > self.remember
-                                  or self._done_items > self.remember_items):
-                self._done_items -= self._done.popitem(last=False)[1][1]
+            self.executed.put(user or "", (req.key[1], req.digest), msg)
         for gen, delivery in req.deliveries:
             self._reply(gen, delivery, user, msg)
             self._enqueue(_Ack(gen, delivery))
+
+    @staticmethod
+    def _answer_again(user: str, data: Any, events: list[Any]) -> Message:
+        """The answer to a repeat of a command that a previous server process executed:
+        built from the events the journal's replay gave the command, as the first answer
+        was (the repeat is the same message: its digest matched)."""
+        req_id = data.get("req_id") if isinstance(data, dict) else None
+        typ = data.get("type") if isinstance(data, dict) else None
+        return command_answer(str(typ), req_id, user, events)
 
     def _answer_now(self, gen: int, message: Delivery, user: str | None,
                     msg: Message) -> None:

@@ -174,8 +174,11 @@ def _cmd_journal_export(args: argparse.Namespace) -> int:
     try:
         with Journal(Path(args.journal), fsync=False) as j:
             for rec in j.records():
-                out.write(orjson.dumps({"at": fmt_instant(rec.ts), "origin": rec.origin,
-                                        "command": encode(rec.command)}) + b"\n")
+                line = {"at": fmt_instant(rec.ts), "origin": rec.origin,
+                        "command": encode(rec.command)}
+                if rec.key is not None:  # the AMQP request's idempotency key
+                    line["message_id"], line["digest"] = rec.key[0], rec.key[1].hex()
+                out.write(orjson.dumps(line) + b"\n")
     except JournalError as exc:
         print(f"ronda journal export: {exc}", file=sys.stderr)
         return 2

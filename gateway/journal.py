@@ -22,12 +22,19 @@ followed by zero or more records, each framed as::
     4 bytes   payload length N, unsigned big-endian (N >= 1)
     4 bytes   CRC-32 of the payload (zlib.crc32), unsigned big-endian
     N bytes   payload: msgpack of the array [seq, ts, origin, command]
+                       or [seq, ts, origin, command, [message_id, digest]]
 
 ``seq`` is an int, 1 for the first record of the journal and consecutive without gaps across
 all segments (a segment's header carries the seq of its first record, the next one after the
 previous segment's last); ``ts`` an int, the sequencer's instant in ms since the epoch
 (UTC); ``origin`` a str, the acting user or ``"operator"``, ``"calendar"``, ``"sync"``;
-``command`` the command encoded by :mod:`gateway.codec` (``["new_order", ...]``).
+``command`` the command encoded by :mod:`gateway.codec` (``["new_order", ...]``).  A fifth
+element, present only for a command that came with an idempotency key (an AMQP request's
+``message_id``), is that key: ``message_id`` a non-empty str and ``digest`` the 16-byte
+BLAKE2b digest of the request as received (its content type and body), so that a repeat
+delivered to a restarted server is answered from the journal instead of executed again, and
+a different request under the same ``message_id`` is told apart (``gateway/amqp.py``).
+Journals written before the key existed hold four-element records only, and read as before.
 
 A new segment is started before a batch that would take the current segment past
 ``segment_bytes`` (default 64 MiB; a batch is never split, so a single batch larger than the
@@ -209,14 +216,22 @@ class JournalCorrupt(JournalError):
         self.reason = reason
 
 
+RequestKey = tuple[str, bytes]
+"""A request's idempotency key: its ``message_id`` and the digest of what was received."""
+
+DIGEST_SIZE = 16
+
+
 class Record(NamedTuple):
     """One journaled command: its sequence number, the sequencer's instant (ms UTC), who
-    sent it (a user, ``"operator"``, ``"calendar"``, ``"sync"``) and the command object."""
+    sent it (a user, ``"operator"``, ``"calendar"``, ``"sync"``), the command object, and
+    the idempotency key of the request that carried it, if it had one."""
 
     seq: int
     ts: int
     origin: str
     command: Any
+    key: RequestKey | None = None
 
 
 @dataclass(slots=True)
@@ -240,9 +255,26 @@ class _Defect(Exception):
 
 
 def _valid_shape(obj: Any) -> bool:
-    return (type(obj) is list and len(obj) == 4 and type(obj[0]) is int
+    if not (type(obj) is list and 4 <= len(obj) <= 5 and type(obj[0]) is int
             and type(obj[1]) is int and type(obj[2]) is str and type(obj[3]) is list
-            and len(obj[3]) > 0 and type(obj[3][0]) is str)
+            and len(obj[3]) > 0 and type(obj[3][0]) is str):
+        return False
+    if len(obj) == 4:
+        return True
+    key = obj[4]
+    return (type(key) is list and len(key) == 2 and type(key[0]) is str and len(key[0]) > 0
+            and type(key[1]) is bytes and len(key[1]) == DIGEST_SIZE)
+
+
+def _check_key(seq: int, key: Any) -> None:
+    if not (type(key) is tuple and len(key) == 2 and type(key[0]) is str and key[0]
+            and type(key[1]) is bytes and len(key[1]) == DIGEST_SIZE):
+        raise ValueError(f"seq {seq}: key must be (message_id: non-empty str, digest: "
+                         f"{DIGEST_SIZE} bytes), got {key!r}")
+    try:
+        key[0].encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"seq {seq}: the key's message_id is not UTF-8 encodable") from None
 
 
 def _read_frame(buf: Any, off: int, size: int, seq: int) -> tuple[int, list[Any]]:
@@ -264,8 +296,8 @@ def _read_frame(buf: Any, off: int, size: int, seq: int) -> tuple[int, list[Any]
     except Exception as exc:  # any msgpack failure on bytes whose CRC matched
         raise _Defect(off, f"payload is not valid msgpack: {exc}", False, True) from None
     if not _valid_shape(obj):
-        raise _Defect(off, "payload is not [seq:int, ts:int, origin:str, command:list]", False,
-                      True)
+        raise _Defect(off, "payload is not [seq:int, ts:int, origin:str, command:list"
+                           "(, [message_id:str, digest:bin16])]", False, True)
     if obj[0] != seq:
         raise _Defect(off, f"record has seq {obj[0]}, expected {seq}", False, True)
     return end, obj
@@ -591,15 +623,18 @@ class Journal:
         piece = total = 0
         seq = self._next_seq
         for rec in records:
-            rseq, ts, origin, cmd = rec
+            rseq, ts, origin, cmd, key = rec
             if rseq != seq or type(rseq) is not int:
                 raise ValueError(f"record seq {rseq!r}, expected {seq}")
             if type(ts) is not int or not 0 <= ts <= _TS_MAX:
                 raise ValueError(f"seq {seq}: ts must be an int of ms >= 0, got {ts!r}")
             if type(origin) is not str or not origin:
                 raise ValueError(f"seq {seq}: origin must be a non-empty str, got {origin!r}")
+            if key is not None:
+                _check_key(seq, key)
             try:
-                payload = pack([seq, ts, origin, encode(cmd)])
+                payload = pack([seq, ts, origin, encode(cmd)] if key is None
+                               else [seq, ts, origin, encode(cmd), list(key)])
             except UnicodeEncodeError:
                 raise ValueError(f"seq {seq}: origin is not UTF-8 encodable") from None
             n = len(payload)
@@ -706,14 +741,15 @@ class Journal:
                     seq += 1
                 while seq < stop:
                     try:
-                        end, (_, ts, origin, data) = _read_frame(mm, off, size, seq)
+                        end, obj = _read_frame(mm, off, size, seq)
                     except _Defect as d:
                         raise JournalCorrupt(path, d.offset, d.reason) from None
                     try:
-                        cmd = decode(data)
+                        cmd = decode(obj[3])
                     except CodecError as exc:
                         raise JournalCorrupt(path, off, f"seq {seq}: {exc}") from None
-                    yield Record(seq, ts, origin, cmd)
+                    yield Record(seq, obj[1], obj[2], cmd,
+                                 None if len(obj) == 4 else (obj[4][0], obj[4][1]))
                     off = end
                     seq += 1
 

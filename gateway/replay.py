@@ -33,7 +33,8 @@ from gateway.protocol import (
 from gateway.wire import event_to_wire
 from risk.commands import LoadReferenceData
 
-_LINE_KEYS = {"at", "user", "agent", "request", "operator", "origin", "command"}
+_LINE_KEYS = {"at", "user", "agent", "request", "operator", "origin", "command",
+              "message_id", "digest"}
 
 
 class ScenarioError(ValueError):
@@ -80,10 +81,17 @@ def parse_line(raw: bytes | str, lineno: int, agent_of: AgentOf | None = None
         origin = obj.get("origin", "operator")
         if not isinstance(origin, str):
             raise ScenarioError(lineno, "origin", "must be a string")
+        # the request's idempotency key, as exported: what it was, for the reader only
+        for name in ("message_id", "digest"):
+            if name in obj and not isinstance(obj[name], str):
+                raise ScenarioError(lineno, name, "must be a string")
         try:
             return Step(lineno, at, origin, decode(obj["command"]))
         except CodecError as exc:
             raise ScenarioError(lineno, "command", str(exc)) from None
+    for name in ("message_id", "digest"):
+        if name in obj:
+            raise ScenarioError(lineno, name, "only with 'command' (a journal's export)")
     has_req, has_op = "request" in obj, "operator" in obj
     if has_req == has_op:
         raise ScenarioError(lineno, "line",

@@ -40,7 +40,7 @@ from typing import Any
 from engine.contracts import local_day_of, local_midnight_utc
 from gateway.codec import Codec, default_codec
 from gateway.core import SERVER, Checkpoint, CheckpointCheck, Core, ReplayDiverged
-from gateway.journal import Journal, Record
+from gateway.journal import Journal, Record, RequestKey
 
 log = logging.getLogger("ronda.sequencer")
 
@@ -192,7 +192,7 @@ class Sequencer:
         # is at that command, live as in replay (the sync job's round-close snapshot)
         self.command_listeners: list[Listener] = []
         # submitted, not yet taken into a batch; the task sleeps on ``_wake`` when empty
-        self._pending: deque[tuple[Any, str, Waiter]] = deque()
+        self._pending: deque[tuple[Any, str, Waiter, RequestKey | None]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()  # nothing pending and no batch in progress
         self._idle.set()
@@ -213,10 +213,13 @@ class Sequencer:
     # ------------------------------------------------------------------ recovery
 
     def recover(self, listeners: list[Listener] | None = None,
-                accept_divergence: bool = False) -> int:
+                accept_divergence: bool = False,
+                keyed: Callable[[Record, list[Any]], None] | None = None) -> int:
         """Replay the journal into the core; return the number of records replayed.
         ``listeners`` see every replayed command's events (e.g. the sync job, which rebuilds
-        the trades of unsynchronised rounds).
+        the trades of unsynchronised rounds); ``keyed`` sees every replayed record that
+        carries an idempotency key, with its events (the AMQP adapter's memory of the
+        requests it executed, so that a repeat after a restart is not executed again).
 
         At each :class:`Checkpoint` record the core's state hash is compared with the one
         the server had when it wrote it (:class:`CheckpointCheck`).  A difference means the
@@ -242,6 +245,8 @@ class Sequencer:
                 one = [(rec.command, rec.origin, events)]
                 for listener in listeners:
                     listener(one)
+            if keyed is not None and rec.key is not None:
+                keyed(rec, events)
             if rec.ts > self.clock.last:
                 self.clock.last = rec.ts
             n += 1
@@ -284,18 +289,23 @@ class Sequencer:
         self._enqueue(cmd, origin, fut)
         return fut
 
-    def submit_with(self, cmd: Any, origin: str, done: Done) -> None:
+    def submit_with(self, cmd: Any, origin: str, done: Done,
+                    key: RequestKey | None = None) -> None:
         """As :meth:`submit_nowait`, for a submitter that only needs to be told: ``done``
         is called with the command's events right after its batch's listeners (the
         fan-out) ran, or with the error if the journal failed.  No future and no callback
         scheduled on the loop per command: this is the gateway's path for every request.
-        ``done`` must not raise (if it does, the error is logged and the batch goes on)."""
-        self._enqueue(cmd, origin, done)
+        ``done`` must not raise (if it does, the error is logged and the batch goes on).
+        ``key``: the request's idempotency key, journaled with the command (a
+        :data:`~gateway.journal.RequestKey`, checked by the caller: a bad one would refuse
+        the whole batch)."""
+        self._enqueue(cmd, origin, done, key)
 
-    def _enqueue(self, cmd: Any, origin: str, waiter: Waiter) -> None:
+    def _enqueue(self, cmd: Any, origin: str, waiter: Waiter,
+                 key: RequestKey | None = None) -> None:
         if self._stopping or self.failed is not None:
             raise SequencerStopped("the sequencer is not accepting commands")
-        self._pending.append((cmd, origin, waiter))
+        self._pending.append((cmd, origin, waiter, key))
         self._idle.clear()
         w = self._wake
         if w is not None and not w.done():
@@ -348,7 +358,7 @@ class Sequencer:
                         stopped = SequencerStopped(f"not processed: journal failed: {exc}")
                     _fail(batch[k][2], stopped)
                 while q:
-                    _, _, waiter = q.popleft()
+                    waiter = q.popleft()[2]
                     _fail(waiter, SequencerStopped(f"not processed: journal failed: {exc}"))
                 self._idle.set()
                 for cb in self.on_failure:
@@ -365,16 +375,16 @@ class Sequencer:
         self._day_span = self._span_of(ts)
 
     async def _commit(self, loop: asyncio.AbstractEventLoop,
-                      batch: list[tuple[Any, str, Waiter]]) -> None:
+                      batch: list[tuple[Any, str, Waiter, RequestKey | None]]) -> None:
         seq = self.journal.next_seq
         parts: list[list[tuple[Record, Waiter]]] = [[]]
         lo, hi = self._day_span
-        for cmd, origin, fut in batch:
+        for cmd, origin, fut, key in batch:
             ts = self.clock.now()
             if not lo <= ts < hi and parts[-1]:  # local midnight: a part of its own
                 parts.append([])
             lo, hi = (lo, hi) if lo <= ts < hi else self._span_of(ts)
-            parts[-1].append((Record(seq, ts, origin, cmd), fut))
+            parts[-1].append((Record(seq, ts, origin, cmd, key), fut))
             seq += 1
         # each day's part is a commit of its own: journaled (in that day's segment),
         # applied and answered before the next part's segment is started, so a failure

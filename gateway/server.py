@@ -25,6 +25,7 @@ from auctions.calendar import Calendar
 from engine.config import PROFILES
 from gateway.audit import AuditLog
 from gateway.core import ACCEPTED, Core
+from gateway.executed import Executed
 from gateway.fanout import Hub
 from gateway.journal import Journal
 from gateway.refdata_file import read_and_validate
@@ -122,6 +123,9 @@ class Server:
         self._tasks: list[asyncio.Task[Any]] = []
         self._kick = asyncio.Event()
         self.recovered = 0
+        # the commands executed under an AMQP request's message_id (gateway/executed.py):
+        # rebuilt from the journal at recovery, so that a repeat is answered, not executed
+        self.executed = Executed()
         self.ws_server: Any = None
         self.amqp: Any = None
 
@@ -147,7 +151,8 @@ class Server:
         try:
             self.recovered = self.sequencer.recover(
                 [self.sync.observe, self.hub.observe_replay, self.audit.observe],
-                accept_divergence=self.config.accept_replay_divergence)
+                accept_divergence=self.config.accept_replay_divergence,
+                keyed=self.executed.recovered)
         except BaseException:  # ReplayDiverged: nothing is served from that state
             self.journal.close()
             await self.store.close()

@@ -30,6 +30,7 @@ from engine.events import Ack, OrderReport, Reject
 from gateway.core import CommandFailed
 from gateway.fanout import account_message
 from gateway.inbound import clip, shown
+from gateway.journal import RequestKey
 from gateway.protocol import (
     ProtocolError,
     fast_command,
@@ -474,7 +475,7 @@ class Session:
             return
         try:
             self.server.sequencer.submit_with(cmd, self.user or "?",
-                                              self._answerer(typ, req_id))
+                                              self._answerer(typ, req_id), self._key())
         except SequencerStopped as exc:
             self.reject(req_id, "UNAVAILABLE", str(exc))
             return
@@ -484,6 +485,12 @@ class Session:
             if pause is not None:  # (AMQP: the broker's prefetch bounds what is in flight)
                 self._input_paused = True
                 pause()
+
+    def _key(self) -> RequestKey | None:
+        """The idempotency key of the request being handled, journaled with its command
+        (gateway/executed.py); none over WebSocket, where a client finds what became of
+        a request by its ``client_order_id`` instead."""
+        return None
 
     def _answerer(self, typ: str, req_id: Any) -> Done:
         """What the sequencer calls once the command is applied (or will never be).  It is
@@ -524,13 +531,7 @@ class Session:
             else:
                 self.reject(req_id, "UNAVAILABLE", str(exc))
             return
-        if events and type(events[-1]) is CommandFailed:
-            self.reject(req_id, "INTERNAL_ERROR",
-                        f"the command failed inside the engine ({events[-1].error}); the "
-                        f"operator is alerted; check the state (query_orders) before sending "
-                        f"it again")
-            return
-        self.send(answer(typ, req_id, self.user, events))
+        self.send(command_answer(typ, req_id, self.user, events))
 
     # ------------------------------------------------------------------ session requests
 
@@ -824,6 +825,24 @@ def _order_wire(v: dict[str, Any]) -> dict[str, Any]:
     if out["expiry"] is not None:
         out["expiry"] = fmt_instant(out["expiry"])
     return out
+
+
+def command_answer(typ: str, req_id: Any, user: str | None, events: list[Any]
+                   ) -> dict[str, Any]:
+    """The answer to a command request of type ``typ`` that was executed and caused
+    ``events``: :func:`answer`, or the refusal of a command that failed inside the
+    engine.  A function of its arguments alone: a repeat of the request reaching a
+    restarted server gets the same answer from the journal's replay (gateway/executed.py)."""
+    if events and type(events[-1]) is CommandFailed:
+        msg: dict[str, Any] = {
+            "type": "reject", "code": "INTERNAL_ERROR",
+            "reason": f"the command failed inside the engine ({events[-1].error}); the "
+                      f"operator is alerted; check the state (query_orders) before sending "
+                      f"it again"}
+        if isinstance(req_id, str):
+            msg["req_id"] = req_id
+        return msg
+    return answer(typ, req_id, user, events)
 
 
 def answer(typ: str, req_id: Any, user: str | None, events: list[Any]) -> dict[str, Any]:

@@ -686,29 +686,30 @@ async def test_only_commands_answers_are_kept_for_repeats_within_a_bound(
     for i in range(300):
         await server.sequencer.submit(
             NewOrder("carlos", "AG2", "BUYU2", CID, Side.BUY, 1000 + i, 10), "carlos")
-    adapter = server.amqp
+    executed = server.amqp.executed
     futs = [await carlos.submit({"type": "query_orders"}) for _ in range(50)]
     for f in futs:
         ans = await asyncio.wait_for(f, 30)
         assert ans["type"] == "orders" and len(ans["orders"]) == 300
-    assert len(adapter._done) == 0
+    assert len(executed) == 0
     again = await carlos.request({"type": "query_orders"}, message_id="q-1")
     gone = again["orders"][0]["order_id"]
     cancel = await carlos.request({"type": "order_cancel", "order_id": gone})
     assert cancel["type"] == "ack", cancel
     repeat = await carlos.request({"type": "query_orders"}, message_id="q-1")
     assert (len(again["orders"]), len(repeat["orders"])) == (300, 299)  # answered again
-    assert [m["kind"] for m, _ in adapter._done.values()] == ["order_cancel"]
+    assert [e.answer["kind"] for e in executed.entries.values() if e.answer] == [
+        "order_cancel"]
     # commands' answers: bounded by count and by items (1 + the length of their lists)
     assert (await carlos.request({"type": "cancel_all"}))["type"] == "ack"  # room for more
-    adapter.remember, adapter.remember_items = 5, 12
+    executed.limit, executed.limit_items = 5, 12
     for i in range(8):
         await carlos.request(order("BUY", "30.00", client_order_id=f"b-{i}"),
                              message_id=f"b-{i}")
-    kept = list(adapter._done.values())
+    kept = list(executed.entries.values())
     # an order's ack counts 3 (itself, its order id, its report): the items bind first
-    assert len(kept) == 4 and adapter._done_items == sum(n for _, n in kept) == 12
-    assert [k[1] for k in adapter._done] == [f"b-{i}" for i in range(8 - len(kept), 8)]
+    assert len(kept) == 4 and executed.items == sum(e.items for e in kept) == 12
+    assert [k[1] for k in executed.entries] == [f"b-{i}" for i in range(8 - len(kept), 8)]
     repeat = await carlos.request(order("BUY", "30.00", client_order_id="b-7"),
                                   message_id="b-7")
     assert carlos.headers["b-7"].get(REPLAYED_HEADER) is True and repeat["type"] == "ack"
@@ -755,8 +756,8 @@ async def test_server_restart_keeps_sessions_and_refuses_repeats(rabbitmq: Broke
         running.remove(srv)
         await srv.stop()
 
-        # a new server process on the same data: the journal brings the order back, the
-        # answer map is gone, so a resend is executed again and refused by the engine
+        # a new server process on the same data: the journal brings the order back, and
+        # with it the request's message_id: a resend is answered as the first time
         srv2 = await _start_server(rabbitmq, data)
         running.append(srv2)
         assert "carlos" in srv2.amqp.sessions  # restored, with its subscriptions
@@ -765,7 +766,10 @@ async def test_server_restart_keeps_sessions_and_refuses_repeats(rabbitmq: Broke
         assert {"stream": f"book:{CID}", "seq": 0} in resync["streams"]
         assert {"stream": "private:AG2", "seq": 0} in resync["streams"]
         again = await carlos.request(req, message_id="m-persist")
-        assert (again["type"], again["code"]) == ("reject", "DUPLICATE_CLIENT_ORDER_ID")
+        assert again == first and carlos.headers["m-persist"].get(REPLAYED_HEADER) is True
+        # a new message_id with the same client_order_id: the engine refuses the repeat
+        other = await carlos.request(req, message_id="m-persist-2")
+        assert (other["type"], other["code"]) == ("reject", "DUPLICATE_CLIENT_ORDER_ID")
         assert [v["client_order_id"] for v in live_orders(srv2, "AG2")] == ["persist"]
         # the restored book subscription streams again
         await carlos.request(order("BUY", "36.00"))
@@ -775,6 +779,65 @@ async def test_server_restart_keeps_sessions_and_refuses_repeats(rabbitmq: Broke
         assert (bye["type"], bye["kind"]) == ("ack", "logout")
         assert "carlos" not in srv2.amqp.sessions
         assert '"carlos"' not in (data / "amqp-sessions.json").read_text()
+    finally:
+        await carlos.close()
+        for s in running:
+            await s.stop()
+
+
+async def test_a_repeat_after_a_restart_is_answered_from_the_journal_not_executed(
+        rabbitmq: Broker, tmp_path: Path) -> None:
+    """Requests that no engine key makes harmless to repeat (an order without a
+    client_order_id, a guarantee request) are executed once, whether the repeat reaches
+    the same server process or one restarted since: the journal keeps each command's
+    message_id, and the restarted server answers the repeat with the answer the command
+    was given (built again from the replay), marked replayed.  A different request under a
+    message_id already used is refused MESSAGE_ID_REUSED, before and after the restart."""
+    data = tmp_path / "data"
+    srv = await _start_market(rabbitmq, data)
+    running = [srv]
+    carlos = AmqpClient(rabbitmq.url_for("carlos"), "carlos")
+    try:
+        await carlos.connect()
+        no_coid = order("BUY", "31.00", req_id="r-1")
+        first = await carlos.request(no_coid, message_id="m-order")
+        assert first["type"] == "ack", first
+        gr = {"type": "guarantee_request", "change": "increase", "amount": "100.00",
+              "req_id": "r-2"}
+        granted = await carlos.request(gr, message_id="m-guarantee")
+        assert granted["type"] == "ack", granted
+        failing = await carlos.request(order("BUY", "1.001", req_id="r-3"),
+                                       message_id="m-bad")  # not a command: not kept
+        assert failing["type"] == "error"
+        reused = await carlos.request(order("BUY", "32.00"), message_id="m-order")
+        assert (reused["type"], reused["code"], reused["field"]) == (
+            "error", "MESSAGE_ID_REUSED", "message_id"), reused
+        assert srv.core.risk is not None
+        requests_before = len(srv.core.risk.requests)
+        running.remove(srv)
+        await srv.stop()
+
+        srv2 = await _start_server(rabbitmq, data)
+        running.append(srv2)
+        assert srv2.core.risk is not None
+        assert len(srv2.core.risk.requests) == requests_before
+        again = await carlos.request(no_coid, message_id="m-order")
+        assert again == first and carlos.headers["m-order"].get(REPLAYED_HEADER) is True
+        again_gr = await carlos.request(gr, message_id="m-guarantee")
+        assert again_gr == granted
+        assert carlos.headers["m-guarantee"].get(REPLAYED_HEADER) is True
+        assert len(srv2.core.risk.requests) == requests_before  # not requested again
+        assert [v["price"] for v in live_orders(srv2, "AG2")] == [3100]
+        reused = await carlos.request(order("BUY", "32.00"), message_id="m-order")
+        assert reused["code"] == "MESSAGE_ID_REUSED", reused
+        assert [v["price"] for v in live_orders(srv2, "AG2")] == [3100]
+        # a refused decoding kept nothing: the same message_id with a valid request runs
+        fixed = await carlos.request(order("BUY", "1.00", req_id="r-3"), message_id="m-bad")
+        assert fixed["type"] == "ack", fixed
+        # a second repeat is answered from the kept answer (the events were dropped)
+        assert (await carlos.request(no_coid, message_id="m-order")) == first
+        entry = srv2.executed.get("carlos", "m-order")
+        assert entry is not None and entry.events is None and entry.answer == first
     finally:
         await carlos.close()
         for s in running:
@@ -975,7 +1038,8 @@ async def test_properties_that_are_not_utf8_neither_break_the_link_nor_go_unansw
     the request to the next connection, for ever: one such request stopped the AMQP API for
     everybody (the adapter reconnected 17 times in 2 s and answered nobody).  Now it is
     answered like any other, its correlation_id echoed as the very bytes it came as, and
-    the link stays up."""
+    the link stays up.  A ``message_id`` that is not UTF-8 is refused by name: it is the
+    request's idempotency key, journaled with its command (gateway/executed.py)."""
     from aiormq.abc import ChannelFrame
 
     from gateway import amqpframes
@@ -986,27 +1050,36 @@ async def test_properties_that_are_not_utf8_neither_break_the_link_nor_go_unansw
     def shortstr(b: bytes) -> bytes:
         return bytes((len(b),)) + b
 
-    bad_name = b"x-\xff"
-    headers = shortstr(bad_name) + b"S" + (3).to_bytes(4, "big") + b"\xfe\xfd\xfc"
-    props = ((amqpframes.CONTENT_TYPE | amqpframes.HEADERS | amqpframes.CORRELATION_ID
-              | 1 << 9 | amqpframes.MESSAGE_ID | 1 << 4).to_bytes(2, "big")
-             + shortstr(b"application/json") + len(headers).to_bytes(4, "big") + headers
-             + shortstr(b"c-\xff\xfe") + shortstr(carlos.reply_q.name.encode())
-             + shortstr(b"m-\xc3") + shortstr(b"carlos"))
-    await raw.write_queue.put(ChannelFrame(
-        payload=amqpframes.publish(raw.number, REQUEST_EXCHANGE, REQUEST_KEY, props,
-                                   orjson.dumps({"type": "query_me"}), 100_000),
-        should_close=False))
-    key = b"c-\xff\xfe".decode("utf-8", "surrogateescape")  # as this process reads it
-    for _ in range(100):
-        if carlos.answers.get(key):
-            break
-        await asyncio.sleep(0.05)
-    assert carlos.answers[key] == [{"type": "me", "req_id": None, "user": "carlos",
-                                    "agent": "AG2", "roles": ["trader"],
-                                    "units": ["BUYU2"]}], carlos.answers.get(key)
+    async def send(corr: bytes, message_id: bytes, msg: dict[str, Any]) -> dict[str, Any]:
+        bad_name = b"x-\xff"
+        headers = shortstr(bad_name) + b"S" + (3).to_bytes(4, "big") + b"\xfe\xfd\xfc"
+        props = ((amqpframes.CONTENT_TYPE | amqpframes.HEADERS | amqpframes.CORRELATION_ID
+                  | 1 << 9 | amqpframes.MESSAGE_ID | 1 << 4).to_bytes(2, "big")
+                 + shortstr(b"application/json") + len(headers).to_bytes(4, "big")
+                 + headers + shortstr(corr) + shortstr(carlos.reply_q.name.encode())
+                 + shortstr(message_id) + shortstr(b"carlos"))
+        await raw.write_queue.put(ChannelFrame(
+            payload=amqpframes.publish(raw.number, REQUEST_EXCHANGE, REQUEST_KEY, props,
+                                       orjson.dumps(msg), 100_000),
+            should_close=False))
+        key = corr.decode("utf-8", "surrogateescape")  # as this process reads it
+        for _ in range(100):
+            if carlos.answers.get(key):
+                break
+            await asyncio.sleep(0.05)
+        got = carlos.answers[key]
+        assert len(got) == 1, got
+        return got[0]
+
+    me = await send(b"c-\xff\xfe", b"m-ok", {"type": "query_me"})
+    assert me == {"type": "me", "req_id": None, "user": "carlos", "agent": "AG2",
+                  "roles": ["trader"], "units": ["BUYU2"]}, me
+    refused = await send(b"c-\xff\xfd", b"m-\xc3", order("BUY", "30.00"))
+    assert (refused["type"], refused["field"]) == ("error", "message_id"), refused
+    assert "UTF-8" in refused["reason"]
+    assert live_orders(server, "AG2") == []
     assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
-    assert server.amqp.connections == 1 and server.amqp.stats["received"] == 2
+    assert server.amqp.connections == 1 and server.amqp.stats["received"] == 3
 
 
 async def test_a_broker_user_that_cannot_be_a_platform_user_is_refused_and_acknowledged(

@@ -60,7 +60,9 @@ def command(seq: int) -> Any:
 
 
 def record(seq: int) -> Record:
-    return Record(seq, T0 + seq, ORIGINS[seq % len(ORIGINS)], command(seq))
+    """Every fifth record carries an AMQP request's idempotency key (a fifth element)."""
+    key = (f"m-{seq}", seq.to_bytes(16, "big")) if seq % 5 == 0 else None
+    return Record(seq, T0 + seq, ORIGINS[seq % len(ORIGINS)], command(seq), key)
 
 
 def batch(start: int, n: int) -> list[Record]:
@@ -100,18 +102,21 @@ def build(path: Path, n: int, **kw: Any) -> None:
 
 
 def test_file_format_is_exactly_the_documented_one(tmp_path: Path) -> None:
+    """Four elements, or five with a request's key (record 5): [message_id, digest]."""
     with Journal(tmp_path / "j") as j:
-        j.append([record(1), record(2)])
+        j.append([record(s) for s in range(1, 6)])
     data = (tmp_path / "j" / "journal-000001.rjl").read_bytes()
     assert data[:8] == MAGIC == b"RONDAJ1\n"
     assert struct.unpack(">Q", data[8:16]) == (1,)
     off = 16
-    for seq in (1, 2):
+    for seq in range(1, 6):
         length, crc = struct.unpack(">II", data[off:off + 8])
         payload = data[off + 8:off + 8 + length]
         assert zlib.crc32(payload) == crc
         rec = record(seq)
-        assert msgpack.unpackb(payload) == [seq, rec.ts, rec.origin, encode(rec.command)]
+        key = [] if seq < 5 else [["m-5", bytes(15) + b"\x05"]]
+        assert msgpack.unpackb(payload) == [seq, rec.ts, rec.origin, encode(rec.command),
+                                            *key]
         off += 8 + length
     assert off == len(data)
 
@@ -255,6 +260,12 @@ def test_append_checks_the_batch_before_writing_anything(tmp_path: Path) -> None
             ([R(4, T0, None, c.Tick())], ValueError, "origin must be a non-empty str"),
             ([Record(4, T0, "u\ud800", c.Tick())], ValueError, "origin is not UTF-8"),
             ([Record(True, T0, "u", c.Tick())], ValueError, "record seq True"),
+            ([Record(4, T0, "u", c.Tick(), ("", bytes(16)))], ValueError, "key must be"),
+            ([Record(4, T0, "u", c.Tick(), ("m", bytes(15)))], ValueError, "key must be"),
+            ([R(4, T0, "u", c.Tick(), ["m", bytes(16)])], ValueError, "key must be"),
+            ([R(4, T0, "u", c.Tick(), ("m", "x" * 16))], ValueError, "key must be"),
+            ([Record(4, T0, "u", c.Tick(), ("m\ud800", bytes(16)))], ValueError,
+             "message_id is not UTF-8"),
         ]
         for records, exc, message in bad_batches:
             with pytest.raises(exc, match=message):
@@ -620,6 +631,10 @@ def test_a_crc_valid_but_meaningless_tail_is_corruption(tmp_path: Path, five: by
     """A torn write cannot produce a matching CRC: a bad record with a good CRC is a bug."""
     for payload in (msgpack.packb({"seq": 6}), msgpack.packb([7, T0, "u", ["tick"]]),
                     msgpack.packb([6, T0, 5, ["tick"]]), b"\xc1",
+                    msgpack.packb([6, T0, "u", ["tick"], ["m", bytes(15)]]),  # short digest
+                    msgpack.packb([6, T0, "u", ["tick"], ["", bytes(16)]]),  # empty id
+                    msgpack.packb([6, T0, "u", ["tick"], ["m", "x" * 16]]),  # str digest
+                    msgpack.packb([6, T0, "u", ["tick"], ["m", bytes(16)], 1]),  # six
                     msgpack.packb([6, T0, "u", 0])):  # ends in a zero byte, as unwritten space
         frame = struct.pack(">II", len(payload), zlib.crc32(payload)) + payload
         d = tmp_path / str(zlib.crc32(payload))

@@ -68,6 +68,13 @@ def test_trades_only_output() -> None:
          ' "quantity": "1.0"}}', "request.price", "decimals"),
         ('{"at": "2027-01-15T00:00:00Z", "operator": {"type": "contract_open",'
          ' "contracts": []}}', "operator.contracts", "at least 1"),
+        # a journal's export: an AMQP request's key comes with its command only
+        ('{"at": "2027-01-15T00:00:00Z", "operator": {"type": "time"}, "message_id": "m"}',
+         "message_id", "only with 'command'"),
+        ('{"at": "2027-01-15T00:00:00Z", "origin": "u", "command": ["tick"],'
+         ' "message_id": 5}', "message_id", "string"),
+        ('{"at": "2027-01-15T00:00:00Z", "origin": "u", "command": ["tick"],'
+         ' "message_id": "m", "digest": null}', "digest", "string"),
     ],
 )
 def test_malformed_lines_name_line_and_field(line: str, field: str, why: str) -> None:
@@ -158,3 +165,4 @@ def test_a_command_that_raises_is_shown_and_the_replay_goes_on(
     # what follows the failures is still replayed: the contracts' closes at the end
     assert [e for e in out if e["type"] == "contract_state"][-1] == \
         [e for e in whole if e["type"] == "contract_state"][-1]
+

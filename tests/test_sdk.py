@@ -1096,8 +1096,10 @@ async def test_amqp_an_order_in_doubt_is_redelivered_to_the_restarted_server(
         rabbitmq: Broker, amqp_env: Env) -> None:
     """Over AMQP the SDK's connection is to the broker, which outlives the server: the
     gateway answers OUTCOME_UNKNOWN but leaves the request unacknowledged, the broker
-    redelivers it to the restarted server, which finds it done (its client_order_id), and
-    the SDK answers the call with that order, done once."""
+    redelivers it (and the SDK resends it, the same message_id) to the restarted server,
+    which finds the command in the journal it replayed and answers with the command's own
+    ack (not DUPLICATE_CLIENT_ORDER_ID, which the SDK had to recover from), and the SDK
+    answers the call with that order, done once."""
     env = amqp_env
     carlos = await Client.connect_amqp(rabbitmq.url_for("carlos"), backoff_min=0.05,
                                        backoff_max=0.3, request_timeout=20)
@@ -1112,6 +1114,7 @@ async def test_amqp_an_order_in_doubt_is_redelivered_to_the_restarted_server(
     await env.stop()
     await env.start(amqp_url=rabbitmq.url, heartbeat_s=1.0)  # replays the journal
     ans = await asyncio.wait_for(call, 20)
-    assert ans.ok and ans.recovered
+    assert ans.ok and not ans.recovered and ans.kind == "order_entry", ans
+    assert env.srv.amqp.stats["replayed"] >= 1
     engine = [o for o in env.srv.core.orders_of("AG2") if o.coid == "doubt-2"]
     assert len(engine) == 1 and list(ans.order_ids) == [engine[0].id]

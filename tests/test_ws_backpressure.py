@@ -102,9 +102,9 @@ def record_inflight(server: Any, session: Any) -> list[int]:
     seen: list[int] = []
     real_submit = server.sequencer.submit_with
 
-    def submit_with(cmd: Any, origin: str, done: Any) -> None:
+    def submit_with(cmd: Any, origin: str, done: Any, key: Any = None) -> None:
         seen.append(session.inflight)
-        real_submit(cmd, origin, done)
+        real_submit(cmd, origin, done, key)
 
     server.sequencer.submit_with = submit_with
     return seen

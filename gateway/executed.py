@@ -1,0 +1,129 @@
+"""What the server remembers of the commands it executed under an idempotency key.
+
+An AMQP request may be delivered more than once: the broker redelivers a request whose
+acknowledgement it did not get (the server's connection dropped, the server crashed
+after journaling the command), and a client resends a request it got no answer to, with
+the same ``message_id``.  A repeat must be answered, never executed again: a guarantee
+request or an auction bid executed twice is money moved twice, an order without a
+``client_order_id`` is entered twice.
+
+The key of a command is the sender and its request's ``message_id``; the journal keeps it
+with the command, together with a digest of the request as received
+(:data:`gateway.journal.RequestKey`), so that:
+
+* a repeat reaching this server process is answered with the answer it was given (kept
+  here as built);
+* a repeat reaching a server restarted since (a crash between the journal and the
+  acknowledgement, a resend after a restart) finds the command in the journal's replay:
+  the answer is built again from the events the replay gave the command, which are the
+  events the first execution gave it (the core is deterministic);
+* a *different* request under a ``message_id`` already used (its digest differs) is
+  refused, never taken for a repeat (that would swallow a new order) nor executed (that
+  would make the key meaningless).
+
+The memory is bounded: the last :attr:`Executed.limit` commands, and at most
+:attr:`Executed.limit_items` items in all (an answer counts 1 plus the length of each of
+its lists, a replayed command 1 plus its number of events), so that a few large answers
+(a ``cancel_all`` of thousands of orders) cannot fill the memory.  A repeat older than that
+is executed again, where the engine's own keys still refuse what they can (a repeated
+``client_order_id``, a stale ``revision``, an order no longer active): ``docs/amqp.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+from gateway.journal import DIGEST_SIZE, Record, RequestKey
+
+Message = dict[str, Any]
+
+DEFAULT_LIMIT = 20_000
+DEFAULT_LIMIT_ITEMS = 200_000
+
+
+def request_digest(content_type: str, body: bytes) -> bytes:
+    """The digest a request is told apart by: its (normalised) content type and its body,
+    the bytes the server received.  A broker's redelivery and a client's resend of the
+    same message give the same digest."""
+    ctype = content_type.encode("utf-8", "surrogateescape")
+    h = hashlib.blake2b(digest_size=DIGEST_SIZE)
+    h.update(len(ctype).to_bytes(4, "big"))
+    h.update(ctype)
+    h.update(body)
+    return h.digest()
+
+
+def answer_items(msg: Message) -> int:
+    """What an answer weighs against :attr:`Executed.limit_items`."""
+    return 1 + sum(len(v) for v in msg.values() if type(v) is list)
+
+
+class Entry:
+    """One command executed under a key: the answer it was given, or (recovered from the
+    journal, not asked for again yet) the events it caused."""
+
+    __slots__ = ("answer", "digest", "events", "items")
+
+    def __init__(self, digest: bytes, answer: Message | None, events: list[Any] | None,
+                 items: int) -> None:
+        self.digest = digest
+        self.answer = answer
+        self.events = events
+        self.items = items
+
+
+class Executed:
+    """The commands executed under a key, per ``(user, message_id)``, most recent last."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT,
+                 limit_items: int = DEFAULT_LIMIT_ITEMS) -> None:
+        self.limit = limit
+        self.limit_items = limit_items
+        self.entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()
+        self.items = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def recovered(self, rec: Record, events: list[Any]) -> None:
+        """A journaled command with a key, as the replay applied it (the sequencer's
+        ``keyed`` callback at recovery)."""
+        assert rec.key is not None
+        message_id, digest = rec.key
+        self._put((rec.origin, message_id), Entry(digest, None, events, 1 + len(events)))
+
+    def put(self, user: str, key: RequestKey, answer: Message) -> None:
+        """The answer a command executed under ``key`` was given."""
+        message_id, digest = key
+        self._put((user, message_id), Entry(digest, answer, None, answer_items(answer)))
+
+    def get(self, user: str, message_id: str) -> Entry | None:
+        """The command executed under this key, if it is remembered (it becomes the most
+        recently used)."""
+        k = (user, message_id)
+        e = self.entries.get(k)
+        if e is not None:
+            self.entries.move_to_end(k)
+        return e
+
+    def answered(self, entry: Entry, answer: Message) -> None:
+        """``entry`` (a recovered one) was answered with ``answer``: keep the answer, the
+        events are no longer needed."""
+        self.items += answer_items(answer) - entry.items
+        entry.answer, entry.events, entry.items = answer, None, answer_items(answer)
+        self._trim()
+
+    def _put(self, k: tuple[str, str], entry: Entry) -> None:
+        old = self.entries.pop(k, None)
+        if old is not None:
+            self.items -= old.items
+        self.entries[k] = entry
+        self.items += entry.items
+        self._trim()
+
+    def _trim(self) -> None:
+        while self.entries and (len(self.entries) > self.limit
+                                or self.items > self.limit_items):
+            self.items -= self.entries.popitem(last=False)[1].items
