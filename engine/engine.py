@@ -357,11 +357,11 @@ class Engine:
         contract's gate closure is not applied here but checked wherever an order would
         enter, change or come back, against ``ts`` (:func:`_past_gate_closure` says why).
         """
+        out: list[Any] = []
+        self._out = out  # first: events_so_far() is this command's, whatever raises
         if ts < self.now:
             raise EngineMisuse(f"time went backwards: {ts} < {self.now}")
         self.now = ts
-        out: list[Any] = []
-        self._out = out
         gtd = self._gtd
         if gtd and gtd[0][0] <= ts:
             self._expire(ts)
@@ -379,6 +379,12 @@ class Engine:
                 return out
         handler(cmd, ts)
         return out
+
+    def events_so_far(self) -> list[Any]:
+        """The events of the command :meth:`apply` is applying, or last applied: after
+        :meth:`apply` raised, what the command had done before it raised (the state holds
+        it too, so whoever reports the failure must report these events with it)."""
+        return self._out
 
     def next_expiry(self) -> int | None:
         """The earliest GTD expiry pending (possibly of an order already gone: then a Tick

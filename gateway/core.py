@@ -145,10 +145,12 @@ class CheckpointCheck:
 
 
 class CommandFailed(Event):
-    """The command raised inside the core (a defect, logged): the core's only event for
-    it.  Its sender is answered ``INTERNAL_ERROR`` instead of an empty ``ack``, and the
-    replay tool shows it; a replay gives the same event (the exception's type name only:
-    its message may hold addresses)."""
+    """The command raised inside the core (a defect, logged): the last event of its
+    command, after the events the command caused before it raised (what it changed is
+    in the state, so it is told: a trade made before the failure reaches both traders
+    and the settlement).  Its sender is answered ``INTERNAL_ERROR`` instead of an
+    ``ack``, and the replay tool shows it; a replay gives the same events (the
+    exception's type name only: its message may hold addresses)."""
 
     __slots__ = ()
 
@@ -178,7 +180,7 @@ class Core:
         except Exception as exc:  # a bug: keep the single writer alive, identically in
             self.failures += 1  # replay
             log.exception("command %r at %d failed", cmd, ts)
-            return [CommandFailed((ts, type(exc).__name__))]
+            return [*self.engine.events_so_far(), CommandFailed((ts, type(exc).__name__))]
 
     def state_hash(self) -> str:
         return self.engine.state_hash()

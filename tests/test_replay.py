@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from engine.commands import CreateContract, OpenContracts
 from gateway.replay import ScenarioError, replay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,3 +168,41 @@ def test_a_command_that_raises_is_shown_and_the_replay_goes_on(
     assert [e for e in out if e["type"] == "contract_state"][-1] == \
         [e for e in whole if e["type"] == "contract_state"][-1]
 
+
+def test_what_a_failing_command_did_before_it_raised_is_told_with_the_failure() -> None:
+    """A command that raises after it changed the state (here, after its order traded: a
+    defect injected after the new-order handler) keeps the events of what it did, then
+    command_failed: the state holds the trade, so the traders, the private streams and
+    the settlement must hear of it (the events were dropped, and a trade in the books was
+    told to nobody).  A replay gives the same events."""
+    from engine.commands import NewOrder
+    from engine.events import OrderReport, Trade
+    from engine.model import Side
+    from gateway.core import CommandFailed, Core
+
+    def run() -> tuple[list[Any], str]:
+        core = Core(risk=False)
+        eng = core.engine
+        real = eng._handlers[NewOrder]
+
+        def trades_then_raises(cmd: Any, ts: int) -> None:
+            real(cmd, ts)
+            if cmd.req_id == "boom":
+                raise KeyError("defect")
+
+        eng._handlers[NewOrder] = trades_then_raises
+        cid = "PH-20270115-10"
+        t0 = 1_800_000_000_000
+        core.apply(CreateContract(cid, t0 + 86_400_000), t0)
+        core.apply(OpenContracts((cid,)), t0)
+        core.apply(NewOrder("u1", "A1", "U1", cid, Side.SELL, 5000, 10), t0 + 1)
+        events = core.apply(NewOrder("u2", "A2", "U2", cid, Side.BUY, 5000, 10,
+                                     req_id="boom"), t0 + 2)
+        return events, core.state_hash()
+
+    events, state = run()
+    assert type(events[-1]) is CommandFailed and events[-1].error == "KeyError"
+    assert [type(e) for e in events[:-1]].count(Trade) == 1
+    assert any(type(e) is OrderReport and e.req_id == "boom" for e in events)
+    again, state2 = run()
+    assert again == events and state2 == state
