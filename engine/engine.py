@@ -695,95 +695,157 @@ class Engine:
         by_agent = self.by_agent
         tid = self.next_trade
         pseq = book.pub_seq
-        while remaining and ranks:
-            rank = ranks[-1]
-            lvl = levels[rank]
-            lp = lvl.price
-            if (lp > limit) if buy else (lp < limit):
-                break
-            dq = lvl.orders
-            at_level = remaining
-            while remaining and dq:
-                for r in dq.values():  # noqa: B007 - the first (cheaper than next(iter(...)))
+        rank = 0
+        try:
+            while remaining and ranks:
+                rank = ranks[-1]
+                lvl = levels[rank]
+                lp = lvl.price
+                if (lp > limit) if buy else (lp < limit):
                     break
-                vis = r.visible
-                q = remaining if remaining < vis else vis
-                remaining -= q
-                vis -= q
-                r.visible = vis
-                rrem = r.remaining - q
-                r.remaining = rrem
-                rfilled = r.filled + q
-                r.filled = rfilled
-                if buy:
-                    append(Trade((ts, tid, contract, rnd, lp, q, aggressor, oid, ouser,
-                                        oagent, ounit, r.id, r.user, r.agent, r.unit)))
-                else:
-                    append(Trade((ts, tid, contract, rnd, lp, q, aggressor, r.id,
-                                        r.user, r.agent, r.unit, oid, ouser, oagent, ounit)))
-                pseq += 1
-                append(PublicTrade((ts, contract, pseq, tid, lp, q, aggressor, r.pub,
-                                          vis)))
-                tid += 1
-                if g is not None:
-                    g.filled(r, q, lp)
-                if vis:
+                dq = lvl.orders
+                at_level = remaining
+                while remaining and dq:
+                    for r in dq.values():  # noqa: B007 - the first (cheaper than next(iter(...)))
+                        break
+                    vis = r.visible
+                    q = remaining if remaining < vis else vis
+                    remaining -= q
+                    vis -= q
+                    r.visible = vis
+                    rrem = r.remaining - q
+                    r.remaining = rrem
+                    rfilled = r.filled + q
+                    r.filled = rfilled
+                    if buy:
+                        append(Trade((ts, tid, contract, rnd, lp, q, aggressor, oid, ouser,
+                                            oagent, ounit, r.id, r.user, r.agent, r.unit)))
+                    else:
+                        append(Trade((ts, tid, contract, rnd, lp, q, aggressor, r.id,
+                                            r.user, r.agent, r.unit, oid, ouser, oagent, ounit)))
+                    pseq += 1
+                    append(PublicTrade((ts, contract, pseq, tid, lp, q, aggressor, r.pub,
+                                              vis)))
+                    tid += 1
+                    if g is not None:
+                        g.filled(r, q, lp)
+                    if vis:
+                        append(OrderReport((
+                            ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
+                            PARTIALLY_FILLED, ACTIVE, lp, vis, rrem - vis, rfilled, r.exec,
+                            r.validity, r.expiry, r.peak, r.incr, r.revision, r.basket,
+                            r.basket_type, None, None)))
+                        continue
+                    # the visible part is gone
+                    del dq[r.seq]
+                    if rrem == 0:
+                        r.live = False
+                        r.level = None
+                        r.status = INACTIVE
+                        rid = r.id
+                        del by_agent[r.agent][rid]
+                        append(OrderReport((
+                            ts, rid, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
+                            FILLED, INACTIVE, lp, 0, 0, rfilled, r.exec, r.validity, r.expiry,
+                            r.peak, r.incr, r.revision, r.basket, r.basket_type, None, None)))
+                        continue
+                    # A1§3.4: iceberg refill with a new creation time (and price, A1§3.4.1);
+                    # one REFILLED report tells the owner both the fill and the new peak
+                    book.pub_seq = pseq
+                    pk = r.peak
+                    r.visible = pk if rrem > pk else rrem
+                    if r.incr:
+                        r.live = False
+                        r.price += r.incr
+                        if g is not None:
+                            g.repriced(r, lp)
+                        self._rest(r, book, ts)
+                    else:
+                        seq = self.next_seq
+                        self.next_seq = seq + 1
+                        r.seq = seq
+                        dq[seq] = r
+                        e = book.entry_seq + 1
+                        book.entry_seq = e
+                        r.pub = e
+                        book.pub_seq += 1
+                        append(BookChange((ts, contract, book.pub_seq, _ADD, e, r.side, lp,
+                                                 r.visible)))
+                    rv = r.visible
                     append(OrderReport((
                         ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
-                        PARTIALLY_FILLED, ACTIVE, lp, vis, rrem - vis, rfilled, r.exec,
-                        r.validity, r.expiry, r.peak, r.incr, r.revision, r.basket,
-                        r.basket_type, None, None)))
-                    continue
-                # the visible part is gone
-                del dq[r.seq]
-                if rrem == 0:
-                    r.live = False
-                    r.level = None
-                    r.status = INACTIVE
-                    rid = r.id
-                    del by_agent[r.agent][rid]
-                    append(OrderReport((
-                        ts, rid, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
-                        FILLED, INACTIVE, lp, 0, 0, rfilled, r.exec, r.validity, r.expiry,
-                        r.peak, r.incr, r.revision, r.basket, r.basket_type, None, None)))
-                    continue
-                # A1§3.4: iceberg refill with a new creation time (and price, A1§3.4.1);
-                # one REFILLED report tells the owner both the fill and the new peak
-                book.pub_seq = pseq
-                pk = r.peak
-                r.visible = pk if rrem > pk else rrem
-                if r.incr:
-                    r.live = False
-                    r.price += r.incr
-                    if g is not None:
-                        g.repriced(r, lp)
-                    self._rest(r, book, ts)
-                else:
-                    seq = self.next_seq
-                    self.next_seq = seq + 1
-                    r.seq = seq
-                    dq[seq] = r
-                    e = book.entry_seq + 1
-                    book.entry_seq = e
-                    r.pub = e
-                    book.pub_seq += 1
-                    append(BookChange((ts, contract, book.pub_seq, _ADD, e, r.side, lp,
-                                             r.visible)))
-                rv = r.visible
-                append(OrderReport((
-                    ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
-                    REFILLED, ACTIVE, r.price, rv, rrem - rv, rfilled, r.exec, r.validity,
-                    r.expiry, pk, r.incr, r.revision, r.basket, r.basket_type, None, None)))
-                pseq = book.pub_seq
-            if g is not None and remaining != at_level:
-                # the aggressor's fills at this level, all at its price: one call
-                g.filled(o, at_level - remaining, lp)
-            if not dq:
-                opp.drop_level(rank)
+                        REFILLED, ACTIVE, r.price, rv, rrem - rv, rfilled, r.exec, r.validity,
+                        r.expiry, pk, r.incr, r.revision, r.basket, r.basket_type, None, None)))
+                    pseq = book.pub_seq
+                if g is not None and remaining != at_level:
+                    # the aggressor's fills at this level, all at its price: one call
+                    g.filled(o, at_level - remaining, lp)
+                if not dq:
+                    opp.drop_level(rank)
+        except BaseException:
+            # a defect raised mid-trade, and the command's events so far are told with
+            # the failure (gateway/core.py): keep them true and never reuse what they used
+            self._match_failed(o, book, opp, ts, tid, pseq, remaining, rank)
+            raise
         self.next_trade = tid
         book.pub_seq = pseq
         o.filled += o.remaining - remaining
         o.remaining = remaining
+
+    def _match_failed(self, o: Order, book: Book, opp: BookSide, ts: int, tid: int,
+                      pseq: int, remaining: int, rank: int) -> None:
+        """What :meth:`_match` leaves when something raises inside its loop (a defect: the
+        risk guard's fill accounting, say) after trades were made and their events
+        appended.  Those events are told (``Core.apply``), so the state must agree with
+        them: the trade ids and public sequence numbers they used are not given again,
+        the aggressor's fills are its own, and a resting order the last trade emptied
+        does not stay in the queue with nothing visible (it would trade 0 with the next
+        order): filled, it leaves the book; an iceberg is refilled at the back of its
+        level at its own price (without the price increment: the failure came before
+        it).  The guard's accounting of the failed step stays as it was left."""
+        self.next_trade = tid
+        if pseq > book.pub_seq:
+            book.pub_seq = pseq
+        o.filled += o.remaining - remaining
+        o.remaining = remaining
+        lvl = opp.levels.get(rank)
+        if lvl is None or not lvl.orders:
+            return
+        dq = lvl.orders
+        r = next(iter(dq.values()))  # the first: the one the loop was trading with
+        if r.visible:
+            return
+        del dq[r.seq]
+        contract = r.contract
+        if r.remaining == 0:
+            r.live = False
+            r.level = None
+            r.status = INACTIVE
+            self.by_agent[r.agent].pop(r.id, None)
+            self._out.append(OrderReport((
+                ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side, FILLED,
+                INACTIVE, r.price, 0, 0, r.filled, r.exec, r.validity, r.expiry, r.peak,
+                r.incr, r.revision, r.basket, r.basket_type, None, None)))
+            if not dq:
+                opp.drop_level(rank)
+            return
+        pk = r.peak
+        r.visible = pk if r.remaining > pk else r.remaining
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        r.seq = seq
+        dq[seq] = r
+        e = book.entry_seq + 1
+        book.entry_seq = e
+        r.pub = e
+        book.pub_seq += 1
+        rv = r.visible
+        self._out.append(BookChange((ts, contract, book.pub_seq, _ADD, e, r.side, r.price,
+                                     rv)))
+        self._out.append(OrderReport((
+            ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side, REFILLED,
+            ACTIVE, r.price, rv, r.remaining - rv, r.filled, r.exec, r.validity, r.expiry,
+            pk, r.incr, r.revision, r.basket, r.basket_type, None, None)))
 
     def _available(self, book: Book, side: Side, limit: int, needed: int) -> int:
         """Quantity the opposite side offers at ``limit`` or better, counting every
