@@ -133,7 +133,8 @@ class _Request:
     digest: bytes = b""  # of the request as received, with a key (gateway.executed)
     internal: bool = False  # the adapter's own request (implicit login, restore)
     pending: bool = False  # answered later (a command in the sequencer, a store read)
-    command: bool = False  # a command went to the sequencer (it may not have been executed)
+    command: bool = False  # a command request (it may have been refused before the sequencer)
+    submitted: bool = False  # its command was handed to the sequencer (journaled with the key)
     answered: bool = False
     answer: Message | None = None
 
@@ -277,6 +278,8 @@ class AmqpSession(Session):
         """The answer goes to the delivery being handled now: the sequencer calls back
         from its own task, so the request is captured here and made current again."""
         req = _CURRENT.get()
+        if req is not None and req.session is self:
+            req.submitted = True  # (asked for right as the command is handed over)
         answer = super()._answerer(typ, req_id)
 
         def done(events: list[Any] | None, exc: BaseException | None) -> None:
@@ -894,10 +897,14 @@ class AmqpAdapter:
             for gen, delivery in req.deliveries:
                 self._reply(gen, delivery, user, msg)
             return
-        if req.key is not None and req.command:
+        if req.key is not None and req.submitted:
             # a command's answer, for a repeat (it must not be executed again); a query's
             # or a subscription's is not kept: a repeat is simply answered again, and
-            # keeping every query's answer (orders, trades) let a client fill the memory
+            # keeping every query's answer (orders, trades) let a client fill the memory;
+            # nor is the refusal of a command that never reached the sequencer (a bad
+            # field, a role it lacks): nothing was executed or journaled under the key,
+            # so a restarted server would not know it either, and free refusals must not
+            # push the commands executed out of the memory
             self.executed.put(user or "", (req.key[1], req.digest), msg)
         for gen, delivery in req.deliveries:
             self._reply(gen, delivery, user, msg)

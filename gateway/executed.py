@@ -35,9 +35,14 @@ import hashlib
 from collections import OrderedDict
 from typing import Any
 
+from engine.events import Ack, OrderReport, Reject
+from gateway.core import CommandFailed
 from gateway.journal import DIGEST_SIZE, Record, RequestKey
 
 Message = dict[str, Any]
+
+# the events an answer is made of besides the sender's order reports
+_ANSWERED = (Reject, Ack, CommandFailed)
 
 DEFAULT_LIMIT = 20_000
 DEFAULT_LIMIT_ITEMS = 200_000
@@ -89,10 +94,19 @@ class Executed:
 
     def recovered(self, rec: Record, events: list[Any]) -> None:
         """A journaled command with a key, as the replay applied it (the sequencer's
-        ``keyed`` callback at recovery)."""
+        ``keyed`` callback at recovery).  Only the events its answer is made of are kept
+        (:func:`gateway.session.answer`: refusals, acknowledgements, the failure, the
+        sender's own reports of this request), and the entry weighs what they weigh: the
+        other events (the counterparties' reports, public trades, book changes, the
+        expiries the engine ran before the command) would make a command weigh ten times
+        its answer, or more than the whole memory."""
         assert rec.key is not None
         message_id, digest = rec.key
-        self._put((rec.origin, message_id), Entry(digest, None, events, 1 + len(events)))
+        user = rec.origin
+        rid = getattr(rec.command, "req_id", None)
+        kept = [e for e in events if type(e) in _ANSWERED
+                or (type(e) is OrderReport and e.user == user and e.req_id == rid)]
+        self._put((user, message_id), Entry(digest, None, kept, 1 + len(kept)))
 
     def put(self, user: str, key: RequestKey, answer: Message) -> None:
         """The answer a command executed under ``key`` was given."""

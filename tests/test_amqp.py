@@ -715,6 +715,30 @@ async def test_only_commands_answers_are_kept_for_repeats_within_a_bound(
     assert carlos.headers["b-7"].get(REPLAYED_HEADER) is True and repeat["type"] == "ack"
 
 
+async def test_a_request_refused_before_the_sequencer_neither_takes_its_message_id_nor_evicts(
+        carlos: AmqpClient, server: Server) -> None:
+    """A command request refused by the session (a bad field, a role the sender lacks) is
+    neither executed nor journaled: it does not take its message_id (the corrected
+    request under it is executed, as a restarted server would), and such refusals, which
+    cost nothing, do not push the commands executed out of the memory (a repeat of one
+    would then be executed again)."""
+    bad = await carlos.request(order("BUY", "1.001", req_id="r-3"), message_id="m-bad")
+    assert bad["type"] == "error", bad
+    fixed = await carlos.request(order("BUY", "1.00", req_id="r-3"), message_id="m-bad")
+    assert fixed["type"] == "ack", fixed
+    executed = server.executed
+    executed.limit = 50  # the bound scaled down (20,000 in production)
+    first = await carlos.request(order("BUY", "30.00"), message_id="victim")
+    assert first["type"] == "ack", first
+    for i in range(60):  # a trader sending operators' commands: NOT_PERMITTED
+        r = await carlos.request({"type": "contract_open", "contracts": [CID]},
+                                 message_id=f"junk-{i}")
+        assert r["code"] == "NOT_PERMITTED", r
+    again = await carlos.request(order("BUY", "30.00"), message_id="victim")
+    assert again == first
+    assert sorted(v["price"] for v in live_orders(server, "AG2")) == [100, 3000]
+
+
 async def test_resent_request_gets_the_same_answer_once(carlos: AmqpClient,
                                                         server: Server) -> None:
     req = order("BUY", "33.00", client_order_id="once")
