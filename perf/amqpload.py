@@ -23,7 +23,7 @@ import contextlib
 import itertools
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from pamqp import commands, frame, header, heartbeat
@@ -45,9 +45,31 @@ _HEARTBEAT = heartbeat.Heartbeat().marshal()
 OnMessage = Callable[[str, bytes], None]  # (correlation_id, body)
 
 
+class ThreadTimer:
+    """Sleeps timed by a thread of their own: ``await timer.sleep(s)`` returns about
+    ``s`` later, within the kernel's timer slack (tens of microseconds), where uvloop's
+    timers keep to the millisecond.  The sleep runs in the thread (``time.sleep``: a
+    ``nanosleep``) and wakes the event loop with ``call_soon_threadsafe``; one thread,
+    one sleep at a time.  It costs the loop's thread a hand-off each way per sleep
+    (``gateway.sequencer.JournalThread``: 23–36 µs of CPU, ``perf/bench_handoff.py``),
+    which an open-loop schedule pays once per instant at which requests are due."""
+
+    def __init__(self) -> None:
+        from gateway.sequencer import JournalThread
+
+        self._thread = JournalThread("pacer")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._thread.call(asyncio.get_running_loop(), time.sleep, seconds)
+
+    def close(self) -> None:
+        self._thread.shutdown()
+
+
 async def pace(items: Sequence[tuple[float, Any]],
                fire: Callable[[list[tuple[float, Any]]], None],
-               resolution: float = 0.0) -> None:
+               resolution: float = 0.0,
+               sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
     """Hand ``items`` (``(scheduled perf_counter time, payload)``, in time order) to
     ``fire`` when their times come, never before, every item due by then in one call: the
     send schedule of an open-loop benchmark, whose latencies are measured from the
@@ -59,14 +81,17 @@ async def pace(items: Sequence[tuple[float, Any]],
     a third of the benchmark's requests up to 1.1 ms early.  ``resolution`` is the shortest
     sleep: on uvloop give it a millisecond, or the last fraction of a millisecond before
     each item is spent polling the clock (then an item is handed up to about a
-    millisecond late, which its latency is charged with: pessimistic, never flattering)."""
+    millisecond late, which its latency is charged with: pessimistic, never flattering).
+    ``sleep``: how to sleep instead of ``asyncio.sleep`` (:meth:`ThreadTimer.sleep`, whose
+    sleeps keep to tens of microseconds: then give no ``resolution``)."""
     if any(a[0] > b[0] for a, b in itertools.pairwise(items)):
         raise ValueError("items must be in time order")
+    snooze = asyncio.sleep if sleep is None else sleep
     clock, n, k = time.perf_counter, len(items), 0
     while k < n:
         wait = items[k][0] - clock()
         if wait > 0:
-            await asyncio.sleep(wait if wait > resolution else resolution)
+            await snooze(wait if wait > resolution else resolution)
             continue
         now, j = clock(), k + 1
         while j < n and items[j][0] <= now:

@@ -168,9 +168,11 @@ def test_out_of_order_confirms_count_each_publish_once(
     assert c.confirmed + c.nacked == n
 
 
-@pytest.mark.parametrize("resolution", [0.0, 0.001], ids=["poll", "sleep-1ms"])
+@pytest.mark.parametrize(("resolution", "thread"), [(0.0, False), (0.001, False),
+                                                    (0.0, True)],
+                         ids=["poll", "sleep-1ms", "thread-timer"])
 def test_the_pace_hands_every_item_once_in_order_and_never_before_its_time(
-        resolution: float) -> None:
+        resolution: float, thread: bool) -> None:
     # an open-loop benchmark measures latency from the scheduled time: a request sent
     # early would have its latency understated.  uvloop's timers truncate to the
     # millisecond: one sleep per request sent a third of the requests up to 1.1 ms early;
@@ -189,7 +191,14 @@ def test_the_pace_hands_every_item_once_in_order_and_never_before_its_time(
         for k in range(120):
             t += gaps[k % len(gaps)]
             items.append((t, k))
-        await amqpload.pace(items, fire, resolution)
+        if thread:  # the sleeps timed by a thread: never before their time either
+            timer = amqpload.ThreadTimer()
+            try:
+                await amqpload.pace(items, fire, resolution, sleep=timer.sleep)
+            finally:
+                timer.close()
+        else:
+            await amqpload.pace(items, fire, resolution)
 
     uvloop.run(run())
     assert [k for _, k, _ in fired] == list(range(120))
