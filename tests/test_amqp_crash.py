@@ -21,13 +21,11 @@ import asyncio
 import os
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aio_pika
 import orjson
-import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from test_amqp import AmqpClient, _reset_broker
 from test_crash_recovery import (
@@ -36,6 +34,7 @@ from test_crash_recovery import (
     open_market,
     replay_journal,
     replay_tool_hash,
+    servers,  # noqa: F401 - the fixture: server processes killed at the end
 )
 
 from engine.commands import NewOrder
@@ -48,16 +47,6 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["broker"]
 SEED = int(os.environ.get("RONDA_CRASH_SEED", "20261205"))
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[list[ServerProcess]]:
-    made: list[ServerProcess] = []
-    try:
-        yield made
-    finally:
-        for s in made:
-            s.kill()
 
 
 class Trader(AmqpClient):
@@ -99,7 +88,8 @@ async def resend_unanswered(c: AmqpClient) -> int:
 
 
 async def test_sigkill_under_amqp_load_executes_every_request_exactly_once(
-        rabbitmq: Broker, tmp_path: Path, servers: list[ServerProcess]) -> None:
+        rabbitmq: Broker, tmp_path: Path,
+        servers: list[ServerProcess]) -> None:  # noqa: F811 - the imported fixture
     rng = random.Random(SEED)
     print(f"RONDA_CRASH_SEED={SEED}")
     await _reset_broker(rabbitmq)
