@@ -727,18 +727,19 @@ class Engine:
                     append(PublicTrade((ts, contract, pseq, tid, lp, q, aggressor, r.pub,
                                               vis)))
                     tid += 1
-                    if g is not None:
-                        g.filled(r, q, lp)
+                    # the guard accounts the resting order's fill once its book entry and
+                    # report are done (a defect raising there leaves what was told true)
                     if vis:
                         append(OrderReport((
                             ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
                             PARTIALLY_FILLED, ACTIVE, lp, vis, rrem - vis, rfilled, r.exec,
                             r.validity, r.expiry, r.peak, r.incr, r.revision, r.basket,
                             r.basket_type, None, None)))
+                        if g is not None:
+                            g.filled(r, q, lp)
                         continue
-                    # the visible part is gone
-                    del dq[r.seq]
-                    if rrem == 0:
+                    if rrem == 0:  # the visible part is gone, and the order with it
+                        del dq[r.seq]
                         r.live = False
                         r.level = None
                         r.status = INACTIVE
@@ -748,7 +749,14 @@ class Engine:
                             ts, rid, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
                             FILLED, INACTIVE, lp, 0, 0, rfilled, r.exec, r.validity, r.expiry,
                             r.peak, r.incr, r.revision, r.basket, r.basket_type, None, None)))
+                        if g is not None:
+                            g.filled(r, q, lp)
                         continue
+                    # an iceberg's peak is gone: its fill is accounted at the order's value
+                    # before a price increment changes it (then it leaves its place)
+                    if g is not None:
+                        g.filled(r, q, lp)
+                    del dq[r.seq]
                     # A1§3.4: iceberg refill with a new creation time (and price, A1§3.4.1);
                     # one REFILLED report tells the owner both the fill and the new peak
                     book.pub_seq = pseq
@@ -757,20 +765,11 @@ class Engine:
                     if r.incr:
                         r.live = False
                         r.price += r.incr
-                        if g is not None:
+                        self._rest(r, book, ts)  # in its new place before the guard
+                        if g is not None:      # reprices it (nothing there reads the book)
                             g.repriced(r, lp)
-                        self._rest(r, book, ts)
                     else:
-                        seq = self.next_seq
-                        self.next_seq = seq + 1
-                        r.seq = seq
-                        dq[seq] = r
-                        e = book.entry_seq + 1
-                        book.entry_seq = e
-                        r.pub = e
-                        book.pub_seq += 1
-                        append(BookChange((ts, contract, book.pub_seq, _ADD, e, r.side, lp,
-                                                 r.visible)))
+                        self._requeue(r, dq, book, ts)
                     rv = r.visible
                     append(OrderReport((
                         ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side,
@@ -792,6 +791,20 @@ class Engine:
         o.filled += o.remaining - remaining
         o.remaining = remaining
 
+    def _requeue(self, r: Order, dq: dict[int, Order], book: Book, ts: int) -> None:
+        """A1§3.4: an iceberg refilled at its price goes to the back of its level with a
+        new creation time and a new public entry (its visible part set by the caller)."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        r.seq = seq
+        dq[seq] = r
+        e = book.entry_seq + 1
+        book.entry_seq = e
+        r.pub = e
+        book.pub_seq += 1
+        self._out.append(BookChange((ts, r.contract, book.pub_seq, _ADD, e, r.side, r.price,
+                                     r.visible)))
+
     def _match_failed(self, o: Order, book: Book, opp: BookSide, ts: int, tid: int,
                       pseq: int, remaining: int, rank: int) -> None:
         """What :meth:`_match` leaves when something raises inside its loop (a defect: the
@@ -808,8 +821,30 @@ class Engine:
             book.pub_seq = pseq
         o.filled += o.remaining - remaining
         o.remaining = remaining
+        self._match_failed_resting(book, opp, ts, rank)
+        if self.orders.get(o.id) is not o:
+            # the incoming order was not in the book yet (a new order, a modification's
+            # new order, a reactivation): it will not rest; its owner is told where it is
+            done = o.remaining == 0
+            o.status = INACTIVE
+            o.live = False
+            o.remaining = o.visible = 0
+            self._out.append(OrderReport((
+                ts, o.id, o.coid, None, o.contract, o.user, o.agent, o.unit, o.side,
+                FILLED if done else CANCELLED, INACTIVE, o.price, 0, 0, o.filled, o.exec,
+                o.validity, o.expiry, o.peak, o.incr, o.revision, o.basket, o.basket_type,
+                None if done else "INTERNAL_ERROR",
+                None if done else "the command failed inside the engine")))
+
+    def _match_failed_resting(self, book: Book, opp: BookSide, ts: int, rank: int) -> None:
+        """The resting side of :meth:`_match_failed`: the level being traded, dropped if
+        it is empty; its first order, if the last trade emptied its visible part, filled
+        or refilled."""
         lvl = opp.levels.get(rank)
-        if lvl is None or not lvl.orders:
+        if lvl is None:
+            return
+        if not lvl.orders:
+            opp.drop_level(rank)
             return
         dq = lvl.orders
         r = next(iter(dq.values()))  # the first: the one the loop was trading with
@@ -831,17 +866,8 @@ class Engine:
             return
         pk = r.peak
         r.visible = pk if r.remaining > pk else r.remaining
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        r.seq = seq
-        dq[seq] = r
-        e = book.entry_seq + 1
-        book.entry_seq = e
-        r.pub = e
-        book.pub_seq += 1
+        self._requeue(r, dq, book, ts)
         rv = r.visible
-        self._out.append(BookChange((ts, contract, book.pub_seq, _ADD, e, r.side, r.price,
-                                     rv)))
         self._out.append(OrderReport((
             ts, r.id, r.coid, None, contract, r.user, r.agent, r.unit, r.side, REFILLED,
             ACTIVE, r.price, rv, r.remaining - rv, r.filled, r.exec, r.validity, r.expiry,

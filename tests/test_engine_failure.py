@@ -4,7 +4,10 @@ was told stays true.  The trade ids and public sequence numbers it used are neve
 again, the aggressor's fills are its own, and the resting order the last trade emptied
 leaves the queue (filled) or is refilled (an iceberg) instead of trading 0 with the next
 order.  (Found by review: the first fill was told as trade 1, and the next order's fills
-were told as trade 1 again, for 0, and trade 2.)"""
+were told as trade 1 again, for 0, and trade 2.)  A second review found the paths below
+(the guard's accounting of a fill or a reprice raising): the resting order partly filled
+gets its report, an emptied level is dropped, an iceberg repriced stays in the book, and an
+incoming order that will not rest is reported gone."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine.commands import CreateContract, NewOrder, OpenContracts
+from engine.commands import CreateContract, Deactivate, ModifyOrder, NewOrder, OpenContracts
 from engine.events import OrderReport, PublicTrade, Trade
 from engine.model import Side
 from gateway.core import CommandFailed, Core
@@ -21,11 +24,12 @@ CID = "PH-20270115-10"
 T0 = 1_800_000_000_000
 
 
-class Guard:
-    """A risk guard that admits everything; its fill accounting fails once (a defect)."""
+class TargetedGuard:
+    """Fails once where told: a resting order's fill, the aggressor's, a reprice."""
 
     def __init__(self) -> None:
-        self.fail = False
+        self.fail: str | None = None  # "resting", "aggressor", "repriced"
+        self.aggressor: int | None = None
 
     def gate(self, cmd: Any, ts: int) -> None:
         return None
@@ -36,18 +40,24 @@ class Guard:
     def released(self, *a: Any) -> None:
         pass
 
-    def repriced(self, *a: Any) -> None:
-        pass
+    def digest(self) -> bytes:
+        return b""
+
+    def repriced(self, o: Any, old: int) -> None:
+        if self.fail == "repriced":
+            self.fail = None
+            raise KeyError("defect")
 
     def filled(self, o: Any, qty: int, price: int) -> None:
-        if self.fail:
-            self.fail = False
+        which = "aggressor" if o.id == self.aggressor else "resting"
+        if self.fail == which:
+            self.fail = None
             raise KeyError("defect")
 
 
 def run(peak: int) -> tuple[list[Any], list[Any], Core]:
     core = Core(risk=False)
-    guard = Guard()
+    guard = TargetedGuard()
     core.engine.guard = guard  # type: ignore[assignment]
     core.apply(CreateContract(CID, T0 + 86_400_000), T0)
     core.apply(OpenContracts((CID,)), T0)
@@ -56,7 +66,7 @@ def run(peak: int) -> tuple[list[Any], list[Any], Core]:
     for _ in range(2):
         before += core.apply(NewOrder("u1", "A1", "U1", CID, Side.SELL, 5000, qty,
                                       peak=peak), T0 + 1)
-    guard.fail = True
+    guard.fail = "resting"  # the resting order's fill accounting raises
     failed = core.apply(NewOrder("u2", "A2", "U2", CID, Side.BUY, 5000, 10,
                                  req_id="boom"), T0 + 2)
     assert type(failed[-1]) is CommandFailed
@@ -98,3 +108,75 @@ def test_the_same_failure_replays_to_the_same_events_and_state() -> None:
     for core in (a, b):
         core.engine.guard = None  # the stub keeps no state to hash
     assert a.state_hash() == b.state_hash()
+
+
+def setup() -> tuple[Core, TargetedGuard]:
+    core = Core(risk=False)
+    g = TargetedGuard()
+    core.engine.guard = g  # type: ignore[assignment]
+    core.apply(CreateContract(CID, T0 + 86_400_000), T0)
+    core.apply(OpenContracts((CID,)), T0)
+    return core, g
+
+
+def no_empty_level(core: Core) -> None:
+    b = core.engine.contracts[CID].book
+    for side in (Side.BUY, Side.SELL):
+        assert all(lvl.orders for lvl in b.levels(side)), f"empty {side} level left"
+
+
+def test_repriced_raising_leaves_no_ghost_order() -> None:
+    # the guard raising on an iceberg's reprice (the price increment)
+    core, g = setup()
+    ev = core.apply(NewOrder("u1", "A1", "U1", CID, Side.SELL, 5000, 20, peak=5, incr=100),
+                    T0 + 1)
+    ice = next(e for e in ev if type(e) is OrderReport).order_id
+    g.fail = "repriced"
+    failed = core.apply(NewOrder("u2", "A2", "U2", CID, Side.BUY, 5000, 5), T0 + 2)
+    assert type(failed[-1]) is CommandFailed
+    o = core.engine.orders[ice]
+    assert o.remaining == 15
+    # told: Trade, PublicTrade(visible 0); the rest (15) must be in the book or reported
+    assert o.live and o.level is not None and o.seq in o.level.orders, \
+        "ghost: ACTIVE, out of the book"
+    no_empty_level(core)
+    after = core.apply(Deactivate("u1", "A1", (ice,), None, "d"), T0 + 3)
+    assert not any(type(e) is CommandFailed for e in after), after
+
+
+def test_aggressor_fill_raising_drops_the_emptied_level() -> None:
+    core, g = setup()
+    core.apply(NewOrder("u1", "A1", "U1", CID, Side.SELL, 5000, 10), T0 + 1)
+    g.aggressor = core.engine.next_order
+    g.fail = "aggressor"
+    failed = core.apply(NewOrder("u2", "A2", "U2", CID, Side.BUY, 5000, 10), T0 + 2)
+    assert type(failed[-1]) is CommandFailed
+    assert core.engine.contracts[CID].book.best(Side.SELL) is None, "phantom best ask"
+    no_empty_level(core)
+
+
+def test_modified_order_is_not_lost_without_a_report() -> None:
+    core, g = setup()
+    core.apply(NewOrder("u1", "A1", "U1", CID, Side.SELL, 5000, 5), T0 + 1)
+    ev = core.apply(NewOrder("u2", "A2", "U2", CID, Side.BUY, 4000, 10), T0 + 1)
+    x = next(e for e in ev if type(e) is OrderReport).order_id
+    g.aggressor = x
+    g.fail = "aggressor"
+    failed = core.apply(ModifyOrder("u2", "A2", x, 1, 5000, 10, req_id="m"), T0 + 2)
+    assert type(failed[-1]) is CommandFailed
+    assert [t.qty for t in failed if type(t) is Trade] == [5]
+    told = [e for e in failed if type(e) is OrderReport and e.order_id == x]
+    # order x (5 MWh still open) is neither in the engine nor reported gone
+    assert x in core.engine.orders or told, "order vanished: no report, not in the engine"
+    assert (told[-1].action, told[-1].code) == ("CANCELLED", "INTERNAL_ERROR"), told
+
+
+def test_partially_filled_resting_order_gets_its_report() -> None:
+    core, g = setup()
+    ev = core.apply(NewOrder("u1", "A1", "U1", CID, Side.SELL, 5000, 20), T0 + 1)
+    s = next(e for e in ev if type(e) is OrderReport).order_id
+    g.fail = "resting"
+    failed = core.apply(NewOrder("u2", "A2", "U2", CID, Side.BUY, 5000, 10), T0 + 2)
+    assert [t.qty for t in failed if type(t) is Trade] == [10]
+    assert any(type(e) is OrderReport and e.order_id == s for e in failed), \
+        "the seller's fill is told (Trade) but its order report is not"
