@@ -829,6 +829,15 @@ async def test_r49_1_4_4_the_syncs_own_feedback_does_not_refuse_a_free_reduction
         await store.close()
 
 
+async def _decisions(m: Any, store: Any) -> tuple[dict[int, str], dict[int, str]]:
+    """Each guarantee request's state as the platform holds it, and as the store's
+    ``decisions`` table recorded it."""
+    platform = {r[0]: r[4] for r in m.accounts()["requests"]}
+    store_said = {d["request_id"]: ("ACCEPTED" if d["accept"] else "REFUSED")
+                  for d in await store.query("SELECT request_id, accept FROM decisions")}
+    return platform, store_said
+
+
 async def test_r49_1_4_4_a_refused_reduction_funds_no_increase(tmp_path: Path) -> None:
     """R49.1.4.4 (review of ea0ac4b, defect 4).  AG2 (150 000 € deposited, 100 000 €
     reserved: 50 000 € of surplus) asks to reduce by 100 000 € and to increase by
@@ -851,9 +860,7 @@ async def test_r49_1_4_4_a_refused_reduction_funds_no_increase(tmp_path: Path) -
         ev = await m.order("carlos", "AG2", "BUYU2", C2, BUY, 40_000, 1000)
         assert [e.code for e in rejects(ev)] == ["OPERATIVE_LIMIT"]
         await m.job.sync_pending()
-        platform = {r[0]: r[4] for r in m.accounts()["requests"]}
-        store_said = {d["request_id"]: ("ACCEPTED" if d["accept"] else "REFUSED")
-                      for d in await store.query("SELECT request_id, accept FROM decisions")}
+        platform, store_said = await _decisions(m, store)
         assert platform == store_said == {1: "ACCEPTED", 2: "ACCEPTED"}
         a = m.account("AG2")
         held = a["reserved"] + a["requested_increases"] - a["requested_reductions"]
@@ -879,9 +886,7 @@ async def test_r49_1_4_4_a_committed_reduction_is_refused_on_both_sides(
         await m.submit(RequestGuaranteeChange("carlos", "AG2", True, 15_000_000), "carlos")
         m.at(2)
         await close_and_sync(m, C1)
-        platform = {r[0]: r[4] for r in m.accounts()["requests"]}
-        store_said = {d["request_id"]: ("ACCEPTED" if d["accept"] else "REFUSED")
-                      for d in await store.query("SELECT request_id, accept FROM decisions")}
+        platform, store_said = await _decisions(m, store)
         assert platform == store_said == {1: "REFUSED", 2: "REFUSED"}
         a = m.account("AG2")
         held = a["reserved"] + a["requested_increases"] - a["requested_reductions"]
