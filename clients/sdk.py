@@ -1123,6 +1123,10 @@ class _AmqpConnection(_Connection):
         except (ValueError, TypeError) as exc:
             log.warning("undecodable AMQP broadcast message: %s", exc)
             return
+        if isinstance(msg, list):  # a private stream's batch, in sequence (docs/amqp.md)
+            for item in msg:
+                self._on_message(item)
+            return
         self._on_message(msg)
 
     async def send(self, msg: dict[str, Any]) -> None:

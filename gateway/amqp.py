@@ -93,6 +93,8 @@ MSGPACK = "application/msgpack"
 SEQ_HEADER = "x-ronda-seq"
 STREAM_HEADER = "x-ronda-stream"
 REPLAYED_HEADER = "x-ronda-replayed"
+PRIVATE_PREFIX = "private:"  # a private stream's name: private:<agent>, private:*
+BATCH_TYPE = "batch"  # the type property of a private-stream message: a JSON array
 # a user's broadcast queue keeps at most this many messages (the oldest go first)
 BCAST_MAX_LENGTH = 100_000
 BACKOFF_MIN = 0.1
@@ -211,9 +213,23 @@ class AmqpTransport:
 
     def send_now(self, msgs: list[dict[str, Any]]) -> bool:
         """Into the adapter's outbox at once (it never waits: the outbox pump deals with
-        the broker), so the session's flush needs no writer task (gateway/session.py)."""
-        for msg in msgs:
-            self.adapter.to_user(self.user, msg)
+        the broker), so the session's flush needs no writer task (gateway/session.py).
+        Consecutive messages of one private stream (what one flush of the session holds:
+        an order's report and the account update that follows it, a cancel-all's reports)
+        go as one AMQP message, a JSON array (:meth:`AmqpAdapter.to_private`)."""
+        adapter, user = self.adapter, self.user
+        i, n = 0, len(msgs)
+        while i < n:
+            stream = msgs[i].get("stream")
+            if isinstance(stream, str) and stream.startswith(PRIVATE_PREFIX):
+                j = i + 1
+                while j < n and msgs[j].get("stream") == stream:
+                    j += 1
+                adapter.to_private(user, stream, msgs[i:j])
+                i = j
+            else:
+                adapter.to_user(user, msgs[i])
+                i += 1
         return True
 
     async def close(self, code: int, reason: str) -> None:
@@ -702,25 +718,42 @@ class AmqpAdapter:
         elif type(op) is _Declare:
             await self._declare(link, op.user)
 
-    def _broadcast(self, key: str, msg: Message, stream: str, seq: int | None,
-                   persistent: bool, expiration: float | None = None) -> None:
+    def _broadcast(self, key: str, msg: Message | list[Message], stream: str, seq: int | None,
+                   persistent: bool, expiration: float | None = None,
+                   message_type: str = "") -> None:
         if self._link is None or len(self._outbox) >= self.max_outbox:
-            self.stats["dropped"] += 1
+            self.stats["dropped"] += len(msg) if isinstance(msg, list) else 1
             return
         props = amqpframes.stream_properties(
             JSON, STREAM_HEADER, stream, SEQ_HEADER, seq,
-            PERSISTENT if persistent else TRANSIENT, str(msg.get("type", "")), "ronda",
+            PERSISTENT if persistent else TRANSIENT,
+            message_type if isinstance(msg, list) else str(msg.get("type", "")), "ronda",
             None if expiration is None else str(int(expiration * 1000)))
         self._enqueue(_Publish(BROADCAST_EXCHANGE, key, orjson.dumps(msg), props))
 
+    def to_private(self, user: str, stream: str, msgs: list[Message]) -> None:
+        """Messages of one private stream (``private:<agent>``, in sequence) for one user:
+        one AMQP message on ``private.<user>``, whose body is their JSON array, type
+        ``batch``, headers the stream and the first message's ``seq`` (each message in
+        it carries its own ``seq``, as on the WebSocket).  One publish for what one
+        flush of the session holds instead of one per message: the broker's routing and
+        delivery are most of the cost of a request here (docs/performance.md)."""
+        seq = msgs[0].get("seq")
+        self._broadcast(f"private.{user}", msgs, stream, seq if isinstance(seq, int) else None,
+                        True, message_type=BATCH_TYPE)
+
     def to_user(self, user: str, msg: Message) -> None:
-        """A message for one user's queue: its private stream (``private.<user>``), or
-        anything else addressed to it alone (``user.<user>``)."""
+        """A message for one user's queue: its private stream (``private.<user>``, a
+        batch of one: :meth:`to_private`), or anything else addressed to it alone
+        (``user.<user>``)."""
         stream = msg.get("stream")
         if isinstance(stream, str):
-            key = f"private.{user}" if stream.startswith("private:") else f"user.{user}"
+            if stream.startswith(PRIVATE_PREFIX):
+                self.to_private(user, stream, [msg])
+                return
             seq = msg.get("seq")
-            self._broadcast(key, msg, stream, seq if isinstance(seq, int) else None, True)
+            self._broadcast(f"user.{user}", msg, stream, seq if isinstance(seq, int) else None,
+                            True)
             return
         self._user_seq[user] += 1
         hb = msg.get("type") == "heartbeat"

@@ -109,6 +109,7 @@ from gateway.amqp import JSON, REQUEST_EXCHANGE, REQUEST_KEY, bcast_queue  # noq
 PY = sys.executable
 ECHO_EXCHANGE = ECHO_QUEUE = "bench.echo"
 ECHO_USER = ("echo", "echo-pw")
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"  # RabbitMQ's pseudo-queue (no queue, at most once)
 PERSISTENT = 2
 TRANSIENT = 1
 DRAIN_S = 30.0  # how long to wait for the last answers
@@ -152,8 +153,10 @@ class AmqpLoad:
     answer sends the next request (a fixed number in flight) until :attr:`refill_until`."""
 
     def __init__(self, url: str, user: str, unit: str, echo: bool,
-                 consume_bcast: bool, delivery_mode: int = PERSISTENT) -> None:
+                 consume_bcast: bool, delivery_mode: int = PERSISTENT,
+                 direct_reply_to: bool = False) -> None:
         self.url = url
+        self.direct_reply_to = direct_reply_to
         self.delivery_mode = delivery_mode
         self.user = user
         self.unit = unit
@@ -184,7 +187,12 @@ class AmqpLoad:
         self.conn = await amqpload.connect(url.hostname or "127.0.0.1", url.port or 5672,
                                            unquote(url.username or ""),
                                            unquote(url.password or ""))
-        self.reply_to = await self.conn.declare_reply_queue()
+        if self.direct_reply_to:
+            # RabbitMQ's direct reply-to: no reply queue, the answer goes from the server's
+            # channel to this one (consumed before the first request, on the same channel)
+            self.reply_to = DIRECT_REPLY_TO
+        else:
+            self.reply_to = await self.conn.declare_reply_queue()
         # requests as docs/amqp.md says: persistent, on a channel with publisher confirms
         # (counted as they come, never awaited in line: the send schedule never waits)
         self._props = functools.partial(
@@ -330,7 +338,8 @@ class Target:
         self.loads = [AmqpLoad(broker.url_for(ECHO_USER[0] if echo else u),
                                ECHO_USER[0] if echo else u, "X" if echo else f"U{u[1:]}",
                                echo, not args.no_bcast,
-                               TRANSIENT if args.transient_requests else PERSISTENT)
+                               TRANSIENT if args.transient_requests else PERSISTENT,
+                               args.direct_reply_to)
                       for u in users]
         self.procs = ("client", "broker", "echo" if echo else "server")
         self.sat_answers = 0
@@ -617,6 +626,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "requests_delivery_mode": "transient" if args.transient_requests else "persistent",
         "schedule": "spread" if args.spread else "together",
         "pacer": args.pacer,
+        "replies": "direct reply-to" if args.direct_reply_to else "exclusive queue",
         "broker_erl_args": args.broker_erl_args,
     }
 
@@ -641,6 +651,9 @@ def main() -> None:
                     help="what times the sleeps between sends: a thread of the generator's "
                          "(tens of microseconds late) or uvloop's timers (up to a "
                          "millisecond late, the runs before 2026-12-06)")
+    ap.add_argument("--direct-reply-to", action="store_true",
+                    help="the traders (ronda's and the echo's) take their answers by "
+                         "RabbitMQ's direct reply-to instead of an exclusive reply queue")
     ap.add_argument("--no-bcast", action="store_true",
                     help="do not consume the traders' broadcast queues")
     ap.add_argument("--broker-erl-args", default="", metavar="FLAGS",

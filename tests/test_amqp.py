@@ -38,6 +38,7 @@ from gateway.amqp import (
     REQUEST_QUEUE,
     SEQ_HEADER,
     STREAM_HEADER,
+    AmqpTransport,
     bcast_queue,
 )
 from gateway.server import Config, Server
@@ -85,6 +86,8 @@ class AmqpClient:
         self.answers: dict[str, list[dict[str, Any]]] = {}  # message_id -> every answer
         self.bcast: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # key, headers, msg
         self._bcast_event = asyncio.Event()
+        # private-stream messages as they came: key, headers, type, message_id, body
+        self.batches: list[tuple[str, dict[str, Any], str | None, str | None, list[Any]]] = []
         self.conn: aio_pika.abc.AbstractConnection | None = None
         self.reconnects = 0
 
@@ -114,7 +117,15 @@ class AmqpClient:
             entry[1].set_result(data)
 
     async def _on_bcast(self, m: AbstractIncomingMessage) -> None:
-        self.bcast.append((m.routing_key or "", dict(m.headers or {}), orjson.loads(m.body)))
+        key, headers, body = m.routing_key or "", dict(m.headers or {}), orjson.loads(m.body)
+        if isinstance(body, list):
+            # a private stream's batch (docs/amqp.md): one stream, in sequence, the header
+            # naming the first; kept whole in ``batches`` and unpacked into ``bcast``
+            self.batches.append((key, headers, m.type, m.message_id, body))
+            for item in body:
+                self.bcast.append((key, {**headers, SEQ_HEADER: item.get("seq")}, item))
+        else:
+            self.bcast.append((key, headers, body))
         self._bcast_event.set()
 
     def message(self, msg: dict[str, Any], message_id: str | None = None,
@@ -332,6 +343,69 @@ async def test_order_entry_modify_cancel_and_private_stream(carlos: AmqpClient,
     assert actions == ["ADDED", "MODIFIED", "CANCELLED"]
     assert {k for k, h, _ in carlos.bcast if h[STREAM_HEADER] == "private:AG2"} == {
         "private.carlos"}
+
+
+async def test_private_stream_batches(carlos: AmqpClient) -> None:
+    """docs/amqp.md: on ``private.<user>`` every message is a JSON array of one private
+    stream's messages in sequence (type ``batch``, headers the stream and its first
+    ``seq``, ``message_id`` ``<stream>:<first seq>``); what one request caused goes as one
+    AMQP message: a basket's three reports and the account update after them."""
+    ans = await carlos.request({"type": "basket_entry", "basket": "NONE", "orders": [
+        {k: v for k, v in order("BUY", p, client_order_id=f"pb-{i}").items() if k != "type"}
+        for i, p in enumerate(("30.00", "31.00", "32.00"))]})
+    assert ans["type"] == "ack" and len(ans["order_ids"]) == 3, ans
+    await carlos.wait_bcast(lambda k, h, m: m.get("client_order_id") == "pb-2")
+    private = [b for b in carlos.batches if b[0] == "private.carlos"]
+    assert private and all(k == "private.carlos" for k, *_ in carlos.batches)
+    seqs: list[int] = []
+    for _, headers, typ, mid, body in private:
+        assert typ == "batch" and body, (typ, body)
+        assert {m["stream"] for m in body} == {headers[STREAM_HEADER]} == {"private:AG2"}
+        assert headers[SEQ_HEADER] == body[0]["seq"]
+        assert mid == f"private:AG2:{body[0]['seq']}"
+        seqs += [m["seq"] for m in body]
+    assert_contiguous(seqs)
+    # no private message came any other way
+    assert not [m for k, _, m in carlos.bcast
+                if str(m.get("stream", "")).startswith("private:") and k != "private.carlos"]
+    (basket,) = [body for *_, body in private
+                 if any(m.get("client_order_id") == "pb-0" for m in body)]
+    assert [m.get("client_order_id") for m in basket if m["type"] == "order_report"] == [
+        "pb-0", "pb-1", "pb-2"]
+    assert basket[-1]["type"] == "account", basket
+
+
+def test_a_flush_is_cut_into_one_batch_per_run_of_a_private_stream() -> None:
+    """AmqpTransport.send_now: consecutive messages of one private stream go as one batch,
+    in order; a change of stream (an officer following two agents) starts another, and a
+    message of another kind (a book snapshot on user.<user>) goes alone between them."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, Any]] = []
+
+        def to_private(self, user: str, stream: str, msgs: list[dict[str, Any]]) -> None:
+            self.calls.append((f"private {user} {stream}", [m["seq"] for m in msgs]))
+
+        def to_user(self, user: str, msg: dict[str, Any]) -> None:
+            self.calls.append((f"user {user}", msg["type"]))
+
+    rec = Recorder()
+    t = AmqpTransport(rec, "olga")  # type: ignore[arg-type]
+    a1, a2 = "private:AG1", "private:AG2"
+    msgs = [{"stream": a1, "seq": 1, "type": "order_report"},
+            {"stream": a1, "seq": 2, "type": "account"},
+            {"stream": a2, "seq": 7, "type": "trade"},
+            {"stream": "book:C", "seq": 0, "type": "book"},
+            {"stream": a2, "seq": 8, "type": "order_report"},
+            {"stream": a2, "seq": 9, "type": "account"},
+            {"type": "heartbeat"}]
+    assert t.send_now(msgs) is True
+    assert rec.calls == [("private olga private:AG1", [1, 2]),
+                         ("private olga private:AG2", [7]),
+                         ("user olga", "book"),
+                         ("private olga private:AG2", [8, 9]),
+                         ("user olga", "heartbeat")]
 
 
 async def test_basket_deactivate_and_reactivate(carlos: AmqpClient, server: Server) -> None:
