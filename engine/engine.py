@@ -1244,10 +1244,12 @@ class Engine:
     ) -> None:
         """Take a live or hibernated order away for good (cancel, expiry, close)."""
         if o.live:
-            self._unlink(o, self.contracts[o.contract].book, ts)
+            # the guard first: if it raised, the order would still be in the book, live,
+            # with its hold, instead of out of the book and ACTIVE with a hold leaked
             g = self.guard
             if g is not None:
                 g.released(o, o.remaining)
+            self._unlink(o, self.contracts[o.contract].book, ts)
         o.status = INACTIVE
         o.remaining = 0
         o.visible = 0
@@ -1282,10 +1284,10 @@ class Engine:
             self._reject(ts, cmd.user, cmd.agent, cmd.req_id, rej[0], rej[1], o.coid, o.id)
             return
         if o.live:
-            self._unlink(o, c.book, ts)
             g = self.guard
-            if g is not None:
+            if g is not None:  # before the book changes (_remove)
                 g.released(o, o.remaining)
+            self._unlink(o, c.book, ts)
         o.status = INACTIVE
         o.remaining = 0
         o.visible = 0
@@ -1334,10 +1336,10 @@ class Engine:
     def _hibernate(self, o: Order, ts: int, req_id: str | None, reason: str | None) -> None:
         """R46.2.7: the order leaves the book, is inactive and cannot match; its value is
         released at once."""
-        self._unlink(o, self.contracts[o.contract].book, ts)
         g = self.guard
-        if g is not None:
+        if g is not None:  # before the book changes (_remove)
             g.released(o, o.remaining)
+        self._unlink(o, self.contracts[o.contract].book, ts)
         o.status = HIBERNATED
         o.visible = o.peak if o.peak and o.remaining > o.peak else o.remaining
         self._report(o, ts, HIBERNATED_A, req_id, None, reason)
@@ -1534,15 +1536,19 @@ class Engine:
     # ------------------------------------------------------------------ time
 
     def _expire(self, ts: int) -> None:
-        """A1§4.2: GTD orders are valid until their instant; active and hibernated alike."""
+        """A1§4.2: GTD orders are valid until their instant; active and hibernated alike.
+        An entry leaves the heap only once its order is removed: should the removal raise
+        (a defect: the command fails, gateway/core.py), the order stays due and the next
+        command tries again, rather than being left to trade past its validity."""
         gtd = self._gtd
         by_agent = self.by_agent
         while gtd and gtd[0][0] <= ts:
-            exp, _, oid, agent = heappop(gtd)
+            exp, _, oid, agent = gtd[0]
             o = by_agent[agent].get(oid)
             if o is not None and o.validity is GTD and o.expiry == exp:
                 self._remove(o, ts, EXPIRED, None, Code.GTD_EXPIRED,
                              f"good till {exp}: validity ended (A1§4.2)")
+            heappop(gtd)
 
     def _on_tick(self, cmd: Tick, ts: int) -> None:
         return None  # expiries already ran in apply()

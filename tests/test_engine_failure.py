@@ -15,9 +15,18 @@ from typing import Any
 
 import pytest
 
-from engine.commands import CreateContract, Deactivate, ModifyOrder, NewOrder, OpenContracts
-from engine.events import OrderReport, PublicTrade, Trade
-from engine.model import Side
+from engine.commands import (
+    CancelOrder,
+    CloseContracts,
+    CreateContract,
+    Deactivate,
+    ModifyOrder,
+    NewOrder,
+    OpenContracts,
+    Tick,
+)
+from engine.events import BookChange, OrderReport, PublicTrade, Trade
+from engine.model import ACTIVE, Side, Validity
 from gateway.core import CommandFailed, Core
 
 CID = "PH-20270115-10"
@@ -28,7 +37,7 @@ class TargetedGuard:
     """Fails once where told: a resting order's fill, the aggressor's, a reprice."""
 
     def __init__(self) -> None:
-        self.fail: str | None = None  # "resting", "aggressor", "repriced"
+        self.fail: str | None = None  # "resting", "aggressor", "repriced", "released"
         self.aggressor: int | None = None
 
     def gate(self, cmd: Any, ts: int) -> None:
@@ -38,10 +47,15 @@ class TargetedGuard:
         return None
 
     def released(self, *a: Any) -> None:
-        pass
+        if self.fail == "released":
+            self.fail = None
+            raise KeyError("defect")
 
     def digest(self) -> bytes:
         return b""
+
+    def round_closed(self, round_no: int, ts: int) -> None:
+        pass
 
     def repriced(self, o: Any, old: int) -> None:
         if self.fail == "repriced":
@@ -180,3 +194,38 @@ def test_partially_filled_resting_order_gets_its_report() -> None:
     assert [t.qty for t in failed if type(t) is Trade] == [10]
     assert any(type(e) is OrderReport and e.order_id == s for e in failed), \
         "the seller's fill is told (Trade) but its order report is not"
+
+
+# A command taking a resting order out of the book (cancel, hibernation, GTD expiry, the
+# contract's close) whose guard raises on the release: the order was unlinked first, so it
+# was left out of the book but ACTIVE, still holding, its removal told to the book's
+# subscribers and never reported to its owner (found by review).  The guard now goes first:
+# nothing changed, nothing told, and the same command works once the defect is gone.
+REMOVALS = {
+    "cancel": lambda oid: CancelOrder("u1", "A1", oid, req_id="c"),
+    "hibernate": lambda oid: Deactivate("u1", "A1", (oid,), None, "d"),
+    "expiry": lambda oid: Tick(),
+    "close": lambda oid: CloseContracts((CID,)),
+}
+
+
+@pytest.mark.parametrize("how", sorted(REMOVALS))
+def test_a_removal_whose_release_raises_changes_nothing(how: str) -> None:
+    core, g = setup()
+    ev = core.apply(NewOrder("u1", "A1", "U1", CID, Side.SELL, 5000, 10,
+                             validity=Validity.GTD, expiry=T0 + 60_000), T0 + 1)
+    oid = next(e for e in ev if type(e) is OrderReport).order_id
+    at = T0 + 61_000 if how == "expiry" else T0 + 2
+    g.fail = "released"
+    failed = core.apply(REMOVALS[how](oid), at)
+    assert type(failed[-1]) is CommandFailed
+    assert [e for e in failed if type(e) in (BookChange, OrderReport)] == [], failed
+    o = core.engine.orders[oid]
+    assert o.status is ACTIVE and o.remaining == 10
+    assert o.live and o.level is not None and o.seq in o.level.orders, \
+        "ghost: ACTIVE, out of the book"
+    assert core.engine.contracts[CID].book.best(Side.SELL) is not None
+    again = core.apply(REMOVALS[how](oid), at + 1)
+    assert not any(type(e) is CommandFailed for e in again), again
+    assert any(type(e) is OrderReport and e.order_id == oid for e in again), again
+    assert not o.live and o.status is not ACTIVE
