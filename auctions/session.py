@@ -432,12 +432,16 @@ class Auctions:
             for n, (price, qty) in enumerate(b.steps):
                 by_contract.setdefault(b.contract, []).append(
                     Step(b.id, n, b.side, price, qty, b.order, b.unit))
+        # every period's clearing first (the algorithm changes nothing): should it raise (a
+        # defect: the command fails, gateway/core.py), the session is still CLOSED, no
+        # result has been told, no hold given up, and nothing is told without settling
+        results = {contract: clear(by_contract.get(contract, [])) for contract in s.contracts}
         self._set(s, CLEARED, ts)
         cleared: list[tuple[str, str, str, str, int, int]] = []
         net: dict[tuple[str, str], int] = {}
         allocated: dict[int, int] = {}
         for contract in s.contracts:
-            res = clear(by_contract.get(contract, []))
+            res = results[contract]
             s.results[contract] = res
             self.engine.emit(AuctionPrice(ts, s.id, contract, res.price, res.volume,
                                           res.case))

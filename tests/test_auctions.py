@@ -45,6 +45,7 @@ from engine.commands import (
     EnterBasket,
     NewOrder,
     OpenContracts,
+    Tick,
 )
 from engine.config import PROFILES as ENGINE_PROFILES
 from engine.contracts import HOUR_MS, ContractSpec
@@ -232,6 +233,43 @@ def test_clearing_results_and_programs() -> None:
     assert m.prog("SELLU1", C2) == {0}
     s = m.core.auctions.sessions[SID]
     assert s.results[C1].price == 4500 and s.results[C2].price is None
+
+
+def test_a_clearing_that_raises_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A defect in the clearing algorithm (R40.2) for the session's second period: the
+    command fails (gateway/core.py) with nothing changed and nothing told: no price, no
+    allocation of the first period without its AuctionCleared (allocations told and never
+    settled), the session still CLOSED, the bids' holds kept: the state hash is the one
+    before.  The same clearing then runs once the defect is gone."""
+    import auctions.session as session_mod
+
+    m, _ = cycle("close")
+    same, _ = cycle("close")  # the same market, where only time passes (the hash has now)
+    same.core.apply(Tick(), m.t + 1000)
+    real = session_mod.clear
+    calls: list[int] = []
+
+    def failing(steps: Any) -> Any:
+        calls.append(len(steps))
+        if len(calls) == 2:
+            raise ZeroDivisionError("defect")
+        return real(steps)
+
+    monkeypatch.setattr(session_mod, "clear", failing)
+    m.t += 1000
+    evs = m.core.apply(ClearAuction(SID), m.t)
+    assert [type(e).__name__ for e in evs] == ["CommandFailed"], evs
+    assert m.core.state_hash() == same.core.state_hash()
+    s = m.core.auctions.sessions[SID]
+    assert s.state == "CLOSED" and s.results == {}
+    monkeypatch.setattr(session_mod, "clear", real)
+    m.t += 1000
+    evs = m.core.apply(ClearAuction(SID), m.t)
+    assert m.core.failures == 1  # the one above
+    _, ref = cycle("clear")
+    assert [(e.contract, e.price, e.qty) for e in of(evs, AuctionPrice)] == [
+        (e.contract, e.price, e.qty) for e in of(ref["clear"], AuctionPrice)]
+    assert len(of(evs, AuctionCleared)) == 1
 
 
 def test_reopen_reactivates_in_arrival_order_against_the_new_programs() -> None:
