@@ -1537,18 +1537,19 @@ class Engine:
 
     def _expire(self, ts: int) -> None:
         """A1§4.2: GTD orders are valid until their instant; active and hibernated alike.
-        An entry leaves the heap only once its order is removed: should the removal raise
-        (a defect: the command fails, gateway/core.py), the order stays due and the next
-        command tries again, rather than being left to trade past its validity."""
+        An entry leaves the heap before its order is removed: should the removal raise (a
+        defect: the command fails, gateway/core.py, and the operator is alerted), the order
+        is left as it was, in the book, and is not tried again, since this runs before
+        every command: a removal that kept failing would make every later command of every
+        trader fail with it, the operator's cancel included."""
         gtd = self._gtd
         by_agent = self.by_agent
         while gtd and gtd[0][0] <= ts:
-            exp, _, oid, agent = gtd[0]
+            exp, _, oid, agent = heappop(gtd)
             o = by_agent[agent].get(oid)
             if o is not None and o.validity is GTD and o.expiry == exp:
                 self._remove(o, ts, EXPIRED, None, Code.GTD_EXPIRED,
                              f"good till {exp}: validity ended (A1§4.2)")
-            heappop(gtd)
 
     def _on_tick(self, cmd: Tick, ts: int) -> None:
         return None  # expiries already ran in apply()
