@@ -581,6 +581,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             broker = start_broker(tmp / "rabbitmq", {u: f"{u}-pw" for u in users},
                                   args.broker_erl_args)
             broker.add_user(*ECHO_USER, permissions=echo_permissions())
+            if args.queue_version:
+                # every queue of the node (ronda's, the echo's) in that classic-queue
+                # version, by policy, before anything is declared
+                broker.ctl("set_policy", "bench-queue-version", ".*",
+                           json.dumps({"queue-version": args.queue_version}),
+                           "--apply-to", "queues")
             refdata = tmp / "refdata.toml"
             bench_refdata(refdata, args.connections)
             port = free_port()
@@ -628,6 +634,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pacer": args.pacer,
         "replies": "direct reply-to" if args.direct_reply_to else "exclusive queue",
         "broker_erl_args": args.broker_erl_args,
+        "queue_version": args.queue_version,
     }
 
 
@@ -654,6 +661,9 @@ def main() -> None:
     ap.add_argument("--direct-reply-to", action="store_true",
                     help="the traders (ronda's and the echo's) take their answers by "
                          "RabbitMQ's direct reply-to instead of an exclusive reply queue")
+    ap.add_argument("--queue-version", type=int, choices=(1, 2), default=None,
+                    help="a policy giving every queue of the benchmark's node this classic "
+                         "queue version (RabbitMQ 3.10+); default: the node's own (1)")
     ap.add_argument("--no-bcast", action="store_true",
                     help="do not consume the traders' broadcast queues")
     ap.add_argument("--broker-erl-args", default="", metavar="FLAGS",
