@@ -23,8 +23,9 @@ from typing import Any
 
 from auctions.calendar import Calendar
 from engine.config import PROFILES
+from engine.events import Reject
 from gateway.audit import AuditLog
-from gateway.core import ACCEPTED, Core
+from gateway.core import ACCEPTED, CommandFailed, Core
 from gateway.executed import Executed
 from gateway.fanout import Hub
 from gateway.journal import Journal
@@ -36,6 +37,10 @@ from risk.commands import LoadReferenceData
 log = logging.getLogger("ronda.server")
 
 DEFAULT_REFDATA = Path(__file__).resolve().parents[1] / "examples" / "refdata.toml"
+# a time-driven command that failed or was refused is not submitted again before this long,
+# doubling at each new failure up to the maximum (the timekeeper)
+RETRY_MIN_S = 1.0
+RETRY_MAX_S = 300.0
 
 
 @dataclass
@@ -122,6 +127,8 @@ class Server:
         self.sequencer.on_failure.append(self._journal_failed)
         self._tasks: list[asyncio.Task[Any]] = []
         self._kick = asyncio.Event()
+        # the timekeeper's commands that failed or were refused: (not before, last pause)
+        self._retry: dict[Any, tuple[float, float]] = {}
         self.recovered = 0
         # the commands executed under an AMQP request's message_id (gateway/executed.py):
         # rebuilt from the journal at recovery, so that a repeat is answered, not executed
@@ -249,11 +256,12 @@ class Server:
         created and opened (A1§2) and closed at gate closure, closing the round (R45.g);
         GTD orders expire (A1§4.2)."""
         seq = self.sequencer
+        loop = asyncio.get_running_loop()
         while True:
             now = seq.clock.now()
             try:
                 for cmd in self.due_commands(now):
-                    await seq.submit(cmd, "calendar")
+                    await self._time_driven(cmd, loop.time())
             except SequencerStopped:
                 return
             now = seq.clock.now()
@@ -263,6 +271,34 @@ class Server:
             self._kick.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), delay)
+
+    async def _time_driven(self, cmd: Any, mono: float) -> None:
+        """Submit one of the timekeeper's commands, unless it failed or was refused a
+        short while ago.  The commands due are worked out from the state, so one that
+        failed (a defect: ``command_failed``, gateway/core.py) or was refused stays due:
+        without a pause it would be journaled and fail again at every turn of the
+        timekeeper, about once a second, for as long as the defect lasts.  It is tried
+        again after :data:`RETRY_MIN_S`, then twice as long after each new failure, up to
+        :data:`RETRY_MAX_S`; a success forgets it."""
+        held = self._retry.get(cmd)
+        if held is not None and mono < held[0]:
+            return
+        events = await self.sequencer.submit(cmd, "calendar")
+        # the command's own refusal (an operator's or the calendar's: no agent, no order),
+        # not an order's (a reactivation refused by the risk checks is the command's work)
+        bad = [e for e in events if type(e) is CommandFailed
+               or (type(e) is Reject and not e.agent and e.order_id is None)]
+        if not bad:
+            if held is not None:
+                del self._retry[cmd]
+                log.warning("the time-driven command %r went through", cmd)
+            return
+        delay = RETRY_MIN_S if held is None else min(RETRY_MAX_S, held[1] * 2)
+        self._retry[cmd] = (mono + delay, delay)
+        last = bad[-1]
+        why = (f"was refused ({last.code}: {last.reason})" if isinstance(last, Reject)
+               else "failed")
+        log.critical("the time-driven command %r %s; tried again in %.0f s", cmd, why, delay)
 
     def due_commands(self, now: int) -> list[Any]:
         from auctions.scheduler import due
