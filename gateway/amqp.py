@@ -37,7 +37,7 @@ Everything leaving the adapter (replies, acks, bindings, broadcast messages) goe
 one FIFO drained by one task on one channel, so a queue receives what concerns it in the
 order the server produced it: a subscription's binding, then its snapshot, then the deltas
 that follow.  While the broker is away nothing is queued: broadcast messages are dropped
-(the per-stream sequence header shows the gap; a ``resync`` message and fresh book
+(the messages' per-stream ``seq`` shows the gap; a ``resync`` message and fresh book
 snapshots follow each reconnection), unanswered requests are redelivered.
 """
 
@@ -95,7 +95,8 @@ STREAM_HEADER = "x-ronda-stream"
 REPLAYED_HEADER = "x-ronda-replayed"
 PRIVATE_PREFIX = "private:"  # a private stream's name: private:<agent>, private:*
 BATCH_TYPE = "batch"  # the type property of a private-stream message: a JSON array
-# a user's broadcast queue keeps at most this many messages (the oldest go first)
+# a user's broadcast queue keeps at most this many AMQP messages (the oldest go first); a
+# private-stream batch (up to 256 of the stream's messages) is one
 BCAST_MAX_LENGTH = 100_000
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
