@@ -205,8 +205,8 @@ def _decode(raw: str | bytes) -> Any:
 # downstream (models, local books, the orders cache) ever sees a tick as a value.
 _TICK_PRICES = frozenset({
     "price", "price_increment", "amount", "reserved", "obligations", "debtor_orders",
-    "sync_reduction", "requested_reductions", "requested_increases", "operative_limit",
-    "used", "free"})
+    "auction_bids", "sync_reduction", "requested_reductions", "requested_increases",
+    "operative_limit", "used", "free"})
 _TICK_QTYS = frozenset({"quantity", "visible", "hidden", "filled", "peak", "left"})
 _TICK_INSTANTS = frozenset({"ts", "expiry", "close_at", "opens_at", "closes_at",
                             "publish_at", "server_time", "delivery_start", "delivery_end"})
@@ -438,6 +438,7 @@ class Account(_StreamModel):
     reserved: Decimal
     obligations: Decimal
     debtor_orders: Decimal
+    auction_bids: Decimal = Decimal(0)  # included in debtor_orders (R39.4.3.4)
     sync_reduction: Decimal
     requested_reductions: Decimal
     requested_increases: Decimal

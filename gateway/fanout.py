@@ -24,6 +24,16 @@ from itertools import islice
 from typing import Any
 
 from auctions.session import AuctionAllocation, AuctionPrice, AuctionState
+from engine.commands import (
+    Activate,
+    CancelAll,
+    CancelOrder,
+    Deactivate,
+    EnterBasket,
+    ModifyOrder,
+    NewOrder,
+    Tick,
+)
 from engine.events import (
     BookChange,
     ContractStateChanged,
@@ -48,6 +58,10 @@ TRADES_KEPT = 10_000  # per agent, for query_trades
 PUBLIC_TRADES_KEPT = 500  # per contract, for query_public_trades (charts, last trades)
 _AUCTION_PUBLIC = (AuctionState, AuctionPrice)
 _AUCTION_PRIVATE = AuctionAllocation
+# the commands whose account changes are all the orders' they report and trade (the others
+# may change any account: auction bids, round closes, guarantees, reloads...)
+_ORDER_PATH = frozenset({NewOrder, EnterBasket, ModifyOrder, CancelOrder, CancelAll,
+                         Deactivate, Activate, Tick})
 Deliver = Callable[[Message], None]
 
 
@@ -195,6 +209,8 @@ class Hub:
         self.depth = depth
         self.books: dict[str, BookMirror] = {}
         self.trade_seq: dict[str, int] = defaultdict(int)
+        # per agent, what its last account message was made of (Hub._accounts)
+        self._account_state: dict[str, tuple[tuple[int, ...], bool, int]] = {}
         self.state_seq = 0
         self.private_seq: dict[str, int] = defaultdict(int)
         self.book_subs: dict[str, set[Any]] = defaultdict(set)
@@ -304,6 +320,7 @@ class Hub:
     def publish(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
         """The sequencer's listener: every event of every command of a batch."""
         touched: set[str] = set()
+        units: set[str] = set()  # of the orders reported and traded: their owners' accounts
         for _cmd, _origin, events in batch:
             for ev in events:
                 t = type(ev)
@@ -315,8 +332,11 @@ class Hub:
                     self._public_trade(ev)
                 elif t is OrderReport:
                     touched.add(ev.agent)
+                    units.add(ev.unit)
                     self._private_lazy(ev.agent, event_to_wire_copy, ev)
                 elif t is Trade:
+                    units.add(ev.buy_unit)
+                    units.add(ev.sell_unit)
                     for side in ("buy", "sell"):
                         agent = getattr(ev, f"{side}_agent")
                         touched.add(agent)
@@ -355,8 +375,48 @@ class Hub:
                     u = self.core.ref.users.get(ev.user)
                     if u is not None:
                         self._private(u.agent, event_to_wire(ev))
-        for agent in sorted(touched):
-            if self.core.account_kept(agent):
+        self._accounts(batch, touched, units)
+
+    def _accounts(self, batch: list[tuple[Any, str, list[Any]]], touched: set[str],
+                  units: set[str]) -> None:
+        """An ``account`` message after every change of an agent's account (R46.2.12):
+        to the agents whose orders or trades were reported (as always), and to every
+        other agent whose account changed: the owners of a unit another agent trades
+        for (R49.1.4.1: the orders are charged to the owners' accounts), and, after any
+        command off the order path (an auction bid held or released, a round close, a
+        guarantee change, a reload...), any agent at all.  A change is seen by comparing
+        the account's amounts (:meth:`risk.guard.Account.state`), whether it is suspended
+        and its pending requests with those of its last message; the decision does not
+        depend on who listens, so the stream's numbering does not either."""
+        risk = self.core.risk
+        if risk is None:
+            return
+        accounts = risk.accounts
+        last = self._account_state
+        pending: dict[str, int] | None = None
+        if all(type(cmd) in _ORDER_PATH for cmd, _o, _e in batch):
+            cands = set(touched)
+            ref_units = self.core.ref.units
+            for u in units:
+                un = ref_units.get(u)
+                if un is not None:
+                    cands.update(agent for agent, _bp in un.owners)
+        else:
+            cands = set(accounts)
+            pending = {}
+            for r in risk.requests.values():
+                if r.state == "PENDING":
+                    pending[r.agent] = pending.get(r.agent, 0) + 1
+        suspended = risk.suspended
+        for agent in sorted(cands):
+            a = accounts.get(agent)
+            if a is None:
+                continue
+            old = last.get(agent)
+            n = (0 if old is None else old[2]) if pending is None else pending.get(agent, 0)
+            now = (a.state(), agent in suspended, n)
+            if agent in touched or now != old:
+                last[agent] = now
                 self._private_lazy(agent, self._account_message, agent)
 
     def _book_delta(self, contract: str, ts: int, action: str, entry: int, side: str,
@@ -443,7 +503,7 @@ def _own_trade(ev: Trade, side: str) -> Message:
 def account_message(acct: dict[str, Any]) -> Message:
     """The guarantee account (R46.2.12): reserved, used, free, and the breakdown."""
     used = acct["obligations"] + acct["debtor_orders"]
-    money = ("reserved", "obligations", "debtor_orders", "sync_reduction",
+    money = ("reserved", "obligations", "debtor_orders", "auction_bids", "sync_reduction",
              "requested_reductions", "requested_increases", "operative_limit")
     msg: Message = {"type": "account", "agent": acct["agent"]}
     for k in money:

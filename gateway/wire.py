@@ -155,8 +155,8 @@ def event_to_wire_last(ev: Any) -> dict[str, Any]:
 
 _TICK_PRICES = frozenset({
     "price", "price_increment", "amount", "reserved", "obligations", "debtor_orders",
-    "sync_reduction", "requested_reductions", "requested_increases", "operative_limit",
-    "used", "free"})
+    "auction_bids", "sync_reduction", "requested_reductions", "requested_increases",
+    "operative_limit", "used", "free"})
 _TICK_QTYS = frozenset({"quantity", "visible", "hidden", "filled", "peak", "left"})
 _TICK_INSTANTS = frozenset({"ts", "expiry", "close_at", "opens_at", "closes_at",
                             "publish_at", "server_time", "delivery_start", "delivery_end"})

@@ -180,6 +180,12 @@ class Account:
     def limit_cents(self) -> int:
         return to_cents_down(self.limit())
 
+    def state(self) -> tuple[int, ...]:
+        """Every amount the account's figures are made of: equal tuples, equal figures (the
+        fan-out sends an ``account`` message when it changes)."""
+        return (self.lim, self.obligations, self.bids, self.folded, self._gmic,
+                self._reduction, self._reductions, self._increases)
+
     def breakdown(self) -> dict[str, int]:
         """In cents: charges rounded up, the limit rounded down."""
         return {
