@@ -1633,10 +1633,14 @@ class Engine:
             self._set_state(c, ContractState.FIN, ts, "closed")
         if not negotiated:
             return
-        self._out.append(RoundClosed((ts, self.round, negotiated)))
+        closed = self.round
+        # the next round starts before the guard is told: should the guard raise (a defect:
+        # the command fails, gateway/core.py), the trades that follow are still the next
+        # round's, as the RoundClosed told, not settled with the closed one
+        self.round = closed + 1
+        self._out.append(RoundClosed((ts, closed, negotiated)))
         if self.guard is not None:
-            self.guard.round_closed(self.round, ts)
-        self.round += 1
+            self.guard.round_closed(closed, ts)
 
     def _on_interrupt(self, cmd: InterruptContracts, ts: int) -> None:
         """R48.b, R46.2.7: trading stops and the contracts' active orders are hibernated."""

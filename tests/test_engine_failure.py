@@ -25,7 +25,7 @@ from engine.commands import (
     OpenContracts,
     Tick,
 )
-from engine.events import BookChange, OrderReport, PublicTrade, Trade
+from engine.events import BookChange, OrderReport, PublicTrade, RoundClosed, Trade
 from engine.model import ACTIVE, Side, Validity
 from gateway.core import CommandFailed, Core
 
@@ -37,7 +37,8 @@ class TargetedGuard:
     """Fails once where told: a resting order's fill, the aggressor's, a reprice."""
 
     def __init__(self) -> None:
-        self.fail: str | None = None  # "resting", "aggressor", "repriced", "released"
+        # "resting", "aggressor", "repriced", "released", "round_closed"
+        self.fail: str | None = None
         self.aggressor: int | None = None
 
     def gate(self, cmd: Any, ts: int) -> None:
@@ -55,7 +56,9 @@ class TargetedGuard:
         return b""
 
     def round_closed(self, round_no: int, ts: int) -> None:
-        pass
+        if self.fail == "round_closed":
+            self.fail = None
+            raise KeyError("defect")
 
     def repriced(self, o: Any, old: int) -> None:
         if self.fail == "repriced":
@@ -238,3 +241,20 @@ def test_a_removal_whose_release_raises_changes_nothing(how: str) -> None:
     assert not any(type(e) is CommandFailed for e in again), again
     assert any(type(e) is OrderReport and e.order_id == oid for e in again), again
     assert not o.live and o.status is not ACTIVE
+
+
+def test_a_round_close_whose_guard_raises_still_starts_the_next_round() -> None:
+    """R45.g: the close told RoundClosed for round 1; should the guard raise on it (a
+    defect), the trades that follow are round 2's, not settled with round 1 (the sync
+    releases round 1's obligations once it is settled)."""
+    core, g = setup()
+    other = "PH-20270115-11"
+    core.apply(CreateContract(other, T0 + 86_400_000), T0)
+    core.apply(OpenContracts((other,)), T0)
+    g.fail = "round_closed"
+    failed = core.apply(CloseContracts((other,)), T0 + 1)
+    assert type(failed[-1]) is CommandFailed
+    assert [e.round for e in failed if type(e) is RoundClosed] == [1]
+    core.apply(NewOrder("u1", "A1", "U1", CID, Side.SELL, 5000, 10), T0 + 2)
+    ev = core.apply(NewOrder("u2", "A2", "U2", CID, Side.BUY, 5000, 10), T0 + 3)
+    assert [t.round for t in ev if type(t) is Trade] == [2]
