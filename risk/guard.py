@@ -1202,6 +1202,14 @@ class RiskGuard:
             return
         self.pending = [p for p in self.pending if p[0] > ts - A1_6_NOTICE_MS]
         for received, _, cmd in sorted(due, key=lambda p: (p[0], p[1])):
+            if cmd.unit not in self.ref.units:
+                # a reload took the unit away since: nothing to apply it to (were it back
+                # by the next close, it would have been applied then)
+                self._notice(ts, "LIMITATION_DROPPED", None, cmd.by,
+                             f"{type(cmd).__name__} for {cmd.unit} {cmd.period} received at"
+                             f" {received} not applied: {cmd.unit} is no longer in the"
+                             " reference data (A1§6)")
+                continue
             self._apply_so(cmd)
             self._notice(ts, "LIMITATION_EFFECTIVE", None, cmd.by,
                          f"{type(cmd).__name__} for {cmd.unit} {cmd.period} received at"
