@@ -331,7 +331,8 @@ class Session:
             self._errors.popleft()
         n = len(self._errors)
         if n > self.server.config.max_errors_per_10s:
-            self._close_after_flush(f"too many malformed messages ({n} in 10 s)")
+            self._close_after_flush(f"too many malformed messages ({n} in 10 s, those "
+                                    "answered THROTTLED included)")
 
     def throttled(self) -> bool:
         now = asyncio.get_running_loop().time()
