@@ -745,6 +745,9 @@ async def test_on_disconnect_hibernate(env: Env) -> None:
     assert (await orders_of(rita, "AG2"))[theirs]["status"] == "ACTIVE"
     book = await rita.request({"type": "query_book", "contract": C1})
     assert book["asks"] == [] and len(book["bids"]) == 1
+    # ana sees it in her agent's audit trail (an entry naming no agent is officers' only)
+    assert [e for e in srv.audit.query(view_of="AG1") if e["action"] == "hibernate_orders"], \
+        srv.audit.query(view_of="AG1")
     # back again: the owner reactivates them
     ana2 = await env.client(srv, "ana")
     act = await ana2.request({"type": "order_activate"})
