@@ -269,6 +269,18 @@ class Hub:
         self._replayed_own.clear()
         self._replayed_public.clear()
 
+        # where every account stands: its next change is told (Hub._accounts)
+        self._account_state.clear()
+        risk = core.risk
+        if risk is not None:
+            pending: dict[str, int] = {}
+            for r in risk.requests.values():
+                if r.state == "PENDING":
+                    pending[r.agent] = pending.get(r.agent, 0) + 1
+            for agent, a in risk.accounts.items():
+                self._account_state[agent] = (a.state(), agent in risk.suspended,
+                                              pending.get(agent, 0))
+
         self.books.clear()
         for cid, c in core.engine.contracts.items():
             b = self.book(cid)
@@ -415,9 +427,11 @@ class Hub:
             old = last.get(agent)
             n = (0 if old is None else old[2]) if pending is None else pending.get(agent, 0)
             now = (a.state(), agent in suspended, n)
-            if agent in touched or now != old:
+            if agent in touched or (old is not None and now != old):
                 last[agent] = now
                 self._private_lazy(agent, self._account_message, agent)
+            elif old is None:  # an account new to the fan-out (the first reference data,
+                last[agent] = now  # an agent a reload added): where it starts from
 
     def _book_delta(self, contract: str, ts: int, action: str, entry: int, side: str,
                     price: int, qty: int) -> None:

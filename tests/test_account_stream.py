@@ -50,6 +50,7 @@ class Watched:
     def __init__(self) -> None:
         self.m = Mkt()
         self.hub = Hub(self.m.core)
+        self.hub.rebuild(self.m.core)  # as a server does once it has recovered
         self.officer = Follower()
         self.ag4 = Follower()
         self.hub.officer_subs.add(self.officer)
