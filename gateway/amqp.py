@@ -330,6 +330,8 @@ class AmqpSession(Session):
 
     def _subscribe(self, on: bool, data: dict[str, Any], req_id: Any) -> None:
         stream = data.get("stream")  # (unknown fields were refused by Session.handle)
+        if stream in ("book", "trades", "states") and self._misplaced(stream, data, req_id):
+            return
         if stream not in ("book", "trades", "states"):
             super()._subscribe(on, data, req_id)  # private: this session is the subscriber
             self.adapter.save()

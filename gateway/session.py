@@ -762,11 +762,26 @@ class Session:
             return None
         return agent
 
+    def _misplaced(self, stream: str, data: dict[str, Any], req_id: Any) -> bool:
+        """A field of another stream in a (un)subscribe: refused, not silently ignored (a
+        client meaning another stream hears of it)."""
+        if stream not in ("book", "trades") and data.get("contract") is not None:
+            self.error("contract", f"not a field of the {stream} stream (only of book and "
+                       "trades)", req_id)
+            return True
+        if stream != "private" and data.get("agent") is not None:
+            self.error("agent", f"not a field of the {stream} stream (only of private)",
+                       req_id)
+            return True
+        return False
+
     def _subscribe(self, on: bool, data: dict[str, Any], req_id: Any) -> None:
         hub = self.server.hub
         stream = data.get("stream")
         if stream not in ("book", "trades", "states", "private"):
             self.error("stream", "must be one of book, trades, states, private", req_id)
+            return
+        if self._misplaced(stream, data, req_id):
             return
         if stream in ("book", "trades"):
             contract = data.get("contract")

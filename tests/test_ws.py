@@ -571,6 +571,23 @@ async def test_contract_states_stream(env: Env) -> None:
     assert {c["contract"]: c["state"] for c in cs["contracts"]}[C4] == "FIN"
 
 
+async def test_a_field_of_another_stream_is_refused_not_ignored(env: Env) -> None:
+    """A subscription naming a field its stream has not (found by a black-box test:
+    ``private`` with a ``contract`` subscribed to the agent's private stream, the
+    contract silently ignored)."""
+    srv = await env.server()
+    ana = await env.client(srv, "ana")
+    for msg, field in (({"stream": "private", "contract": C1}, "contract"),
+                       ({"stream": "states", "contract": C1}, "contract"),
+                       ({"stream": "states", "agent": "AG1"}, "agent"),
+                       ({"stream": "book", "contract": C1, "agent": "AG1"}, "agent")):
+        for kind in ("subscribe", "unsubscribe"):
+            ans = await ana.request({"type": kind, **msg})
+            assert (ans["type"], ans["field"]) == ("error", field), (msg, ans)
+    ok = await ana.request({"type": "subscribe", "stream": "private", "agent": "AG1"})
+    assert (ok["type"], ok["stream"]) == ("ack", "private:AG1")
+
+
 async def test_private_stream(env: Env) -> None:
     srv = await env.server()
     ana = await env.client(srv, "ana")
