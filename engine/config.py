@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,13 @@ def fmt_price(ticks: int) -> str:
     sign = "-" if ticks < 0 else ""
     a = abs(ticks)
     return f"{sign}{a // 100}.{a % 100:02d}"
+
+
+def fmt_ms(ms: int) -> str:
+    """An instant (ms UTC) as the wire writes it, for reasons: ``'2027-01-15T09:00:00.000Z'``
+    (a computation on the number: no clock is read)."""
+    sec, milli = divmod(ms, 1000)
+    return f"{datetime.fromtimestamp(sec, UTC):%Y-%m-%dT%H:%M:%S}.{milli:03d}Z"
 
 
 def fmt_qty(ticks: int) -> str:

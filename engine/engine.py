@@ -43,7 +43,7 @@ from engine.commands import (
     ResumeContracts,
     Tick,
 )
-from engine.config import EngineConfig, fmt_price, fmt_qty
+from engine.config import EngineConfig, fmt_ms, fmt_price, fmt_qty
 from engine.contracts import ContractSpec, local_day_of, local_midnight_utc
 from engine.errors import Code, EngineMisuse, IllegalTransition, InvalidIdentifier
 from engine.events import (
@@ -536,13 +536,14 @@ class Engine:
             if expiry <= ts:
                 return (
                     Code.GTD_EXPIRY_NOT_FUTURE,
-                    f"GTD expiry {expiry} is not after the current instant {ts} (A1§4.2)",
+                    f"GTD expiry {fmt_ms(expiry)} is not after the current instant"
+                    f" {fmt_ms(ts)} (A1§4.2)",
                 )
             if expiry >= c.close_at:
                 return (
                     Code.GTD_EXPIRY_AFTER_CLOSE,
-                    f"GTD expiry {expiry} is not before the contract's close {c.close_at}"
-                    " (A1§4.2)",
+                    f"GTD expiry {fmt_ms(expiry)} is not before the contract's close"
+                    f" {fmt_ms(c.close_at)} (A1§4.2)",
                 )
         elif expiry is not None:
             return Code.EXPIRY_WITHOUT_GTD, "an expiry instant is only allowed with GTD"
@@ -1549,7 +1550,7 @@ class Engine:
             o = by_agent[agent].get(oid)
             if o is not None and o.validity is GTD and o.expiry == exp:
                 self._remove(o, ts, EXPIRED, None, Code.GTD_EXPIRED,
-                             f"good till {exp}: validity ended (A1§4.2)")
+                             f"good till {fmt_ms(exp)}: validity ended (A1§4.2)")
 
     def _on_tick(self, cmd: Tick, ts: int) -> None:
         return None  # expiries already ran in apply()

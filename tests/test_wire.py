@@ -89,3 +89,15 @@ def test_instants_are_their_utc_iso_text_whatever_came_before(instants: list[int
         ref = datetime.fromtimestamp(ms / 1000, tz=UTC)
         ref = ref.replace(microsecond=ms % 1000 * 1000)
         assert wire.fmt_instant(ms) == ref.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=253_402_300_799_999))
+def test_the_engines_instants_in_reasons_read_as_the_wires(ms: int) -> None:
+    """engine.config.fmt_ms (the engine's reasons: a GTD expiry, A1§4.2) writes an instant as
+    gateway.wire.fmt_instant does everywhere else on the wire (found by a black-box test:
+    the reasons gave raw milliseconds)."""
+    from engine.config import fmt_ms
+    from gateway.wire import fmt_instant
+
+    assert fmt_ms(ms) == fmt_instant(ms)
