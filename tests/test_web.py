@@ -108,6 +108,33 @@ async def test_crossing_orders_trade_and_both_traders_see_it(screens: Screens) -
         re.compile(r"^0\.00$"))
 
 
+async def test_an_auction_bid_held_shows_in_the_account(screens: Screens,
+                                                        market: Market) -> None:
+    """R39.4.3.4: a debtor auction bid is held on the operative limit at once; the screen's
+    account shows it (within c, and apart as the bids held), and gives it back when the bid
+    is cancelled: the account stream tells both (found by a black-box test: it told
+    neither)."""
+    from auctions.session import CancelAuctionBid, OpenAuction, ScheduleAuction, SubmitAuctionBid
+
+    carlos = await screens.trader("carlos")
+    held = carlos.locator('#acct-breakdown dd[data-field="auction_bids"]')
+    await expect(held).to_have_text("0.00")
+    seq = market.server.sequencer
+    t = now_ms()
+    await seq.submit(ScheduleAuction("T1", (C1,), t + 300, t + 600_000, t + 900_000), "marta")
+    await asyncio.sleep(0.4)
+    await seq.submit(OpenAuction("T1", by="marta"), "marta")
+    evs = await seq.submit(SubmitAuctionBid("carlos", "AG2", "T1", "BUYU2", C1, "BUY",
+                                            ((5000, 400),)), "carlos")
+    (bid,) = next(e for e in evs if type(e).__name__ == "Ack").order_ids
+    await expect(held).not_to_have_text("0.00")
+    await expect(carlos.locator('#acct-breakdown dd[data-field="debtor_orders"]')
+                 ).not_to_have_text(re.compile(r"^0\.00$"))
+    await seq.submit(CancelAuctionBid("carlos", "AG2", "T1", bid), "carlos")
+    await expect(held).to_have_text("0.00")
+    screens.check()
+
+
 async def test_iceberg_shows_its_peak_to_others_and_its_total_to_the_owner(
         screens: Screens) -> None:
     ana = await screens.trader("ana", C1)

@@ -840,6 +840,7 @@ function renderAccount() {
     ['reserved guarantees', 'a', a.reserved, ''],
     ['obligations not yet synchronised', 'b', a.obligations, '−'],
     ['resting debtor orders', 'c', a.debtor_orders, '−'],
+    ['of which auction bids held', '', a.auction_bids || '0.00', ''],
     ['reduction after sync', 'd', a.sync_reduction, '−'],
     ['requested reductions', 'e', a.requested_reductions, '−'],
     ['requested increases', 'f', a.requested_increases, '+'],
@@ -854,8 +855,8 @@ function renderAccount() {
   rows.forEach(([, k, v, sign], i) => {
     const dd = dl.children[i * 2 + 1];
     setText(dd, `${sign && priceTicks(v) !== 0 ? `${sign} ` : ''}${fmtMoney(v)}`);
-    dd.dataset.field = ['reserved', 'obligations', 'debtor_orders', 'sync_reduction', 'requested_reductions',
-      'requested_increases', 'operative_limit', 'used'][i];
+    dd.dataset.field = ['reserved', 'obligations', 'debtor_orders', 'auction_bids', 'sync_reduction',
+      'requested_reductions', 'requested_increases', 'operative_limit', 'used'][i];
     dd.className = k === '=' ? 'total' : '';
   });
   const pend = $('#acct-pending');
