@@ -444,6 +444,12 @@ class AmqpAdapter:
         # the commands executed under a message_id: the server's, rebuilt at recovery
         self.executed = server.executed
         self.max_outbox = max_outbox
+        # what tells this run's stream messages from an earlier run's, which numbered its
+        # streams from 0 too: the journal's position when it started, in every stream
+        # message's message_id (<stream>:<seq>@<run>), so that a client discarding the
+        # duplicates of a message never takes a new one for an old one
+        journal = server.journal
+        self.run_id = f"@{journal.next_seq}" if journal.is_open else ""
         self.sessions: dict[str, AmqpSession] = {}
         self.connected = asyncio.Event()
         self.connections = 0  # successful connections so far
@@ -731,7 +737,7 @@ class AmqpAdapter:
             JSON, STREAM_HEADER, stream, SEQ_HEADER, seq,
             PERSISTENT if persistent else TRANSIENT,
             message_type if isinstance(msg, list) else str(msg.get("type", "")), "ronda",
-            None if expiration is None else str(int(expiration * 1000)))
+            None if expiration is None else str(int(expiration * 1000)), self.run_id)
         self._enqueue(_Publish(BROADCAST_EXCHANGE, key, orjson.dumps(msg), props))
 
     def to_private(self, user: str, stream: str, msgs: list[Message]) -> None:
@@ -1002,7 +1008,7 @@ class AmqpAdapter:
                 content_type=ctype, correlation_id=corr,
                 headers={**headers, STREAM_HEADER: f"user:{user}", SEQ_HEADER: seq},
                 message_type=typ, app_id="ronda", delivery_mode=PERSISTENT,
-                message_id=f"user:{user}:{seq}")
+                message_id=f"user:{user}:{seq}{self.run_id}")
             self._enqueue(_Publish(BROADCAST_EXCHANGE, f"user.{user}", body, props))
 
     # ------------------------------------------------------------------ sessions

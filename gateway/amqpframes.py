@@ -162,11 +162,12 @@ def answer_properties(content_type: str, correlation_id: str | None, message_typ
 
 def stream_properties(content_type: str, stream_header: str, stream: str, seq_header: str,
                       seq: int | None, delivery_mode: int, message_type: str, app_id: str,
-                      expiration: str | None = None) -> bytes:
+                      expiration: str | None = None, run: str = "") -> bytes:
     """A stream message's: ``properties(content_type=..., headers={stream_header:
     stream, seq_header: seq}, delivery_mode=..., expiration=..., message_id=
-    f"{stream}:{seq}", message_type=..., app_id=...)``; without a sequence number, no
-    ``seq_header`` and no message id."""
+    f"{stream}:{seq}{run}", message_type=..., app_id=...)``; without a sequence number,
+    no ``seq_header`` and no message id.  ``run`` tells apart the messages of two runs of
+    the server, whose sequences both start from 0 (``"@<n>"``, gateway/amqp.py)."""
     key = (content_type, stream_header, stream, seq_header, delivery_mode, message_type,
            app_id, expiration, seq is None)
     parts = _streams.get(key)
@@ -199,7 +200,7 @@ def stream_properties(content_type: str, stream_header: str, stream: str, seq_he
     seq_entry = short_string(seq_header) + _table_value(seq)
     table_data = seq_entry + entry if seq_first else entry + seq_entry
     return b"".join((head, _U32.pack(len(table_data)), table_data, middle,
-                     short_string(f"{stream}:{seq}"), tail))
+                     short_string(f"{stream}:{seq}{run}"), tail))
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:

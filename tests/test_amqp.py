@@ -86,6 +86,7 @@ class AmqpClient:
         self.answers: dict[str, list[dict[str, Any]]] = {}  # message_id -> every answer
         self.bcast: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # key, headers, msg
         self._bcast_event = asyncio.Event()
+        self.mids: list[str | None] = []  # every broadcast message's message_id
         # private-stream messages as they came: key, headers, type, message_id, body
         self.batches: list[tuple[str, dict[str, Any], str | None, str | None, list[Any]]] = []
         self.conn: aio_pika.abc.AbstractConnection | None = None
@@ -118,6 +119,7 @@ class AmqpClient:
 
     async def _on_bcast(self, m: AbstractIncomingMessage) -> None:
         key, headers, body = m.routing_key or "", dict(m.headers or {}), orjson.loads(m.body)
+        self.mids.append(m.message_id)
         if isinstance(body, list):
             # a private stream's batch (docs/amqp.md): one stream, in sequence, the header
             # naming the first; kept whole in ``batches`` and unpacked into ``bcast``
@@ -345,7 +347,7 @@ async def test_order_entry_modify_cancel_and_private_stream(carlos: AmqpClient,
         "private.carlos"}
 
 
-async def test_private_stream_batches(carlos: AmqpClient) -> None:
+async def test_private_stream_batches(carlos: AmqpClient, server: Server) -> None:
     """docs/amqp.md: on ``private.<user>`` every message is a JSON array of one private
     stream's messages in sequence (type ``batch``, headers the stream and its first
     ``seq``, ``message_id`` ``<stream>:<first seq>``); what one request caused goes as one
@@ -362,7 +364,8 @@ async def test_private_stream_batches(carlos: AmqpClient) -> None:
         assert typ == "batch" and body, (typ, body)
         assert {m["stream"] for m in body} == {headers[STREAM_HEADER]} == {"private:AG2"}
         assert headers[SEQ_HEADER] == body[0]["seq"]
-        assert mid == f"private:AG2:{body[0]['seq']}"
+        assert mid == f"private:AG2:{body[0]['seq']}{server.amqp.run_id}", mid
+        assert server.amqp.run_id.startswith("@")
         seqs += [m["seq"] for m in body]
     assert_contiguous(seqs)
     # no private message came any other way
@@ -851,6 +854,9 @@ async def test_server_restart_keeps_sessions_and_refuses_repeats(rabbitmq: Broke
         req = order("BUY", "35.00", client_order_id="persist")
         first = await carlos.request(req, message_id="m-persist")
         assert first["type"] == "ack"
+        await carlos.wait_bcast(lambda k, h, m: m.get("client_order_id") == "persist")
+        n_before = len(carlos.mids)
+        seen = set(carlos.mids)
         running.remove(srv)
         await srv.stop()
 
@@ -872,6 +878,12 @@ async def test_server_restart_keeps_sessions_and_refuses_repeats(rabbitmq: Broke
         # the restored book subscription streams again
         await carlos.request(order("BUY", "36.00"))
         await carlos.wait_bcast(lambda k, h, m: k == f"book.{CID}" and m["price"] == "36.00")
+        # the new run numbers its streams from 0 again, but no message of it carries the
+        # message_id of one of the first run's (a client discarding duplicates by id
+        # would have dropped new messages: found by a black-box test)
+        later = carlos.mids[n_before:]
+        assert later and not seen & set(later), sorted(seen & set(later))
+        assert srv2.amqp.run_id != srv.amqp.run_id
         # logout ends the session and forgets it
         bye = await carlos.request({"type": "logout"})
         assert (bye["type"], bye["kind"]) == ("ack", "logout")

@@ -239,20 +239,21 @@ def test_an_answers_cached_properties_are_the_general_encoders(
            [0, 127, 128, 32767, 32768, 65535, 65536, 2**31 - 1, 2**31, 2**32])),
        mode=st.sampled_from([1, 2]), typ=st.sampled_from(["order_report", ""]) | short_text,
        app=st.sampled_from(["ronda", ""]),
-       exp=st.one_of(st.none(), st.just(""), st.integers(0, 10**6).map(str)))
+       exp=st.one_of(st.none(), st.just(""), st.integers(0, 10**6).map(str)),
+       run=st.sampled_from(["", "@1", "@123456789"]))
 def test_a_stream_messages_cached_properties_are_the_general_encoders(
         ctype: str, names: tuple[str, str], stream: str, seq: int | None, mode: int,
-        typ: str, app: str, exp: str | None) -> None:
+        typ: str, app: str, exp: str | None, run: str) -> None:
     stream_h, seq_h = names
     headers: dict[str, Any] = {stream_h: stream}
     if seq is not None:
         headers[seq_h] = seq
     for _ in range(2):  # the first call fills the cache, the second reads it
         assert amqpframes.stream_properties(ctype, stream_h, stream, seq_h, seq, mode, typ,
-                                            app, exp) == \
+                                            app, exp, run) == \
             amqpframes.properties(content_type=ctype, headers=headers, delivery_mode=mode,
                                   expiration=exp, message_type=typ, app_id=app,
-                                  message_id=None if seq is None else f"{stream}:{seq}")
+                                  message_id=None if seq is None else f"{stream}:{seq}{run}")
 
 
 @settings(max_examples=500, deadline=None)
