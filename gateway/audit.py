@@ -49,6 +49,7 @@ from engine.events import OrderReport, Reject
 from gateway.codec import Codec
 from gateway.core import Checkpoint, CommandFailed
 from gateway.wire import fmt_instant
+from risk.events import RiskNotice
 
 AUDIT_KEPT = 20_000
 LONG_TEXT = 200  # a longer string field (reference data) is shown by its size
@@ -154,6 +155,10 @@ class AuditLog:
         failed = next((e for e in events if type(e) is CommandFailed), None)
         agents = {a for a in (getattr(cmd, "agent", None),) if isinstance(a, str)}
         agents.update(a for a in (getattr(cmd, "agents", None) or ()) if isinstance(a, str))
+        # a reload that suspends an agent acts on it as an officer's suspend_agent does,
+        # which names it: so does the entry (the agent and a filter on it find it)
+        agents.update(e.agent for e in events if type(e) is RiskNotice
+                      and e.kind == "AGENT_SUSPENDED" and e.agent)
         head: Message = {"seq": self.seq, "ts": fmt_instant(self.last_ts), "by": origin,
                          "action": self.codec.name_of(type(cmd))}
         done = [e for e in events if type(e) is OrderReport and e.action != "REJECTED"]

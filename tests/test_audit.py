@@ -292,3 +292,27 @@ def test_a_command_that_failed_inside_the_engine_is_audited_failed() -> None:
         assert (entry["outcome"], entry["code"]) == ("FAILED", "INTERNAL_ERROR"), entry
         assert "KeyError" in entry["reason"]
         assert parse_instant(entry["ts"]) == 1_800_000_000_123
+
+
+def test_a_reload_that_suspends_an_agent_names_it() -> None:
+    """R46.2.6.2: a reference-data reload that suspends an agent acts on it as an officer's
+    suspend_agent does (its orders cancelled), and that entry names the agent: so does the
+    reload's, for an officer filtering on the agent and for the agent's own trail (found
+    by a black-box test: neither found it)."""
+    from risk.commands import LoadReferenceData
+    from risk.events import RiskNotice
+
+    log = AuditLog(default_codec())
+    t = 1_800_000_000_000
+    log.observe([(LoadReferenceData('{"agents": []}', by="operator"), "operator", [
+        RiskNotice((t, "REFERENCE_DATA_LOADED", None, "operator", None, None, "4 agents")),
+        RiskNotice((t, "AGENT_SUSPENDED", "AG3", "operator", None, None,
+                    "suspended by the reference data")),
+        _report(12, "AG3", "CANCELLED"),
+    ])])
+    [whole] = log.query()
+    assert whole["agents"] == ["AG3"] and whole["orders_affected"] == 1
+    assert log.query("AG3") == [whole]
+    [own] = log.query(view_of="AG3")
+    assert (own["action"], own["orders_affected"]) == ("load_reference_data", 1)
+    assert log.query(view_of="AG1") == []
