@@ -1483,11 +1483,15 @@ class RiskGuard:
             # platform's, docs/settlement.md step 0.)
             r.state = "REFUSED"
             when = (" at the synchronisation instant" if cmd.by == "sync" else "")
+            why = (f"only {fmt_money(max(acct.limit_cents(), 0))} is not committed to"
+                   " obligations or debtor orders; not retried (R49.1.4.4)")
             self._notice(ts, "REQUEST_REFUSED", r.agent, cmd.by,
-                         f"reduction of {fmt_money(r.amount)} refused{when}: only"
-                         f" {fmt_money(max(acct.limit_cents(), 0))} is not committed"
-                         " to obligations or debtor orders; not retried (R49.1.4.4)",
+                         f"reduction of {fmt_money(r.amount)} refused{when}: {why}",
                          r.amount, r.id)
+            if cmd.by != "sync":  # the officer asked to accept it: told it was refused
+                self._deny(ts, cmd.by, cmd.req_id, Code.REDUCTION_COMMITTED,
+                           f"guarantee request {r.id} cannot be accepted and is refused:"
+                           f" the reduction of {fmt_money(r.amount)} is committed, {why}")
             return
         r.state = "ACCEPTED" if cmd.accept else "REFUSED"
         if cmd.accept:

@@ -601,6 +601,11 @@ def test_r49_1_4_4_reduction_committed_to_obligations_is_refused_and_not_retried
     ev = core.send(DecideGuaranteeRequest(by="rita", request_id=rid, accept=True))
     (n,) = notices(ev, "REQUEST_REFUSED")
     assert "300.01" in n.detail and "300.00" in n.detail
+    # the officer who asked to accept it is told it was refused instead, with the reason
+    # (found by a black-box test: the officer was answered ack, the audit trail said OK)
+    (rej,) = rejects(ev)
+    assert (rej.code, rej.user, rej.req_id) == ("REDUCTION_COMMITTED", "rita", None), rej
+    assert "300.01" in rej.reason and "300.00" in rej.reason
     assert core.acct("BUYER")["requested_reductions"] == 0
     assert core.limit("BUYER") == 30000
     # not considered at later synchronisations
