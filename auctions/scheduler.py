@@ -86,7 +86,9 @@ def due(core: Any, cal: Calendar | None, now: int) -> list[Any]:
                     continue
                 cmds.append(ClearAuction(s.id))
                 cmds.append(ReopenAfterAuction(s.id))
-            elif s.state == CLEARED:
+            elif s.state == CLEARED and s.publish_at <= now:
+                # cleared by the operator before its publication time: the operator's own
+                # reopen may come first; the calendar's waits for the publication
                 cmds.append(ReopenAfterAuction(s.id))
         if after_reopen:
             still: set[str] = set()

@@ -553,6 +553,27 @@ def test_operator_cancels_before_the_close() -> None:
     assert m.core.engine.contracts[C1].state.value == "TRADE"
 
 
+def test_a_session_the_operator_cleared_early_is_reopened_at_its_publication() -> None:
+    """docs/auctions.md: clearing and reopening are the operator's separate steps; cleared
+    before its publication time, a session is not reopened by the calendar at once (found
+    by a black-box test: the operator's own reopen came too late and was refused), but at
+    its publication time (R44: the results published, then the contracts reopen)."""
+    from auctions.calendar import Calendar
+
+    m = Mkt()
+    t = m.t
+    m.do(ScheduleAuction(SID, (C1,), t + 100_000, t + 200_000, t + 300_000))
+    cal = Calendar(products=(), name="none")
+    m.do(OpenAuction(SID))
+    m.do(CloseAuction(SID))
+    m.do(ClearAuction(SID))  # the operator, early
+    assert due(m.core, cal, m.t + 1000) == []
+    assert due(m.core, cal, t + 299_999) == []
+    assert due(m.core, cal, t + 300_000) == [ReopenAfterAuction(SID)]
+    m.do(ReopenAfterAuction(SID))  # or the operator's own reopen, any time before
+    assert m.core.auctions.sessions[SID].state == "DONE"
+
+
 def test_operator_delays_a_session() -> None:
     m = Mkt()
     t = m.t
