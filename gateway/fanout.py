@@ -43,6 +43,7 @@ from engine.events import (
     RoundClosed,
     Trade,
 )
+from engine.states import OrderStatus
 from gateway.core import Core
 from gateway.wire import (
     event_to_wire,
@@ -210,7 +211,10 @@ class Hub:
         self.books: dict[str, BookMirror] = {}
         self.trade_seq: dict[str, int] = defaultdict(int)
         # per agent, what its last account message was made of (Hub._accounts)
-        self._account_state: dict[str, tuple[tuple[int, ...], bool, int]] = {}
+        self._account_state: dict[str, tuple[int, ...]] = {}
+        # resting orders charged to other agents than their own (represented owners), and
+        # to whom: the owners of when they were admitted (Hub._charged)
+        self._order_owners: dict[int, tuple[str, ...]] = {}
         self.state_seq = 0
         self.private_seq: dict[str, int] = defaultdict(int)
         self.book_subs: dict[str, set[Any]] = defaultdict(set)
@@ -269,17 +273,19 @@ class Hub:
         self._replayed_own.clear()
         self._replayed_public.clear()
 
-        # where every account stands: its next change is told (Hub._accounts)
+        # where every account stands: its next change is told (Hub._accounts); and the
+        # resting orders charged to other agents than their own, and to whom
         self._account_state.clear()
+        self._order_owners.clear()
         risk = core.risk
         if risk is not None:
-            pending: dict[str, int] = {}
-            for r in risk.requests.values():
-                if r.state == "PENDING":
-                    pending[r.agent] = pending.get(r.agent, 0) + 1
             for agent, a in risk.accounts.items():
-                self._account_state[agent] = (a.state(), agent in risk.suspended,
-                                              pending.get(agent, 0))
+                self._account_state[agent] = a.state()
+            for oid, o in core.engine.orders.items():
+                if o.status is OrderStatus.ACTIVE:
+                    now = risk.charged_agents(oid)
+                    if now and now != (o.agent,):
+                        self._order_owners[oid] = now
 
         self.books.clear()
         for cid, c in core.engine.contracts.items():
@@ -333,6 +339,9 @@ class Hub:
         """The sequencer's listener: every event of every command of a batch."""
         touched: set[str] = set()
         units: set[str] = set()  # of the orders reported and traded: their owners' accounts
+        charged: set[str] = set()  # owners the orders were charged to (Hub._charged)
+        # (with risk on, resting orders charged to other agents than their own are kept)
+        owners = self._order_owners if self.core.risk is not None else None
         for _cmd, _origin, events in batch:
             for ev in events:
                 t = type(ev)
@@ -345,10 +354,17 @@ class Hub:
                 elif t is OrderReport:
                     touched.add(ev.agent)
                     units.add(ev.unit)
+                    if owners is not None:
+                        self._charged(ev, charged)
                     self._private_lazy(ev.agent, event_to_wire_copy, ev)
                 elif t is Trade:
                     units.add(ev.buy_unit)
                     units.add(ev.sell_unit)
+                    if owners:
+                        for oid in (ev.buy_order, ev.sell_order):
+                            kept = owners.get(oid)
+                            if kept is not None:
+                                charged.update(kept)
                     for side in ("buy", "sell"):
                         agent = getattr(ev, f"{side}_agent")
                         touched.add(agent)
@@ -387,27 +403,28 @@ class Hub:
                     u = self.core.ref.users.get(ev.user)
                     if u is not None:
                         self._private(u.agent, event_to_wire(ev))
-        self._accounts(batch, touched, units)
+        self._accounts(batch, touched, units, charged)
 
     def _accounts(self, batch: list[tuple[Any, str, list[Any]]], touched: set[str],
-                  units: set[str]) -> None:
+                  units: set[str], charged: set[str]) -> None:
         """An ``account`` message after every change of an agent's account (R46.2.12):
-        to the agents whose orders or trades were reported (as always), and to every
-        other agent whose account changed: the owners of a unit another agent trades
-        for (R49.1.4.1: the orders are charged to the owners' accounts), and, after any
-        command off the order path (an auction bid held or released, a round close, a
-        guarantee change, a reload...), any agent at all.  A change is seen by comparing
-        the account's amounts (:meth:`risk.guard.Account.state`), whether it is suspended
-        and its pending requests with those of its last message; the decision does not
-        depend on who listens, so the stream's numbering does not either."""
+        to the agents whose orders or trades were reported, or who got a risk notice (a
+        guarantee change, a request and its decision, a suspension: as always), and to
+        every other agent whose account changed: the owners of a unit another agent
+        trades for (R49.1.4.1: the orders are charged to the owners' accounts), those
+        of the reference data an order was admitted under included (``charged``), and,
+        after any command off the order path (an auction bid held or released, a round
+        close, a reload...), any agent at all.  A change is seen by comparing the
+        account's amounts (:meth:`risk.guard.Account.state`) with those of its last
+        message; the decision does not depend on who listens, so the stream's numbering
+        does not either."""
         risk = self.core.risk
         if risk is None:
             return
         accounts = risk.accounts
         last = self._account_state
-        pending: dict[str, int] | None = None
         if all(type(cmd) in _ORDER_PATH for cmd, _o, _e in batch):
-            cands = set(touched)
+            cands = touched | charged
             ref_units = self.core.ref.units
             for u in units:
                 un = ref_units.get(u)
@@ -415,23 +432,32 @@ class Hub:
                     cands.update(agent for agent, _bp in un.owners)
         else:
             cands = set(accounts)
-            pending = {}
-            for r in risk.requests.values():
-                if r.state == "PENDING":
-                    pending[r.agent] = pending.get(r.agent, 0) + 1
-        suspended = risk.suspended
         for agent in sorted(cands):
             a = accounts.get(agent)
             if a is None:
                 continue
             old = last.get(agent)
-            n = (0 if old is None else old[2]) if pending is None else pending.get(agent, 0)
-            now = (a.state(), agent in suspended, n)
+            now = a.state()
             if agent in touched or (old is not None and now != old):
                 last[agent] = now
                 self._private_lazy(agent, self._account_message, agent)
             elif old is None:  # an account new to the fan-out (the first reference data,
                 last[agent] = now  # an agent a reload added): where it starts from
+
+    def _charged(self, ev: OrderReport, charged: set[str]) -> None:
+        """Whose accounts an order's report concerns beyond its own agent: the owners it
+        was charged to (the reference data in force when it was admitted, which a reload
+        may have changed since), kept while it rests; those it is charged to now."""
+        oid = ev.order_id
+        kept = self._order_owners.pop(oid, None)
+        if kept is not None:
+            charged.update(kept)
+        if ev.status == "ACTIVE":
+            risk = self.core.risk
+            now = None if risk is None else risk.charged_agents(oid)
+            if now and now != (ev.agent,):
+                self._order_owners[oid] = now
+                charged.update(now)
 
     def _book_delta(self, contract: str, ts: int, action: str, entry: int, side: str,
                     price: int, qty: int) -> None:

@@ -182,9 +182,10 @@ class Account:
 
     def state(self) -> tuple[int, ...]:
         """Every amount the account's figures are made of: equal tuples, equal figures (the
-        fan-out sends an ``account`` message when it changes)."""
-        return (self.lim, self.obligations, self.bids, self.folded, self._gmic,
-                self._reduction, self._reductions, self._increases)
+        fan-out sends an ``account`` message when it changes; ``folded``, which moves at a
+        round close, changes no figure of it)."""
+        return (self.lim, self.obligations, self.bids, self._gmic, self._reduction,
+                self._reductions, self._increases)
 
     def breakdown(self) -> dict[str, int]:
         """In cents: charges rounded up, the limit rounded down."""
@@ -1302,6 +1303,14 @@ class RiskGuard:
         return h.digest()
 
     # ------------------------------------------------------------------ queries
+
+    def charged_agents(self, order_id: int) -> tuple[str, ...] | None:
+        """The agents a live order is charged to: the owners of its unit under the
+        reference data it was admitted with (R49.1.4.3 b), or None if it is not live or
+        not charged."""
+        o = self.engine.orders.get(order_id)
+        p: _Pass | None = None if o is None else o.ext  # type: ignore[assignment]
+        return None if p is None else tuple(acct.agent for acct, _m, _ in p.owners)
 
     def account(self, agent: str) -> dict[str, Any]:
         """An agent's guarantee account with the breakdown of its operative limit."""

@@ -130,3 +130,49 @@ def test_every_account_change_is_told_through_a_day() -> None:
     w.do(RequestGuaranteeChange("rita", "AG4", False, 1_000))
     w.do(SuspendAgent("sofia", "AG3"))
     w.do(CloseContracts((C3,)))
+
+
+def _reload(w: Watched, mutate: Any) -> None:
+    import json
+
+    from test_auctions import REFDATA
+
+    from gateway.refdata_file import read_and_validate
+    from risk.commands import LoadReferenceData
+
+    doc = json.loads(read_and_validate(REFDATA)[0])
+    mutate(doc)
+    w.do(LoadReferenceData(json.dumps(doc)))
+
+
+def test_the_owners_an_order_was_admitted_under_are_told_after_a_reload() -> None:
+    """R49.1.4.3 b: an order stays charged to the owners of the reference data it was
+    admitted under; a reload that gives its unit to another agent does not move the
+    charge, and the cancel gives the hold back to the old owner, who is told (found by
+    review: the fan-out looked at the unit's owners now)."""
+    w = Watched()
+    evs = w.do(NewOrder("bea", "AG3", "PTBUY4", C1, BUY, 4100, 30))
+    oid = next(e.order_id for e in evs if type(e) is OrderReport)
+
+    def move(doc: dict[str, Any]) -> None:
+        for u in doc["units"]:
+            if u["code"] == "PTBUY4":
+                u["owners"] = [{"agent": "AG3", "share": "100"}]
+
+    _reload(w, move)
+    assert w.known["AG4"]["debtor_orders"] != "0.00"
+    w.do(CancelOrder("bea", "AG3", oid))  # (Watched.do: every account told as it is)
+    assert w.known["AG4"]["debtor_orders"] == "0.00"
+
+
+def test_a_round_close_tells_no_account_whose_figures_did_not_change() -> None:
+    """A round close moves the closed round's obligations into its own bucket (no figure
+    of the account message changes): no account message for that (found by review: one
+    for every agent that traded in the round, a sequence number used for nothing)."""
+    w = Watched()
+    w.do(NewOrder("ana", "AG1", "SELLU1", C1, SELL, 4000, 10))
+    w.do(NewOrder("carlos", "AG2", "BUYU2", C1, BUY, 4000, 10))  # filled: an obligation
+    carlos = Follower()
+    w.hub.private_subs["AG2"].add(carlos)
+    w.do(CloseContracts((C1,)))
+    assert [m for m in carlos.msgs if m["type"] == "account"] == [], carlos.msgs
