@@ -40,6 +40,7 @@ from engine.commands import (
     CancelOrder,
     Deactivate,
     EnterBasket,
+    HibernateOrders,
     ModifyOrder,
     NewOrder,
     Tick,
@@ -159,9 +160,13 @@ class AuditLog:
         # which names it: so does the entry (the agent and a filter on it find it)
         agents.update(e.agent for e in events if type(e) is RiskNotice
                       and e.kind == "AGENT_SUSPENDED" and e.agent)
+        done = [e for e in events if type(e) is OrderReport and e.action != "REJECTED"]
+        if (type(cmd) is HibernateOrders and cmd.user is not None and cmd.agent is None
+                and cmd.contract is None):
+            # one user's orders (on disconnect, its login option): its agent's, named
+            agents.update(e.agent for e in done)
         head: Message = {"seq": self.seq, "ts": fmt_instant(self.last_ts), "by": origin,
                          "action": self.codec.name_of(type(cmd))}
-        done = [e for e in events if type(e) is OrderReport and e.action != "REJECTED"]
         entry: Message = {**head, "agents": sorted(agents), "fields": fields,
                           **_outcome(rejects, failed), "orders_affected": len(done)}
         concerned = frozenset(agents)

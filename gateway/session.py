@@ -448,9 +448,7 @@ class Session:
 
                 with contextlib.suppress(SequencerStopped):
                     await self.server.sequencer.submit(
-                        # the agent too (the same orders): the audit trail then lists
-                        # the entry to the agent, whose orders it hibernated
-                        HibernateOrders(agent=self.agent, user=self.user,
+                        HibernateOrders(user=self.user,
                                         reason="disconnected (login option: hibernate)"),
                         self.user)
 

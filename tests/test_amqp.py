@@ -350,7 +350,7 @@ async def test_order_entry_modify_cancel_and_private_stream(carlos: AmqpClient,
 async def test_private_stream_batches(carlos: AmqpClient, server: Server) -> None:
     """docs/amqp.md: on ``private.<user>`` every message is a JSON array of one private
     stream's messages in sequence (type ``batch``, headers the stream and its first
-    ``seq``, ``message_id`` ``<stream>:<first seq>``); what one request caused goes as one
+    ``seq``, ``message_id`` ``<stream>:<first seq>@<run>``); what one request caused goes as one
     AMQP message: a basket's three reports and the account update after them."""
     ans = await carlos.request({"type": "basket_entry", "basket": "NONE", "orders": [
         {k: v for k, v in order("BUY", p, client_order_id=f"pb-{i}").items() if k != "type"}
