@@ -43,11 +43,17 @@ def fmt_price(ticks: int) -> str:
     return f"{sign}{a // 100}.{a % 100:02d}"
 
 
+def fmt_second(sec: int) -> str:
+    """A second (s UTC) as the wire writes an instant's: ``'2027-01-15T09:00:00'`` (a
+    computation on the number: no clock is read)."""
+    return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def fmt_ms(ms: int) -> str:
-    """An instant (ms UTC) as the wire writes it, for reasons: ``'2027-01-15T09:00:00.000Z'``
-    (a computation on the number: no clock is read)."""
+    """An instant (ms UTC) as the wire writes it: ``'2027-01-15T09:00:00.000Z'`` (the
+    engine's reasons; gateway.wire.fmt_instant is the same, with caches)."""
     sec, milli = divmod(ms, 1000)
-    return f"{datetime.fromtimestamp(sec, UTC):%Y-%m-%dT%H:%M:%S}.{milli:03d}Z"
+    return f"{fmt_second(sec)}.{milli:03d}Z"
 
 
 def fmt_qty(ticks: int) -> str:

@@ -14,10 +14,10 @@ String enums need no conversion: they are ``str`` and encode as their value.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from engine.config import fmt_price, fmt_qty
+from engine.config import fmt_price, fmt_qty, fmt_second
 from engine.events import EVENT_NAMES
 
 _RENAME = {"qty": "quantity", "incr": "price_increment"}
@@ -38,8 +38,7 @@ def fmt_instant(ms: int) -> str:
     sec, milli = divmod(ms, 1000)
     if _sec_cache[0] != sec:
         _sec_cache[0] = sec
-        _sec_cache[1] = datetime.fromtimestamp(sec, tz=UTC).strftime(
-            "%Y-%m-%dT%H:%M:%S")
+        _sec_cache[1] = fmt_second(sec)
     text = f"{_sec_cache[1]}.{milli:03d}Z"
     _ms_cache[0] = ms
     _ms_cache[1] = text
