@@ -360,7 +360,7 @@ class Hub:
                 elif t is Trade:
                     units.add(ev.buy_unit)
                     units.add(ev.sell_unit)
-                    if owners:
+                    if owners:  # (only looked up here: nothing to find in an empty map)
                         for oid in (ev.buy_order, ev.sell_order):
                             kept = owners.get(oid)
                             if kept is not None:
