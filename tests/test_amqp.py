@@ -411,6 +411,17 @@ def test_a_flush_is_cut_into_one_batch_per_run_of_a_private_stream() -> None:
                          ("user olga", "heartbeat")]
 
 
+async def test_a_subscription_field_of_another_stream_is_refused(carlos: AmqpClient) -> None:
+    """As on the WebSocket (docs/protocol.md, subscribe): a field the stream has not is an
+    error naming it, not ignored; over AMQP the public streams are bindings of the user's
+    queue, handled by the adapter, which checks the same."""
+    for msg, field in (({"stream": "book", "contract": CID, "agent": "AG2"}, "agent"),
+                       ({"stream": "states", "contract": CID}, "contract"),
+                       ({"stream": "private", "contract": CID}, "contract")):
+        ans = await carlos.request({"type": "subscribe", **msg})
+        assert (ans["type"], ans["field"]) == ("error", field), (msg, ans)
+
+
 async def test_basket_deactivate_and_reactivate(carlos: AmqpClient, server: Server) -> None:
     ans = await carlos.request({"type": "basket_entry", "basket": "NONE", "orders": [
         {k: v for k, v in order("BUY", p, client_order_id=f"b-{i}").items() if k != "type"}
