@@ -165,6 +165,8 @@ class AmqpLoad:
         self.sched: dict[str, float] = {}
         self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.hist = HdrHistogram(1, 60_000_000, 3)
+        # (scheduled time, latency) of each answer of the open loop, with --trace
+        self.trace: list[tuple[float, float]] | None = None
         self.acked: list[str] = []
         self.answers = 0
         self.rejects: Counter[str] = Counter()
@@ -255,6 +257,8 @@ class AmqpLoad:
             self.rejects[str(d.get("code") or d.get("type"))] += 1
         if self.phase == "open":
             self.hist.record_value(max(1, int((now - t0) * 1e6)))
+            if self.trace is not None:
+                self.trace.append((t0, now - t0))
             self.answers += 1
             if self.answers >= self.expected:
                 self.done.set()
@@ -386,7 +390,8 @@ class Target:
 
         for ld in loads:
             ld.start_open(n)
-        t0 = cpu.snapshot()
+            ld.trace = [] if args.trace else None
+        t0, w0 = cpu.snapshot(), cpu.waits()
         if args.pacer == "thread":
             timer = amqpload.ThreadTimer()
             try:
@@ -399,12 +404,16 @@ class Target:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(ld.done.wait() for ld in loads)), DRAIN_S)
         elapsed = time.perf_counter() - start
-        used = cpu.since(t0)
+        used, waited = cpu.since(t0), cpu.waits_since(w0)
         missing = sum(ld.charge_missing() for ld in loads)
         hist = HdrHistogram(1, 60_000_000, 3)
         for ld in loads:
             hist.add(ld.hist)
         bcast = sum(ld.bcast for ld in loads) - bcast0
+        if args.trace:
+            with open(f"{args.trace}.{'echo' if self.echo else 'ronda'}.jsonl", "wb") as f:
+                for t, lat in sorted(x for ld in loads for x in ld.trace or ()):
+                    f.write(orjson.dumps([round((t - start) * 1e6), round(lat * 1e6)]) + b"\n")
         return {
             "achieved_rate": round(total / elapsed),
             "send_rate": round(total / (sent_at - start)),
@@ -420,6 +429,9 @@ class Target:
             "send_late_p99_us": late.get_value_at_percentile(99),
             **({} if self.echo else {"broadcast_per_request": round(bcast / total, 2)}),
             "cpu_us_per_request": {k: round(used[k] * 1e6 / total) for k in self.procs},
+            # time the processes' threads were runnable but waited for a core
+            "runq_wait_us_per_request": {k: round(waited[k] * 1e6 / total)
+                                         for k in self.procs},
         }
 
     async def saturate(self, cpu: CpuMeter) -> None:
@@ -668,6 +680,9 @@ def main() -> None:
                     help="do not consume the traders' broadcast queues")
     ap.add_argument("--broker-erl-args", default="", metavar="FLAGS",
                     help="flags added to the broker's Erlang VM (e.g. '+sbwt none')")
+    ap.add_argument("--trace", metavar="PREFIX",
+                    help="write each open-loop answer's scheduled time and latency (µs) to "
+                         "PREFIX.ronda.jsonl and PREFIX.echo.jsonl")
     ap.add_argument("--profile-server", metavar="FILE",
                     help="run the server under cProfile, write its stats to FILE")
     args = ap.parse_args()

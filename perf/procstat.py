@@ -18,6 +18,23 @@ def cpu_s(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runq_wait_s(pid: int) -> float:
+    """Seconds the threads of a process now alive have spent runnable but waiting for a
+    core (the second field of each thread's ``schedstat``): on a machine whose cores the
+    run's processes share, the time a request waited for a process that had work to do."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 class CpuMeter:
     """CPU time used by each process of the run between two points; a value of ``pids``
     may be a ``(pid, tid)`` pair for one thread of a process."""
@@ -33,3 +50,13 @@ class CpuMeter:
 
     def since(self, t0: dict[str, float]) -> dict[str, float]:
         return {k: self._cpu(p) - t0[k] for k, p in self.pids.items()}
+
+    def _pid(self, p: int | tuple[int, int]) -> int:
+        return p[0] if isinstance(p, tuple) else p
+
+    def waits(self) -> dict[str, float]:
+        """Run-queue waits of each process so far (all its threads: :func:`runq_wait_s`)."""
+        return {k: runq_wait_s(self._pid(p)) for k, p in self.pids.items()}
+
+    def waits_since(self, w0: dict[str, float]) -> dict[str, float]:
+        return {k: runq_wait_s(self._pid(p)) - w0[k] for k, p in self.pids.items()}
