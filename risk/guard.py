@@ -1624,17 +1624,42 @@ class RiskGuard:
         return True
 
     def _on_program(self, cmd: SetProgram, ts: int) -> None:
-        """R50: programs apply at once (they are the result of auctions and rounds)."""
+        """R50: programs apply at once.  The PHF the system operators send is made «del
+        resultado de sesiones de subastas intradiarias ... realizadas hasta el momento», so
+        it *includes* the auction results applied to the same period before it
+        (:meth:`_on_adjust_program`): those are absorbed, not added on top.  Granularity
+        decides what a program replaces:
+
+        - an hourly program is the hour's: it absorbs the hourly auction results; a quarter
+          with a program of its own keeps its figure (its program already counted them),
+          and 15-minute auction results stay until that quarter's own program comes;
+        - a 15-minute program is the quarter's whole figure: it absorbs the quarter's
+          15-minute results and the hour's results in that quarter.
+
+        An auction result applied after the program adds to it, as before."""
         if not self._so_check(ts, cmd):
             return
         unit = self.ref.units[cmd.unit]
         h, qi, k = self._locate(unit, cmd.period)
         if qi is None:
+            absorbed = h.adj
+            if absorbed:
+                for q in h.quarters or ():
+                    if q.prog_set is not None:
+                        q.prog_set += absorbed  # its point stays prog_set + the hour's
+                h.adj = 0
             h.prog = cmd.energy
         else:
-            h.quarter(qi).prog_set = cmd.energy * k
-        self._notice(ts, "PROGRAM_SET", None, cmd.by,
-                     f"program of {cmd.unit} in {cmd.period}: {cmd.energy / 10:.1f} MWh")
+            q = h.quarter(qi)
+            absorbed = h.adj + q.adj
+            # the quarter's point is prog_set + the hour's results + its own: the energy
+            q.prog_set = cmd.energy * k - h.adj
+            q.adj = 0
+        text = f"program of {cmd.unit} in {cmd.period}: {cmd.energy / 10:.1f} MWh"
+        if absorbed:
+            text += (f", including the auction results applied before it"
+                     f" ({absorbed / (10 * k):+.1f} MWh, R50)")
+        self._notice(ts, "PROGRAM_SET", None, cmd.by, text)
 
     def _on_adjust_program(self, cmd: AdjustProgram, ts: int) -> None:
         """R50: an auction's result added to the base program (PHF) at once."""
