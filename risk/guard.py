@@ -464,6 +464,9 @@ class RiskGuard:
         # R46.2.2 static checks passed, by contract, unit and user (see _pass)
         self._static: dict[str, dict[str, dict[str, _Pass]]] = {}
         self.loaded_json: str | None = None  # the last LoadReferenceData document
+        # units a reload removed, as they were: an auction that closed while one was
+        # listed still moves its program when it clears (R50, _on_adjust_program)
+        self.retired: dict[str, Unit] = {}
         # R39.4.3.4: what each debtor auction bid holds, by bid id: the owners' accounts
         # with their multipliers (as when it was taken) and its value |price| × qty summed
         # over its debtor steps (see hold_bid)
@@ -1369,6 +1372,11 @@ class RiskGuard:
         prev = self.ref
         self.ref = ref
         self.loaded_json = cmd.document_json
+        for code, un in prev.units.items():
+            if code not in ref.units:
+                self.retired[code] = un
+        for code in ref.units:
+            self.retired.pop(code, None)
         newly: list[str] = []
         for a in ref.agents.values():
             acct = self.accounts.get(a.code)
@@ -1662,10 +1670,21 @@ class RiskGuard:
         self._notice(ts, "PROGRAM_SET", None, cmd.by, text)
 
     def _on_adjust_program(self, cmd: AdjustProgram, ts: int) -> None:
-        """R50: an auction's result added to the base program (PHF) at once."""
-        if not self._so_check(ts, cmd):
-            return
-        unit = self.ref.units[cmd.unit]
+        """R50: an auction's result added to the base program (PHF) at once.  The result of
+        a unit a reload removed after the auction took its bids still counts: the session
+        cleared with them, so the unit's program moves as it would have (should a later
+        reload list the unit again, its checks start from that program)."""
+        unit = self.retired.get(cmd.unit) if cmd.by == "auction" else None
+        if unit is None:
+            if not self._so_check(ts, cmd):
+                return
+            unit = self.ref.units[cmd.unit]
+        else:
+            try:
+                self._period(cmd.period)
+            except InvalidIdentifier as exc:
+                self._deny(ts, cmd.by, None, Code.PERIOD_INVALID, str(exc))
+                return
         h, qi, k = self._locate(unit, cmd.period)
         if qi is None:
             h.adj += cmd.delta
