@@ -130,7 +130,9 @@ class SetProgram:
     """R50: a unit's base program for one delivery period (``period``: a contract id, PH- or
     QH-): the program before continuous trading (the daily market's, then each intraday
     auction's PHF).  The energy checks add the unit's continuous trades to it themselves, at
-    the instant each trade happens, so this never includes them (no double count)."""
+    the instant each trade happens, so this never includes them (no double count).  It does
+    include the auction results applied to the period before it (:class:`AdjustProgram`),
+    which it absorbs (R50; the guard's ``_on_program``)."""
 
     by: str
     unit: str
@@ -141,7 +143,8 @@ class SetProgram:
 @dataclass(frozen=True, slots=True)
 class AdjustProgram:
     """R50: an intraday auction's result changes a unit's base program (PHF) in a period by
-    ``delta`` tenths of MWh (positive: more energy for a selling unit / buying unit)."""
+    ``delta`` tenths of MWh (positive: more energy for a selling unit / buying unit), until
+    the system operators' next PHF for the period, which includes it (:class:`SetProgram`)."""
 
     by: str
     unit: str

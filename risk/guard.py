@@ -464,6 +464,9 @@ class RiskGuard:
         # R46.2.2 static checks passed, by contract, unit and user (see _pass)
         self._static: dict[str, dict[str, dict[str, _Pass]]] = {}
         self.loaded_json: str | None = None  # the last LoadReferenceData document
+        # units a reload removed, as they were: an auction that closed while one was
+        # listed still moves its program when it clears (R50, _on_adjust_program)
+        self.retired: dict[str, Unit] = {}
         # R39.4.3.4: what each debtor auction bid holds, by bid id: the owners' accounts
         # with their multipliers (as when it was taken) and its value |price| × qty summed
         # over its debtor steps (see hold_bid)
@@ -1369,6 +1372,11 @@ class RiskGuard:
         prev = self.ref
         self.ref = ref
         self.loaded_json = cmd.document_json
+        for code, un in prev.units.items():
+            if code not in ref.units:
+                self.retired[code] = un
+        for code in ref.units:
+            self.retired.pop(code, None)
         newly: list[str] = []
         for a in ref.agents.values():
             acct = self.accounts.get(a.code)
@@ -1624,23 +1632,59 @@ class RiskGuard:
         return True
 
     def _on_program(self, cmd: SetProgram, ts: int) -> None:
-        """R50: programs apply at once (they are the result of auctions and rounds)."""
+        """R50: programs apply at once.  The PHF the system operators send is made «del
+        resultado de sesiones de subastas intradiarias ... realizadas hasta el momento», so
+        it *includes* the auction results applied to the same period before it
+        (:meth:`_on_adjust_program`): those are absorbed, not added on top.  Granularity
+        decides what a program replaces:
+
+        - an hourly program is the hour's: it absorbs the hourly auction results; a quarter
+          with a program of its own keeps its figure (its program already counted them),
+          and 15-minute auction results stay until that quarter's own program comes;
+        - a 15-minute program is the quarter's whole figure: it absorbs the quarter's
+          15-minute results and the hour's results in that quarter.
+
+        An auction result applied after the program adds to it, as before."""
         if not self._so_check(ts, cmd):
             return
         unit = self.ref.units[cmd.unit]
         h, qi, k = self._locate(unit, cmd.period)
         if qi is None:
+            absorbed = h.adj
+            if absorbed:
+                for q in h.quarters or ():
+                    if q.prog_set is not None:
+                        q.prog_set += absorbed  # its point stays prog_set + the hour's
+                h.adj = 0
             h.prog = cmd.energy
         else:
-            h.quarter(qi).prog_set = cmd.energy * k
-        self._notice(ts, "PROGRAM_SET", None, cmd.by,
-                     f"program of {cmd.unit} in {cmd.period}: {cmd.energy / 10:.1f} MWh")
+            q = h.quarter(qi)
+            absorbed = h.adj + q.adj
+            # the quarter's point is prog_set + the hour's results + its own: the energy
+            q.prog_set = cmd.energy * k - h.adj
+            q.adj = 0
+        text = f"program of {cmd.unit} in {cmd.period}: {cmd.energy / 10:.1f} MWh"
+        if absorbed:
+            text += (f", including the auction results applied before it"
+                     f" ({absorbed / (10 * k):+.1f} MWh, R50)")
+        self._notice(ts, "PROGRAM_SET", None, cmd.by, text)
 
     def _on_adjust_program(self, cmd: AdjustProgram, ts: int) -> None:
-        """R50: an auction's result added to the base program (PHF) at once."""
-        if not self._so_check(ts, cmd):
-            return
-        unit = self.ref.units[cmd.unit]
+        """R50: an auction's result added to the base program (PHF) at once.  The result of
+        a unit a reload removed after the auction took its bids still counts: the session
+        cleared with them, so the unit's program moves as it would have (should a later
+        reload list the unit again, its checks start from that program)."""
+        unit = self.retired.get(cmd.unit) if cmd.by == "auction" else None
+        if unit is None:
+            if not self._so_check(ts, cmd):
+                return
+            unit = self.ref.units[cmd.unit]
+        else:
+            try:
+                self._period(cmd.period)
+            except InvalidIdentifier as exc:
+                self._deny(ts, cmd.by, None, Code.PERIOD_INVALID, str(exc))
+                return
         h, qi, k = self._locate(unit, cmd.period)
         if qi is None:
             h.adj += cmd.delta

@@ -1002,3 +1002,26 @@ async def test_auction_session_through_the_gateway(tmp_path: Path) -> None:
         assert again.core.auctions.sessions[sid].state == "DONE"
     finally:
         await again.stop()
+
+
+def test_r50_a_unit_removed_between_close_and_clearing_keeps_its_auction_result() -> None:
+    """R50: SELLU1 sells 100.0 MWh in C1's auction, whose reception closed while it was
+    listed; a reload then removes it before the clearing.  The session clears with its
+    bid, so its program still moves (no UNIT_UNKNOWN refusal of the auction's
+    adjustment); when a later reload lists it again, its checks start from a program of
+    100.0, not 0."""
+    from gateway.refdata_file import canonical_json
+
+    m = Mkt()
+    m.schedule()
+    assert isinstance(m.bid("ana", "SELLU1", C1, "SELL", (4000, 1000)), int)
+    assert isinstance(m.bid("carlos", "BUYU2", C1, "BUY", (5000, 1000)), int)
+    m.do(CloseAuction(SID))
+    full = json.loads(read_and_validate(REFDATA)[0])
+    without = {**full, "units": [u for u in full["units"] if u["code"] != "SELLU1"]}
+    m.do(LoadReferenceData(canonical_json(without)))
+    evs = m.do(ClearAuction(SID))
+    assert not [e for e in evs if isinstance(e, Reject)], evs
+    assert any(type(e) is AuctionAllocation and e.unit == "SELLU1" for e in evs)
+    m.do(LoadReferenceData(canonical_json(full)))
+    assert m.prog("SELLU1", C1) == {1000}

@@ -349,3 +349,18 @@ def test_bids_at_reception_and_at_close_against_a_reference_model(
     assert set(rejected) == {b[0] for b in bids} - {b[0] for b in survivors}
     s = m.core.auctions.sessions[SID]
     assert {b.id for b in s.bids.values() if b.live} == {b[0] for b in survivors}
+
+
+def test_r50_the_phf_after_the_auction_includes_its_result() -> None:
+    """SELLU1 sells 100.0 MWh in the auction: its base program goes 0 → 100.0 at the
+    clearing.  The system operators' PHF after the session («del resultado de sesiones de
+    subastas intradiarias ... realizadas hasta el momento», R50) says 100.0: the program is
+    100.0, not 200.0 (the energy checks read this figure: tests/test_risk_programs.py)."""
+    m = mkt()
+    m.bid("ana", "SELLU1", C1, "SELL", (4000, 1000))
+    m.bid("carlos", "BUYU2", C1, "BUY", (5000, 1000))
+    m.do(CloseAuction(SID))
+    m.do(ClearAuction(SID))
+    assert m.prog("SELLU1", C1) == {1000}
+    m.do(SetProgram("sofia", "SELLU1", C1, 1000))
+    assert m.prog("SELLU1", C1) == {1000}
