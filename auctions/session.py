@@ -457,7 +457,10 @@ class Auctions:
                 self.engine.emit(AuctionAllocation(ts, s.id, contract, bid_id, b.user,
                                                    b.agent, b.unit, b.side, res.price, q))
                 cleared.append((contract, b.unit, b.agent, b.side, res.price, q))
-                unit = self.risk.ref.units.get(b.unit) if self.risk else None
+                # a unit a reload removed since the close keeps its kind (R50: its program
+                # still moves by the result, RiskGuard.retired)
+                unit = ((self.risk.ref.units.get(b.unit) or self.risk.retired.get(b.unit))
+                        if self.risk else None)
                 sells = unit.sells if unit is not None else b.side == "SELL"
                 sign = 1 if (b.side == "SELL") == sells else -1
                 key = (b.unit, contract)

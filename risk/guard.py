@@ -229,7 +229,7 @@ class Slot(_Placed):
     bounds: ``cap`` = min(unit max, max − unavailable, limitation max), ``floor`` =
     max(unit min, limitation min) (R46.2.4, R46.2.5)."""
 
-    __slots__ = ("adj", "bought", "cap", "floor", "lmax", "lmin", "max", "min", "pb",
+    __slots__ = ("adj", "bought", "cap", "floor", "hseen", "lmax", "lmin", "max", "min", "pb",
                  "prog_set", "ps", "sold", "unavail")
 
     def __init__(self, unit_max: int, unit_min: int) -> None:
@@ -239,6 +239,9 @@ class Slot(_Placed):
         self.floor = unit_min
         self.prog_set: int | None = None  # a 15-minute program replacing the hour's
         self.adj = 0  # 15-minute auction results (R50)
+        # the hour's auction results that prog_set already holds (for the notice of the
+        # quarter's next program: only later ones are new to it)
+        self.hseen = 0
         self.sold = 0  # this quarter's 15-minute trades, counted at once
         self.bought = 0
         self.ps = 0  # sells placed: traded and resting, of 15-minute contracts
@@ -1330,7 +1333,7 @@ class RiskGuard:
     def base_program(self, unit: str, contract: str) -> tuple[int, ...]:
         """The unit's base program (R50: PHF and auction results, without continuous trades)
         in each quarter-hour of ``contract``, in tenths of MW."""
-        un = self.ref.units[unit]
+        un = self.ref.units.get(unit) or self.retired[unit]
         h, qi, _k = self._locate(un, contract)
         return tuple(p[0] for p in h.points(qi)) * (4 if h.quarters is None and qi is None
                                                     else 1)
@@ -1655,13 +1658,15 @@ class RiskGuard:
                 for q in h.quarters or ():
                     if q.prog_set is not None:
                         q.prog_set += absorbed  # its point stays prog_set + the hour's
+                        q.hseen -= absorbed
                 h.adj = 0
             h.prog = cmd.energy
         else:
             q = h.quarter(qi)
-            absorbed = h.adj + q.adj
+            absorbed = (h.adj if q.prog_set is None else h.adj - q.hseen) + q.adj
             # the quarter's point is prog_set + the hour's results + its own: the energy
             q.prog_set = cmd.energy * k - h.adj
+            q.hseen = h.adj
             q.adj = 0
         text = f"program of {cmd.unit} in {cmd.period}: {cmd.energy / 10:.1f} MWh"
         if absorbed:

@@ -1025,3 +1025,25 @@ def test_r50_a_unit_removed_between_close_and_clearing_keeps_its_auction_result(
     assert any(type(e) is AuctionAllocation and e.unit == "SELLU1" for e in evs)
     m.do(LoadReferenceData(canonical_json(full)))
     assert m.prog("SELLU1", C1) == {1000}
+
+
+def test_r50_a_removed_selling_unit_that_bought_gets_its_program_lowered() -> None:
+    """R50, review of the change above: SELLU1 (a selling unit, program 100.0) buys 40.0
+    MWh in the auction and is removed before the clearing; its program goes down to 60.0,
+    as it would have had it stayed listed (the sign of a result depends on the unit's
+    kind, which the removed unit keeps)."""
+    from gateway.refdata_file import canonical_json
+
+    m = Mkt()
+    m.do(SetProgram("sofia", "SELLU1", C1, 1000))
+    m.schedule()
+    assert isinstance(m.bid("ana", "SELLU1", C1, "BUY", (5000, 400)), int)
+    assert isinstance(m.bid("bea", "SELLU3", C1, "SELL", (4000, 400)), int)
+    m.do(CloseAuction(SID))
+    full = json.loads(read_and_validate(REFDATA)[0])
+    without = {**full, "units": [u for u in full["units"] if u["code"] != "SELLU1"]}
+    m.do(LoadReferenceData(canonical_json(without)))
+    m.do(ClearAuction(SID))
+    assert m.prog("SELLU1", C1) == {600}
+    m.do(LoadReferenceData(canonical_json(full)))
+    assert m.prog("SELLU1", C1) == {600}

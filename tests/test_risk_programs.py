@@ -78,6 +78,27 @@ def model(ops: list[Op]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def absorbed(ops: list[Op], j: int) -> int:
+    """What the program ``ops[j]`` absorbs, in tenths of MW of its quarter (or hour): an
+    hourly program, the hour's results since the hour's last program; a quarter's, the
+    hour's results since the quarter's last own program (without one: since the hour's
+    last program) and the quarter's own results since its last own program."""
+    _kind, qj, _e = ops[j]
+    before = ops[:j]
+
+    def last(pred: Any) -> int:
+        idx = [i for i, op in enumerate(before) if pred(op)]
+        return idx[-1] if idx else -1
+
+    hourly_set = last(lambda op: op[0] == "set" and op[1] is None)
+    if qj is None:
+        return sum(e for k, q, e in before[hourly_set + 1:] if k == "adj" and q is None)
+    own = last(lambda op: op[0] == "set" and op[1] == qj)
+    since = own if own >= 0 else hourly_set
+    return sum(e for k, q, e in before[since + 1:] if k == "adj" and q is None) + sum(
+        4 * e for k, q, e in before[own + 1:] if k == "adj" and q == qj)
+
+
 OPS = st.lists(st.tuples(st.sampled_from(("set", "adj")), st.sampled_from((None, 0, 1, 2, 3)),
                          st.integers(-600, 600)), max_size=12)
 
@@ -87,8 +108,12 @@ OPS = st.lists(st.tuples(st.sampled_from(("set", "adj")), st.sampled_from((None,
 def test_r50_programs_and_auction_results_match_the_model(ops: list[Op]) -> None:
     ops = [(k, q, abs(e) if k == "set" else e) for k, q, e in ops]
     c = core()
-    for op in ops:
-        assert notices(send(c, op), "PROGRAM_SET"), op
+    for j, op in enumerate(ops):
+        (n,) = notices(send(c, op), "PROGRAM_SET")
+        if op[0] == "set":
+            a, k = absorbed(ops, j), 1 if op[1] is None else 4
+            told = f"including the auction results applied before it ({a / (10 * k):+.1f} MWh"
+            assert (told in n.detail) if a else ("including" not in n.detail), (op, n.detail)
     assert figures(c) == model(ops)
 
 
@@ -123,6 +148,17 @@ def test_r50_a_quarter_program_is_the_quarters_whole_figure() -> None:
     assert "(+5.0 MWh, R50)" in n.detail
     send(c, ("set", None, 450))
     assert figures(c) == (450, 450, 500, 450)
+
+
+def test_r50_a_second_quarter_program_does_not_absorb_the_hours_result_again() -> None:
+    """The hour's result of 10.0 MW is in quarter 2's first program; its second program
+    absorbs nothing (review of the R50 change)."""
+    c = core()
+    send(c, ("adj", None, 100))
+    (n1,) = notices(send(c, ("set", 2, 125)), "PROGRAM_SET")
+    assert "(+2.5 MWh, R50)" in n1.detail
+    (n2,) = notices(send(c, ("set", 2, 150)), "PROGRAM_SET")
+    assert figures(c)[2] == 600 and "including" not in n2.detail
 
 
 def test_r50_a_program_without_earlier_results_says_nothing_of_them() -> None:
