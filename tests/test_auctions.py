@@ -1004,26 +1004,34 @@ async def test_auction_session_through_the_gateway(tmp_path: Path) -> None:
         await again.stop()
 
 
+def _clear_without_sellu1(m: Mkt, bids: list[tuple[str, str, str, int, int]]) -> list[Any]:
+    """The bids (user, unit, side, price, qty) into C1's auction, its close, a reload
+    without SELLU1, then the clearing (its events); then SELLU1 listed again."""
+    from gateway.refdata_file import canonical_json
+
+    for user, unit, side, price, qty in bids:
+        assert isinstance(m.bid(user, unit, C1, side, (price, qty)), int)
+    m.do(CloseAuction(SID))
+    full = json.loads(read_and_validate(REFDATA)[0])
+    without = {**full, "units": [u for u in full["units"] if u["code"] != "SELLU1"]}
+    m.do(LoadReferenceData(canonical_json(without)))
+    evs = m.do(ClearAuction(SID))
+    m.do(LoadReferenceData(canonical_json(full)))
+    return evs
+
+
 def test_r50_a_unit_removed_between_close_and_clearing_keeps_its_auction_result() -> None:
     """R50: SELLU1 sells 100.0 MWh in C1's auction, whose reception closed while it was
     listed; a reload then removes it before the clearing.  The session clears with its
     bid, so its program still moves (no UNIT_UNKNOWN refusal of the auction's
     adjustment); when a later reload lists it again, its checks start from a program of
     100.0, not 0."""
-    from gateway.refdata_file import canonical_json
-
     m = Mkt()
     m.schedule()
-    assert isinstance(m.bid("ana", "SELLU1", C1, "SELL", (4000, 1000)), int)
-    assert isinstance(m.bid("carlos", "BUYU2", C1, "BUY", (5000, 1000)), int)
-    m.do(CloseAuction(SID))
-    full = json.loads(read_and_validate(REFDATA)[0])
-    without = {**full, "units": [u for u in full["units"] if u["code"] != "SELLU1"]}
-    m.do(LoadReferenceData(canonical_json(without)))
-    evs = m.do(ClearAuction(SID))
+    evs = _clear_without_sellu1(m, [("ana", "SELLU1", "SELL", 4000, 1000),
+                                    ("carlos", "BUYU2", "BUY", 5000, 1000)])
     assert not [e for e in evs if isinstance(e, Reject)], evs
     assert any(type(e) is AuctionAllocation and e.unit == "SELLU1" for e in evs)
-    m.do(LoadReferenceData(canonical_json(full)))
     assert m.prog("SELLU1", C1) == {1000}
 
 
@@ -1032,18 +1040,9 @@ def test_r50_a_removed_selling_unit_that_bought_gets_its_program_lowered() -> No
     MWh in the auction and is removed before the clearing; its program goes down to 60.0,
     as it would have had it stayed listed (the sign of a result depends on the unit's
     kind, which the removed unit keeps)."""
-    from gateway.refdata_file import canonical_json
-
     m = Mkt()
     m.do(SetProgram("sofia", "SELLU1", C1, 1000))
     m.schedule()
-    assert isinstance(m.bid("ana", "SELLU1", C1, "BUY", (5000, 400)), int)
-    assert isinstance(m.bid("bea", "SELLU3", C1, "SELL", (4000, 400)), int)
-    m.do(CloseAuction(SID))
-    full = json.loads(read_and_validate(REFDATA)[0])
-    without = {**full, "units": [u for u in full["units"] if u["code"] != "SELLU1"]}
-    m.do(LoadReferenceData(canonical_json(without)))
-    m.do(ClearAuction(SID))
-    assert m.prog("SELLU1", C1) == {600}
-    m.do(LoadReferenceData(canonical_json(full)))
+    _clear_without_sellu1(m, [("ana", "SELLU1", "BUY", 5000, 400),
+                              ("bea", "SELLU3", "SELL", 4000, 400)])
     assert m.prog("SELLU1", C1) == {600}
