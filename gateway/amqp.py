@@ -251,7 +251,8 @@ class AmqpSession(Session):
         transport = AmqpTransport(adapter, user)
         # the broker authenticated ``user``: it logs in like a verified client certificate
         super().__init__(adapter.server, transport, cert_user=user,
-                         max_queue=adapter.server.config.max_queue)
+                         max_queue=adapter.server.config.max_queue,
+                         max_behind_s=adapter.server.config.max_behind_s)
         transport.session = self
         self.adapter = adapter
         self.public: set[str] = set()  # "book:<c>", "trades:<c>", "states"

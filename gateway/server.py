@@ -56,6 +56,9 @@ class Config:
     max_message_bytes: int = 64 * 1024  # larger messages get an error, the session lives
     max_frame_bytes: int = 1024 * 1024  # larger frames close the connection (1009)
     max_queue: int = 2000  # outbound messages per connection
+    # a connection with more than max_queue messages waiting for longer than this is let
+    # go (gateway/session.py; and at once at HARD_QUEUE_FACTOR times max_queue)
+    max_behind_s: float = 5.0
     max_inflight: int = 1000  # requests of a connection in the sequencer, unanswered
     max_errors_per_10s: int = 50
     calendar: Calendar | None = field(default_factory=Calendar)

@@ -7,8 +7,12 @@ connection:
 
 * a slow consumer's book streams are conflated: pending book deltas are dropped and a fresh
   snapshot is sent once the queue has room again;
-* if other messages cannot be queued (the queue is full of them), the consumer is
-  disconnected with a reason.  Memory never grows without bound.
+* a consumer that stays behind — more than ``max_queue`` messages waiting for longer than
+  ``max_behind_s`` — is disconnected with a reason, and so is one whose backlog reaches
+  :data:`HARD_QUEUE_FACTOR` times ``max_queue``.  What one commit produces for a session
+  (a ``cancel_all`` of thousands of orders: one report each) never counts against it
+  until the session has had the time to take it.  Memory never grows without bound: at
+  most the hard bound plus one commit's messages.
 
 Malformed input gets an ``error`` naming the field; a client that keeps sending malformed
 messages is throttled and then disconnected.
@@ -112,6 +116,9 @@ QUERIES = frozenset({"query_agents", "query_audit", "query_public_trades", "quer
                      "query_settlement"})
 AUDIT_LIMIT = 1000  # entries per query_audit answer, at most
 WRITE_BATCH = 256  # queued messages handed to the transport at once, at most
+# the backlog (what was queued before the current commit) at which a session is let go at
+# once, in multiples of max_queue
+HARD_QUEUE_FACTOR = 10
 
 
 class Transport(Protocol):
@@ -136,8 +143,8 @@ class Session:
     connection_bound = True
 
     def __init__(self, server: Server, transport: Transport, cert_user: str | None = None,
-                 max_queue: int = 2000, ticks: bool = False, max_inflight: int = 1000
-                 ) -> None:
+                 max_queue: int = 2000, ticks: bool = False, max_inflight: int = 1000,
+                 max_behind_s: float = 5.0) -> None:
         self.server = server
         self.ticks = ticks  # msgpack: prices and quantities may come as integer ticks
         self.transport = transport
@@ -147,6 +154,10 @@ class Session:
         self.roles: frozenset[str] = frozenset()
         self.on_disconnect = "none"
         self.max_queue = max_queue
+        self.hard_queue = max_queue * HARD_QUEUE_FACTOR
+        self.max_behind_s = max_behind_s
+        self._burst = 0  # messages queued since the last flush: the current commit's
+        self._behind_since: float | None = None  # more than max_queue waiting since then
         # inbound back-pressure: requests submitted and not yet answered; at the limit the
         # transport stops reading (``pause_input``) until half of them are answered
         self.max_inflight = max_inflight
@@ -181,9 +192,10 @@ class Session:
     def _push(self, msg: dict[str, Any]) -> bool:
         if self._closing:
             return False
-        if len(self._out) >= self.max_queue:
+        if len(self._out) - self._burst >= self.hard_queue:
             return False
         self._out.append(msg)
+        self._burst += 1
         self._pushed += 1
         if not self._flush_due:
             self._flush_due = True
@@ -197,6 +209,7 @@ class Session:
         may wait (flow control, closing, conflated book streams).  Waking the task for
         every batch cost more than the write itself at 5,000 orders/s."""
         self._flush_due = False
+        self._burst = 0
         out = self._out
         if not out:
             return
@@ -204,6 +217,7 @@ class Session:
         if (send_now is None or not self._writer_idle or self._closing
                 or self._stale_books):
             self._wake.set()
+            self._check_behind()
             return
         try:
             while out:
@@ -212,6 +226,7 @@ class Session:
                 if not send_now(batch):
                     out.extendleft(reversed(batch))  # the writer sends them, in order
                     self._wake.set()
+                    self._check_behind()
                     return
                 self.sent += n
                 if self._queries_full:
@@ -223,10 +238,29 @@ class Session:
             log.exception("sending failed; ending the session")
             self._drop(f"internal error: cannot send a message ({type(exc).__name__})")
 
+    def _check_behind(self) -> None:
+        """After a flush or a write: start, end or judge a period with more than
+        ``max_queue`` messages waiting (a timer judges it too, should nothing else happen
+        meanwhile)."""
+        if len(self._out) <= self.max_queue or self._closing:
+            self._behind_since = None
+            return
+        loop = asyncio.get_running_loop()
+        if self._behind_since is None:
+            self._behind_since = loop.time()
+            loop.call_later(self.max_behind_s, self._behind_timeout)
+        elif loop.time() - self._behind_since >= self.max_behind_s:
+            self._drop(f"slow consumer: more than {self.max_queue} messages waiting for"
+                       f" {self.max_behind_s:g} s")
+
+    def _behind_timeout(self) -> None:
+        if self._behind_since is not None:
+            self._check_behind()
+
     def send(self, msg: dict[str, Any]) -> None:
         """Queue a message that must not be lost (answers, private stream...)."""
         if not self._push(msg) and not self._closing:
-            self._drop("slow consumer: outbound queue full")
+            self._drop(f"slow consumer: {len(self._out)} messages waiting")
 
     def _close_after_flush(self, reason: str) -> None:
         """Close once what is queued has gone out (logout, failed logins, flood): the
@@ -295,6 +329,8 @@ class Session:
                 batch = [out.popleft() for _ in range(n)]
                 await self.transport.send_many(batch)
                 self.sent += n
+                if self._behind_since is not None:
+                    self._check_behind()
                 if self._queries_full:
                     self._queries_written()
                 if self._stale_books and len(self._out) < self.max_queue // 2:

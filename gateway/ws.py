@@ -458,6 +458,7 @@ async def _handler(server: Server, ws: ServerConnection) -> None:
     binary = ws.subprotocol == MSGPACK
     session = Session(server, WsTransport(ws, binary), _cert_user(ws),
                       max_queue=server.config.max_queue, ticks=binary,
+                      max_behind_s=server.config.max_behind_s,
                       max_inflight=server.config.max_inflight)
     writer = asyncio.get_running_loop().create_task(session.writer())
     session.writer_task = writer

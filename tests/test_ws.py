@@ -873,15 +873,17 @@ async def test_a_book_unsubscribed_while_conflated_gets_no_snapshot_later(env: E
 
 
 async def test_slow_private_consumer_is_disconnected_with_a_reason(env: Env) -> None:
-    srv = await env.server(max_queue=30, heartbeat_s=3600)
+    """A consumer reading nothing: its backlog reaches the hard bound (ten times
+    max_queue), and it is let go at once, whatever max_behind_s says."""
+    srv = await env.server(max_queue=30, heartbeat_s=3600, max_behind_s=3600)
     slow = await _slow_client(env, srv, "ana", {"type": "subscribe", "stream": "private"})
     session = _shrink_server_sndbuf(srv, "ana")
     for k in range(6):
         await _churn(srv, 50, start=50 * k)
-        assert len(session._out) <= 30
+        assert len(session._out) <= 300 + 5  # the hard bound, plus one command's messages
     assert session._closing and "slow consumer" in session._closing
     await _churn(srv, 100, start=1000)
-    assert len(session._out) <= 30  # the memory of a dead session does not grow
+    assert len(session._out) <= 305  # the memory of a dead session does not grow
     slow.start_reading()
     code, reason = await slow.wait_closed(10)
     assert code == 1008 and "slow consumer" in (reason or "")
@@ -896,7 +898,7 @@ async def test_stuck_consumer_is_let_go_without_reading(env: Env) -> None:
     """A consumer that overflowed and reads nothing at all is disconnected promptly: the
     server does not keep its connection and its subscriptions until the keepalive ping
     times out."""
-    srv = await env.server(max_queue=30, heartbeat_s=3600)
+    srv = await env.server(max_queue=30, heartbeat_s=3600, max_behind_s=0.5)
     slow = await _slow_client(env, srv, "ana", {"type": "subscribe", "stream": "private"})
     session = _shrink_server_sndbuf(srv, "ana")
     try:
@@ -912,6 +914,65 @@ async def test_stuck_consumer_is_let_go_without_reading(env: Env) -> None:
     finally:
         slow.start_reading()  # let it go now (else the server's stop waits 10 s for it)
         await slow.wait_closed(5)
+
+
+async def test_a_consumer_that_stays_behind_is_let_go_after_max_behind_s(env: Env) -> None:
+    """More than max_queue (30) messages waiting, well below the hard bound (300), for
+    longer than max_behind_s: disconnected, saying so; not before."""
+    srv = await env.server(max_queue=30, heartbeat_s=3600, max_behind_s=1.0)
+    slow = await _slow_client(env, srv, "ana", {"type": "subscribe", "stream": "private"})
+    session = _shrink_server_sndbuf(srv, "ana")
+    try:
+        await _churn(srv, 60)
+        assert 30 < len(session._out) < 300 and not session._closing
+        t0 = asyncio.get_running_loop().time()
+        while not session._closing and asyncio.get_running_loop().time() - t0 < 5:
+            await asyncio.sleep(0.05)
+        waited = asyncio.get_running_loop().time() - t0
+        assert session._closing == "slow consumer: more than 30 messages waiting for 1 s"
+        assert 0.5 < waited < 2.0, waited
+    finally:
+        slow.start_reading()
+        await slow.wait_closed(5)
+
+
+async def test_a_consumer_behind_for_a_moment_is_kept(env: Env) -> None:
+    """The same backlog, and the client starts reading before max_behind_s: it gets every
+    message, and stays connected."""
+    srv = await env.server(max_queue=30, heartbeat_s=3600, max_behind_s=3.0)
+    slow = await _slow_client(env, srv, "ana", {"type": "subscribe", "stream": "private"})
+    session = _shrink_server_sndbuf(srv, "ana")
+    await _churn(srv, 60)
+    assert len(session._out) > 30
+    slow.start_reading()
+    hb = await slow.request({"type": "heartbeat"})
+    assert hb["type"] == "heartbeat" and not session._closing
+    await asyncio.sleep(3.5)  # past max_behind_s: caught up long before, nothing happens
+    assert not session._closing and not slow.closed.is_set()
+    assert (await slow.request({"type": "heartbeat"}))["type"] == "heartbeat"
+
+
+async def test_one_requests_many_messages_do_not_drop_a_reading_consumer(env: Env) -> None:
+    """A cancel_all of 12 orders sends 12 order reports (and account updates) at once:
+    more than the hard bound of a session with max_queue 1 (10 messages).  What one
+    commit produces is not held against the session: every report arrives, and the
+    connection stays (before, such a session was let go: "outbound queue full")."""
+    srv = await env.server(max_queue=1, heartbeat_s=3600)
+    ana = await env.client(srv, "ana")
+    await ana.request({"type": "subscribe", "stream": "private"})
+    ids = []
+    for i in range(12):
+        ids.append(await ask(ana, f"{50 + i}.00", contract=(C1, C2, C3)[i % 3]))
+    ans = await ana.request({"type": "cancel_all", "scope": "agent"})
+    assert ans["type"] == "ack" and sorted(ans["order_ids"]) == sorted(ids)
+    await ana.wait_for(lambda m: m.get("type") == "order_report"
+                       and m.get("order_id") == ans["order_ids"][-1]
+                       and m.get("action") == "CANCELLED", timeout=10)
+    cancelled = {m["order_id"] for m in ana.received
+                 if m.get("type") == "order_report" and m.get("action") == "CANCELLED"}
+    assert cancelled == set(ids)
+    assert not ana.closed.is_set()
+    assert (await ana.request({"type": "query_me"}))["type"] == "me"
 
 
 # ====================================================================== malformed input
