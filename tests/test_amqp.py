@@ -1331,3 +1331,27 @@ async def test_requests_are_read_by_the_adapter_not_through_the_librarys_message
     ans = await carlos.request(order("BUY", "40.00", client_order_id="via-reader"))
     assert ans["type"] == "ack" and ans["kind"] == "order_entry"
     assert [o["order_id"] for o in live_orders(server, "AG2")] == ans["order_ids"]
+
+
+async def test_one_requests_many_reports_do_not_end_the_session(carlos: AmqpClient,
+                                                                 server: Server) -> None:
+    """A cancel_all of 15 orders sends 15 order reports at once: more than the hard bound
+    of a session with max_queue 1 (10 messages, gateway/session.py).  What one commit
+    produces is not held against the session: every report arrives on the private stream,
+    and the session lives on (before, it ended: "slow consumer: outbound queue full")."""
+    server.config.max_queue = 1  # the session is opened by carlos's first request
+    ans = await carlos.request({"type": "basket_entry", "basket": "NONE", "orders": [
+        {k: v for k, v in order("BUY", f"{30 + i}.00", client_order_id=f"m-{i}").items()
+         if k != "type"} for i in range(15)]})
+    assert ans["type"] == "ack" and len(ans["order_ids"]) == 15, ans
+    ans = await carlos.request({"type": "cancel_all"})
+    assert ans["type"] == "ack" and len(ans["order_ids"]) == 15, ans
+    last = ans["order_ids"][-1]
+    await carlos.wait_bcast(lambda k, h, m: m.get("order_id") == last
+                            and m.get("action") == "CANCELLED")
+    cancelled = {m["order_id"] for _k, _h, m in carlos.bcast
+                 if m.get("type") == "order_report" and m.get("action") == "CANCELLED"}
+    assert cancelled == set(ans["order_ids"])
+    (session,) = server.sessions_of["carlos"]
+    assert not session._closing
+    assert (await carlos.request({"type": "query_me"}))["type"] == "me"
