@@ -40,7 +40,6 @@ from engine.commands import (
     CancelOrder,
     Deactivate,
     EnterBasket,
-    HibernateOrders,
     ModifyOrder,
     NewOrder,
     Tick,
@@ -158,12 +157,15 @@ class AuditLog:
         agents.update(a for a in (getattr(cmd, "agents", None) or ()) if isinstance(a, str))
         # a reload that suspends an agent acts on it as an officer's suspend_agent does,
         # which names it: so does the entry (the agent and a filter on it find it)
-        agents.update(e.agent for e in events if type(e) is RiskNotice
-                      and e.kind == "AGENT_SUSPENDED" and e.agent)
         done = [e for e in events if type(e) is OrderReport and e.action != "REJECTED"]
-        if (type(cmd) is HibernateOrders and cmd.user is not None and cmd.agent is None
-                and cmd.contract is None):
-            # one user's orders (on disconnect, its login option): its agent's, named
+        if not agents:
+            # a command naming no agent acts on those it reaches: an officer's decision on
+            # a guarantee request (its agent, told by a notice), a reload that suspends, an
+            # interruption or a close (the agents of the orders it hibernated or
+            # cancelled), a hibernation on disconnect (one user's orders): each such agent
+            # finds the entry, with its own count.  (A command that names its agents keeps
+            # to them: a counterparty its orders traded with is not what it was about.)
+            agents.update(e.agent for e in events if type(e) is RiskNotice and e.agent)
             agents.update(e.agent for e in done)
         head: Message = {"seq": self.seq, "ts": fmt_instant(self.last_ts), "by": origin,
                          "action": self.codec.name_of(type(cmd))}

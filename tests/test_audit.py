@@ -9,8 +9,10 @@ from typing import Any
 
 from wsclient import Client, connect_as, contract_id, order, running_server
 
-from engine.commands import ReactivateOrders
+from engine.commands import InterruptContracts, ReactivateOrders
 from engine.events import OrderReport, Reject
+from risk.commands import DecideGuaranteeRequest
+from risk.events import RiskNotice
 from gateway.audit import AuditLog
 from gateway.codec import default_codec
 
@@ -316,3 +318,33 @@ def test_a_reload_that_suspends_an_agent_names_it() -> None:
     [own] = log.query(view_of="AG3")
     assert (own["action"], own["orders_affected"]) == ("load_reference_data", 1)
     assert log.query(view_of="AG1") == []
+
+
+def test_a_decision_on_a_guarantee_request_is_listed_for_its_agent() -> None:
+    """An officer's decision names no agent (a request id); the notice it makes does:
+    the entry is about that agent, whose own users and an officer filtering on it find
+    it (before, its agents were empty: the console showed it as about everyone, and a
+    filter on the agent missed it)."""
+    log = AuditLog(default_codec())
+    log.observe([(DecideGuaranteeRequest("rita", 3, False, "not enough"), "rita", [
+        RiskNotice.of(ts=1_800_000_000_000, kind="REQUEST_REFUSED", agent="AG1", by="rita",
+                      request_id=3, amount=99_999_900, detail="refused: not enough")])])
+    [whole] = log.query()
+    assert whole["agents"] == ["AG1"] and whole["action"] == "decide_guarantee_request"
+    assert log.query("AG1") == [whole] and log.query(view_of="AG1")
+    assert log.query(view_of="AG2") == []
+
+
+def test_an_interruption_is_listed_for_the_agents_whose_orders_it_hibernated() -> None:
+    """An interruption names contracts: the agents whose orders it hibernated find it,
+    each counting its own orders."""
+    log = AuditLog(default_codec())
+    log.observe([(InterruptContracts((C1,)), "marta", [
+        _report(1, "AG1", "HIBERNATED"), _report(2, "AG1", "HIBERNATED"),
+        _report(3, "AG2", "HIBERNATED")])])
+    [whole] = log.query()
+    assert (whole["agents"], whole["orders_affected"]) == (["AG1", "AG2"], 3)
+    [ag1] = log.query(view_of="AG1")
+    [ag2] = log.query(view_of="AG2")
+    assert (ag1["orders_affected"], ag2["orders_affected"]) == (2, 1)
+    assert log.query(view_of="AG3") == []
