@@ -11,10 +11,10 @@ from wsclient import Client, connect_as, contract_id, order, running_server
 
 from engine.commands import InterruptContracts, ReactivateOrders
 from engine.events import OrderReport, Reject
-from risk.commands import DecideGuaranteeRequest
-from risk.events import RiskNotice
 from gateway.audit import AuditLog
 from gateway.codec import default_codec
+from risk.commands import DecideGuaranteeRequest
+from risk.events import RiskNotice
 
 C1 = contract_id(10)
 
