@@ -52,11 +52,14 @@ class EnterBasket:
 
 @dataclass(frozen=True, slots=True)
 class ModifyOrder:
-    """R46.2.6.1: new price, quantity (open quantity) and conditions of a resting order.
-    ``revision`` must be the order's current revision: a stale one is refused.  ``qty``
-    None keeps the open quantity the order has when the modification is applied: a
+    """R46.2.6.1: new price, quantity (open quantity) and execution conditions of a resting
+    order.  ``revision`` must be the order's current revision: a stale one is refused.
+    ``qty`` None keeps the open quantity the order has when the modification is applied: a
     trader changing only the price cannot put back what was filled meanwhile (fills do
-    not change the revision)."""
+    not change the revision).  ``validity`` None (with ``expiry`` None) keeps the order's
+    validity and expiry; R46.2.6 lets a modification vary «la cantidad, precio o
+    condiciones de ejecución», not the validity (A1§4), so a validity or expiry other than
+    the order's is refused."""
 
     user: str
     agent: str
@@ -65,7 +68,7 @@ class ModifyOrder:
     price: int
     qty: int | None
     exec: Exec = Exec.NON
-    validity: Validity = Validity.GFS
+    validity: Validity | None = None
     expiry: int | None = None
     peak: int = 0
     incr: int = 0

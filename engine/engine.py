@@ -1204,6 +1204,16 @@ class Engine:
                          f"revision {cmd.revision} is stale; order {o.id} is at revision"
                          f" {o.revision}", o.coid, o.id)
             return
+        val: Validity = o.validity
+        exp = o.expiry
+        if (cmd.validity is not None or cmd.expiry is not None) and (
+                cmd.validity, cmd.expiry) != (val, exp):  # none: the order's own
+            self._reject(ts, u, a, rq, Code.MODIFY_CHANGES_FIXED_FIELD,
+                         f"order {o.id} is {_validity_text(o.validity, o.expiry)}; a"
+                         " modification may change its quantity, price and execution"
+                         " conditions, not its validity (R46.2.6): cancel it and enter a"
+                         " new order", o.coid, o.id)
+            return
         c = self.contracts[o.contract]
         cfg = self.cfg
         qty, peak = cmd.qty, cmd.peak
@@ -1214,17 +1224,17 @@ class Engine:
         if not (
             c.state is TRADE and ts < c.close_at  # R45.f gate closure, A1§3.1
             and cmd.exec is NON and not peak and not cmd.incr
-            and cmd.expiry is None and cmd.validity is GFS
+            and exp is None and val is GFS
             and cfg.price_min <= cmd.price <= cfg.price_max
             and cfg.qty_min <= qty <= cfg.qty_max
         ):  # else a plain valid modification: every check is in _validate
             rej = self._validate(c, o.contract, o.side, cmd.price, qty, cmd.exec,
-                                 cmd.validity, cmd.expiry, peak, cmd.incr, ts)
+                                 val, exp, peak, cmd.incr, ts)
             if rej is not None:
                 self._reject(ts, u, a, rq, rej[0], rej[1], o.coid, o.id)
                 return
         n = Order.new(o.id, o.coid, o.contract, o.user, o.agent, o.unit, o.side, cmd.price,
-                      qty, peak, cmd.incr, cmd.exec, cmd.validity, cmd.expiry,
+                      qty, peak, cmd.incr, cmd.exec, val, exp,
                       o.revision + 1, o.arrival, o.basket, o.basket_type, ts)
         n.filled = o.filled
         g = self.guard
@@ -1798,3 +1808,7 @@ def arrival_key(o: Order) -> tuple[int, int]:
 
 
 _arrival_key = arrival_key
+
+
+def _validity_text(validity: Validity, expiry: int | None) -> str:
+    return "GFS" if expiry is None else f"{validity.value} until {fmt_ms(expiry)}"

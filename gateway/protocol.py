@@ -219,7 +219,9 @@ class OrderModify(_Request):
     # absent: the open quantity the order has when the modification is applied (R46.2.6.1)
     quantity: Qty | None = None
     exec: Exec = Exec.NON
-    validity: Validity = Validity.GFS
+    # absent (with expiry absent): the order's own; another than the order's is refused
+    # (R46.2.6: a modification does not change the validity)
+    validity: Validity | None = None
     expiry: Instant | None = None
     iceberg: Iceberg | None = None
 
@@ -706,7 +708,9 @@ def _fast_modify(data: dict[str, Any], ticks: bool, user: str, agent: str, rq: s
     if oid is None or rev is None or cond is None:
         return None
     price, qty, ex, val, expiry = cond
-    return _MODIFY_ORDER(user, agent, oid, rev, price, qty, ex, val, expiry, 0, 0, rq)
+    # no validity: the order's own (OrderModify)
+    return _MODIFY_ORDER(user, agent, oid, rev, price, qty, ex,
+                         val if "validity" in data else None, expiry, 0, 0, rq)
 
 
 def fast_command(typ: str, data: dict[str, Any], ticks: bool, user: str, agent: str

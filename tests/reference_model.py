@@ -512,8 +512,11 @@ class ReferenceModel:
         if qty is None:  # keep the open quantity, an iceberg's peak at most that
             qty = o.remaining
             peak = min(peak, qty)
+        # R46.2.6: the validity is the order's; another one is refused
+        if (cmd.validity, cmd.expiry) not in ((None, None), (o.validity, o.expiry)):
+            bad.append(Code.MODIFY_CHANGES_FIXED_FIELD)
         bad += self._order_problems(
-            o.contract, o.side, cmd.price, qty, cmd.exec, cmd.validity, cmd.expiry,
+            o.contract, o.side, cmd.price, qty, cmd.exec, o.validity, o.expiry,
             peak, cmd.incr,
         )
         if bad:
@@ -523,7 +526,7 @@ class ReferenceModel:
         n = RefOrder(
             id=o.id, contract=o.contract, user=o.user, agent=o.agent, unit=o.unit,
             side=o.side, price=cmd.price, remaining=qty, peak=peak, incr=cmd.incr,
-            exec=cmd.exec, validity=cmd.validity, expiry=cmd.expiry, coid=o.coid,
+            exec=cmd.exec, validity=o.validity, expiry=o.expiry, coid=o.coid,
             basket=o.basket, arrival=o.arrival, revision=o.revision + 1, filled=o.filled,
         )
         self._execute(n, out)

@@ -613,6 +613,12 @@ def commands(draw: Any, h: Harness) -> tuple[Any, int]:
         p = draw_params(draw, side, contract, now)
         if draw(st.integers(0, 3)) == 0:
             p["qty"] = None  # keep the open quantity it has then (R46.2.6.1)
+        how = draw(st.integers(0, 9))
+        if how < 7:  # the validity left out: the order's own (R46.2.6)
+            p["validity"], p["expiry"] = None, None
+        elif how < 9 and o is not None:  # the order's own, given
+            p["validity"], p["expiry"] = o.validity, o.expiry
+        # else as drawn: refused unless it is the order's (MODIFY_CHANGES_FIXED_FIELD)
         cmd = ModifyOrder(pick(draw, USERS[agent]), agent, oid, rev, **p)
     elif k < 61:
         oid, agent = draw_order_ref(draw, h)

@@ -717,6 +717,30 @@ def test_R46_2_6_1_modify_is_cancel_plus_new_and_loses_priority() -> None:
     assert counterparties(trades(m.last), BUY) == [s1]
 
 
+def test_R46_2_6_a_modification_keeps_the_validity() -> None:
+    """R46.2.6: «Modificación: Pudiendo variar la cantidad, precio o condiciones de
+    ejecución» — not the validity (A1§4).  A GTD sell modified without a validity keeps
+    it, expiry included, and expires then (before, it became GFS and outlived the expiry
+    its owner chose); one that names another validity or expiry is refused, the order
+    left as it was; naming its own is a plain modification."""
+    m = Market()
+    exp = T0 + 60 * SECOND
+    a = m.sell("bob", 5000, 10, validity=GTD, expiry=exp)
+    m.send(modify("bob", a, 1, 5100, None))
+    r = m.report(a)
+    assert (r.action, r.validity, r.expiry, r.price) == ("MODIFIED", "GTD", exp, 5100)
+    for val, e in ((Validity.GFS, None), (GTD, exp + SECOND)):
+        ev = m.send(modify("bob", a, 2, 5200, None, validity=val, expiry=e))
+        (rej,) = rejects(ev)
+        assert rej.code == "MODIFY_CHANGES_FIXED_FIELD" and "R46.2.6" in rej.reason
+        assert "GTD until" in rej.reason
+    assert m.engine.orders[a].price == 5100 and m.engine.orders[a].revision == 2
+    m.send(modify("bob", a, 2, 5200, None, validity=GTD, expiry=exp))
+    assert (m.report(a).action, m.report(a).price) == ("MODIFIED", 5200)
+    ev = m.send(order("alice", BUY, 5200, 10), at=exp + 5 * SECOND)
+    assert not trades(ev)  # expired at its own expiry, not traded after it
+
+
 def test_R46_2_6_1_modified_order_may_match_at_once_at_resting_price() -> None:
     """R46.2.6.1 with R47.1: the modification is a new order: moved to 51.00 it crosses
     carol's 50.50 and trades at 50.50."""
