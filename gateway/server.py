@@ -210,7 +210,9 @@ class Server:
     def _snapshot(self) -> State | None:
         """The newest usable snapshot, installed in the core and the listeners (None: the
         whole journal is replayed)."""
-        state = snapshot.load_latest(self._snap_dir, self.config.profile, self.journal,
+        journal = self.journal
+        state = snapshot.load_latest(self._snap_dir, self.config.profile,
+                                     lambda seq: snapshot.digest_of(journal, seq),
                                      self.sync.last_synced)
         if state is not None:
             snapshot.install(state, self.core, self.sync, self.hub, self.audit, self.executed,
@@ -227,7 +229,10 @@ class Server:
         state is never read).  A failure is logged and tried again at the next period."""
         while True:
             await asyncio.sleep(self.config.snapshot_every_s)
-            await self.snapshot_now()
+            try:
+                await self.snapshot_now()
+            except Exception:  # cannot start it (no process left, say): the next period
+                log.exception("snapshot: could not run the snapshotter")
 
     async def snapshot_now(self) -> bool:
         """One run of the snapshotter; whether it succeeded."""

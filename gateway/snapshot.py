@@ -45,12 +45,10 @@ import pickle
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-
-import msgpack
 
 from gateway.journal import (
     _FRAME,
@@ -60,6 +58,7 @@ from gateway.journal import (
     HEADER_SIZE,
     Journal,
     JournalCorrupt,
+    JournalError,
     Record,
     _check_key,
     _Defect,
@@ -110,50 +109,75 @@ def read_records(journal_dir: Path, from_seq: int, *, decode: Any = None
     """The records with ``seq >= from_seq`` and each one's digest, read from a journal
     another process may be appending to: without its lock, changing nothing, and stopping
     at the first record that is not whole yet (or at the zeros of a preallocated segment).
-    Raises :class:`JournalCorrupt` on a defect that is not at the end."""
+    Each segment is read into memory, not mapped: the server may cut its current segment
+    (a roll) while it is read.  Raises :class:`JournalError` when the records from
+    ``from_seq`` are not all there (segments archived away, a gap between segments), and
+    :class:`JournalCorrupt` on a defect that is not at the end."""
     if decode is None:
         from gateway.codec import default_codec
 
         decode = default_codec().decode
     found = sorted((int(m.group(1)), p) for p in journal_dir.iterdir()
                    if (m := _SEGMENT_RE.fullmatch(p.name)) and p.is_file())
+    expected: int | None = None  # the seq the next segment must start with
     for k, (_index, path) in enumerate(found):
         last = k == len(found) - 1
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < HEADER_SIZE:
+            buf = f.read()
+        size = len(buf)
+        if size < HEADER_SIZE:
+            if last:
                 return  # a segment being started
-            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
-                magic, first = _HEADER.unpack_from(mm, 0)
-                if magic != JOURNAL_MAGIC:
-                    if last and magic == b"\0" * 8:
-                        return  # a preallocated segment whose header is not written yet
-                    raise JournalCorrupt(path, 0, f"bad magic {magic!r}")
-                off, seq = HEADER_SIZE, first
-                while off < size:
-                    if seq < from_seq:  # skip by the frames alone: seqs are consecutive
-                        if off + FRAME_SIZE > size:
-                            break
-                        length = _FRAME.unpack_from(mm, off)[0]
-                        if length == 0 or off + FRAME_SIZE + length > size:
-                            break
-                        off += FRAME_SIZE + length
-                        seq += 1
-                        continue
-                    try:
-                        end, obj = _read_frame(mm, off, size, seq)
-                    except _Defect as d:
-                        if last:
-                            return  # not whole yet (or zeros): the end, for now
-                        raise JournalCorrupt(path, d.offset, d.reason) from None
-                    key = None
-                    if len(obj) == 5:
-                        key = (obj[4][0], obj[4][1])
-                        _check_key(seq, key)
-                    yield (Record(seq, obj[1], obj[2], decode(obj[3]), key),
-                           record_digest(mm[off + FRAME_SIZE:end]))
-                    off = end
-                    seq += 1
+            raise JournalCorrupt(path, 0, "segment header is incomplete")
+        magic, first = _HEADER.unpack_from(buf, 0)
+        if magic != JOURNAL_MAGIC:
+            if last and magic == b"\0" * 8:
+                return  # a preallocated segment whose header is not written yet
+            raise JournalCorrupt(path, 0, f"bad magic {magic!r}")
+        if expected is None and first > from_seq:
+            raise JournalError(f"{journal_dir}: records before seq {first} are not in this "
+                               f"journal (asked from {from_seq})")
+        if expected is not None and first != expected:
+            raise JournalError(f"{path}: starts at seq {first}, expected {expected}")
+        off, seq = HEADER_SIZE, first
+        while off < size:
+            if seq < from_seq:  # skip by the frames alone: seqs are consecutive
+                if off + FRAME_SIZE > size:
+                    break
+                length = _FRAME.unpack_from(buf, off)[0]
+                if length == 0 or off + FRAME_SIZE + length > size:
+                    break
+                off += FRAME_SIZE + length
+                seq += 1
+                continue
+            try:
+                end, obj = _read_frame(buf, off, size, seq)
+            except _Defect as d:
+                if buf.count(0, d.offset) == size - d.offset:
+                    break  # only zeros follow: where this segment's records end
+                if last:
+                    return  # not whole yet: the end, for now
+                raise JournalCorrupt(path, d.offset, d.reason) from None
+            key = None
+            if len(obj) == 5:
+                key = (obj[4][0], obj[4][1])
+                _check_key(seq, key)
+            yield (Record(seq, obj[1], obj[2], decode(obj[3]), key),
+                   record_digest(buf[off + FRAME_SIZE:end]))
+            off = end
+            seq += 1
+        expected = seq
+
+
+def digest_at(journal_dir: Path, seq: int) -> str | None:
+    """The digest of record ``seq``, read as :func:`read_records` reads (None if the
+    journal does not hold it, or not whole yet)."""
+    try:
+        for rec, digest in read_records(journal_dir, seq):
+            return digest if rec.seq == seq else None
+    except JournalError:
+        return None
+    return None
 
 
 def digest_of(journal: Journal, seq: int) -> str | None:
@@ -283,7 +307,10 @@ def _path(folder: Path, seq: int) -> Path:
 
 
 def write(folder: Path, state: State, record: str, profile: str) -> Path:
-    """Write ``state`` (made up to a record whose digest is ``record``) atomically."""
+    """Write ``state`` (made up to a record whose digest is ``record``) atomically, then
+    keep the newest :data:`KEEP` snapshots up to it and drop any beyond it: made from the
+    journal as it is, this one is at its end, so a snapshot of a later record was made
+    from records the journal no longer holds (a machine crash took them)."""
     folder.mkdir(parents=True, exist_ok=True)
     payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
     head = json.dumps({
@@ -292,17 +319,37 @@ def write(folder: Path, state: State, record: str, profile: str) -> Path:
         "size": len(payload), "payload": hashlib.blake2b(payload, digest_size=16).hexdigest(),
     }).encode()
     path = _path(folder, state.seq)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + _LEN.pack(len(head)) + head + _LEN.pack(zlib.crc32(head)))
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = folder / f"{path.stem}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + _LEN.pack(len(head)) + head + _LEN.pack(zlib.crc32(head)))
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     _fsync_dir(folder)
-    for old in sorted(snapshots(folder))[:-KEEP]:
+    kept = [p for p in snapshots(folder) if _seq_of(p) <= state.seq]
+    for old in [p for p in snapshots(folder) if _seq_of(p) > state.seq] + kept[:-KEEP]:
         old.unlink(missing_ok=True)
     return path
+
+
+def _seq_of(path: Path) -> int:
+    m = _NAME.fullmatch(path.name)
+    assert m is not None
+    return int(m.group(1))
+
+
+def _sweep(folder: Path) -> None:
+    """Remove the temporary files of snapshotters that died while writing."""
+    if not folder.is_dir():
+        return
+    for p in folder.glob("snap-*.tmp"):
+        pid = p.suffixes[-2][1:] if len(p.suffixes) >= 2 else ""
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            p.unlink(missing_ok=True)
 
 
 def snapshots(folder: Path) -> list[Path]:
@@ -319,8 +366,8 @@ class Unusable(Exception):
 def read(path: Path) -> tuple[dict[str, Any], bytes]:
     """The header and payload of a snapshot file, their checksums verified."""
     data = path.read_bytes()
-    if data[:8] != MAGIC:
-        raise Unusable(f"{path.name}: not a snapshot (magic {data[:8]!r})")
+    if data[:8] != MAGIC or len(data) < 12:
+        raise Unusable(f"{path.name}: not a snapshot (it starts {data[:8]!r})")
     n = _LEN.unpack_from(data, 8)[0]
     head = data[12:12 + n]
     if len(head) != n or len(data) < 16 + n or \
@@ -334,16 +381,20 @@ def read(path: Path) -> tuple[dict[str, Any], bytes]:
     return meta, payload
 
 
-def load(path: Path, profile: str, journal: Journal | None = None,
+Digest = Callable[[int], "str | None"]
+
+
+def load(path: Path, profile: str, digest: Digest | None = None,
          synced_through: int | None = None) -> State:
-    """A snapshot's state, if it may be used: see the module docstring.  ``journal`` (open)
-    and ``synced_through`` (the settlement store's last synchronised round) are checked
-    when given."""
+    """A snapshot's state, if it may be used: see the module docstring.  ``digest`` (the
+    journal's record digest by seq: :func:`digest_of`, :func:`digest_at`) and
+    ``synced_through`` (the settlement store's last synchronised round) are checked when
+    given."""
     meta, payload = read(path)
     if meta["fingerprint"] != fingerprint(profile):
         raise Unusable(f"{path.name}: made by other code or another engine profile")
-    if journal is not None:
-        have = digest_of(journal, meta["seq"])
+    if digest is not None:
+        have = digest(meta["seq"])
         if have is None:
             raise Unusable(f"{path.name}: the journal does not hold its record {meta['seq']}")
         if have != meta["record"]:
@@ -359,29 +410,33 @@ def load(path: Path, profile: str, journal: Journal | None = None,
     return state
 
 
-def load_latest(folder: Path, profile: str, journal: Journal | None = None,
+def load_latest(folder: Path, profile: str, digest: Digest | None = None,
                 synced_through: int | None = None) -> State | None:
-    """The newest usable snapshot's state, or None; each unusable one is logged."""
+    """The newest usable snapshot's state, or None; each unusable one is logged.  Whatever
+    goes wrong with a file (its checks, or an error reading or unpickling it) makes it
+    unusable, never stops the caller."""
     for path in reversed(snapshots(folder)):
         try:
-            return load(path, profile, journal, synced_through)
-        except (Unusable, OSError, ValueError, KeyError, pickle.UnpicklingError,
-                AttributeError, EOFError, TypeError, msgpack.ExtraData) as exc:
+            return load(path, profile, digest, synced_through)
+        except Exception as exc:
             log.warning("snapshot %s not used: %s", path.name, exc)
     return None
 
 
 def make(data_dir: Path, profile: str, synced_through: int = 0) -> tuple[int, int] | None:
-    """``ronda journal snapshot``: from the newest usable snapshot (or the start), replay the
-    journal's whole records after it and write a snapshot of the result.  Returns (the
-    snapshot's seq, records replayed), or None when there was nothing new."""
+    """``ronda journal snapshot``: from the newest usable snapshot (checked against the
+    journal as a start checks it), or the start, replay the journal's whole records after
+    it and write a snapshot of the result.  Returns (the snapshot's seq, records replayed),
+    or None when there was nothing new."""
     folder = data_dir / "snapshots"
-    base = load_latest(folder, profile)
+    journal_dir = data_dir / "journal"
+    _sweep(folder)
+    base = load_latest(folder, profile, lambda seq: digest_at(journal_dir, seq))
     rep = Replica(profile, base, synced_through)
     start = rep.seq + 1
     last_digest = None
     n = 0
-    for rec, digest in read_records(data_dir / "journal", start):
+    for rec, digest in read_records(journal_dir, start):
         rep.apply(rec)
         last_digest = digest
         n += 1
