@@ -76,6 +76,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ronda serve: --start: {exc}", file=sys.stderr)
         return 2
+    if not args.snapshot_every >= 0:  # (also NaN)
+        print("ronda serve: --snapshot-every must be 0 or more seconds", file=sys.stderr)
+        return 2
     clock = Clock(speed=args.speed, start=start) if (args.speed != 1 or start) else None
     cfg = Config(
         data_dir=Path(args.data_dir), host=args.host, port=args.port,
@@ -86,6 +89,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls_key=Path(args.tls_key) if args.tls_key else None,
         tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
         accept_replay_divergence=args.accept_replay_divergence,
+        snapshot_every_s=args.snapshot_every,
     )
 
     async def run() -> int:
@@ -163,6 +167,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         str(args.speed), "--bots", "--no-fsync", "--calendar", "omie-2018"])
     rc: int = ns.func(ns)
     return rc
+
+
+def _cmd_journal_snapshot(args: argparse.Namespace) -> int:
+    from gateway import snapshot
+    from gateway.journal import JournalError
+
+    if args.synced_through < 0:
+        print("ronda journal snapshot: --synced-through must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        made = snapshot.make(Path(args.data_dir), args.profile, args.synced_through)
+    except (JournalError, OSError) as exc:
+        print(f"ronda journal snapshot: {exc}", file=sys.stderr)
+        return 1
+    if made is None:
+        print("ronda journal snapshot: no record since the last snapshot")
+    else:
+        print(f"ronda journal snapshot: record {made[0]} ({made[1]} records replayed)")
+    return 0
 
 
 def _cmd_journal_export(args: argparse.Namespace) -> int:
@@ -265,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start even if replaying the journal does not give the state the "
                         "server had at one of its checkpoints (after a deliberate change of "
                         "the engine's behaviour); logged")
+    v.add_argument("--snapshot-every", type=float, default=300.0, metavar="SECONDS",
+                   help="write a snapshot of the journal's state this often, in a child "
+                        "process, so that a restart replays only the records after it "
+                        "(default: 300; 0: never)")
     v.add_argument("--amqp-url", help="also serve AMQP through this RabbitMQ broker")
     v.add_argument("--settlement-url",
                    help="postgresql://… for the settlement store (default: SQLite in the"
@@ -288,6 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     je.add_argument("journal", help="the journal folder (DATA_DIR/journal)")
     je.add_argument("-o", "--output", default="-")
     je.set_defaults(func=_cmd_journal_export)
+
+    js = jsub.add_parser("snapshot", help="write a snapshot of the state the journal's "
+                         "records build, so that a restart replays only the records after "
+                         "it (ronda serve runs this every --snapshot-every seconds)")
+    js.add_argument("data_dir", help="the server's data folder (DATA_DIR)")
+    js.add_argument("--profile", default="harmonised", choices=sorted(PROFILES),
+                    help="the server's engine profile (default: harmonised)")
+    js.add_argument("--synced-through", type=int, default=0, metavar="ROUND",
+                    help="the last round the settlement store has synchronised: the "
+                         "snapshot leaves out the trades of the rounds up to it")
+    js.set_defaults(func=_cmd_journal_snapshot)
 
     st = sub.add_parser("settlement", help="settlement store tools")
     ssub = st.add_subparsers(dest="settlement_command", required=True)

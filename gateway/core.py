@@ -101,6 +101,9 @@ class ReplayDiverged(RuntimeError):
         self.checkpoint = checkpoint
         self.replayed = replayed
 
+    def __reduce__(self) -> tuple[Any, ...]:  # (a snapshot carries the findings)
+        return (ReplayDiverged, (self.seq, self.ts, self.checkpoint, self.replayed, str(self)))
+
 
 class ReplayUnchecked(ReplayDiverged):
     """Records after the journal's last checkpoint, written by another server (version)
@@ -113,6 +116,9 @@ class ReplayUnchecked(ReplayDiverged):
             f"checkpoint (no checkpoint at stop: it did not stop cleanly) and are replayed by "
             f"{SERVER}: whether the replay reproduces them cannot be checked"))
         self.last = last
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ReplayUnchecked, (self.seq, self.last, self.ts, self.checkpoint))
 
 
 class CheckpointCheck:

@@ -35,12 +35,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.contracts import local_day_of, local_midnight_utc
 from gateway.codec import Codec, default_codec
 from gateway.core import SERVER, Checkpoint, CheckpointCheck, Core, ReplayDiverged
 from gateway.journal import Journal, Record, RequestKey
+
+if TYPE_CHECKING:
+    from gateway.snapshot import State
 
 log = logging.getLogger("ronda.sequencer")
 
@@ -214,8 +217,12 @@ class Sequencer:
 
     def recover(self, listeners: list[Listener] | None = None,
                 accept_divergence: bool = False,
-                keyed: Callable[[Record, list[Any]], None] | None = None) -> int:
+                keyed: Callable[[Record, list[Any]], None] | None = None,
+                start: State | None = None) -> int:
         """Replay the journal into the core; return the number of records replayed.
+        ``start``: a snapshot's state, already installed in the core and the listeners
+        (gateway/snapshot.py): only the records after it are replayed, its checkpoint
+        findings go on.
         ``listeners`` see every replayed command's events (e.g. the sync job, which rebuilds
         the trades of unsynchronised rounds); ``keyed`` sees every replayed record that
         carries an idempotency key, with its events (the AMQP adapter's memory of the
@@ -234,7 +241,11 @@ class Sequencer:
         n = 0
         last_seq = last_ts = 0
         check = CheckpointCheck()
-        for rec in self.journal.records():
+        if start is not None:
+            check, last_seq, last_ts = start.check, start.seq, start.last_ts
+            if start.clock_last > self.clock.last:
+                self.clock.last = start.clock_last
+        for rec in self.journal.records(last_seq + 1):
             cmd = rec.command
             if type(cmd) is Checkpoint:
                 check.check(rec.seq, rec.ts, cmd, self.core.state_hash())
@@ -251,9 +262,9 @@ class Sequencer:
                 self.clock.last = rec.ts
             n += 1
             last_seq, last_ts = rec.seq, rec.ts
-        if n:
+        if n or start is not None:
             self._set_day(last_ts)
-        self.applied = n
+        self.applied = n + (start.applied if start is not None else 0)
         found = check.unsettled(last_seq, last_ts)
         if found and not accept_divergence:
             raise found[0]

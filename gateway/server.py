@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -24,6 +25,7 @@ from typing import Any
 from auctions.calendar import Calendar
 from engine.config import PROFILES
 from engine.events import Reject
+from gateway import snapshot
 from gateway.audit import AuditLog
 from gateway.core import ACCEPTED, CommandFailed, Core
 from gateway.executed import Executed
@@ -32,6 +34,7 @@ from gateway.journal import Journal
 from gateway.refdata_file import read_and_validate
 from gateway.sequencer import Clock, Sequencer, SequencerStopped
 from gateway.session import Session
+from gateway.snapshot import State
 from risk.commands import LoadReferenceData
 
 log = logging.getLogger("ronda.server")
@@ -71,6 +74,9 @@ class Config:
     # start even if replaying the journal does not give the state the server had at a
     # checkpoint (an operator's decision after a deliberate change of the engine)
     accept_replay_divergence: bool = False
+    # seconds between two runs of ``ronda journal snapshot`` (gateway/snapshot.py), in a
+    # child process at low priority; 0: never (a restart then replays the whole journal)
+    snapshot_every_s: float = 300.0
 
 
 ENGINE_ID = "engine-id"
@@ -159,17 +165,22 @@ class Server:
         self.sync = SyncJob(self.core, self.store, self.sequencer.submit)
         await self.sync.open()
         try:
-            self.recovered = self.sequencer.recover(
+            start = self._snapshot()
+            replayed = self.sequencer.recover(
                 [self.sync.observe, self.hub.observe_replay, self.audit.observe],
                 accept_divergence=self.config.accept_replay_divergence,
-                keyed=self.executed.recovered)
+                keyed=self.executed.recovered, start=start)
         except BaseException:  # ReplayDiverged: nothing is served from that state
             self.journal.close()
             await self.store.close()
             raise
         self.sequencer.command_listeners.append(self.sync.observe)
         self.hub.rebuild(self.core)
-        log.info("recovered %d records; state %s", self.recovered, self.core.state_hash())
+        self.recovered = self.sequencer.applied  # (the snapshot's records, then the tail's)
+        log.info("recovered %d records; state %s%s", self.recovered, self.core.state_hash(),
+                 f" (from the snapshot at record {start.seq}, then {replayed} records"
+                 " replayed)" if start is not None else "")
+        self.snapshot_seq = start.seq if start is not None else 0
         # the core creates no reference cycles: freeze what start-up built, so that no
         # collection walks it again; what trading keeps for long (unsettled trades, the
         # agents' latest trades) is held in untracked tuples and dicts, so the collections
@@ -188,6 +199,8 @@ class Server:
         self._tasks.append(loop.create_task(self._timekeeper(), name="timekeeper"))
         self._tasks.append(loop.create_task(self._heartbeats(), name="heartbeats"))
         self._tasks.append(loop.create_task(self.sync.run(), name="sync"))
+        if self.config.snapshot_every_s > 0:
+            self._tasks.append(loop.create_task(self._snapshots(), name="snapshots"))
         from gateway.ws import serve_ws
 
         self.ws_server = await serve_ws(self)
@@ -196,6 +209,54 @@ class Server:
 
             self.amqp = AmqpAdapter(self, self.config.amqp_url)
             self._tasks.append(loop.create_task(self.amqp.run(), name="amqp"))
+
+    def _snapshot(self) -> State | None:
+        """The newest usable snapshot, installed in the core and the listeners (None: the
+        whole journal is replayed)."""
+        journal = self.journal
+        state = snapshot.load_latest(self._snap_dir, self.config.profile,
+                                     lambda seq: snapshot.digest_of(journal, seq),
+                                     self.sync.last_synced)
+        if state is not None:
+            snapshot.install(state, self.core, self.sync, self.hub, self.audit, self.executed,
+                             self.sync.last_synced)
+        return state
+
+    @property
+    def _snap_dir(self) -> Path:
+        return self.config.data_dir / "snapshots"
+
+    async def _snapshots(self) -> None:
+        """Every ``snapshot_every_s``: ``ronda journal snapshot`` in a child process, at the
+        lowest priority (it replays the records since the last snapshot: the live server's
+        state is never read).  A failure is logged and tried again at the next period."""
+        while True:
+            await asyncio.sleep(self.config.snapshot_every_s)
+            try:
+                await self.snapshot_now()
+            except Exception:  # cannot start it (no process left, say): the next period
+                log.exception("snapshot: could not run the snapshotter")
+
+    async def snapshot_now(self) -> bool:
+        """One run of the snapshotter; whether it succeeded."""
+        proc = await asyncio.create_subprocess_exec(
+            "nice", "-n", "19", sys.executable, "-m", "gateway.cli", "journal", "snapshot",
+            str(self.config.data_dir), "--profile", self.config.profile,
+            "--synced-through", str(self.sync.last_synced if self.sync else 0),
+            cwd=Path(__file__).resolve().parents[1], stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            _, err = await proc.communicate()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # its file is written whole or not at all
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            log.error("snapshot failed (status %s): %s", proc.returncode,
+                      err.decode(errors="replace").strip()[-2000:])
+            return False
+        return True
 
     async def _start_journaling(self) -> None:
         """What a start journals: the reference data if they changed, then the state the

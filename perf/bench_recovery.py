@@ -19,7 +19,11 @@ ends it without a stop checkpoint, as a crash would. Then, in this process:
 ``ratio`` is the core alone's time over the server start's: the share of the outage that is
 the engine's own work. Last line: one JSON object.
 
-    python perf/bench_recovery.py [--ops 300000] [--seed 20261123]
+* **from a snapshot** (``--snapshot-tail``): the same journal snapshotted (``ronda journal
+  snapshot``'s work, timed), then more operations appended; the start from the snapshot
+  and the tail against the start on the same journal without it.
+
+    python perf/bench_recovery.py [--ops 300000] [--seed 20261123] [--snapshot-tail 30000]
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 await server.stop()
 
         start_s, recovered, server_state = uvloop.run(main())
+        snap = with_snapshot(tmp, refdata, refdata_doc, args) if args.snapshot_tail else {}
     if recovered != n or server_state != state:
         raise SystemExit(f"the server recovered {recovered} records of {n}, state "
                          f"{server_state} (the core alone: {state})")
@@ -124,6 +129,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_records_per_s": round(n / start_s),
         "core_alone_records_per_s": round(n / core_s),
         "ratio": round(core_s / start_s, 3),
+        **snap,
+    }
+
+
+def with_snapshot(tmp: Path, refdata: Path, doc: dict[str, Any], args: argparse.Namespace
+                  ) -> dict[str, Any]:
+    """The same journal, a snapshot of it (``ronda journal snapshot``'s work, timed), then
+    ``--snapshot-tail`` more operations: the server's start from the snapshot and the
+    tail, against its start on the same journal without the snapshot (the baseline)."""
+    import shutil
+
+    import uvloop
+
+    from gateway import snapshot
+
+    data = tmp / "snap"
+    data.mkdir()
+    build_journal(data, doc, args.ops, args.seed)
+    t = time.perf_counter()
+    made = snapshot.make(data, "harmonised")
+    make_s = time.perf_counter() - t
+    assert made is not None
+    size = sum(p.stat().st_size for p in snapshot.snapshots(data / "snapshots"))
+    cmds = [(cmd.user, cmd) for cmd in B.engine_commands(
+        B.make_flow(args.snapshot_tail, args.seed + 1))]
+    with Journal(data / "journal", fsync=False) as j:
+        first = j.next_seq
+        for i in range(0, len(cmds), BATCH):
+            j.append(Record(first + i + k, B.T0 + (first + i + k) // 10, origin, cmd)
+                     for k, (origin, cmd) in enumerate(cmds[i:i + BATCH]))
+    full = tmp / "snap-full"
+    shutil.copytree(data, full, ignore=shutil.ignore_patterns("snapshots"))
+
+    async def start(folder: Path) -> tuple[float, str, int]:
+        cfg = Config(data_dir=folder, port=free_port(), refdata=refdata, calendar=None,
+                     snapshot_every_s=0)
+        s, server = await server_start(cfg)
+        try:
+            return s, server.core.state_hash(), server.recovered
+        finally:
+            await server.stop()
+
+    from_snap_s, h1, n1 = uvloop.run(start(data))
+    full_s, h2, n2 = uvloop.run(start(full))
+    if (h1, n1) != (h2, n2):
+        raise SystemExit(f"from the snapshot: {n1} records, state {h1}; the whole journal: "
+                         f"{n2} records, state {h2}")
+    return {
+        "snapshot_records": made[0], "snapshot_tail": args.snapshot_tail,
+        "snapshot_make_s": round(make_s, 3), "snapshot_mb": round(size / 1e6, 1),
+        "start_from_snapshot_s": round(from_snap_s, 3),
+        "start_whole_journal_s": round(full_s, 3),
+        "snapshot_ratio": round(from_snap_s / full_s, 3),
     }
 
 
@@ -131,6 +189,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--ops", type=int, default=300_000, help="trading operations journalled")
     ap.add_argument("--seed", type=int, default=20261123)
+    ap.add_argument("--snapshot-tail", type=int, default=30_000, metavar="OPS",
+                    help="also: a snapshot of the journal, then OPS more operations, and the "
+                         "start from the snapshot against the start on the whole journal "
+                         "(0: skip)")
     args = ap.parse_args()
     if args.ops < 1:
         ap.error("--ops must be positive")
