@@ -144,3 +144,58 @@ async def test_trading_screen_refuses_a_comma_and_names_what_was_typed(
     await expect(ana.locator("#t-send")).to_contain_text("Sell 1.5 @ 50.00")
     await ana.press("#t-qty", "Enter")
     await expect(status).to_contain_text("resting: SELL 1.5 @ 50.00")
+
+
+# ---------------------------------------------------------------------- the console
+
+
+async def test_console_reads_its_numbers_strictly(screens: Screens) -> None:
+    rita = await screens.console("rita")
+    await expect(rita.locator("#app")).to_be_visible()
+    await rita.locator('#agents-table tr[data-agent="AG2"]').click()
+    await expect(rita.locator("#g-amount")).to_have_value("100000.00")
+    await rita.evaluate(RECORD_SENT)
+    toast = rita.locator(".toast.bad").last
+
+    async def refused(text: str) -> None:
+        await rita.click("#r-set")
+        await expect(toast).to_contain_text(text)
+
+    await rita.locator("#r-rules .r-max").first.fill("7")
+    await rita.locator("#r-rules .r-window").first.fill("1000")
+    for typed, text in (("0.8abc", "'0.8abc' is not a decimal number"),
+                        ("0,9", "'0,9' has a comma"),
+                        ("1.5", "'1.5' must be more than 0 and at most 1"),
+                        ("0", "'0' must be more than 0 and at most 1"),
+                        ("", "required")):
+        await rita.fill("#r-warning", typed)
+        await refused(f"set_rate_limits: warning ratio: {text}")
+    await rita.fill("#r-warning", "0.9")
+    for field, typed, text in (
+            (".r-max", "1e3", "rule 1 max requests: '1e3' is not a whole number"),
+            (".r-max", "7.5", "rule 1 max requests: '7.5' is not a whole number"),
+            (".r-max", "", "rule 1 max requests: required"),
+            (".r-window", "1,000", "rule 1 window ms: '1,000' is not a whole"),
+            (".r-window", "0", "rule 1 window ms: '0' is out of range: 1 to 86400000")):
+        await rita.locator("#r-rules .r-max").first.fill("7")
+        await rita.locator("#r-rules .r-window").first.fill("1000")
+        await rita.locator(f"#r-rules {field}").first.fill(typed)
+        await refused(f"set_rate_limits: {text}")
+
+    await rita.fill("#g-amount", "20000,5")
+    await rita.click("#g-set")
+    await expect(toast).to_contain_text("set_guarantees AG2: amount: '20000,5' has a comma")
+    await rita.fill("#g-amount", "20000.505")
+    await rita.click("#g-set")
+    await expect(toast).to_contain_text(
+        "set_guarantees AG2: amount: '20000.505' has 3 decimals; at most 2 are allowed (€)")
+    assert await sent(rita) == []
+
+    # readable values are sent
+    await rita.locator("#r-rules .r-max").first.fill("7")
+    await rita.locator("#r-rules .r-window").first.fill("1000")
+    await rita.fill("#r-warning", "0.9")
+    await rita.click("#r-set")
+    await expect(rita.locator(".toast.good").last).to_contain_text(
+        "set_rate_limits default: accepted")
+    assert "set_rate_limits" in await sent(rita)

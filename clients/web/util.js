@@ -125,11 +125,6 @@ export function fmtMoney(s) {
   return `${m[1]}${grouped}.${(m[3] || '').padEnd(2, '0')}`;
 }
 
-/** Trim a user's decimal input ('50' -> '50.00'-compatible string as typed). */
-export function normDecimal(s) {
-  return String(s || '').trim().replace(',', '.');
-}
-
 // ---------------------------------------------------------------- what people type (strict)
 //
 // A field is read as typed or refused with what is wrong with it, never rounded or guessed
