@@ -199,3 +199,27 @@ async def test_console_reads_its_numbers_strictly(screens: Screens) -> None:
     await expect(rita.locator(".toast.good").last).to_contain_text(
         "set_rate_limits default: accepted")
     assert "set_rate_limits" in await sent(rita)
+
+
+# ---------------------------------------------------------------------- units
+
+
+async def test_a_new_trader_is_offered_the_agents_units(screens: Screens) -> None:
+    """query_me gives the units the agent is responsible for: a trader with no orders yet
+    has them in the ticket (the only one filled in), so the first order can be sent."""
+    ana = await screens.trader("ana", C1)
+    await expect(ana.locator("#t-unit")).to_have_value("SELLU1")
+    await expect(ana.locator("#unit-list option")).to_have_count(1)
+    await ana.keyboard.press("s")
+    await ana.fill("#t-price", "61.00")
+    await ana.fill("#t-qty", "2.0")
+    await ana.press("#t-qty", "Enter")
+    await expect(ana.locator("#t-status")).to_contain_text("resting: SELL 2.0 @ 61.00")
+
+    # several units: all offered, none chosen for the trader
+    bea = await screens.trader("bea", C1)
+    options = bea.locator("#unit-list option")
+    await expect(options).to_have_count(3)
+    values = {await o.get_attribute("value") for o in await options.all()}
+    assert values == {"SELLU3", "PTBUY4", "PTSELL4"}
+    await expect(bea.locator("#t-unit")).to_have_value("")

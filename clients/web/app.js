@@ -955,11 +955,27 @@ function setValidity(v) {
   invalidate('ticket');
 }
 
-function rememberUnit(u) {
-  if (!u || S.units.has(u)) return;
-  S.units.add(u);
-  $('#unit-list').append(el('option', { value: u }));
-  if (!T.unit().value) T.unit().value = u;
+/** A unit the trader uses: offered in the ticket's unit field, and put in it if empty
+ * (`fill`). */
+function rememberUnit(u, fill = true) {
+  if (!u) return;
+  if (!S.units.has(u)) {
+    S.units.add(u);
+    $('#unit-list').append(el('option', { value: u }));
+  }
+  if (fill && !T.unit().value) T.unit().value = u;
+}
+
+/** The units the agent is responsible for (`query_me`), so that a trader with no orders yet
+ * has them too: all offered, the only one put in the empty field. */
+async function loadUnits() {
+  const a = await conn.request({ type: 'query_me' });
+  if (a.type !== 'me') {
+    readProblem(a, 'units');
+    return;
+  }
+  const units = Array.isArray(a.units) ? a.units : [];
+  for (const u of units) rememberUnit(u, units.length === 1);
 }
 
 /** The ticket as order fields; {error} when something required is missing. */
@@ -1552,7 +1568,7 @@ async function onReady(ans) {
   S.privSeq = typeof pv.seq === 'number' ? pv.seq : 0;
   if (pv.type !== 'ack') readProblem(pv, 'private stream');
   if (prevSelected) storageSet('ronda.contract', prevSelected);
-  await Promise.all([loadContracts(), loadOrders(), loadTrades(), loadAccount(), loadThrottling()]);
+  await Promise.all([loadContracts(), loadOrders(), loadTrades(), loadAccount(), loadThrottling(), loadUnits()]);
   invalidate('contracts', 'market', 'orders', 'trades', 'account', 'throttle', 'basket', 'ticket', 'banners');
 }
 
