@@ -8,7 +8,8 @@ import { Connection } from './conn.js';
 import {
   $, $$, KeyedRows, ServerClock, describeProblem, el, fmtCountdown, fmtDateTime, fmtDelivery,
   fmtMoney, fmtPrice, fmtQty, fmtTime, fmtTimeMs, frameBatcher, isoToLocalInput,
-  localInputToIso, normDecimal, priceTicks, qtyTicks, setClass, setText, storageGet, storageSet,
+  localInputToIso, MONEY, PRICE, priceTicks, QTY, qtyTicks, readDecimal, setClass, setText,
+  storageGet, storageSet,
 } from './util.js';
 
 const clock = new ServerClock();
@@ -954,35 +955,53 @@ function setValidity(v) {
   invalidate('ticket');
 }
 
-function rememberUnit(u) {
-  if (!u || S.units.has(u)) return;
-  S.units.add(u);
-  $('#unit-list').append(el('option', { value: u }));
-  if (!T.unit().value) T.unit().value = u;
+/** A unit the trader uses: offered in the ticket's unit field, and put in it if empty
+ * (`fill`). */
+function rememberUnit(u, fill = true) {
+  if (!u) return;
+  if (!S.units.has(u)) {
+    S.units.add(u);
+    $('#unit-list').append(el('option', { value: u }));
+  }
+  if (fill && !T.unit().value) T.unit().value = u;
+}
+
+/** The units the agent is responsible for (`query_me`), so that a trader with no orders yet
+ * has them too: all offered, the only one put in the empty field. */
+async function loadUnits() {
+  const a = await conn.request({ type: 'query_me' });
+  if (a.type !== 'me') {
+    readProblem(a, 'units');
+    return;
+  }
+  const units = Array.isArray(a.units) ? a.units : [];
+  for (const u of units) rememberUnit(u, units.length === 1);
 }
 
 /** The ticket as order fields; {error} when something required is missing. */
 function readTicket() {
   const contract = S.modifying ? S.orders.get(S.modifying)?.contract : S.selected;
   const unit = T.unit().value.trim();
-  const price = normDecimal(T.price().value);
-  const quantity = normDecimal(T.qty().value);
   if (!contract) return { error: 'choose a contract' };
   if (!unit) return { error: 'unit: enter the unit the order is for' };
-  if (!price) return { error: 'price: required' };
-  if (!quantity) return { error: 'quantity: required' };
-  const o = { contract, unit, side: S.side, price, quantity, exec: execValue(), validity: validityValue() };
+  const price = readDecimal(T.price().value, PRICE);
+  if (price.error) return { error: `price: ${price.error}` };
+  const quantity = readDecimal(T.qty().value, QTY);
+  if (quantity.error) return { error: `quantity: ${quantity.error}` };
+  const o = { contract, unit, side: S.side, price: price.text, quantity: quantity.text, exec: execValue(), validity: validityValue() };
   if (o.validity === 'GTD') {
     const iso = localInputToIso($('#t-expiry').value);
     if (!iso) return { error: 'expiry: a GTD order needs its expiry instant' };
     o.expiry = iso;
   }
   if ($('#t-ice').checked) {
-    const peak = normDecimal($('#t-peak').value);
-    if (!peak) return { error: 'iceberg peak: required for an iceberg' };
-    o.iceberg = { peak };
-    const incr = normDecimal($('#t-incr').value);
-    if (incr) o.iceberg.price_increment = incr;
+    const peak = readDecimal($('#t-peak').value, QTY);
+    if (peak.empty) return { error: 'iceberg peak: required for an iceberg' };
+    if (peak.error) return { error: `iceberg peak: ${peak.error}` };
+    o.iceberg = { peak: peak.text };
+    const incr = readDecimal($('#t-incr').value, PRICE);
+    if (incr.error && !incr.empty) return { error: `price increment: ${incr.error}` };
+    if (!incr.empty) o.iceberg.price_increment = incr.text;
   }
   if ($('#t-hib').checked) o.state = 'HIBERNATED';
   return { order: o };
@@ -1211,7 +1230,7 @@ function modCheck(r = null, reloaded = false) {
   if (o.openT === m.baseT) return;
   const field = T.qty();
   const filled = fmtQty(qtyTicks(o.filled) - m.filledT);
-  if (qtyTicks(normDecimal(field.value)) === m.shownT) {
+  if (readDecimal(field.value, QTY).ticks === m.shownT) {
     field.value = fmtQty(o.openT);
     ticketStatus('warn', `⚠ #${id}: ${filled} filled since you loaded it; open quantity now ${fmtQty(o.openT)} `
       + `(was ${fmtQty(m.baseT)}): the ticket's quantity follows it`);
@@ -1311,8 +1330,8 @@ function renderTicket() {
   $('#t-peak').disabled = !ice;
   $('#t-incr').disabled = !ice;
   $('#t-expiry').disabled = validityValue() !== 'GTD';
-  const pT = priceTicks(normDecimal(T.price().value));
-  const qT = qtyTicks(normDecimal(T.qty().value));
+  const pT = readDecimal(T.price().value, PRICE).ticks;
+  const qT = readDecimal(T.qty().value, QTY).ticks;
   const valid = Number.isFinite(pT) && Number.isFinite(qT);
   setText($('#t-value'), valid ? `${fmtMoney(orderValue(pT, qT))} €` : '—');
   const send = $('#t-send');
@@ -1340,13 +1359,22 @@ function orderValue(pT, qT) {
   return `${v < 0n ? '-' : ''}${a / 1000n}.${frac}`;
 }
 
-function stepField(input, decimals, big, dir) {
-  const t = decimals === 2 ? priceTicks(normDecimal(input.value)) : qtyTicks(normDecimal(input.value));
-  const base = Number.isFinite(t) ? t : 0;
-  const step = decimals === 2 ? (big ? 100 : 1) : (big ? 10 : 1);
-  let v = base + dir * step;
-  if (decimals === 1 && v < 1) v = 1;
-  input.value = decimals === 2 ? fmtPrice(v) : fmtQty(v);
+/** ↑/↓ in the price or the quantity: one tick (Shift: 1.00 € / 1.0 MWh) up or down.  A value
+ * that cannot be read is not stepped: it stays as typed and the ticket says what is wrong. */
+function stepField(input, big, dir) {
+  const isPrice = input === T.price();
+  const kind = isPrice ? PRICE : QTY;
+  const { ticks, error, empty } = readDecimal(input.value, kind);
+  if (error) {
+    const name = isPrice ? 'price' : 'quantity';
+    ticketStatus('bad', `✖ ${name}: ${empty ? `required: type a ${name} before stepping it with ↑/↓` : `${error}; not stepped`}`);
+    return;
+  }
+  const step = isPrice ? (big ? 100 : 1) : (big ? 10 : 1);
+  let v = ticks + dir * step;
+  if (!isPrice && v < 1) v = 1;
+  v = Math.max(-kind.maxTicks, Math.min(kind.maxTicks, v));
+  input.value = isPrice ? fmtPrice(v) : fmtQty(v);
   invalidate('ticket');
 }
 
@@ -1452,7 +1480,7 @@ function onKey(e) {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if ((e.key === 'ArrowUp' || e.key === 'ArrowDown') && (t === T.price() || t === T.qty())) {
     e.preventDefault();
-    stepField(t, t === T.price() ? 2 : 1, e.shiftKey, e.key === 'ArrowUp' ? 1 : -1);
+    stepField(t, e.shiftKey, e.key === 'ArrowUp' ? 1 : -1);
     return;
   }
   if (typing) return;
@@ -1540,7 +1568,7 @@ async function onReady(ans) {
   S.privSeq = typeof pv.seq === 'number' ? pv.seq : 0;
   if (pv.type !== 'ack') readProblem(pv, 'private stream');
   if (prevSelected) storageSet('ronda.contract', prevSelected);
-  await Promise.all([loadContracts(), loadOrders(), loadTrades(), loadAccount(), loadThrottling()]);
+  await Promise.all([loadContracts(), loadOrders(), loadTrades(), loadAccount(), loadThrottling(), loadUnits()]);
   invalidate('contracts', 'market', 'orders', 'trades', 'account', 'throttle', 'basket', 'ticket', 'banners');
 }
 
@@ -1663,7 +1691,12 @@ function init() {
   });
   $('#greq').addEventListener('submit', async (e) => {
     e.preventDefault();
-    const amount = normDecimal($('#greq-amount').value);
+    const read = readDecimal($('#greq-amount').value, MONEY);
+    if (read.error) {
+      toast('bad', `guarantee request: amount: ${read.error}`);
+      return;
+    }
+    const amount = read.text;
     const change = $('#greq-change').value;
     const a = await trading({ type: 'guarantee_request', change, amount });
     if (a.type === 'ack') {

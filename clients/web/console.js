@@ -8,8 +8,8 @@
 import { Connection } from './conn.js';
 import {
   $, KeyedRows, ServerClock, describeProblem, el, fmtCountdown, fmtDateTime, fmtMoney,
-  fmtQty, fmtTime, frameBatcher, normDecimal, qtyTicks, setClass, setText, storageGet,
-  storageSet,
+  fmtQty, fmtTime, frameBatcher, MONEY, qtyTicks, readDecimal, readInteger, readRatio, setClass,
+  setText, storageGet, storageSet,
 } from './util.js';
 
 const OFFICER = 'risk_officer';
@@ -398,9 +398,9 @@ function updateContractRow(tr, c) {
 
 function ruleRow(win = '', max = '') {
   const row = el('div', { class: 'rule' },
-    el('input', { type: 'number', min: '1', class: 'r-max', value: max, placeholder: 'max requests', 'aria-label': 'max requests' }),
+    el('input', { inputmode: 'numeric', size: '8', class: 'r-max', value: max, placeholder: 'max requests', 'aria-label': 'max requests' }),
     el('span', { class: 'muted' }, 'per'),
-    el('input', { type: 'number', min: '1', class: 'r-window', value: win, placeholder: 'window ms', 'aria-label': 'window ms' }),
+    el('input', { inputmode: 'numeric', size: '8', class: 'r-window', value: win, placeholder: 'window ms', 'aria-label': 'window ms' }),
     el('span', { class: 'muted' }, 'ms'),
     el('button', { type: 'button', class: 'small', title: 'remove', onclick: () => row.remove() }, '✕'));
   return row;
@@ -433,12 +433,27 @@ async function queryThrottling() {
 
 async function setRateLimits(e) {
   e.preventDefault();
-  const rules = [...$('#r-rules').children].map((row) => ({
-    window_ms: Number.parseInt(row.querySelector('.r-window').value, 10),
-    max: Number.parseInt(row.querySelector('.r-max').value, 10),
-  })).filter((r) => Number.isFinite(r.window_ms) || Number.isFinite(r.max));
+  // each field read strictly (no parseInt/parseFloat: '1e3' is not 1, '0.8abc' is not 0.8);
+  // a rule left empty altogether is no rule
+  const rules = [];
+  const refuse = (text) => toast('bad', `set_rate_limits: ${text}`);
+  let n = 0;
+  for (const row of $('#r-rules').children) {
+    n += 1;
+    const maxField = row.querySelector('.r-max').value;
+    const winField = row.querySelector('.r-window').value;
+    if (!maxField.trim() && !winField.trim()) continue;
+    const max = readInteger(maxField, 1, 10_000_000);
+    if (max.error) return refuse(`rule ${n} max requests: ${max.error}`);
+    const win = readInteger(winField, 1, 86_400_000);
+    if (win.error) return refuse(`rule ${n} window ms: ${win.error}`);
+    rules.push({ window_ms: win.value, max: max.value });
+  }
+  if (!rules.length) return refuse('rules: enter at least one rule (max requests per window ms)');
+  const ratio = readRatio($('#r-warning').value);
+  if (ratio.error) return refuse(`warning ratio: ${ratio.error}`);
   const user = $('#r-user').value.trim();
-  const msg = { type: 'set_rate_limits', rules, warning_ratio: Number.parseFloat($('#r-warning').value),
+  const msg = { type: 'set_rate_limits', rules, warning_ratio: ratio.value,
     hibernate_on_breach: $('#r-hibernate').checked };
   if (user) msg.user = user;
   const a = await act(msg, user || 'default');
@@ -577,11 +592,16 @@ function init() {
   $('#g-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const g = $('#g-amount');
-    const amount = normDecimal(g.value);
-    if (!C.selected || g.dataset.agent !== C.selected || !amount) {
+    const read = readDecimal(g.value, MONEY);
+    if (!C.selected || g.dataset.agent !== C.selected || read.empty) {
       toast('warn', `set_guarantees: enter the amount for ${C.selected || 'an agent'}`);
       return;
     }
+    if (read.error) {
+      toast('bad', `set_guarantees ${C.selected}: amount: ${read.error}`);
+      return;
+    }
+    const amount = read.text;
     const a = await act({ type: 'set_guarantees', agent: C.selected, amount }, C.selected);
     if (a.type === 'ack' && g.dataset.agent === C.selected) g.dataset.shown = g.value; // follows the account again
   });

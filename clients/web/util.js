@@ -125,9 +125,76 @@ export function fmtMoney(s) {
   return `${m[1]}${grouped}.${(m[3] || '').padEnd(2, '0')}`;
 }
 
-/** Trim a user's decimal input ('50' -> '50.00'-compatible string as typed). */
-export function normDecimal(s) {
-  return String(s || '').trim().replace(',', '.');
+// ---------------------------------------------------------------- what people type (strict)
+//
+// A field is read as typed or refused with what is wrong with it, never rounded or guessed
+// (DESIGN rule 4): a comma is not taken for a decimal point (is '1,000' one or a thousand?),
+// too many decimals are not rounded away, a number too large is said to be too large.  The
+// messages name the text as typed; the caller puts the field's name before them.
+
+/** A text as a message shows it: quoted, a long one cut. */
+function shown(s) {
+  return s.length <= 24 ? `'${s}'` : `'${s.slice(0, 20)}…' (${s.length} characters)`;
+}
+
+const COMMA = 'has a comma: write the decimal point as \'.\' (1.5) and no thousands separator';
+
+/** The decimal kinds of the protocol: price (€/MWh), quantity (MWh) and money (€), with the
+ * largest value the server takes (gateway/protocol.py) in ticks. */
+export const PRICE = { decimals: 2, unit: '€/MWh', maxTicks: 10 ** 9 };
+export const QTY = { decimals: 1, unit: 'MWh', maxTicks: 10 ** 9, positive: true };
+export const MONEY = { decimals: 2, unit: '€', maxTicks: 10 ** 14 - 1 };
+
+/**
+ * A decimal typed in a field, read strictly: `{text, ticks}` (`text` the input without
+ * surrounding spaces, sent as it is), `{empty: true}` for nothing typed, or `{error}` saying
+ * what is wrong with it.  `kind` is PRICE, QTY or MONEY.
+ */
+export function readDecimal(raw, kind) {
+  const text = String(raw ?? '').trim();
+  if (!text) return { empty: true, error: 'required' };
+  if (text.includes(',')) return { error: `${shown(text)} ${COMMA}` };
+  const m = DEC.exec(text);
+  if (!m) return { error: `${shown(text)} is not a decimal number` };
+  const frac = m[3] || '';
+  const { decimals, unit, maxTicks } = kind;
+  if (frac.length > decimals) {
+    return { error: `${shown(text)} has ${frac.length} decimals; at most ${decimals} are allowed (${unit})` };
+  }
+  const big = BigInt(m[2]) * 10n ** BigInt(decimals) + BigInt(frac.padEnd(decimals, '0') || '0');
+  if (big > BigInt(maxTicks)) {
+    const limit = fromTicks(maxTicks, decimals);
+    return { error: m[1] ? `${shown(text)} is too low: at least -${limit} ${unit}` : `${shown(text)} is too large: at most ${limit} ${unit}` };
+  }
+  // the protocol's decimals have at most 12 digits before the point
+  if (m[2].length > 12) return { error: `${shown(text)} has ${m[2].length} digits before the point; at most 12 are allowed` };
+  const ticks = m[1] ? -Number(big) : Number(big);
+  if (kind.positive && ticks <= 0) return { error: `${shown(text)} must be positive` };
+  return { text, ticks };
+}
+
+/** A whole number typed in a field, in [min, max]: `{value}`, `{empty: true}` or `{error}`. */
+export function readInteger(raw, min, max) {
+  const text = String(raw ?? '').trim();
+  if (!text) return { empty: true, error: 'required' };
+  if (!/^\d+$/.test(text)) return { error: `${shown(text)} is not a whole number (digits only, no separators)` };
+  const big = BigInt(text);
+  if (big < BigInt(min) || big > BigInt(max)) return { error: `${shown(text)} is out of range: ${min} to ${max}` };
+  return { value: Number(big) };
+}
+
+/** A ratio typed in a field, more than 0 and at most 1 (0.8): `{value}`, `{empty}` or `{error}`.
+ * At most 6 decimals, so the number sent is the one typed. */
+export function readRatio(raw) {
+  const text = String(raw ?? '').trim();
+  if (!text) return { empty: true, error: 'required' };
+  if (text.includes(',')) return { error: `${shown(text)} ${COMMA}` };
+  const m = /^(\d+)(?:\.(\d+))?$/.exec(text);
+  if (!m) return { error: `${shown(text)} is not a decimal number` };
+  if ((m[2] || '').length > 6) return { error: `${shown(text)} has ${m[2].length} decimals; at most 6 are allowed` };
+  const value = Number(text);
+  if (!(value > 0 && value <= 1)) return { error: `${shown(text)} must be more than 0 and at most 1` };
+  return { value };
 }
 
 // ---------------------------------------------------------------- time
