@@ -1246,6 +1246,12 @@ _OWN_DOING: dict[str, frozenset[str]] = {
 }
 
 
+# a login answered so is tried again (with back-off), not taken as refused credentials:
+# the server is stopping or the user's ending session is still closing (UNAVAILABLE), or
+# the user is throttled for a while (THROTTLED)
+_LOGIN_LATER = frozenset({"UNAVAILABLE", "THROTTLED"})
+
+
 def _is_answer(msg: dict[str, Any]) -> bool:
     """An answer carries the request's req_id and is not a stream message (private order
     reports and rejections carry the req_id too, but also a ``stream``)."""
@@ -1406,6 +1412,8 @@ class Client:
         ans = await self._internal(self._connector.login_message(), timeout=self._timeout())
         if ans.get("type") != "ack":
             a = _answer_from_wire(ans)
+            if a.code in _LOGIN_LATER:  # not a refusal of the user: try again later
+                raise ConnectionLost(f"login not served now: {a.code}: {a.reason}")
             raise LoginFailed(a.code or "LOGIN_FAILED", a.reason or "login refused", (), a)
         first = not self.agent
         self.agent = str(ans.get("agent", ""))
@@ -1575,6 +1583,23 @@ class Client:
         if conn is not None:
             await conn.close()
             self._connection_lost(self._gen, "dropped by drop_connection()")
+
+    async def _session_ended(self, gen: int, reason: str) -> None:
+        """AMQP: the server ended the user's session (a slow consumer, say): it unbound
+        the public streams and stopped the private one, and the user's next request opens
+        a new session.  For the streams that is a lost connection: the books wait for new
+        snapshots, and the client reconnects as after any loss (log in, subscribe again,
+        reload the orders, re-send what has no answer)."""
+        conn = self._conn
+        if gen != self._gen or conn is None or self._closing:
+            return
+        self.stats["sessions_ended"] += 1
+        for b in self.books.values():
+            b._reset()
+        why = f"the server ended the session: {reason}" if reason else \
+            "the server ended the session"
+        await conn.close()
+        self._connection_lost(gen, why)
 
     async def _shutdown(self, exc: RondaError) -> None:
         if self._closed:
@@ -2243,6 +2268,10 @@ class Client:
             log.log(logging.INFO if self._closing else logging.WARNING, "%s: server error: %s",
                     self.user, msg)
             self._emit(RawEvent("error", msg))
+            if (msg.get("code") == "DISCONNECTED" and self.transport == "amqp"
+                    and not self._closing):
+                self._spawn(self._session_ended(self._gen, str(msg.get("reason") or "")),
+                            "ronda-sdk-session-ended")
             return
         stream, seq = msg.get("stream"), msg.get("seq")
         if isinstance(stream, str) and isinstance(seq, int) and not self._check_seq(stream,

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from test_sdk import C1, Env, _reset_broker, drop_before_the_answer
+from test_sdk import C1, Env, _reset_broker, books_agree, drop_before_the_answer, eventually
 
 from clients import sdk
-from clients.sdk import Client, Rejected, wire_decimal
+from clients.sdk import Client, ConnectionEvent, Rejected, wire_decimal
 
 if TYPE_CHECKING:
     from broker import Broker
@@ -168,3 +168,39 @@ async def test_a_malformed_quantity_is_refused_before_anything_is_sent(env: Env)
     assert carlos.stats["requests"] == sent
     assert env.srv.core.orders_of("AG2") == []
     assert wire_decimal("-3.5", 2) == "-3.50" and wire_decimal(Decimal("1E+1"), 1) == "10.0"
+
+
+# ====================================================================== AMQP: a session ended
+
+
+async def test_amqp_a_session_the_server_ends_is_re_established(
+        rabbitmq: Broker, amqp_env: Env) -> None:
+    """The server lets the user's AMQP session go (as a slow consumer): it sends
+    DISCONNECTED and unbinds the public streams.  The SDK tells the application, marks
+    its books unsynced, opens a new session (log in, subscribe, snapshot) and the book
+    follows the market again."""
+    env = amqp_env
+    carlos = await Client.connect_amqp(rabbitmq.url_for("carlos"), backoff_min=0.05,
+                                       backoff_max=0.3)
+    env.clients.append(carlos)
+    ana = await env.client("ana")
+    book = await carlos.subscribe_book(C1)
+    seen: list[tuple[str, bool]] = []  # each connection event, and the book's state then
+    carlos.on(ConnectionEvent, lambda e: seen.append((e.state, book.synced)))
+    async with carlos.events(ConnectionEvent) as conn_events:
+        session = env.srv.amqp.sessions["carlos"]
+        session._drop("slow consumer: test")
+        first = await conn_events.get(timeout=5)
+        assert (first.state, first.reason) == (
+            "disconnected", "the server ended the session: slow consumer: test")
+        assert (await conn_events.get(timeout=5)).state == "reconnected"
+    assert carlos.stats["sessions_ended"] == 1
+    assert env.srv.amqp.sessions["carlos"] is not session  # a new session
+    await book.wait_synced(5)
+    await ana.place(C1, "SELLU1", "SELL", "61.00", "1.0")
+    await books_agree(book, ana, C1)
+    assert [a.price for a in book.asks()] == [Decimal("61.00")]
+    assert seen[:2] == [("disconnected", False), ("reconnected", True)]
+    # the private stream is back too
+    buy = await carlos.place(C1, "BUYU2", "BUY", "40.00", "1.0")
+    await eventually(lambda: buy.order_id in carlos.orders)
