@@ -40,11 +40,12 @@ import itertools
 import json
 import logging
 import random
+import re
 import secrets
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -123,6 +124,9 @@ AMQP_REQUEST_KEY = "request"
 AMQP_BCAST_PREFIX = "ronda.bcast."
 _BOOK_BUFFER = 50_000  # deltas kept while a book waits for its snapshot
 _MAX_COIDS = 200_000  # client_order_id -> order_id entries remembered
+# a decimal string as the protocol writes it: no sign but "-", ASCII digits, no exponent,
+# no underscores, no spaces (docs/protocol.md, Conventions)
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
 
 class _Default:
@@ -141,19 +145,26 @@ DEFAULT: Any = _Default()
 def wire_decimal(value: DecimalLike, decimals: int, what: str = "value") -> str:
     """``value`` as the protocol's decimal string with at most ``decimals`` decimals.
 
-    Accepts :class:`~decimal.Decimal`, ``str`` and ``int``; refuses ``float`` and ``bool``
-    (:class:`TypeError`) and any value that would need rounding (:class:`ValueError`)."""
+    Accepts :class:`~decimal.Decimal`, ``int`` and ``str`` written as the protocol writes
+    decimals (``-?digits(.digits)?``: no spaces, underscores, ``+`` or exponent); refuses
+    ``float`` and ``bool`` (:class:`TypeError`), any other text and any value that would
+    need rounding (:class:`ValueError`), naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, Decimal | str | int):
         raise TypeError(f"{what}: {type(value).__name__} is not accepted; pass a Decimal or a"
                         f" string such as {'45.10' if decimals == 2 else '12.5'!r}"
                         " (floats would not be exact)")
-    if isinstance(value, Decimal):
+    if isinstance(value, str):
+        # Decimal() would also take "1_0", " 45.10 ", "+1", "1e1" and other digits than
+        # ASCII ones: the protocol does not, and the SDK does not guess what was meant
+        if not _DECIMAL_TEXT.fullmatch(value):
+            raise ValueError(f"{what}: {value[:40]!r} is not a decimal number written as"
+                             f" digits with an optional '-' and decimal point (e.g."
+                             f" {'45.10' if decimals == 2 else '12.5'!r})")
+        d = Decimal(value)
+    elif isinstance(value, Decimal):
         d = value
     else:
-        try:
-            d = Decimal(value)
-        except InvalidOperation:
-            raise ValueError(f"{what}: {value!r} is not a decimal number") from None
+        d = Decimal(value)
     if not d.is_finite():
         raise ValueError(f"{what}: {value!r} is not a finite number")
     try:
@@ -1200,6 +1211,9 @@ class _Pending:
     sent_gen: int | None = None  # the connection it was last sent on
     resent: bool = False
     on_answer: Callable[[dict[str, Any]], None] | None = None  # run in the stream's order
+    # order reports of the private stream that carry this request's req_id: what it did
+    # (seen before a reconnection, they tell that the first sending was executed)
+    reports: list[OrderReport] = field(default_factory=list)
 
 
 # What the SDK sends again after a reconnection (or an OUTCOME_UNKNOWN) when the first
@@ -1218,6 +1232,24 @@ RESENDABLE = frozenset({
     "set_reactivation", "auction_bid_cancel", "set_guarantees", "decide_guarantee_request",
     "suspend_agent", "reinstate_agent", "set_rate_limits",
 })
+
+
+# Refusals of a re-sent request that its own first sending may have caused: the order was
+# cancelled, hibernated, reactivated or modified by it (and may have traded since, or at
+# once).  A re-sent modification or reactivation so refused is looked into, or raises
+# OutcomeUnknown: it is never reported as refused when it may have been executed.
+_OWN_DOING: dict[str, frozenset[str]] = {
+    "order_modify": frozenset({"ORDER_UNKNOWN", "ORDER_NOT_ACTIVE", "STALE_REVISION"}),
+    "order_activate": frozenset({"ORDER_UNKNOWN", "ORDER_NOT_HIBERNATED"}),
+    "order_cancel": frozenset({"ORDER_UNKNOWN"}),
+    "order_deactivate": frozenset({"ORDER_UNKNOWN", "ORDER_NOT_ACTIVE"}),
+}
+
+
+# a login answered so is tried again (with back-off), not taken as refused credentials:
+# the server is stopping or the user's ending session is still closing (UNAVAILABLE), or
+# the user is throttled for a while (THROTTLED)
+_LOGIN_LATER = frozenset({"UNAVAILABLE", "THROTTLED"})
 
 
 def _is_answer(msg: dict[str, Any]) -> bool:
@@ -1380,6 +1412,8 @@ class Client:
         ans = await self._internal(self._connector.login_message(), timeout=self._timeout())
         if ans.get("type") != "ack":
             a = _answer_from_wire(ans)
+            if a.code in _LOGIN_LATER:  # not a refusal of the user: try again later
+                raise ConnectionLost(f"login not served now: {a.code}: {a.reason}")
             raise LoginFailed(a.code or "LOGIN_FAILED", a.reason or "login refused", (), a)
         first = not self.agent
         self.agent = str(ans.get("agent", ""))
@@ -1550,6 +1584,23 @@ class Client:
             await conn.close()
             self._connection_lost(self._gen, "dropped by drop_connection()")
 
+    async def _session_ended(self, gen: int, reason: str) -> None:
+        """AMQP: the server ended the user's session (a slow consumer, say): it unbound
+        the public streams and stopped the private one, and the user's next request opens
+        a new session.  For the streams that is a lost connection: the books wait for new
+        snapshots, and the client reconnects as after any loss (log in, subscribe again,
+        reload the orders, re-send what has no answer)."""
+        conn = self._conn
+        if gen != self._gen or conn is None or self._closing:
+            return
+        self.stats["sessions_ended"] += 1
+        for b in self.books.values():
+            b._reset()
+        why = f"the server ended the session: {reason}" if reason else \
+            "the server ended the session"
+        await conn.close()
+        self._connection_lost(gen, why)
+
     async def _shutdown(self, exc: RondaError) -> None:
         if self._closed:
             return
@@ -1660,14 +1711,15 @@ class Client:
         raw, p = await self._request(msg, timeout)
         ans = _answer_from_wire(raw, resent=p.resent)
         if p.resent:
-            ans = await self._after_resend(msg, ans, timeout)
+            ans = await self._after_resend(msg, ans, p, timeout)
         if not ans.ok:
             self.stats["rejected"] += 1
             if raise_on_reject:
                 raise ans.exception()
         return ans
 
-    async def _after_resend(self, msg: dict[str, Any], ans: Answer, timeout: Any) -> Answer:
+    async def _after_resend(self, msg: dict[str, Any], ans: Answer, p: _Pending,
+                            timeout: Any) -> Answer:
         """A re-sent request's answer, read with the knowledge that the first sending may
         have been executed."""
         typ = msg["type"]
@@ -1689,16 +1741,58 @@ class Client:
                                                 timeout)
                     return rec.model_copy(update={
                         "order_ids": ans.order_ids + rec.order_ids, "reports": ans.reports})
-        elif typ == "order_modify" and not ans.ok and ans.code == "STALE_REVISION":
-            oid, rev = int(msg["order_id"]), int(msg["revision"])
-            orders = await self.query_orders(timeout=timeout)
-            o = next((x for x in orders if x.order_id == oid), None)
-            if o is not None and o.revision == rev + 1 and o.price == Decimal(msg["price"]):
+        elif not ans.ok and ans.code in _OWN_DOING.get(typ, ()):
+            # the refusal may be the first sending's own doing (it cancelled, hibernated,
+            # modified or reactivated the order, which then traded...)
+            if p.reports:  # its reports were seen before the reconnection: it was done
                 self.stats["recovered"] += 1
                 return Answer(type="ack", ok=True, kind=typ, req_id=ans.req_id,
-                              order_ids=(oid,), resent=True, recovered=True,
-                              recovered_orders=(o,))
+                              order_ids=tuple(dict.fromkeys(r.order_id for r in p.reports)),
+                              reports=tuple(p.reports), resent=True, recovered=True)
+            if typ == "order_modify":
+                return await self._modify_outcome(msg, ans, timeout)
+            if typ == "order_activate":
+                raise self._in_doubt(msg, ans, "it may have reactivated the orders (which "
+                                     "may have traded at once) before the refusal")
+            # order_cancel ORDER_UNKNOWN: the order is gone, cancelled by the first sending
+            # or filled before it; order_deactivate ORDER_NOT_ACTIVE/ORDER_UNKNOWN: the
+            # orders are hibernated or gone.  Neither trades: the refusal says where the
+            # orders stand, with ``resent`` True (docs/sdk.md)
         return ans
+
+    def _in_doubt(self, msg: dict[str, Any], ans: Answer, why: str) -> OutcomeUnknown:
+        self.stats["outcome_unknown_raised"] += 1
+        return OutcomeUnknown(
+            f"{msg['type']} {ans.req_id} was sent, the connection dropped before its answer,"
+            f" and its repeat was refused {ans.code} ({ans.reason}): {why}; look"
+            f" (query_orders, query_trades) before sending it again")
+
+    async def _modify_outcome(self, msg: dict[str, Any], ans: Answer, timeout: Any
+                              ) -> Answer:
+        """A re-sent modification refused ORDER_UNKNOWN, ORDER_NOT_ACTIVE or
+        STALE_REVISION: the first sending was executed, or not, as the order shows.  Only a
+        modification (or a reactivation) moves the revision on, so the order at the
+        revision the request named was not modified: the refusal is the answer.  At the
+        next revision, with the price and conditions the request asked for, it was
+        modified as asked: the call returns it (``recovered``).  Otherwise (the order is
+        gone, maybe traded by that very modification, or has moved on) nothing says
+        which: :class:`OutcomeUnknown`."""
+        oid, rev = int(msg["order_id"]), int(msg["revision"])
+        orders = await self.query_orders(timeout=timeout)
+        o = next((x for x in orders if x.order_id == oid), None)
+        if o is not None and o.revision == rev:
+            return ans  # not modified: the refusal stands (e.g. hibernated meanwhile)
+        if (o is not None and o.revision == rev + 1 and o.price == Decimal(msg["price"])
+                and o.exec == msg.get("exec", "NON")
+                and o.validity == msg.get("validity", "GFS")):
+            self.stats["recovered"] += 1
+            return Answer(type="ack", ok=True, kind="order_modify", req_id=ans.req_id,
+                          order_ids=(oid,), resent=True, recovered=True,
+                          recovered_orders=(o,))
+        where = ("no longer live" if o is None else
+                 f"at revision {o.revision}, price {o.price}, {o.status}")
+        raise self._in_doubt(msg, ans, f"order {oid} (sent at revision {rev}) is {where}, "
+                             "which the modification itself may have caused")
 
     async def _recovered(self, ans: Answer, coids: list[str], rejects: tuple[RejectDetail, ...],
                          timeout: Any) -> Answer:
@@ -1760,8 +1854,9 @@ class Client:
             return order.order_id, order
         if isinstance(order, OrderReport):
             return order.order_id, Order.from_report(order)
-        if isinstance(order, bool) or not isinstance(order, int):
-            raise TypeError(f"expected an order id or an Order, got {type(order).__name__}")
+        if type(order) is not int:  # not a bool, a float, a string...
+            raise TypeError(f"order: expected an order id (int) or an Order, got"
+                            f" {type(order).__name__} {str(order)[:40]!r}")
         return order, self.orders.get(order)
 
     async def modify(self, order: int | Order | OrderReport, revision: int | None = None, *,
@@ -1782,6 +1877,9 @@ class Client:
         or kept) raises :class:`ValueError`, as in :meth:`place`: it is never dropped
         silently."""
         oid, known = self._known(order)
+        if revision is not None and type(revision) is not int:
+            raise TypeError(f"revision: expected an int, got {type(revision).__name__}"
+                            f" {str(revision)[:40]!r}")
         if revision is None:
             if known is None:
                 raise ValueError(f"revision of order {oid} unknown: pass it")
@@ -1836,7 +1934,17 @@ class Client:
                  ) -> dict[str, Any]:
         msg: dict[str, Any] = {"type": typ}
         if order_ids is not None:
-            msg["order_ids"] = [int(i) for i in order_ids]
+            if isinstance(order_ids, str | bytes | int | Order | OrderReport):
+                raise TypeError(f"order_ids: expected a list of order ids (int), got"
+                                f" {type(order_ids).__name__} {str(order_ids)[:40]!r}")
+            ids = list(order_ids)
+            for n, i in enumerate(ids):
+                # an id is sent as given, never converted: 18407.5, True or "36" would
+                # name another order than the caller meant, or none
+                if type(i) is not int:
+                    raise TypeError(f"order_ids[{n}]: expected an order id (int), got"
+                                    f" {type(i).__name__} {str(i)[:40]!r}")
+            msg["order_ids"] = ids
         if contract is not None:
             msg["contract"] = contract
         return msg
@@ -2160,6 +2268,10 @@ class Client:
             log.log(logging.INFO if self._closing else logging.WARNING, "%s: server error: %s",
                     self.user, msg)
             self._emit(RawEvent("error", msg))
+            if (msg.get("code") == "DISCONNECTED" and self.transport == "amqp"
+                    and not self._closing):
+                self._spawn(self._session_ended(self._gen, str(msg.get("reason") or "")),
+                            "ronda-sdk-session-ended")
             return
         stream, seq = msg.get("stream"), msg.get("seq")
         if isinstance(stream, str) and isinstance(seq, int) and not self._check_seq(stream,
@@ -2168,6 +2280,9 @@ class Client:
         ev = _parse_event(msg)
         if isinstance(ev, OrderReport):
             self._track(ev)
+            p = self._pending.get(ev.req_id) if ev.req_id else None
+            if p is not None and not p.internal:
+                p.reports.append(ev)
         self._emit(ev)
 
     def _check_seq(self, stream: str, seq: int) -> bool:
