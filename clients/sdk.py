@@ -1784,7 +1784,7 @@ class Client:
             return ans  # not modified: the refusal stands (e.g. hibernated meanwhile)
         if (o is not None and o.revision == rev + 1 and o.price == Decimal(msg["price"])
                 and o.exec == msg.get("exec", "NON")
-                and o.validity == msg.get("validity", "GFS")):
+                and o.validity == msg.get("validity", o.validity)):  # (none: kept)
             self.stats["recovered"] += 1
             return Answer(type="ack", ok=True, kind="order_modify", req_id=ans.req_id,
                           order_ids=(oid,), resent=True, recovered=True,
@@ -1869,8 +1869,11 @@ class Client:
         a new time priority.  ``revision`` is the current one (refused with
         ``STALE_REVISION`` otherwise).  Given an :class:`Order` (or an id found in
         :attr:`orders`), what is not given is kept from it: price, execution condition,
-        validity and expiry, iceberg peak and increment - each on its own, so a new
-        ``peak`` keeps the increment and a new ``price_increment`` keeps the peak.  Without
+        iceberg peak and increment - each on its own, so a new ``peak`` keeps the
+        increment and a new ``price_increment`` keeps the peak.  The validity and expiry
+        are always the order's (R46.2.6: a modification does not change them): leave them
+        out; a ``validity`` or ``expiry`` given is sent as given, and the server refuses
+        one that is not the order's (``MODIFY_CHANGES_FIXED_FIELD``).  Without
         ``quantity`` (with or without an Order) no quantity is sent: the server keeps the
         open quantity the order has when it applies the modification, so a fill that came
         after the Order was read is not undone.  A ``price_increment`` with no peak (given
@@ -1894,9 +1897,6 @@ class Client:
         # it would put the filled part back.
         if known is not None:
             exec = exec or known.exec  # type: ignore[assignment]
-            validity = validity or known.validity  # type: ignore[assignment]
-            if expiry is None and validity == "GTD":
-                expiry = known.expiry
             if known.peak:  # an iceberg: peak and increment are kept each on its own
                 if peak is None:
                     peak = known.peak
@@ -1911,7 +1911,7 @@ class Client:
             msg["quantity"] = wire_qty(quantity)
         if exec and exec != "NON":
             msg["exec"] = exec
-        if validity and validity != "GFS":
+        if validity is not None:  # (the server keeps the order's when none is sent)
             msg["validity"] = validity
         if expiry is not None:
             msg["expiry"] = wire_instant(expiry)

@@ -416,6 +416,28 @@ async def test_modify_keeps_each_iceberg_field_on_its_own(env: Env) -> None:
     assert [o.revision for o in env.srv.core.orders_of("AG1")] == [4, 1]
 
 
+async def test_modify_keeps_the_validity_and_refuses_to_change_it(env: Env) -> None:
+    """R46.2.6: a modification does not change the validity.  modify() of a GTD order,
+    by id alone (an order the SDK is not asked to look up) or with the Order, keeps GTD
+    and its expiry; a validity given that is not the order's is sent and refused by the
+    server (MODIFY_CHANGES_FIXED_FIELD), never dropped by the SDK."""
+    ana = await env.client("ana")
+    expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
+    ans = await ana.place(C1, "SELLU1", "SELL", "50.00", "1.0", validity="GTD",
+                          expiry=expiry)
+    oid = ans.order_id
+    assert oid is not None
+    mod = await ana.modify(oid, 1, price="50.50")
+    assert mod.report is not None and (mod.report.validity, mod.report.expiry) == (
+        "GTD", expiry)
+    await eventually(lambda: oid in ana.orders and ana.orders[oid].revision == 2)
+    with pytest.raises(Rejected) as exc:
+        await ana.modify(ana.orders[oid], price="51.00", validity="GFS")
+    assert exc.value.code == "MODIFY_CHANGES_FIXED_FIELD"
+    v = env.srv.core.order_view(env.srv.core.orders_of("AG1")[0])
+    assert (v["price"], str(v["validity"]), v["revision"]) == (5050, "GTD", 2)
+
+
 async def test_modify_without_quantity_does_not_undo_a_fill(env: Env) -> None:
     """modify(order, price=...) sends no quantity: the server keeps the open quantity the
     order has when it applies the modification.  The SDK used to send the quantity of the
