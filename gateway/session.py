@@ -642,10 +642,13 @@ class Session:
             self._logout_reply = self._reply_later()
             self._finish_logout()
         elif typ == "query_me":
-            units = sorted(u.code for u in core.ref.units.values()
-                           if u.responsible == self.agent)
+            own = sorted((u for u in core.ref.units.values() if u.responsible == self.agent),
+                         key=lambda u: u.code)
             self.send({"type": "me", "req_id": req_id, "user": self.user, "agent": self.agent,
-                       "roles": sorted(self.roles), "units": units})
+                       "roles": sorted(self.roles), "units": [u.code for u in own],
+                       # each unit's kind, as the side it trades by default: a selling
+                       # unit sells (it may buy too, R46.2.4)
+                       "unit_sides": {u.code: "SELL" if u.sells else "BUY" for u in own}})
         elif typ == "query_agents":
             if self.roles.isdisjoint({OFFICER, MARKET}):
                 self.reject(req_id, "NOT_PERMITTED", "only officers list the agents")

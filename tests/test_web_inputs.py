@@ -210,7 +210,8 @@ async def test_a_new_trader_is_offered_the_agents_units(screens: Screens) -> Non
     ana = await screens.trader("ana", C1)
     await expect(ana.locator("#t-unit")).to_have_value("SELLU1")
     await expect(ana.locator("#unit-list option")).to_have_count(1)
-    await ana.keyboard.press("s")
+    # SELLU1 is a selling unit (query_me's unit_sides): the ticket starts on Sell
+    await expect(ana.locator("#side-sell")).to_have_attribute("aria-checked", "true")
     await ana.fill("#t-price", "61.00")
     await ana.fill("#t-qty", "2.0")
     await ana.press("#t-qty", "Enter")
@@ -223,3 +224,4 @@ async def test_a_new_trader_is_offered_the_agents_units(screens: Screens) -> Non
     values = {await o.get_attribute("value") for o in await options.all()}
     assert values == {"SELLU3", "PTBUY4", "PTSELL4"}
     await expect(bea.locator("#t-unit")).to_have_value("")
+    await expect(bea.locator("#side-buy")).to_have_attribute("aria-checked", "true")  # as ever

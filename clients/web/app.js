@@ -976,6 +976,10 @@ async function loadUnits() {
   }
   const units = Array.isArray(a.units) ? a.units : [];
   for (const u of units) rememberUnit(u, units.length === 1);
+  // the only unit's kind gives the ticket's side to start with (a selling unit sells);
+  // the other side stays one key away
+  const side = units.length === 1 && a.unit_sides ? a.unit_sides[units[0]] : undefined;
+  if ((side === 'BUY' || side === 'SELL') && T.unit().value === units[0]) setSide(side);
 }
 
 /** The ticket as order fields; {error} when something required is missing. */
