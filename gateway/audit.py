@@ -47,7 +47,7 @@ from engine.commands import (
 from engine.config import fmt_price, fmt_qty
 from engine.events import OrderReport, Reject
 from gateway.codec import Codec
-from gateway.core import Checkpoint, CommandFailed
+from gateway.core import SERVER_RECORDS, CommandFailed
 from gateway.wire import fmt_instant
 from risk.events import RiskNotice
 
@@ -64,7 +64,7 @@ TRADING: frozenset[type] = frozenset({NewOrder, EnterBasket, ModifyOrder, Cancel
                                       SubmitAuctionBid, CancelAuctionBid})
 # not in the trail either: the server's checkpoints (no action of anyone's, and no event to
 # date them by)
-NOT_AUDITED: frozenset[type] = TRADING | {Checkpoint}
+NOT_AUDITED: frozenset[type] = TRADING | SERVER_RECORDS
 
 Message = dict[str, Any]
 

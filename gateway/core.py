@@ -86,6 +86,42 @@ ACCEPTED = "accepted"
 default_codec().register(Checkpoint, "checkpoint")
 
 
+@dataclass(frozen=True, slots=True)
+class SessionMark:
+    """The server's own journal record, not a trading command (applying it changes nothing):
+    ``delta`` connections of ``user`` with the login option ``on_disconnect: hibernate``
+    opened (+1) or closed (negative).  A crash closes such connections without a word;
+    the marks tell the restarted server whose orders to hibernate then, as the option
+    promises for any lost connection (gateway/server.py, ``_hibernate_after_crash``)."""
+
+    user: str
+    delta: int
+
+
+default_codec().register(SessionMark, "session_mark")
+
+# the server's own records: the core applies nothing for them
+SERVER_RECORDS: frozenset[type] = frozenset({Checkpoint, SessionMark})
+
+
+class Watches:
+    """A listener (live and at recovery): per user, the connections open with the login
+    option ``on_disconnect: hibernate``, as the journal's :class:`SessionMark` records
+    tell."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, int] = {}
+
+    def observe(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
+        for cmd, _origin, _events in batch:
+            if type(cmd) is SessionMark:
+                n = self.open.get(cmd.user, 0) + cmd.delta
+                if n > 0:
+                    self.open[cmd.user] = n
+                else:
+                    self.open.pop(cmd.user, None)
+
+
 class ReplayDiverged(RuntimeError):
     """Replaying the journal gave another state than the server had when it wrote the
     checkpoint at ``seq`` (a record's seq, or a line of an exported journal)."""
@@ -179,7 +215,7 @@ class Core:
         self._no_ref = RefData()  # the reference data of a core without risk: one, kept
 
     def apply(self, cmd: Any, ts: int) -> list[Any]:
-        if type(cmd) is Checkpoint:  # the server's own record: nothing to apply
+        if type(cmd) in SERVER_RECORDS:  # the server's own record: nothing to apply
             return []
         try:
             return self.engine.apply(cmd, ts)

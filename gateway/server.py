@@ -27,7 +27,7 @@ from engine.config import PROFILES
 from engine.events import Reject
 from gateway import snapshot
 from gateway.audit import AuditLog
-from gateway.core import ACCEPTED, CommandFailed, Core
+from gateway.core import ACCEPTED, CommandFailed, Core, SessionMark, Watches
 from gateway.executed import Executed
 from gateway.fanout import Hub
 from gateway.journal import Journal
@@ -128,6 +128,9 @@ class Server:
         self.sequencer.listeners.append(self.hub.publish)
         self.audit = AuditLog(self.sequencer.codec)
         self.sequencer.listeners.append(self.audit.observe)
+        # the connections open with on_disconnect: hibernate (SessionMark records)
+        self.watches = Watches()
+        self.sequencer.listeners.append(self.watches.observe)
         self.sessions_of: dict[str, set[Session]] = defaultdict(set)
         # set when the sequencer stops on a failed journal: nothing more can be made
         # durable, so the server must stop serving (``ronda serve`` exits with status 3)
@@ -167,7 +170,8 @@ class Server:
         try:
             start = self._snapshot()
             replayed = self.sequencer.recover(
-                [self.sync.observe, self.hub.observe_replay, self.audit.observe],
+                [self.sync.observe, self.hub.observe_replay, self.audit.observe,
+                 self.watches.observe],
                 accept_divergence=self.config.accept_replay_divergence,
                 keyed=self.executed.recovered, start=start)
         except BaseException:  # ReplayDiverged: nothing is served from that state
@@ -190,6 +194,7 @@ class Server:
         self.sequencer.start()
         try:
             await self._start_journaling()
+            await self._hibernate_after_crash()
         except BaseException:  # the journal failed (SequencerStopped: exit status 3), or
             await self.sequencer.stop()  # the reference data are refused: nothing served
             self.journal.close()
@@ -219,7 +224,7 @@ class Server:
                                      self.sync.last_synced)
         if state is not None:
             snapshot.install(state, self.core, self.sync, self.hub, self.audit, self.executed,
-                             self.sync.last_synced)
+                             self.sync.last_synced, self.watches)
         return state
 
     @property
@@ -257,6 +262,23 @@ class Server:
                       err.decode(errors="replace").strip()[-2000:])
             return False
         return True
+
+    async def _hibernate_after_crash(self) -> None:
+        """The connections the journal says were open with ``on_disconnect: hibernate`` when
+        the server stopped without closing them (a crash): their users' orders are
+        hibernated now, before anything is served, as the login option promises for any
+        lost connection; then the marks are closed.  (A clean stop closes every
+        connection first: nothing is left open.)"""
+        from engine.commands import HibernateOrders
+
+        for user, n in sorted(self.watches.open.items()):
+            events = await self.sequencer.submit(HibernateOrders(
+                user=user, reason="disconnected: the server stopped without closing the "
+                                  "connection (login option: hibernate)"), "operator")
+            log.warning("hibernated %d orders of %s, whose connection with on_disconnect "
+                        "hibernate the server's stop did not close", sum(
+                            1 for e in events if type(e).__name__ == "OrderReport"), user)
+            await self.sequencer.submit(SessionMark(user, -n), "operator")
 
     async def _start_journaling(self) -> None:
         """What a start journals: the reference data if they changed, then the state the

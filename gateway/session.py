@@ -31,7 +31,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.events import Ack, OrderReport, Reject
-from gateway.core import CommandFailed
+from gateway.core import CommandFailed, SessionMark
 from gateway.fanout import account_message
 from gateway.inbound import clip, shown
 from gateway.journal import RequestKey
@@ -134,6 +134,10 @@ class Transport(Protocol):
     def abort(self) -> None: ...
 
 
+def _ignore(events: list[Any] | None, exc: BaseException | None) -> None:
+    """The outcome of a record nobody waits for (a :class:`SessionMark`)."""
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -153,6 +157,7 @@ class Session:
         self.agent: str | None = None
         self.roles: frozenset[str] = frozenset()
         self.on_disconnect = "none"
+        self._watched = False  # a SessionMark(+1) journaled for this connection
         self.max_queue = max_queue
         self.hard_queue = max_queue * HARD_QUEUE_FACTOR
         self.max_behind_s = max_behind_s
@@ -463,10 +468,23 @@ class Session:
         self.agent = u.agent
         self.roles = u.roles
         self.on_disconnect = on_disc
+        self._watch(on_disc == "hibernate" and TRADER in u.roles)
         self.server.sessions_of[user].add(self)
         self.send({"type": "ack", "kind": "login", "req_id": req_id, "user": user,
                    "agent": u.agent, "roles": sorted(u.roles),
                    "server_time": fmt_instant(self.server.sequencer.clock.now())})
+
+    def _watch(self, on: bool) -> None:
+        """Journal that this connection now has (or no longer has) the login option
+        ``on_disconnect: hibernate`` (:class:`gateway.core.SessionMark`): after a crash,
+        which closes it without a word, the restarted server hibernates the user's orders
+        as the option promises."""
+        if on == self._watched or self.user is None:
+            return
+        self._watched = on
+        with contextlib.suppress(SequencerStopped):
+            self.server.sequencer.submit_with(SessionMark(self.user, 1 if on else -1),
+                                              self.user, _ignore)
 
     async def closed(self) -> None:
         """The connection is gone: unsubscribe; hibernate the user's orders if asked."""
@@ -487,6 +505,7 @@ class Session:
                         HibernateOrders(user=self.user,
                                         reason="disconnected (login option: hibernate)"),
                         self.user)
+            self._watch(False)  # (after the hibernation: a crash between them repeats it)
 
     # ------------------------------------------------------------------ commands
 

@@ -217,6 +217,7 @@ class State:
     hub: tuple[Any, Any, Any]  # Hub._replayed_own, _replayed_public, trade_seq
     audit: tuple[Any, int, int]  # AuditLog.entries, seq, last_ts
     executed: tuple[Any, int]  # Executed.entries, items
+    watches: dict[str, int]  # Watches.open
 
 
 class Replica:
@@ -228,7 +229,7 @@ class Replica:
         from engine.config import PROFILES
         from gateway.audit import AuditLog
         from gateway.codec import default_codec
-        from gateway.core import CheckpointCheck, Core
+        from gateway.core import CheckpointCheck, Core, Watches
         from gateway.executed import Executed
         from gateway.fanout import Hub
         from sync.job import SyncJob
@@ -238,6 +239,7 @@ class Replica:
         self.hub = Hub(self.core, 1)
         self.audit = AuditLog(default_codec())
         self.executed = Executed()
+        self.watches = Watches()
         self.check = CheckpointCheck()
         self.seq = self.last_ts = self.applied = self.clock_last = 0
         self.synced_through = synced_through
@@ -245,7 +247,7 @@ class Replica:
             self.seq, self.last_ts, self.applied = state.seq, state.last_ts, state.applied
             self.clock_last = state.clock_last
             install(state, self.core, self.sync, self.hub, self.audit, self.executed,
-                    max(synced_through, state.synced_through))
+                    max(synced_through, state.synced_through), self.watches)
             self.check = state.check
             self.synced_through = max(synced_through, state.synced_through)
         self.sync.last_synced = self.synced_through
@@ -263,6 +265,7 @@ class Replica:
         self.sync.observe(one)
         self.hub.observe_replay(one)
         self.audit.observe(one)
+        self.watches.observe(one)
         if rec.key is not None:
             self.executed.recovered(rec, events)
         self.clock_last = max(self.clock_last, rec.ts)
@@ -276,11 +279,11 @@ class Replica:
                      {k: getattr(sync, k) for k in SYNC_FIELDS},
                      (dict(hub._replayed_own), hub._replayed_public, hub.trade_seq),
                      (self.audit.entries, self.audit.seq, self.audit.last_ts),
-                     (self.executed.entries, self.executed.items))
+                     (self.executed.entries, self.executed.items), dict(self.watches.open))
 
 
 def install(state: State, core: Any, sync: Any, hub: Any, audit: Any, executed: Any,
-            synced_through: int) -> None:
+            synced_through: int, watches: Any) -> None:
     """Put ``state`` into a server's (or a replica's) objects, as if they had replayed the
     journal up to ``state.seq``; the sync job keeps the trades and closes of the rounds
     after ``synced_through`` only, as its replay after that round's synchronisation keeps
@@ -297,6 +300,7 @@ def install(state: State, core: Any, sync: Any, hub: Any, audit: Any, executed: 
     hub._replayed_own.update(own)
     audit.entries, audit.seq, audit.last_ts = state.audit
     executed.entries, executed.items = state.executed
+    watches.open = dict(state.watches)
 
 
 # ---------------------------------------------------------------------- files

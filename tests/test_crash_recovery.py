@@ -19,6 +19,7 @@ Set ``RONDA_CRASH_SEED`` to replay one particular schedule of crashes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -482,3 +483,48 @@ async def test_a_failed_journal_stops_the_server_and_a_restart_recovers(
     assert set(acked) <= found  # nothing acknowledged lost
     assert len(found) <= len(acked) + 1  # and at most the order in doubt besides
     again.terminate()
+
+
+async def test_a_crash_hibernates_the_orders_of_connections_with_on_disconnect(
+        tmp_path: Path, servers: list[ServerProcess]) -> None:
+    """The login option ``on_disconnect: hibernate`` hibernates the user's orders when its
+    connection is lost.  A crash loses every connection without a word: the restarted
+    server hibernates those users' orders before it serves anything (the journal's
+    session marks tell whose).  A user without the option keeps its orders active; a
+    second, clean restart does not do it again."""
+    data = tmp_path / "data"
+    srv = ServerProcess(data)
+    servers.append(srv)
+    await srv.start()
+    await open_market(srv.port)
+    ana = await connect_as(srv.port, "ana", on_disconnect="hibernate")
+    carlos = await connect_as(srv.port, "carlos")
+    a = (await ana.request(order(CONTRACTS[0], "SELLU1", "SELL", "60.00", "1.0")))
+    c = (await carlos.request(order(CONTRACTS[0], "BUYU2", "BUY", "40.00", "1.0")))
+    assert a["type"] == c["type"] == "ack", (a, c)
+    srv.kill()  # both connections open
+    for client in (ana, carlos):
+        with contextlib.suppress(Exception):
+            await client.close()
+    await srv.start()
+
+    async def statuses() -> dict[int, str]:
+        out = {}
+        for user in ("ana", "carlos"):
+            cl = await connect_as(srv.port, user)
+            try:
+                ans = await cl.request({"type": "query_orders"})
+                out.update({o["order_id"]: o["status"] for o in ans["orders"]})
+            finally:
+                await cl.close()
+        return out
+
+    assert await statuses() == {a["order_ids"][0]: "HIBERNATED",
+                                c["order_ids"][0]: "ACTIVE"}
+    log = srv.log.read_text()
+    assert log.count("hibernated 1 orders of ana") == 1, log[-2000:]
+    srv.terminate()
+    await srv.start()
+    assert srv.log.read_text().count("hibernated 1 orders of ana") == 1
+    assert await statuses() == {a["order_ids"][0]: "HIBERNATED",
+                                c["order_ids"][0]: "ACTIVE"}

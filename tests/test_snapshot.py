@@ -32,6 +32,7 @@ import bench_recovery as R  # noqa: E402
 
 from engine.commands import CloseContracts  # noqa: E402
 from gateway import snapshot  # noqa: E402
+from gateway.core import SessionMark  # noqa: E402
 from gateway.journal import Journal, JournalError, Record  # noqa: E402
 from gateway.sequencer import Clock  # noqa: E402
 from gateway.server import Config, Server  # noqa: E402
@@ -76,8 +77,13 @@ def journal(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def phase2(data: Path) -> None:
-    """A round close (the first contract's gate), AMQP requests, more trading."""
-    append(data, [("operator", CloseContracts((B.CONTRACTS[0],)), None)])
+    """A round close (the first contract's gate), connections opened and closed with the
+    login option on_disconnect hibernate (session marks), AMQP requests, more trading."""
+    append(data, [("operator", CloseContracts((B.CONTRACTS[0],)), None),
+                  ("operator", SessionMark("u1", 1), None),
+                  ("operator", SessionMark("u2", 1), None),
+                  ("operator", SessionMark("u2", -1), None),
+                  ("operator", SessionMark("u1", -1), None)])
     append(data, flow(1500, 8, keyed_from=500))
 
 
@@ -93,18 +99,22 @@ def recover(data: Path, ref: Path, settle_through: int = 0) -> dict[str, Any]:
     built; then, if asked, wait until its sync job has settled the rounds up to
     ``settle_through`` into the settlement store; then stop it."""
 
-    async def idle(self: SyncJob) -> None:
+    async def idle(self: Any) -> None:
         await asyncio.Event().wait()
 
     async def main() -> dict[str, Any]:
         cfg = Config(data_dir=data, port=R.free_port(), refdata=ref, calendar=None,
                      snapshot_every_s=0, fsync=False)
         server = Server(cfg, clock=Clock(start=B.T0 + 10**7))
-        if settle_through:
-            await server.start()
-        else:  # the sync job kept from settling meanwhile: what the recovery built
-            with mock.patch.object(SyncJob, "run", idle):
+        # the timekeeper kept from acting (a GTD expiry due on the server's clock would
+        # change the state while the view is taken), and unless asked the sync job from
+        # settling: what the recovery built
+        with mock.patch.object(Server, "_timekeeper", idle):
+            if settle_through:
                 await server.start()
+            else:
+                with mock.patch.object(SyncJob, "run", idle):
+                    await server.start()
         try:
             built = view(server)
             for _ in range(200):
@@ -133,6 +143,7 @@ def view(s: Server) -> dict[str, Any]:
         "audit": ([repr(e) for e in s.audit.entries], s.audit.seq, s.audit.last_ts),
         "executed": [(k, e.digest, repr(e.events), e.items)
                      for k, e in s.executed.entries.items()],
+        "watches": dict(s.watches.open),
         "sync_trades": {r: list(t) for r, t in sync.trades.items() if t},
         "sync_closes": {r: repr(c) for r, c in sync.closes.items()},
         "sync_other": repr((sorted(sync.released_seen), sync.auctions, sync.session_refs,
@@ -433,7 +444,9 @@ def test_every_listener_field_equals_a_full_replay(journal: tuple[Path, Path],
     data, ref = journal
     snapshot.make(data, PROFILE)
     phase2(data)
+    append(data, [("operator", SessionMark("u4", 1), None)])  # open in the snapshot
     snapshot.make(data, PROFILE)
+    append(data, [("operator", SessionMark("u3", 1), None)])  # and in the tail
     append(data, flow(500, 11, keyed_from=100))
 
     def grab(d: Path) -> tuple[Any, Any]:
@@ -450,7 +463,8 @@ def test_every_listener_field_equals_a_full_replay(journal: tuple[Path, Path],
                 s.sync = SyncJob(s.core, s.store, None)
                 await s.sync.open()
                 st = s._snapshot()
-                s.sequencer.recover([s.sync.observe, s.hub.observe_replay, s.audit.observe],
+                s.sequencer.recover([s.sync.observe, s.hub.observe_replay, s.audit.observe,
+                                     s.watches.observe],
                                     keyed=s.executed.recovered, start=st)
                 s.hub.rebuild(s.core)
                 skip = ("_wake", "_lock", "store", "core", "submit")
@@ -460,6 +474,7 @@ def test_every_listener_field_equals_a_full_replay(journal: tuple[Path, Path],
                     "hub": {k: v for k, v in vars(s.hub).items() if k != "core"},
                     "audit": {k: v for k, v in vars(s.audit).items() if k != "codec"},
                     "executed": vars(s.executed),
+                    "watches": vars(s.watches),
                     "seq": (s.sequencer.applied, s.sequencer.day, s.sequencer._day_span,
                             s.sequencer.clock.last)}), st
             finally:
@@ -470,8 +485,9 @@ def test_every_listener_field_equals_a_full_replay(journal: tuple[Path, Path],
 
     full, st0 = grab(copy(data, tmp_path / "full", False))
     snap, st = grab(copy(data, tmp_path / "snap", True))
-    assert st0 is None and st is not None
+    assert st0 is None and st is not None and st.watches == {"u4": 1}
     assert full == snap, first_diff(full, snap)
+    assert "u3" in repr(full) and "u4" in repr(full)
 
 
 def deep(x: Any, seen: dict[int, int] | None = None) -> Any:
