@@ -729,10 +729,13 @@ class ConnectionLost(RondaError):
 
 
 class OutcomeUnknown(ConnectionLost):
-    """A request that cannot be repeated safely was sent, and the connection dropped (or the
-    server's journal failed) before its answer: it may or may not have been executed, so
-    the SDK does not send it again.  Look before sending it again (``query_account`` for a
-    guarantee request, the auction's bids for a bid)."""
+    """A request was sent and the connection dropped (or the server's journal failed)
+    before its answer, and whether it was executed cannot be told: a guarantee request or
+    an auction bid (never sent again), or a modification or reactivation whose repeat was
+    refused in a way its own first execution could explain (the order gone, or moved on:
+    it may have traded).  Look before sending it again (``query_orders`` and
+    ``query_trades`` for an order, ``query_account`` for a guarantee request, the
+    auction's bids for a bid)."""
 
 
 class RequestTimeout(RondaError, TimeoutError):
@@ -1131,15 +1134,19 @@ class _AmqpConnection(_Connection):
 
     async def on_broadcast(self, m: AbstractIncomingMessage) -> None:
         try:
-            msg = self._body(m)
-        except (ValueError, TypeError) as exc:
-            log.warning("undecodable AMQP broadcast message: %s", exc)
-            return
-        if isinstance(msg, list):  # a private stream's batch, in sequence (docs/amqp.md)
-            for item in msg:
-                self._on_message(item)
-            return
-        self._on_message(msg)
+            try:
+                msg = self._body(m)
+            except (ValueError, TypeError) as exc:
+                log.warning("undecodable AMQP broadcast message: %s", exc)
+                return
+            if isinstance(msg, list):  # a private stream's batch, in sequence (docs/amqp.md)
+                for item in msg:
+                    self._on_message(item)
+                return
+            self._on_message(msg)
+        finally:  # handled (or never will be): the broker may forget it
+            with contextlib.suppress(Exception):
+                await m.ack()
 
     async def send(self, msg: dict[str, Any]) -> None:
         import aio_pika
@@ -1154,6 +1161,9 @@ class _AmqpConnection(_Connection):
         self._closed = True  # an intended close is not a loss
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.conn.close(), 3)
+
+
+BCAST_PREFETCH = 1000  # broadcast messages delivered and not yet acknowledged, at most
 
 
 class _AmqpConnector(_Connector):
@@ -1187,7 +1197,11 @@ class _AmqpConnector(_Connector):
                 await bcast.purge()
             c = _AmqpConnection(conn, ch, exchange, reply, self.user, on_message, on_close)
             await reply.consume(c.on_reply, no_ack=True)
-            await bcast.consume(c.on_broadcast, no_ack=True)
+            # the broadcast queue with acknowledgements: a message delivered but not yet
+            # handled when the connection drops is delivered again on the next one (the
+            # stream's seq drops what was handled already); at most BCAST_PREFETCH unacked
+            await ch.set_qos(prefetch_count=BCAST_PREFETCH)
+            await bcast.consume(c.on_broadcast)
         except BaseException:
             with contextlib.suppress(Exception):
                 await conn.close()

@@ -1140,3 +1140,21 @@ async def test_amqp_an_order_in_doubt_is_redelivered_to_the_restarted_server(
     assert env.srv.amqp.stats["replayed"] >= 1
     engine = [o for o in env.srv.core.orders_of("AG2") if o.coid == "doubt-2"]
     assert len(engine) == 1 and list(ans.order_ids) == [engine[0].id]
+
+
+async def test_amqp_broadcast_queue_is_consumed_with_acknowledgements(
+        rabbitmq: Broker, amqp_env: Env) -> None:
+    """docs/amqp.md: the broadcast queue keeps what was not taken.  The SDK consumes it with
+    acknowledgements (at most 1,000 unacknowledged), so that a message delivered but not
+    yet handled when the connection drops is delivered again; it used to consume without,
+    and such messages were lost.  The broker's own view of the consumer says so, and every
+    private message of the run is handled once."""
+    carlos = await Client.connect_amqp(rabbitmq.url_for("carlos"))
+    amqp_env.clients.append(carlos)
+    out = await asyncio.to_thread(rabbitmq.ctl, "list_consumers", "queue_name",
+                                  "ack_required", "prefetch_count")
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert ["ronda.bcast.carlos", "true", "1000"] in rows, out
+    ans = await carlos.place(C1, "BUYU2", "BUY", "30.00", "1.0")
+    await eventually(lambda: ans.order_id in carlos.orders)
+    assert carlos.stats["stale"] == 0
