@@ -1194,7 +1194,7 @@ async def test_properties_that_are_not_utf8_neither_break_the_link_nor_go_unansw
 
     me = await send(b"c-\xff\xfe", b"m-ok", {"type": "query_me"})
     assert me == {"type": "me", "req_id": None, "user": "carlos", "agent": "AG2",
-                  "roles": ["trader"], "units": ["BUYU2"]}, me
+                  "roles": ["trader"], "units": ["BUYU2"], "unit_sides": {"BUYU2": "BUY"}}, me
     refused = await send(b"c-\xff\xfd", b"m-\xc3", order("BUY", "30.00"))
     assert (refused["type"], refused["field"]) == ("error", "message_id"), refused
     assert "UTF-8" in refused["reason"]
