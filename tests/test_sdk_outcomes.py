@@ -4,14 +4,12 @@ tests/test_sdk.py (whose environment this file shares), and a real RabbitMQ for 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from test_sdk import C1, Env, _reset_broker, books_agree, drop_before_the_answer, eventually
+import test_sdk
+from test_sdk import C1, Env, books_agree, drop_before_the_answer, eventually
 
 from clients import sdk
 from clients.sdk import Client, ConnectionEvent, Rejected, wire_decimal
@@ -21,27 +19,9 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["broker"]
 
-
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    e = Env(tmp_path)
-    await e.start()
-    try:
-        yield e
-    finally:
-        await e.close()
-
-
-@pytest.fixture
-async def amqp_env(rabbitmq: Broker, tmp_path: Path) -> AsyncIterator[Env]:
-    await _reset_broker(rabbitmq)
-    e = Env(tmp_path)
-    srv = await e.start(amqp_url=rabbitmq.url, heartbeat_s=1.0)
-    await asyncio.wait_for(srv.amqp.connected.wait(), 10)
-    try:
-        yield e
-    finally:
-        await e.close()
+# the environments of tests/test_sdk.py: a real server, and one with a real RabbitMQ
+env = test_sdk.env
+amqp_env = test_sdk.amqp_env
 
 
 # ====================================================================== a modification in doubt
