@@ -509,11 +509,13 @@ async function onReady(ans) {
   const initial = fromUrl ? fromUrl.split(',') : storageGet('ronda.console.agents', DEFAULT_AGENTS);
   for (const a of initial) watch(a, false);
   C.statesSeq = 0;
+  // a new connection numbers the private streams afresh (after a server restart, from 0):
+  // forget the old positions before subscribing, or the first new messages would look old
+  for (const A of C.agents.values()) A.seq = -1;
   const pv = await conn.request({ type: 'subscribe', stream: 'private', agent: '*' });
   if (pv.type !== 'ack') toast('bad', `private stream: ${describeProblem(pv)}`);
   const st = await conn.request({ type: 'subscribe', stream: 'states' });
   C.statesSeq = typeof st.seq === 'number' ? st.seq : 0;
-  for (const A of C.agents.values()) A.seq = -1;
   await Promise.all([loadContracts(), queryThrottling(), ...C.watch.map((a) => loadAgent(a))]);
   invalidate('agents', 'detail', 'contracts', 'audit');
 }
