@@ -1133,6 +1133,11 @@ class _AmqpConnection(_Connection):
         self._on_message(msg)
 
     async def on_broadcast(self, m: AbstractIncomingMessage) -> None:
+        """Each message is acknowledged once handled, in order.  One delivered again after a
+        drop (``redelivered``): a stream message is known by its ``seq`` and dropped if it
+        was handled; anything else (a session's ``DISCONNECTED``, a heartbeat, a ``resync``)
+        has no ``seq`` to tell a repeat by and belongs to the connection that was lost, so
+        it is not handled again (a repeated ``DISCONNECTED`` would end the new session)."""
         try:
             try:
                 msg = self._body(m)
@@ -1142,6 +1147,9 @@ class _AmqpConnection(_Connection):
             if isinstance(msg, list):  # a private stream's batch, in sequence (docs/amqp.md)
                 for item in msg:
                     self._on_message(item)
+                return
+            if m.redelivered and not (isinstance(msg, dict) and "seq" in msg
+                                      and "stream" in msg):
                 return
             self._on_message(msg)
         finally:  # handled (or never will be): the broker may forget it

@@ -162,6 +162,9 @@ class Session:
         self.hard_queue = max_queue * HARD_QUEUE_FACTOR
         self.max_behind_s = max_behind_s
         self._burst = 0  # messages queued since the last flush: the current commit's
+        # messages of commits larger than max_queue still waiting (at most): a consumer
+        # that reads them is not let go by the hard bound while they drain
+        self._exempt = 0
         self._behind_since: float | None = None  # more than max_queue waiting since then
         # inbound back-pressure: requests submitted and not yet answered; at the limit the
         # transport stops reading (``pause_input``) until half of them are answered
@@ -197,7 +200,7 @@ class Session:
     def _push(self, msg: dict[str, Any]) -> bool:
         if self._closing:
             return False
-        if len(self._out) - self._burst >= self.hard_queue:
+        if len(self._out) - self._burst - self._exempt >= self.hard_queue:
             return False
         self._out.append(msg)
         self._burst += 1
@@ -214,6 +217,8 @@ class Session:
         may wait (flow control, closing, conflated book streams).  Waking the task for
         every batch cost more than the write itself at 5,000 orders/s."""
         self._flush_due = False
+        if self._burst > self.max_queue:  # one commit's many messages: exempt while they go
+            self._exempt = min(len(self._out), self._exempt + self._burst)
         self._burst = 0
         out = self._out
         if not out:
@@ -234,6 +239,8 @@ class Session:
                     self._check_behind()
                     return
                 self.sent += n
+                if self._exempt:
+                    self._exempt = max(0, self._exempt - n)
                 if self._queries_full:
                     self._queries_written()
         except Exception as exc:
@@ -259,8 +266,14 @@ class Session:
                        f" {self.max_behind_s:g} s")
 
     def _behind_timeout(self) -> None:
-        if self._behind_since is not None:
-            self._check_behind()
+        if self._behind_since is None or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        left = self._behind_since + self.max_behind_s - loop.time()
+        if left > 0 and len(self._out) > self.max_queue:  # (a timer a hair early)
+            loop.call_later(left + 0.001, self._behind_timeout)
+            return
+        self._check_behind()
 
     def send(self, msg: dict[str, Any]) -> None:
         """Queue a message that must not be lost (answers, private stream...)."""
@@ -334,6 +347,8 @@ class Session:
                 batch = [out.popleft() for _ in range(n)]
                 await self.transport.send_many(batch)
                 self.sent += n
+                if self._exempt:
+                    self._exempt = max(0, self._exempt - n)
                 if self._behind_since is not None:
                     self._check_behind()
                 if self._queries_full:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 import test_sdk
 from test_sdk import C1, Env, books_agree, drop_before_the_answer, eventually
@@ -184,3 +185,33 @@ async def test_amqp_a_session_the_server_ends_is_re_established(
     # the private stream is back too
     buy = await carlos.place(C1, "BUYU2", "BUY", "40.00", "1.0")
     await eventually(lambda: buy.order_id in carlos.orders)
+
+
+async def test_amqp_a_redelivered_message_without_seq_is_not_handled_again() -> None:
+    """The broadcast queue is consumed with acknowledgements, so what was delivered and not
+    acknowledged when a connection dropped comes again, marked ``redelivered``.  A stream
+    message is known by its seq; a DISCONNECTED (or a heartbeat) has none and belonged to
+    the lost connection: handling it again would end the new session.  It is acknowledged
+    and not handled; a stream message redelivered is handed on (the seq check drops it if
+    it was handled)."""
+    handled: list[dict[str, Any]] = []
+    acks: list[str] = []
+
+    class Delivered:
+        def __init__(self, body: dict[str, Any], redelivered: bool) -> None:
+            self.body = orjson.dumps(body)
+            self.content_type = "application/json"
+            self.redelivered = redelivered
+
+        async def ack(self) -> None:
+            acks.append(orjson.loads(self.body)["type"])
+
+    c = object.__new__(sdk._AmqpConnection)
+    c._on_message = handled.append
+    gone = {"type": "error", "code": "DISCONNECTED", "reason": "slow consumer"}
+    report = {"type": "order_report", "stream": "private:AG2", "seq": 4, "order_id": 1}
+    await c.on_broadcast(Delivered(gone, True))  # type: ignore[arg-type]
+    await c.on_broadcast(Delivered(report, True))  # type: ignore[arg-type]
+    await c.on_broadcast(Delivered(gone, False))  # type: ignore[arg-type]
+    assert handled == [report, gone]
+    assert acks == ["error", "order_report", "error"]
