@@ -204,6 +204,11 @@ Command = (
     | HibernateOrders | ReactivateOrders | CancelAgentOrders | Tick
 )
 
+# the traders' order commands and the passing of time: what a busy market is made of (the
+# audit trail leaves them out, the fan-out compares only the accounts they name)
+ORDER_COMMANDS: frozenset[type] = frozenset({NewOrder, EnterBasket, ModifyOrder, CancelOrder,
+                                             CancelAll, Deactivate, Activate, Tick})
+
 
 def builder(cls: type[T]) -> Callable[..., T]:
     """A constructor of the frozen, slotted command class ``cls`` that takes every field

@@ -34,16 +34,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from auctions.session import CancelAuctionBid, SubmitAuctionBid
-from engine.commands import (
-    Activate,
-    CancelAll,
-    CancelOrder,
-    Deactivate,
-    EnterBasket,
-    ModifyOrder,
-    NewOrder,
-    Tick,
-)
+from engine.commands import ORDER_COMMANDS
 from engine.config import fmt_price, fmt_qty
 from engine.events import OrderReport, Reject
 from gateway.codec import Codec
@@ -59,9 +50,7 @@ ENERGY_FIELDS = frozenset({"energy", "delta", "qty", "peak", "unavailable", "min
                            "max_energy"})
 INSTANT_FIELDS = frozenset({"close_at", "expiry", "opens_at", "closes_at", "publish_at"})
 
-TRADING: frozenset[type] = frozenset({NewOrder, EnterBasket, ModifyOrder, CancelOrder,
-                                      CancelAll, Deactivate, Activate, Tick,
-                                      SubmitAuctionBid, CancelAuctionBid})
+TRADING: frozenset[type] = ORDER_COMMANDS | {SubmitAuctionBid, CancelAuctionBid}
 # not in the trail either: the server's checkpoints (no action of anyone's, and no event to
 # date them by)
 NOT_AUDITED: frozenset[type] = TRADING | SERVER_RECORDS

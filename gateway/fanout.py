@@ -24,16 +24,7 @@ from itertools import islice
 from typing import Any
 
 from auctions.session import AuctionAllocation, AuctionPrice, AuctionState
-from engine.commands import (
-    Activate,
-    CancelAll,
-    CancelOrder,
-    Deactivate,
-    EnterBasket,
-    ModifyOrder,
-    NewOrder,
-    Tick,
-)
+from engine.commands import ORDER_COMMANDS
 from engine.events import (
     BookChange,
     ContractStateChanged,
@@ -61,8 +52,7 @@ _AUCTION_PUBLIC = (AuctionState, AuctionPrice)
 _AUCTION_PRIVATE = AuctionAllocation
 # the commands whose account changes are all the orders' they report and trade (the others
 # may change any account: auction bids, round closes, guarantees, reloads...)
-_ORDER_PATH = frozenset({NewOrder, EnterBasket, ModifyOrder, CancelOrder, CancelAll,
-                         Deactivate, Activate, Tick})
+_ORDER_PATH = ORDER_COMMANDS
 Deliver = Callable[[Message], None]
 
 
