@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -182,6 +182,32 @@ class SequencerStopped(RuntimeError):
         self.in_doubt = in_doubt
 
 
+def replay_record(core: Core, check: CheckpointCheck, rec: Record, listeners: Iterable[Listener],
+                  keyed: Callable[[Record, list[Any]], None] | None) -> None:
+    """One journaled record replayed: its checkpoint checked, applied to ``core``, shown to
+    the recovery's ``listeners`` and, if it carries an idempotency key, to ``keyed``.  The
+    server's recovery and the snapshotter's replica (gateway/snapshot.py) both replay so:
+    a snapshot is what a recovery builds."""
+    cmd = rec.command
+    if type(cmd) is Checkpoint:
+        check.check(rec.seq, rec.ts, cmd, core.state_hash())
+    elif not check.tail_from:
+        check.tail_from = rec.seq
+    events = core.apply(cmd, rec.ts)
+    one = [(cmd, rec.origin, events)]
+    for listener in listeners:
+        listener(one)
+    if keyed is not None and rec.key is not None:
+        keyed(rec, events)
+
+
+def recovery_listeners(sync: Any, hub: Any, audit: Any, watches: Any) -> list[Listener]:
+    """What a recovery's replay shows each record to, in this order: the sync job (the
+    trades of unsettled rounds), the fan-out (the day's trades), the audit trail and the
+    connections with on_disconnect hibernate."""
+    return [sync.observe, hub.observe_replay, audit.observe, watches.observe]
+
+
 class Sequencer:
     def __init__(self, core: Core, journal: Journal, clock: Clock | None = None,
                  max_batch: int = 1024, codec: Codec | None = None) -> None:
@@ -246,18 +272,7 @@ class Sequencer:
             if start.clock_last > self.clock.last:
                 self.clock.last = start.clock_last
         for rec in self.journal.records(last_seq + 1):
-            cmd = rec.command
-            if type(cmd) is Checkpoint:
-                check.check(rec.seq, rec.ts, cmd, self.core.state_hash())
-            elif not check.tail_from:
-                check.tail_from = rec.seq
-            events = self.core.apply(cmd, rec.ts)
-            if listeners:
-                one = [(rec.command, rec.origin, events)]
-                for listener in listeners:
-                    listener(one)
-            if keyed is not None and rec.key is not None:
-                keyed(rec, events)
+            replay_record(self.core, check, rec, listeners or (), keyed)
             if rec.ts > self.clock.last:
                 self.clock.last = rec.ts
             n += 1

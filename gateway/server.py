@@ -32,7 +32,7 @@ from gateway.executed import Executed
 from gateway.fanout import Hub
 from gateway.journal import Journal
 from gateway.refdata_file import read_and_validate
-from gateway.sequencer import Clock, Sequencer, SequencerStopped
+from gateway.sequencer import Clock, Sequencer, SequencerStopped, recovery_listeners
 from gateway.session import Session
 from gateway.snapshot import State
 from risk.commands import LoadReferenceData
@@ -170,8 +170,7 @@ class Server:
         try:
             start = self._snapshot()
             replayed = self.sequencer.recover(
-                [self.sync.observe, self.hub.observe_replay, self.audit.observe,
-                 self.watches.observe],
+                recovery_listeners(self.sync, self.hub, self.audit, self.watches),
                 accept_divergence=self.config.accept_replay_divergence,
                 keyed=self.executed.recovered, start=start)
         except BaseException:  # ReplayDiverged: nothing is served from that state

@@ -251,23 +251,14 @@ class Replica:
             self.check = state.check
             self.synced_through = max(synced_through, state.synced_through)
         self.sync.last_synced = self.synced_through
+        from gateway.sequencer import recovery_listeners
+
+        self.listeners = recovery_listeners(self.sync, self.hub, self.audit, self.watches)
 
     def apply(self, rec: Record) -> None:
-        from gateway.core import Checkpoint
+        from gateway.sequencer import replay_record
 
-        cmd = rec.command
-        if type(cmd) is Checkpoint:
-            self.check.check(rec.seq, rec.ts, cmd, self.core.state_hash())
-        elif not self.check.tail_from:
-            self.check.tail_from = rec.seq
-        events = self.core.apply(cmd, rec.ts)
-        one = [(cmd, rec.origin, events)]
-        self.sync.observe(one)
-        self.hub.observe_replay(one)
-        self.audit.observe(one)
-        self.watches.observe(one)
-        if rec.key is not None:
-            self.executed.recovered(rec, events)
+        replay_record(self.core, self.check, rec, self.listeners, self.executed.recovered)
         self.clock_last = max(self.clock_last, rec.ts)
         self.applied += 1
         self.seq, self.last_ts = rec.seq, rec.ts

@@ -34,7 +34,7 @@ from engine.commands import CloseContracts  # noqa: E402
 from gateway import snapshot  # noqa: E402
 from gateway.core import SessionMark  # noqa: E402
 from gateway.journal import Journal, JournalError, Record  # noqa: E402
-from gateway.sequencer import Clock  # noqa: E402
+from gateway.sequencer import Clock, recovery_listeners  # noqa: E402
 from gateway.server import Config, Server  # noqa: E402
 from sync.job import SyncJob  # noqa: E402
 
@@ -463,8 +463,7 @@ def test_every_listener_field_equals_a_full_replay(journal: tuple[Path, Path],
                 s.sync = SyncJob(s.core, s.store, None)
                 await s.sync.open()
                 st = s._snapshot()
-                s.sequencer.recover([s.sync.observe, s.hub.observe_replay, s.audit.observe,
-                                     s.watches.observe],
+                s.sequencer.recover(recovery_listeners(s.sync, s.hub, s.audit, s.watches),
                                     keyed=s.executed.recovered, start=st)
                 s.hub.rebuild(s.core)
                 skip = ("_wake", "_lock", "store", "core", "submit")
