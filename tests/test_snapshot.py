@@ -316,6 +316,12 @@ def test_the_command_line(journal: tuple[Path, Path]) -> None:
     assert r.returncode == 2 and "--synced-through must be 0 or more" in r.stderr
     r = run(str(data / "nowhere"))
     assert r.returncode == 1 and "ronda journal snapshot:" in r.stderr
+    for bad in ("-1", "nan"):
+        r = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--data-dir",
+                            str(data), "--snapshot-every", bad], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r
+        assert "--snapshot-every must be 0 or more seconds" in r.stderr
 
 
 # ---------------------------------------------------------------------- review of the above
