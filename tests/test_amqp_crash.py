@@ -104,7 +104,12 @@ async def test_sigkill_under_amqp_load_executes_every_request_exactly_once(
     resent = 0
     try:
         k = 0
-        for _ in range(5):
+        # five kills, and more (up to twelve) until one left a request journaled and not
+        # answered (found by a repeat answered from the journal): where a kill lands is
+        # chance, and on a busy machine five may all miss that window
+        for round_ in range(12):
+            if round_ >= 5 and resent and any(carlos.first_replayed.values()):
+                break
             kill_at = asyncio.get_running_loop().time() + rng.uniform(0.3, 1.0)
             while asyncio.get_running_loop().time() < kill_at:
                 for _ in range(rng.randint(1, 8)):  # bursts: batches of several
