@@ -1766,12 +1766,15 @@ def _past_gate_closure(c: Contract) -> tuple[str, str]:
     R45.f: «FIN: Contrato cerrado y finalizado. No se admiten ofertas»; A1§4.1: orders are
     «válidas hasta el cierre de la negociación del contrato»; A1§3.1: an order «podrá ser
     modificada o cancelada mientras el contrato ... esté en un estado que permita el envío
-    de ofertas (TRADE)».  The calendar's :class:`CloseContracts` reaches the sequencer a
-    little after ``close_at`` (the timekeeper wakes, then queues behind traders' commands),
-    so a contract may still be in TRADE when a command stamped at or after its close is
-    applied.  The engine compares the command's instant with ``close_at`` itself, so that
-    nothing enters, changes or trades after the gate closure, whatever the lag, and the
-    outcome is the one the close would have given had it come in time: a new order, a
+    de ofertas (TRADE)».  The server's sequencer journals the calendar's
+    :class:`CloseContracts` before any command stamped at or after ``close_at``
+    (gateway/sequencer.py, time-driven commands), so the close normally comes first.  A
+    contract may still be in TRADE when such a command is applied where it does not: a
+    close that failed or was refused (held back for a pause), a core driven without the
+    server's calendar (the replay tool, tests).  The engine compares the command's instant
+    with ``close_at`` itself, so that nothing enters, changes or trades after the gate
+    closure, whatever the lag, and the outcome is the one the close would have given had
+    it come in time: a new order, a
     basket member, a modification and the owner's activation of named orders in such a
     contract are refused as in a closed contract (CONTRACT_NOT_TRADING, with this reason);
     a cancellation (one order, or cancel-all) still goes through, as it only takes an order

@@ -15,6 +15,16 @@ at each local trading day, so that a day's records are files of their own; a bat
 spans local midnight is committed in two parts, the first journaled, applied and answered
 before the new segment is started.
 
+Time-driven commands (the calendar's closes and openings, the auctions' steps, GTD expiries)
+are sequenced at their instant: when a command is stamped at or after :attr:`Sequencer.deadline`,
+the next instant at which something is due, the sequencer first asks :attr:`Sequencer.timed`
+(the server's timekeeper) what is due at that stamp, from the state as the commands before it
+left it, and journals and applies that first, with the same stamp.  So a trader's order
+stamped at or after a contract's gate closure comes after the contract's close, in the next
+round (R45.g), and one stamped at or after an auction's reception close comes after the pause
+of its horizon (R46.2.7), however late the timekeeper wakes.  The timekeeper submits a
+:data:`WAKE` when something is due and no command came to set it off.
+
 Recovery is :meth:`Sequencer.recover`: the journal is replayed into a fresh core, and the
 state is exactly the state before the crash, minus at most the batch that was being written
 (never acknowledged).  Durability guarantee: a command whose submitter got an answer is in
@@ -35,11 +45,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from engine.commands import ORDER_COMMANDS
 from engine.contracts import local_day_of, local_midnight_utc
 from gateway.codec import Codec, default_codec
-from gateway.core import SERVER, Checkpoint, CheckpointCheck, Core, ReplayDiverged
+from gateway.core import (
+    SERVER,
+    SERVER_RECORDS,
+    Checkpoint,
+    CheckpointCheck,
+    Core,
+    ReplayDiverged,
+)
 from gateway.journal import Journal, Record, RequestKey
 
 if TYPE_CHECKING:
@@ -52,6 +70,33 @@ Listener = Callable[[list[tuple[Any, str, list[Any]]]], None]
 Done = Callable[[list[Any] | None, BaseException | None], None]
 # what waits for a command: the future of submit_nowait, or the callback of submit_with
 Waiter = asyncio.Future[list[Any]] | Done
+
+
+class _Wake:
+    """The type of :data:`WAKE`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "WAKE"
+
+
+# submitted by the timekeeper when something is due: journals nothing, makes the sequencer
+# ask :attr:`Sequencer.timed` what is due at its stamp; its waiter gets no events
+WAKE = _Wake()
+
+
+class TimeDriven(Protocol):
+    """What the calendar makes due (the server's timekeeper, gateway/server.py)."""
+
+    def due(self, ts: int) -> list[tuple[Any, Done]]:
+        """The commands due at ``ts`` given the core's state now, each with the callback
+        its outcome is told to (as :meth:`Sequencer.submit_with`'s ``done``)."""
+        ...
+
+    def next_deadline(self, ts: int) -> int | None:
+        """The first instant after ``ts`` at which something will be due."""
+        ...
 
 
 def _call(done: Done, events: list[Any] | None, exc: BaseException | None) -> None:
@@ -208,6 +253,22 @@ def recovery_listeners(sync: Any, hub: Any, audit: Any, watches: Any) -> list[Li
     return [sync.observe, hub.observe_replay, audit.observe, watches.observe]
 
 
+# commands that move no deadline of the calendar's (an order's GTD expiry is the engine's
+# own, at the start of every command): no need to work the next one out again after them
+_NO_DEADLINE: frozenset[type] = ORDER_COMMANDS | SERVER_RECORDS
+
+
+class _Part:
+    """Commands committed together: journaled in one append, then applied in order."""
+
+    __slots__ = ("due_at", "items")
+
+    def __init__(self) -> None:
+        # (command, origin, waiter, key, stamp)
+        self.items: list[tuple[Any, str, Waiter, RequestKey | None, int]] = []
+        self.due_at: int | None = None  # ask the calendar what is due at this stamp first
+
+
 class Sequencer:
     def __init__(self, core: Core, journal: Journal, clock: Clock | None = None,
                  max_batch: int = 1024, codec: Codec | None = None) -> None:
@@ -238,6 +299,10 @@ class Sequencer:
         self.day: date | None = None  # local trading day of the last journaled record
         self._day_span = (0, 0)  # [start, end) of ``day`` in ms UTC
         self.divergences: list[ReplayDiverged] = []  # accepted by the operator at recovery
+        # time-driven commands (module docstring): asked at the first stamp at or after
+        # ``deadline``; None: nothing known to be due (until a WAKE)
+        self.timed: TimeDriven | None = None
+        self.deadline: int | None = None
 
     # ------------------------------------------------------------------ recovery
 
@@ -396,25 +461,43 @@ class Sequencer:
                     raise
                 return
 
+    @staticmethod
+    def _fail_injected(injected: list[tuple[Any, Done]], exc: BaseException) -> None:
+        for _, done in injected:
+            _call(done, None, exc)
+
     def _set_day(self, ts: int) -> None:
         self.day = local_day_of(ts)
         self._day_span = self._span_of(ts)
 
     async def _commit(self, loop: asyncio.AbstractEventLoop,
                       batch: list[tuple[Any, str, Waiter, RequestKey | None]]) -> None:
-        seq = self.journal.next_seq
-        parts: list[list[tuple[Record, Waiter]]] = [[]]
+        """Stamp the batch's commands and commit them in parts: one per local trading day,
+        and a new one at the first command stamped at or after :attr:`deadline` (or at a
+        :data:`WAKE`), which starts with what the calendar makes due at its stamp.  At most
+        one such check per batch: the next deadline is known once the check's part is
+        applied, and the next batch follows within milliseconds."""
+        parts: list[_Part] = [_Part()]
         lo, hi = self._day_span
-        for cmd, origin, fut, key in batch:
+        timed = self.timed
+        deadline = self.deadline if timed is not None else None
+        checked = timed is None
+        for item in batch:
             ts = self.clock.now()
-            if not lo <= ts < hi and parts[-1]:  # local midnight: a part of its own
-                parts.append([])
+            cmd = item[0]
+            due = not checked and (cmd is WAKE or (
+                deadline is not None and ts >= deadline and type(cmd) is not Checkpoint))
+            if (due or not lo <= ts < hi) and parts[-1].items:
+                parts.append(_Part())  # local midnight, or the calendar first
             lo, hi = (lo, hi) if lo <= ts < hi else self._span_of(ts)
-            parts[-1].append((Record(seq, ts, origin, cmd, key), fut))
-            seq += 1
-        # each day's part is a commit of its own: journaled (in that day's segment),
-        # applied and answered before the next part's segment is started, so a failure
-        # there (a full disk, say) refuses only what is not durable
+            if due:
+                parts[-1].due_at = ts
+                checked = True
+            parts[-1].items.append((*item, ts))
+        # each part is a commit of its own: journaled (in its day's segment), applied and
+        # answered before the next is stamped into records, so a failure there (a full
+        # disk, say) refuses only what is not durable, and what the calendar makes due is
+        # worked out from the state the commands before it left
         for part in parts:
             await self._commit_part(loop, part)
 
@@ -422,33 +505,67 @@ class Sequencer:
         day = local_day_of(ts)
         return local_midnight_utc(day), local_midnight_utc(day + timedelta(days=1))
 
-    async def _commit_part(self, loop: asyncio.AbstractEventLoop,
-                           part: list[tuple[Record, Waiter]]) -> None:
-        records = [rec for rec, _ in part]
-        first = records[0].ts
-        if not self._day_span[0] <= first < self._day_span[1]:
-            had = self.day
-            if had is not None and local_day_of(first) != had:
-                await self._writer.call(loop, self.journal.roll)
-            self._set_day(first)
-        # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile
-        self._handed = self._resolved + len(part)
-        await self._writer.call(loop, self.journal.append, records)
+    async def _commit_part(self, loop: asyncio.AbstractEventLoop, part: _Part) -> None:
+        items = part.items
+        injected: list[tuple[Any, Done]] = []
+        if part.due_at is not None and self.timed is not None:
+            try:
+                injected = self.timed.due(part.due_at)
+            except Exception:  # a defect of the calendar's: the traders' commands go on
+                log.exception("working out the time-driven commands failed")
+        seq = self.journal.next_seq
+        # (command, origin, waiter, key, ts, one of the batch's?)
+        entries: list[tuple[Any, str, Waiter, RequestKey | None, int, bool]] = []
+        records: list[Record] = []
+        for cmd, done in injected:
+            entries.append((cmd, "calendar", done, None, part.due_at or 0, False))
+        for cmd, origin, waiter, key, ts in items:
+            entries.append((cmd, origin, waiter, key, ts, True))
+        for cmd, origin, _, key, ts, _ in entries:
+            if cmd is not WAKE:
+                records.append(Record(seq, ts, origin, cmd, key))
+                seq += 1
+        if records:
+            first = records[0].ts
+            if not self._day_span[0] <= first < self._day_span[1]:
+                had = self.day
+                if had is not None and local_day_of(first) != had:
+                    try:
+                        await self._writer.call(loop, self.journal.roll)
+                    except BaseException as exc:
+                        self._fail_injected(injected, exc)
+                        raise
+                self._set_day(first)
+            # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile
+            self._handed = self._resolved + len(items)
+            try:
+                await self._writer.call(loop, self.journal.append, records)
+            except BaseException as exc:
+                self._fail_injected(injected, exc)
+                raise
         applied: list[tuple[Any, str, list[Any]]] = []
         told: list[tuple[Done, list[Any]]] = []
+        deadlines = part.due_at is not None
+        last_ts = part.due_at or 0
         try:
-            for rec, waiter in part:
-                cmd = rec.command
-                events = self.core.apply(cmd, rec.ts)
-                self.applied += 1
-                self._resolved += 1
-                one = (cmd, rec.origin, events)
-                applied.append(one)
-                for cl in self.command_listeners:
-                    try:
-                        cl([one])
-                    except Exception:
-                        log.exception("command listener failed")
+            for cmd, origin, waiter, _, ts, counted in entries:
+                if cmd is WAKE:
+                    events: list[Any] = []
+                else:
+                    events = self.core.apply(cmd, ts)
+                    self.applied += 1
+                    one = (cmd, origin, events)
+                    applied.append(one)
+                    for cl in self.command_listeners:
+                        try:
+                            cl([one])
+                        except Exception:
+                            log.exception("command listener failed")
+                    if type(cmd) not in _NO_DEADLINE:  # may move a deadline
+                        deadlines = True
+                last_ts = ts
+                if counted:
+                    self._resolved += 1
                 if isinstance(waiter, asyncio.Future):
                     if not waiter.done():  # the submitter may have gone away
                         waiter.set_result(events)  # its callbacks run after the listeners
@@ -457,6 +574,15 @@ class Sequencer:
         except BaseException:
             _tell(told)  # what was applied is answered, as a future's callbacks would be
             raise
+        if injected:
+            # what they did may make more due at once (a session scheduled is opened, a
+            # contract created is opened): the next command asks again
+            self.deadline = part.due_at
+        elif deadlines and self.timed is not None:
+            try:
+                self.deadline = self.timed.next_deadline(last_ts)
+            except Exception:
+                log.exception("working out the next deadline failed")
         for listener in self.listeners:
             try:
                 listener(applied)

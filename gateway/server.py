@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -32,7 +33,14 @@ from gateway.executed import Executed
 from gateway.fanout import Hub
 from gateway.journal import Journal
 from gateway.refdata_file import read_and_validate
-from gateway.sequencer import Clock, Sequencer, SequencerStopped, recovery_listeners
+from gateway.sequencer import (
+    WAKE,
+    Clock,
+    Done,
+    Sequencer,
+    SequencerStopped,
+    recovery_listeners,
+)
 from gateway.session import Session
 from gateway.snapshot import State
 from risk.commands import LoadReferenceData
@@ -339,14 +347,21 @@ class Server:
     async def _timekeeper(self) -> None:
         """Time-driven commands, all through the sequencer: the calendar's contracts are
         created and opened (A1§2) and closed at gate closure, closing the round (R45.g);
-        GTD orders expire (A1§4.2)."""
+        GTD orders expire (A1§4.2); the auctions' steps.  The sequencer works out what is
+        due itself, at the first command stamped at or after the next deadline (:meth:`due`,
+        gateway/sequencer.py), so that nothing stamped after an instant is sequenced before
+        what that instant brings; this task wakes it with a :data:`WAKE` when something is
+        due and no command came, and once at start, which tells the sequencer its first
+        deadline."""
         seq = self.sequencer
-        loop = asyncio.get_running_loop()
+        seq.timed = self
+        first = True
         while True:
             now = seq.clock.now()
             try:
-                for cmd in self.due_commands(now):
-                    await self._time_driven(cmd, loop.time())
+                if first or self._due_now(now, asyncio.get_running_loop().time()):
+                    await seq.submit(WAKE, "calendar")
+                first = False
             except SequencerStopped:
                 return
             now = seq.clock.now()
@@ -354,21 +369,37 @@ class Server:
             speed = seq.clock.speed
             delay = 1.0 if nxt is None else min(1.0, max(0.0, (nxt - now) / 1000 / speed))
             self._kick.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+            # comes as the kick does, and the server's stop then waits for this task for ever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._kick.wait()
 
-    async def _time_driven(self, cmd: Any, mono: float) -> None:
-        """Submit one of the timekeeper's commands, unless it failed or was refused a
-        short while ago.  The commands due are worked out from the state, so one that
-        failed (a defect: ``command_failed``, gateway/core.py) or was refused stays due:
-        without a pause it would be journaled and fail again at every turn of the
-        timekeeper, about once a second, for as long as the defect lasts.  It is tried
-        again after :data:`RETRY_MIN_S`, then twice as long after each new failure, up to
-        :data:`RETRY_MAX_S`; a success forgets it."""
+    def _due_now(self, now: int, mono: float) -> bool:
+        return any(self._may_try(cmd, mono) for cmd in self.due_commands(now))
+
+    def _may_try(self, cmd: Any, mono: float) -> bool:
         held = self._retry.get(cmd)
-        if held is not None and mono < held[0]:
+        return held is None or mono >= held[0]
+
+    def due(self, ts: int) -> list[tuple[Any, Done]]:
+        """What the calendar makes due at ``ts``, from the core's state now (the
+        sequencer asks, in its own task, right before it journals the command stamped
+        ``ts``): :func:`auctions.scheduler.due`, less what failed or was refused a short
+        while ago.  The commands due are worked out from the state, so one that failed (a
+        defect: ``command_failed``, gateway/core.py) or was refused stays due: without a
+        pause it would be journaled and fail again at every check, for as long as the
+        defect lasts.  It is tried again after :data:`RETRY_MIN_S`, then twice as long
+        after each new failure, up to :data:`RETRY_MAX_S`; a success forgets it."""
+        mono = asyncio.get_running_loop().time()
+        return [(cmd, functools.partial(self._time_driven_done, cmd, mono))
+                for cmd in self.due_commands(ts) if self._may_try(cmd, mono)]
+
+    def _time_driven_done(self, cmd: Any, mono: float, events: list[Any] | None,
+                          exc: BaseException | None) -> None:
+        if events is None:  # the journal failed: the server stops
             return
-        events = await self.sequencer.submit(cmd, "calendar")
+        held = self._retry.get(cmd)
         # the command's own refusal (an operator's or the calendar's: no agent, no order),
         # not an order's (a reactivation refused by the risk checks is the command's work)
         bad = [e for e in events if type(e) is CommandFailed
