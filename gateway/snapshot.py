@@ -119,9 +119,17 @@ def read_records(journal_dir: Path, from_seq: int, *, decode: Any = None
         decode = default_codec().decode
     found = sorted((int(m.group(1)), p) for p in journal_dir.iterdir()
                    if (m := _SEGMENT_RE.fullmatch(p.name)) and p.is_file())
+    # a segment whose successor starts at or before from_seq holds nothing asked for: it is
+    # not read, only the headers are (the snapshotter asks for the records after its last
+    # snapshot every few minutes, and a journal keeps its earlier days' segments)
+    firsts = [_first_seq(path) for _index, path in found]
     expected: int | None = None  # the seq the next segment must start with
     for k, (_index, path) in enumerate(found):
         last = k == len(found) - 1
+        nxt = None if last else firsts[k + 1]
+        if nxt is not None and nxt <= from_seq:
+            expected = nxt
+            continue
         with open(path, "rb") as f:
             buf = f.read()
         size = len(buf)
@@ -167,6 +175,19 @@ def read_records(journal_dir: Path, from_seq: int, *, decode: Any = None
             off = end
             seq += 1
         expected = seq
+
+
+def _first_seq(path: Path) -> int | None:
+    """The first seq of a segment, from its header (None: no whole, valid header)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE)
+    except OSError:
+        return None
+    if len(head) < HEADER_SIZE:
+        return None
+    magic, first = _HEADER.unpack_from(head, 0)
+    return int(first) if magic == JOURNAL_MAGIC else None
 
 
 def digest_at(journal_dir: Path, seq: int) -> str | None:

@@ -33,6 +33,7 @@ import bench_recovery as R  # noqa: E402
 from engine.commands import CloseContracts  # noqa: E402
 from gateway import snapshot  # noqa: E402
 from gateway.core import SessionMark  # noqa: E402
+from gateway.journal import HEADER_SIZE as HEADER  # noqa: E402
 from gateway.journal import Journal, JournalError, Record  # noqa: E402
 from gateway.sequencer import Clock, recovery_listeners  # noqa: E402
 from gateway.server import Config, Server  # noqa: E402
@@ -299,6 +300,30 @@ def test_reading_a_journal_being_written_changes_nothing(journal: tuple[Path, Pa
     assert seg.read_bytes() == whole + b"\x00\x00\x01\x00\xde\xad"
     assert [r.seq for r, _ in snapshot.read_records(data / "journal", n - 2)] == [
         n - 2, n - 1, n]
+
+
+def test_segments_before_the_asked_seq_are_not_read(tmp_path: Path) -> None:
+    """The snapshotter asks for the records after its last snapshot every few minutes; a
+    journal keeps its earlier days' segments.  A segment whose successor starts at or before
+    the asked seq is skipped on its header alone: a defect inside it does not stop reading
+    from a later seq (reading it whole still finds the defect)."""
+    jdir = tmp_path / "journal"
+    with Journal(jdir, fsync=False) as j:
+        for day in range(3):
+            if day:
+                assert j.roll()
+            j.append([Record(j.next_seq + i, 1000 * (day * 10 + i), "t", CloseContracts(
+                (f"C{day}-{i}",))) for i in range(4)])
+    segs = sorted(jdir.glob("journal-*.rjl"))
+    assert len(segs) == 3
+    first = segs[0].read_bytes()
+    segs[0].write_bytes(first[:HEADER] + b"\xff" * (len(first) - HEADER))  # the records
+    got = [(r.seq, r.command) for r, _d in snapshot.read_records(jdir, 6)]
+    assert got == [(s, CloseContracts((f"C{(s - 1) // 4}-{(s - 1) % 4}",)))
+                   for s in range(6, 13)]
+    assert [r.seq for r, _d in snapshot.read_records(jdir, 5)] == list(range(5, 13))
+    with pytest.raises(JournalError):
+        list(snapshot.read_records(jdir, 1))
 
 
 def test_the_command_line(journal: tuple[Path, Path]) -> None:
