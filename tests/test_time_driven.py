@@ -30,11 +30,11 @@ from hypothesis import strategies as st
 
 from auctions.calendar import SIDC_2024
 from auctions.session import CloseAuction
-from engine.commands import CloseContracts, CreateContract, NewOrder, OpenContracts
+from engine.commands import CloseContracts, CreateContract, NewOrder, OpenContracts, Tick
 from engine.config import PROFILES
 from engine.contracts import HOUR_MS, ContractSpec, local_midnight_utc
 from engine.events import Reject, Trade
-from engine.model import Side
+from engine.model import Side, Validity
 from engine.states import ContractState
 from gateway.core import CheckpointCheck, Core
 from gateway.journal import Record
@@ -368,3 +368,36 @@ async def test_r46_2_7_a_command_after_a_wake_finds_what_the_steps_it_set_off_br
     for rec in records:
         replay_record(core, check, rec, (), None)
     assert core.state_hash() == srv.core.state_hash()
+
+
+async def test_a_gtd_expiry_is_the_engines_own_and_no_time_step_of_the_sequencers(
+        tmp_path: Path, stopping: list[Server]) -> None:
+    """A1§4.2: a GTD order is valid until its instant.  The engine expires it at the start
+    of every command stamped at or after that instant, so the sequencer need not stop at
+    each GTD expiry to ask the calendar (a Tick journaled and a commit of its own each
+    time, on the traders' path): with the calendar's next instant far off, the traders'
+    commands past the expiries are not preceded by any time step, and the orders expire
+    all the same."""
+    srv, clock = await started(tmp_path, gate(C1) - 3_600_000, None, wake=False)
+    stopping.append(srv)
+    sq, eng = srv.sequencer, srv.core.engine
+    await sq.submit(CreateContract(OPEN, gate(OPEN)), "operator")
+    await sq.submit(OpenContracts((OPEN,)), "operator")
+    t0 = clock.t
+    expiries = [t0 + 10_000 * k for k in range(1, 6)]
+    for k, exp in enumerate(expiries):
+        evs = await sq.submit(NewOrder("ana", "AG1", "SELLU1", OPEN, SELL, 6000 + k, 1,
+                                       validity=Validity.GTD, expiry=exp), "trader")
+        assert not [e for e in evs if type(e) is Reject]
+    asked: list[int] = []
+    due = srv.due
+    srv.due = lambda ts: asked.append(ts) or due(ts)  # type: ignore[method-assign]
+    # a command the calendar's deadlines are worked out again after, then the traders'
+    await sq.submit(CreateContract(C2, gate(C2)), "operator")
+    for exp in expiries:
+        clock.t = exp
+        await sq.submit(NewOrder("carlos", "AG2", "BUYU2", OPEN, BUY, 1000, 1), "trader")
+    assert asked == []
+    assert not [r for r in journal(srv) if type(r.command) is Tick]
+    assert not [o for o in eng.by_agent.get("AG1", {}).values() if o.contract == OPEN]
+    assert sq.deadline == gate(C2)
