@@ -363,11 +363,17 @@ async def test_r46_2_7_a_command_after_a_wake_finds_what_the_steps_it_set_off_br
     close = the(records, CloseAuction)
     assert close.command.session.startswith("IDA3")
     assert all(close.seq < r.seq for r in records if type(r.command) is NewOrder)
-    core = Core(PROFILES[srv.config.profile])
-    check = CheckpointCheck()
-    for rec in records:
-        replay_record(core, check, rec, (), None)
-    assert core.state_hash() == srv.core.state_hash()
+    # a restart replays the journal to the same state (its stop checkpoint is checked)
+    state = srv.core.state_hash()
+    stopping.remove(srv)
+    await srv.stop()
+    again = Server(Config(data_dir=tmp_path / "data", port=0, refdata=REFDATA,
+                          calendar=SIDC_2024, fsync=False, snapshot_every_s=0),
+                   clock=Clock(now=clock))
+    again._due_now = lambda now, mono: False  # type: ignore[method-assign]
+    await again.start()
+    stopping.append(again)
+    assert again.core.state_hash() == state
 
 
 async def test_a_gtd_expiry_is_the_engines_own_and_no_time_step_of_the_sequencers(
@@ -401,3 +407,41 @@ async def test_a_gtd_expiry_is_the_engines_own_and_no_time_step_of_the_sequencer
     assert not [r for r in journal(srv) if type(r.command) is Tick]
     assert not [o for o in eng.by_agent.get("AG1", {}).values() if o.contract == OPEN]
     assert sq.deadline == gate(C2)
+
+
+async def test_a_journal_failure_at_a_time_step_leaves_the_command_behind_it_unprocessed(
+        tmp_path: Path, stopping: list[Server]) -> None:
+    """Durability (DESIGN rule 7): the calendar's close is journaled in a commit before the
+    trader's order stamped at the gate closure.  If that write fails, the order was never
+    handed to the journal: it is told *not processed* (not in doubt), and the close's own
+    callback is told too; nothing is applied."""
+    from gateway.sequencer import SequencerStopped
+
+    srv, clock = await started(tmp_path, gate(C1) - 60_000, None, wake=False)
+    stopping.append(srv)
+    sq, eng = srv.sequencer, srv.core.engine
+    await sq.submit(CreateContract(C1, gate(C1)), "operator")
+    await sq.submit(OpenContracts((C1,)), "operator")
+    told: list[Any] = []
+    due = srv.due
+
+    def watched(ts: int) -> list[Any]:
+        return [(cmd, lambda ev, exc, d=done: (told.append(exc), d(ev, exc)))
+                for cmd, done in due(ts)]
+
+    srv.due = watched  # type: ignore[method-assign]
+    append = srv.journal.append
+
+    def failing(records: Any) -> None:
+        records = list(records)
+        if any(type(r.command) is CloseContracts for r in records):
+            raise OSError(28, "No space left on device")
+        append(records)
+
+    srv.journal.append = failing  # type: ignore[method-assign]
+    clock.t = gate(C1)
+    with pytest.raises(SequencerStopped) as info:
+        await sq.submit(NewOrder("carlos", "AG2", "BUYU2", C1, BUY, 5000, 100), "trader")
+    assert info.value.in_doubt is False
+    assert len(told) == 1 and isinstance(told[0], OSError)
+    assert eng.contracts[C1].state is ContractState.TRADE
