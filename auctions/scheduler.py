@@ -103,8 +103,11 @@ def due(core: Any, cal: Calendar | None, now: int) -> list[Any]:
     return cmds
 
 
-def next_deadline(core: Any, cal: Calendar | None, now: int) -> int | None:
-    """The next instant at which something will be due."""
+def next_deadline(core: Any, cal: Calendar | None, now: int, expiries: bool = True
+                  ) -> int | None:
+    """The next instant at which something will be due; ``expiries=False``: leaving out the
+    GTD orders' expiries (the engine expires them itself at the start of every command: a
+    :class:`Tick` is only needed when no command comes)."""
     best: int | None = None
 
     def take(t: int) -> None:
@@ -113,7 +116,7 @@ def next_deadline(core: Any, cal: Calendar | None, now: int) -> int | None:
             best = t
 
     eng = core.engine
-    nxt = eng.next_expiry()
+    nxt = eng.next_expiry() if expiries else None
     if nxt is not None:
         take(nxt)
     for c in eng.contracts.values():

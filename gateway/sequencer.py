@@ -15,15 +15,18 @@ at each local trading day, so that a day's records are files of their own; a bat
 spans local midnight is committed in two parts, the first journaled, applied and answered
 before the new segment is started.
 
-Time-driven commands (the calendar's closes and openings, the auctions' steps, GTD expiries)
-are sequenced at their instant: when a command is stamped at or after :attr:`Sequencer.deadline`,
-the next instant at which something is due, the sequencer first asks :attr:`Sequencer.timed`
+Time-driven commands (the calendar's closes and openings, the auctions' steps) are sequenced
+at their instant: when a command is stamped at or after :attr:`Sequencer.deadline`, the next
+instant at which the calendar has something due, the sequencer first asks :attr:`Sequencer.timed`
 (the server's timekeeper) what is due at that stamp, from the state as the commands before it
 left it, and journals and applies that first, with the same stamp.  So a trader's order
 stamped at or after a contract's gate closure comes after the contract's close, in the next
 round (R45.g), and one stamped at or after an auction's reception close comes after the pause
 of its horizon (R46.2.7), however late the timekeeper wakes.  The timekeeper submits a
-:data:`WAKE` when something is due and no command came to set it off.
+:data:`WAKE` when something is due and no command came to set it off.  (GTD orders are
+the engine's own: it expires them at the start of every command stamped at or after their
+instant, so their expiries are no deadline of the sequencer's; a WAKE sets a :class:`Tick` off
+when no command comes.)
 
 Recovery is :meth:`Sequencer.recover`: the journal is replayed into a fresh core, and the
 state is exactly the state before the crash, minus at most the batch that was being written
@@ -47,6 +50,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from auctions.session import CancelAuctionBid, SubmitAuctionBid
 from engine.commands import ORDER_COMMANDS
 from engine.contracts import local_day_of, local_midnight_utc
 from gateway.codec import Codec, default_codec
@@ -94,8 +98,9 @@ class TimeDriven(Protocol):
         its outcome is told to (as :meth:`Sequencer.submit_with`'s ``done``)."""
         ...
 
-    def next_deadline(self, ts: int) -> int | None:
-        """The first instant after ``ts`` at which something will be due."""
+    def calendar_deadline(self, ts: int) -> int | None:
+        """The first instant after ``ts`` at which something will be due, GTD expiries
+        left out: the engine expires GTD orders itself at the start of every command."""
         ...
 
 
@@ -254,8 +259,15 @@ def recovery_listeners(sync: Any, hub: Any, audit: Any, watches: Any) -> list[Li
 
 
 # commands that move no deadline of the calendar's (an order's GTD expiry is the engine's
-# own, at the start of every command): no need to work the next one out again after them
-_NO_DEADLINE: frozenset[type] = ORDER_COMMANDS | SERVER_RECORDS
+# own, at the start of every command; a bid moves no session's times): no need to work the
+# next one out again after them (about 0.1 ms with a day's contracts and sessions)
+_NO_DEADLINE: frozenset[type] = (ORDER_COMMANDS | SERVER_RECORDS
+                                 | {SubmitAuctionBid, CancelAuctionBid})
+
+
+# a time step's rounds at most (a chain is two or three long: a session scheduled, then
+# opened and closed); more is a defect, left to the timekeeper's retries
+_MAX_STEPS = 6
 
 
 class _Part:
@@ -472,40 +484,59 @@ class Sequencer:
 
     async def _commit(self, loop: asyncio.AbstractEventLoop,
                       batch: list[tuple[Any, str, Waiter, RequestKey | None]]) -> None:
-        """Stamp the batch's commands and commit them in parts: one per local trading day,
-        and a new one at the first command stamped at or after :attr:`deadline` (or at a
-        :data:`WAKE`), which starts with what the calendar makes due at its stamp.  At most
-        one such check per batch: the next deadline is known once the check's part is
-        applied, and the next batch follows within milliseconds."""
-        parts: list[_Part] = [_Part()]
+        """Stamp the batch's commands, then commit them in parts: one per local trading day,
+        and a new one at each command stamped at or after :attr:`deadline` (or at a
+        :data:`WAKE`), before which what the calendar makes due at its stamp is journaled
+        and applied (:meth:`_time_step`).  Each part is a commit of its own: journaled (in
+        its day's segment), applied and answered before the next is formed, so a failure
+        there (a full disk, say) refuses only what is not durable, and each command is
+        compared with the deadline as the parts before it left it: several instants may
+        pass while one batch is stamped (a fast simulated clock), and each is kept."""
+        now = self.clock.now
+        stamped = [(*item, now()) for item in batch]
+        part = _Part()
         lo, hi = self._day_span
-        timed = self.timed
-        deadline = self.deadline if timed is not None else None
-        checked = timed is None
-        for item in batch:
-            ts = self.clock.now()
-            cmd = item[0]
-            due = not checked and (cmd is WAKE or (
+        timed, deadline = self.timed, self.deadline
+        for item in stamped:
+            cmd, ts = item[0], item[4]
+            due = timed is not None and (cmd is WAKE or (
                 deadline is not None and ts >= deadline and type(cmd) is not Checkpoint))
-            if (due or not lo <= ts < hi) and parts[-1].items:
-                parts.append(_Part())  # local midnight, or the calendar first
-            lo, hi = (lo, hi) if lo <= ts < hi else self._span_of(ts)
+            if (due or not lo <= ts < hi) and part.items:
+                await self._commit_part(loop, part)  # local midnight, or the calendar first
+                part = _Part()
+            if not lo <= ts < hi:
+                lo, hi = self._span_of(ts)
             if due:
-                parts[-1].due_at = ts
-                checked = True
-            parts[-1].items.append((*item, ts))
-        # each part is a commit of its own: journaled (in its day's segment), applied and
-        # answered before the next is stamped into records, so a failure there (a full
-        # disk, say) refuses only what is not durable, and what the calendar makes due is
-        # worked out from the state the commands before it left
-        for part in parts:
+                await self._time_step(loop, ts)
+            timed, deadline = self.timed, self.deadline
+            part.items.append(item)
+        if part.items:
             await self._commit_part(loop, part)
+
+    async def _time_step(self, loop: asyncio.AbstractEventLoop, ts: int) -> None:
+        """Journal and apply what the calendar makes due at ``ts``, then ask again, since
+        what it did may make more due at once (a session scheduled is opened, and closed if
+        its reception is over, which pauses its horizon), until nothing more is: the
+        command stamped ``ts`` comes after all of it."""
+        for _ in range(_MAX_STEPS):
+            part = _Part()
+            part.due_at = ts
+            if not await self._commit_part(loop, part):
+                return
+        log.error("the calendar still makes commands due at %d after %d steps; the "
+                  "timekeeper is left to try them", ts, _MAX_STEPS)
+        if self.timed is not None:
+            try:
+                self.deadline = self.timed.calendar_deadline(ts)
+            except Exception:
+                log.exception("working out the next deadline failed")
 
     def _span_of(self, ts: int) -> tuple[int, int]:
         day = local_day_of(ts)
         return local_midnight_utc(day), local_midnight_utc(day + timedelta(days=1))
 
-    async def _commit_part(self, loop: asyncio.AbstractEventLoop, part: _Part) -> None:
+    async def _commit_part(self, loop: asyncio.AbstractEventLoop, part: _Part) -> bool:
+        """Commit ``part``; return whether the calendar's commands were injected first."""
         items = part.items
         injected: list[tuple[Any, Done]] = []
         if part.due_at is not None and self.timed is not None:
@@ -576,11 +607,11 @@ class Sequencer:
             raise
         if injected:
             # what they did may make more due at once (a session scheduled is opened, a
-            # contract created is opened): the next command asks again
+            # contract created is opened): ask again (_time_step)
             self.deadline = part.due_at
         elif deadlines and self.timed is not None:
             try:
-                self.deadline = self.timed.next_deadline(last_ts)
+                self.deadline = self.timed.calendar_deadline(last_ts)
             except Exception:
                 log.exception("working out the next deadline failed")
         for listener in self.listeners:
@@ -589,3 +620,4 @@ class Sequencer:
             except Exception:
                 log.exception("event listener failed")
         _tell(told)  # after the fan-out, as a future's callbacks would be
+        return bool(injected)

@@ -426,6 +426,14 @@ class Server:
 
         return next_deadline(self.core, self.config.calendar, now)
 
+    def calendar_deadline(self, ts: int) -> int | None:
+        """The sequencer's next deadline (gateway/sequencer.py): :meth:`next_deadline`
+        without the GTD expiries, which the engine applies itself at the start of every
+        command (a :class:`Tick` is the timekeeper's, for when no command comes)."""
+        from auctions.scheduler import next_deadline
+
+        return next_deadline(self.core, self.config.calendar, ts, expiries=False)
+
     async def _heartbeats(self) -> None:
         """Liveness on every connection (SYSTEM_ALIVE)."""
         from gateway.wire import fmt_instant

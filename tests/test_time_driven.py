@@ -30,11 +30,11 @@ from hypothesis import strategies as st
 
 from auctions.calendar import SIDC_2024
 from auctions.session import CloseAuction
-from engine.commands import CloseContracts, CreateContract, NewOrder, OpenContracts
+from engine.commands import CloseContracts, CreateContract, NewOrder, OpenContracts, Tick
 from engine.config import PROFILES
 from engine.contracts import HOUR_MS, ContractSpec, local_midnight_utc
 from engine.events import Reject, Trade
-from engine.model import Side
+from engine.model import Side, Validity
 from engine.states import ContractState
 from gateway.core import CheckpointCheck, Core
 from gateway.journal import Record
@@ -117,10 +117,11 @@ async def test_r45_g_a_trade_stamped_at_a_gate_closure_belongs_to_the_next_round
     assert buy.ts == gate(C1) and type(buy.command) is NewOrder
     assert eng.contracts[C1].state is ContractState.FIN
     assert trade.round == round_before + 1 == eng.round  # R45.g: the next round
-    # nothing is left due for the timekeeper; the sequencer asks once more at the next
-    # command (what a close did might make more due), then waits for C2's gate closure
+    # nothing is left due for the timekeeper; the sequencer asked again after the close
+    # (what it did might have made more due) before the order, and waits for C2's gate
+    # closure
     assert srv.due(clock.t) == []
-    assert sq.deadline == gate(C1)
+    assert sq.deadline == gate(C2)
     await sq.submit(NewOrder("carlos", "AG2", "BUYU2", C2, BUY, 4000, 10), "trader")
     assert sq.deadline == gate(C2)
     records = journal(srv)
@@ -269,3 +270,178 @@ def test_r45_g_every_trade_counts_in_the_round_of_its_instant(
             await srv.stop()
 
     asyncio.run(run())
+
+
+# ---------------------------------------------------------------- several instants in one batch
+
+
+class ScriptedStamps(FrozenClock):
+    """As :class:`FrozenClock`, but the sequencer's next stamps are the ones the test lists
+    (a batch's commands are stamped one after the other while the clock runs: on a fast
+    simulated clock, ``--speed``, they may lie seconds apart)."""
+
+    def __init__(self, t: int) -> None:
+        super().__init__(t)
+        self.stamps: list[int] = []
+
+    def __call__(self) -> int:
+        task = asyncio.current_task()
+        if self.stamps and task is not None and task.get_name() == "sequencer":
+            self.t = self.stamps.pop(0)
+        return self.t
+
+
+async def test_r45_g_two_gate_closures_within_one_batch_end_two_rounds(
+        tmp_path: Path, stopping: list[Server]) -> None:
+    """R45.g: a round is the trading between two consecutive contract closures.  Two
+    commands of one batch stamped at C1's and then at C2's gate closure: the second one's
+    trade comes after C2's close too, so it counts two rounds after the one before."""
+    t0 = gate(C1) - 60_000
+    stamps = ScriptedStamps(t0)
+    srv = Server(Config(data_dir=tmp_path / "data", port=0, refdata=REFDATA, calendar=None,
+                        fsync=False, snapshot_every_s=0), clock=Clock(now=stamps))
+    srv._due_now = lambda now, mono: False  # type: ignore[method-assign]
+    await srv.start()
+    stopping.append(srv)
+    sq, eng = srv.sequencer, srv.core.engine
+    for _ in range(100):
+        if sq.timed is not None and sq._idle.is_set():
+            break
+        await asyncio.sleep(0.01)
+    for c in (C1, C2, OPEN):
+        await sq.submit(CreateContract(c, gate(c)), "operator")
+    await sq.submit(OpenContracts((C1, C2, OPEN)), "operator")
+    await sq.submit(NewOrder("ana", "AG1", "SELLU1", OPEN, SELL, 5000, 2), "trader")
+    round_before = eng.round
+
+    stamps.stamps = [gate(C1), gate(C2)]  # one batch: the clock passes both gate closures
+    first = sq.submit_nowait(NewOrder("carlos", "AG2", "BUYU2", OPEN, BUY, 5000, 1), "trader")
+    second = sq.submit_nowait(NewOrder("carlos", "AG2", "BUYU2", OPEN, BUY, 5000, 1), "trader")
+    (t1,) = [e for e in await first if type(e) is Trade]
+    (t2,) = [e for e in await second if type(e) is Trade]
+
+    assert (t1.ts, t2.ts) == (gate(C1), gate(C2))
+    assert t1.round == round_before + 1
+    assert t2.round == round_before + 2 == eng.round  # C2's close ended t1's round
+    records = journal(srv)
+    for i, r in enumerate(records):
+        if type(r.command) is CloseContracts:
+            first_gate = min(gate(c) for c in r.command.contracts)
+            assert not [x for x in records[:i] if x.ts >= first_gate]
+    core = Core(PROFILES[srv.config.profile])
+    check = CheckpointCheck()
+    for rec in records:
+        replay_record(core, check, rec, (), None)
+    assert core.state_hash() == srv.core.state_hash()
+
+
+async def test_r46_2_7_a_command_after_a_wake_finds_what_the_steps_it_set_off_brought(
+        tmp_path: Path, stopping: list[Server]) -> None:
+    """R46.2.7, R56: at the close of an auction's reception, continuous trading stops for
+    its horizon.  The calendar's steps of one instant may come one after another (a session
+    is scheduled, then, its reception over, opened and closed at once, pausing its
+    horizon): a command sequenced after a WAKE at 10:01, in the same batch, finds all of
+    them done — IDA3's reception closed at 10:00, so C1 (in its horizon) is paused and
+    nothing trades there."""
+    day_start = local_midnight_utc(ContractSpec.parse(C1).day)
+    closes_at = day_start + 10 * HOUR_MS
+    srv, clock = await started(tmp_path, closes_at - HOUR_MS * 30, None, wake=False)
+    stopping.append(srv)
+    sq, eng = srv.sequencer, srv.core.engine
+    # the calendar the server is started with, as after a restart: nothing of it exists yet
+    srv.config.calendar = SIDC_2024
+    clock.t = closes_at + 60_000
+    wake = sq.submit_nowait(WAKE, "calendar")
+    sell = sq.submit_nowait(NewOrder("ana", "AG1", "SELLU1", C1, SELL, 5000, 100), "trader")
+    buy = sq.submit_nowait(NewOrder("carlos", "AG2", "BUYU2", C1, BUY, 5000, 100), "trader")
+    assert await wake == []
+    evs = await sell + await buy
+
+    assert not [e for e in evs if type(e) is Trade]
+    assert eng.contracts[C1].state is ContractState.INT
+    records = journal(srv)
+    close = the(records, CloseAuction)
+    assert close.command.session.startswith("IDA3")
+    assert all(close.seq < r.seq for r in records if type(r.command) is NewOrder)
+    # a restart replays the journal to the same state (its stop checkpoint is checked)
+    state = srv.core.state_hash()
+    stopping.remove(srv)
+    await srv.stop()
+    again = Server(Config(data_dir=tmp_path / "data", port=0, refdata=REFDATA,
+                          calendar=SIDC_2024, fsync=False, snapshot_every_s=0),
+                   clock=Clock(now=clock))
+    again._due_now = lambda now, mono: False  # type: ignore[method-assign]
+    await again.start()
+    stopping.append(again)
+    assert again.core.state_hash() == state
+
+
+async def test_a_gtd_expiry_is_the_engines_own_and_no_time_step_of_the_sequencers(
+        tmp_path: Path, stopping: list[Server]) -> None:
+    """A1§4.2: a GTD order is valid until its instant.  The engine expires it at the start
+    of every command stamped at or after that instant, so the sequencer need not stop at
+    each GTD expiry to ask the calendar (a Tick journaled and a commit of its own each
+    time, on the traders' path): with the calendar's next instant far off, the traders'
+    commands past the expiries are not preceded by any time step, and the orders expire
+    all the same."""
+    srv, clock = await started(tmp_path, gate(C1) - 3_600_000, None, wake=False)
+    stopping.append(srv)
+    sq, eng = srv.sequencer, srv.core.engine
+    await sq.submit(CreateContract(OPEN, gate(OPEN)), "operator")
+    await sq.submit(OpenContracts((OPEN,)), "operator")
+    t0 = clock.t
+    expiries = [t0 + 10_000 * k for k in range(1, 6)]
+    for k, exp in enumerate(expiries):
+        evs = await sq.submit(NewOrder("ana", "AG1", "SELLU1", OPEN, SELL, 6000 + k, 1,
+                                       validity=Validity.GTD, expiry=exp), "trader")
+        assert not [e for e in evs if type(e) is Reject]
+    asked: list[int] = []
+    due = srv.due
+    srv.due = lambda ts: asked.append(ts) or due(ts)  # type: ignore[method-assign]
+    # a command the calendar's deadlines are worked out again after, then the traders'
+    await sq.submit(CreateContract(C2, gate(C2)), "operator")
+    for exp in expiries:
+        clock.t = exp
+        await sq.submit(NewOrder("carlos", "AG2", "BUYU2", OPEN, BUY, 1000, 1), "trader")
+    assert asked == []
+    assert not [r for r in journal(srv) if type(r.command) is Tick]
+    assert not [o for o in eng.by_agent.get("AG1", {}).values() if o.contract == OPEN]
+    assert sq.deadline == gate(C2)
+
+
+async def test_a_journal_failure_at_a_time_step_leaves_the_command_behind_it_unprocessed(
+        tmp_path: Path, stopping: list[Server]) -> None:
+    """Durability (DESIGN rule 7): the calendar's close is journaled in a commit before the
+    trader's order stamped at the gate closure.  If that write fails, the order was never
+    handed to the journal: it is told *not processed* (not in doubt), and the close's own
+    callback is told too; nothing is applied."""
+    from gateway.sequencer import SequencerStopped
+
+    srv, clock = await started(tmp_path, gate(C1) - 60_000, None, wake=False)
+    stopping.append(srv)
+    sq, eng = srv.sequencer, srv.core.engine
+    await sq.submit(CreateContract(C1, gate(C1)), "operator")
+    await sq.submit(OpenContracts((C1,)), "operator")
+    told: list[Any] = []
+    due = srv.due
+
+    def watched(ts: int) -> list[Any]:
+        return [(cmd, lambda ev, exc, d=done: (told.append(exc), d(ev, exc)))
+                for cmd, done in due(ts)]
+
+    srv.due = watched  # type: ignore[method-assign]
+    append = srv.journal.append
+
+    def failing(records: Any) -> None:
+        records = list(records)
+        if any(type(r.command) is CloseContracts for r in records):
+            raise OSError(28, "No space left on device")
+        append(records)
+
+    srv.journal.append = failing  # type: ignore[method-assign]
+    clock.t = gate(C1)
+    with pytest.raises(SequencerStopped) as info:
+        await sq.submit(NewOrder("carlos", "AG2", "BUYU2", C1, BUY, 5000, 100), "trader")
+    assert info.value.in_doubt is False
+    assert len(told) == 1 and isinstance(told[0], OSError)
+    assert eng.contracts[C1].state is ContractState.TRADE
