@@ -87,6 +87,25 @@ def journal(srv: Server) -> list[Record]:
     return list(srv.journal.records())
 
 
+def replayed_hash(srv: Server, records: list[Record]) -> str:
+    """The state hash a replay of ``records`` into a fresh core reaches."""
+    core = Core(PROFILES[srv.config.profile])
+    check = CheckpointCheck()
+    for rec in records:
+        replay_record(core, check, rec, (), None)
+    return core.state_hash()
+
+
+def closes_first(records: list[Record]) -> None:
+    """Every close is the calendar's, and nothing stamped at or after a gate closure was
+    journaled before the close it brings."""
+    for i, r in enumerate(records):
+        if type(r.command) is CloseContracts:
+            assert r.origin == "calendar"
+            first = min(gate(c) for c in r.command.contracts)
+            assert not [x for x in records[:i] if x.ts >= first]
+
+
 def the(records: list[Record], kind: type) -> Record:
     (rec,) = [r for r in records if type(r.command) is kind]
     return rec
@@ -127,11 +146,7 @@ async def test_r45_g_a_trade_stamped_at_a_gate_closure_belongs_to_the_next_round
     records = journal(srv)
     assert [type(r.command) for r in records[-2:]] == [NewOrder, NewOrder]
     # a replay of the journal gives the same state (the close is an ordinary record)
-    core = Core(PROFILES[srv.config.profile])
-    check = CheckpointCheck()
-    for rec in records:
-        replay_record(core, check, rec, (), None)
-    assert core.state_hash() == srv.core.state_hash()
+    assert replayed_hash(srv, records) == srv.core.state_hash()
 
 
 async def test_a_command_stamped_before_the_gate_closure_stays_in_the_round(
@@ -259,13 +274,7 @@ def test_r45_g_every_trade_counts_in_the_round_of_its_instant(
             for c in GATED:
                 closed = eng.contracts[c].state is ContractState.FIN
                 assert closed == (gate(c) <= instants[-1]), c
-            records = journal(srv)
-            for i, r in enumerate(records):
-                if type(r.command) is CloseContracts:
-                    assert r.origin == "calendar"
-                    first = min(gate(c) for c in r.command.contracts)
-                    # nothing stamped at or after a gate closure came before its close
-                    assert not [x for x in records[:i] if x.ts >= first]
+            closes_first(journal(srv))
         finally:
             await srv.stop()
 
@@ -324,15 +333,8 @@ async def test_r45_g_two_gate_closures_within_one_batch_end_two_rounds(
     assert t1.round == round_before + 1
     assert t2.round == round_before + 2 == eng.round  # C2's close ended t1's round
     records = journal(srv)
-    for i, r in enumerate(records):
-        if type(r.command) is CloseContracts:
-            first_gate = min(gate(c) for c in r.command.contracts)
-            assert not [x for x in records[:i] if x.ts >= first_gate]
-    core = Core(PROFILES[srv.config.profile])
-    check = CheckpointCheck()
-    for rec in records:
-        replay_record(core, check, rec, (), None)
-    assert core.state_hash() == srv.core.state_hash()
+    closes_first(records)
+    assert replayed_hash(srv, records) == srv.core.state_hash()
 
 
 async def test_r46_2_7_a_command_after_a_wake_finds_what_the_steps_it_set_off_brought(
