@@ -106,6 +106,13 @@ def closes_first(records: list[Record]) -> None:
             assert not [x for x in records[:i] if x.ts >= first]
 
 
+async def market(srv: Server, *contracts: str) -> None:
+    """Create the contracts (their gate closure one hour before delivery) and open them."""
+    for c in contracts:
+        await srv.sequencer.submit(CreateContract(c, gate(c)), "operator")
+    await srv.sequencer.submit(OpenContracts(contracts), "operator")
+
+
 def the(records: list[Record], kind: type) -> Record:
     (rec,) = [r for r in records if type(r.command) is kind]
     return rec
@@ -116,9 +123,7 @@ async def test_r45_g_a_trade_stamped_at_a_gate_closure_belongs_to_the_next_round
     srv, clock = await started(tmp_path, gate(C1) - 60_000, None, wake=False)
     stopping.append(srv)
     sq, eng = srv.sequencer, srv.core.engine
-    await sq.submit(CreateContract(C1, gate(C1)), "operator")
-    await sq.submit(CreateContract(C2, gate(C2)), "operator")
-    await sq.submit(OpenContracts((C1, C2)), "operator")
+    await market(srv, C1, C2)
     assert sq.deadline == gate(C1)  # known to the sequencer once the contracts exist
     sell = await sq.submit(NewOrder("ana", "AG1", "SELLU1", C2, SELL, 5000, 100), "trader")
     assert not [e for e in sell if type(e) is Reject]
@@ -156,8 +161,7 @@ async def test_a_command_stamped_before_the_gate_closure_stays_in_the_round(
     srv, clock = await started(tmp_path, gate(C1) - 60_000, None, wake=False)
     stopping.append(srv)
     sq, eng = srv.sequencer, srv.core.engine
-    await sq.submit(CreateContract(C1, gate(C1)), "operator")
-    await sq.submit(OpenContracts((C1,)), "operator")
+    await market(srv, C1)
     await sq.submit(NewOrder("ana", "AG1", "SELLU1", C1, SELL, 5000, 100), "trader")
     round_before = eng.round
     clock.t = gate(C1) - 1
@@ -173,9 +177,8 @@ async def test_with_no_command_coming_the_timekeeper_closes_at_the_gate(
     """No trader sends anything: the timekeeper's WAKE sets the close off."""
     srv, clock = await started(tmp_path, gate(C1) - 60_000, None, wake=True)
     stopping.append(srv)
-    sq, eng = srv.sequencer, srv.core.engine
-    await sq.submit(CreateContract(C1, gate(C1)), "operator")
-    await sq.submit(OpenContracts((C1,)), "operator")
+    eng = srv.core.engine
+    await market(srv, C1)
     clock.t = gate(C1) + 5
     for _ in range(300):
         srv.kick()
@@ -257,9 +260,7 @@ def test_r45_g_every_trade_counts_in_the_round_of_its_instant(
                                    wake=False)
         try:
             sq, eng = srv.sequencer, srv.core.engine
-            for c in (*GATED, OPEN):
-                await sq.submit(CreateContract(c, gate(c)), "operator")
-            await sq.submit(OpenContracts((*GATED, OPEN)), "operator")
+            await market(srv, *GATED, OPEN)
             rounds = []
             for t in instants:
                 clock.t = t
@@ -317,9 +318,7 @@ async def test_r45_g_two_gate_closures_within_one_batch_end_two_rounds(
         if sq.timed is not None and sq._idle.is_set():
             break
         await asyncio.sleep(0.01)
-    for c in (C1, C2, OPEN):
-        await sq.submit(CreateContract(c, gate(c)), "operator")
-    await sq.submit(OpenContracts((C1, C2, OPEN)), "operator")
+    await market(srv, C1, C2, OPEN)
     await sq.submit(NewOrder("ana", "AG1", "SELLU1", OPEN, SELL, 5000, 2), "trader")
     round_before = eng.round
 
@@ -389,8 +388,7 @@ async def test_a_gtd_expiry_is_the_engines_own_and_no_time_step_of_the_sequencer
     srv, clock = await started(tmp_path, gate(C1) - 3_600_000, None, wake=False)
     stopping.append(srv)
     sq, eng = srv.sequencer, srv.core.engine
-    await sq.submit(CreateContract(OPEN, gate(OPEN)), "operator")
-    await sq.submit(OpenContracts((OPEN,)), "operator")
+    await market(srv, OPEN)
     t0 = clock.t
     expiries = [t0 + 10_000 * k for k in range(1, 6)]
     for k, exp in enumerate(expiries):
@@ -422,8 +420,7 @@ async def test_a_journal_failure_at_a_time_step_leaves_the_command_behind_it_unp
     srv, clock = await started(tmp_path, gate(C1) - 60_000, None, wake=False)
     stopping.append(srv)
     sq, eng = srv.sequencer, srv.core.engine
-    await sq.submit(CreateContract(C1, gate(C1)), "operator")
-    await sq.submit(OpenContracts((C1,)), "operator")
+    await market(srv, C1)
     told: list[Any] = []
     due = srv.due
 
