@@ -28,7 +28,7 @@ scheduler (:mod:`auctions.scheduler`) asks "what is due at instant t".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import lru_cache
 
@@ -48,6 +48,12 @@ class ContractTimes:
     spec: ContractSpec
     open_at: int
     close_at: int
+    # the contract's id, formatted once: the scheduler looks every contract of the window up
+    # by it at each deadline (ContractSpec.id formats it anew at each call)
+    id: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", self.spec.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +110,7 @@ class Calendar:
             for spec in contracts_of_day(p, d):
                 out.append(ContractTimes(spec, open_at,
                                          spec.start - self.gate_closure_min * MINUTE_MS))
-        out.sort(key=lambda c: (c.close_at, c.spec.id))
+        out.sort(key=lambda c: (c.close_at, c.id))
         return tuple(out)
 
     def window(self, now: int) -> list[ContractTimes]:

@@ -63,11 +63,11 @@ def due(core: Any, cal: Calendar | None, now: int) -> list[Any]:
         opening: list[str] = []
         after_reopen: list[str] = []  # released by a session published now: after its reopening
         for ct in cal.window(now):
-            c = eng.contracts.get(ct.spec.id)
+            c = eng.contracts.get(ct.id)
             if c is None:
-                cmds.append(CreateContract(ct.spec.id, ct.close_at))
+                cmds.append(CreateContract(ct.id, ct.close_at))
             if ct.open_at <= now and (c is None or c.state is UPC):
-                (after_reopen if ct.spec.id in held else opening).append(ct.spec.id)
+                (after_reopen if ct.id in held else opening).append(ct.id)
         if opening:
             cmds.append(OpenContracts(tuple(opening)))
     nxt = eng.next_expiry()
