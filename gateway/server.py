@@ -357,15 +357,17 @@ class Server:
         seq.timed = self
         first = True
         while True:
-            now = seq.clock.now()
+            checked = seq.clock.now()
             try:
-                if first or self._due_now(now, asyncio.get_running_loop().time()):
+                if first or self._due_now(checked, asyncio.get_running_loop().time()):
                     await seq.submit(WAKE, "calendar")
                 first = False
             except SequencerStopped:
                 return
+            # the next deadline after the instant checked, not after the clock now: one
+            # passed during the turn (seconds of a fast simulated clock) is due at once
+            nxt = self.next_deadline(checked)
             now = seq.clock.now()
-            nxt = self.next_deadline(now)
             speed = seq.clock.speed
             delay = 1.0 if nxt is None else min(1.0, max(0.0, (nxt - now) / 1000 / speed))
             self._kick.clear()

@@ -444,3 +444,35 @@ async def test_a_journal_failure_at_a_time_step_leaves_the_command_behind_it_unp
     assert info.value.in_doubt is False
     assert len(told) == 1 and isinstance(told[0], OSError)
     assert eng.contracts[C1].state is ContractState.TRADE
+
+
+async def test_an_instant_passed_during_the_timekeepers_turn_is_not_skipped(
+        tmp_path: Path, stopping: list[Server]) -> None:
+    """The timekeeper works out when to wake next from the instant it checked, not from the
+    clock after its turn: a gate closure passed while it checked (the turn takes some time,
+    seconds of a fast simulated clock's) is due at once, not after a whole pause of a second
+    (found running ``ronda demo --speed 600``: a close ten simulated minutes late)."""
+    srv, clock = await started(tmp_path, gate(C1) - 60_000, None, wake=True)
+    stopping.append(srv)
+    eng = srv.core.engine
+    await market(srv, C1)
+    clock.t = gate(C1) - 5
+    real = srv._due_now
+    passed = []
+
+    def due_now(now: int, mono: float) -> bool:
+        found = real(now, mono)
+        if not passed:  # the clock moves past the gate closure during this check
+            passed.append(now)
+            clock.t = gate(C1) + 5
+        return found
+
+    srv._due_now = due_now  # type: ignore[method-assign]
+    srv.kick()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while eng.contracts[C1].state is not ContractState.FIN and loop.time() - start < 2.0:
+        await asyncio.sleep(0.005)
+    assert passed == [gate(C1) - 5]
+    assert eng.contracts[C1].state is ContractState.FIN
+    assert loop.time() - start < 0.5  # not the timekeeper's pause of a second
