@@ -491,7 +491,11 @@ class Sequencer:
         its day's segment), applied and answered before the next is formed, so a failure
         there (a full disk, say) refuses only what is not durable, and each command is
         compared with the deadline as the parts before it left it: several instants may
-        pass while one batch is stamped (a fast simulated clock), and each is kept."""
+        pass while one batch is stamped (a fast simulated clock), and each is kept.  A
+        command that may move a deadline (not in ``_NO_DEADLINE``: an operator's, the
+        sync job's) ends its part, so that the commands after it are compared with the
+        deadline it leaves (a contract created with its gate closure among the batch's
+        stamps is closed before the command stamped at it, R45.g)."""
         now = self.clock.now
         stamped = [(*item, now()) for item in batch]
         part = _Part()
@@ -510,6 +514,12 @@ class Sequencer:
                 await self._time_step(loop, ts)
             timed, deadline = self.timed, self.deadline
             part.items.append(item)
+            if timed is not None and cmd is not WAKE and type(cmd) not in _NO_DEADLINE:
+                # it may bring a deadline (an operator creating a contract): the commands
+                # after it are compared with the deadline it leaves, so it is applied first
+                await self._commit_part(loop, part)
+                part = _Part()
+                timed, deadline = self.timed, self.deadline
         if part.items:
             await self._commit_part(loop, part)
 
