@@ -49,6 +49,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_time_driven import ScriptedStamps as Stamps
 
 from auctions.calendar import OMIE_2018, SIDC_2024, Calendar
 from auctions.scheduler import due, simulate
@@ -77,22 +78,6 @@ ORDINARY, SPRING, AUTUMN = date(2027, 1, 15), date(2027, 3, 28), date(2027, 10, 
 DAYS = [(SIDC_2024, ORDINARY), (SIDC_2024, SPRING), (SIDC_2024, AUTUMN),
         (OMIE_2018, ORDINARY), (OMIE_2018, SPRING), (OMIE_2018, AUTUMN)]
 IDS = [f"{c.name}-{d}" for c, d in DAYS]
-
-
-class Stamps:
-    """The instant the test says (ms UTC); the sequencer's next stamps are the ones listed
-    in :attr:`next` (the commands of one batch are stamped one after the other while the
-    clock runs)."""
-
-    def __init__(self, t: int) -> None:
-        self.t = t
-        self.next: list[int] = []
-
-    def __call__(self) -> int:
-        task = asyncio.current_task()
-        if self.next and task is not None and task.get_name() == "sequencer":
-            self.t = self.next.pop(0)
-        return self.t
 
 
 class Held:
@@ -345,7 +330,7 @@ class Day:
             else:
                 cmds.append((t, "calendar", WAKE, lambda evs: None))
         await self.srv.held.let_through()  # type: ignore[attr-defined]
-        self.clock.next = [t for t, *_ in cmds]
+        self.clock.stamps = [t for t, *_ in cmds]
         sq = self.srv.sequencer
         futs = [sq.submit_nowait(cmd, origin) for _, origin, cmd, _ in cmds]
         for (t, _, cmd, check), fut in zip(cmds, futs, strict=True):
@@ -355,7 +340,7 @@ class Day:
                 check(evs)
             except AssertionError as e:
                 raise AssertionError(f"{cmd} at {t}: {e}") from None
-        assert self.clock.next == []
+        assert self.clock.stamps == []
 
     @staticmethod
     def accepted(evs: list[Any]) -> None:
@@ -525,7 +510,7 @@ async def test_r45_g_a_gate_closure_brought_by_a_command_of_the_same_batch_ends_
         await sq.submit(NewOrder("ana", "AG1", "SELLU1", other, Side.SELL, 5000, 1), "ana")
         before = srv.core.engine.round
         await srv.held.let_through()  # type: ignore[attr-defined]
-        clock.next = [gate - 5_000, gate - 5_000, gate]
+        clock.stamps = [gate - 5_000, gate - 5_000, gate]
         futs = [sq.submit_nowait(CreateContract(c, gate), "operator"),
                 sq.submit_nowait(OpenContracts((c,)), "operator"),
                 sq.submit_nowait(NewOrder("carlos", "AG2", "BUYU2", other, Side.BUY, 5000, 1),
