@@ -535,6 +535,10 @@ class Sequencer:
                 return
         log.error("the calendar still makes commands due at %d after %d steps; the "
                   "timekeeper is left to try them", ts, _MAX_STEPS)
+        self._refresh_deadline(ts)
+
+    def _refresh_deadline(self, ts: int) -> None:
+        """:attr:`deadline`: the calendar's next instant after ``ts``."""
         if self.timed is not None:
             try:
                 self.deadline = self.timed.calendar_deadline(ts)
@@ -619,11 +623,8 @@ class Sequencer:
             # what they did may make more due at once (a session scheduled is opened, a
             # contract created is opened): ask again (_time_step)
             self.deadline = part.due_at
-        elif deadlines and self.timed is not None:
-            try:
-                self.deadline = self.timed.calendar_deadline(last_ts)
-            except Exception:
-                log.exception("working out the next deadline failed")
+        elif deadlines:
+            self._refresh_deadline(last_ts)
         for listener in self.listeners:
             try:
                 listener(applied)
