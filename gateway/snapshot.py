@@ -186,8 +186,10 @@ def _first_seq(path: Path) -> int | None:
         return None
     if len(head) < HEADER_SIZE:
         return None
-    magic, first = _HEADER.unpack_from(head, 0)
-    return int(first) if magic == JOURNAL_MAGIC else None
+    try:
+        return Journal._check_header(path, head, None)
+    except JournalCorrupt:
+        return None
 
 
 def digest_at(journal_dir: Path, seq: int) -> str | None:
