@@ -74,9 +74,19 @@ def measure(name: str, repeat: int) -> dict[str, Any]:
             "due_over_baseline": round(d / base, 2)}
 
 
+def positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=200)
+    ap.add_argument("--repeat", type=positive, default=200, help="calls per round (>= 1)")
     args = ap.parse_args()
     out: dict[str, Any] = {"benchmark": "scheduler", "repeat": args.repeat}
     for name in ("sidc-2024", "omie-2018"):
