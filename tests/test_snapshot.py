@@ -146,7 +146,9 @@ def view(s: Server) -> dict[str, Any]:
                      for k, e in s.executed.entries.items()],
         "watches": dict(s.watches.open),
         "sync_trades": {r: list(t) for r, t in sync.trades.items() if t},
-        "sync_closes": {r: repr(c) for r, c in sync.closes.items()},
+        # the objects, not their repr: a frozenset in them prints in an order that follows
+        # its history (a replay builds it, a snapshot unpickles it), and equal all the same
+        "sync_closes": dict(sync.closes),
         "sync_other": repr((sorted(sync.released_seen), sync.auctions, sync.session_refs,
                             sync.auction_rounds, sync.round_now, sorted(sync.order_refs))),
         # the reference data each kept trade is settled with (R53.6): the n-th distinct
