@@ -8,9 +8,19 @@ commit), and only then applied to the core; every event of the batch goes to the
 (:meth:`Sequencer.submit`), or, on the gateway's path for every request, through a callback
 called right after the listeners (:meth:`Sequencer.submit_with`).
 
-While one batch is being written and fsynced (in the journal's own thread, so the event loop
-keeps reading sockets), the next batch forms in the queue: throughput grows with load while each
-command waits for at most one fsync in front of its own.  The journal starts a new segment
+A batch is written and fsynced on the event loop's own thread: while the disk flushes, the
+loop's thread waits in the system call (the GIL released), and what the sockets bring meanwhile
+forms the next batch, so throughput grows with load while each command waits for at most one
+fsync in front of its own.  Before taking a batch the sequencer lets the loop go round
+(:data:`LOOP_TURNS`), so the answers of the batch before go out and what arrived joins the
+batch.  Appending on the loop's thread is faster than handing each batch to a thread of the
+journal's own: every hand-off woke a thread that then waited for the GIL while the loop ran
+Python, each way, as long as the flush itself (docs/performance.md, "The journal on the loop's
+thread": over WebSocket the median at 5,000 orders/s halved and the saturated rate rose by a
+third).  The price: while the disk flushes the whole server waits, queries and market data
+included; a disk that stalls stalls the server (it could acknowledge nothing meanwhile
+anyway).  Rolling to a new segment, which may have to make the segment, still runs in the
+journal's thread, the loop serving meanwhile.  The journal starts a new segment
 at each local trading day, so that a day's records are files of their own; a batch that
 spans local midnight is committed in two parts, the first journaled, applied and answered
 before the new segment is started.
@@ -162,8 +172,10 @@ def _resolve(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -
 
 
 class JournalThread:
-    """The journal's own thread: appends and rolls run there one after the other, in the
-    order they were handed over, while the event loop goes on serving sockets.
+    """A thread for the journal's slow, rare work (rolling to a new segment, which may have
+    to make it): what it is handed runs there one after the other, in the order handed
+    over, while the event loop goes on serving sockets.  (Appends run on the loop's own
+    thread: see the module.)
 
     One hand-off each way: the call goes in through a :class:`queue.SimpleQueue` and its
     outcome comes back to the loop with ``call_soon_threadsafe``.  An executor's
@@ -263,6 +275,14 @@ def recovery_listeners(sync: Any, hub: Any, audit: Any, watches: Any) -> list[Li
 # next one out again after them (about 0.1 ms with a day's contracts and sessions)
 _NO_DEADLINE: frozenset[type] = (ORDER_COMMANDS | SERVER_RECORDS
                                  | {SubmitAuctionBid, CancelAuctionBid})
+
+
+# how many times the event loop goes round before the sequencer takes a batch: once for the
+# callbacks and tasks that the batch before woke (the AMQP adapter's outbox pump among them)
+# and for the sockets' reads, once more for what those woke in turn (the AMQP library's
+# writer task, which hands the pump's frames to the socket), so that the append, which holds
+# the loop's thread, comes after the answers before it are on their way
+LOOP_TURNS = 2
 
 
 # a time step's rounds at most (a chain is two or three long: a session scheduled, then
@@ -440,6 +460,11 @@ class Sequencer:
                 await self._wake
                 self._wake = None
             self._idle.clear()
+            # the loop goes round first (LOOP_TURNS): the answers of the batch before are
+            # handed to the sockets, and what the sockets brought meanwhile joins this batch,
+            # before its append holds the loop's thread
+            for _ in range(LOOP_TURNS):
+                await asyncio.sleep(0)
             n = len(q) if len(q) < self.max_batch else self.max_batch
             batch = [q.popleft() for _ in range(n)]
             self._resolved = 0  # the batch's commands applied and answered so far
@@ -581,10 +606,10 @@ class Sequencer:
                         self._fail_injected(injected, exc)
                         raise
                 self._set_day(first)
-            # durable first (DESIGN rule 7); the loop keeps serving sockets meanwhile
+            # durable first (DESIGN rule 7), on the loop's own thread (see the module)
             self._handed = self._resolved + len(items)
             try:
-                await self._writer.call(loop, self.journal.append, records)
+                self.journal.append(records)
             except BaseException as exc:
                 self._fail_injected(injected, exc)
                 raise

@@ -965,15 +965,17 @@ async def test_a_repeat_after_a_restart_is_answered_from_the_journal_not_execute
             await s.stop()
 
 
-def _slow_journal(server: Server, seconds: float) -> None:
-    """Make every journal write take ``seconds`` (commands stay in progress that long)."""
-    append = server.journal.append
+def _slow_sequencer(server: Server, seconds: float) -> None:
+    """Make every batch of the sequencer wait ``seconds`` before its commit (commands stay
+    in progress that long; the event loop goes on, as it does while a batch is flushed)."""
+    seq = server.sequencer
+    commit = seq._commit
 
-    def slow(records: Any) -> Any:
-        time.sleep(seconds)
-        return append(records)
+    async def slow(loop: Any, batch: Any) -> None:
+        await asyncio.sleep(seconds)
+        await commit(loop, batch)
 
-    server.journal.append = slow  # type: ignore[method-assign]
+    seq._commit = slow  # type: ignore[method-assign]
 
 
 async def _carlos_is_served(broker: Broker) -> None:
@@ -995,11 +997,11 @@ async def _until(cond: Callable[[], bool], timeout: float = 5) -> None:
 
 async def test_redelivery_after_a_lost_connection_is_not_executed_again(
         carlos: AmqpClient, server: Server) -> None:
-    """The server's connection drops while a command is being journaled: its ack is lost,
+    """The server's connection drops while a command is in the sequencer: its ack is lost,
     the broker redelivers the request, and the server answers it without executing it
     again."""
     amqp = server.amqp
-    _slow_journal(server, 0.5)
+    _slow_sequencer(server, 0.5)
     received = amqp.stats["received"]
     fut = await carlos.submit(order("BUY", "37.00", client_order_id="redeliver"),
                               message_id="m-redeliver")
@@ -1030,7 +1032,7 @@ async def test_server_stop_answers_requests_in_progress(rabbitmq: Broker,
     try:
         await carlos.connect()
         assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
-        _slow_journal(srv, 0.3)
+        _slow_sequencer(srv, 0.3)
         futs = [await carlos.submit(order("BUY", f"2{i}.00", client_order_id=f"s-{i}"))
                 for i in range(3)]
         await _until(lambda: len(srv.amqp._pending) == 3)
@@ -1287,7 +1289,7 @@ async def test_a_logout_after_an_order_in_progress_answers_both_in_order(
     """The logout waits for the answers of the requests before it (each request gets its
     one answer, as over WebSocket); over AMQP its own answer still goes to its reply_to and
     its delivery is acknowledged, and the session ends."""
-    _slow_journal(server, 0.3)
+    _slow_sequencer(server, 0.3)
     placed = await carlos.submit(order("BUY", "41.00", client_order_id="before-logout"))
     bye = await carlos.submit({"type": "logout"})
     ans = await asyncio.wait_for(placed, 10)

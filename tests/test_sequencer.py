@@ -339,3 +339,84 @@ async def test_a_callback_that_raises_does_not_stop_the_sequencer(tmp_path: Path
     finally:
         await seqr.stop()
     j.close()
+
+
+async def test_appends_hold_the_loops_thread_after_the_answers_before_them_are_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch is appended and fsynced on the event loop's own thread (gateway/sequencer.py:
+    a hand-off to another thread cost each batch two wake-ups, each waiting for the GIL),
+    and rolling to a new day's segment in the journal's thread.  Because the append holds
+    the loop's thread, the sequencer lets the loop go round (``LOOP_TURNS``) before it takes
+    a batch: the answers of the batch before reach the socket first, even through two
+    hops, as the AMQP adapter's (its outbox pump, then the library's writer task).  Here the
+    next command is submitted while the first one is being answered, so it is waiting as
+    the first batch ends; with one turn fewer the second append comes before the write."""
+    import threading
+
+    from engine.contracts import local_midnight_utc
+
+    midnight = local_midnight_utc(date(2027, 6, 2))
+    instants = iter([midnight - 2000, midnight - 1000, midnight + 1000])
+    j = Journal(tmp_path / "journal").open()
+    seqr = Sequencer(Core(), j, clock=Clock(now=lambda: next(instants)), max_batch=1)
+    loop_thread = threading.get_ident()
+    log: list[tuple[str, Any]] = []
+    threads: dict[str, set[bool]] = {"append": set(), "roll": set()}
+    real_append, real_roll = j.append, j.roll
+
+    def append(records: Any) -> Any:
+        threads["append"].add(threading.get_ident() == loop_thread)
+        log.append(("append", [r.origin for r in records]))
+        return real_append(records)
+
+    def roll() -> Any:
+        threads["roll"].add(threading.get_ident() == loop_thread)
+        return real_roll()
+
+    monkeypatch.setattr(j, "append", append)
+    monkeypatch.setattr(j, "roll", roll)
+    outbox: list[str] = []
+    wake = asyncio.Event()
+    frames: asyncio.Queue[list[str]] = asyncio.Queue()
+
+    async def pump() -> None:  # the adapter's outbox pump: hands its frames on
+        while True:
+            await wake.wait()
+            wake.clear()
+            out, outbox[:] = list(outbox), []
+            await frames.put(out)
+
+    async def writer() -> None:  # the library's writer task: writes them to the socket
+        while True:
+            log.append(("written", await frames.get()))
+
+    tasks = [asyncio.create_task(pump()), asyncio.create_task(writer())]
+    told = asyncio.Event()
+
+    def answered(origin: str) -> Any:
+        def done(events: Any, exc: BaseException | None) -> None:
+            assert exc is None
+            outbox.append(origin)
+            wake.set()
+            if origin == "a":  # the next command comes while this one is answered
+                seqr.submit_with(Tick(), "b", answered("b"))
+            if origin == "c":
+                told.set()
+        return done
+
+    seqr.start()
+    try:
+        seqr.submit_with(Tick(), "a", answered("a"))
+        await asyncio.sleep(0.05)
+        seqr.submit_with(Tick(), "c", answered("c"))  # the next local day: a roll first
+        await asyncio.wait_for(told.wait(), 10)
+        await asyncio.sleep(0.01)
+    finally:
+        await seqr.stop()
+        for t in tasks:
+            t.cancel()
+    assert log == [("append", ["a"]), ("written", ["a"]), ("append", ["b"]),
+                   ("written", ["b"]), ("append", ["c"]), ("written", ["c"])]
+    assert threads == {"append": {True}, "roll": {False}}
+    assert [n for _, _, n in j.segment_ranges()] == [2, 1]
+    j.close()

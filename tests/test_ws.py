@@ -1335,26 +1335,34 @@ async def test_a_journal_failure_tells_in_doubt_apart_from_refused(env: Env) -> 
     ``OUTCOME_UNKNOWN`` (its record may be on disk and take effect at the next start: a
     "not processed" would be a lie then), a request queued behind it ``UNAVAILABLE``
     (never recorded), and so is every request after; the session lives."""
-    import threading
-
     srv = await env.server()
     ana = await env.client(srv, "ana")
     carlos = await env.client(srv, "carlos")
     real_append = srv.journal.append
-    entered, release = threading.Event(), threading.Event()
+    seq = srv.sequencer
+    real_commit = seq._commit
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    def doubtful(items: Any) -> bool:
+        return any(getattr(x[0], "client_order_id", None) == "doubt" for x in items)
+
+    async def held_commit(loop: Any, batch: Any) -> None:
+        if doubtful(batch):  # the batch waits (the loop goes on) until the test says
+            entered.set()
+            await asyncio.wait_for(release.wait(), 5)
+        await real_commit(loop, batch)
 
     def failing_append(records: Any) -> None:
         if any(getattr(r.command, "client_order_id", None) == "doubt" for r in records):
-            entered.set()
-            release.wait(5)
             real_append(records)  # on disk, and then the sync fails
             raise OSError(5, "Input/output error")
         real_append(records)
 
-    srv.journal.append = failing_append
+    seq._commit = held_commit  # type: ignore[method-assign]
+    srv.journal.append = failing_append  # type: ignore[method-assign]
     first = asyncio.ensure_future(ana.request(order(C1, "SELLU1", "SELL", "50.10", "1.0",
                                                     client_order_id="doubt")))
-    assert await asyncio.to_thread(entered.wait, 5)
+    await asyncio.wait_for(entered.wait(), 5)
     second = asyncio.ensure_future(carlos.request(order(C1, "BUYU2", "BUY", "40.00", "1.0")))
     await asyncio.sleep(0.05)  # in the sequencer's queue, behind the failing batch
     release.set()

@@ -5,9 +5,9 @@ A session counts its requests that are in the sequencer and not yet answered; at
 ``max_inflight`` its connection stops being read (the socket is paused, and the rest of
 what was already read is held unparsed), and reading resumes once half of them are
 answered.  A client that sends faster than the sequencer answers is slowed by TCP instead
-of filling the server's memory, and nothing it sent is lost or reordered.  The journal is
-held shut here (its append waits on an event, in the journal's thread), so that requests
-stay in flight as long as the test wants.
+of filling the server's memory, and nothing it sent is lost or reordered.  The sequencer is
+held shut here (its next commit waits on an event, the event loop going on), so that
+requests stay in flight as long as the test wants.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import asyncio
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,20 +34,23 @@ LIMIT = 4
 
 
 class Held:
-    """The server's journal, shut until :meth:`open` (appends wait in the journal's own
-    thread; the event loop goes on)."""
+    """The server's sequencer, shut until :meth:`open`: the batch it takes waits before its
+    commit (the journal's append runs on the loop's thread and could not wait without
+    stopping the loop); the event loop goes on, and what comes meanwhile queues behind."""
 
     def __init__(self, server: Any) -> None:
-        self.gate = threading.Event()
-        journal = server.sequencer.journal
-        real = journal.append
+        self.gate = asyncio.Event()
+        seq = server.sequencer
+        real = seq._commit
 
-        def append(records: Any) -> None:
-            if not self.gate.wait(20):
-                raise TimeoutError("the test never opened the journal")
-            real(records)
+        async def commit(loop: Any, batch: Any) -> None:
+            try:
+                await asyncio.wait_for(self.gate.wait(), 20)
+            except TimeoutError:
+                raise TimeoutError("the test never opened the sequencer") from None
+            await real(loop, batch)
 
-        journal.append = append
+        seq._commit = commit
 
     def open(self) -> None:
         self.gate.set()
