@@ -275,8 +275,8 @@ class LeanClient(asyncio.Protocol):
 
     # ---------------------------------------------------------------- set-up
 
-    async def open(self, user: str, password: str) -> None:
-        """The handshake (PLAIN), the channel, publisher confirms."""
+    async def open(self, user: str, password: str, confirms: bool = True) -> None:
+        """The handshake (PLAIN), the channel, publisher confirms (unless not ``confirms``)."""
         self._write(header.ProtocolHeader().marshal())
         start = await self._control.get()
         if not isinstance(start, commands.Connection.Start):
@@ -295,7 +295,8 @@ class LeanClient(asyncio.Protocol):
         await self._rpc(commands.Connection.Open(virtual_host="/"), 0,
                         commands.Connection.OpenOk)
         await self._rpc(commands.Channel.Open(), CHANNEL, commands.Channel.OpenOk)
-        await self._rpc(commands.Confirm.Select(), CHANNEL, commands.Confirm.SelectOk)
+        if confirms:
+            await self._rpc(commands.Confirm.Select(), CHANNEL, commands.Confirm.SelectOk)
         if self._heartbeat_s:
             self._hb_task = asyncio.get_running_loop().create_task(self._heartbeats())
 

@@ -43,7 +43,9 @@ aio-pika RPC echo baseline on the same broker.
   JSON, then acking) at the same rate with the same messages and properties, and both at
   saturation (a fixed number of requests in flight per connection) for the throughput
   ratio: short windows of each side in turn (ABBA…), so that a change in the load of a
-  shared machine weighs on both.
+  shared machine weighs on both.  ``--echo lean`` takes ``perf/amqpecho.py`` instead, an
+  echo on the generator's lean client (about 45 µs of CPU per request against the aio-pika
+  echo's 240–330): the floor that the generator and the broker leave any server.
 * **CPU per request** of each process (client, server or echo, broker; from /proc) in each
   phase: steadier than wall-clock figures on a shared machine.  ``cpu_ratio`` is the
   throughput ratio that the CPU cost alone implies (echo path / ronda path, client
@@ -611,7 +613,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "--port", str(port), "--refdata", str(refdata), "--no-calendar",
                      "--amqp-url", broker.url],
                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
-            echo = subprocess.Popen([PY, "-c", ECHO_SERVER, broker.url, ECHO_QUEUE], env=env,
+            echo_cmd = ([PY, "-c", ECHO_SERVER] if args.echo == "aio-pika"
+                        else [PY, str(ROOT / "perf" / "amqpecho.py")])
+            echo = subprocess.Popen([*echo_cmd, broker.url, ECHO_QUEUE], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             ronda, base = uvloop.run(measure(broker, port, srv, echo, users, args))
         except BaseException:
@@ -646,6 +650,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pacer": args.pacer,
         "replies": "direct reply-to" if args.direct_reply_to else "exclusive queue",
         "broker_erl_args": args.broker_erl_args,
+        "echo_server": args.echo,
         "queue_version": args.queue_version,
     }
 
@@ -676,6 +681,10 @@ def main() -> None:
     ap.add_argument("--queue-version", type=int, choices=(1, 2), default=None,
                     help="a policy giving every queue of the benchmark's node this classic "
                          "queue version (RabbitMQ 3.10+); default: the node's own (1)")
+    ap.add_argument("--echo", choices=("aio-pika", "lean"), default="aio-pika",
+                    help="the baseline server: the aio-pika RPC echo (the default), or "
+                         "perf/amqpecho.py, the least a server can cost (the floor of the "
+                         "generator's and the broker's latency)")
     ap.add_argument("--no-bcast", action="store_true",
                     help="do not consume the traders' broadcast queues")
     ap.add_argument("--broker-erl-args", default="", metavar="FLAGS",
