@@ -209,3 +209,69 @@ def test_the_pace_hands_every_item_once_in_order_and_never_before_its_time(
 async def test_the_pace_refuses_items_out_of_time_order() -> None:
     with pytest.raises(ValueError, match="time order"):
         await amqpload.pace([(2.0, "b"), (1.0, "a")], lambda due: None)
+
+
+async def test_the_lean_echo_answers_every_request_and_acknowledges_it(
+        rabbitmq: Broker) -> None:
+    """perf/amqpecho.py, the floor baseline of ``bench_amqp.py --echo lean``: each request
+    gets ``{"type": "ack", "kind": <its type>}`` on its ``reply_to`` with its
+    ``correlation_id`` (else its ``message_id``), in order, bodies of several frames and
+    bodies that are not JSON included; a request without ``reply_to`` is only
+    acknowledged; nothing is left unacknowledged in the queue."""
+    import subprocess
+
+    import orjson
+
+    name = "test.lean.echo"
+    root = Path(__file__).resolve().parents[1]
+    echo = subprocess.Popen([sys.executable, str(root / "perf" / "amqpecho.py"),
+                             rabbitmq.url, name], stdout=subprocess.PIPE)
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(echo.stdout.readline), 30)  # type: ignore[union-attr]
+        assert line.strip() == b"ready", line
+        conn = await aio_pika.connect(rabbitmq.url)
+        try:
+            ch = await conn.channel()
+            replies = await ch.declare_queue("", exclusive=True)
+            got: list[tuple[str | None, bytes]] = []
+
+            async def on_reply(m: aio_pika.abc.AbstractIncomingMessage) -> None:
+                got.append((m.correlation_id, m.body))
+
+            await replies.consume(on_reply, no_ack=True)
+            ex = await ch.get_exchange(name)
+            big = orjson.dumps({"type": "order_entry", "pad": "x" * 300_000})
+            sent = [({"correlation_id": "c1"}, orjson.dumps({"type": "order_entry"})),
+                    ({"message_id": "m2"}, orjson.dumps({"type": "order_cancel"})),
+                    ({"correlation_id": "c3"}, big),
+                    ({"correlation_id": "c4"}, b"not json"),
+                    ({"correlation_id": "c5"}, b"[1, 2]")]
+            for props, body in sent:
+                await ex.publish(aio_pika.Message(body, reply_to=replies.name, **props),
+                                 "request")
+            await ex.publish(aio_pika.Message(b'{"type": "x"}'), "request")  # no reply_to
+            for _ in range(500):
+                if len(got) >= len(sent):
+                    break
+                await asyncio.sleep(0.01)
+            assert [(c, orjson.loads(b)) for c, b in got] == [
+                ("c1", {"type": "ack", "kind": "order_entry"}),
+                ("m2", {"type": "ack", "kind": "order_cancel"}),
+                ("c3", {"type": "ack", "kind": "order_entry"}),
+                ("c4", {"type": "ack", "kind": None}),
+                ("c5", {"type": "ack", "kind": None})]
+        finally:
+            await conn.close()
+        row: list[str] = []
+        for _ in range(50):  # ready and unacknowledged: both 0 once the acks are in
+            out = await asyncio.to_thread(rabbitmq.ctl, "list_queues", "-q", "name",
+                                          "messages_ready", "messages_unacknowledged")
+            row = next((ln.split()[1:] for ln in out.splitlines()
+                        if ln.split()[:1] == [name]), [])
+            if row == ["0", "0"]:
+                break
+            await asyncio.sleep(0.1)
+        assert row == ["0", "0"]
+    finally:
+        echo.kill()
+        echo.wait(10)
