@@ -2,10 +2,13 @@
 
     python perf/bench_handoff.py [--calls 20000] [--reps 3]
 
-The sequencer hands each batch to the journal's own thread and awaits the outcome
-(``gateway/sequencer.py`` ``JournalThread``).  Here a call that does nothing goes through
-that thread and, as the baseline in the same process, through ``loop.run_in_executor`` with a
-one-thread executor (what the sequencer used before), alternately, on uvloop.  Per round
+The sequencer hands the journal's rolls to the journal's own thread and awaits the outcome
+(``gateway/sequencer.py`` ``JournalThread``; until 2026-12-06 every batch's append went that
+way too: appends now run on the loop's thread, docs/performance.md, AMQP, "the journal on
+the loop's thread"), and the AMQP benchmark's pacer sleeps in such a thread.  Here a call
+that does nothing goes through that thread and, as the baseline in the same process,
+through ``loop.run_in_executor`` with a one-thread executor (what the sequencer used
+before), alternately, on uvloop.  Per round
 trip: the CPU time of the loop's own thread, of the whole process, and the wall time.
 
 Last line: one JSON object with the best of the repetitions for each.
