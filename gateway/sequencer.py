@@ -15,12 +15,13 @@ fsync in front of its own.  Before taking a batch the sequencer lets the loop go
 (:data:`LOOP_TURNS`), so the answers of the batch before go out and what arrived joins the
 batch.  Appending on the loop's thread is faster than handing each batch to a thread of the
 journal's own: every hand-off woke a thread that then waited for the GIL while the loop ran
-Python, each way, as long as the flush itself (docs/performance.md, "The journal on the loop's
-thread": over WebSocket the median at 5,000 orders/s halved and the saturated rate rose by a
-third).  The price: while the disk flushes the whole server waits, queries and market data
-included; a disk that stalls stalls the server (it could acknowledge nothing meanwhile
-anyway).  Rolling to a new segment, which may have to make the segment, still runs in the
-journal's thread, the loop serving meanwhile.  The journal starts a new segment
+Python, each way, as long as the flush itself (docs/performance.md, AMQP section, "the
+journal on the loop's thread": over WebSocket the median and the p99 at 5,000 orders/s fell
+by a third, the saturated rate rose by a fifth to a third).  The price: while the disk
+flushes the whole server waits, queries and market data included; a disk that stalls
+stalls the server (it could acknowledge nothing meanwhile anyway).  Rolling to a new
+segment, which may have to make the segment, still runs in the journal's thread, the loop
+serving meanwhile.  The journal starts a new segment
 at each local trading day, so that a day's records are files of their own; a batch that
 spans local midnight is committed in two parts, the first journaled, applied and answered
 before the new segment is started.
