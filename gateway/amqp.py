@@ -906,7 +906,7 @@ class AmqpAdapter:
         session.ticks = ctype == MSGPACK
         token = _CURRENT.set(req)
         try:
-            session.handle(data)
+            session.handle(data, ctype == JSON)  # JSON's field names are text: no check
         finally:
             _CURRENT.reset(token)
         if not req.answered and not req.pending:  # the session dropped it (closing)

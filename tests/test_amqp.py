@@ -489,6 +489,11 @@ async def test_queries_login_and_heartbeat(carlos: AmqpClient, server: Server) -
     assert (mp["type"], mp["field"]) == ("error", "price")
     js = await carlos.request({**order("BUY", "0"), "price": 1111})  # JSON: decimal strings
     assert (js["type"], js["field"]) == ("error", "price")
+    # a msgpack field name may be binary, not text: refused (JSON's are always text)
+    mp = await carlos.request({**order("BUY", "0"), "price": 1111, "quantity": 15,
+                               b"side": "SELL"}, content_type=MSGPACK)
+    assert (mp["type"], mp["field"]) == ("error", "message"), mp
+    assert "every field name must be a string" in mp["reason"]
     # the session's own heartbeats reach the broadcast queue, with their own sequence
     _, h, _ = await carlos.wait_bcast(lambda k, h, m: m["type"] == "heartbeat", timeout=5)
     assert h[STREAM_HEADER] == "user:carlos" and h[SEQ_HEADER] >= 1
