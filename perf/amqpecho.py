@@ -15,7 +15,6 @@ generator's and the broker's, the floor under any server on this machine.
 from __future__ import annotations
 
 import asyncio
-import struct
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -29,11 +28,7 @@ import uvloop  # noqa: E402
 from pamqp import commands  # noqa: E402
 
 from gateway import amqpframes  # noqa: E402
-from gateway.amqpread import read_header  # noqa: E402
 
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
-_DELIVER = 0x003C003C
 CONSUMER = "echo"
 
 
@@ -44,8 +39,6 @@ class LeanEcho(amqpload.LeanClient):
 
     def __init__(self) -> None:
         super().__init__()
-        self._tag = 0
-        self._reply: str | None = None
         self._out: list[bytes] = []
         self.answered = 0
 
@@ -55,21 +48,6 @@ class LeanEcho(amqpload.LeanClient):
             self._write(b"".join(self._out))
             self._out = []
 
-    def _method(self, payload: bytes, whole: bytes) -> None:
-        if _U32.unpack_from(payload, 0)[0] == _DELIVER:
-            n = payload[4]
-            self._tag = _U64.unpack_from(payload, 5 + n)[0]
-            self._cur = self._consumers.get(payload[5:5 + n].decode())
-            return
-        super()._method(payload, whole)
-
-    def _header(self, payload: bytes) -> None:
-        size, _ctype, corr, mid, reply, _user = read_header(payload)
-        self._reply, self._cur_corr = reply, corr or mid or ""
-        self._cur_size, self._cur_got, self._cur_body = size, 0, []
-        if size == 0:
-            self._deliver(b"")
-
     def _deliver(self, body: bytes) -> None:
         if self._cur is None:
             return
@@ -78,14 +56,15 @@ class LeanEcho(amqpload.LeanClient):
             kind = orjson.loads(body).get("type")
         except (orjson.JSONDecodeError, AttributeError):
             kind = None
-        if self._reply:
+        _size, _ctype, corr, mid, reply, _user = self._cur_header
+        if reply:
             props = amqpframes.properties(content_type="application/json",
-                                          correlation_id=self._cur_corr, message_type="ack",
+                                          correlation_id=corr or mid, message_type="ack",
                                           app_id="echo")
             self._out.append(amqpframes.publish(
-                amqpload.CHANNEL, "", self._reply, props,
+                amqpload.CHANNEL, "", reply, props,
                 orjson.dumps({"type": "ack", "kind": kind}), self._max_content))
-        self._out.append(amqpframes.ack(amqpload.CHANNEL, self._tag))
+        self._out.append(amqpframes.ack(amqpload.CHANNEL, self._cur_tag))
         self.answered += 1
 
 

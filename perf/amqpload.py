@@ -122,6 +122,9 @@ class LeanClient(asyncio.Protocol):
         self._cur_size = 0
         self._cur_body: list[bytes] = []
         self._cur_got = 0
+        self._cur_tag = 0
+        self._cur_header: tuple[int, str | None, str | None, str | None, str | None,
+                                str | None] = (0, None, None, None, None, None)
         self.published = 0
         self.confirmed = 0
         self.nacked = 0
@@ -178,6 +181,8 @@ class LeanClient(asyncio.Protocol):
             tag = payload[5:5 + tag_len].decode()
             self._cur = self._consumers.get(tag)
             self._cur_corr = ""
+            # the delivery tag, for a consumer that acknowledges (perf/amqpecho.py)
+            self._cur_tag = _U64.unpack_from(payload, 5 + tag_len)[0]
             return
         if method in (_ACK, _NACK):
             tag = _U64.unpack_from(payload, 4)[0]
@@ -226,8 +231,10 @@ class LeanClient(asyncio.Protocol):
         size = _U64.unpack_from(payload, 4)[0]
         self._cur_size, self._cur_got, self._cur_body = size, 0, []
         if self._cur is not None:
-            # the gateway's own reader of a content header (gateway/amqpread.py)
-            self._cur_corr = read_header(payload)[2] or ""
+            # the gateway's own reader of a content header (gateway/amqpread.py): body size,
+            # content type, correlation id, message id, reply to, user id
+            self._cur_header = read_header(payload)
+            self._cur_corr = self._cur_header[2] or ""
         if size == 0:
             self._deliver(b"")
 
