@@ -320,7 +320,7 @@ class Sequencer:
         self._idle = asyncio.Event()  # nothing pending and no batch in progress
         self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._writer = JournalThread()
+        self._roller = JournalThread()  # rolls only: appends run on the loop's thread
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.failed: BaseException | None = None
@@ -405,7 +405,7 @@ class Sequencer:
             except BaseException as exc:  # what stopped it, already logged and recorded
                 if exc is not self.failed:
                     raise
-        self._writer.shutdown()
+        self._roller.shutdown()
 
     def submit_nowait(self, cmd: Any, origin: str) -> asyncio.Future[list[Any]]:
         fut: asyncio.Future[list[Any]] = (
@@ -602,7 +602,7 @@ class Sequencer:
                 had = self.day
                 if had is not None and local_day_of(first) != had:
                     try:
-                        await self._writer.call(loop, self.journal.roll)
+                        await self._roller.call(loop, self.journal.roll)
                     except BaseException as exc:
                         self._fail_injected(injected, exc)
                         raise
