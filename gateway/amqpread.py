@@ -9,14 +9,18 @@ was the larger part of the AMQP adapter's CPU (``perf/bench_amqp.py --profile-se
 the library's reading path twice the adapter's own handling of a request).
 
 :class:`FrameReader` takes the library's place as its connection's frame source
-(:func:`install`). It reads the socket in chunks and splits them into frames. A frame
-that starts a delivery to a consumer registered with :func:`intercept` is assembled with
-its content here (``basic.deliver``, the content header, the body frames; AMQP 0-9-1
-§4.2.6) and handed to that consumer at once, as a :class:`Delivery`, in the order the
-broker sent it; every other frame is unmarshalled by pamqp and given to the library, as
-its own reader would (the same frames, the same errors: a malformed frame closes the
-connection as it did).  A connection the library opened without such a consumer (a
-client's, in the tests) reads exactly as before.
+(:func:`install`).  It splits the connection's bytes into frames as the connection's
+protocol receives them (it stands in for its stream's ``feed_data``).  A frame that starts
+a delivery to a consumer registered with :func:`intercept` is assembled with its content
+there (``basic.deliver``, the content header, the body frames; AMQP 0-9-1 §4.2.6) and
+handed to that consumer in the same callback, as a :class:`Delivery`, in the order the
+broker sent it: a request reaches the adapter without waking the library's reading task
+first (one turn of the event loop, and the task's switch, less per read).  Every other
+frame goes on whole to the stream, where :meth:`FrameReader.get_frame` reads it in chunks
+and pamqp unmarshals it for the library, as its own reader would (the same frames, the
+same errors: a malformed frame closes the connection as it did).  A connection the
+library opened without such a consumer (a client's, in the tests) reads the same frames
+as before.
 
 The library judges a connection stuck when it has not seen a frame for a while; the
 deliveries read here are counted as seen (:data:`ALIVE_EVERY_S`).
@@ -35,7 +39,6 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp import frame as pframe
 from pamqp.exceptions import PAMQPException
-from pamqp.heartbeat import Heartbeat
 
 log = logging.getLogger("ronda.amqp")
 
@@ -45,6 +48,9 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _DELIVER = b"\x00\x3c\x00\x3c"  # class basic (60), method deliver (60)
 _END = 0xCE
+FRAME_HEAD = 7  # type, channel, size: the frame before its payload
+_FRAME_TYPES = (b"\x01", b"\x02", b"\x03", b"\x08")  # method, header, body, heartbeat
+_HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 READ_SIZE = 65536
 # the library's last-frame time is refreshed at least this often while only deliveries
 # come (its stuck-connection check runs every half heartbeat, 30 s by default)
@@ -165,27 +171,184 @@ class _Pending:
 
 
 class FrameReader(aiormq.connection.FrameReceiver):
-    """The library's frame source for a connection (see the module)."""
+    """The library's frame source for a connection (see the module).
+
+    It takes the place of its stream's ``feed_data``: the bytes the connection's protocol
+    receives are split into frames there, as they arrive.  The frames of a delivery to an
+    intercepted consumer are taken and the delivery handed over in that same callback;
+    every other frame goes on, whole and in order, into the stream, from which
+    :meth:`get_frame` gives the library its frames.  The broker speaks only after the
+    client's protocol header, which the library writes after it made this reader, so
+    every byte of the connection passes here."""
 
     consumers: ClassVar[dict[str, OnDelivery]] = {}
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         super().__init__(reader)
-        self._buf = b""  # what was read and not yet taken, from _pos on
+        self._buf = b""  # what get_frame read from the stream and did not yet take, from _pos
         self._pos = 0
+        # the incoming side: the start of a frame not yet whole, its size when known
+        self._part: list[bytes] = []
+        self._part_len = 0
+        self._need = FRAME_HEAD
+        self._first = True
+        self._split = True  # False once the bytes are not frames (all go on untouched)
+        self._error: InvalidFrameError | None = None
         self._pending: dict[int, _Pending] = {}
         self._alive_at = 0.0
+        self._to_stream = reader.feed_data
+        self._eof_to_stream = reader.feed_eof
+        reader.feed_data = self._received  # type: ignore[method-assign, assignment]
+        reader.feed_eof = self._ended  # type: ignore[method-assign]
+
+    # ------------------------------------------------------------------ the incoming bytes
+
+    def _received(self, data: bytes) -> None:
+        """What the connection's protocol received (its stream's ``feed_data``)."""
+        if not self._split:
+            if self._error is None:
+                self._to_stream(data)
+            return  # after a malformed delivery: the connection is being closed
+        if self._part:
+            self._part.append(data)
+            self._part_len += len(data)
+            if self._part_len < self._need:
+                return  # a frame still incomplete: joined once, when it is whole
+            data = b"".join(self._part)
+            self._part.clear()
+        elif self._first:
+            self._first = False
+            if data[:1] not in _FRAME_TYPES:
+                # not a frame (the broker's protocol header, refusing our version):
+                # the library reads and reports it
+                self._split = False
+                self._to_stream(data)
+                return
+        try:
+            self._split_frames(data)
+        except InvalidFrameError as e:
+            self._fail(e)
+        except Exception as e:  # a defect here must close the connection, not lose bytes
+            log.exception("AMQP: reading the connection's frames failed")
+            self._fail(InvalidFrameError(f"reading the frames failed: {e!r}"))
+
+    def _split_frames(self, data: bytes) -> None:
+        n = len(data)
+        pos = 0
+        sent = 0  # data[sent:pos]: whole frames not taken, not yet in the stream
+        take = self._take if self.consumers or self._pending else None
+        while n - pos >= FRAME_HEAD:
+            kind, channel, size = _FRAME.unpack_from(data, pos)
+            end = pos + FRAME_HEAD + size  # the end octet's index
+            if end >= n:
+                break
+            if take is not None and take(kind, channel, data, pos, end):
+                if sent < pos:
+                    self._to_stream(data[sent:pos])
+                sent = end + 1
+                if not self._pending:  # a delivery complete: the library is told
+                    now = self.loop.time()  # the connection is alive (ALIVE_EVERY_S)
+                    if now - self._alive_at >= ALIVE_EVERY_S:
+                        self._alive_at = now
+                        self._to_stream(_HEARTBEAT)
+            pos = end + 1
+        if sent < pos:
+            self._to_stream(data[sent:pos] if sent or pos < n else data)
+        if pos < n:
+            self._part.append(data[pos:] if pos else data)
+            self._part_len = n - pos
+            self._need = (FRAME_HEAD + 1 + _FRAME.unpack_from(data, pos)[2]
+                          if n - pos >= FRAME_HEAD else FRAME_HEAD)
+
+    def _ended(self) -> None:
+        """The end of the connection's bytes (its stream's ``feed_eof``): a frame begun
+        and not ended goes on to the stream, where the library finds it cut short."""
+        if self._part and self._error is None:
+            self._to_stream(b"".join(self._part))
+        self._part.clear()
+        self._eof_to_stream()
+
+    def _fail(self, error: InvalidFrameError) -> None:
+        """A malformed delivery: what came before it is read by the library, then
+        ``error`` (the library closes the connection); nothing after it is read."""
+        self._split = False
+        self._error = error
+        self._part.clear()
+        self._eof_to_stream()
+
+    def _take(self, kind: int, channel: int, data: bytes, start: int, end: int) -> bool:
+        """Whether the frame ``data[start:end + 1]`` (``end``: its end octet) belongs to
+        a delivery read here (and if so, take it)."""
+        pending = self._pending.get(channel)
+        if pending is None:
+            if kind != 1 or data[start + 7:start + 11] != _DELIVER:
+                return False
+            try:
+                tag, off = _short(data, start + 11)
+            except (ValueError, IndexError):
+                return False  # the library reports it
+            on_delivery = self.consumers.get(tag)
+            if on_delivery is None:
+                return False
+            if data[end] != _END or off + 9 > end:
+                raise InvalidFrameError(f"malformed basic.deliver on channel {channel}")
+            self._pending[channel] = _Pending(on_delivery, _U64.unpack_from(data, off)[0],
+                                              bool(data[off + 8] & 1))
+            return True
+        if data[end] != _END:
+            raise InvalidFrameError(f"frame on channel {channel} without its end octet")
+        if pending.header is None:
+            if kind != 2:
+                raise InvalidFrameError(f"frame of type {kind} instead of the content "
+                                        f"header of a delivery on channel {channel}")
+            try:
+                pending.header = read_header(data[start + 7:end])
+            except (ValueError, IndexError, struct.error) as e:
+                raise InvalidFrameError(f"content header on channel {channel}: {e}") from e
+            pending.size = pending.header[0]
+            if pending.size == 0:
+                self._deliver(channel, pending, b"")
+            return True
+        if kind != 3:
+            raise InvalidFrameError(f"frame of type {kind} inside the body of a delivery "
+                                    f"on channel {channel}")
+        part = data[start + 7:end]
+        pending.got += len(part)
+        if pending.got > pending.size:
+            raise InvalidFrameError(f"body of a delivery on channel {channel} longer than "
+                                    "its header says")
+        if pending.got == pending.size:
+            self._deliver(channel, pending,
+                          b"".join((*pending.body, part)) if pending.body else part)
+        else:
+            pending.body.append(part)
+        return True
+
+    def _deliver(self, channel: int, pending: _Pending, body: bytes) -> None:
+        del self._pending[channel]
+        h = pending.header
+        assert h is not None
+        d = Delivery(body, pending.tag, pending.redelivered, content_type=h[1],
+                     correlation_id=h[2], message_id=h[3], reply_to=h[4], user_id=h[5])
+        try:
+            pending.on_delivery(d)
+        except Exception:  # the consumer's own failure must not stop the reading
+            log.exception("AMQP: handling delivery %r failed", d)
+
+    # ------------------------------------------------------------------ the library's side
 
     async def _more(self, missing: int) -> bool:
-        """Read what the socket has; False at the end of the stream.  A frame that needs
-        more than a read's worth (``missing`` bytes) is read whole at once, not copied
-        again with each chunk."""
+        """Read what the stream has; False at its end.  A frame that needs more than a
+        read's worth (``missing`` bytes) is read whole at once, not copied again with each
+        chunk."""
         try:
             if missing > READ_SIZE:
                 data = await self.reader.readexactly(missing)
             else:
                 data = await self.reader.read(READ_SIZE)
         except asyncio.IncompleteReadError as e:
+            if self._error is not None:
+                raise self._error from None
             raise AMQPConnectionError(
                 "Server connection unexpectedly closed. "
                 f"Read {len(e.partial)} bytes but {e.expected} bytes expected") from e
@@ -208,15 +371,20 @@ class FrameReader(aiormq.connection.FrameReceiver):
         while True:
             buf, pos = self._buf, self._pos
             n = len(buf) - pos
-            need = 8 + _FRAME.unpack_from(buf, pos)[2] if n >= 7 else 8
+            need = FRAME_HEAD + 1 + _FRAME.unpack_from(buf, pos)[2] \
+                if n >= FRAME_HEAD else FRAME_HEAD + 1
             if n < need:
                 if not self.started and n >= 4 and buf[pos:pos + 4] == b"AMQP":
                     raise ProtocolSyntaxError("Unexpected AMQP protocol header")
                 if not n and self.reader.at_eof():
+                    if self._error is not None:
+                        raise self._error
                     # the stream had ended before this frame was asked for: as the
                     # library's reader, the end of the frames, not an error
                     raise StopAsyncIteration
                 if not await self._more(need - n):
+                    if self._error is not None:
+                        raise self._error
                     # the broker closed the connection while a frame was awaited
                     raise AMQPConnectionError(
                         "Server connection unexpectedly closed. "
@@ -226,79 +394,12 @@ class FrameReader(aiormq.connection.FrameReceiver):
                 if buf[pos:pos + 4] == b"AMQP":
                     raise ProtocolSyntaxError("Unexpected AMQP protocol header")
                 self.started = True
-            kind, channel, size = _FRAME.unpack_from(buf, pos)
-            frame = buf[pos:pos + 8 + size]
-            self._pos = pos + 8 + size
-            if self.consumers and self._take(kind, channel, frame, 7 + size):
-                if self._pending or self._pos == len(self._buf):
-                    now = self.loop.time()
-                    if now - self._alive_at >= ALIVE_EVERY_S:
-                        self._alive_at = now
-                        return 8, 0, Heartbeat()
-                continue
+            frame = buf[pos:pos + need]
+            self._pos = pos + need
             try:
                 return pframe.unmarshal(frame)
             except PAMQPException as e:
                 raise InvalidFrameError(str(e)) from e
-
-    def _take(self, kind: int, channel: int, buf: bytes, end: int) -> bool:
-        """Whether the frame ``buf`` (its end octet at ``end``) belongs to a delivery read
-        here (and if so, take it)."""
-        pending = self._pending.get(channel)
-        if pending is None:
-            if kind != 1 or buf[7:11] != _DELIVER:
-                return False
-            try:
-                tag, off = _short(buf, 11)
-            except (ValueError, IndexError):
-                return False  # the library reports it
-            on_delivery = self.consumers.get(tag)
-            if on_delivery is None:
-                return False
-            if buf[end] != _END or off + 9 > end:
-                raise InvalidFrameError(f"malformed basic.deliver on channel {channel}")
-            self._pending[channel] = _Pending(on_delivery, _U64.unpack_from(buf, off)[0],
-                                              bool(buf[off + 8] & 1))
-            return True
-        if buf[end] != _END:
-            raise InvalidFrameError(f"frame on channel {channel} without its end octet")
-        if pending.header is None:
-            if kind != 2:
-                raise InvalidFrameError(f"frame of type {kind} instead of the content "
-                                        f"header of a delivery on channel {channel}")
-            try:
-                pending.header = read_header(buf[7:end])
-            except (ValueError, IndexError, struct.error) as e:
-                raise InvalidFrameError(f"content header on channel {channel}: {e}") from e
-            pending.size = pending.header[0]
-            if pending.size == 0:
-                self._deliver(channel, pending, b"")
-            return True
-        if kind != 3:
-            raise InvalidFrameError(f"frame of type {kind} inside the body of a delivery "
-                                    f"on channel {channel}")
-        part = buf[7:end]
-        pending.got += len(part)
-        if pending.got > pending.size:
-            raise InvalidFrameError(f"body of a delivery on channel {channel} longer than "
-                                    "its header says")
-        if pending.got == pending.size:
-            self._deliver(channel, pending,
-                          b"".join((*pending.body, part)) if pending.body else part)
-        else:
-            pending.body.append(part)
-        return True
-
-    def _deliver(self, channel: int, pending: _Pending, body: bytes) -> None:
-        del self._pending[channel]
-        h = pending.header
-        assert h is not None
-        d = Delivery(body, pending.tag, pending.redelivered, content_type=h[1],
-                     correlation_id=h[2], message_id=h[3], reply_to=h[4], user_id=h[5])
-        try:
-            pending.on_delivery(d)
-        except Exception:  # the consumer's own failure must not stop the reading
-            log.exception("AMQP: handling delivery %r failed", d)
 
 
 def install() -> None:

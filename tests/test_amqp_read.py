@@ -74,6 +74,7 @@ item = st.one_of(
 async def _read_all(cls: type[FrameReceiver], data: bytes, cuts: list[int]
                     ) -> list[tuple[int, Any]]:
     reader = asyncio.StreamReader()
+    rec = cls(reader)  # as the library makes it: before the connection's first byte
     last = 0
     for c in [*sorted(set(cuts)), len(data)]:
         if last < c <= len(data):
@@ -81,7 +82,6 @@ async def _read_all(cls: type[FrameReceiver], data: bytes, cuts: list[int]
             last = c
     reader.feed_eof()
     got: list[tuple[int, Any]] = []
-    rec = cls(reader)
     with pytest.raises(StopAsyncIteration):
         while True:
             _, channel, value = await rec.get_frame()
@@ -232,8 +232,8 @@ def test_the_broker_closing_while_a_frame_is_awaited_is_an_error_as_for_the_libr
     # library's reader raises AMQPConnectionError (a lost connection, not a clean end)
     async def run(cls: type[FrameReceiver]) -> list[str]:
         reader = asyncio.StreamReader()
-        reader.feed_data(frame.marshal(commands.Basic.QosOk(), 1))
         rec = cls(reader)
+        reader.feed_data(frame.marshal(commands.Basic.QosOk(), 1))
         got = [type((await rec.get_frame())[2]).__name__]
         waiting = asyncio.ensure_future(rec.get_frame())
         await asyncio.sleep(0.01)
@@ -281,3 +281,77 @@ def test_a_large_delivery_arriving_in_small_pieces_is_read_whole() -> None:
     got = asyncio.run(run())
     assert [(d.delivery_tag, d.redelivered, d.correlation_id, d.body == body)
             for d in got] == [(9, True, "big", True)]
+
+
+
+def test_a_delivery_reaches_the_consumer_as_its_bytes_arrive() -> None:
+    # no turn of the event loop between the bytes' arrival and the adapter: the library's
+    # reading task is not woken for a request (nor asked for a frame at all here)
+    first, second = _delivery_bytes(b'{"a":1}'), _delivery_bytes(b"{}")
+    data = first + second
+    cuts = [10, len(first) - 1, len(first) + 3, len(data)]  # pieces ending inside frames
+
+    async def run() -> list[list[int]]:
+        reader = asyncio.StreamReader()
+        got: list[Delivery] = []
+        amqpread.intercept(TAG, got.append)
+        try:
+            FrameReader(reader)
+            seen: list[list[int]] = []
+            last = 0
+            for c in cuts:
+                reader.feed_data(data[last:c])
+                last = c
+                seen.append([d.delivery_tag for d in got])
+            return seen
+        finally:
+            amqpread.release(TAG)
+
+    assert asyncio.run(run()) == [[], [], [7], [7, 7]]
+
+
+def test_the_frames_before_a_malformed_delivery_reach_the_library_then_its_error() -> None:
+    bad = bytearray(_delivery_bytes(b"{}"))
+    bad[-1] = 0  # the body frame without its end octet
+    data = frame.marshal(commands.Basic.QosOk(), 1) + bytes(bad) + _delivery_bytes(b"{}")
+
+    async def run() -> tuple[list[str], list[Delivery]]:
+        reader = asyncio.StreamReader()
+        got: list[Delivery] = []
+        amqpread.intercept(TAG, got.append)
+        try:
+            rec = FrameReader(reader)
+            reader.feed_data(data)
+            reader.feed_data(b"more after it")  # the connection is being closed: dropped
+            reader.feed_eof()
+            seen: list[str] = []
+            try:
+                while True:
+                    seen.append(type((await rec.get_frame())[2]).__name__)
+            except InvalidFrameError:
+                seen.append("InvalidFrameError")
+            return seen, got
+        finally:
+            amqpread.release(TAG)
+
+    seen, got = asyncio.run(run())
+    assert seen == ["QosOk", "InvalidFrameError"]
+    assert got == []  # neither the malformed delivery nor the one after it
+
+
+def test_a_broker_refusing_the_protocol_version_is_reported_as_by_the_library() -> None:
+    # AMQP 0-9-1 §4.2.2: the server answers a protocol header it does not accept with its
+    # own, and closes
+    async def run(cls: type[FrameReceiver]) -> str:
+        reader = asyncio.StreamReader()
+        rec = cls(reader)
+        reader.feed_data(b"AMQP\x00\x00\x09\x01")
+        reader.feed_eof()
+        try:
+            await rec.get_frame()
+        except Exception as e:
+            return type(e).__name__
+        return "no error"
+
+    assert asyncio.run(run(FrameReceiver)) == "ProtocolSyntaxError"
+    assert asyncio.run(run(FrameReader)) == "ProtocolSyntaxError"
