@@ -874,7 +874,7 @@ class AmqpAdapter:
                 ans = done.answer
                 if ans is None:  # recovered from the journal: answered as it was then
                     ans = self._answer_again(user, data, done.events or [])
-                    self.executed.answered(done, ans)
+                    self.executed.answered(user, mid, ans)
                 self.stats["replayed"] += 1
                 self._reply(gen, message, user, ans, replayed=True)
                 self._enqueue(_Ack(gen, message))

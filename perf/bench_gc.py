@@ -5,13 +5,15 @@ automatic cyclic collection on.  Each collection holds the interpreter for the w
 over the tracked containers of its generations, so the server's tail latency includes the
 longest collection, and its throughput the sum of them.  What grows with trading is what
 the server keeps: resting orders, the trades of rounds not yet settled (the sync job), each
-agent's latest trades and the recent public trades (the fan-out), the audit log.
+agent's latest trades and the recent public trades (the fan-out), the audit log, the
+answers kept for repeats of AMQP requests (``gateway/executed.py``: every command here is
+taken as sent with a ``message_id``, as docs/amqp.md recommends).
 
 This feeds the engine benchmark's seeded flow (``perf/bench_engine.py``: new orders,
 cancels, modifications, IoC/FoK, icebergs over 4 contracts; about 0.56 trades per
 operation) through the gateway's core with risk on, and every command's events through the
 same listeners as the live server (``Hub.publish``, ``AuditLog.observe``,
-``SyncJob.observe``), in a child process with the server's setting, timing every automatic
+``SyncJob.observe``, and ``Executed.put`` with each command's answer), in a child process with the server's setting, timing every automatic
 collection (``gc.callbacks``).  At the end: the tracked objects (``gc.get_objects()``) and
 one full collection timed.  The collector's share of the feed's time is measured in the same
 run; ``--tree DIR`` runs another checkout's code (e.g. ``git worktree add /tmp/old HEAD~1``)
@@ -45,7 +47,9 @@ from engine.commands import CreateContract, OpenContracts
 from gateway.audit import AuditLog
 from gateway.codec import default_codec
 from gateway.core import Core
+from gateway.executed import Executed
 from gateway.fanout import Hub
+from gateway.session import command_answer
 from risk.commands import LoadReferenceData
 from sync.job import SyncJob
 
@@ -55,8 +59,10 @@ for c in B.CONTRACTS:
     core.apply(CreateContract(c, B.T0 + 10**9), B.T0)
 core.apply(OpenContracts(tuple(B.CONTRACTS)), B.T0)
 hub, audit, sync = Hub(core), AuditLog(default_codec()), SyncJob(core, None)
+executed = Executed()
 listeners = (hub.publish, audit.observe, sync.observe)
 cmds = B.engine_commands(B.make_flow(n, seed))
+digest = bytes(16)
 gc.collect()
 gc.freeze()  # as the server does after start-up
 pauses = []
@@ -70,9 +76,14 @@ gc.callbacks.append(cb)
 apply = core.apply
 start = time.perf_counter()
 for i, cmd in enumerate(cmds):
-    one = [(cmd, "bench", apply(cmd, B.T0 + 1 + i))]
+    events = apply(cmd, B.T0 + 1 + i)
+    one = [(cmd, "bench", events)]
     for listen in listeners:
         listen(one)
+    # the answer the AMQP adapter keeps for a repeat of a request with a message_id
+    user = getattr(cmd, "user", "bench")
+    executed.put(user, (f"m-{i}", digest), command_answer(
+        type(cmd).__name__, getattr(cmd, "req_id", None), user, events))
 feed = time.perf_counter() - start
 gc.callbacks.remove(cb)
 objs = gc.get_objects()

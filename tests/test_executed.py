@@ -44,7 +44,9 @@ def test_an_answered_recovered_entry_keeps_the_answer_and_is_weighed_again() -> 
     e = ex.get("ana", "m-1")
     assert e is not None and ex.items == 10
     answer = {"type": "ack", "order_ids": [7], "reports": [{}]}
-    ex.answered(e, answer)
+    ex.answered("ana", "m-1", answer)
+    e = ex.get("ana", "m-1")
+    assert e is not None
     assert (e.answer, e.events, e.items, ex.items) == (answer, None, 3, 3)
     assert answer_items(answer) == 3
 

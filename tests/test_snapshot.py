@@ -142,8 +142,7 @@ def view(s: Server) -> dict[str, Any]:
         "trade_seq": dict(hub.trade_seq),
         "accounts": dict(hub._account_state),
         "audit": ([repr(e) for e in s.audit.entries], s.audit.seq, s.audit.last_ts),
-        "executed": [(k, e.digest, repr(e.events), e.items)
-                     for k, e in s.executed.entries.items()],
+        "executed": [(k, e[0], e[1], repr(e[2]), e[3]) for k, e in s.executed.entries.items()],
         "watches": dict(s.watches.open),
         "sync_trades": {r: list(t) for r, t in sync.trades.items() if t},
         # the objects, not their repr: a frozenset in them prints in an order that follows
