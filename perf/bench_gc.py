@@ -10,16 +10,16 @@ answers kept for repeats of AMQP requests (``gateway/executed.py``: every comman
 taken as sent with a ``message_id``, as docs/amqp.md recommends).
 
 This feeds the engine benchmark's seeded flow (``perf/bench_engine.py``: new orders,
-cancels, modifications, IoC/FoK, icebergs over 4 contracts; about 0.56 trades per
-operation) through the gateway's core with risk on, and every command's events through the
-same listeners as the live server (``Hub.publish``, ``AuditLog.observe``,
-``SyncJob.observe``, and ``Executed.put`` with each command's answer), in a child process with the server's setting, timing every automatic
-collection (``gc.callbacks``).  At the end: the tracked objects (``gc.get_objects()``) and
-one full collection timed.  The collector's share of the feed's time is measured in the same
-run; ``--tree DIR`` runs another checkout's code (e.g. ``git worktree add /tmp/old HEAD~1``)
-with this script, for a before/after on the same machine (the feed's own time moves by
-±20 % between runs here; the collector's times and the tracked objects are the figures to
-compare).
+cancels, modifications, IoC/FoK, icebergs over 4 contracts; about 0.56 trades per operation)
+through the gateway's core with risk on, and every command's events through the same
+listeners as the live server (``Hub.publish``, ``AuditLog.observe``, ``SyncJob.observe``,
+and ``Executed.put`` with each command's answer), in a child process with the server's
+setting, timing every automatic collection (``gc.callbacks``). At the end: the tracked
+objects (``gc.get_objects()``) and one full collection timed. The collector's share of the
+feed's time is measured in the same run; ``--tree DIR`` runs another checkout's code (e.g.
+``git worktree add /tmp/old HEAD~1``) with this script, for a before/after on the same
+machine (the feed's own time moves by ±20 % between runs here; the collector's times and the
+tracked objects are the figures to compare).
 
 Last line: one JSON object.
 
