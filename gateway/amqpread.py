@@ -242,7 +242,13 @@ class FrameReader(aiormq.connection.FrameReceiver):
             end = pos + FRAME_HEAD + size  # the end octet's index
             if end >= n:
                 break
-            if take is not None and take(kind, channel, data, pos, end):
+            try:
+                taken = take is not None and take(kind, channel, data, pos, end)
+            except Exception:
+                if sent < pos:  # the frames before this one are the library's still
+                    self._to_stream(data[sent:pos])
+                raise
+            if taken:
                 if sent < pos:
                     self._to_stream(data[sent:pos])
                 sent = end + 1

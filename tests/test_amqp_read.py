@@ -310,9 +310,11 @@ def test_a_delivery_reaches_the_consumer_as_its_bytes_arrive() -> None:
     assert asyncio.run(run()) == [[], [], [7], [7, 7]]
 
 
-def test_the_frames_before_a_malformed_delivery_reach_the_library_then_its_error() -> None:
+@pytest.mark.parametrize("where", [-1, len(frame.marshal(_deliver(TAG, 7, False), 1)) - 1])
+def test_the_frames_before_a_malformed_delivery_reach_the_library_then_its_error(
+        where: int) -> None:
     bad = bytearray(_delivery_bytes(b"{}"))
-    bad[-1] = 0  # the body frame without its end octet
+    bad[where] = 0  # the body frame, or the basic.deliver itself, without its end octet
     data = frame.marshal(commands.Basic.QosOk(), 1) + bytes(bad) + _delivery_bytes(b"{}")
 
     async def run() -> tuple[list[str], list[Delivery]]:
