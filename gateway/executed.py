@@ -12,7 +12,7 @@ with the command, together with a digest of the request as received
 (:data:`gateway.journal.RequestKey`), so that:
 
 * a repeat reaching this server process is answered with the answer it was given (kept
-  here as built);
+  here encoded, out of the garbage collector's sight: :class:`Entry`);
 * a repeat reaching a server restarted since (a crash between the journal and the
   acknowledgement, a resend after a restart) finds the command in the journal's replay:
   the answer is built again from the events the replay gave the command, which are the
