@@ -1565,10 +1565,15 @@ class Client:
                             loop.time() - self._last_rx)
 
     def _spawn(self, coro: Awaitable[Any], name: str | None = None) -> asyncio.Task[Any]:
-        async def run() -> Any:
-            return await coro
+        if asyncio.iscoroutine(coro):
+            # a task of the coroutine itself: cancelled before its first step (the client
+            # closing), the coroutine is closed with it, not left never awaited
+            t = asyncio.get_running_loop().create_task(coro, name=name)
+        else:  # any other awaitable (a callback's future, say)
+            async def run() -> Any:
+                return await coro
 
-        t = asyncio.get_running_loop().create_task(run(), name=name)
+            t = asyncio.get_running_loop().create_task(run(), name=name)
         self._tasks.add(t)
         t.add_done_callback(self._task_done)
         return t

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -718,6 +720,23 @@ async def test_private_gap_refreshes_the_orders_cache(env: Env) -> None:
     await eventually(lambda: ana.stats["orders_refreshed"] == refreshed + 1)
     await eventually(lambda: set(ana.orders) == {first.order_id, second.order_id})
     assert ana.orders[second.order_id or 0].price == Decimal("61.00")
+
+
+async def test_work_spawned_just_before_close_is_closed_with_the_client(env: Env) -> None:
+    # a stream gap spawns a refresh of the orders; the client closing before that task ran
+    # once must close the refresh too, not leave a coroutine that was never awaited
+    # (close() goes straight to _shutdown when it has nothing to say to the server first:
+    # an AMQP client without public subscriptions)
+    ana = await env.client("ana")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        task = ana._spawn(ana._refresh_orders())
+        await ana._shutdown(sdk.ConnectionLost("the client is closed"))
+        await asyncio.sleep(0)
+        assert task.cancelled()
+        del task
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is RuntimeWarning] == []
 
 
 async def test_on_disconnect_hibernate(env: Env) -> None:
