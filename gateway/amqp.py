@@ -875,8 +875,11 @@ class AmqpAdapter:
                 if ans is None:  # recovered from the journal: answered as it was then
                     ans = self._answer_again(user, data, done.events or [])
                     self.executed.answered(user, mid, ans)
+                    first: bytes | None = None
+                else:  # the very bytes of the first JSON answer
+                    first = done.packed if type(done.packed) is bytes else None
                 self.stats["replayed"] += 1
-                self._reply(gen, message, user, ans, replayed=True)
+                self._reply(gen, message, user, ans, replayed=True, json_body=first)
                 self._enqueue(_Ack(gen, message))
                 return
             running = self._inflight.get(key)
@@ -940,6 +943,7 @@ class AmqpAdapter:
             for gen, delivery in req.deliveries:
                 self._reply(gen, delivery, user, msg)
             return
+        json_body = None
         if req.key is not None and req.submitted:
             # a command's answer, for a repeat (it must not be executed again); a query's
             # or a subscription's is not kept: a repeat is simply answered again, and
@@ -948,9 +952,9 @@ class AmqpAdapter:
             # field, a role it lacks): nothing was executed or journaled under the key,
             # so a restarted server would not know it either, and free refusals must not
             # push the commands executed out of the memory
-            self.executed.put(user or "", (req.key[1], req.digest), msg)
+            json_body = self.executed.put(user or "", (req.key[1], req.digest), msg)
         for gen, delivery in req.deliveries:
-            self._reply(gen, delivery, user, msg)
+            self._reply(gen, delivery, user, msg, json_body=json_body)
             self._enqueue(_Ack(gen, delivery))
 
     @staticmethod
@@ -971,9 +975,10 @@ class AmqpAdapter:
         self._enqueue(_Ack(gen, message))
 
     def _reply(self, gen: int, delivery: Delivery, user: str | None,
-               msg: Message, replayed: bool = False) -> None:
+               msg: Message, replayed: bool = False, json_body: bytes | None = None) -> None:
+        """``json_body``: ``msg`` already encoded by orjson (the repeat memory's), if so."""
         try:
-            self._send_reply(delivery, user, msg, replayed)
+            self._send_reply(delivery, user, msg, replayed, json_body)
         except (ValueError, TypeError) as exc:
             # nothing a client sends can make an answer unencodable (receive refuses what
             # could); should it happen, the request is still acknowledged, never left to
@@ -983,14 +988,14 @@ class AmqpAdapter:
                       delivery.message_id, user, exc)
 
     def _send_reply(self, delivery: Delivery, user: str | None, msg: Message,
-                    replayed: bool) -> None:
+                    replayed: bool, json_body: bytes | None) -> None:
         self.stats["answers"] += 1
         ctype = _media_type(delivery.content_type)
         if ctype == MSGPACK:  # integer ticks and ms, as the WebSocket's ronda.msgpack
             body = msgpack.packb(to_ticks(msg), use_bin_type=True)
         else:
             ctype = JSON
-            body = orjson.dumps(msg)
+            body = orjson.dumps(msg) if json_body is None else json_body
         headers: dict[str, Any] = {}
         if replayed:
             headers[REPLAYED_HEADER] = True

@@ -132,10 +132,13 @@ class Executed:
                 or (type(e) is OrderReport and e.user == user and e.req_id == rid)]
         self._put((user, message_id), (digest, None, kept, 1 + len(kept)))
 
-    def put(self, user: str, key: RequestKey, answer: Message) -> None:
-        """The answer a command executed under ``key`` was given."""
+    def put(self, user: str, key: RequestKey, answer: Message) -> bytes | None:
+        """The answer a command executed under ``key`` was given; returns it as orjson
+        encoded it (the body of a JSON reply), None if it could not."""
         message_id, digest = key
-        self._put((user, message_id), (digest, _pack(answer), None, answer_items(answer)))
+        packed = _pack(answer)
+        self._put((user, message_id), (digest, packed, None, answer_items(answer)))
+        return packed if type(packed) is bytes else None
 
     def get(self, user: str, message_id: str) -> Entry | None:
         """The command executed under this key, if it is remembered (it becomes the most
