@@ -34,17 +34,22 @@ collects the duplicate and answers both.  A repeat older than what the server re
 ``STALE_REVISION``, a cancelled order with ``ORDER_UNKNOWN``/``ORDER_NOT_ACTIVE``.
 
 Everything leaving the adapter (replies, acks, bindings, broadcast messages) goes through
-one FIFO drained by one task on one channel, so a queue receives what concerns it in the
-order the server produced it: a subscription's binding, then its snapshot, then the deltas
-that follow.  While the broker is away nothing is queued: broadcast messages are dropped
-(the messages' per-stream ``seq`` shows the gap; a ``resync`` message and fresh book
-snapshots follow each reconnection), unanswered requests are redelivered.
+one FIFO on one channel, so a queue receives what concerns it in the order the server
+produced it: a subscription's binding, then its snapshot, then the deltas that follow.  What
+a step of the loop puts in it (a commit's answers, acks and stream messages) is written to
+the socket right after that step, by a plain callback, when the socket takes it; a task
+writes the rest, waiting for the socket when it is full and for the broker's answer to a
+binding or a declaration (``AmqpAdapter._flush_out``).  While the broker is away nothing
+is queued: broadcast messages are dropped (the messages' per-stream ``seq`` shows the gap;
+a ``resync`` message and fresh book snapshots follow each reconnection), unanswered
+requests are redelivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -56,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
+import aiormq.connection
 import msgpack
 import orjson
 from aio_pika.abc import (
@@ -192,6 +198,42 @@ class _Link:
     declared: set[str] = field(default_factory=set)
     # the deliveries on the channel not acknowledged yet (at most the prefetch count)
     unacked: set[int] = field(default_factory=set)
+    # the channel's protocol object, and the connection's socket (None: the library's own
+    # writer task carries every frame)
+    raw: RawChannel | None = None
+    transport: asyncio.WriteTransport | None = None
+
+
+class _SocketTap(aiormq.connection.TransportFactory):
+    """How the client library opens the connection's socket (its ``transport_factory``):
+    as it would itself (TLS for ``amqps``), keeping the socket's writer for the adapter,
+    which writes its own frames there (:meth:`AmqpAdapter._flush_out`)."""
+
+    def __init__(self, url: URL) -> None:
+        self.inner: aiormq.connection.TransportFactory = (
+            aiormq.connection.TLSTransportFactory() if url.scheme == "amqps"
+            else aiormq.connection.TCPTransportFactory())
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def create(self, url: URL, **kwargs: Any
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await self.inner.create(url, **kwargs)
+        self.writer = writer
+        return reader, writer
+
+
+class _TappedConnection(aio_pika.Connection):
+    """An aio-pika connection whose library connection is made with a :class:`_SocketTap`
+    (aio-pika passes its ``kwargs`` on to the library's connection)."""
+
+    def __init__(self, url: URL, *, tap: _SocketTap, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.kwargs["transport_factory"] = tap
+
+
+# the client library takes a transport factory (aiormq 7.2+); with an older one every frame
+# goes through its writer task, as before
+_TAPPABLE = hasattr(aiormq.connection, "TransportFactory")
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -463,7 +505,9 @@ class AmqpAdapter:
         self._user_seq: dict[str, int] = defaultdict(int)
         self._blocked: dict[str, float] = {}
         self._outbox: deque[_Op] = deque()
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # the pump's
+        self._flush_due = False  # a _flush_out callback is scheduled
+        self._pump_busy = False  # the pump is writing, or waiting for the broker
         self._link: _Link | None = None
         self._gen = 0
         self._restoring = False
@@ -478,10 +522,13 @@ class AmqpAdapter:
         self._restore()
         delay = BACKOFF_MIN
         while not self._closed:
+            tap = _SocketTap(self.url) if _TAPPABLE else None
             try:
                 conn = await aio_pika.connect(
                     self.url, timeout=5,
-                    client_properties={"connection_name": "ronda gateway"})
+                    client_properties={"connection_name": "ronda gateway"},
+                    **({} if tap is None else {"connection_class": cast(
+                        Any, functools.partial(_TappedConnection, tap=tap))}))
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and _stopping():
                     raise
@@ -492,7 +539,7 @@ class AmqpAdapter:
                 continue
             before = self.connections
             try:
-                await self._serve(conn)
+                await self._serve(conn, None if tap is None else tap.writer)
             except (Exception, asyncio.CancelledError) as exc:
                 # a CancelledError that is not this task's own cancellation is the client
                 # library's, raised into a call on a connection it gave up (see _serve)
@@ -528,7 +575,8 @@ class AmqpAdapter:
                 await asyncio.wait_for(link.connection.close(), 2)
         self.server.hub.unsubscribe_all(self._feed)
 
-    async def _serve(self, conn: AbstractConnection) -> None:
+    async def _serve(self, conn: AbstractConnection,
+                     writer: asyncio.StreamWriter | None = None) -> None:
         """One connection: declare the layout, consume, pump the outbox until the
         connection or the channel closes.  On cancellation (server stop) finish the
         requests in progress first, so that their answers and acks go out."""
@@ -549,6 +597,10 @@ class AmqpAdapter:
         await queue.bind(req_ex, REQUEST_KEY)
         self._gen += 1
         link = _Link(self._gen, conn, ch, bc_ex)
+        link.raw = cast(RawChannel, await ch.get_underlay_channel())
+        if link.raw.publisher_confirms:  # its delivery tags would have to be counted here
+            raise RuntimeError("the adapter's channel must not confirm publishes")
+        link.transport = None if writer is None else writer.transport
         # every platform user gets its queue at once, so a client can consume before its
         # first request; then the bindings of the current subscriptions
         for user in sorted(set(self.server.core.ref.users) | set(self.sessions)):
@@ -563,8 +615,7 @@ class AmqpAdapter:
         pump = asyncio.get_running_loop().create_task(self._pump(link), name="amqp-pump")
         waiter = asyncio.get_running_loop().create_task(lost.wait())
         gen = link.gen
-
-        raw = cast(RawChannel, await ch.get_underlay_channel())
+        raw = link.raw
 
         async def on_message(message: DeliveredMessage) -> None:
             # a delivery the library read: after amqpread.release at the end of this
@@ -646,62 +697,108 @@ class AmqpAdapter:
         if self._link is None:
             return False
         self._outbox.append(op)
-        self._wake.set()
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_out)
         return True
 
+    def _flush_out(self) -> None:
+        """What was put in the outbox since the loop last came here (a commit's answers,
+        its acks, its stream messages) goes to the socket now, in one write, from this
+        plain callback, which the loop runs right after the step that made it (before the
+        sequencer takes its next batch), if nothing of the outbox is on its way through the
+        pump (so the order holds) and the socket takes it (its buffer below the high-water
+        mark).  Otherwise, and for a control operation, the pump is woken: it waits for the
+        socket, and for the broker's answer to a binding.  Handing every batch to the pump
+        and from it to the library's writer task (a task each, woken in turn) cost two more
+        steps of the loop per batch (docs/performance.md, AMQP section, "answers written
+        by a callback")."""
+        self._flush_due = False
+        link, box = self._link, self._outbox
+        if link is None or not box:
+            return
+        tr, raw = link.transport, link.raw
+        if (tr is None or raw is None or self._pump_busy or raw.is_closed or tr.is_closing()
+                or tr.get_write_buffer_size() >= tr.get_write_buffer_limits()[1]):
+            self._wake.set()
+            return
+        payload = self._frames(link, raw)
+        if payload:
+            try:
+                tr.write(payload)
+            except (OSError, RuntimeError) as exc:
+                # the socket is failing: the library sees it and the link is re-established;
+                # these requests, not acknowledged, are redelivered
+                log.warning("AMQP: writing to the broker failed (%s)", exc)
+                return
+            self.stats["writes_direct"] += 1
+        if box:  # a control operation (or more than one write's worth): the pump
+            self._wake.set()
+
     async def _pump(self, link: _Link) -> None:
-        """Write the outbox to the broker in order.  Publishes and acks are encoded here
-        (``gateway.amqpframes``: the library's own marshalling cost more than anything
-        else the adapter does) and go to the connection's writer together, up to
-        :data:`PUMP_BATCH` in one write, which is waited for (that keeps the socket's
-        buffer bounded); bindings and declarations wait for the broker's answer, as the
-        order of a subscription's binding and its snapshot requires.  Nothing here
-        confirms delivery: a request is acked after its reply was written on the same
-        channel, so the broker has the reply before it forgets the request."""
+        """Write what :meth:`_flush_out` leaves of the outbox, in order.  Publishes and acks
+        are encoded here (``gateway.amqpframes``: the library's own marshalling cost more
+        than anything else the adapter does) and go to the connection's writer task
+        together, up to :data:`PUMP_BATCH` in one write, which is waited for (that keeps
+        the socket's buffer bounded); bindings and declarations wait for the broker's
+        answer, as the order of a subscription's binding and its snapshot requires.
+        Nothing here confirms delivery: a request is acked after its reply was written on
+        the same channel, so the broker has the reply before it forgets the request."""
         box = self._outbox
-        ch = cast(RawChannel, await link.channel.get_underlay_channel())
-        if ch.publisher_confirms:  # its delivery tags would have to be counted here
-            raise RuntimeError("the adapter's channel must not confirm publishes")
-        number = ch.number
-        max_content = ch.max_content_size
-        publish, ack = amqpframes.publish, amqpframes.ack
-        gen = link.gen
+        ch = link.raw
+        assert ch is not None
         while True:
             if not box:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            frames: list[bytes] = []
-            acks: list[int] = []
-            while box and len(frames) + len(acks) < PUMP_BATCH:
-                op = box[0]
-                if type(op) is _Publish:
-                    # not mandatory: a broadcast nobody is bound to is simply dropped
-                    try:
-                        frames.append(publish(number, op.exchange, op.routing_key,
-                                              op.properties, op.body, max_content))
-                    except ValueError as exc:  # a name over 255 bytes: this one only
-                        self.stats["unsendable"] += 1
-                        log.error("AMQP: a message to %.40r cannot be sent (%s); dropped",
-                                  op.routing_key, exc)
-                elif type(op) is _Ack:
-                    if op.gen == gen:  # an older connection's delivery is redelivered
-                        acks.append(op.delivery.delivery_tag)
-                else:
-                    break  # a control operation: what came before it is written first
-                box.popleft()
-            if acks:
-                # after the batch's answers (each request's answer came before its ack);
-                # one ack with "multiple" for the requests done below the oldest one
-                # still in progress, one each for the others (amqpframes.coalesce_acks)
-                upto, single = amqpframes.coalesce_acks(link.unacked, acks)
-                if upto is not None:
-                    frames.append(ack(number, upto, True))
-                frames += [ack(number, t) for t in single]
-            if frames:
-                await self._write(ch, b"".join(frames))
-            elif box:
-                await self._control(link, box.popleft())
+            self._pump_busy = True
+            try:
+                payload = self._frames(link, ch)
+                if payload:
+                    await self._write(ch, payload)
+                    self.stats["writes_queued"] += 1
+                elif box:
+                    await self._control(link, box.popleft())
+            finally:
+                self._pump_busy = False
+
+    def _frames(self, link: _Link, ch: RawChannel) -> bytes:
+        """The frames of the outbox's publishes and acks, from its head up to its first
+        control operation (at most :data:`PUMP_BATCH` operations), taken off it."""
+        box = self._outbox
+        number = ch.number
+        max_content = ch.max_content_size
+        publish, ack = amqpframes.publish, amqpframes.ack
+        gen = link.gen
+        frames: list[bytes] = []
+        acks: list[int] = []
+        while box and len(frames) + len(acks) < PUMP_BATCH:
+            op = box[0]
+            if type(op) is _Publish:
+                # not mandatory: a broadcast nobody is bound to is simply dropped
+                try:
+                    frames.append(publish(number, op.exchange, op.routing_key,
+                                          op.properties, op.body, max_content))
+                except ValueError as exc:  # a name over 255 bytes: this one only
+                    self.stats["unsendable"] += 1
+                    log.error("AMQP: a message to %.40r cannot be sent (%s); dropped",
+                              op.routing_key, exc)
+            elif type(op) is _Ack:
+                if op.gen == gen:  # an older connection's delivery is redelivered
+                    acks.append(op.delivery.delivery_tag)
+            else:
+                break  # a control operation: what came before it is written first
+            box.popleft()
+        if acks:
+            # after the batch's answers (each request's answer came before its ack);
+            # one ack with "multiple" for the requests done below the oldest one
+            # still in progress, one each for the others (amqpframes.coalesce_acks)
+            upto, single = amqpframes.coalesce_acks(link.unacked, acks)
+            if upto is not None:
+                frames.append(ack(number, upto, True))
+            frames += [ack(number, t) for t in single]
+        return b"".join(frames)
 
     @staticmethod
     async def _write(ch: RawChannel, payload: bytes) -> None:

@@ -279,10 +279,13 @@ _NO_DEADLINE: frozenset[type] = (ORDER_COMMANDS | SERVER_RECORDS
 
 
 # how many times the event loop goes round before the sequencer takes a batch: once for the
-# callbacks and tasks that the batch before woke (the AMQP adapter's outbox pump among them)
-# and for the sockets' reads, once more for what those woke in turn (the AMQP library's
-# writer task, which hands the pump's frames to the socket), so that the append, which holds
-# the loop's thread, comes after the answers before it are on their way
+# callbacks and tasks that the batch before woke (the sessions' and the AMQP adapter's
+# flushes, which hand its answers to the sockets) and for the sockets' reads, once more for
+# what those woke in turn (the AMQP outbox's pump and the library's writer task, when the
+# socket was full) and another read of the sockets, so that the append, which holds the
+# loop's thread, comes after the answers before it are on their way, with what arrived
+# meanwhile (one turn, once the AMQP answers were written by a callback, was no better:
+# docs/performance.md, AMQP section, "answers written by a callback")
 LOOP_TURNS = 2
 
 

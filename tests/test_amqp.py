@@ -1291,6 +1291,68 @@ async def test_a_message_that_cannot_be_encoded_is_dropped_alone(carlos: AmqpCli
     assert adapter.stats["unsendable"] == 1 and adapter.connections == 1
 
 
+async def test_the_outbox_waits_for_a_full_socket_and_keeps_its_order(
+        rabbitmq: Broker, carlos: AmqpClient, server: Server) -> None:
+    """What a turn of the loop puts in the outbox is written to the socket at once while the
+    socket takes it; once the socket's buffer is at its high-water mark (the broker frozen,
+    reading nothing) it is left to the pump, which waits for the socket, so the process's
+    memory does not take what the broker cannot (DESIGN: bounded queues).  Whichever way
+    they go, the messages arrive in the order they were made, and once the broker reads
+    again the answers go straight to the socket again."""
+    from gateway import amqp as amqp_mod
+
+    adapter = server.amqp
+    # the first request declares the user's queue: a control operation, for the pump
+    assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+    direct = adapter.stats["writes_direct"]
+    assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+    assert adapter.stats["writes_direct"] > direct  # this answer went straight to the socket
+    link = adapter._link
+    assert link is not None and link.transport is not None
+    tr = link.transport
+    high = tr.get_write_buffer_limits()[1]
+    direct, queued = adapter.stats["writes_direct"], adapter.stats["writes_queued"]
+    pad = "x" * 4000
+    made = 0
+
+    def make(n: int) -> None:
+        nonlocal made
+        for _ in range(n):
+            adapter.to_user("carlos", {"type": "notice", "text": f"{made} {pad}"})
+            made += 1
+
+    await asyncio.to_thread(rabbitmq.pause)
+    try:
+        # the kernel's buffers first (a few MB), then the transport's own
+        while tr.get_write_buffer_size() < high:
+            assert made < 40_000, "the socket never filled"
+            make(50)
+            await asyncio.sleep(0)  # the turn ends: the callback writes what it can
+        assert adapter.stats["writes_direct"] > direct
+        more = amqp_mod.PUMP_BATCH + 400
+        make(more)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        # one batch went to the library's writer, which waits for the socket; the rest
+        # waits in the outbox instead of piling up in the socket's buffer
+        assert len(adapter._outbox) >= more - amqp_mod.PUMP_BATCH
+        assert tr.get_write_buffer_size() <= high + (amqp_mod.PUMP_BATCH + 50) * 4200
+    finally:
+        await asyncio.to_thread(rabbitmq.resume)
+
+    def notices() -> list[int]:
+        return [int(m["text"].split(" ", 1)[0]) for _, _, m in carlos.bcast
+                if m.get("type") == "notice"]
+
+    await _until(lambda: len(notices()) >= made, timeout=60)
+    assert notices() == list(range(made))
+    assert adapter.stats["writes_queued"] > queued
+    direct = adapter.stats["writes_direct"]
+    assert (await carlos.request({"type": "query_me"}))["user"] == "carlos"
+    assert adapter.stats["writes_direct"] > direct
+    assert adapter.connections == 1 and adapter.stats["dropped"] == 0
+
+
 async def test_a_logout_after_an_order_in_progress_answers_both_in_order(
         rabbitmq: Broker, carlos: AmqpClient, server: Server) -> None:
     """The logout waits for the answers of the requests before it (each request gets its
