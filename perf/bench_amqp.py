@@ -58,6 +58,11 @@ Last line: one JSON object.  Targets: p99 <= 5 ms at 2,000 orders/s; saturated t
                               [--inflight 32] [--rounds 4] [--saturate-seconds 1]
                               [--transient-requests] [--profile-server FILE.prof]
 
+``--server-cpus 1 --broker-cpus 0`` pins the server (all its threads, from its start) and the
+broker (every thread of its Erlang VM, once it is up) to those CPUs, as an operator may
+(``taskset``, systemd's ``CPUAffinity=``: docs/amqp.md); the generator and the echo are
+left to the kernel.
+
 ``--profile-server`` runs the server under cProfile with a CPU clock (the event loop's
 thread: time spent preempted by the other processes of a busy machine is not counted; the
 journal's fsync thread is not profiled); its figures are then not representative.  At the
@@ -575,6 +580,32 @@ def _interrupted(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def cpu_list(text: str) -> set[int]:
+    """``0``, ``0,1``, ``0-3``: the CPUs of this machine it names (argparse's type)."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            first, last = int(lo), int(hi or lo)
+            if last < first:
+                raise ValueError
+            cpus.update(range(first, last + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a CPU list like 0,1 or 0-3") from None
+    usable = os.sched_getaffinity(0)
+    if not cpus or not cpus <= usable:
+        raise argparse.ArgumentTypeError(f"{text!r}: this process may use CPUs "
+                                         f"{sorted(usable)} only")
+    return cpus
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` to ``cpus`` (as ``taskset -a -p``)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(tid), cpus)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import uvloop
 
@@ -595,6 +626,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             broker = start_broker(tmp / "rabbitmq", {u: f"{u}-pw" for u in users},
                                   args.broker_erl_args)
             broker.add_user(*ECHO_USER, permissions=echo_permissions())
+            if args.broker_cpus:
+                pin_process(int((broker.base / "rabbitmq.pid").read_text().strip()),
+                            args.broker_cpus)
             if args.queue_version:
                 # every queue of the node (ronda's, the echo's) in that classic-queue
                 # version, by policy, before anything is declared
@@ -612,7 +646,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     [*prof, "serve", "--data-dir", str(tmp / "data"),
                      "--port", str(port), "--refdata", str(refdata), "--no-calendar",
                      "--amqp-url", broker.url],
-                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                    preexec_fn=(None if not args.server_cpus else functools.partial(
+                        os.sched_setaffinity, 0, args.server_cpus)))
             echo_cmd = ([PY, "-c", ECHO_SERVER] if args.echo == "aio-pika"
                         else [PY, str(ROOT / "perf" / "amqpecho.py")])
             echo = subprocess.Popen([*echo_cmd, broker.url, ECHO_QUEUE], env=env,
@@ -650,6 +686,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pacer": args.pacer,
         "replies": "direct reply-to" if args.direct_reply_to else "exclusive queue",
         "broker_erl_args": args.broker_erl_args,
+        "server_cpus": sorted(args.server_cpus) if args.server_cpus else None,
+        "broker_cpus": sorted(args.broker_cpus) if args.broker_cpus else None,
         "echo_server": args.echo,
         "queue_version": args.queue_version,
     }
@@ -689,6 +727,10 @@ def main() -> None:
                     help="do not consume the traders' broadcast queues")
     ap.add_argument("--broker-erl-args", default="", metavar="FLAGS",
                     help="flags added to the broker's Erlang VM (e.g. '+sbwt none')")
+    ap.add_argument("--server-cpus", type=cpu_list, metavar="LIST",
+                    help="pin the server to these CPUs (e.g. 1)")
+    ap.add_argument("--broker-cpus", type=cpu_list, metavar="LIST",
+                    help="pin the broker's threads to these CPUs once it is up (e.g. 0)")
     ap.add_argument("--trace", metavar="PREFIX",
                     help="write each open-loop answer's scheduled time and latency (µs) to "
                          "PREFIX.ronda.jsonl and PREFIX.echo.jsonl")
