@@ -231,11 +231,6 @@ class _TappedConnection(aio_pika.Connection):
         self.kwargs["transport_factory"] = tap
 
 
-# the client library takes a transport factory (aiormq 7.2+); with an older one every frame
-# goes through its writer task, as before
-_TAPPABLE = hasattr(aiormq.connection, "TransportFactory")
-
-
 # ---------------------------------------------------------------------------- sessions
 
 
@@ -522,13 +517,13 @@ class AmqpAdapter:
         self._restore()
         delay = BACKOFF_MIN
         while not self._closed:
-            tap = _SocketTap(self.url) if _TAPPABLE else None
+            tap = _SocketTap(self.url)
             try:
+                # (aio-pika calls its connection_class with the URL and its options)
                 conn = await aio_pika.connect(
                     self.url, timeout=5,
                     client_properties={"connection_name": "ronda gateway"},
-                    **({} if tap is None else {"connection_class": cast(
-                        Any, functools.partial(_TappedConnection, tap=tap))}))
+                    connection_class=cast(Any, functools.partial(_TappedConnection, tap=tap)))
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and _stopping():
                     raise
@@ -539,7 +534,7 @@ class AmqpAdapter:
                 continue
             before = self.connections
             try:
-                await self._serve(conn, None if tap is None else tap.writer)
+                await self._serve(conn, tap.writer)
             except (Exception, asyncio.CancelledError) as exc:
                 # a CancelledError that is not this task's own cancellation is the client
                 # library's, raised into a call on a connection it gave up (see _serve)
@@ -698,8 +693,8 @@ class AmqpAdapter:
             return False
         self._outbox.append(op)
         if not self._flush_due:
-            self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush_out)
+            self._flush_due = True
         return True
 
     def _flush_out(self) -> None:
