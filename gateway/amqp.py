@@ -194,14 +194,12 @@ class _Link:
     gen: int
     connection: AbstractConnection
     channel: AbstractChannel
+    raw: RawChannel  # the channel's protocol object
+    transport: asyncio.WriteTransport  # the connection's socket
     broadcast: AbstractExchange
     declared: set[str] = field(default_factory=set)
     # the deliveries on the channel not acknowledged yet (at most the prefetch count)
     unacked: set[int] = field(default_factory=set)
-    # the channel's protocol object, and the connection's socket (None: the library's own
-    # writer task carries every frame)
-    raw: RawChannel | None = None
-    transport: asyncio.WriteTransport | None = None
 
 
 class _SocketTap(aiormq.connection.TransportFactory):
@@ -534,6 +532,8 @@ class AmqpAdapter:
                 continue
             before = self.connections
             try:
+                if tap.writer is None:  # (the library made its socket elsewhere)
+                    raise ConnectionError("the connection's socket was not made by its tap")
                 await self._serve(conn, tap.writer)
             except (Exception, asyncio.CancelledError) as exc:
                 # a CancelledError that is not this task's own cancellation is the client
@@ -570,8 +570,7 @@ class AmqpAdapter:
                 await asyncio.wait_for(link.connection.close(), 2)
         self.server.hub.unsubscribe_all(self._feed)
 
-    async def _serve(self, conn: AbstractConnection,
-                     writer: asyncio.StreamWriter | None = None) -> None:
+    async def _serve(self, conn: AbstractConnection, writer: asyncio.StreamWriter) -> None:
         """One connection: declare the layout, consume, pump the outbox until the
         connection or the channel closes.  On cancellation (server stop) finish the
         requests in progress first, so that their answers and acks go out."""
@@ -590,12 +589,11 @@ class AmqpAdapter:
                                           durable=True)
         queue = await ch.declare_queue(REQUEST_QUEUE, durable=True)
         await queue.bind(req_ex, REQUEST_KEY)
-        self._gen += 1
-        link = _Link(self._gen, conn, ch, bc_ex)
-        link.raw = cast(RawChannel, await ch.get_underlay_channel())
-        if link.raw.publisher_confirms:  # its delivery tags would have to be counted here
+        raw = cast(RawChannel, await ch.get_underlay_channel())
+        if raw.publisher_confirms:  # its delivery tags would have to be counted here
             raise RuntimeError("the adapter's channel must not confirm publishes")
-        link.transport = None if writer is None else writer.transport
+        self._gen += 1
+        link = _Link(self._gen, conn, ch, raw, writer.transport, bc_ex)
         # every platform user gets its queue at once, so a client can consume before its
         # first request; then the bindings of the current subscriptions
         for user in sorted(set(self.server.core.ref.users) | set(self.sessions)):
@@ -610,7 +608,6 @@ class AmqpAdapter:
         pump = asyncio.get_running_loop().create_task(self._pump(link), name="amqp-pump")
         waiter = asyncio.get_running_loop().create_task(lost.wait())
         gen = link.gen
-        raw = link.raw
 
         async def on_message(message: DeliveredMessage) -> None:
             # a delivery the library read: after amqpread.release at the end of this
@@ -713,7 +710,7 @@ class AmqpAdapter:
         if link is None or not box:
             return
         tr, raw = link.transport, link.raw
-        if (tr is None or raw is None or self._pump_busy or raw.is_closed or tr.is_closing()
+        if (self._pump_busy or raw.is_closed or tr.is_closing()
                 or tr.get_write_buffer_size() >= tr.get_write_buffer_limits()[1]):
             self._wake.set()
             return
@@ -741,7 +738,6 @@ class AmqpAdapter:
         the same channel, so the broker has the reply before it forgets the request."""
         box = self._outbox
         ch = link.raw
-        assert ch is not None
         while True:
             if not box:
                 self._wake.clear()
