@@ -585,8 +585,8 @@ def cpu_list(text: str) -> set[int]:
     cpus: set[int] = set()
     try:
         for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            first, last = int(lo), int(hi or lo)
+            lo, dash, hi = part.partition("-")
+            first, last = int(lo), int(hi if dash else lo)
             if last < first:
                 raise ValueError
             cpus.update(range(first, last + 1))
