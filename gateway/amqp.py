@@ -1169,6 +1169,8 @@ class AmqpAdapter:
             if user in users:
                 return
             if not users:
+                if name.startswith("book:"):  # its mirror, kept up while someone watches it
+                    self.server.hub.book(name[5:])
                 self._feed_subs(name).add(self._feed)
             users.add(user)
         else:

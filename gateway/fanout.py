@@ -17,6 +17,7 @@ hands them to subscribers (:class:`Hub`); transports decide how to send them.
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -54,6 +55,8 @@ _AUCTION_PRIVATE = AuctionAllocation
 # may change any account: auction bids, round closes, guarantees, reloads...)
 _ORDER_PATH = ORDER_COMMANDS
 Deliver = Callable[[Message], None]
+
+log = logging.getLogger(__name__)
 
 
 class _Side:
@@ -198,6 +201,8 @@ class Hub:
     def __init__(self, core: Core, depth: int = 20) -> None:
         self.core = core
         self.depth = depth
+        # the mirrors of the books someone asked for (Hub.book), kept up from then on; a
+        # contract nobody subscribed to or queried costs the fan-out nothing
         self.books: dict[str, BookMirror] = {}
         self.trade_seq: dict[str, int] = defaultdict(int)
         # per agent, what its last account message was made of (Hub._accounts)
@@ -222,9 +227,22 @@ class Hub:
         self._replayed_public: dict[str, deque[tuple[PublicTrade, int]]] = {}
 
     def book(self, contract: str) -> BookMirror:
+        """The mirror of ``contract``'s public book.  The first time a contract's book is
+        asked for (a subscription, a query), it is made from the engine's book and its
+        stream starts at seq 0; from then on every change keeps it up.  Call it between
+        batches, never from a listener: the engine is then where the events published so
+        far leave it."""
         b = self.books.get(contract)
         if b is None:
+            from engine.model import BUY, SELL
+
             b = self.books[contract] = BookMirror(contract, self.depth)
+            c = self.core.engine.contracts.get(contract)
+            if c is not None:
+                for side in (BUY, SELL):
+                    for o in c.book.resting(side):
+                        b.apply("ADD", o.pub, side.value, o.price, o.visible)
+            b.seq = 0
         return b
 
     def observe_replay(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
@@ -249,10 +267,8 @@ class Hub:
                     kept.append((ev, seq))
 
     def rebuild(self, core: Core) -> None:
-        """Mirror the engine's books as they are, and make the messages of the trades the
-        replay kept (after recovery)."""
-        from engine.model import BUY, SELL
-
+        """Make the messages of the trades the replay kept, and start the books' streams
+        again (after recovery)."""
         for agent, trades in self._replayed_own.items():
             self.trades_by_agent[agent].extend(_own_trade(ev, side) for ev, side in trades)
         for contract, public in self._replayed_public.items():
@@ -277,13 +293,12 @@ class Hub:
                     if now and now != (o.agent,):
                         self._order_owners[oid] = now
 
+        # the books' mirrors are made when someone asks for them (Hub.book), their streams
+        # starting again at 0
         self.books.clear()
-        for cid, c in core.engine.contracts.items():
-            b = self.book(cid)
-            for side in (BUY, SELL):
-                for o in c.book.resting(side):
-                    b.apply("ADD", o.pub, side.value, o.price, o.visible)
-            b.seq = 0
+        for cid, subs in self.book_subs.items():
+            if subs and cid in core.engine.contracts:
+                self.book(cid)
 
     def book_snapshot(self, contract: str) -> Message:
         b = self.book(contract)
@@ -451,8 +466,13 @@ class Hub:
 
     def _book_delta(self, contract: str, ts: int, action: str, entry: int, side: str,
                     price: int, qty: int) -> None:
-        b = self.book(contract)
+        b = self.books.get(contract)
         subs = self.book_subs.get(contract)
+        if b is None:  # nobody asked for this book yet: Hub.book makes it when one does
+            if subs:  # a subscriber added without Hub.book: a defect
+                log.error("book:%s has subscribers but no mirror; their deltas are not "
+                          "sent", contract)
+            return
         for act, e, sd, p, q in b.apply(action, entry, side, price, qty):
             b.seq += 1
             if subs:

@@ -861,6 +861,8 @@ class Session:
                 return
             subs = (hub.book_subs if stream == "book" else hub.trade_subs)[contract]
             if on:
+                if stream == "book":
+                    hub.book(contract)  # its mirror, kept up while someone watches it
                 subs.add(self)
             else:
                 subs.discard(self)
