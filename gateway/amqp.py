@@ -1169,7 +1169,7 @@ class AmqpAdapter:
             if user in users:
                 return
             if not users:
-                if name.startswith("book:"):  # its mirror, kept up while someone watches it
+                if name.startswith("book:"):  # its mirror, made now if nobody asked before
                     self.server.hub.book(name[5:])
                 self._feed_subs(name).add(self._feed)
             users.add(user)

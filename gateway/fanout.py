@@ -242,7 +242,6 @@ class Hub:
                 for side in (BUY, SELL):
                     for o in c.book.resting(side):
                         b.apply("ADD", o.pub, side.value, o.price, o.visible)
-            b.seq = 0
         return b
 
     def observe_replay(self, batch: list[tuple[Any, str, list[Any]]]) -> None:

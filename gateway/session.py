@@ -862,7 +862,7 @@ class Session:
             subs = (hub.book_subs if stream == "book" else hub.trade_subs)[contract]
             if on:
                 if stream == "book":
-                    hub.book(contract)  # its mirror, kept up while someone watches it
+                    hub.book(contract)  # its mirror, made now if nobody asked for it before
                 subs.add(self)
             else:
                 subs.discard(self)

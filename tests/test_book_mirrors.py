@@ -1,6 +1,6 @@
 """The fan-out's books are mirrored only once someone asks for them (gateway/fanout.py,
 ``Hub.book``): a contract nobody subscribed to or queried costs the single writer nothing
-per change (docs/performance.md, WebSocket: 13 % of the saturated rate).  The oracle: a hub
+per change (docs/performance.md, WebSocket: the saturated rate 7–8 % higher).  The oracle: a hub
 that mirrors a book from the start (as every book was before).  Whenever the lazy hub is
 first asked for the book, in the middle of any flow of entries, cancels and fills, its
 snapshot is the eager hub's, and every delta a subscriber gets from then on is the same
