@@ -83,6 +83,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = Config(
         data_dir=Path(args.data_dir), host=args.host, port=args.port,
         refdata=Path(args.refdata), profile=args.profile, fsync=not args.no_fsync,
+        sync_process=args.journal_sync == "process",
         calendar=cal,
         amqp_url=args.amqp_url, depth=args.depth, settlement_url=args.settlement_url,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not open and close contracts by the calendar")
     v.add_argument("--no-fsync", action="store_true",
                    help="journal without fsync (loses durability on a machine crash)")
+    v.add_argument("--journal-sync", choices=("process", "loop"), default="process",
+                   help="where the journal's syncs wait: a helper process, the event loop "
+                        "serving meanwhile (the default), or the event loop's own thread")
     v.add_argument("--accept-replay-divergence", action="store_true",
                    help="start even if replaying the journal does not give the state the "
                         "server had at one of its checkpoints (after a deliberate change of "

@@ -355,6 +355,7 @@ class Journal:
         self._packer = msgpack.Packer(autoreset=True)
         self._preparing: threading.Thread | None = None  # zero-filling NEXT_NAME
         self._prepared: BaseException | bool = False  # its outcome: True when ready
+        self._owed = False  # an append written with defer_sync, not yet synced
 
     # --- opening and closing ----------------------------------------------------------
 
@@ -407,6 +408,10 @@ class Journal:
             self._preparing.join()
             self._preparing = None
         if self._fd is not None:
+            if self._owed and self._failed is None:  # a sync left owed (a task cancelled)
+                with contextlib.suppress(OSError):
+                    _datasync(self._fd)
+            self._owed = False
             os.close(self._fd)
             self._fd = None
         if self._lock_fd is not None:
@@ -601,10 +606,17 @@ class Journal:
         self._prepared = False
         return ok
 
-    def append(self, records: Iterable[Record]) -> None:
+    def append(self, records: Iterable[Record], *, defer_sync: bool = False) -> bool:
         """Append a batch: one ``write`` and, with ``fsync``, one ``os.fdatasync`` per piece
         of at most :data:`MAX_WRITE` bytes (one piece for any batch smaller than that); when
         this returns the records are durable (acknowledge them then, DESIGN rule 7).
+
+        ``defer_sync``: a batch of one piece is written and not synced; this returns True
+        and the sync is *owed*: the caller makes it, by :meth:`sync_owed` or with the sync's
+        outcome from elsewhere (:meth:`owed_synced`: gateway/disksync.py, a process of its
+        own), before it acknowledges the records, and no append or roll is taken meanwhile,
+        so that at most one piece is ever written and not synced (what the torn-tail rule
+        assumes).  A batch of several pieces is synced piece by piece as without it (False).
 
         The records must carry the seqs ``next_seq, next_seq + 1, ...``, an int ``ts``
         (ms UTC, >= 0), a non-empty str ``origin`` and a registered command.  A bad record
@@ -614,6 +626,8 @@ class Journal:
         reopen, which keeps its whole records and cuts a torn one off).
         """
         fd = self._writable()
+        if self._owed:
+            raise JournalError(f"{self.path}: the append before is waiting for its sync")
         encode = self.codec.encode
         pack = self._packer.pack
         frame = _FRAME.pack
@@ -650,8 +664,9 @@ class Journal:
             piece += n + FRAME_SIZE
             seq += 1
         if not parts:
-            return
+            return False
         total += piece
+        defer = defer_sync and self.fsync and not pieces
         cur = self._segments[-1]
         if cur.count and cur.size + total > self.segment_bytes:
             self._roll()
@@ -662,7 +677,7 @@ class Journal:
             for a, b in itertools.pairwise([0, *pieces, len(parts)]):
                 data = b"".join(parts[a:b])
                 _write_all(fd, data, at)
-                if self.fsync:
+                if self.fsync and not defer:
                     _datasync(fd)
                 at += len(data)
         except OSError as exc:
@@ -674,11 +689,47 @@ class Journal:
         cur.size = at
         cur.count += seq - self._next_seq
         self._next_seq = seq
+        self._owed = defer
+        return defer
+
+    @property
+    def sync_owed_fd(self) -> tuple[int, int]:
+        """The descriptor an owed sync is made on, with its segment's index (a descriptor's
+        number may be used again by a later segment; the index tells them apart)."""
+        fd = self._writable()
+        return fd, self._segments[-1].index
+
+    def sync_owed(self) -> None:
+        """Make the owed sync here (``fdatasync`` on this thread): the records of the last
+        append are durable when this returns."""
+        if not self._owed:
+            return
+        fd = self._writable()
+        try:
+            _datasync(fd)
+        except OSError as exc:
+            self._failed = exc
+            raise JournalError(f"{self._segments[-1].path}: sync failed: {exc}") from exc
+        self._owed = False
+
+    def owed_synced(self, error: int) -> None:
+        """The outcome of the owed sync, made elsewhere on the same file (the process of
+        gateway/disksync.py): ``error`` 0, the records of the last append are durable; an
+        ``errno``, the sync failed and so does the journal, as if it had failed here."""
+        if not self._owed:
+            raise JournalError(f"{self.path}: no sync is owed")
+        if error:
+            exc = OSError(error, os.strerror(error))
+            self._failed = exc
+            raise JournalError(f"{self._segments[-1].path}: sync failed: {exc}") from exc
+        self._owed = False
 
     def roll(self) -> bool:
         """Start a new segment now (the sequencer calls it at each local trading day).  A
         no-op that returns False when the current segment holds no record yet."""
         self._writable()
+        if self._owed:
+            raise JournalError(f"{self.path}: the append before is waiting for its sync")
         if self._segments[-1].count == 0:
             return False
         self._roll()

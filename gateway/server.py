@@ -63,6 +63,9 @@ class Config:
     profile: str = "harmonised"
     depth: int = 20  # entries per side of the local order list (R46.2.8)
     fsync: bool = True
+    # the journal's syncs made by a helper process, the loop serving meanwhile
+    # (gateway/disksync.py); False: on the event loop's thread
+    sync_process: bool = True
     heartbeat_s: float = 5.0
     max_message_bytes: int = 64 * 1024  # larger messages get an error, the session lives
     max_frame_bytes: int = 1024 * 1024  # larger frames close the connection (1009)
@@ -131,7 +134,8 @@ class Server:
         # zero-filled segments when syncing: each sync then flushes the data alone
         self.journal = Journal(config.data_dir / "journal", fsync=config.fsync,
                                preallocate=config.fsync)
-        self.sequencer = Sequencer(self.core, self.journal, clock)
+        self.sequencer = Sequencer(self.core, self.journal, clock,
+                                   sync_process=config.sync_process)
         self.hub = Hub(self.core, config.depth)
         self.sequencer.listeners.append(self.hub.publish)
         self.audit = AuditLog(self.sequencer.codec)

@@ -870,11 +870,12 @@ def fail_the_sync_of(srv: Server, client_order_id: str) -> None:
     """The journal writes the batch holding that order, then its sync fails."""
     real_append = srv.journal.append
 
-    def append(records: Any) -> None:
-        real_append(records)
+    def append(records: Any, **kw: Any) -> bool:
+        owed = real_append(records, **kw)
         if any(getattr(r.command, "client_order_id", None) == client_order_id
                for r in records):
             raise OSError(5, "Input/output error")
+        return owed
 
     srv.journal.append = append  # type: ignore[method-assign]
 

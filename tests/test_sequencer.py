@@ -364,10 +364,10 @@ async def test_appends_hold_the_loops_thread_after_the_answers_before_them_are_o
     threads: dict[str, set[bool]] = {"append": set(), "roll": set()}
     real_append, real_roll = j.append, j.roll
 
-    def append(records: Any) -> Any:
+    def append(records: Any, **kw: Any) -> Any:
         threads["append"].add(threading.get_ident() == loop_thread)
         log.append(("append", [r.origin for r in records]))
-        return real_append(records)
+        return real_append(records, **kw)
 
     def roll() -> Any:
         threads["roll"].add(threading.get_ident() == loop_thread)

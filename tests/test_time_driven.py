@@ -431,11 +431,11 @@ async def test_a_journal_failure_at_a_time_step_leaves_the_command_behind_it_unp
     srv.due = watched  # type: ignore[method-assign]
     append = srv.journal.append
 
-    def failing(records: Any) -> None:
+    def failing(records: Any, **kw: Any) -> bool:
         records = list(records)
         if any(type(r.command) is CloseContracts for r in records):
             raise OSError(28, "No space left on device")
-        append(records)
+        return append(records, **kw)
 
     srv.journal.append = failing  # type: ignore[method-assign]
     clock.t = gate(C1)

@@ -1352,11 +1352,11 @@ async def test_a_journal_failure_tells_in_doubt_apart_from_refused(env: Env) -> 
             await asyncio.wait_for(release.wait(), 5)
         await real_commit(loop, batch)
 
-    def failing_append(records: Any) -> None:
+    def failing_append(records: Any, **kw: Any) -> bool:
         if any(getattr(r.command, "client_order_id", None) == "doubt" for r in records):
-            real_append(records)  # on disk, and then the sync fails
+            real_append(records, **kw)  # on disk, and then the sync fails
             raise OSError(5, "Input/output error")
-        real_append(records)
+        return real_append(records, **kw)
 
     seq._commit = held_commit  # type: ignore[method-assign]
     srv.journal.append = failing_append  # type: ignore[method-assign]

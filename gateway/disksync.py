@@ -1,0 +1,208 @@
+"""The journal's sync in a process of its own, so that the event loop serves while the disk
+flushes.
+
+Why a process: the sequencer writes each batch on the event loop's thread, and until this
+module it also waited there for the batch's ``fdatasync``: 12.6 % of the loop's time at
+saturation over WebSocket (docs/performance.md), time in which the sockets' reads, the
+decoding of requests and the answers of the batch before could have run.  Handing the sync to
+a thread of the server's own was worse (the same measurements): when ``fdatasync`` returns,
+the thread must take the GIL back from a loop that is busy with Python to say so.  A helper
+process has a GIL of its own: it waits in ``fdatasync`` and answers on a socket, and the loop
+learns of it as of any socket's data, at its next turn.
+
+How: :class:`DiskSync` starts the helper (``python -I -S -c`` :data:`_HELPER`, nothing of
+the server imported) with one end of a ``socketpair`` (``SOCK_SEQPACKET``: one request, one
+message).  A sync request is ``b"S"``; when the journal's segment changed since the last one
+it is ``b"F"`` with the segment's descriptor passed along (``SCM_RIGHTS``): the helper's
+descriptor is then the same open file as the journal's, and ``fdatasync`` flushes the file's
+data whoever calls it.  The helper answers each request with the ``errno`` of its sync (0:
+durable), four bytes, in order.  The bytes were written by the server before it asked
+(``Journal.append(..., defer_sync=True)``), so they are in the file's page cache when the
+helper's ``fdatasync`` runs: the durability guarantee is the journal's own (gateway/journal.py,
+Durability).  An error the helper reports fails the journal as a failed sync here would.
+
+If the helper cannot be started or goes away (killed, its socket closed), the server logs
+it once and syncs on the loop's thread from then on, as before: the bytes are written, an
+``fdatasync`` of our own makes them durable.  If the server dies, the helper reads the end of
+its socket and exits; it ignores SIGINT (a Ctrl-C at a terminal stops the server, which stops
+it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import subprocess
+import sys
+from collections import deque
+
+from gateway.journal import Journal
+
+log = logging.getLogger("ronda.disksync")
+
+# the helper: receives requests, answers each with its fdatasync's errno (0: durable)
+_HELPER = r"""
+import os, signal, socket, struct, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+s = socket.socket(fileno=int(sys.argv[1]))
+fd = -1
+sync = getattr(os, "fdatasync", os.fsync)
+while True:
+    try:
+        msg, fds, _, _ = socket.recv_fds(s, 16, 4)
+    except OSError:
+        break
+    if not msg:
+        break
+    for extra in fds[1:]:
+        os.close(extra)
+    if fds:
+        if fd >= 0:
+            os.close(fd)
+        fd = fds[0]
+    try:
+        sync(fd)
+        err = 0
+    except OSError as exc:
+        err = exc.errno or 5
+    try:
+        s.send(struct.pack("=i", err))
+    except OSError:
+        break
+"""
+
+_REPLY = struct.Struct("=i")
+
+
+class HelperGone(Exception):
+    """The helper process went away before it answered: the sync is made here instead."""
+
+
+class DiskSync:
+    """The journal's owed syncs made by a helper process (see the module).  ``start`` it on
+    the event loop that will ``await sync(journal)``; ``close`` it when done."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: deque[asyncio.Future[int]] = deque()
+        # the descriptor the helper holds, with its segment's index
+        self._segment: tuple[int, int] | None = None
+        self.broken = False  # True: syncs made on the loop's thread (the helper is gone)
+        self.syncs = 0  # syncs the helper made
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the helper (on failure, log it and sync on the loop's thread)."""
+        self._loop = loop
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _HELPER, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        except OSError as exc:
+            ours.close()
+            log.error("the journal's sync process could not be started (%r): syncing on the "
+                      "event loop's thread", exc)
+            self.broken = True
+            return
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        loop.add_reader(ours.fileno(), self._readable)
+
+    async def sync(self, journal: Journal) -> None:
+        """Make ``journal``'s owed sync durable: by the helper, the loop serving meanwhile;
+        on the loop's thread if the helper is gone.  Raises what the journal raises for a
+        failed sync (:class:`~gateway.journal.JournalError`)."""
+        if self.broken or self._sock is None or self._loop is None:
+            journal.sync_owed()
+            return
+        segment = journal.sync_owed_fd
+        fd = segment[0]
+        fut: asyncio.Future[int] = self._loop.create_future()
+        try:
+            if segment != self._segment:
+                socket.send_fds(self._sock, [b"F"], [fd])
+                self._segment = segment
+            else:
+                self._sock.send(b"S")
+        except OSError as exc:  # gone (EPIPE), or, never seen, a full socket
+            self._gone(f"sending to it failed ({exc!r})")
+            journal.sync_owed()
+            return
+        self._waiting.append(fut)
+        try:
+            error = await fut
+        except HelperGone:
+            journal.sync_owed()
+            return
+        self.syncs += 1
+        journal.owed_synced(error)
+
+    def _readable(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                data = sock.recv(16)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._gone(f"reading from it failed ({exc!r})")
+                return
+            if not data:
+                self._gone("it closed its socket")
+                return
+            if len(data) != _REPLY.size or not self._waiting:
+                self._gone(f"it answered {data!r} to no request")
+                return
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_result(_REPLY.unpack(data)[0])
+
+    def _gone(self, why: str) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        code = self._proc.poll() if self._proc is not None else None
+        log.error("the journal's sync process is gone: %s (exit status %s); syncing on the "
+                  "event loop's thread from now on", why, code)
+        self._detach()
+        while self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_exception(HelperGone(why))
+
+    def _detach(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def close(self) -> None:
+        """Stop the helper (it exits when its socket closes) and reap it."""
+        self.broken = True
+        self._detach()
+        while self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_exception(HelperGone("closed"))
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

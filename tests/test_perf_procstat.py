@@ -1,0 +1,33 @@
+"""The benchmarks' CPU meter (perf/procstat.py) counts a server's helper processes with it:
+the journal's sync runs in one (gateway/disksync.py), and a CPU per request that left it out
+would flatter the server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from perf.procstat import CpuMeter, cpu_s, tree_cpu_s
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n" \
+       "time.sleep(30)"
+
+
+def test_a_process_tree_counts_its_live_children_cpu() -> None:
+    child = subprocess.Popen([sys.executable, "-c", BURN])
+    try:
+        deadline = time.monotonic() + 20
+        while cpu_s(child.pid) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        own, burnt = cpu_s(os.getpid()), cpu_s(child.pid)
+        assert burnt >= 0.3
+        total = tree_cpu_s(os.getpid())
+        assert total >= own + burnt - 0.02  # clock ticks: 10 ms each
+        meter = CpuMeter({"me": os.getpid(), "my thread": (os.getpid(), os.getpid())})
+        t0 = meter.snapshot()
+        assert t0["me"] >= t0["my thread"] + burnt - 0.02  # a thread alone: no children
+    finally:
+        child.kill()
+        child.wait()
