@@ -10,16 +10,17 @@ the thread must take the GIL back from a loop that is busy with Python to say so
 process has a GIL of its own: it waits in ``fdatasync`` and answers on a socket, and the loop
 learns of it as of any socket's data, at its next turn.
 
-How: :class:`DiskSync` starts the helper (``python -I -S -c`` :data:`_HELPER`, nothing of
-the server imported) with one end of a ``socketpair`` (``SOCK_SEQPACKET``: one request, one
-message).  A sync request is ``b"S"``; when the journal's segment changed since the last one
-it is ``b"F"`` with the segment's descriptor passed along (``SCM_RIGHTS``): the helper's
-descriptor is then the same open file as the journal's, and ``fdatasync`` flushes the file's
-data whoever calls it.  The helper answers each request with the ``errno`` of its sync (0:
-durable), four bytes, in order.  The bytes were written by the server before it asked
-(``Journal.append(..., defer_sync=True)``), so they are in the file's page cache when the
-helper's ``fdatasync`` runs: the durability guarantee is the journal's own (gateway/journal.py,
-Durability).  An error the helper reports fails the journal as a failed sync here would.
+How: :class:`DiskSync` starts the helper (``python -I -S gateway/disksync_helper.py``,
+nothing of the server imported) with one end of a ``socketpair`` (``SOCK_SEQPACKET``: one
+request, one message). A sync request is ``b"S"``; when the journal's segment changed since
+the last one it is ``b"F"`` with the segment's descriptor passed along (``SCM_RIGHTS``): the
+helper's descriptor is then the same open file as the journal's, and ``fdatasync`` flushes
+the file's data whoever calls it. The helper answers each request with the ``errno`` of its
+sync (0: durable), four bytes, in order. The bytes were written by the server before it
+asked (``Journal.append(..., defer_sync=True)``), so they are in the file's page cache when
+the helper's ``fdatasync`` runs: the durability guarantee is the journal's own
+(gateway/journal.py, Durability). An error the helper reports fails the journal as a failed
+sync here would.
 
 If the helper cannot be started or goes away (killed, its socket closed), the server logs
 it once and syncs on the loop's thread from then on, as before: the bytes are written, an
@@ -38,41 +39,14 @@ import struct
 import subprocess
 import sys
 from collections import deque
+from pathlib import Path
 
 from gateway.journal import Journal
 
 log = logging.getLogger("ronda.disksync")
 
-# the helper: receives requests, answers each with its fdatasync's errno (0: durable)
-_HELPER = r"""
-import os, signal, socket, struct, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-s = socket.socket(fileno=int(sys.argv[1]))
-fd = -1
-sync = getattr(os, "fdatasync", os.fsync)
-while True:
-    try:
-        msg, fds, _, _ = socket.recv_fds(s, 16, 4)
-    except OSError:
-        break
-    if not msg:
-        break
-    for extra in fds[1:]:
-        os.close(extra)
-    if fds:
-        if fd >= 0:
-            os.close(fd)
-        fd = fds[0]
-    try:
-        sync(fd)
-        err = 0
-    except OSError as exc:
-        err = exc.errno or 5
-    try:
-        s.send(struct.pack("=i", err))
-    except OSError:
-        break
-"""
+# the helper's script (it imports nothing of the server's)
+HELPER = Path(__file__).with_name("disksync_helper.py")
 
 _REPLY = struct.Struct("=i")
 
@@ -105,7 +79,7 @@ class DiskSync:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _HELPER, str(theirs.fileno())],
+                [sys.executable, "-I", "-S", str(HELPER), str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                 start_new_session=True)
         except OSError as exc:

@@ -297,3 +297,30 @@ async def test_close_stops_the_helper(tmp_path: Path) -> None:
     disk.close()
     assert gone(pid, within=0.1)
     assert disk.pid is None
+
+
+@pytest.mark.parametrize("fault", ["no interpreter", "the script fails"])
+async def test_a_helper_that_cannot_run_leaves_the_syncs_to_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        fault: str) -> None:
+    """The helper cannot be started (no interpreter there) or exits at once (its script
+    missing): the server says so in its log and serves, syncing on the loop's thread;
+    every command is answered and in the journal."""
+    import gateway.disksync as disksync_mod
+
+    if fault == "no interpreter":
+        monkeypatch.setattr(disksync_mod.sys, "executable", str(tmp_path / "no-python"))
+    else:
+        monkeypatch.setattr(disksync_mod, "HELPER", tmp_path / "missing.py")
+    j = Journal(tmp_path / "journal").open()
+    seqr = Sequencer(Core(), j)
+    seqr.start()
+    try:
+        await asyncio.gather(*await submit_batch(seqr, PROCESS_SYNC_MIN * 2, "f"))
+        await asyncio.gather(*await submit_batch(seqr, PROCESS_SYNC_MIN, "g"))
+        assert seqr.disk is not None and seqr.disk.broken and seqr.disk.syncs == 0
+    finally:
+        await seqr.stop()
+    assert len(list(j.records())) == PROCESS_SYNC_MIN * 3
+    assert any("syncing on the event loop's thread" in r.getMessage() for r in caplog.records)
+    j.close()
