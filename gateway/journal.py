@@ -47,7 +47,10 @@ Durability
 With ``fsync=True`` (the default), :meth:`Journal.append` writes the batch and then calls
 ``os.fdatasync`` (group commit; ``os.fsync`` where there is no ``fdatasync``: both make the
 data and what is needed to read it back durable, ``fdatasync`` without the timestamps); it
-returns only after that, so *a record is acknowledged exactly when it is synced*.  A batch is
+returns only after that, so *a record is acknowledged exactly when it is synced*.  (With
+``defer_sync`` it returns after the write and owes the sync, which its caller makes, here
+or in the helper process of gateway/disksync.py, before it acknowledges anything of the
+batch; no append is taken until then.)  A batch is
 written in pieces of at most :data:`MAX_WRITE` (256 KiB; cut between records, a record
 larger than that is a piece of its own), each synced before the next is written: one write
 and one sync for any batch below 256 KiB, which is every batch of fewer than about a
