@@ -286,8 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-fsync", action="store_true",
                    help="journal without fsync (loses durability on a machine crash)")
     v.add_argument("--journal-sync", choices=("process", "loop"), default="process",
-                   help="where the journal's syncs wait: a helper process, the event loop "
-                        "serving meanwhile (the default), or the event loop's own thread")
+                   help="where the journal's sync of a batch of 8 records or more waits: "
+                        "a helper process, the event loop serving meanwhile (the default), "
+                        "or the event loop's own thread; smaller batches are synced on the "
+                        "event loop's thread either way")
     v.add_argument("--accept-replay-divergence", action="store_true",
                    help="start even if replaying the journal does not give the state the "
                         "server had at one of its checkpoints (after a deliberate change of "

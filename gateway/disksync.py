@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
 import subprocess
@@ -51,6 +52,12 @@ HELPER = Path(__file__).with_name("disksync_helper.py")
 _REPLY = struct.Struct("=i")
 
 
+# how long the helper may take to answer before the server gives up on it (kills it and
+# syncs on the loop's thread): a helper alive and not answering (stopped, frozen) would
+# otherwise hold every acknowledgement while the server looks alive
+ANSWER_TIMEOUT_S = 5.0
+
+
 class HelperGone(Exception):
     """The helper process went away before it answered: the sync is made here instead."""
 
@@ -59,13 +66,16 @@ class DiskSync:
     """The journal's owed syncs made by a helper process (see the module).  ``start`` it on
     the event loop that will ``await sync(journal)``; ``close`` it when done."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer_timeout: float = ANSWER_TIMEOUT_S) -> None:
+        self.answer_timeout = answer_timeout
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: deque[asyncio.Future[int]] = deque()
-        # the descriptor the helper holds, with its segment's index
-        self._segment: tuple[int, int] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the oldest request's deadline
+        # the file the helper holds (device, inode): a descriptor's number is used again by
+        # later segments, and a segment's index may name another file after a reopen
+        self._file: tuple[int, int] | None = None
         self.broken = False  # True: syncs made on the loop's thread (the helper is gone)
         self.syncs = 0  # syncs the helper made
 
@@ -76,45 +86,53 @@ class DiskSync:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the helper (on failure, log it and sync on the loop's thread)."""
         self._loop = loop
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(HELPER), str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                start_new_session=True)
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(HELPER), str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                    start_new_session=True)
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            self._sock = ours
+            ours.setblocking(False)
+            loop.add_reader(ours.fileno(), self._readable)
         except OSError as exc:
-            ours.close()
             log.error("the journal's sync process could not be started (%r): syncing on the "
                       "event loop's thread", exc)
             self.broken = True
-            return
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        self._sock = ours
-        loop.add_reader(ours.fileno(), self._readable)
+            self._detach()
+            self._reap()
 
     async def sync(self, journal: Journal) -> None:
         """Make ``journal``'s owed sync durable: by the helper, the loop serving meanwhile;
         on the loop's thread if the helper is gone.  Raises what the journal raises for a
         failed sync (:class:`~gateway.journal.JournalError`)."""
-        if self.broken or self._sock is None or self._loop is None:
+        loop = self._loop
+        if self.broken or self._sock is None or loop is None:
             journal.sync_owed()
             return
-        segment = journal.sync_owed_fd
-        fd = segment[0]
-        fut: asyncio.Future[int] = self._loop.create_future()
+        fd = journal.sync_owed_fd
         try:
-            if segment != self._segment:
+            st = os.fstat(fd)
+            file = (st.st_dev, st.st_ino)
+            if file != self._file:
                 socket.send_fds(self._sock, [b"F"], [fd])
-                self._segment = segment
+                self._file = file
             else:
                 self._sock.send(b"S")
         except OSError as exc:  # gone (EPIPE), or, never seen, a full socket
             self._gone(f"sending to it failed ({exc!r})")
             journal.sync_owed()
             return
+        fut: asyncio.Future[int] = loop.create_future()
         self._waiting.append(fut)
+        if self._timer is None:
+            self._timer = loop.call_later(self.answer_timeout, self._overdue)
         try:
             error = await fut
         except HelperGone:
@@ -125,7 +143,8 @@ class DiskSync:
 
     def _readable(self) -> None:
         sock = self._sock
-        assert sock is not None
+        if sock is None:
+            return
         while True:
             try:
                 data = sock.recv(16)
@@ -141,17 +160,36 @@ class DiskSync:
                 self._gone(f"it answered {data!r} to no request")
                 return
             fut = self._waiting.popleft()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._waiting and self._loop is not None:
+                self._timer = self._loop.call_later(self.answer_timeout, self._overdue)
             if not fut.done():
                 fut.set_result(_REPLY.unpack(data)[0])
+
+    def _overdue(self) -> None:
+        self._timer = None
+        self._gone(f"it did not answer within {self.answer_timeout:g} s")
 
     def _gone(self, why: str) -> None:
         if self.broken:
             return
         self.broken = True
-        code = self._proc.poll() if self._proc is not None else None
+        proc = self._proc
+        code = proc.poll() if proc is not None else None
+        if proc is not None and code is None:
+            with contextlib.suppress(OSError):
+                proc.kill()  # a helper that misbehaved or stopped answering: no more of it
         log.error("the journal's sync process is gone: %s (exit status %s); syncing on the "
                   "event loop's thread from now on", why, code)
         self._detach()
+        self._fail_waiting(why)
+
+    def _fail_waiting(self, why: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiting:
             fut = self._waiting.popleft()
             if not fut.done():
@@ -165,18 +203,26 @@ class DiskSync:
                     self._loop.remove_reader(sock.fileno())
             sock.close()
 
+    def _reap(self, wait: float = 0.0) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:  # in the kernel (a sync on a dead disk)
+                log.warning("the journal's sync process %d did not exit", proc.pid)
+                return
+        self._proc = None
+
     def close(self) -> None:
-        """Stop the helper (it exits when its socket closes) and reap it."""
+        """Stop the helper (it exits when its socket closes) and reap it: at most a couple
+        of seconds (it is killed if it has not exited by then)."""
         self.broken = True
         self._detach()
-        while self._waiting:
-            fut = self._waiting.popleft()
-            if not fut.done():
-                fut.set_exception(HelperGone("closed"))
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._fail_waiting("closed")
+        self._reap(wait=2.0)

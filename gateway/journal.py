@@ -50,7 +50,7 @@ data and what is needed to read it back durable, ``fdatasync`` without the times
 returns only after that, so *a record is acknowledged exactly when it is synced*.  (With
 ``defer_sync`` it returns after the write and owes the sync, which its caller makes, here
 or in the helper process of gateway/disksync.py, before it acknowledges anything of the
-batch; no append is taken until then.)  A batch is
+batch; no append or roll is taken until then.)  A batch is
 written in pieces of at most :data:`MAX_WRITE` (256 KiB; cut between records, a record
 larger than that is a piece of its own), each synced before the next is written: one write
 and one sync for any batch below 256 KiB, which is every batch of fewer than about a
@@ -132,8 +132,9 @@ A last segment whose header itself is incomplete, or that holds nothing but zero
 while rolling), is removed.  The
 commands themselves are decoded by :meth:`Journal.records`.
 
-The journal is not thread-safe; the sequencer is its only writer.  ``append`` blocks (run it
-in the sequencer's writer thread, not on the event loop).
+The journal is not thread-safe; the sequencer is its only writer.  ``append`` blocks for
+its write and, unless the sync is deferred, for its sync (the sequencer calls it on the
+event loop's thread: gateway/sequencer.py says why).
 """
 
 from __future__ import annotations
@@ -406,7 +407,8 @@ class Journal:
 
     def close(self) -> None:
         """Close the current segment and release the lock (idempotent); waits for a next
-        segment being zero-filled."""
+        segment being zero-filled, and makes a sync still owed (its caller stopped waiting
+        for it) unless the journal failed."""
         if self._preparing is not None:
             self._preparing.join()
             self._preparing = None
@@ -696,11 +698,9 @@ class Journal:
         return defer
 
     @property
-    def sync_owed_fd(self) -> tuple[int, int]:
-        """The descriptor an owed sync is made on, with its segment's index (a descriptor's
-        number may be used again by a later segment; the index tells them apart)."""
-        fd = self._writable()
-        return fd, self._segments[-1].index
+    def sync_owed_fd(self) -> int:
+        """The descriptor of the segment an owed sync is made on."""
+        return self._writable()
 
     def sync_owed(self) -> None:
         """Make the owed sync here (``fdatasync`` on this thread): the records of the last

@@ -8,10 +8,10 @@ commit), and only then applied to the core; every event of the batch goes to the
 (:meth:`Sequencer.submit`), or, on the gateway's path for every request, through a callback
 called right after the listeners (:meth:`Sequencer.submit_with`).
 
-A batch is written and fsynced on the event loop's own thread: while the disk flushes, the
-loop's thread waits in the system call (the GIL released), and what the sockets bring meanwhile
+A batch is written on the event loop's own thread, and synced there (a small batch) or by a
+helper process while the loop serves (a large one: below); what the sockets bring meanwhile
 forms the next batch, so throughput grows with load while each command waits for at most one
-fsync in front of its own.  Before taking a batch the sequencer lets the loop go round
+sync in front of its own.  Before taking a batch the sequencer lets the loop go round
 (:data:`LOOP_TURNS`), so the answers of the batch before go out and what arrived joins the
 batch.  Appending on the loop's thread is faster than handing each batch to a thread of the
 journal's own: every hand-off woke a thread that then waited for the GIL while the loop ran
@@ -23,7 +23,7 @@ for a small batch (fewer than :data:`PROCESS_SYNC_MIN` records: a light load, wh
 has little else to do): a larger one is written on the loop's thread and flushed by a
 helper process (gateway/disksync.py, which has a GIL of its own), the loop serving the
 sockets meanwhile, and the batch is applied and answered when the helper says it is
-durable (the saturated rate over WebSocket 7–10 % higher, docs/performance.md).  A disk
+durable (the saturated rate over WebSocket 7–15 % higher, docs/performance.md).  A disk
 that stalls stalls every acknowledgement either way (the server could acknowledge nothing
 meanwhile anyway).  Rolling to a new
 segment, which may have to make the segment, still runs in the journal's thread, the loop
@@ -418,19 +418,20 @@ class Sequencer:
     async def stop(self) -> None:
         """Finish what was submitted, then stop."""
         self._stopping = True
-        if self._task is not None:
-            await self._idle.wait()
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            except BaseException as exc:  # what stopped it, already logged and recorded
-                if exc is not self.failed:
-                    raise
-            finally:
-                if self.disk is not None:
-                    self.disk.close()
+        try:
+            if self._task is not None:
+                await self._idle.wait()
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+                except BaseException as exc:  # what stopped it, already logged and recorded
+                    if exc is not self.failed:
+                        raise
+        finally:
+            if self.disk is not None:
+                self.disk.close()
         self._roller.shutdown()
 
     def submit_nowait(self, cmd: Any, origin: str) -> asyncio.Future[list[Any]]:
@@ -633,7 +634,8 @@ class Sequencer:
                         self._fail_injected(injected, exc)
                         raise
                 self._set_day(first)
-            # durable first (DESIGN rule 7), on the loop's own thread (see the module)
+            # durable first (DESIGN rule 7): written on the loop's own thread, synced there
+            # or, a large part, by the helper process while the loop serves (the module)
             self._handed = self._resolved + len(items)
             try:
                 disk = self.disk is not None and len(records) >= PROCESS_SYNC_MIN
