@@ -938,11 +938,19 @@ def command_answer(typ: str, req_id: Any, user: str | None, events: list[Any]
 
 def answer(typ: str, req_id: Any, user: str | None, events: list[Any]) -> dict[str, Any]:
     """The one answer to a request, from the events its command caused."""
-    rejects = [e for e in events if type(e) is Reject]  # all of them are this command's
-    reports = [e for e in events if type(e) is OrderReport and e.user == user
-               and e.req_id == (req_id if isinstance(req_id, str) else None)]
-    acks = [e for e in events if type(e) is Ack]
     rid = req_id if isinstance(req_id, str) else None
+    rejects: list[Reject] = []  # all of them are this command's
+    reports: list[OrderReport] = []  # the reports of this request's own orders
+    acks: list[Ack] = []
+    for e in events:  # one pass: this runs for every command answered
+        t = type(e)
+        if t is OrderReport:
+            if e.user == user and e.req_id == rid:
+                reports.append(e)
+        elif t is Reject:
+            rejects.append(e)
+        elif t is Ack:
+            acks.append(e)
     if rejects and not reports and not acks:
         last = rejects[-1]
         msg: dict[str, Any] = {"type": "reject", "req_id": rid, "kind": typ,
