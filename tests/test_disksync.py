@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def records(j: Journal, n: int) -> list[Record]:
     return [Record(j.next_seq + i, 1_000 + i, "t", Tick()) for i in range(n)]
+
+
+def started(tmp_path: Path, **journal: Any) -> tuple[Journal, Sequencer, DiskSync, int]:
+    """A journal in ``tmp_path`` and a sequencer on it, started (on the running loop), with
+    its helper running, and the helper's pid."""
+    j = Journal(tmp_path / "journal", **journal).open()
+    seqr = Sequencer(Core(), j)
+    seqr.start()
+    disk = seqr.disk
+    assert disk is not None and disk.pid is not None
+    return j, seqr, disk, disk.pid
 
 
 def helper_fds(pid: int) -> list[str]:
@@ -131,7 +143,8 @@ def test_closing_a_journal_with_its_sync_owed_makes_it(
 
 # ------------------------------------------------------------------ the helper process
 
-async def submit_batch(seqr: Sequencer, n: int, tag: str) -> list[asyncio.Future[list]]:
+async def submit_batch(seqr: Sequencer, n: int, tag: str
+                       ) -> list[asyncio.Future[list[Any]]]:
     """``n`` commands submitted at once: one batch (the sequencer takes what is queued)."""
     return [seqr.submit_nowait(Tick(), f"{tag}{i}") for i in range(n)]
 
@@ -142,11 +155,7 @@ async def test_a_batch_is_answered_only_after_the_helpers_sync_and_the_loop_serv
     of a batch, none of the batch's commands is answered, however long it waits, while the
     event loop goes on (a task ticking); the helper let go on, all are answered, each one
     in the journal."""
-    j = Journal(tmp_path / "journal").open()
-    seqr = Sequencer(Core(), j)
-    seqr.start()
-    disk = seqr.disk
-    assert disk is not None and disk.pid is not None
+    j, seqr, disk, pid = started(tmp_path)
     ticks = 0
 
     async def ticker() -> None:
@@ -157,17 +166,17 @@ async def test_a_batch_is_answered_only_after_the_helpers_sync_and_the_loop_serv
 
     t = asyncio.create_task(ticker())
     try:
-        os.kill(disk.pid, signal.SIGSTOP)
+        os.kill(pid, signal.SIGSTOP)
         futs = await submit_batch(seqr, PROCESS_SYNC_MIN + 4, "a")
         done, _ = await asyncio.wait(futs, timeout=0.5)
         assert not done, "answered before the helper synced"
         assert ticks >= 2, "the loop did not serve while the disk was flushing"
         assert j.next_seq == PROCESS_SYNC_MIN + 5  # written, waiting for the sync
-        os.kill(disk.pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
         await asyncio.wait_for(asyncio.gather(*futs), 5)
         assert disk.syncs == 1 and not disk.broken
     finally:
-        os.kill(disk.pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
         t.cancel()
         await seqr.stop()
     j.close()
@@ -204,17 +213,13 @@ async def test_small_batches_are_synced_on_the_loops_thread(tmp_path: Path) -> N
 async def test_the_helper_follows_the_journal_to_each_new_segment(tmp_path: Path) -> None:
     """When the journal rolls to a new segment, the helper is handed the new segment's
     descriptor with the next request, and syncs that file from then on."""
-    j = Journal(tmp_path / "journal", segment_bytes=1024).open()
-    seqr = Sequencer(Core(), j)
-    seqr.start()
-    disk = seqr.disk
-    assert disk is not None and disk.pid is not None
+    j, seqr, disk, pid = started(tmp_path, segment_bytes=1024)
     held: list[str] = []
     try:
         for k in range(4):
             await asyncio.gather(*await submit_batch(seqr, 40, f"r{k}-"))
             current = str(j.segments[-1])
-            assert current in helper_fds(disk.pid)
+            assert current in helper_fds(pid)
             held.append(current)
         assert disk.syncs == 4 and not disk.broken
     finally:
@@ -256,12 +261,7 @@ async def test_the_helper_gone_the_syncs_are_made_on_the_loop_and_nothing_is_los
     """The helper killed, while idle or while it holds a batch's sync: every command is
     answered, each one in the journal (the bytes written, our own fdatasync makes them
     durable), and the syncs go on on the loop's thread."""
-    j = Journal(tmp_path / "journal").open()
-    seqr = Sequencer(Core(), j)
-    seqr.start()
-    disk = seqr.disk
-    assert disk is not None and disk.pid is not None
-    pid = disk.pid
+    j, seqr, disk, pid = started(tmp_path)
     try:
         await asyncio.gather(*await submit_batch(seqr, PROCESS_SYNC_MIN, "x"))
         synced = own_syncs(monkeypatch)
@@ -336,7 +336,7 @@ async def test_a_helper_that_cannot_run_leaves_the_syncs_to_the_loop(
     import gateway.disksync as disksync_mod
 
     if fault == "no interpreter":
-        monkeypatch.setattr(disksync_mod.sys, "executable", str(tmp_path / "no-python"))
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
     else:
         monkeypatch.setattr(disksync_mod, "HELPER", tmp_path / "missing.py")
     j = Journal(tmp_path / "journal").open()
@@ -357,11 +357,7 @@ async def test_the_helper_follows_a_segment_whose_descriptor_number_was_used_bef
         tmp_path: Path) -> None:
     """A new segment's descriptor often has the number of the one before (the journal opens
     the new one, then closes the old): the helper is still handed the new file."""
-    j = Journal(tmp_path / "journal", segment_bytes=1024).open()
-    seqr = Sequencer(Core(), j)
-    seqr.start()
-    disk = seqr.disk
-    assert disk is not None and disk.pid is not None
+    j, seqr, disk, pid = started(tmp_path, segment_bytes=1024)
     numbers = set()
     try:
         await asyncio.gather(*await submit_batch(seqr, 40, "a"))  # synced by the helper
@@ -371,7 +367,7 @@ async def test_the_helper_follows_a_segment_whose_descriptor_number_was_used_bef
             await seqr.submit(Tick(), "s" * 200)
             numbers.add(j.sync_owed_fd)
         await asyncio.gather(*await submit_batch(seqr, PROCESS_SYNC_MIN, "b"))
-        assert str(j.segments[-1]) in helper_fds(disk.pid)
+        assert str(j.segments[-1]) in helper_fds(pid)
         assert disk.syncs == 2 and not disk.broken
     finally:
         await seqr.stop()
@@ -384,20 +380,16 @@ async def test_the_helper_syncs_through_an_open_file_of_its_own(tmp_path: Path) 
     the segment again rather than keep the server's open file, so that an error it saw and
     could not report (killed before it answered) still reaches the server's own sync.  An
     open file's offset is its own: moving the server's does not move the helper's."""
-    j = Journal(tmp_path / "journal").open()
-    seqr = Sequencer(Core(), j)
-    seqr.start()
-    disk = seqr.disk
-    assert disk is not None and disk.pid is not None
+    j, seqr, _, pid = started(tmp_path)
     try:
         await asyncio.gather(*await submit_batch(seqr, PROCESS_SYNC_MIN, "a"))
         fd = j.sync_owed_fd
         os.lseek(fd, 12_345, os.SEEK_SET)  # appends write at their offset (pwrite)
         segment = str(j.segments[-1])
-        held = [n for n in os.listdir(f"/proc/{disk.pid}/fd")
-                if os.readlink(f"/proc/{disk.pid}/fd/{n}") == segment]
+        held = [n for n in os.listdir(f"/proc/{pid}/fd")
+                if os.readlink(f"/proc/{pid}/fd/{n}") == segment]
         assert len(held) == 1
-        with open(f"/proc/{disk.pid}/fdinfo/{held[0]}") as f:
+        with open(f"/proc/{pid}/fdinfo/{held[0]}") as f:
             pos = int(next(ln for ln in f if ln.startswith("pos:")).split()[1])
         assert pos == 0, "the helper shares the server's open file"
     finally:
@@ -411,13 +403,8 @@ async def test_a_helper_that_stops_answering_is_given_up_and_the_batch_synced_he
     """A helper alive and not answering (stopped, frozen) would hold every acknowledgement
     while the server looks alive: past its answer's deadline it is killed and the batch is
     synced on the loop's thread, then answered; the syncs stay there."""
-    j = Journal(tmp_path / "journal").open()
-    seqr = Sequencer(Core(), j)
-    seqr.start()
-    disk = seqr.disk
-    assert disk is not None and disk.pid is not None
+    j, seqr, disk, pid = started(tmp_path)
     disk.answer_timeout = 0.3
-    pid = disk.pid
     synced = own_syncs(monkeypatch)
     try:
         os.kill(pid, signal.SIGSTOP)
@@ -439,15 +426,11 @@ async def test_the_helper_outlasts_a_sigterm_sent_to_every_process_of_the_servic
         tmp_path: Path) -> None:
     """A service manager stopping the service signals all of its processes: the helper
     ignores SIGTERM (and SIGINT) and keeps syncing until the server, stopping, closes it."""
-    j = Journal(tmp_path / "journal").open()
-    seqr = Sequencer(Core(), j)
-    seqr.start()
-    disk = seqr.disk
-    assert disk is not None and disk.pid is not None
+    j, seqr, disk, pid = started(tmp_path)
     try:
         await asyncio.gather(*await submit_batch(seqr, PROCESS_SYNC_MIN, "a"))
-        os.kill(disk.pid, signal.SIGTERM)
-        os.kill(disk.pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
         await asyncio.gather(*await submit_batch(seqr, PROCESS_SYNC_MIN, "b"))
         assert disk.syncs == 2 and not disk.broken
     finally:
@@ -546,18 +529,14 @@ def test_on_uvloop_the_helper_syncs_and_its_death_in_flight_loses_nothing(
     import uvloop
 
     async def main() -> tuple[int, bool, int]:
-        j = Journal(tmp_path / "journal").open()
-        seqr = Sequencer(Core(), j)
-        seqr.start()
-        disk = seqr.disk
-        assert disk is not None and disk.pid is not None
+        j, seqr, disk, pid = started(tmp_path)
         try:
             await asyncio.gather(*await submit_batch(seqr, PROCESS_SYNC_MIN, "a"))
-            os.kill(disk.pid, signal.SIGSTOP)
+            os.kill(pid, signal.SIGSTOP)
             futs = await submit_batch(seqr, PROCESS_SYNC_MIN, "b")
             done, _ = await asyncio.wait(futs, timeout=0.2)
             assert not done and disk._waiting
-            os.kill(disk.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
             await asyncio.wait_for(asyncio.gather(*futs), 5)
             syncs, broken = disk.syncs, disk.broken
         finally:
