@@ -580,8 +580,8 @@ def main() -> None:
     ap.add_argument("--sustain-top", type=float, default=100_000)
     ap.add_argument("--sustain-seconds", type=float, default=3.0)
     ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
-                    help="pass ARG to ronda serve (repeat: --server-arg=--journal-inline-max-ms"
-                         " --server-arg=0)")
+                    help="pass ARG to ronda serve (repeat: --server-arg=--journal-sync"
+                         " --server-arg=loop)")
     args = ap.parse_args()
     import uvloop
 
