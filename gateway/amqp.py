@@ -1169,9 +1169,7 @@ class AmqpAdapter:
             if user in users:
                 return
             if not users:
-                if name.startswith("book:"):  # its mirror, made now if nobody asked before
-                    self.server.hub.book(name[5:])
-                self._feed_subs(name).add(self._feed)
+                self._follow(name, True)
             users.add(user)
         else:
             session.public.discard(name)
@@ -1179,18 +1177,20 @@ class AmqpAdapter:
                 return
             users.discard(user)
             if not users:
-                self._feed_subs(name).discard(self._feed)
+                self._follow(name, False)
                 del self._public_users[name]
         self._enqueue(_Bind(user, routing_key(name), on))
 
-    def _feed_subs(self, name: str) -> set[Any]:
+    def _follow(self, name: str, on: bool) -> None:
+        """The feed subscribed to the hub's stream ``name``, or not any more."""
         hub = self.server.hub
         kind, _, contract = name.partition(":")
-        if kind == "book":
-            return hub.book_subs[contract]
-        if kind == "trades":
-            return hub.trade_subs[contract]
-        return hub.state_subs
+        if kind in ("book", "trades"):
+            hub.follow(kind, contract, self._feed, on)  # a book's mirror made if need be
+        elif on:
+            hub.state_subs.add(self._feed)
+        else:
+            hub.state_subs.discard(self._feed)
 
     def streams_of(self, session: AmqpSession) -> list[str]:
         hub = self.server.hub

@@ -244,6 +244,23 @@ class Hub:
                         b.apply("ADD", o.pub, side.value, o.price, o.visible)
         return b
 
+    def follow(self, stream: str, contract: str, sub: Any, on: bool) -> None:
+        """Add ``sub`` to the subscribers of a contract's public ``book`` or ``trades``
+        stream (``on``), or take it off.  A book's mirror is made first (:meth:`book`): no
+        book subscriber is ever without one."""
+        if stream == "book":
+            if on:
+                self.book(contract)
+            table = self.book_subs
+        else:
+            table = self.trade_subs
+        if on:
+            table[contract].add(sub)
+        else:
+            subs = table.get(contract)
+            if subs is not None:
+                subs.discard(sub)
+
     def observe_replay(self, batch: list[tuple[Any, str, list[Any]]]) -> None:
         """During recovery: the agents' trades of the journal (for query_trades) and each
         contract's public trades, numbered as they were (query_public_trades, and the
@@ -468,7 +485,7 @@ class Hub:
         b = self.books.get(contract)
         subs = self.book_subs.get(contract)
         if b is None:  # nobody asked for this book yet: Hub.book makes it when one does
-            if subs:  # a subscriber added without Hub.book: a defect
+            if subs:  # a subscriber added other than by Hub.follow: a defect
                 log.error("book:%s has subscribers but no mirror; their deltas are not "
                           "sent", contract)
             return

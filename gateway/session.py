@@ -859,13 +859,7 @@ class Session:
             if not isinstance(contract, str) or contract not in self.server.core.engine.contracts:
                 self.error("contract", "unknown contract", req_id)
                 return
-            subs = (hub.book_subs if stream == "book" else hub.trade_subs)[contract]
-            if on:
-                if stream == "book":
-                    hub.book(contract)  # its mirror, made now if nobody asked for it before
-                subs.add(self)
-            else:
-                subs.discard(self)
+            hub.follow(stream, contract, self, on)  # a book's mirror made if need be
             ack: dict[str, Any] = {"type": "ack", "kind": "subscribe" if on else "unsubscribe",
                                    "req_id": req_id, "stream": f"{stream}:{contract}"}
             if stream == "trades":

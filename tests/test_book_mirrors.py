@@ -36,9 +36,9 @@ class BookFollower:
 
 
 def subscribe(hub: Hub, contract: str, who: BookFollower) -> dict[str, Any]:
-    """As a session subscribes (gateway/session.py): the mirror first, then the snapshot."""
-    hub.book(contract)
-    hub.book_subs[contract].add(who)
+    """As a session subscribes (gateway/session.py): ``Hub.follow`` (the mirror made if need
+    be), then the snapshot."""
+    hub.follow("book", contract, who, True)
     snap = hub.book_snapshot(contract)
     return {k: v for k, v in snap.items() if k != "seq"}
 
@@ -71,7 +71,7 @@ def test_a_book_asked_for_at_any_point_is_the_one_mirrored_from_the_start(
         if s[0] == "toggle":
             if watching:  # the same deltas as the eager hub's since the subscription
                 assert got.msgs == ref.msgs
-                lazy.book_subs[C1].discard(got)
+                lazy.follow("book", C1, got, False)
             else:
                 if not asked:
                     assert C1 not in lazy.books  # nothing kept for a book nobody asked for
@@ -115,8 +115,8 @@ def test_a_book_stream_starts_at_zero_when_first_asked_for_and_counts_on() -> No
         hub.publish([(cmd, "x", m.do(cmd))])
     assert C1 not in hub.books
     who = BookFollower()
-    hub.book(C1)
-    hub.book_subs[C1].add(who)
+    hub.follow("book", C1, who, True)  # the mirror made from the engine's book now
+    assert C1 in hub.books and who in hub.book_subs[C1]
     snap = hub.book_snapshot(C1)
     assert snap["seq"] == 0
     assert [e["price"] for e in snap["asks"]] == ["40.00", "40.10", "40.20"]
