@@ -52,6 +52,11 @@ HELPER = Path(__file__).with_name("disksync_helper.py")
 _REPLY = struct.Struct("=i")
 
 
+def helper_command(sock_fd: int) -> list[str]:
+    """How the helper is run, its end of the socket being descriptor ``sock_fd``."""
+    return [sys.executable, "-I", "-S", str(HELPER), str(sock_fd)]
+
+
 # how long the helper may take to answer before the server gives up on it (kills it and
 # syncs on the loop's thread): a helper alive and not answering (stopped, frozen) would
 # otherwise hold every acknowledgement while the server looks alive
@@ -90,7 +95,7 @@ class DiskSync:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", str(HELPER), str(theirs.fileno())],
+                    helper_command(theirs.fileno()),
                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                     start_new_session=True)
             except BaseException:

@@ -154,7 +154,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, NoReturn
 
 import msgpack
 
@@ -711,8 +711,7 @@ class Journal:
         try:
             _datasync(fd)
         except OSError as exc:
-            self._failed = exc
-            raise JournalError(f"{self._segments[-1].path}: sync failed: {exc}") from exc
+            self._sync_failed(exc)
         self._owed = False
 
     def owed_synced(self, error: int) -> None:
@@ -722,10 +721,13 @@ class Journal:
         if not self._owed:
             raise JournalError(f"{self.path}: no sync is owed")
         if error:
-            exc = OSError(error, os.strerror(error))
-            self._failed = exc
-            raise JournalError(f"{self._segments[-1].path}: sync failed: {exc}") from exc
+            self._sync_failed(OSError(error, os.strerror(error)))
         self._owed = False
+
+    def _sync_failed(self, exc: OSError) -> NoReturn:
+        """An owed sync failed: so does the journal (nothing more is appended)."""
+        self._failed = exc
+        raise JournalError(f"{self._segments[-1].path}: sync failed: {exc}") from exc
 
     def roll(self) -> bool:
         """Start a new segment now (the sequencer calls it at each local trading day).  A

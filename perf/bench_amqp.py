@@ -600,14 +600,11 @@ def cpu_list(text: str) -> set[int]:
 
 
 def pin_process(pid: int, cpus: set[int]) -> None:
-    """Every thread of process ``pid`` and of the processes below it (the server's helper
-    that syncs the journal) to ``cpus`` (as ``taskset -a -p``)."""
+    """Every thread of process ``pid`` to ``cpus`` (as ``taskset -a -p``).  (The server is
+    pinned from its start instead, so the journal's sync helper it starts inherits it.)"""
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(ProcessLookupError):  # a thread that just ended
             os.sched_setaffinity(int(tid), cpus)
-        with contextlib.suppress(OSError):
-            for child in Path(f"/proc/{pid}/task/{tid}/children").read_text().split():
-                pin_process(int(child), cpus)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import pytest
 import gateway.journal as journal_mod
 from engine.commands import Tick
 from gateway.core import Core
-from gateway.disksync import HELPER, DiskSync
+from gateway.disksync import DiskSync, helper_command
 from gateway.journal import Journal, JournalError, Record
 from gateway.sequencer import PROCESS_SYNC_MIN, Sequencer, SequencerStopped
 
@@ -440,8 +440,7 @@ async def test_the_helper_outlasts_a_sigterm_sent_to_every_process_of_the_servic
 
 def run_helper() -> tuple[subprocess.Popen[bytes], socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    proc = subprocess.Popen([sys.executable, "-I", "-S", str(HELPER), str(theirs.fileno())],
-                            pass_fds=(theirs.fileno(),))
+    proc = subprocess.Popen(helper_command(theirs.fileno()), pass_fds=(theirs.fileno(),))
     theirs.close()
     ours.settimeout(10)
     return proc, ours
