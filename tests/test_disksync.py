@@ -545,3 +545,19 @@ def test_on_uvloop_the_helper_syncs_and_its_death_in_flight_loses_nothing(
         return syncs, broken, n
 
     assert uvloop.run(main()) == (1, True, 2 * PROCESS_SYNC_MIN)
+
+
+def test_serve_refuses_an_unknown_journal_sync_naming_the_option_and_its_choices(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``ronda serve --journal-sync`` takes ``process`` or ``loop``; anything else is refused
+    before anything starts, the option and the choices named; the default is the helper."""
+    from gateway.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["serve", "--journal-sync", "thread"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--journal-sync" in err and "'process'" in err and "'loop'" in err
+    assert parser.parse_args(["serve"]).journal_sync == "process"
+    assert parser.parse_args(["serve", "--journal-sync", "loop"]).journal_sync == "loop"
