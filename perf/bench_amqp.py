@@ -479,7 +479,7 @@ async def measure(broker: Broker, port: int, srv: subprocess.Popen[bytes],
     await open_bench_contract(f"ws://127.0.0.1:{port}/ws")
     for u in users:
         await wait_layout(broker.url_for(u), u, srv)
-    cpu = CpuMeter({"client": os.getpid(), "server": srv.pid, "echo": echo.pid,
+    cpu = CpuMeter({"client": (os.getpid(), None), "server": srv.pid, "echo": echo.pid,
                     "broker": int((broker.base / "rabbitmq.pid").read_text().strip())})
     ronda, base = Target(broker, users, False, args), Target(broker, users, True, args)
     try:

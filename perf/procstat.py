@@ -53,15 +53,19 @@ def runq_wait_s(pid: int) -> float:
     return total / 1e9
 
 
+Target = int | tuple[int, int | None]
+
+
 class CpuMeter:
     """CPU time used by each process of the run between two points, with the processes it
     started (:func:`tree_cpu_s`); a value of ``pids`` may be a ``(pid, tid)`` pair for one
-    thread of a process."""
+    thread of a process, or ``(pid, None)`` for a process without the processes it started
+    (the benchmark's own: the servers it measures are its children)."""
 
-    def __init__(self, pids: dict[str, int | tuple[int, int]]) -> None:
+    def __init__(self, pids: dict[str, Target]) -> None:
         self.pids = pids
 
-    def _cpu(self, p: int | tuple[int, int]) -> float:
+    def _cpu(self, p: Target) -> float:
         return cpu_s(*p) if isinstance(p, tuple) else tree_cpu_s(p)
 
     def snapshot(self) -> dict[str, float]:
@@ -70,7 +74,7 @@ class CpuMeter:
     def since(self, t0: dict[str, float]) -> dict[str, float]:
         return {k: self._cpu(p) - t0[k] for k, p in self.pids.items()}
 
-    def _pid(self, p: int | tuple[int, int]) -> int:
+    def _pid(self, p: Target) -> int:
         return p[0] if isinstance(p, tuple) else p
 
     def waits(self) -> dict[str, float]:

@@ -25,9 +25,14 @@ def test_a_process_tree_counts_its_live_children_cpu() -> None:
         assert burnt >= 0.3
         total = tree_cpu_s(os.getpid())
         assert total >= own + burnt - 0.02  # clock ticks: 10 ms each
-        meter = CpuMeter({"me": os.getpid(), "my thread": (os.getpid(), os.getpid())})
+        meter = CpuMeter({"me": os.getpid(), "my thread": (os.getpid(), os.getpid()),
+                          "me alone": (os.getpid(), None)})
         t0 = meter.snapshot()
         assert t0["me"] >= t0["my thread"] + burnt - 0.02  # a thread alone: no children
+        # the process alone: its threads, not its children (the benchmark's own CPU, whose
+        # children are the servers it measures)
+        assert t0["me"] >= t0["me alone"] + burnt - 0.02
+        assert t0["me alone"] >= t0["my thread"]
     finally:
         child.kill()
         child.wait()
