@@ -8,8 +8,15 @@
   Percentiles come from an HDR histogram (µs resolution, 3 significant digits).
 * **The load generator** (``perf/wsload.py``) is one thread on plain sockets with
   microsecond timeouts, not an asyncio client: it sends within tens of microseconds of the
-  scheduled time and costs the machine little CPU.  ``send_late_p99_us`` reports how late
-  it sent, its own share of the latencies.
+  scheduled time and costs the machine little CPU.  Its thread's timer slack is set to 1 µs
+  (``hiccup.fine_timer_slack``): Linux lets a timed wait overrun by 50 µs by default, which
+  every send was, late.  ``send_late_p99_us`` reports how late it sent, its own share of the
+  latencies.  While one side's open loop runs, the other side's connections are served
+  (their pings answered), so a phase may last longer than the servers' ping timeout.
+* **The machine's own stalls** (``host_hiccup``, per open-loop phase): an idle process of
+  its own (``perf/hiccup.py``) sleeps a millisecond at a time and records how late it woke.
+  A server's tail that its stalls match is the machine's, not the server's.  A phase of
+  20 s or more also gives its p99 per 10 s window (``p99_windows_us``).
 * The flow: orders that rest (no crossing, risk checks in full) and cancels of acknowledged
   ones, so the book stays at a stationary size.
 * **Baseline, same run**: a raw echo server on the same stack (websockets + uvloop, JSON
@@ -17,14 +24,16 @@
   of requests in flight per connection) for the throughput ratio: in alternating windows
   (ronda, echo, echo, ronda, three times by default), so that a change of the machine's
   load weighs on both; ``throughput_ratio_rounds`` is the ratio of each round, its spread.
-* **CPU per request** of the server (ronda or echo), of the server's event-loop thread (the
-  single writer's, which bounds its throughput; ronda's journal syncs in another thread) and
-  of this load generator in each phase, from /proc: steadier than wall-clock figures on a
+* **CPU per request** of the server (ronda or echo, with the processes it started: ronda's
+  helper that syncs large batches), of the server's event-loop thread (the single writer's,
+  which bounds its throughput) and of this load generator in each phase (this process
+  alone, not the servers it started), from /proc: steadier than wall-clock figures on a
   shared machine.  ``server_cpu_ratio`` is
   the throughput ratio the servers' CPU cost alone implies (echo / ronda).
 * **The disk's floor** (``disk_fdatasync``): before the load, the journal's directory gets
-  a record-sized write and an ``fdatasync`` every millisecond for a second.  An answer
-  waits for its batch's sync, so no durable server's p99 can be below this one's p99.
+  a record-sized write over preallocated zeros (as the journal writes) and an
+  ``fdatasync`` every millisecond for a second.  An answer waits for its batch's sync, so no
+  durable server's p99 can be below this one's p99.
 
 Last line: one JSON object.
 
@@ -55,6 +64,7 @@ from hdrh.histogram import HdrHistogram
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hiccup import HiccupMeter, fine_timer_slack
 from procstat import CpuMeter
 from wsload import Conn, pump
 
@@ -169,6 +179,7 @@ class Load:
         self.echo = echo
         self.sched: dict[str, float] = {}  # req_id -> scheduled send time
         self.lat = array("q")  # µs from the scheduled time to the answer
+        self.lat_sched = array("d")  # the scheduled time of each of ``lat``
         self.acked: list[int] = []
         self.answers = 0
         self.rejects = 0
@@ -197,6 +208,7 @@ class Load:
         if t0 is None:
             return
         self.lat.append(max(1, int((time.perf_counter() - t0) * 1e6)))
+        self.lat_sched.append(t0)
         self.answers += 1
         if m["type"] == "ack":
             if m.get("kind") == "order_entry" and m.get("order_ids"):
@@ -205,13 +217,16 @@ class Load:
             self.rejects += 1
 
 
-def open_loop(loads: list[Load], rate: float, n: int) -> tuple[float, array[int]]:
+def open_loop(loads: list[Load], rate: float, n: int, idle: list[Conn] | None = None
+              ) -> tuple[float, array[int]]:
     """Send ``n`` requests at ``rate`` per second in all, request k on connection
     k mod C at its scheduled time start + k/rate, and wait for every answer.  Returns the
     time from the first scheduled send to the last answer, and each send's lateness (µs
-    after its scheduled time: the generator's own share of the latencies)."""
+    after its scheduled time: the generator's own share of the latencies).  The ``idle``
+    connections (the other server's) are served meanwhile: their pings answered, or that
+    server closes them when the phase is longer than its ping timeout (20 s)."""
     clock = time.perf_counter
-    conns = [ld.conn for ld in loads]
+    conns = [ld.conn for ld in loads] + (idle or [])
     c = len(loads)
     late = array("q")
     start = clock() + 0.2
@@ -276,16 +291,21 @@ def drain(loads: list[Load], seconds: float) -> None:
 
 
 def fsync_floor(directory: Path, n: int = 1000) -> dict[str, int]:
-    """The disk's own latency for what the journal does per batch: append a record-sized
-    write and ``fdatasync`` it, one every millisecond, nothing else running.  An answer
-    waits for its batch's sync (DESIGN rule 7: durable before acknowledged), so this is a
-    floor under the latencies of any server that acknowledges only durable requests."""
+    """The disk's own latency for what the journal does per batch: a record-sized write over
+    preallocated zeros and its ``fdatasync``, one every millisecond, nothing else running.
+    An answer waits for its batch's sync (DESIGN rule 7: durable before acknowledged), so
+    this is a floor under the latencies of any server that acknowledges only durable
+    requests."""
     path = directory / "fsync-probe"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     lat: list[int] = []
     try:
-        for _ in range(n):
-            os.write(fd, b"x" * 300)
+        # as the journal does (gateway/journal.py, Preallocation): zeros written and synced
+        # first, the records then written over them, so that a sync flushes data alone
+        os.write(fd, bytes(300 * n))
+        os.fsync(fd)
+        for i in range(n):
+            os.pwrite(fd, b"x" * 300, 300 * i)
             t = time.perf_counter()
             os.fdatasync(fd)
             lat.append(int((time.perf_counter() - t) * 1e6))
@@ -329,28 +349,53 @@ def no_collections() -> Iterator[None]:
         gc.enable()
 
 
-def open_phase(loads: list[Load], rate: float, seconds: float, server_pid: int
-               ) -> dict[str, Any]:
-    """The open loop at ``rate`` for ``seconds``: latencies and CPU per request."""
+WINDOW_S = 10.0  # the p99 of each such window of a phase of twice that or more
+
+
+def p99_by_window(samples: list[tuple[float, int]], window_s: float) -> list[int]:
+    """The p99 of the latencies (µs) of each ``window_s`` of scheduled time, from the first
+    scheduled send: ``samples`` are (scheduled time, latency) pairs in any order."""
+    if not samples:
+        return []
+    first = min(t for t, _ in samples)
+    windows: dict[int, list[int]] = {}
+    for t, v in samples:
+        windows.setdefault(int((t - first) // window_s), []).append(v)
+    return [percentile(sorted(windows[w]), 99) for w in sorted(windows)]
+
+
+def open_phase(loads: list[Load], rate: float, seconds: float, server_pid: int,
+               idle: list[Load]) -> dict[str, Any]:
+    """The open loop at ``rate`` for ``seconds``: latencies and CPU per request (the
+    ``idle`` side's connections served meanwhile: :func:`open_loop`)."""
     n = int(rate * seconds) // len(loads) * len(loads)
     # the server's event loop runs in its main thread, whose id is the process id
     cpu = CpuMeter({"server": server_pid, "server_loop_thread": (server_pid, server_pid),
-                    "client": os.getpid()})
+                    "client": (os.getpid(), None)})
+    meter = HiccupMeter()
     with no_collections():
         c0 = cpu.snapshot()
-        elapsed, late = open_loop(loads, rate, n)
+        elapsed, late = open_loop(loads, rate, n, [ld.conn for ld in idle])
         open_cpu = cpu.since(c0)
+    hiccups = meter.stop()
     hist = HdrHistogram(1, 60_000_000, 3)
+    m = n // len(loads)
     for ld in loads:
-        for v in ld.lat[:n // len(loads)]:
+        for v in ld.lat[:m]:
             hist.record_value(v)
     lateness = sorted(late)
+    # a long phase's p99 is also given window by window: how it moves with the machine
+    p99_windows = (p99_by_window([(t, v) for ld in loads
+                                  for t, v in zip(ld.lat_sched[:m], ld.lat[:m], strict=True)],
+                                 WINDOW_S)
+                   if seconds >= 2 * WINDOW_S else None)
     return {
         "achieved_rate": round(n / elapsed),
         "p50_us": hist.get_value_at_percentile(50),
         "p99_us": hist.get_value_at_percentile(99),
         "p999_us": hist.get_value_at_percentile(99.9),
         "max_us": hist.get_max_value(),
+        "p99_windows_us": p99_windows,
         "rejects": sum(ld.rejects for ld in loads),
         # how late the generator sent (µs after the scheduled time): its own part of the
         # latencies above
@@ -358,6 +403,9 @@ def open_phase(loads: list[Load], rate: float, seconds: float, server_pid: int
         "send_late_p99_us": percentile(lateness, 99),
         # CPU per request (µs) of the server and of this load generator, from /proc
         "cpu_us_per_request": {k: round(v * 1e6 / n) for k, v in open_cpu.items()},
+        # the machine's own stalls meanwhile: how late an idle process's 1 ms sleeps woke
+        # (perf/hiccup.py)
+        "host_hiccup": hiccups,
     }
 
 
@@ -463,7 +511,7 @@ def saturation(sides: list[tuple[list[Load], int]], inflight: int, rounds: int,
             for k in (0, 1, 1, 0):
                 loads, pid = sides[k]
                 cpu = CpuMeter({"server": pid, "server_loop_thread": (pid, pid),
-                                "client": os.getpid()})
+                                "client": (os.getpid(), None)})
                 c0 = cpu.snapshot()
                 t0 = time.perf_counter()
                 counts[k].append(closed_loop(loads, inflight, window_s))
@@ -513,9 +561,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             # the load runs in this thread, blocking: nothing else runs on this loop
             r_loads = connect_loads(url, users, False)
             e_loads = connect_loads(f"ws://127.0.0.1:{eport}", users, True)
-            ronda = open_phase(r_loads, args.rate, args.seconds, srv.pid)
+            ronda = open_phase(r_loads, args.rate, args.seconds, srv.pid, e_loads)
             settle(r_loads)
-            base = open_phase(e_loads, args.rate, args.seconds, echo.pid)
+            base = open_phase(e_loads, args.rate, args.seconds, echo.pid, r_loads)
             settle(e_loads)
             r_sat, e_sat = saturation([(r_loads, srv.pid), (e_loads, echo.pid)],
                                       args.inflight, args.rounds, args.window)
@@ -583,6 +631,7 @@ def main() -> None:
                     help="pass ARG to ronda serve (repeat: --server-arg=--journal-sync"
                          " --server-arg=loop)")
     args = ap.parse_args()
+    fine_timer_slack()  # the generator's waits: perf/wsload.py
     import uvloop
 
     print(json.dumps(uvloop.run(main_async(args))))
