@@ -6,11 +6,13 @@ misreport the server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -28,14 +30,26 @@ def _ack(ws: ServerConnection) -> None:
         ws.send(orjson.dumps({"type": "ack", "req_id": req["req_id"]}).decode())
 
 
-def test_the_open_loop_answers_the_idle_sides_pings() -> None:
-    # the server pings every 0.1 s and closes a connection whose pong is 0.2 s late; the
-    # open loop runs 0.8 s on one connection while another, the other side's, is idle
+@contextlib.contextmanager
+def _two_loads() -> Iterator[tuple[Load, Load]]:
+    """Two connections to a server that pings every 0.1 s and closes a connection whose pong
+    is 0.2 s late: one to load, one left idle (the other side's)."""
     with serve(_ack, "127.0.0.1", 0, ping_interval=0.1, ping_timeout=0.2,
                compression=None) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
         busy, idle = Load(Conn(url), "X", True), Load(Conn(url), "X", True)
+        try:
+            yield busy, idle
+        finally:
+            busy.conn.close()
+            idle.conn.close()
+            server.shutdown()
+
+
+def test_the_open_loop_answers_the_idle_sides_pings() -> None:
+    # the open loop runs 0.8 s on one connection, four ping timeouts, while another is idle
+    with _two_loads() as (busy, idle):
         elapsed, late = open_loop([busy], 250, 200, [idle.conn])
         assert elapsed >= 0.79 and len(late) == 200 and busy.answers == 200
         # the idle connection is still open and still answers
@@ -45,27 +59,17 @@ def test_the_open_loop_answers_the_idle_sides_pings() -> None:
             pump([idle.conn], 0.05)
         assert not idle.conn.closed, idle.conn.close_reason
         assert idle.answers == 1
-        busy.conn.close()
-        idle.conn.close()
-        server.shutdown()
 
 
 def test_an_idle_connection_left_unserved_is_closed_by_the_server() -> None:
     # the reason for the above: the same phase without serving it loses the connection
-    with serve(_ack, "127.0.0.1", 0, ping_interval=0.1, ping_timeout=0.2,
-               compression=None) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
-        busy, idle = Load(Conn(url), "X", True), Load(Conn(url), "X", True)
+    with _two_loads() as (busy, idle):
         open_loop([busy], 250, 200)
         deadline = time.monotonic() + 10
         while not idle.conn.closed and time.monotonic() < deadline:
             pump([idle.conn], 0.05)
         assert idle.conn.closed and idle.conn.close_reason is not None
         assert idle.conn.close_reason.startswith("1011")  # keepalive ping timeout
-        busy.conn.close()
-        idle.conn.close()
-        server.shutdown()
 
 
 def test_p99_by_window_groups_by_scheduled_time_from_the_first_send() -> None:
