@@ -1409,21 +1409,22 @@ class Client:
         self._spawn(self._watchdog(), "ronda-sdk-watchdog")
         self._emit(ConnectionEvent("connected"))
 
-    async def _open(self) -> None:
-        """Connect and establish the session (login, subscriptions, re-sends)."""
+    async def _open(self, again: bool = False) -> None:
+        """Connect and establish the session (login, subscriptions, re-sends); ``again``
+        after a loss."""
         self._gen += 1
         gen = self._gen
         self._lost.clear()
         conn = await self._connector.connect(
             lambda m: self._dispatch(m, gen), lambda r: self._connection_lost(gen, r))
         try:
-            await self._establish(conn, gen)
+            await self._establish(conn, gen, again)
         except BaseException:
             with contextlib.suppress(Exception):
                 await conn.close()
             raise
 
-    async def _establish(self, conn: _Connection, gen: int) -> None:
+    async def _establish(self, conn: _Connection, gen: int, again: bool) -> None:
         self._conn = conn
         self._ready.clear()
         self._last_rx = asyncio.get_running_loop().time()
@@ -1449,6 +1450,11 @@ class Client:
                 log.warning("re-subscribing %s refused: %s", name, res)
         if f"private:{self.agent}" in self._subs:
             await self._refresh_orders(force=True)
+        if again:
+            # counted before what was waiting is sent: its answers can come back while the
+            # last of it is still being sent (a publisher confirm), and who reads them may
+            # read the counter
+            self.stats["reconnects"] += 1
         # send what is waiting: requests not answered before the disconnect, then new ones
         while True:
             unsent = [p for p in self._pending.values()
@@ -1518,7 +1524,7 @@ class Client:
                 return
             self.stats["reconnect_attempts"] += 1
             try:
-                await self._open()
+                await self._open(again=True)
             except LoginFailed as exc:
                 log.error("%s: login refused on reconnection: %s", self.user, exc)
                 await self._shutdown(exc)
@@ -1528,7 +1534,6 @@ class Client:
             except Exception as exc:
                 log.info("%s: reconnection failed (%s); again in %.2f s", self.user, exc, delay)
                 continue
-            self.stats["reconnects"] += 1
             log.warning("%s: reconnected", self.user)
             self._emit(ConnectionEvent("reconnected"))
             return

@@ -1023,6 +1023,40 @@ async def test_amqp_core_operations(rabbitmq: Broker, amqp_env: Env) -> None:
     assert book.bids() == [] and book.gaps == 0
 
 
+async def test_the_reconnection_is_counted_before_a_waiting_requests_answer_is_read(
+        env: Env) -> None:
+    """The race CI once met over AMQP: a request waiting for the reconnection is sent as the
+    session is established again, and its answer came back while its publish was still
+    being confirmed, before the reconnection was counted.  Here the send of every order
+    entry is held for 0.5 s once it is on the wire, as a slow confirm would be."""
+    carlos = await env.client("carlos")
+    connector = carlos._connector
+    connect = connector.connect
+
+    async def held_connect(on_message: Any, on_close: Any) -> Any:
+        conn = await connect(on_message, on_close)
+        send = conn.send
+
+        async def held_send(msg: dict[str, Any]) -> None:
+            await send(msg)
+            if msg.get("type") == "order_entry":
+                await asyncio.sleep(0.5)
+
+        conn.send = held_send  # type: ignore[method-assign]
+        return conn
+
+    connector.connect = held_connect  # type: ignore[method-assign]
+    await carlos.drop_connection()
+    assert not carlos.connected
+    ans = await asyncio.wait_for(
+        carlos.place(C1, "BUYU2", "BUY", "45.00", "1.0", client_order_id="held"), 10)
+    assert ans.ok
+    assert not carlos.connected  # the session is still sending: the answer came first
+    assert carlos.stats["reconnects"] == 1
+    await carlos.wait_connected(5)
+    assert carlos.stats["reconnects"] == 1
+
+
 async def test_amqp_reconnect_sends_waiting_order_once(rabbitmq: Broker,
                                                        amqp_env: Env) -> None:
     env = amqp_env
