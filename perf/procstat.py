@@ -53,7 +53,8 @@ def runq_wait_s(pid: int) -> float:
     return total / 1e9
 
 
-Target = int | tuple[int, int | None]
+# what CpuMeter measures: a pid (with its children), (pid, tid) or (pid, None) (CpuMeter)
+ProcRef = int | tuple[int, int | None]
 
 
 class CpuMeter:
@@ -62,10 +63,10 @@ class CpuMeter:
     thread of a process, or ``(pid, None)`` for a process without the processes it started
     (the benchmark's own: the servers it measures are its children)."""
 
-    def __init__(self, pids: dict[str, Target]) -> None:
+    def __init__(self, pids: dict[str, ProcRef]) -> None:
         self.pids = pids
 
-    def _cpu(self, p: Target) -> float:
+    def _cpu(self, p: ProcRef) -> float:
         return cpu_s(*p) if isinstance(p, tuple) else tree_cpu_s(p)
 
     def snapshot(self) -> dict[str, float]:
@@ -74,7 +75,7 @@ class CpuMeter:
     def since(self, t0: dict[str, float]) -> dict[str, float]:
         return {k: self._cpu(p) - t0[k] for k, p in self.pids.items()}
 
-    def _pid(self, p: Target) -> int:
+    def _pid(self, p: ProcRef) -> int:
         return p[0] if isinstance(p, tuple) else p
 
     def waits(self) -> dict[str, float]:
